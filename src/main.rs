@@ -1,0 +1,94 @@
+//! The `hbridge` command line. Results go to stdout; notices and errors to stderr.
+
+use clap::{Parser, Subcommand};
+use hbridge::init::{write_checkpoint, WeightDType};
+use hbridge::presets::{preset, PRESET_NAMES};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "hbridge",
+    version,
+    about = "Inference runtime for H-shape bridged multimodal models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a complete tiny checkpoint with deterministic random weights.
+    InitTiny {
+        /// Output model directory (created if absent).
+        dir: PathBuf,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Named configuration.
+        #[arg(long, default_value = "tiny")]
+        config: String,
+        /// Storage dtype: bf16, f16 or f32.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+        /// Overwrite an existing checkpoint in DIR.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a model directory's topology, dimensions, bridge, sizes and validation result.
+    Inspect {
+        /// Model directory (holding hbridge.json).
+        dir: PathBuf,
+    },
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::InitTiny {
+            dir,
+            seed,
+            config,
+            dtype,
+            force,
+        } => {
+            let preset = preset(&config).ok_or_else(|| {
+                format!(
+                    "--config: unknown configuration \"{config}\"; known: {}",
+                    PRESET_NAMES.join(", ")
+                )
+            })?;
+            let dtype = WeightDType::parse(&dtype)
+                .ok_or_else(|| format!("--dtype: expected bf16, f16 or f32, found \"{dtype}\""))?;
+            let start = Instant::now();
+            write_checkpoint(&dir, &preset, seed, dtype, force).map_err(|e| e.to_string())?;
+            eprintln!(
+                "wrote the {} checkpoint (seed {seed}) to {} in {:.2?}",
+                preset.name,
+                dir.display(),
+                start.elapsed()
+            );
+            Ok(())
+        }
+        Command::Inspect { dir } => {
+            let report = hbridge::inspect::inspect(&dir).map_err(|e| e.to_string())?;
+            print!("{}", report.text);
+            if report.valid {
+                Ok(())
+            } else {
+                Err(format!("{}: checkpoint does not validate", dir.display()))
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

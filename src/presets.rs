@@ -1,0 +1,119 @@
+//! Named model configurations the engine knows (DESIGN.md section 6), as the config files a checkpoint
+//! of that shape carries.
+
+use serde_json::{json, Value};
+
+/// The byte-level BPE tokenizer of the tiny models (ids < 512; specials at 500..=506).
+pub const TINY_TOKENIZER_JSON: &str = include_str!("../reference/assets/tiny_tokenizer.json");
+
+/// The four config files of a checkpoint.
+#[derive(Debug, Clone)]
+pub struct PresetConfigs {
+    pub name: &'static str,
+    pub layout: Value,
+    pub und: Value,
+    pub gen: Value,
+    pub vae: Value,
+}
+
+pub const PRESET_NAMES: [&str; 1] = ["tiny"];
+
+pub fn preset(name: &str) -> Option<PresetConfigs> {
+    match name {
+        "tiny" => Some(tiny()),
+        _ => None,
+    }
+}
+
+/// Heterogeneous on purpose: D_gen 24 != D_und 16, H 3 vs 4, K 1 vs 2, GQA 3 and 2, many-to-one pairs, a
+/// non-square latent. Must equal `tests/fixtures/tiny` (a test checks it).
+fn tiny() -> PresetConfigs {
+    PresetConfigs {
+        name: "tiny",
+        layout: json!({
+            "topology": "hbridge",
+            "und": "und",
+            "gen": "gen",
+            "vae": "vae",
+            "bridge": {
+                "path": "bridge",
+                "pairs": [[1, 1], [2, 1], [3, 2], [4, 3]],
+                "num_srt_tokens": 16,
+                "skip_first": 1,
+                "skip_last": 1
+            }
+        }),
+        und: json!({
+            "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+            "model_type": "qwen2_5_vl",
+            "vocab_size": 512,
+            "hidden_size": 64,
+            "intermediate_size": 160,
+            "num_hidden_layers": 5,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "hidden_act": "silu",
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "rope_scaling": { "type": "mrope", "mrope_section": [2, 3, 3] },
+            "max_position_embeddings": 2048,
+            "tie_word_embeddings": false,
+            "bos_token_id": 500,
+            "eos_token_id": 502,
+            "image_token_id": 505,
+            "video_token_id": 506,
+            "vision_start_token_id": 503,
+            "vision_end_token_id": 504,
+            "vision_config": {
+                "depth": 2,
+                "hidden_size": 32,
+                "num_heads": 2,
+                "intermediate_size": 64,
+                "in_chans": 3,
+                "out_hidden_size": 64,
+                "patch_size": 14,
+                "temporal_patch_size": 2,
+                "spatial_merge_size": 2,
+                "window_size": 56,
+                "fullatt_block_indexes": [1],
+                "hidden_act": "silu"
+            }
+        }),
+        gen: json!({
+            "_class_name": "OmniGen2Transformer2DModel",
+            "patch_size": 2,
+            "in_channels": 4,
+            "out_channels": null,
+            "hidden_size": 72,
+            "num_layers": 6,
+            "num_refiner_layers": 1,
+            "num_attention_heads": 3,
+            "num_kv_heads": 1,
+            "multiple_of": 16,
+            "ffn_dim_multiplier": null,
+            "norm_eps": 1e-5,
+            "axes_dim_rope": [8, 8, 8],
+            "axes_lens": [1024, 64, 64],
+            "text_feat_dim": 64,
+            "timestep_scale": 1000.0
+        }),
+        vae: json!({
+            "_class_name": "AutoencoderKL",
+            "in_channels": 3,
+            "out_channels": 3,
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+            "block_out_channels": [8, 16, 16],
+            "layers_per_block": 1,
+            "act_fn": "silu",
+            "latent_channels": 4,
+            "norm_num_groups": 4,
+            "sample_size": 32,
+            "scaling_factor": 0.3611,
+            "shift_factor": 0.1159,
+            "use_quant_conv": false,
+            "use_post_quant_conv": false,
+            "mid_block_add_attention": true
+        }),
+    }
+}
