@@ -56,7 +56,7 @@ fn tiny() -> PresetConfigs {
             "rms_norm_eps": 1e-6,
             "rope_theta": 1000000.0,
             "rope_scaling": { "type": "mrope", "mrope_section": [2, 3, 3] },
-            "max_position_embeddings": 2048,
+            "max_position_embeddings": 4096,
             "tie_word_embeddings": false,
             "bos_token_id": 500,
             "eos_token_id": 502,
