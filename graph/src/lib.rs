@@ -1,1 +1,11 @@
-//! placeholder
+//! hbridge's static graph: a model config and a request shape in, a list of ops over tensors of fixed
+//! shape out, with dead work removed and every activation placed in one arena. Knows nothing of any
+//! backend.
+
+mod graph;
+pub mod op;
+mod shape;
+
+pub use graph::{DataType, Graph, GraphError, Node, Source, TensorDesc, TensorId};
+pub use op::{KvSegment, Op, RopeKind};
+pub use shape::infer_shape;
