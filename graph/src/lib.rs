@@ -4,6 +4,7 @@
 
 mod graph;
 pub mod op;
+pub mod plan;
 mod shape;
 
 pub use graph::{DataType, Graph, GraphError, Node, Source, TensorDesc, TensorId};
