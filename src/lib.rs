@@ -5,6 +5,7 @@
 pub mod init;
 pub mod inspect;
 pub mod presets;
+pub mod sampler;
 
 pub use hbridge_loader as loader;
 pub use hbridge_loader::{Checkpoint, LoadError, ModelConfig, Topology};

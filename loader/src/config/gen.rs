@@ -84,7 +84,7 @@ impl GenConfig {
         let multiple_of = f.opt_usize("multiple_of")?.unwrap_or(256).max(1);
         let mut inner = 4 * hidden_size;
         if let Some(mult) = f.opt_f64("ffn_dim_multiplier")? {
-            if !(mult > 0.0) {
+            if mult.is_nan() || mult <= 0.0 {
                 return Err(f.unsupported("ffn_dim_multiplier", "a positive number or null", mult));
             }
             inner = (mult * inner as f64) as usize;

@@ -102,10 +102,7 @@ impl UndConfig {
         };
         let rope_theta = match text.opt_f64("rope_theta")? {
             Some(t) => t,
-            None => match rope.map(|r| r.opt_f64("rope_theta")).transpose()?.flatten() {
-                Some(t) => t,
-                None => 10000.0,
-            },
+            None => rope.map(|r| r.opt_f64("rope_theta")).transpose()?.flatten().unwrap_or(10000.0),
         };
         let section = match rope
             .map(|r| r.opt_usize_list("mrope_section"))
@@ -142,7 +139,7 @@ impl UndConfig {
             }
         }
         let rms_norm_eps = text.f64_or("rms_norm_eps", 1e-6)?;
-        if !(rms_norm_eps > 0.0) {
+        if rms_norm_eps.is_nan() || rms_norm_eps <= 0.0 {
             return Err(text.unsupported("rms_norm_eps", "a positive number", rms_norm_eps));
         }
         let tie_word_embeddings = match text.opt_bool("tie_word_embeddings")? {
