@@ -4,9 +4,13 @@
 
 mod graph;
 pub mod op;
+pub mod build;
 pub mod plan;
+pub mod prune;
 mod shape;
 
 pub use graph::{DataType, Graph, GraphError, Node, Source, TensorDesc, TensorId};
 pub use op::{KvSegment, Op, RopeKind};
+pub use plan::{plan_memory, MemoryPlan};
+pub use prune::{prune, PruneStats};
 pub use shape::infer_shape;

@@ -45,6 +45,8 @@ pub enum Op {
     Modulate { x: TensorId, scale: TensorId },
     /// `x + tanh(gate) * y`, `gate` one row `[D]` broadcast over rows (the DiT's gated residual).
     GateResidual { x: TensorId, gate: TensorId, y: TensorId },
+    /// Elementwise `x * scale + shift` with constants (the VAE's latent scaling).
+    Affine { x: TensorId, scale: f32, shift: f32 },
     /// Elementwise SiLU `x * sigmoid(x)`.
     Silu { x: TensorId },
     /// Exact (erf) GELU.
@@ -91,7 +93,7 @@ impl Op {
         match self {
             Embed { table, ids } => vec![*table, *ids],
             RmsNorm { x, weight, .. } => std::iter::once(*x).chain(*weight).collect(),
-            LayerNorm { x, .. } | Silu { x } | Gelu { x } | SliceCols { x, .. } | SliceRows { x, .. } => vec![*x],
+            LayerNorm { x, .. } | Affine { x, .. } | Silu { x } | Gelu { x } | SliceCols { x, .. } | SliceRows { x, .. } => vec![*x],
             Patchify { x, .. } | Unpatchify { x, .. } | Upsample2x { x } | Transpose { x } | Reshape { x, .. } => vec![*x],
             Linear { x, w, bias } => [*x, *w].into_iter().chain(*bias).collect(),
             Add { a, b } => vec![*a, *b],
@@ -118,6 +120,7 @@ impl Op {
             Add { .. } => "add",
             Modulate { .. } => "modulate",
             GateResidual { .. } => "gate_residual",
+            Affine { .. } => "affine",
             Silu { .. } => "silu",
             Gelu { .. } => "gelu",
             SwiGlu { .. } => "swiglu",

@@ -84,7 +84,7 @@ pub fn infer_shape<'a>(op: &Op, shape: impl Fn(TensorId) -> &'a [usize]) -> Resu
             }
             sx.to_vec()
         }
-        Silu { x } | Gelu { x } => shape(*x).to_vec(),
+        Silu { x } | Gelu { x } | Affine { x, .. } => shape(*x).to_vec(),
         Reshape { x, shape: to } => {
             if to.iter().product::<usize>() != shape(*x).iter().product::<usize>() {
                 return Err(format!("{:?} cannot become {to:?}", shape(*x)));

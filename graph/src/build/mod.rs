@@ -1,0 +1,36 @@
+//! Builders: a loaded model's config and a request shape -> the static graphs of und prefill, und decode
+//! step, gen step and VAE decode. Tensor names follow the checkpoint; graph input and output names follow
+//! docs/FIXTURES.md so that traces compare directly with the reference.
+
+mod gen;
+pub mod positions;
+mod und;
+mod vae;
+
+pub use gen::{gen_step, GenStepSpec};
+pub use und::{und_decode_step, und_prefill, UndPrefillSpec};
+pub use vae::vae_decode;
+
+/// Input names shared by builders and callers.
+pub mod names {
+    pub const UND_IDS: &str = "und.input_ids";
+    pub const UND_POSITIONS: &str = "und.position_ids";
+    pub const GEN_X: &str = "gen.x";
+    pub const GEN_T: &str = "gen.t";
+    pub const GEN_POSITIONS: &str = "gen.positions";
+    pub const SHARED_POSITIONS: &str = "gen.shared_positions";
+    pub const VAE_LATENT: &str = "vae.latent";
+
+    pub fn und_k(layer: usize) -> String {
+        format!("und.k.{layer}")
+    }
+    pub fn und_v(layer: usize) -> String {
+        format!("und.v.{layer}")
+    }
+    pub fn past_k(layer: usize) -> String {
+        format!("und.past_k.{layer}")
+    }
+    pub fn past_v(layer: usize) -> String {
+        format!("und.past_v.{layer}")
+    }
+}

@@ -1,0 +1,160 @@
+//! Und expert (Qwen2.5-VL text decoder) graphs: prefill over a context, and one decode step against a
+//! K/V cache. Outputs per FIXTURES.md: `und.hs.{i}`, `und.k.{u}`, `und.v.{u}`, `und.logits`.
+
+use super::names;
+use crate::op::{KvSegment, Op, RopeKind};
+use crate::{DataType, Graph, GraphError, TensorId};
+use hbridge_loader::config::UndConfig;
+use hbridge_loader::{Part, UndNames};
+
+/// What a prefill must produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UndPrefillSpec {
+    pub len: usize,
+    /// Layers whose K (post-RoPE) and V are outputs: the bridge's und layers, or every layer for a chat
+    /// cache.
+    pub kv_layers: Vec<usize>,
+    /// Logits of every position (`und.logits`); false for an image-only request.
+    pub logits: bool,
+    /// `und.hs.{i}` for every layer (traces and fixtures).
+    pub hidden_states: bool,
+    /// `und.final_hidden`: the post-norm last hidden states (the omnigen2 topology's caption features).
+    pub final_hidden: bool,
+}
+
+struct Ctx<'a> {
+    g: Graph,
+    c: &'a UndConfig,
+    names: &'a UndNames,
+}
+
+impl Ctx<'_> {
+    fn w(&mut self, name: &str, shape: &[usize]) -> TensorId {
+        let full = if name == "lm_head.weight" && self.c.tie_word_embeddings {
+            self.names.text("embed_tokens.weight")
+        } else if name == "lm_head.weight" {
+            name.to_string()
+        } else {
+            self.names.text(name)
+        };
+        self.g.weight(Part::Und, full, shape)
+    }
+
+    fn push(&mut self, op: Op, label: impl Into<String>) -> Result<TensorId, GraphError> {
+        self.g.push(op, label)
+    }
+
+    fn rmsnorm(&mut self, x: TensorId, weight: &str, label: String) -> Result<TensorId, GraphError> {
+        let h = self.c.hidden_size;
+        let w = self.w(weight, &[h]);
+        self.push(Op::RmsNorm { x, weight: Some(w), dim: h, eps: self.c.rms_norm_eps as f32 }, label)
+    }
+
+    fn linear(&mut self, x: TensorId, name: &str, out: usize, inp: usize, bias: bool, label: String) -> Result<TensorId, GraphError> {
+        let w = self.w(&format!("{name}.weight"), &[out, inp]);
+        let b = if bias { Some(self.w(&format!("{name}.bias"), &[out])) } else { None };
+        self.push(Op::Linear { x, w, bias: b }, label)
+    }
+
+    /// One decoder layer. `past` holds the cache segment (decode) prepended to this step's K/V.
+    fn layer(&mut self, i: usize, x: TensorId, positions: TensorId, past: Option<KvSegment>) -> Result<(TensorId, TensorId, TensorId), GraphError> {
+        let c = self.c;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let p = format!("layers.{i}.");
+        let l = format!("und.layers.{i}.");
+        let n = self.rmsnorm(x, &format!("{p}input_layernorm.weight"), format!("{l}input_norm"))?;
+        let q = self.linear(n, &format!("{p}self_attn.q_proj"), c.q_dim(), h, true, format!("{l}q"))?;
+        let k = self.linear(n, &format!("{p}self_attn.k_proj"), c.kv_dim(), h, true, format!("{l}k_proj"))?;
+        let v = self.linear(n, &format!("{p}self_attn.v_proj"), c.kv_dim(), h, true, format!("{l}v"))?;
+        let kind = RopeKind::Mrope { section: c.mrope_section, theta: c.rope_theta };
+        let q = self.push(Op::Rope { x: q, positions, heads: c.num_heads, head_dim: hd, kind: kind.clone() }, format!("{l}q_rope"))?;
+        let k = self.push(Op::Rope { x: k, positions, heads: c.num_kv_heads, head_dim: hd, kind }, format!("{l}k"))?;
+        let segments: Vec<KvSegment> = past.into_iter().chain([KvSegment { k, v }]).collect();
+        let a = self.push(
+            Op::Attention { q, segments, heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: hd, causal: true, scale: (hd as f32).powf(-0.5) },
+            format!("{l}attn"),
+        )?;
+        let o = self.linear(a, &format!("{p}self_attn.o_proj"), h, c.q_dim(), false, format!("{l}o"))?;
+        let x = self.push(Op::Add { a: x, b: o }, format!("{l}attn_residual"))?;
+        let m = self.rmsnorm(x, &format!("{p}post_attention_layernorm.weight"), format!("{l}post_norm"))?;
+        let gate = self.linear(m, &format!("{p}mlp.gate_proj"), c.intermediate_size, h, false, format!("{l}gate"))?;
+        let up = self.linear(m, &format!("{p}mlp.up_proj"), c.intermediate_size, h, false, format!("{l}up"))?;
+        let s = self.push(Op::SwiGlu { gate, up }, format!("{l}swiglu"))?;
+        let d = self.linear(s, &format!("{p}mlp.down_proj"), h, c.intermediate_size, false, format!("{l}down"))?;
+        let x = self.push(Op::Add { a: x, b: d }, format!("und.hs.{}", i + 1))?;
+        Ok((x, k, v))
+    }
+
+    /// Final norm and lm_head, always built; only what is marked an output survives pruning.
+    fn head(&mut self, x: TensorId, logits: bool, final_hidden: bool) -> Result<(), GraphError> {
+        let c = self.c;
+        let normed = self.rmsnorm(x, "norm.weight", "und.final_hidden".into())?;
+        if final_hidden {
+            self.g.mark_output("und.final_hidden", normed);
+        }
+        let out = self.linear(normed, "lm_head", c.vocab_size, c.hidden_size, false, "und.logits".into())?;
+        if logits {
+            self.g.mark_output("und.logits", out);
+        }
+        Ok(())
+    }
+}
+
+/// Prefill of `spec.len` context tokens. Inputs: `und.input_ids` I32 `[L]`, `und.position_ids` I32
+/// `[3, L]`. The whole model is built, then pruned to what the requested outputs need (an image-only
+/// request keeps no layer after the last bridged one and no lm_head).
+pub fn und_prefill(c: &UndConfig, names: &UndNames, spec: &UndPrefillSpec) -> Result<Graph, GraphError> {
+    if spec.len == 0 {
+        return Err(GraphError::Request("und prefill of an empty context".into()));
+    }
+    if let Some(&bad) = spec.kv_layers.iter().find(|&&u| u >= c.num_layers) {
+        return Err(GraphError::Request(format!("K/V of und layer {bad} requested; the und expert has {} layers", c.num_layers)));
+    }
+    let mut cx = Ctx { g: Graph::default(), c, names };
+    let ids = cx.g.input(names::UND_IDS, &[spec.len], DataType::I32);
+    let positions = cx.g.input(names::UND_POSITIONS, &[3, spec.len], DataType::I32);
+    let table = cx.w("embed_tokens.weight", &[c.vocab_size, c.hidden_size]);
+    let mut x = cx.push(Op::Embed { table, ids }, "und.hs.0")?;
+    if spec.hidden_states {
+        cx.g.mark_output("und.hs.0", x);
+    }
+    for i in 0..c.num_layers {
+        let (nx, k, v) = cx.layer(i, x, positions, None)?;
+        x = nx;
+        if spec.kv_layers.contains(&i) {
+            cx.g.mark_output(names::und_k(i), k);
+            cx.g.mark_output(names::und_v(i), v);
+        }
+        if spec.hidden_states {
+            cx.g.mark_output(format!("und.hs.{}", i + 1), x);
+        }
+    }
+    cx.head(x, spec.logits, spec.final_hidden)?;
+    Ok(crate::prune::prune(cx.g))
+}
+
+/// One decode step of a single token after `past_len` cached tokens. Inputs: `und.input_ids` `[1]`,
+/// `und.position_ids` `[3, 1]`, `und.past_k.{i}` / `und.past_v.{i}` `[past_len, K*D]` for every layer.
+/// Outputs: `und.logits` `[1, V]` and this token's `und.k.{i}` / `und.v.{i}` to append to the cache.
+pub fn und_decode_step(c: &UndConfig, names: &UndNames, past_len: usize) -> Result<Graph, GraphError> {
+    let mut cx = Ctx { g: Graph::default(), c, names };
+    let ids = cx.g.input(names::UND_IDS, &[1], DataType::I32);
+    let positions = cx.g.input(names::UND_POSITIONS, &[3, 1], DataType::I32);
+    let table = cx.w("embed_tokens.weight", &[c.vocab_size, c.hidden_size]);
+    let mut x = cx.push(Op::Embed { table, ids }, "und.hs.0")?;
+    for i in 0..c.num_layers {
+        let past = if past_len > 0 {
+            let k = cx.g.input(names::past_k(i), &[past_len, c.kv_dim()], DataType::F32);
+            let v = cx.g.input(names::past_v(i), &[past_len, c.kv_dim()], DataType::F32);
+            Some(KvSegment { k, v })
+        } else {
+            None
+        };
+        let (nx, k, v) = cx.layer(i, x, positions, past)?;
+        x = nx;
+        cx.g.mark_output(names::und_k(i), k);
+        cx.g.mark_output(names::und_v(i), v);
+    }
+    cx.head(x, true, false)?;
+    Ok(crate::prune::prune(cx.g))
+}
