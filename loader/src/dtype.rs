@@ -34,7 +34,8 @@ impl DType {
     /// Bits per element; `None` for a name the format does not define.
     pub fn size_bits(&self) -> Option<usize> {
         Some(match self.name() {
-            "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 8,
+            "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" | "F8_E4M3FNUZ"
+            | "F8_E5M2FNUZ" => 8,
             "F4" => 4,
             "F6_E2M3" | "F6_E3M2" => 6,
             "I16" | "U16" | "F16" | "BF16" => 16,

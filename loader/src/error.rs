@@ -68,17 +68,35 @@ pub enum SafetensorsProblem {
     HeaderNotUtf8 { detail: String },
     /// The header is not the JSON the format defines.
     HeaderMalformed { detail: String },
-    /// A tensor's data offsets overlap another's, leave a gap, or fall outside the data section.
-    BadOffsets { tensor: String },
+    /// A tensor's data offsets run backwards, overlap the tensor before it, or leave a gap after it
+    /// (the format requires the tensors to tile the data section).
+    BadOffsets {
+        tensor: String,
+        offsets: [usize; 2],
+        /// What the offsets should have been, e.g. "a start at byte 16, where `a` ends".
+        expected: String,
+    },
+    /// A tensor's data reaches past the end of the data section.
+    OutOfBounds {
+        tensor: String,
+        offsets: [usize; 2],
+        data_len: usize,
+    },
     /// A tensor's byte length does not match its shape and dtype.
-    SizeMismatch { tensor: Option<String> },
+    SizeMismatch {
+        tensor: String,
+        /// The size its shape and dtype imply, e.g. "shape [4] x F32 = 16 bytes".
+        expected: String,
+        /// The length of its data_offsets range, in bytes.
+        found: usize,
+    },
     /// The data section is shorter or longer than the header declares.
     DataLengthMismatch {
         declared: Option<usize>,
         found: usize,
     },
     /// Shape times element size overflows.
-    Overflow,
+    Overflow { tensor: String, shape: Vec<usize> },
 }
 
 impl fmt::Display for SafetensorsProblem {
@@ -101,22 +119,38 @@ impl fmt::Display for SafetensorsProblem {
             }
             HeaderNotUtf8 { detail } => write!(f, "header is not UTF-8 ({detail})"),
             HeaderMalformed { detail } => write!(f, "header is not valid safetensors JSON ({detail})"),
-            BadOffsets { tensor } => write!(
+            BadOffsets {
+                tensor,
+                offsets,
+                expected,
+            } => write!(f, "`{tensor}` has data_offsets {offsets:?}, expected {expected}"),
+            OutOfBounds {
+                tensor,
+                offsets,
+                data_len,
+            } => write!(
                 f,
-                "data_offsets of `{tensor}` overlap another tensor, leave a gap, or fall outside the data section"
+                "`{tensor}` has data_offsets {offsets:?}, past the end of the {data_len}-byte data section: truncated file?"
             ),
-            SizeMismatch { tensor: Some(t) } => {
-                write!(f, "`{t}`: data_offsets length does not match shape x dtype size")
-            }
-            SizeMismatch { tensor: None } => {
-                write!(f, "a tensor's data_offsets length does not match its shape x dtype size")
-            }
+            SizeMismatch {
+                tensor,
+                expected,
+                found,
+            } => write!(
+                f,
+                "`{tensor}`: data_offsets span {found} bytes, expected {expected}"
+            ),
             DataLengthMismatch {
                 declared: Some(d),
                 found,
             } => write!(
                 f,
-                "header declares {d} data bytes, file holds {found}: truncated or padded file?"
+                "header declares {d} data bytes, file holds {found}: {}",
+                if d < found {
+                    "padded file, or a tensor missing from the header?"
+                } else {
+                    "truncated file?"
+                }
             ),
             DataLengthMismatch {
                 declared: None,
@@ -125,7 +159,10 @@ impl fmt::Display for SafetensorsProblem {
                 f,
                 "data section of {found} bytes does not match the header's offsets: truncated or padded file?"
             ),
-            Overflow => write!(f, "a tensor's shape overflows when multiplied out"),
+            Overflow { tensor, shape } => write!(
+                f,
+                "`{tensor}`: shape {shape:?} overflows when multiplied out"
+            ),
         }
     }
 }

@@ -70,9 +70,11 @@ impl UndNames {
         visual: "model.visual.",
     };
 
-    /// Picks the layout whose embedding table the store holds (flat when neither: the error will say so).
+    /// Picks the layout whose prefix the store's text tensors use (flat when neither: the error will say
+    /// so). Any nested name decides, so that a nested checkpoint lacking only its embedding table is
+    /// reported as exactly that, not as every tensor missing under the flat names.
     pub fn detect(store: &PartStore) -> UndNames {
-        if store.contains("model.language_model.embed_tokens.weight") {
+        if store.names().any(|n| n.starts_with(UndNames::NESTED.text)) {
             UndNames::NESTED
         } else {
             UndNames::FLAT

@@ -148,22 +148,36 @@ fn parse_header(
                     "`{name}`: data_offsets is not a pair of non-negative integers"
                 ))
             })?;
+        let overflow = || Overflow {
+            tensor: name.clone(),
+            shape: shape.clone(),
+        };
         let elements = shape
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or(Overflow)?;
-        let bytes = dtype
-            .size_bits()
-            .and_then(|bits| elements.checked_mul(bits))
-            .ok_or(Overflow)?;
-        if offsets.1 < offsets.0 || offsets.1 > data_len {
+            .ok_or_else(overflow)?;
+        let bits = dtype.size_bits().ok_or_else(|| {
+            malformed(format!(
+                "`{name}`: dtype \"{dtype_name}\" is not a safetensors dtype"
+            ))
+        })?;
+        let bits = elements.checked_mul(bits).ok_or_else(overflow)?;
+        if offsets.1 < offsets.0 {
             return Err(BadOffsets {
                 tensor: name.clone(),
+                offsets: [offsets.0, offsets.1],
+                expected: "an end not before the start".into(),
             });
         }
-        if bytes % 8 != 0 || offsets.1 - offsets.0 != bytes / 8 {
+        if bits % 8 != 0 || offsets.1 - offsets.0 != bits / 8 {
             return Err(SizeMismatch {
-                tensor: Some(name.clone()),
+                tensor: name.clone(),
+                expected: if bits % 8 == 0 {
+                    format!("shape {shape:?} x {dtype} = {} bytes", bits / 8)
+                } else {
+                    format!("shape {shape:?} x {dtype} = {bits} bits, a whole number of bytes")
+                },
+                found: offsets.1 - offsets.0,
             });
         }
         entries.push((
@@ -181,13 +195,34 @@ fn parse_header(
     let mut order: Vec<&(String, TensorEntry)> = entries.iter().collect();
     order.sort_by_key(|(_, e)| (e.start, e.end));
     let mut covered = 0;
+    let mut previous: Option<&str> = None;
     for (name, entry) in order {
         if entry.start != covered {
             return Err(BadOffsets {
                 tensor: name.clone(),
+                offsets: [entry.start, entry.end],
+                expected: match previous {
+                    Some(p) => format!(
+                        "a start at byte {covered}, where `{p}` ends: {}",
+                        if entry.start < covered {
+                            "the two overlap"
+                        } else {
+                            "a gap lies between them"
+                        }
+                    ),
+                    None => "a start at byte 0: the first tensor begins the data section".into(),
+                },
+            });
+        }
+        if entry.end > data_len {
+            return Err(OutOfBounds {
+                tensor: name.clone(),
+                offsets: [entry.start, entry.end],
+                data_len,
             });
         }
         covered = entry.end;
+        previous = Some(name);
     }
     if covered != data_len {
         return Err(DataLengthMismatch {

@@ -1,6 +1,6 @@
 //! The generation expert's config: the OmniGen2 transformer `config.json` (DESIGN.md section 3).
 
-use super::json::Fields;
+use super::json::{Fields, MAX_DIM};
 use crate::error::Result;
 use serde_json::Value;
 use std::path::Path;
@@ -81,22 +81,32 @@ impl GenConfig {
         }
 
         // FFN width as OmniGen2's LuminaFeedForward computes it.
-        let multiple_of = f.opt_usize("multiple_of")?.unwrap_or(256).max(1);
+        let multiple_of = f.opt_dim("multiple_of")?.unwrap_or(256).max(1);
         let mut inner = 4 * hidden_size;
         if let Some(mult) = f.opt_f64("ffn_dim_multiplier")? {
             if mult.is_nan() || mult <= 0.0 {
                 return Err(f.unsupported("ffn_dim_multiplier", "a positive number or null", mult));
             }
-            inner = (mult * inner as f64) as usize;
+            let scaled = mult * inner as f64;
+            if scaled > MAX_DIM as f64 {
+                return Err(f.unsupported(
+                    "ffn_dim_multiplier",
+                    &format!(
+                        "a multiplier keeping 4*hidden_size*ffn_dim_multiplier at most {MAX_DIM}"
+                    ),
+                    mult,
+                ));
+            }
+            inner = scaled as usize;
         }
         let ffn_inner = inner.div_ceil(multiple_of) * multiple_of;
 
         let in_channels = f.positive("in_channels")?;
-        let out_channels = f.opt_usize("out_channels")?.unwrap_or(in_channels);
+        let out_channels = f.opt_dim("out_channels")?.unwrap_or(in_channels);
         Ok(GenConfig {
             hidden_size,
-            num_layers: f.positive("num_layers")?,
-            num_refiner_layers: f.opt_usize("num_refiner_layers")?.unwrap_or(2),
+            num_layers: f.layers("num_layers")?,
+            num_refiner_layers: f.opt_layers("num_refiner_layers")?.unwrap_or(2),
             num_heads,
             num_kv_heads,
             head_dim,
@@ -106,7 +116,7 @@ impl GenConfig {
             in_channels,
             out_channels,
             patch_size: f.positive("patch_size")?,
-            text_feat_dim: f.opt_usize("text_feat_dim")?.unwrap_or(1024),
+            text_feat_dim: f.opt_dim("text_feat_dim")?.unwrap_or(1024),
             timestep_scale: f.f64_or("timestep_scale", 1.0)?,
         })
     }

@@ -4,6 +4,14 @@ use crate::error::{LoadError, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
+/// Upper bound on one dimension (widths, heads, vocabulary, channels, patch sizes, token counts): far
+/// above any real model, and low enough that the products of up to three dimensions that the manifest
+/// forms cannot overflow.
+pub const MAX_DIM: usize = 1 << 21;
+/// Upper bound on layer and block counts: far above any real model, and low enough that the manifest
+/// (tens of tensors per layer) stays small.
+pub const MAX_LAYERS: usize = 1 << 10;
+
 /// Reads and parses a JSON file, reporting the line and column of a syntax error.
 pub fn read_json(path: &Path) -> Result<Value> {
     let bytes = std::fs::read(path).map_err(|source| {
@@ -103,11 +111,45 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| self.missing(field, "a non-negative integer"))
     }
 
-    /// A positive integer: dimensions and counts that divide or size something.
+    /// A positive integer of at most [`MAX_DIM`]: dimensions and counts that divide or size something.
     pub fn positive(&self, field: &str) -> Result<usize> {
+        self.positive_at_most(field, MAX_DIM)
+    }
+
+    fn positive_at_most(&self, field: &str, max: usize) -> Result<usize> {
         let n = self.usize(field)?;
         if n == 0 {
             return Err(self.err(field, "a positive integer", "0".into()));
+        }
+        self.at_most(field, n, max)
+    }
+
+    /// A dimension that may be absent: a non-negative integer of at most [`MAX_DIM`].
+    pub fn opt_dim(&self, field: &str) -> Result<Option<usize>> {
+        self.opt_usize(field)?
+            .map(|n| self.at_most(field, n, MAX_DIM))
+            .transpose()
+    }
+
+    /// A positive layer count of at most [`MAX_LAYERS`].
+    pub fn layers(&self, field: &str) -> Result<usize> {
+        self.positive_at_most(field, MAX_LAYERS)
+    }
+
+    /// A layer count that may be absent, of at most [`MAX_LAYERS`].
+    pub fn opt_layers(&self, field: &str) -> Result<Option<usize>> {
+        self.opt_usize(field)?
+            .map(|n| self.at_most(field, n, MAX_LAYERS))
+            .transpose()
+    }
+
+    fn at_most(&self, field: &str, n: usize, max: usize) -> Result<usize> {
+        if n > max {
+            return Err(self.err(
+                field,
+                &format!("at most {max} (a bound far above any real model)"),
+                n.to_string(),
+            ));
         }
         Ok(n)
     }
@@ -157,7 +199,14 @@ impl<'a> Fields<'a> {
             .map(|x| {
                 x.as_u64()
                     .and_then(|n| usize::try_from(n).ok())
-                    .ok_or_else(|| self.err(field, "a list of non-negative integers", kind(v)))
+                    .filter(|&n| n <= MAX_DIM)
+                    .ok_or_else(|| {
+                        self.err(
+                            field,
+                            &format!("a list of non-negative integers of at most {MAX_DIM}"),
+                            kind(v),
+                        )
+                    })
             })
             .collect::<Result<Vec<_>>>()
             .map(Some)

@@ -126,7 +126,7 @@ impl BridgeLayout {
         Ok(BridgeLayout {
             dir: relative_dir(b, "path", b.opt_str("path")?.unwrap_or("bridge"))?,
             pairs,
-            num_srt_tokens: b.opt_usize("num_srt_tokens")?.unwrap_or(16),
+            num_srt_tokens: b.opt_dim("num_srt_tokens")?.unwrap_or(16),
         })
     }
 }

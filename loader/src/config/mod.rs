@@ -86,8 +86,8 @@ impl ModelConfig {
             return Err(inconsistent(
                 &gen_path,
                 format!(
-                    "out_channels {} differs from the VAE's latent_channels {}",
-                    self.gen.out_channels, self.vae.latent_channels
+                    "out_channels {} differs from the VAE's latent_channels {} in {}/config.json",
+                    self.gen.out_channels, self.vae.latent_channels, self.layout.vae_dir
                 ),
             ));
         }

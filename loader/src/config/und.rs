@@ -68,11 +68,11 @@ impl UndConfig {
 
         let hidden_size = text.positive("hidden_size")?;
         let num_heads = text.positive("num_attention_heads")?;
-        let num_kv_heads = text.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
+        let num_kv_heads = text.opt_dim("num_key_value_heads")?.unwrap_or(num_heads);
         if num_kv_heads == 0 {
             return Err(text.unsupported("num_key_value_heads", "a positive integer", 0));
         }
-        let head_dim = match text.opt_usize("head_dim")? {
+        let head_dim = match text.opt_dim("head_dim")? {
             Some(d) => d,
             None => {
                 if hidden_size % num_heads != 0 {
@@ -170,7 +170,7 @@ impl UndConfig {
         Ok(UndConfig {
             vocab_size: text.positive("vocab_size")?,
             hidden_size,
-            num_layers: text.positive("num_hidden_layers")?,
+            num_layers: text.layers("num_hidden_layers")?,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -195,7 +195,7 @@ impl VisionConfig {
                 "vision_config.hidden_size {hidden_size} is not divisible by vision_config.num_heads {num_heads}"
             )));
         }
-        let depth = v.positive("depth")?;
+        let depth = v.layers("depth")?;
         let fullatt_block_indexes = v
             .opt_usize_list("fullatt_block_indexes")?
             .unwrap_or_default();
@@ -204,9 +204,9 @@ impl VisionConfig {
                 "vision_config.fullatt_block_indexes names block {bad}, but depth is {depth}"
             )));
         }
-        let in_channels = match v.opt_usize("in_chans")? {
+        let in_channels = match v.opt_dim("in_chans")? {
             Some(c) => c,
-            None => v.opt_usize("in_channels")?.unwrap_or(3),
+            None => v.opt_dim("in_channels")?.unwrap_or(3),
         };
         Ok(VisionConfig {
             depth,
@@ -216,9 +216,9 @@ impl VisionConfig {
             in_channels,
             out_hidden_size: v.positive("out_hidden_size")?,
             patch_size: v.positive("patch_size")?,
-            temporal_patch_size: v.opt_usize("temporal_patch_size")?.unwrap_or(2),
-            spatial_merge_size: v.opt_usize("spatial_merge_size")?.unwrap_or(2),
-            window_size: v.opt_usize("window_size")?.unwrap_or(112),
+            temporal_patch_size: v.opt_dim("temporal_patch_size")?.unwrap_or(2),
+            spatial_merge_size: v.opt_dim("spatial_merge_size")?.unwrap_or(2),
+            window_size: v.opt_dim("window_size")?.unwrap_or(112),
             fullatt_block_indexes,
         })
     }

@@ -37,7 +37,7 @@ impl VaeConfig {
                 format!("{block_out_channels:?}"),
             ));
         }
-        let norm_num_groups = f.opt_usize("norm_num_groups")?.unwrap_or(32);
+        let norm_num_groups = f.opt_dim("norm_num_groups")?.unwrap_or(32);
         if norm_num_groups == 0 {
             return Err(f.unsupported("norm_num_groups", "a positive integer", 0));
         }
@@ -72,11 +72,11 @@ impl VaeConfig {
             }
         }
         Ok(VaeConfig {
-            in_channels: f.opt_usize("in_channels")?.unwrap_or(3),
-            out_channels: f.opt_usize("out_channels")?.unwrap_or(3),
+            in_channels: f.opt_dim("in_channels")?.unwrap_or(3),
+            out_channels: f.opt_dim("out_channels")?.unwrap_or(3),
             latent_channels: f.positive("latent_channels")?,
             block_out_channels,
-            layers_per_block: f.opt_usize("layers_per_block")?.unwrap_or(1),
+            layers_per_block: f.opt_layers("layers_per_block")?.unwrap_or(1),
             norm_num_groups,
             scaling_factor: f.f64_or("scaling_factor", 0.18215)?,
             shift_factor: f.f64_or("shift_factor", 0.0)?,
