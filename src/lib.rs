@@ -2,10 +2,13 @@
 //! Qwen2.5-VL understanding expert and an OmniGen2-style diffusion transformer, joined by bridged
 //! attention in their middle layers. See DESIGN.md for the model and README.md for use.
 
+pub mod cpu_model;
+pub mod forward;
 pub mod init;
 pub mod inspect;
 pub mod presets;
 pub mod sampler;
+pub mod tensor_io;
 
 pub use hbridge_loader as loader;
 pub use hbridge_loader::{Checkpoint, LoadError, ModelConfig, Topology};

@@ -11,7 +11,7 @@ mod tensor_file;
 mod validate;
 
 pub use config::{ModelConfig, Topology};
-pub use dtype::DType;
+pub use dtype::{to_f32 as dtype_to_f32, DType};
 pub use error::{LoadError, Result, SafetensorsProblem, TensorIssue, TensorIssueKind};
 pub use manifest::{Expected, Manifest, UndNames};
 pub use store::{PartStore, TensorView};

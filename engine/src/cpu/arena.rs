@@ -1,0 +1,91 @@
+//! The activation arena, split per node into the output range (mutable) and input ranges (shared).
+//!
+//! The plan guarantees that a node's output does not overlap its live inputs, but the borrow checker
+//! cannot see offsets, so the split goes through a raw pointer. Soundness rests on two checks made here,
+//! not on trusting the planner: every range lies inside the arena (validated once per execution), and an
+//! input range that overlaps the output is copied out before the output slice is created.
+
+use super::validate::{Loc, View};
+use hbridge_graph::{Graph, TensorId};
+use std::marker::PhantomData;
+
+pub(crate) struct ArenaSplit<'a> {
+    /// Inputs that overlapped the output, copied out (only with a planner that breaks its contract).
+    copies: Vec<(TensorId, Vec<f32>)>,
+    base: *mut f32,
+    graph: &'a Graph,
+    locs: &'a [Loc<'a>],
+    _arena: PhantomData<&'a mut [f32]>,
+}
+
+fn overlaps(a: usize, la: usize, b: usize, lb: usize) -> bool {
+    la > 0 && lb > 0 && a < b + lb && b < a + la
+}
+
+impl<'a> ArenaSplit<'a> {
+    /// Prepares the node writing `[out_off, out_off+out_len)` and reading `inputs`.
+    /// `arena` must hold every range `locs` gives (validated by `validate::resolve`).
+    pub fn new(
+        arena: &'a mut [f32],
+        graph: &'a Graph,
+        locs: &'a [Loc<'a>],
+        inputs: &[TensorId],
+        out_off: usize,
+        out_len: usize,
+    ) -> Self {
+        let mut copies = Vec::new();
+        for &id in inputs {
+            if let Loc::Arena(off) = locs[id.index()] {
+                let len = graph.tensor(id).numel();
+                if overlaps(off, len, out_off, out_len) && !copies.iter().any(|(c, _)| *c == id) {
+                    copies.push((id, arena[off..off + len].to_vec()));
+                }
+            }
+        }
+        ArenaSplit {
+            copies,
+            base: arena.as_mut_ptr(),
+            graph,
+            locs,
+            _arena: PhantomData,
+        }
+    }
+
+    /// The output slice and the input views, borrowed from `self` (the arena stays mutably borrowed by
+    /// `self` for as long as they live).
+    pub fn split(
+        &mut self,
+        inputs: &[TensorId],
+        out_off: usize,
+        out_len: usize,
+    ) -> (&mut [f32], Vec<(TensorId, View<'_>)>) {
+        // SAFETY: `base` comes from the `&'a mut [f32]` held for `'a` by `self`; `out_off + out_len` and every
+        // arena input range lie inside it (checked by `validate::resolve`). The output slice is the only
+        // mutable one, and every arena input handed out beside it is disjoint from it: overlapping inputs
+        // were copied into `copies` in `new` and are served from there. Shared input slices may overlap
+        // each other, which is allowed.
+        let out = unsafe { std::slice::from_raw_parts_mut(self.base.add(out_off), out_len) };
+        let views = inputs
+            .iter()
+            .map(|&id| {
+                let view = match self.locs[id.index()] {
+                    Loc::Host(v) => v,
+                    Loc::Arena(off) => match self.copies.iter().find(|(c, _)| *c == id) {
+                        Some((_, data)) => View::F32(data),
+                        // SAFETY: see above; this range does not overlap `out`.
+                        None => View::F32(unsafe {
+                            std::slice::from_raw_parts(
+                                self.base.add(off),
+                                self.graph.tensor(id).numel(),
+                            )
+                        }),
+                    },
+                    // Validation rejects reads of unwritten tensors.
+                    Loc::Unwritten => View::F32(&[]),
+                };
+                (id, view)
+            })
+            .collect();
+        (out, views)
+    }
+}

@@ -1,0 +1,221 @@
+//! One node: an op's attributes and input shapes -> the kernel call. Shapes were validated beforehand.
+
+use super::error::{EngineError, Result};
+use super::ops::attention::{attention, AttnShape, Segment};
+use super::ops::conv::{conv2d, Conv2dShape};
+use super::ops::{elementwise as ew, embed, layout, linear, norm, rope, timestep};
+use super::validate::View;
+use hbridge_graph::{Graph, Op, RopeKind, TensorId};
+
+/// The node's inputs, resolved to slices.
+pub(crate) struct Inputs<'a> {
+    pub items: Vec<(TensorId, View<'a>)>,
+}
+
+impl<'a> Inputs<'a> {
+    fn view(&self, id: TensorId) -> Option<View<'a>> {
+        self.items.iter().find(|(i, _)| *i == id).map(|(_, v)| *v)
+    }
+
+    fn f32(&self, id: TensorId) -> Result<&'a [f32]> {
+        match self.view(id) {
+            Some(View::F32(v)) => Ok(v),
+            _ => Err(EngineError::Graph {
+                label: format!("tensor {}", id.0),
+                problem: "expected an F32 input".into(),
+            }),
+        }
+    }
+
+    fn i32(&self, id: TensorId) -> Result<&'a [i32]> {
+        match self.view(id) {
+            Some(View::I32(v)) => Ok(v),
+            _ => Err(EngineError::Graph {
+                label: format!("tensor {}", id.0),
+                problem: "expected an I32 input".into(),
+            }),
+        }
+    }
+}
+
+fn rc(s: &[usize]) -> (usize, usize) {
+    (s[0], s[1])
+}
+
+fn chw(s: &[usize]) -> (usize, usize, usize) {
+    (s[0], s[1], s[2])
+}
+
+/// Runs `op` writing `out` (the node's output, `out_id`).
+pub(crate) fn run(
+    graph: &Graph,
+    op: &Op,
+    out_id: TensorId,
+    inp: &Inputs<'_>,
+    out: &mut [f32],
+) -> Result<()> {
+    let shape = |id: TensorId| graph.tensor(id).shape.as_slice();
+    match op {
+        Op::Embed { table, ids } => {
+            let (vocab, d) = rc(shape(*table));
+            embed::embed(inp.f32(*table)?, vocab, d, inp.i32(*ids)?, out).map_err(
+                |(position, id)| EngineError::TokenOutOfRange {
+                    tensor: graph.tensor(*ids).label.clone(),
+                    position,
+                    id: id as i64,
+                    vocab,
+                },
+            )?;
+        }
+        Op::RmsNorm {
+            x,
+            weight,
+            dim,
+            eps,
+        } => {
+            let w = weight.map(|w| inp.f32(w)).transpose()?;
+            norm::rms_norm(inp.f32(*x)?, w, *dim, *eps, out);
+        }
+        Op::LayerNorm { x, dim, eps } => norm::layer_norm(inp.f32(*x)?, *dim, *eps, out),
+        Op::Linear { x, w, bias } => {
+            let (n, k) = rc(shape(*x));
+            let b = bias.map(|b| inp.f32(b)).transpose()?;
+            linear::linear(inp.f32(*x)?, n, k, inp.f32(*w)?, shape(*w)[0], b, out);
+        }
+        Op::Add { a, b } => ew::add(inp.f32(*a)?, inp.f32(*b)?, out),
+        Op::Modulate { x, scale } => ew::modulate(inp.f32(*x)?, inp.f32(*scale)?, out),
+        Op::GateResidual { x, gate, y } => {
+            ew::gate_residual(inp.f32(*x)?, inp.f32(*gate)?, inp.f32(*y)?, out)
+        }
+        Op::Affine { x, scale, shift } => ew::affine(inp.f32(*x)?, *scale, *shift, out),
+        Op::Silu { x } => ew::silu(inp.f32(*x)?, out),
+        Op::Gelu { x } => ew::gelu(inp.f32(*x)?, out),
+        Op::SwiGlu { gate, up } => ew::swiglu(inp.f32(*gate)?, inp.f32(*up)?, out),
+        Op::Rope {
+            x,
+            positions,
+            heads,
+            head_dim,
+            kind,
+        } => {
+            let (xs, pos) = (inp.f32(*x)?, inp.i32(*positions)?);
+            match kind {
+                RopeKind::Mrope { section, theta } => {
+                    rope::mrope(xs, pos, *heads, *head_dim, *section, *theta, out)
+                }
+                RopeKind::Interleaved3 { axes, theta } => {
+                    rope::interleaved3(xs, pos, *heads, *head_dim, *axes, *theta, out)
+                }
+            }
+        }
+        Op::Attention {
+            q,
+            segments,
+            heads,
+            kv_heads,
+            head_dim,
+            causal,
+            scale,
+        } => {
+            let segs = segments
+                .iter()
+                .map(|s| {
+                    Ok(Segment {
+                        k: inp.f32(s.k)?,
+                        v: inp.f32(s.v)?,
+                        len: shape(s.k)[0],
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let s = AttnShape {
+                nq: shape(*q)[0],
+                heads: *heads,
+                kv_heads: *kv_heads,
+                head_dim: *head_dim,
+                causal: *causal,
+                scale: *scale,
+            };
+            attention(inp.f32(*q)?, &segs, &s, out);
+        }
+        Op::SliceCols { x, start, len } => {
+            layout::slice_cols(inp.f32(*x)?, shape(*x)[1], *start, *len, out)
+        }
+        Op::SliceRows { x, start, len } => {
+            let c = shape(*x)[1];
+            layout::copy(&inp.f32(*x)?[start * c..(start + len) * c], out);
+        }
+        Op::ConcatRows { parts } => {
+            let parts = parts
+                .iter()
+                .map(|p| inp.f32(*p))
+                .collect::<Result<Vec<_>>>()?;
+            layout::concat_rows(&parts, out);
+        }
+        Op::Patchify { x, patch } => {
+            let (c, h, w) = chw(shape(*x));
+            layout::patchify(inp.f32(*x)?, c, h, w, *patch, out);
+        }
+        Op::Unpatchify {
+            x,
+            patch,
+            channels,
+            height,
+            width,
+        } => layout::unpatchify(inp.f32(*x)?, *channels, *height, *width, *patch, out),
+        Op::TimestepFeatures { t, half, scale } => {
+            timestep::timestep_features(inp.f32(*t)?[0], *half, *scale, out)
+        }
+        Op::Conv2d {
+            x,
+            w,
+            bias,
+            stride,
+            pad,
+            pad_bottom_right_only,
+        } => {
+            let (cin, h, wd) = chw(shape(*x));
+            let (cout, hout, wout) = chw(shape(out_id));
+            let s = Conv2dShape {
+                cin,
+                h,
+                w: wd,
+                cout,
+                k: shape(*w)[2],
+                stride: *stride,
+                pad_before: if *pad_bottom_right_only { 0 } else { *pad },
+                hout,
+                wout,
+            };
+            let b = bias.map(|b| inp.f32(b)).transpose()?;
+            conv2d(inp.f32(*x)?, inp.f32(*w)?, b, &s, out);
+        }
+        Op::GroupNorm {
+            x,
+            weight,
+            bias,
+            groups,
+            eps,
+        } => {
+            let (c, h, w) = chw(shape(*x));
+            norm::group_norm(
+                inp.f32(*x)?,
+                c,
+                h * w,
+                (inp.f32(*weight)?, inp.f32(*bias)?),
+                *groups,
+                *eps,
+                out,
+            );
+        }
+        Op::Upsample2x { x } => {
+            let (_, h, w) = chw(shape(*x));
+            layout::upsample2x(inp.f32(*x)?, h, w, out);
+        }
+        Op::Transpose { x } => {
+            let (a, b) = rc(shape(*x));
+            layout::transpose(inp.f32(*x)?, a, b, out);
+        }
+        Op::Reshape { x, .. } => layout::copy(inp.f32(*x)?, out),
+    }
+    Ok(())
+}

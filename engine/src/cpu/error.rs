@@ -1,0 +1,61 @@
+//! Everything that can be wrong with what a caller hands the CPU backend. Every variant names the tensor
+//! involved so a failed request can be traced to its cause without a debugger.
+
+use hbridge_graph::DataType;
+use hbridge_loader::Part;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error("graph input `{name}` was not given")]
+    MissingInput { name: String },
+    #[error("graph input `{name}`: expected shape {expected:?}, found {found:?}")]
+    InputShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("graph input `{name}`: expected dtype {expected:?}, found {found:?}")]
+    InputDtype {
+        name: String,
+        expected: DataType,
+        found: DataType,
+    },
+    #[error("tensor `{name}`: shape {shape:?} holds {expected} values but its data has {found}")]
+    DataLength {
+        name: String,
+        shape: Vec<usize>,
+        expected: usize,
+        found: usize,
+    },
+    #[error("embedding `{tensor}`: token id {id} at position {position} is outside the vocabulary [0, {vocab})")]
+    TokenOutOfRange {
+        tensor: String,
+        position: usize,
+        id: i64,
+        vocab: usize,
+    },
+    #[error("weight {part:?} `{name}` is not loaded")]
+    MissingWeight { part: Part, name: String },
+    #[error("weight {part:?} `{name}`: expected shape {expected:?}, found {found:?}")]
+    WeightShape {
+        part: Part,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("weight {part:?} `{name}` ({file}): dtype {dtype} cannot be converted to f32")]
+    WeightDtype {
+        part: Part,
+        name: String,
+        file: String,
+        dtype: String,
+    },
+    #[error("weight {part:?} `{name}`: the checkpoint has no {part:?} part")]
+    MissingPart { part: Part, name: String },
+    #[error("malformed graph at `{label}`: {problem}")]
+    Graph { label: String, problem: String },
+    #[error("memory plan does not fit the graph: {0}")]
+    Plan(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

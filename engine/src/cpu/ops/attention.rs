@@ -1,0 +1,141 @@
+//! Softmax attention over several K/V segments (und cache + gen tokens) without concatenating them: the
+//! score block of a band of queries spans all segments' keys, each segment filling its own columns.
+
+use super::matmul::{matmul, Mat, MatMut};
+use rayon::prelude::*;
+
+/// One K/V segment: `len` rows of `[kv_heads*head_dim]` each.
+pub(crate) struct Segment<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub len: usize,
+}
+
+pub(crate) struct AttnShape {
+    pub nq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub causal: bool,
+    pub scale: f32,
+}
+
+/// Queries per task: enough bands to keep every thread busy, few enough rows that each band's GEMMs
+/// stay efficient and its score block (rows x keys) small.
+fn band_rows(nq: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    nq.div_ceil(4 * threads).clamp(8, 64).min(nq.max(1))
+}
+
+/// q `[nq, heads*head_dim]` -> out `[nq, heads*head_dim]`. Causal: query i sees keys `0..=i + nk - nq`.
+pub(crate) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut [f32]) {
+    let (hd, kd) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    let nk: usize = segments.iter().map(|g| g.len).sum();
+    if s.nq == 0 || hd == 0 {
+        return;
+    }
+    let band = band_rows(s.nq);
+    out.par_chunks_mut(band * hd)
+        .enumerate()
+        .for_each(|(b, o)| {
+            let r0 = b * band;
+            let rows = o.len() / hd;
+            // Keys past the band's last visible one are never needed.
+            let kmax = if s.causal {
+                (r0 + rows + nk - s.nq).min(nk)
+            } else {
+                nk
+            };
+            if kmax == 0 {
+                o.fill(0.0);
+                return;
+            }
+            let mut sc = vec![0f32; rows * kmax];
+            for h in 0..s.heads {
+                let j = h / (s.heads / s.kv_heads);
+                let qh = Mat {
+                    data: &q[r0 * hd + h * s.head_dim..],
+                    rows,
+                    cols: s.head_dim,
+                    rs: hd,
+                    cs: 1,
+                };
+                let mut so = 0;
+                for seg in segments {
+                    let c = seg.len.min(kmax.saturating_sub(so));
+                    if c > 0 {
+                        let kt = Mat {
+                            data: &seg.k[j * s.head_dim..],
+                            rows: s.head_dim,
+                            cols: c,
+                            rs: 1,
+                            cs: kd,
+                        };
+                        let dst = MatMut {
+                            data: &mut sc[so..],
+                            rows,
+                            cols: c,
+                            rs: kmax,
+                            cs: 1,
+                        };
+                        matmul(dst, qh, kt, s.scale, false, Some(false));
+                    }
+                    so += seg.len;
+                }
+                for (r, row) in sc.chunks_mut(kmax).enumerate() {
+                    let visible = if s.causal {
+                        (r0 + r + nk - s.nq + 1).min(kmax)
+                    } else {
+                        kmax
+                    };
+                    softmax_prefix(row, visible);
+                }
+                let mut so = 0;
+                let mut first = true;
+                for seg in segments {
+                    let c = seg.len.min(kmax.saturating_sub(so));
+                    if c > 0 {
+                        let p = Mat {
+                            data: &sc[so..],
+                            rows,
+                            cols: c,
+                            rs: kmax,
+                            cs: 1,
+                        };
+                        let v = Mat {
+                            data: &seg.v[j * s.head_dim..],
+                            rows: c,
+                            cols: s.head_dim,
+                            rs: kd,
+                            cs: 1,
+                        };
+                        let dst = MatMut {
+                            data: &mut o[h * s.head_dim..],
+                            rows,
+                            cols: s.head_dim,
+                            rs: hd,
+                            cs: 1,
+                        };
+                        matmul(dst, p, v, 1.0, !first, Some(false));
+                        first = false;
+                    }
+                    so += seg.len;
+                }
+            }
+        });
+}
+
+/// Softmax of `row[..visible]` with max subtraction, in f32; masked entries become exact zeros.
+fn softmax_prefix(row: &mut [f32], visible: usize) {
+    let (live, masked) = row.split_at_mut(visible);
+    masked.fill(0.0);
+    let m = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // The sum is f64 so a long row (thousands of keys) adds no error beyond the f32 exponentials.
+    let mut sum = 0f64;
+    for v in live.iter_mut() {
+        *v = (*v - m).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    live.iter_mut().for_each(|v| *v *= inv);
+}

@@ -1,0 +1,85 @@
+//! Data movement: slices, concatenation, (un)patchify, transpose, nearest upsampling.
+
+use super::{for_rows, map_indexed};
+
+/// Columns `[start, start+len)` of `x` `[n, c]`.
+pub(crate) fn slice_cols(x: &[f32], c: usize, start: usize, len: usize, out: &mut [f32]) {
+    for_rows(out, len, 1, |r, o| {
+        o.copy_from_slice(&x[r * c + start..r * c + start + len])
+    });
+}
+
+/// Row-wise concatenation: each part is a contiguous block of the output.
+pub(crate) fn concat_rows(parts: &[&[f32]], out: &mut [f32]) {
+    let mut off = 0;
+    for p in parts {
+        out[off..off + p.len()].copy_from_slice(p);
+        off += p.len();
+    }
+}
+
+/// `[c, h, w]` -> `[(h/p)*(w/p), p*p*c]`, token `(i, j)` row-major, features `(p1 p2 c)`.
+pub(crate) fn patchify(x: &[f32], c: usize, h: usize, w: usize, p: usize, out: &mut [f32]) {
+    let (wt, f) = (w / p, p * p * c);
+    for_rows(out, f, 1, |t, o| {
+        let (ti, tj) = (t / wt, t % wt);
+        for p1 in 0..p {
+            for p2 in 0..p {
+                for ch in 0..c {
+                    o[(p1 * p + p2) * c + ch] = x[(ch * h + ti * p + p1) * w + tj * p + p2];
+                }
+            }
+        }
+    });
+}
+
+/// Inverse of `patchify`: tokens `[(h/p)*(w/p), p*p*c]` -> `[c, h, w]`.
+pub(crate) fn unpatchify(x: &[f32], c: usize, h: usize, w: usize, p: usize, out: &mut [f32]) {
+    let (wt, f) = (w / p, p * p * c);
+    // One output row (channel, y) at a time keeps the writes contiguous.
+    for_rows(out, w, 1, |row, o| {
+        let (ch, y) = (row / h, row % h);
+        let (ti, p1) = (y / p, y % p);
+        for (xx, v) in o.iter_mut().enumerate() {
+            let (tj, p2) = (xx / p, xx % p);
+            *v = x[(ti * wt + tj) * f + (p1 * p + p2) * c + ch];
+        }
+    });
+}
+
+/// `[a, b]` -> `[b, a]`.
+pub(crate) fn transpose(x: &[f32], a: usize, b: usize, out: &mut [f32]) {
+    // Tiles of BLOCK output rows: each input row contributes BLOCK contiguous reads, and each output row
+    // is written sequentially, so neither side strides through memory one value at a time.
+    const BLOCK: usize = 16;
+    if a == 0 {
+        return;
+    }
+    for_rows(out, BLOCK * a, BLOCK, |blk, o| {
+        let j0 = blk * BLOCK;
+        let rows = o.len() / a;
+        for i in 0..a {
+            let src = &x[i * b + j0..i * b + j0 + rows];
+            for (jj, &v) in src.iter().enumerate() {
+                o[jj * a + i] = v;
+            }
+        }
+    });
+}
+
+/// Nearest-neighbour x2: `[c, h, w]` -> `[c, 2h, 2w]`.
+pub(crate) fn upsample2x(x: &[f32], h: usize, w: usize, out: &mut [f32]) {
+    let (h2, w2) = (2 * h, 2 * w);
+    for_rows(out, w2, 1, |row, o| {
+        let (ch, y) = (row / h2, row % h2);
+        let src = &x[(ch * h + y / 2) * w..(ch * h + y / 2 + 1) * w];
+        for (xx, v) in o.iter_mut().enumerate() {
+            *v = src[xx / 2];
+        }
+    });
+}
+
+/// Plain copy (reshape out of the arena, slices of rows).
+pub(crate) fn copy(x: &[f32], out: &mut [f32]) {
+    map_indexed(out, |i| x[i]);
+}

@@ -1,0 +1,219 @@
+//! Everything checked before any compute: the graph is well formed (re-inferred shapes, dtypes, execution
+//! order), the plan places every activation inside the arena, every input and weight is present with the
+//! declared shape and dtype, and every token id is inside its table. After this, kernels only see
+//! consistent shapes, so index arithmetic cannot go out of bounds.
+
+use super::error::{EngineError, Result};
+use super::tensor::{HostData, HostTensor};
+use super::weights::CpuWeights;
+use hbridge_graph::plan::MemoryPlan;
+use hbridge_graph::{infer_shape, DataType, Graph, Op, RopeKind, Source, TensorId};
+use std::collections::HashMap;
+
+/// A borrowed tensor living outside the arena.
+#[derive(Clone, Copy)]
+pub(crate) enum View<'a> {
+    F32(&'a [f32]),
+    I32(&'a [i32]),
+}
+
+/// Where each tensor's values are during execution.
+#[derive(Clone, Copy)]
+pub(crate) enum Loc<'a> {
+    /// An activation at this offset of the arena.
+    Arena(usize),
+    /// A weight or a caller's input.
+    Host(View<'a>),
+    /// An activation no node writes (left behind by pruning); nothing may read it.
+    Unwritten,
+}
+
+fn graph_err(label: &str, problem: impl Into<String>) -> EngineError {
+    EngineError::Graph {
+        label: label.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// The dtype each input of `op` must have, in `op.inputs()` order.
+fn input_dtypes(op: &Op) -> Vec<DataType> {
+    let mut d = vec![DataType::F32; op.inputs().len()];
+    match op {
+        Op::Embed { .. } | Op::Rope { .. } => d[1] = DataType::I32,
+        _ => {}
+    }
+    d
+}
+
+/// What the kernels rely on that `infer_shape` does not check.
+fn beyond_shape_inference(op: &Op) -> Option<String> {
+    match op {
+        // Pairs are (2k, 2k+1) from each axis start: an odd axis would shift every later pair and leave
+        // a dimension unrotated (and unwritten).
+        Op::Rope {
+            kind: RopeKind::Interleaved3 { axes, .. },
+            ..
+        } if axes.iter().any(|a| a % 2 != 0) => {
+            Some(format!("interleaved rope axes {axes:?} must all be even"))
+        }
+        _ => None,
+    }
+}
+
+/// Checks everything and returns each tensor's location.
+pub(crate) fn resolve<'a>(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    weights: &'a CpuWeights,
+    inputs: &'a HashMap<String, HostTensor>,
+) -> Result<Vec<Loc<'a>>> {
+    let nt = graph.tensors.len();
+    if plan.offsets.len() != nt {
+        return Err(EngineError::Plan(format!(
+            "{} offsets for {nt} tensors",
+            plan.offsets.len()
+        )));
+    }
+    let mut locs = Vec::with_capacity(nt);
+    for t in &graph.tensors {
+        locs.push(match &t.source {
+            Source::Weight { part, name } => {
+                if t.dtype != DataType::F32 {
+                    return Err(graph_err(&t.label, "weights must be F32"));
+                }
+                Loc::Host(View::F32(&weights.require(*part, name, &t.shape)?.data))
+            }
+            Source::Input(name) => {
+                let h = inputs
+                    .get(name)
+                    .ok_or_else(|| EngineError::MissingInput { name: name.clone() })?;
+                if h.dtype() != t.dtype {
+                    return Err(EngineError::InputDtype {
+                        name: name.clone(),
+                        expected: t.dtype,
+                        found: h.dtype(),
+                    });
+                }
+                if h.shape != t.shape {
+                    return Err(EngineError::InputShape {
+                        name: name.clone(),
+                        expected: t.shape.clone(),
+                        found: h.shape.clone(),
+                    });
+                }
+                h.check_len(name)?;
+                Loc::Host(match &h.data {
+                    HostData::F32(v) => View::F32(v),
+                    HostData::I32(v) => View::I32(v),
+                })
+            }
+            Source::Activation => Loc::Unwritten,
+        });
+    }
+
+    let shape_of = |id: TensorId| graph.tensors[id.index()].shape.as_slice();
+    for node in &graph.nodes {
+        let out = node.out;
+        let label = graph
+            .tensors
+            .get(out.index())
+            .map_or("?", |t| t.label.as_str());
+        if out.index() >= nt {
+            return Err(graph_err(
+                label,
+                format!("output tensor {} does not exist", out.0),
+            ));
+        }
+        let desc = &graph.tensors[out.index()];
+        if desc.source != Source::Activation || desc.dtype != DataType::F32 {
+            return Err(graph_err(label, "a node must write an F32 activation"));
+        }
+        if !matches!(locs[out.index()], Loc::Unwritten) {
+            return Err(graph_err(label, "written by two nodes"));
+        }
+        let ins = node.op.inputs();
+        for (id, want) in ins.iter().zip(input_dtypes(&node.op)) {
+            let Some(t) = graph.tensors.get(id.index()) else {
+                return Err(graph_err(
+                    label,
+                    format!("reads tensor {} which does not exist", id.0),
+                ));
+            };
+            if matches!(locs[id.index()], Loc::Unwritten) {
+                return Err(graph_err(
+                    label,
+                    format!("reads `{}` before any node writes it", t.label),
+                ));
+            }
+            if t.dtype != want {
+                return Err(graph_err(
+                    label,
+                    format!(
+                        "input `{}` is {:?}, {} needs {want:?}",
+                        t.label,
+                        t.dtype,
+                        node.op.name()
+                    ),
+                ));
+            }
+        }
+        let shape = infer_shape(&node.op, shape_of)
+            .map_err(|p| graph_err(label, format!("{}: {p}", node.op.name())))?;
+        if let Some(problem) = beyond_shape_inference(&node.op) {
+            return Err(graph_err(label, problem));
+        }
+        if shape != desc.shape {
+            return Err(graph_err(
+                label,
+                format!(
+                    "declared shape {:?}, {} gives {shape:?}",
+                    desc.shape,
+                    node.op.name()
+                ),
+            ));
+        }
+        if let Op::Embed { table, ids } = &node.op {
+            check_ids(graph, &locs, *table, *ids)?;
+        }
+        let off = plan.offsets[out.index()]
+            .ok_or_else(|| EngineError::Plan(format!("`{label}` has no offset")))?;
+        if off
+            .checked_add(desc.numel())
+            .is_none_or(|end| end > plan.arena_len)
+        {
+            return Err(EngineError::Plan(format!(
+                "`{label}` at {off} + {} exceeds the arena of {}",
+                desc.numel(),
+                plan.arena_len
+            )));
+        }
+        locs[out.index()] = Loc::Arena(off);
+    }
+    for (name, id) in &graph.outputs {
+        match locs.get(id.index()) {
+            None | Some(Loc::Unwritten) => return Err(graph_err(name, "output is never written")),
+            _ => {}
+        }
+    }
+    Ok(locs)
+}
+
+/// Token ids are always caller inputs (activations are F32), so they are checked before any compute.
+fn check_ids(graph: &Graph, locs: &[Loc<'_>], table: TensorId, ids: TensorId) -> Result<()> {
+    let vocab = graph.tensor(table).shape[0];
+    if let Loc::Host(View::I32(v)) = locs[ids.index()] {
+        if let Some((position, &id)) = v
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id < 0 || id as usize >= vocab)
+        {
+            return Err(EngineError::TokenOutOfRange {
+                tensor: graph.tensor(ids).label.clone(),
+                position,
+                id: id as i64,
+                vocab,
+            });
+        }
+    }
+    Ok(())
+}

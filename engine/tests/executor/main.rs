@@ -1,0 +1,8 @@
+//! The executor as a whole: hand-built graphs, arena placement and reuse, weights, and bad input.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod errors;
+mod graph;
+mod weights;
