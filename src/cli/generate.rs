@@ -1,0 +1,77 @@
+//! `hbridge generate`: text to image, with a progress bar over the denoising steps.
+
+use hbridge::cpu_model::CpuModel;
+use hbridge::t2i::{generate, write_png, ImageRequest};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// Model directory.
+    pub model: PathBuf,
+    /// What to draw.
+    #[arg(short, long)]
+    pub prompt: String,
+    /// Negative prompt (the unconditional branch of guidance).
+    #[arg(long, default_value = "")]
+    pub negative: String,
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Text guidance scale; <= 1 runs the conditional branch only.
+    #[arg(long, default_value_t = 4.0, allow_negative_numbers = true)]
+    pub guidance: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 1024)]
+    pub width: usize,
+    #[arg(long, default_value_t = 1024)]
+    pub height: usize,
+    /// Output PNG.
+    #[arg(short, long)]
+    pub out: PathBuf,
+}
+
+/// A one-line progress bar on stderr; on a pipe or file, a line per tenth of the run instead.
+pub fn progress_bar(label: &'static str) -> impl FnMut(usize, usize) {
+    use std::io::IsTerminal;
+    let start = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    move |step, total| {
+        if !tty {
+            if step == total || step % (total / 10).max(1) == 0 {
+                eprintln!("{label} {step}/{total} {:.1?}", start.elapsed());
+            }
+            return;
+        }
+        let width = 30;
+        let done = step * width / total.max(1);
+        eprint!("\r{label} [{}{}] {step}/{total} {:.1?}", "#".repeat(done), " ".repeat(width - done), start.elapsed());
+        if step == total {
+            eprintln!();
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+pub fn run(a: GenerateArgs) -> Result<(), String> {
+    let start = Instant::now();
+    let model = CpuModel::open(&a.model).map_err(|e| e.to_string())?;
+    let cfg = &model.checkpoint.config;
+    let tokenizer = hbridge::prompt::load_tokenizer(&a.model, &cfg.layout.und_dir).map_err(|e| e.to_string())?;
+    eprintln!("loaded {} ({} topology) in {:.2?}", a.model.display(), cfg.layout.topology, start.elapsed());
+    let req = ImageRequest::new(a.prompt).negative(a.negative).steps(a.steps).guidance(a.guidance).seed(a.seed).size(a.width, a.height);
+    let out = generate(&model, &tokenizer, &req, progress_bar("denoising")).map_err(|e| e.to_string())?;
+    write_png(&a.out, out.width, out.height, &out.rgb)?;
+    eprintln!(
+        "wrote {} ({}x{}): und prefill {:.2?}, {} steps {:.2?}, VAE decode {:.2?}",
+        a.out.display(),
+        out.width,
+        out.height,
+        out.timings.prefill,
+        req.steps,
+        out.timings.denoise,
+        out.timings.vae
+    );
+    Ok(())
+}
