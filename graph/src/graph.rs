@@ -63,7 +63,11 @@ pub struct Graph {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GraphError {
     #[error("building {label}: {op} {problem}")]
-    Shape { label: String, op: &'static str, problem: String },
+    Shape {
+        label: String,
+        op: &'static str,
+        problem: String,
+    },
     #[error("{0}")]
     Request(String),
 }
@@ -74,22 +78,31 @@ impl Graph {
     }
 
     pub fn output(&self, name: &str) -> Option<TensorId> {
-        self.outputs.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
+        self.outputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, id)| *id)
     }
 
     /// Tensors fed by the caller, with their names.
     pub fn inputs(&self) -> impl Iterator<Item = (TensorId, &str)> {
-        self.tensors.iter().enumerate().filter_map(|(i, t)| match &t.source {
-            Source::Input(name) => Some((TensorId(i as u32), name.as_str())),
-            _ => None,
-        })
+        self.tensors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match &t.source {
+                Source::Input(name) => Some((TensorId(i as u32), name.as_str())),
+                _ => None,
+            })
     }
 
     pub fn weights(&self) -> impl Iterator<Item = (TensorId, Part, &str)> {
-        self.tensors.iter().enumerate().filter_map(|(i, t)| match &t.source {
-            Source::Weight { part, name } => Some((TensorId(i as u32), *part, name.as_str())),
-            _ => None,
-        })
+        self.tensors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match &t.source {
+                Source::Weight { part, name } => Some((TensorId(i as u32), *part, name.as_str())),
+                _ => None,
+            })
     }
 
     /// Declares a checkpoint tensor (deduplicated by part and name).
@@ -98,12 +111,25 @@ impl Graph {
         if let Some(i) = self.tensors.iter().position(|t| matches!(&t.source, Source::Weight { part: p, name: n } if *p == part && *n == name)) {
             return TensorId(i as u32);
         }
-        self.add_tensor(TensorDesc { shape: shape.to_vec(), dtype: DataType::F32, source: Source::Weight { part, name: name.clone() }, label: name })
+        self.add_tensor(TensorDesc {
+            shape: shape.to_vec(),
+            dtype: DataType::F32,
+            source: Source::Weight {
+                part,
+                name: name.clone(),
+            },
+            label: name,
+        })
     }
 
     pub fn input(&mut self, name: impl Into<String>, shape: &[usize], dtype: DataType) -> TensorId {
         let name = name.into();
-        self.add_tensor(TensorDesc { shape: shape.to_vec(), dtype, source: Source::Input(name.clone()), label: name })
+        self.add_tensor(TensorDesc {
+            shape: shape.to_vec(),
+            dtype,
+            source: Source::Input(name.clone()),
+            label: name,
+        })
     }
 
     fn add_tensor(&mut self, desc: TensorDesc) -> TensorId {
@@ -114,8 +140,19 @@ impl Graph {
     /// Appends a node; its output shape is inferred and every input shape checked.
     pub fn push(&mut self, op: Op, label: impl Into<String>) -> Result<TensorId, GraphError> {
         let label = label.into();
-        let shape = infer_shape(&op, |id| &self.tensors[id.index()].shape).map_err(|problem| GraphError::Shape { label: label.clone(), op: op.name(), problem })?;
-        let out = self.add_tensor(TensorDesc { shape, dtype: DataType::F32, source: Source::Activation, label });
+        let shape = infer_shape(&op, |id| &self.tensors[id.index()].shape).map_err(|problem| {
+            GraphError::Shape {
+                label: label.clone(),
+                op: op.name(),
+                problem,
+            }
+        })?;
+        let out = self.add_tensor(TensorDesc {
+            shape,
+            dtype: DataType::F32,
+            source: Source::Activation,
+            label,
+        });
         self.nodes.push(Node { op, out });
         Ok(out)
     }
@@ -129,8 +166,20 @@ impl fmt::Display for Graph {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for node in &self.nodes {
             let t = self.tensor(node.out);
-            let inputs: Vec<String> = node.op.inputs().iter().map(|i| self.tensor(*i).label.clone()).collect();
-            writeln!(f, "{} {:?} = {}({})", t.label, t.shape, node.op.name(), inputs.join(", "))?;
+            let inputs: Vec<String> = node
+                .op
+                .inputs()
+                .iter()
+                .map(|i| self.tensor(*i).label.clone())
+                .collect();
+            writeln!(
+                f,
+                "{} {:?} = {}({})",
+                t.label,
+                t.shape,
+                node.op.name(),
+                inputs.join(", ")
+            )?;
         }
         Ok(())
     }

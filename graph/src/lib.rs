@@ -2,9 +2,9 @@
 //! shape out, with dead work removed and every activation placed in one arena. Knows nothing of any
 //! backend.
 
+pub mod build;
 mod graph;
 pub mod op;
-pub mod build;
 pub mod plan;
 pub mod prune;
 mod shape;

@@ -34,17 +34,30 @@ pub enum Op {
     Embed { table: TensorId, ids: TensorId },
     /// Over the last `dim` features of each row (x viewed as `[numel/dim, dim]`, so per-head norms use
     /// `dim = head_dim`): `y = x * rsqrt(mean(x^2) + eps) * weight` (no weight: `* 1`); mean in f32.
-    RmsNorm { x: TensorId, weight: Option<TensorId>, dim: usize, eps: f32 },
+    RmsNorm {
+        x: TensorId,
+        weight: Option<TensorId>,
+        dim: usize,
+        eps: f32,
+    },
     /// LayerNorm over the last `dim` features, no affine: `(x - mean) * rsqrt(var + eps)`, biased variance.
     LayerNorm { x: TensorId, dim: usize, eps: f32 },
     /// `y = x @ w^T (+ bias)`; x `[N, in]`, w `[out, in]` (nn.Linear layout), bias `[out]`.
-    Linear { x: TensorId, w: TensorId, bias: Option<TensorId> },
+    Linear {
+        x: TensorId,
+        w: TensorId,
+        bias: Option<TensorId>,
+    },
     /// Elementwise `a + b`; `b` has the shape of `a`, or is one row `[D]` / `[1, D]` broadcast over a's rows.
     Add { a: TensorId, b: TensorId },
     /// `a * (1 + scale)`, `scale` one row `[D]` broadcast over rows (the DiT's modulation).
     Modulate { x: TensorId, scale: TensorId },
     /// `x + tanh(gate) * y`, `gate` one row `[D]` broadcast over rows (the DiT's gated residual).
-    GateResidual { x: TensorId, gate: TensorId, y: TensorId },
+    GateResidual {
+        x: TensorId,
+        gate: TensorId,
+        y: TensorId,
+    },
     /// Elementwise `x * scale + shift` with constants (the VAE's latent scaling).
     Affine { x: TensorId, scale: f32, shift: f32 },
     /// Elementwise SiLU `x * sigmoid(x)`.
@@ -54,30 +67,75 @@ pub enum Op {
     /// `silu(gate) * up`, same shapes.
     SwiGlu { gate: TensorId, up: TensorId },
     /// Rotary embedding of `x` `[N, heads*head_dim]` at `positions` (layout per kind).
-    Rope { x: TensorId, positions: TensorId, heads: usize, head_dim: usize, kind: RopeKind },
+    Rope {
+        x: TensorId,
+        positions: TensorId,
+        heads: usize,
+        head_dim: usize,
+        kind: RopeKind,
+    },
     /// Softmax attention of `q` `[Nq, heads*head_dim]` over the concatenation of the segments' keys
     /// (each `[len_s, kv_heads*head_dim]`), without materializing it. GQA: kv head `j` serves q heads
     /// `j*g .. j*g+g-1`, `g = heads/kv_heads`. `causal`: query i sees keys `0..=i + (Nk - Nq)` (queries are
     /// the last Nq positions of the keys). Scores `q.k * scale`; softmax in f32. -> `[Nq, heads*head_dim]`.
-    Attention { q: TensorId, segments: Vec<KvSegment>, heads: usize, kv_heads: usize, head_dim: usize, causal: bool, scale: f32 },
+    Attention {
+        q: TensorId,
+        segments: Vec<KvSegment>,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        causal: bool,
+        scale: f32,
+    },
     /// Columns `[start, start+len)` of `x` `[N, C]` -> `[N, len]` (e.g. one chunk of the modulation vector).
-    SliceCols { x: TensorId, start: usize, len: usize },
+    SliceCols {
+        x: TensorId,
+        start: usize,
+        len: usize,
+    },
     /// Rows `[start, start+len)` of `x` `[N, C]` -> `[len, C]`.
-    SliceRows { x: TensorId, start: usize, len: usize },
+    SliceRows {
+        x: TensorId,
+        start: usize,
+        len: usize,
+    },
     /// Row-wise concatenation of `[N_i, C]` -> `[sum N_i, C]`.
     ConcatRows { parts: Vec<TensorId> },
     /// Latent `[C, H, W]` -> tokens `[(H/p)*(W/p), p*p*C]`, token `(h, w)` row-major, features `(p1 p2 c)`.
     Patchify { x: TensorId, patch: usize },
     /// Inverse of `Patchify`: tokens `[(H/p)*(W/p), p*p*C]` -> `[C, H, W]`.
-    Unpatchify { x: TensorId, patch: usize, channels: usize, height: usize, width: usize },
+    Unpatchify {
+        x: TensorId,
+        patch: usize,
+        channels: usize,
+        height: usize,
+        width: usize,
+    },
     /// Sinusoidal timestep features: `t` F32 `[1]` -> `[2*half]` = `[cos e, sin e]`,
     /// `e_k = scale * t * exp(-ln(10000) * k / half)`, computed in f64 (DESIGN.md 3).
-    TimestepFeatures { t: TensorId, half: usize, scale: f64 },
+    TimestepFeatures {
+        t: TensorId,
+        half: usize,
+        scale: f64,
+    },
     /// 2-D convolution of `x` `[Cin, H, W]` with `w` `[Cout, Cin, k, k]`, `bias` `[Cout]`, zero padding
     /// `pad` on every side (diffusers' downsampler pads (0,1,0,1) instead: `pad_bottom_right_only`).
-    Conv2d { x: TensorId, w: TensorId, bias: Option<TensorId>, stride: usize, pad: usize, pad_bottom_right_only: bool },
+    Conv2d {
+        x: TensorId,
+        w: TensorId,
+        bias: Option<TensorId>,
+        stride: usize,
+        pad: usize,
+        pad_bottom_right_only: bool,
+    },
     /// GroupNorm over `[C, H, W]`: `groups` groups of C/groups channels, affine `weight`, `bias` `[C]`.
-    GroupNorm { x: TensorId, weight: TensorId, bias: TensorId, groups: usize, eps: f32 },
+    GroupNorm {
+        x: TensorId,
+        weight: TensorId,
+        bias: TensorId,
+        groups: usize,
+        eps: f32,
+    },
     /// Nearest-neighbour x2 upsampling of `[C, H, W]` -> `[C, 2H, 2W]`.
     Upsample2x { x: TensorId },
     /// `[A, B]` -> `[B, A]` (image `[C, H*W]` <-> tokens `[H*W, C]`).
@@ -93,19 +151,32 @@ impl Op {
         match self {
             Embed { table, ids } => vec![*table, *ids],
             RmsNorm { x, weight, .. } => std::iter::once(*x).chain(*weight).collect(),
-            LayerNorm { x, .. } | Affine { x, .. } | Silu { x } | Gelu { x } | SliceCols { x, .. } | SliceRows { x, .. } => vec![*x],
-            Patchify { x, .. } | Unpatchify { x, .. } | Upsample2x { x } | Transpose { x } | Reshape { x, .. } => vec![*x],
+            LayerNorm { x, .. }
+            | Affine { x, .. }
+            | Silu { x }
+            | Gelu { x }
+            | SliceCols { x, .. }
+            | SliceRows { x, .. } => vec![*x],
+            Patchify { x, .. }
+            | Unpatchify { x, .. }
+            | Upsample2x { x }
+            | Transpose { x }
+            | Reshape { x, .. } => vec![*x],
             Linear { x, w, bias } => [*x, *w].into_iter().chain(*bias).collect(),
             Add { a, b } => vec![*a, *b],
             Modulate { x, scale } => vec![*x, *scale],
             GateResidual { x, gate, y } => vec![*x, *gate, *y],
             SwiGlu { gate, up } => vec![*gate, *up],
             Rope { x, positions, .. } => vec![*x, *positions],
-            Attention { q, segments, .. } => std::iter::once(*q).chain(segments.iter().flat_map(|s| [s.k, s.v])).collect(),
+            Attention { q, segments, .. } => std::iter::once(*q)
+                .chain(segments.iter().flat_map(|s| [s.k, s.v]))
+                .collect(),
             ConcatRows { parts } => parts.clone(),
             TimestepFeatures { t, .. } => vec![*t],
             Conv2d { x, w, bias, .. } => [*x, *w].into_iter().chain(*bias).collect(),
-            GroupNorm { x, weight, bias, .. } => vec![*x, *weight, *bias],
+            GroupNorm {
+                x, weight, bias, ..
+            } => vec![*x, *weight, *bias],
         }
     }
 

@@ -22,7 +22,10 @@ fn is_row_of(b: &[usize], d: usize) -> bool {
 }
 
 /// The output shape of `op` given its inputs' shapes, or what is inconsistent.
-pub fn infer_shape<'a>(op: &Op, shape: impl Fn(TensorId) -> &'a [usize]) -> Result<Vec<usize>, String> {
+pub fn infer_shape<'a>(
+    op: &Op,
+    shape: impl Fn(TensorId) -> &'a [usize],
+) -> Result<Vec<usize>, String> {
     use Op::*;
     let last = |s: &[usize]| s.last().copied().unwrap_or(1);
     Ok(match op {
@@ -56,7 +59,9 @@ pub fn infer_shape<'a>(op: &Op, shape: impl Fn(TensorId) -> &'a [usize]) -> Resu
             let (n, k) = rows_cols(shape(*x))?;
             let (out, k2) = rows_cols(shape(*w))?;
             if k != k2 {
-                return Err(format!("x has {k} features, weight [{out}, {k2}] expects {k2}"));
+                return Err(format!(
+                    "x has {k} features, weight [{out}, {k2}] expects {k2}"
+                ));
             }
             if let Some(b) = bias {
                 if shape(*b) != [out] {
@@ -93,25 +98,52 @@ pub fn infer_shape<'a>(op: &Op, shape: impl Fn(TensorId) -> &'a [usize]) -> Resu
         }
         SwiGlu { gate, up } => {
             if shape(*gate) != shape(*up) {
-                return Err(format!("gate {:?} and up {:?} differ", shape(*gate), shape(*up)));
+                return Err(format!(
+                    "gate {:?} and up {:?} differ",
+                    shape(*gate),
+                    shape(*up)
+                ));
             }
             shape(*gate).to_vec()
         }
-        Rope { x, positions, heads, head_dim, kind } => {
+        Rope {
+            x,
+            positions,
+            heads,
+            head_dim,
+            kind,
+        } => {
             let (n, c) = rows_cols(shape(*x))?;
             if c != heads * head_dim || head_dim % 2 != 0 {
-                return Err(format!("x has {c} features, expected heads {heads} * even head_dim {head_dim}"));
+                return Err(format!(
+                    "x has {c} features, expected heads {heads} * even head_dim {head_dim}"
+                ));
             }
             let ok = match kind {
-                RopeKind::Mrope { section, .. } => shape(*positions) == [3, n] && section.iter().sum::<usize>() * 2 == *head_dim,
-                RopeKind::Interleaved3 { axes, .. } => shape(*positions) == [n, 3] && axes.iter().sum::<usize>() == *head_dim,
+                RopeKind::Mrope { section, .. } => {
+                    shape(*positions) == [3, n] && section.iter().sum::<usize>() * 2 == *head_dim
+                }
+                RopeKind::Interleaved3 { axes, .. } => {
+                    shape(*positions) == [n, 3] && axes.iter().sum::<usize>() == *head_dim
+                }
             };
             if !ok {
-                return Err(format!("positions {:?} or rope sections do not fit {n} tokens of head_dim {head_dim}", shape(*positions)));
+                return Err(format!(
+                    "positions {:?} or rope sections do not fit {n} tokens of head_dim {head_dim}",
+                    shape(*positions)
+                ));
             }
             vec![n, c]
         }
-        Attention { q, segments, heads, kv_heads, head_dim, causal, .. } => {
+        Attention {
+            q,
+            segments,
+            heads,
+            kv_heads,
+            head_dim,
+            causal,
+            ..
+        } => {
             let (nq, c) = rows_cols(shape(*q))?;
             if c != heads * head_dim || *kv_heads == 0 || heads % kv_heads != 0 {
                 return Err(format!("q has {c} features; heads {heads}, kv_heads {kv_heads}, head_dim {head_dim} do not fit"));
@@ -124,12 +156,17 @@ pub fn infer_shape<'a>(op: &Op, shape: impl Fn(TensorId) -> &'a [usize]) -> Resu
                 let (sk, sv) = (shape(s.k), shape(s.v));
                 let (len, ck) = rows_cols(sk)?;
                 if ck != kv_heads * head_dim || sv != sk {
-                    return Err(format!("segment k {sk:?} / v {sv:?} must both be [len, {}]", kv_heads * head_dim));
+                    return Err(format!(
+                        "segment k {sk:?} / v {sv:?} must both be [len, {}]",
+                        kv_heads * head_dim
+                    ));
                 }
                 nk += len;
             }
             if *causal && nk < nq {
-                return Err(format!("causal attention with {nq} queries over only {nk} keys"));
+                return Err(format!(
+                    "causal attention with {nq} queries over only {nk} keys"
+                ));
             }
             vec![nq, c]
         }
@@ -153,7 +190,10 @@ pub fn infer_shape<'a>(op: &Op, shape: impl Fn(TensorId) -> &'a [usize]) -> Resu
             for p in parts {
                 let (r, c) = rows_cols(shape(*p))?;
                 if cols.is_some_and(|k| k != c) {
-                    return Err(format!("parts differ in width ({c} vs {})", cols.unwrap_or(0)));
+                    return Err(format!(
+                        "parts differ in width ({c} vs {})",
+                        cols.unwrap_or(0)
+                    ));
                 }
                 cols = Some(c);
                 rows += r;
@@ -167,9 +207,20 @@ pub fn infer_shape<'a>(op: &Op, shape: impl Fn(TensorId) -> &'a [usize]) -> Resu
             }
             vec![(h / patch) * (w / patch), patch * patch * c]
         }
-        Unpatchify { x, patch, channels, height, width } => {
+        Unpatchify {
+            x,
+            patch,
+            channels,
+            height,
+            width,
+        } => {
             let (n, f) = rows_cols(shape(*x))?;
-            if *patch == 0 || height % patch != 0 || width % patch != 0 || n != (height / patch) * (width / patch) || f != patch * patch * channels {
+            if *patch == 0
+                || height % patch != 0
+                || width % patch != 0
+                || n != (height / patch) * (width / patch)
+                || f != patch * patch * channels
+            {
                 return Err(format!("[{n}, {f}] tokens do not make a {channels}x{height}x{width} latent with patch {patch}"));
             }
             vec![*channels, *height, *width]
@@ -180,7 +231,14 @@ pub fn infer_shape<'a>(op: &Op, shape: impl Fn(TensorId) -> &'a [usize]) -> Resu
             }
             vec![2 * half]
         }
-        Conv2d { x, w, bias, stride, pad, pad_bottom_right_only } => {
+        Conv2d {
+            x,
+            w,
+            bias,
+            stride,
+            pad,
+            pad_bottom_right_only,
+        } => {
             let (c, h, wd) = chw(shape(*x))?;
             let (co, ci, k) = match shape(*w) {
                 [co, ci, k1, k2] if k1 == k2 => (*co, *ci, *k1),
@@ -194,16 +252,34 @@ pub fn infer_shape<'a>(op: &Op, shape: impl Fn(TensorId) -> &'a [usize]) -> Resu
                     return Err(format!("bias {:?} must be [{co}]", shape(*b)));
                 }
             }
-            let extra = if *pad_bottom_right_only { *pad } else { 2 * pad };
+            let extra = if *pad_bottom_right_only {
+                *pad
+            } else {
+                2 * pad
+            };
             if h + extra < k || wd + extra < k {
                 return Err(format!("kernel {k} larger than the padded {h}x{wd} input"));
             }
-            vec![co, (h + extra - k) / stride + 1, (wd + extra - k) / stride + 1]
+            vec![
+                co,
+                (h + extra - k) / stride + 1,
+                (wd + extra - k) / stride + 1,
+            ]
         }
-        GroupNorm { x, weight, bias, groups, .. } => {
+        GroupNorm {
+            x,
+            weight,
+            bias,
+            groups,
+            ..
+        } => {
             let (c, _, _) = chw(shape(*x))?;
             if *groups == 0 || c % groups != 0 || shape(*weight) != [c] || shape(*bias) != [c] {
-                return Err(format!("{c} channels, {groups} groups, weight {:?}, bias {:?} do not fit", shape(*weight), shape(*bias)));
+                return Err(format!(
+                    "{c} channels, {groups} groups, weight {:?}, bias {:?} do not fit",
+                    shape(*weight),
+                    shape(*bias)
+                ));
             }
             shape(*x).to_vec()
         }

@@ -44,43 +44,160 @@ impl Ctx<'_> {
         self.g.push(op, label)
     }
 
-    fn rmsnorm(&mut self, x: TensorId, weight: &str, label: String) -> Result<TensorId, GraphError> {
+    fn rmsnorm(
+        &mut self,
+        x: TensorId,
+        weight: &str,
+        label: String,
+    ) -> Result<TensorId, GraphError> {
         let h = self.c.hidden_size;
         let w = self.w(weight, &[h]);
-        self.push(Op::RmsNorm { x, weight: Some(w), dim: h, eps: self.c.rms_norm_eps as f32 }, label)
+        self.push(
+            Op::RmsNorm {
+                x,
+                weight: Some(w),
+                dim: h,
+                eps: self.c.rms_norm_eps as f32,
+            },
+            label,
+        )
     }
 
-    fn linear(&mut self, x: TensorId, name: &str, out: usize, inp: usize, bias: bool, label: String) -> Result<TensorId, GraphError> {
+    fn linear(
+        &mut self,
+        x: TensorId,
+        name: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+        label: String,
+    ) -> Result<TensorId, GraphError> {
         let w = self.w(&format!("{name}.weight"), &[out, inp]);
-        let b = if bias { Some(self.w(&format!("{name}.bias"), &[out])) } else { None };
+        let b = if bias {
+            Some(self.w(&format!("{name}.bias"), &[out]))
+        } else {
+            None
+        };
         self.push(Op::Linear { x, w, bias: b }, label)
     }
 
     /// One decoder layer. `past` holds the cache segment (decode) prepended to this step's K/V.
-    fn layer(&mut self, i: usize, x: TensorId, positions: TensorId, past: Option<KvSegment>) -> Result<(TensorId, TensorId, TensorId), GraphError> {
+    fn layer(
+        &mut self,
+        i: usize,
+        x: TensorId,
+        positions: TensorId,
+        past: Option<KvSegment>,
+    ) -> Result<(TensorId, TensorId, TensorId), GraphError> {
         let c = self.c;
         let (h, hd) = (c.hidden_size, c.head_dim);
         let p = format!("layers.{i}.");
         let l = format!("und.layers.{i}.");
-        let n = self.rmsnorm(x, &format!("{p}input_layernorm.weight"), format!("{l}input_norm"))?;
-        let q = self.linear(n, &format!("{p}self_attn.q_proj"), c.q_dim(), h, true, format!("{l}q"))?;
-        let k = self.linear(n, &format!("{p}self_attn.k_proj"), c.kv_dim(), h, true, format!("{l}k_proj"))?;
-        let v = self.linear(n, &format!("{p}self_attn.v_proj"), c.kv_dim(), h, true, format!("{l}v"))?;
-        let kind = RopeKind::Mrope { section: c.mrope_section, theta: c.rope_theta };
-        let q = self.push(Op::Rope { x: q, positions, heads: c.num_heads, head_dim: hd, kind: kind.clone() }, format!("{l}q_rope"))?;
-        let k = self.push(Op::Rope { x: k, positions, heads: c.num_kv_heads, head_dim: hd, kind }, format!("{l}k"))?;
+        let n = self.rmsnorm(
+            x,
+            &format!("{p}input_layernorm.weight"),
+            format!("{l}input_norm"),
+        )?;
+        let q = self.linear(
+            n,
+            &format!("{p}self_attn.q_proj"),
+            c.q_dim(),
+            h,
+            true,
+            format!("{l}q"),
+        )?;
+        let k = self.linear(
+            n,
+            &format!("{p}self_attn.k_proj"),
+            c.kv_dim(),
+            h,
+            true,
+            format!("{l}k_proj"),
+        )?;
+        let v = self.linear(
+            n,
+            &format!("{p}self_attn.v_proj"),
+            c.kv_dim(),
+            h,
+            true,
+            format!("{l}v"),
+        )?;
+        let kind = RopeKind::Mrope {
+            section: c.mrope_section,
+            theta: c.rope_theta,
+        };
+        let q = self.push(
+            Op::Rope {
+                x: q,
+                positions,
+                heads: c.num_heads,
+                head_dim: hd,
+                kind: kind.clone(),
+            },
+            format!("{l}q_rope"),
+        )?;
+        let k = self.push(
+            Op::Rope {
+                x: k,
+                positions,
+                heads: c.num_kv_heads,
+                head_dim: hd,
+                kind,
+            },
+            format!("{l}k"),
+        )?;
         let segments: Vec<KvSegment> = past.into_iter().chain([KvSegment { k, v }]).collect();
         let a = self.push(
-            Op::Attention { q, segments, heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: hd, causal: true, scale: (hd as f32).powf(-0.5) },
+            Op::Attention {
+                q,
+                segments,
+                heads: c.num_heads,
+                kv_heads: c.num_kv_heads,
+                head_dim: hd,
+                causal: true,
+                scale: (hd as f32).powf(-0.5),
+            },
             format!("{l}attn"),
         )?;
-        let o = self.linear(a, &format!("{p}self_attn.o_proj"), h, c.q_dim(), false, format!("{l}o"))?;
+        let o = self.linear(
+            a,
+            &format!("{p}self_attn.o_proj"),
+            h,
+            c.q_dim(),
+            false,
+            format!("{l}o"),
+        )?;
         let x = self.push(Op::Add { a: x, b: o }, format!("{l}attn_residual"))?;
-        let m = self.rmsnorm(x, &format!("{p}post_attention_layernorm.weight"), format!("{l}post_norm"))?;
-        let gate = self.linear(m, &format!("{p}mlp.gate_proj"), c.intermediate_size, h, false, format!("{l}gate"))?;
-        let up = self.linear(m, &format!("{p}mlp.up_proj"), c.intermediate_size, h, false, format!("{l}up"))?;
+        let m = self.rmsnorm(
+            x,
+            &format!("{p}post_attention_layernorm.weight"),
+            format!("{l}post_norm"),
+        )?;
+        let gate = self.linear(
+            m,
+            &format!("{p}mlp.gate_proj"),
+            c.intermediate_size,
+            h,
+            false,
+            format!("{l}gate"),
+        )?;
+        let up = self.linear(
+            m,
+            &format!("{p}mlp.up_proj"),
+            c.intermediate_size,
+            h,
+            false,
+            format!("{l}up"),
+        )?;
         let s = self.push(Op::SwiGlu { gate, up }, format!("{l}swiglu"))?;
-        let d = self.linear(s, &format!("{p}mlp.down_proj"), h, c.intermediate_size, false, format!("{l}down"))?;
+        let d = self.linear(
+            s,
+            &format!("{p}mlp.down_proj"),
+            h,
+            c.intermediate_size,
+            false,
+            format!("{l}down"),
+        )?;
         let x = self.push(Op::Add { a: x, b: d }, format!("und.hs.{}", i + 1))?;
         Ok((x, k, v))
     }
@@ -92,7 +209,14 @@ impl Ctx<'_> {
         if final_hidden {
             self.g.mark_output("und.final_hidden", normed);
         }
-        let out = self.linear(normed, "lm_head", c.vocab_size, c.hidden_size, false, "und.logits".into())?;
+        let out = self.linear(
+            normed,
+            "lm_head",
+            c.vocab_size,
+            c.hidden_size,
+            false,
+            "und.logits".into(),
+        )?;
         if logits {
             self.g.mark_output("und.logits", out);
         }
@@ -103,16 +227,30 @@ impl Ctx<'_> {
 /// Prefill of `spec.len` context tokens. Inputs: `und.input_ids` I32 `[L]`, `und.position_ids` I32
 /// `[3, L]`. The whole model is built, then pruned to what the requested outputs need (an image-only
 /// request keeps no layer after the last bridged one and no lm_head).
-pub fn und_prefill(c: &UndConfig, names: &UndNames, spec: &UndPrefillSpec) -> Result<Graph, GraphError> {
+pub fn und_prefill(
+    c: &UndConfig,
+    names: &UndNames,
+    spec: &UndPrefillSpec,
+) -> Result<Graph, GraphError> {
     if spec.len == 0 {
-        return Err(GraphError::Request("und prefill of an empty context".into()));
+        return Err(GraphError::Request(
+            "und prefill of an empty context".into(),
+        ));
     }
     if let Some(&bad) = spec.kv_layers.iter().find(|&&u| u >= c.num_layers) {
-        return Err(GraphError::Request(format!("K/V of und layer {bad} requested; the und expert has {} layers", c.num_layers)));
+        return Err(GraphError::Request(format!(
+            "K/V of und layer {bad} requested; the und expert has {} layers",
+            c.num_layers
+        )));
     }
-    let mut cx = Ctx { g: Graph::default(), c, names };
+    let mut cx = Ctx {
+        g: Graph::default(),
+        c,
+        names,
+    };
     let ids = cx.g.input(names::UND_IDS, &[spec.len], DataType::I32);
-    let positions = cx.g.input(names::UND_POSITIONS, &[3, spec.len], DataType::I32);
+    let positions =
+        cx.g.input(names::UND_POSITIONS, &[3, spec.len], DataType::I32);
     let table = cx.w("embed_tokens.weight", &[c.vocab_size, c.hidden_size]);
     let mut x = cx.push(Op::Embed { table, ids }, "und.hs.0")?;
     if spec.hidden_states {
@@ -136,16 +274,26 @@ pub fn und_prefill(c: &UndConfig, names: &UndNames, spec: &UndPrefillSpec) -> Re
 /// One decode step of a single token after `past_len` cached tokens. Inputs: `und.input_ids` `[1]`,
 /// `und.position_ids` `[3, 1]`, `und.past_k.{i}` / `und.past_v.{i}` `[past_len, K*D]` for every layer.
 /// Outputs: `und.logits` `[1, V]` and this token's `und.k.{i}` / `und.v.{i}` to append to the cache.
-pub fn und_decode_step(c: &UndConfig, names: &UndNames, past_len: usize) -> Result<Graph, GraphError> {
-    let mut cx = Ctx { g: Graph::default(), c, names };
+pub fn und_decode_step(
+    c: &UndConfig,
+    names: &UndNames,
+    past_len: usize,
+) -> Result<Graph, GraphError> {
+    let mut cx = Ctx {
+        g: Graph::default(),
+        c,
+        names,
+    };
     let ids = cx.g.input(names::UND_IDS, &[1], DataType::I32);
     let positions = cx.g.input(names::UND_POSITIONS, &[3, 1], DataType::I32);
     let table = cx.w("embed_tokens.weight", &[c.vocab_size, c.hidden_size]);
     let mut x = cx.push(Op::Embed { table, ids }, "und.hs.0")?;
     for i in 0..c.num_layers {
         let past = if past_len > 0 {
-            let k = cx.g.input(names::past_k(i), &[past_len, c.kv_dim()], DataType::F32);
-            let v = cx.g.input(names::past_v(i), &[past_len, c.kv_dim()], DataType::F32);
+            let k =
+                cx.g.input(names::past_k(i), &[past_len, c.kv_dim()], DataType::F32);
+            let v =
+                cx.g.input(names::past_v(i), &[past_len, c.kv_dim()], DataType::F32);
             Some(KvSegment { k, v })
         } else {
             None

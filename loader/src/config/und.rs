@@ -102,7 +102,11 @@ impl UndConfig {
         };
         let rope_theta = match text.opt_f64("rope_theta")? {
             Some(t) => t,
-            None => rope.map(|r| r.opt_f64("rope_theta")).transpose()?.flatten().unwrap_or(10000.0),
+            None => rope
+                .map(|r| r.opt_f64("rope_theta"))
+                .transpose()?
+                .flatten()
+                .unwrap_or(10000.0),
         };
         let section = match rope
             .map(|r| r.opt_usize_list("mrope_section"))
