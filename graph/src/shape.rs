@@ -124,7 +124,9 @@ pub fn infer_shape<'a>(
                     shape(*positions) == [3, n] && section.iter().sum::<usize>() * 2 == *head_dim
                 }
                 RopeKind::Interleaved3 { axes, .. } => {
-                    shape(*positions) == [n, 3] && axes.iter().sum::<usize>() == *head_dim
+                    shape(*positions) == [n, 3]
+                        && axes.iter().sum::<usize>() == *head_dim
+                        && axes.iter().all(|a| a % 2 == 0)
                 }
             };
             if !ok {
@@ -162,6 +164,9 @@ pub fn infer_shape<'a>(
                     ));
                 }
                 nk += len;
+            }
+            if nk == 0 {
+                return Err("has no keys: a softmax over nothing is undefined".into());
             }
             if *causal && nk < nq {
                 return Err(format!(
