@@ -67,6 +67,28 @@ SPECS = {
         prompt="a small cat sitting on a wooden table", negative_prompt="", chat="What color is the car?",
         steps=4, guidance=4.0, trace_step=2, greedy_tokens=8,
     ),
+    # The omnigen2 topology (DESIGN.md 6): caption features (und post-norm last hidden states) -> caption_embedder
+    # -> context_refiner -> [text | noise], no bridge. Small enough to commit (< 0.45 MB): no vision tower in the
+    # files, tied embeddings, a narrow FFN, a 2-level VAE, a small image, no chat outputs.
+    "tiny-omnigen2": dict(
+        seed=2, topology="omnigen2",
+        und_text=dict(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, intermediate_size=32, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                      mrope_section=[2, 3, 3]),
+        und_vision=dict(VISION_TINY, hidden_size=16, num_heads=1, intermediate_size=32, out_hidden_size=32),
+        und_tied=True, und_layout="new", und_dtype="bf16", und_strip_vision=True,
+        gen=dict(patch_size=2, in_channels=4, out_channels=None, hidden_size=24, num_layers=3, num_refiner_layers=1,
+                 num_attention_heads=2, num_kv_heads=1, multiple_of=16, ffn_dim_multiplier=0.5, norm_eps=1e-5,
+                 axes_dim_rope=[4, 4, 4], axes_lens=[10000, 10000, 10000], text_feat_dim=32, timestep_scale=1000.0),
+        gen_dtype="bf16",
+        vae=dict(block_out_channels=[8, 8], layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                 mid_block_add_attention=True, scaling_factor=0.3611, shift_factor=0.1159,
+                 use_quant_conv=False, use_post_quant_conv=False),
+        vae_dtype="bf16",
+        width=24, height=16,
+        prompt="a red cube", negative_prompt="", chat=None,
+        steps=4, guidance=4.0, trace_step=2, greedy_tokens=8,
+    ),
 }
 
 
@@ -87,9 +109,15 @@ def check_against_libraries(bundle, model_dir, inputs, outputs):
     with torch.no_grad():
         ids = inputs["cond.input_ids"]
         lg = hf(input_ids=ids[None], position_ids=inputs["cond.position_ids"][:, None, :]).logits[0]
+        fin = hf(input_ids=ids[None], position_ids=inputs["cond.position_ids"][:, None, :],
+                 output_hidden_states=True).hidden_states[-1][0]
     e = rel_l2(lg, outputs["und.logits"])
     print(f"    HF from_pretrained(und/) logits vs reference: rel {e:.2e}")
     assert e < 1e-6, "und checkpoint does not load the same through transformers.from_pretrained"
+    if "und.final_hidden" in outputs:  # HF's last output_hidden_states entry is the post-norm one
+        e = rel_l2(fin, outputs["und.final_hidden"])
+        print(f"    HF hidden_states[-1] vs und.final_hidden: rel {e:.2e}")
+        assert e < 1e-6
 
     vae = AutoencoderKL.from_pretrained(os.path.join(model_dir, "vae"), torch_dtype=torch.float32).eval()
     c = vae.config
@@ -116,17 +144,12 @@ def generate(name, out_root):
     gcfg = bundle.gen_cfg
     inputs, outputs = {}, {}
 
+    topology = spec.get("topology", "hbridge")
+    margin = None
+
     # --- chat
-    chat_ids = prompts.chat_ids(tok, spec["chat"])
-    chat_pos = prompts.text_positions(len(chat_ids))
-    inputs["chat.input_ids"] = chat_ids
-    pre = bundle.und.prefill(chat_ids, chat_pos)
-    outputs["chat.logits"] = pre["logits"]
-    outputs["chat.greedy_ids"] = bundle.und.greedy(chat_ids, chat_pos, spec["greedy_tokens"])
-    margin = bundle.und.logits_margin(chat_ids, chat_pos, spec["greedy_tokens"])
-    print(f"    greedy ids {outputs['chat.greedy_ids'].tolist()}  smallest top1-top2 logit gap {margin:.4f}")
-    assert margin > 0.1, "greedy decoding too close to a tie"
-    assert int(outputs["chat.greedy_ids"].max()) < 500, "greedy ids must be ordinary (decodable) tokens"
+    if spec["chat"] is not None:
+        margin = chat_outputs(bundle, tok, spec, inputs, outputs)
 
     # --- image-generation contexts
     kv = {}
@@ -141,12 +164,35 @@ def generate(name, out_root):
             for i, h in enumerate(pre["hs"]):
                 outputs[f"und.hs.{i}"] = h
             outputs["und.logits"] = pre["logits"]
+        if topology == "omnigen2":  # the caption features of the branch
+            if br == "cond":
+                outputs["und.final_hidden"] = pre["final"]
+            kv[br] = pre["final"]
+            continue
         for u in bundle.paired_und_layers:
             outputs[f"{pre_name}und.k.{u}"] = pre["k"][u]
             outputs[f"{pre_name}und.v.{u}"] = pre["v"][u]
         kv[br] = UndKV(k={u: pre["k"][u] for u in bundle.paired_und_layers},
                        v={u: pre["v"][u] for u in bundle.paired_und_layers}, s0=int(pos.max()) + 1)
+    return generate_rest(name, spec, root, model_dir, bundle, inputs, outputs, kv, margin, topology)
 
+
+def chat_outputs(bundle, tok, spec, inputs, outputs):
+    chat_ids = prompts.chat_ids(tok, spec["chat"])
+    chat_pos = prompts.text_positions(len(chat_ids))
+    inputs["chat.input_ids"] = chat_ids
+    pre = bundle.und.prefill(chat_ids, chat_pos)
+    outputs["chat.logits"] = pre["logits"]
+    outputs["chat.greedy_ids"] = bundle.und.greedy(chat_ids, chat_pos, spec["greedy_tokens"])
+    margin = bundle.und.logits_margin(chat_ids, chat_pos, spec["greedy_tokens"])
+    print(f"    greedy ids {outputs['chat.greedy_ids'].tolist()}  smallest top1-top2 logit gap {margin:.4f}")
+    assert margin > 0.1, "greedy decoding too close to a tie"
+    assert int(outputs["chat.greedy_ids"].max()) < 500, "greedy ids must be ordinary (decodable) tokens"
+    return margin
+
+
+def generate_rest(name, spec, root, model_dir, bundle, inputs, outputs, kv, margin, topology):
+    gcfg = bundle.gen_cfg
     # --- sampling run
     f = 2 ** (len(bundle.vae_cfg["block_out_channels"]) - 1)
     C, h, w = gcfg.in_channels, spec["height"] // f, spec["width"] // f
@@ -170,7 +216,8 @@ def generate(name, out_root):
     outputs["gen.velocity.cond"] = out["velocity"][0]
     outputs["gen.velocity.uncond"] = out["velocity"][1]
     outputs["gen.velocity"] = v
-    outputs["gen.srt"] = out["srt"][0]
+    if out["srt"] is not None:
+        outputs["gen.srt"] = out["srt"][0]
     for i, hh in enumerate(out["hs"]):
         outputs[f"gen.hs.{i}"] = hh[0]
     # the batch of branches equals each branch run alone
@@ -187,10 +234,12 @@ def generate(name, out_root):
     for kk in sorted(outputs):
         if outputs[kk].is_floating_point():
             assert torch.isfinite(outputs[kk]).all(), kk
-    for kk in ("chat.logits", "und.hs.%d" % (len(bundle.und.lm.layers)), "und.k.%d" % bundle.paired_und_layers[0],
+    k_name = "und.k.%d" % bundle.paired_und_layers[0] if bundle.paired_und_layers else "und.final_hidden"
+    for kk in ("chat.logits", "und.hs.%d" % (len(bundle.und.lm.layers)), k_name,
                "gen.hs.%d" % gcfg.num_layers, "gen.velocity.cond", "gen.velocity", "gen.srt", "sample.latent",
                "vae.pixels"):
-        stats(kk, outputs[kk])
+        if kk in outputs:
+            stats(kk, outputs[kk])
     frac = ((px.abs() > 1).float().mean()).item()
     print(f"    fraction of pixels clamped: {frac:.3f}")
 
@@ -202,9 +251,9 @@ def generate(name, out_root):
     import diffusers
     import tokenizers
     import transformers
-    write_json({
+    meta = {
         "name": name,
-        "topology": "hbridge",
+        "topology": topology,
         "chat": spec["chat"],
         "prompt": spec["prompt"],
         "negative_prompt": spec["negative_prompt"],
@@ -220,14 +269,21 @@ def generate(name, out_root):
         "noise_seed": 1000 * spec["seed"] + 7,
         "trace_step": k,
         "greedy_tokens": spec["greedy_tokens"],
-        "greedy_min_logit_gap": round(margin, 6),
+        "greedy_min_logit_gap": None if margin is None else round(margin, 6),
         "pairs": [list(p) for p in bundle.pairs],
-        "weight_dtypes": {"und": spec["und_dtype"], "gen": spec["gen_dtype"], "bridge": spec["bridge_dtype"],
+        "weight_dtypes": {"und": spec["und_dtype"], "gen": spec["gen_dtype"], "bridge": spec.get("bridge_dtype"),
                           "vae": spec["vae_dtype"]},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "diffusers": diffusers.__version__, "tokenizers": tokenizers.__version__,
                      "python": sys.version.split()[0]},
-    }, os.path.join(root, "meta.json"))
+    }
+    if spec["chat"] is None:  # no chat outputs in this fixture
+        for kk in ("chat", "chat_text", "greedy_tokens", "greedy_min_logit_gap"):
+            del meta[kk]
+    if topology == "omnigen2":
+        del meta["pairs"]
+        del meta["weight_dtypes"]["bridge"]
+    write_json(meta, os.path.join(root, "meta.json"))
     print(f"[{name}] done")
 
 

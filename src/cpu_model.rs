@@ -29,12 +29,16 @@ pub struct CpuModel {
     weights: Mutex<CpuWeights>,
 }
 
-/// One branch's und cache for the bridge: K/V `[L, K_u*D_u]` per bridged und layer, and `s0`.
+/// One branch's und cache for the gen expert: for the bridge (hbridge topology), K/V `[L, K_u*D_u]` per
+/// bridged und layer and `s0`; for the omnigen2 topology, the caption features `[L, hidden_u]` (the und
+/// expert's post-norm last hidden states of the context) and no K/V.
 #[derive(Debug, Clone)]
 pub struct UndContext {
     pub len: usize,
     pub s0: usize,
     pub kv: HashMap<usize, (HostTensor, HostTensor)>,
+    /// `und.final_hidden` of the context, omnigen2 topology only.
+    pub caption: Option<HostTensor>,
 }
 
 impl CpuModel {
@@ -98,8 +102,10 @@ impl CpuModel {
         self.run(&graph, &inputs)
     }
 
-    /// The bridge's context of one branch: K/V of the bridged und layers.
+    /// The gen expert's context of one branch: K/V of the bridged und layers (hbridge topology), or the
+    /// caption features `und.final_hidden` (omnigen2 topology).
     pub fn und_context(&self, ids: &[i32], positions: Vec<i32>) -> Result<UndContext, RunError> {
+        let omnigen2 = self.is_omnigen2();
         let layers = self.bridged_und_layers();
         let s0 = positions
             .iter()
@@ -111,9 +117,17 @@ impl CpuModel {
             kv_layers: layers.clone(),
             logits: false,
             hidden_states: false,
-            final_hidden: false,
+            final_hidden: omnigen2,
         };
         let mut out = self.und_prefill(ids, positions, &spec)?;
+        let caption =
+            if omnigen2 {
+                Some(out.remove("und.final_hidden").ok_or_else(|| {
+                    RunError::Request("prefill produced no und.final_hidden".into())
+                })?)
+            } else {
+                None
+            };
         let mut kv = HashMap::new();
         for u in layers {
             let k = out.remove(&names::und_k(u)).ok_or_else(|| {
@@ -128,7 +142,13 @@ impl CpuModel {
             len: ids.len(),
             s0,
             kv,
+            caption,
         })
+    }
+
+    /// Whether the checkpoint has the omnigen2 topology (caption features instead of the bridge).
+    pub fn is_omnigen2(&self) -> bool {
+        self.checkpoint.config.layout.topology == hbridge_loader::config::Topology::Omnigen2
     }
 
     /// One gen step of one branch at latent `x` `[C, H, W]` and time `t`.
@@ -156,6 +176,33 @@ impl CpuModel {
         };
         let graph = build::gen_step(config, &spec)?;
         let p = config.gen.patch_size;
+        if self.is_omnigen2() {
+            // omnigen2: [caption | noisy latent], caption i -> (i, i, i), the latent after it.
+            let caption = ctx.caption.clone().ok_or_else(|| {
+                RunError::Request("an omnigen2 gen step needs the caption features".into())
+            })?;
+            let n_cap = ctx.len;
+            let gen_pos = positions::gen_positions(n_cap, &[(h / p, w / p)]);
+            let n = gen_pos.len() / 3;
+            let inputs = HashMap::from([
+                (build::GEN_CAPTION.to_string(), caption),
+                (names::GEN_X.to_string(), x.clone()),
+                (names::GEN_T.to_string(), HostTensor::f32(vec![1], vec![t])),
+                (
+                    build::GEN_POSITIONS_CAPTION.to_string(),
+                    HostTensor::i32(vec![n_cap, 3], gen_pos[..n_cap * 3].to_vec()),
+                ),
+                (
+                    "gen.positions.latent".to_string(),
+                    HostTensor::i32(vec![n - n_cap, 3], gen_pos[n_cap * 3..].to_vec()),
+                ),
+                (
+                    names::GEN_POSITIONS.to_string(),
+                    HostTensor::i32(vec![n, 3], gen_pos),
+                ),
+            ]);
+            return self.run(&graph, &inputs);
+        }
         let n_srt = config
             .layout
             .bridge

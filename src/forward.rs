@@ -5,8 +5,7 @@
 use crate::cpu_model::{CpuModel, Outputs, RunError};
 use crate::sampler;
 use hbridge_engine::cpu::HostTensor;
-use hbridge_graph::build::{self, names, positions, UndPrefillSpec};
-use std::collections::HashMap;
+use hbridge_graph::build::{names, positions, UndPrefillSpec};
 
 fn input<'a>(inputs: &'a Outputs, name: &str) -> Result<&'a HostTensor, RunError> {
     inputs
@@ -41,88 +40,25 @@ fn heads(t: HostTensor, kv_heads: usize) -> HostTensor {
     }
 }
 
-/// Greedy decoding of `n` tokens after `prompt` (no stop token), reusing the K/V cache.
+/// Greedy decoding of `n` tokens after `prompt` (no stop token), reusing the K/V cache: a thin call
+/// into the chat pipeline ([`crate::chat::generate`]).
 pub fn greedy(model: &CpuModel, prompt: &[i32], n: usize) -> Result<Vec<i32>, RunError> {
-    let c = &model.checkpoint.config.und;
-    let all: Vec<usize> = (0..c.num_layers).collect();
-    let spec = UndPrefillSpec {
-        len: prompt.len(),
-        kv_layers: all.clone(),
-        logits: true,
-        hidden_states: false,
-        final_hidden: false,
-    };
-    let mut out = model.und_prefill(prompt, positions::text_positions(prompt.len()), &spec)?;
-    let mut cache: Vec<(Vec<f32>, Vec<f32>)> = all
+    let ids: Vec<u32> = prompt
         .iter()
-        .map(|&i| {
-            Ok((
-                take(&mut out, &names::und_k(i))?
-                    .into_f32()
-                    .unwrap_or_default(),
-                take(&mut out, &names::und_v(i))?
-                    .into_f32()
-                    .unwrap_or_default(),
-            ))
-        })
-        .collect::<Result<_, RunError>>()?;
-    let logits = take(&mut out, "und.logits")?;
-    let v = c.vocab_size;
-    let argmax = |row: &[f32]| {
-        row.iter()
-            .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |best, (i, &x)| {
-                if x > best.1 {
-                    (i, x)
-                } else {
-                    best
-                }
-            })
-            .0 as i32
-    };
-    let mut next = argmax(&logits.as_f32().unwrap_or_default()[(prompt.len() - 1) * v..]);
-    let mut tokens = vec![next];
-    let mut pos = prompt.len();
-    while tokens.len() < n {
-        let graph = build::und_decode_step(c, &model.checkpoint.und_names, pos)?;
-        let mut inputs: Outputs = HashMap::from([
-            (
-                names::UND_IDS.to_string(),
-                HostTensor::i32(vec![1], vec![next]),
-            ),
-            (
-                names::UND_POSITIONS.to_string(),
-                HostTensor::i32(vec![3, 1], vec![pos as i32; 3]),
-            ),
-        ]);
-        for (i, (k, vv)) in cache.iter().enumerate() {
-            inputs.insert(
-                names::past_k(i),
-                HostTensor::f32(vec![pos, c.kv_dim()], k.clone()),
-            );
-            inputs.insert(
-                names::past_v(i),
-                HostTensor::f32(vec![pos, c.kv_dim()], vv.clone()),
-            );
-        }
-        let mut out = model.run(&graph, &inputs)?;
-        for (i, (k, vv)) in cache.iter_mut().enumerate() {
-            k.extend(
-                take(&mut out, &names::und_k(i))?
-                    .into_f32()
-                    .unwrap_or_default(),
-            );
-            vv.extend(
-                take(&mut out, &names::und_v(i))?
-                    .into_f32()
-                    .unwrap_or_default(),
-            );
-        }
-        next = argmax(take(&mut out, "und.logits")?.as_f32().unwrap_or_default());
-        tokens.push(next);
-        pos += 1;
-    }
-    Ok(tokens)
+        .map(|&i| u32::try_from(i).map_err(|_| RunError::Request(format!("negative token id {i}"))))
+        .collect::<Result<_, _>>()?;
+    let request = crate::chat::ChatRequest::new()
+        .max_tokens(n)
+        .greedy()
+        .no_stop();
+    let out = crate::chat::generate(model, &ids, &request, &[], None, |_, _| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .map_err(|e| match e {
+        crate::chat::ChatError::Model(e) => e,
+        e => RunError::Request(e.to_string()),
+    })?;
+    Ok(out.tokens.into_iter().map(|t| t as i32).collect())
 }
 
 /// Runs everything docs/FIXTURES.md names on the fixture-named `inputs`.
@@ -158,9 +94,13 @@ pub fn forward(model: &CpuModel, inputs: &Outputs) -> Result<Outputs, RunError> 
         kv_layers: layers.clone(),
         logits: true,
         hidden_states: true,
-        final_hidden: false,
+        // omnigen2: the caption features are an output too (no bridge K/V then: `layers` is empty)
+        final_hidden: model.is_omnigen2(),
     };
     let mut o = model.und_prefill(&cond_ids, cond_pos.clone(), &spec)?;
+    if model.is_omnigen2() {
+        out.insert("und.final_hidden".into(), take(&mut o, "und.final_hidden")?);
+    }
     for i in 0..=u.num_layers {
         let name = format!("und.hs.{i}");
         out.insert(name.clone(), take(&mut o, &name)?);
@@ -209,7 +149,10 @@ pub fn forward(model: &CpuModel, inputs: &Outputs) -> Result<Outputs, RunError> 
         let name = format!("gen.hs.{i}");
         out.insert(name.clone(), take(&mut c_out, &name)?);
     }
-    out.insert("gen.srt".into(), take(&mut c_out, "gen.srt")?);
+    if config.layout.bridge.is_some() {
+        // no SRT without a bridge (omnigen2 topology)
+        out.insert("gen.srt".into(), take(&mut c_out, "gen.srt")?);
+    }
     let vc = take(&mut c_out, "gen.velocity")?;
     let vu = take(&mut u_out, "gen.velocity")?;
     let mut guided = vc.as_f32().unwrap_or_default().to_vec();

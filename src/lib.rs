@@ -2,12 +2,16 @@
 //! Qwen2.5-VL understanding expert and an OmniGen2-style diffusion transformer, joined by bridged
 //! attention in their middle layers. See DESIGN.md for the model and README.md for use.
 
+pub mod chat;
 pub mod cpu_model;
 pub mod forward;
 pub mod init;
 pub mod inspect;
+pub mod noise;
 pub mod presets;
+pub mod prompt;
 pub mod sampler;
+pub mod t2i;
 pub mod tensor_io;
 
 pub use hbridge_loader as loader;

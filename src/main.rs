@@ -1,5 +1,7 @@
 //! The `hbridge` command line. Results go to stdout; notices and errors to stderr.
 
+mod cli;
+
 use clap::{Parser, Subcommand};
 use hbridge::init::{write_checkpoint, WeightDType};
 use hbridge::presets::{preset, PRESET_NAMES};
@@ -37,6 +39,14 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Run the built-in tiny model end to end: answer a question, generate an image, report timings.
+    Demo(cli::demo::DemoArgs),
+    /// Answer a prompt with the und expert (answer on stdout, timings on stderr).
+    Chat(cli::chat::ChatArgs),
+    /// Generate an image from a text prompt into a PNG.
+    Generate(cli::generate::GenerateArgs),
+    /// Run one und prefill and one gen step on explicit inputs and write every intermediate.
+    Forward(cli::forward::ForwardArgs),
     /// Print a model directory's topology, dimensions, bridge, sizes and validation result.
     Inspect {
         /// Model directory (holding hbridge.json).
@@ -71,6 +81,10 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Demo(args) => cli::demo::run(args),
+        Command::Chat(args) => cli::chat::run(args),
+        Command::Generate(args) => cli::generate::run(args),
+        Command::Forward(args) => cli::forward::run(args),
         Command::Inspect { dir } => {
             let report = hbridge::inspect::inspect(&dir).map_err(|e| e.to_string())?;
             print!("{}", report.text);

@@ -8,7 +8,10 @@ pub struct NormalRng {
 
 impl NormalRng {
     pub fn new(seed: u64) -> Self {
-        NormalRng { state: seed ^ 0x6a09e667f3bcc909, spare: None }
+        NormalRng {
+            state: seed ^ 0x6a09e667f3bcc909,
+            spare: None,
+        }
     }
 
     fn next_u64(&mut self) -> u64 {

@@ -26,11 +26,16 @@ pub fn load_tokenizer(model_dir: &Path, und_dir: &str) -> Result<Tokenizer, Toke
     if !path.is_file() {
         return Err(TokenizerError::Missing { path });
     }
-    Tokenizer::from_file(&path).map_err(|e| TokenizerError::Invalid { path, message: e.to_string() })
+    Tokenizer::from_file(&path).map_err(|e| TokenizerError::Invalid {
+        path,
+        message: e.to_string(),
+    })
 }
 
 /// Token ids of `text`, special tokens recognised in the text, none added.
 pub fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<i32>, TokenizerError> {
-    let enc = tokenizer.encode(text, false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+    let enc = tokenizer
+        .encode(text, false)
+        .map_err(|e| TokenizerError::Encode(e.to_string()))?;
     Ok(enc.get_ids().iter().map(|&i| i as i32).collect())
 }

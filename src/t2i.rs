@@ -94,38 +94,68 @@ pub fn validate(model: &CpuModel, req: &ImageRequest) -> Result<(), RunError> {
     if req.steps == 0 {
         return bad("steps: must be at least 1".into());
     }
-    if !(req.guidance >= 0.0) || !req.guidance.is_finite() {
-        return bad(format!("guidance: {} is not a non-negative number", req.guidance));
+    if !req.guidance.is_finite() || req.guidance < 0.0 {
+        return bad(format!(
+            "guidance: {} is not a non-negative number",
+            req.guidance
+        ));
     }
     for (name, v) in [("width", req.width), ("height", req.height)] {
         if v == 0 || v % multiple != 0 {
-            return bad(format!("{name}: {v} is not a positive multiple of {multiple} (VAE factor {} x patch {})", c.vae.downscale(), c.gen.patch_size));
+            return bad(format!(
+                "{name}: {v} is not a positive multiple of {multiple} (VAE factor {} x patch {})",
+                c.vae.downscale(),
+                c.gen.patch_size
+            ));
         }
         if v > req.max_side {
-            return bad(format!("{name}: {v} exceeds the maximum of {} pixels", req.max_side));
+            return bad(format!(
+                "{name}: {v} exceeds the maximum of {} pixels",
+                req.max_side
+            ));
         }
     }
     if let Some(n) = &req.noise {
-        let want = [c.vae.latent_channels, req.height / c.vae.downscale(), req.width / c.vae.downscale()];
+        let want = [
+            c.vae.latent_channels,
+            req.height / c.vae.downscale(),
+            req.width / c.vae.downscale(),
+        ];
         if n.shape != want || n.as_f32().is_none() {
-            return bad(format!("noise: shape {:?}, expected f32 {want:?} for {}x{}", n.shape, req.width, req.height));
+            return bad(format!(
+                "noise: shape {:?}, expected f32 {want:?} for {}x{}",
+                n.shape, req.width, req.height
+            ));
         }
     }
     Ok(())
 }
 
-fn context(model: &CpuModel, tokenizer: &tokenizers::Tokenizer, text: &str) -> Result<UndContext, RunError> {
-    let ids = prompt::encode(tokenizer, &prompt::image_context(text)).map_err(|e| RunError::Request(e.to_string()))?;
+fn context(
+    model: &CpuModel,
+    tokenizer: &tokenizers::Tokenizer,
+    text: &str,
+) -> Result<UndContext, RunError> {
+    let ids = prompt::encode(tokenizer, &prompt::image_context(text))
+        .map_err(|e| RunError::Request(e.to_string()))?;
     if let Some(max) = model.checkpoint.config.und.max_position_embeddings {
         if ids.len() > max {
-            return Err(RunError::Request(format!("prompt: {} tokens after templating exceed the und context of {max}", ids.len())));
+            return Err(RunError::Request(format!(
+                "prompt: {} tokens after templating exceed the und context of {max}",
+                ids.len()
+            )));
         }
     }
     model.und_context(&ids, positions::text_positions(ids.len()))
 }
 
 /// Generates an image. `progress(step, steps)` is called after every denoising step.
-pub fn generate(model: &CpuModel, tokenizer: &tokenizers::Tokenizer, req: &ImageRequest, mut progress: impl FnMut(usize, usize)) -> Result<ImageOutput, RunError> {
+pub fn generate(
+    model: &CpuModel,
+    tokenizer: &tokenizers::Tokenizer,
+    req: &ImageRequest,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<ImageOutput, RunError> {
     validate(model, req)?;
     let c = &model.checkpoint.config;
     let f = c.vae.downscale();
@@ -135,7 +165,11 @@ pub fn generate(model: &CpuModel, tokenizer: &tokenizers::Tokenizer, req: &Image
     let start = Instant::now();
     let cond = context(model, tokenizer, &req.prompt)?;
     let guided = req.guidance > 1.0;
-    let uncond = if guided { Some(context(model, tokenizer, &req.negative_prompt)?) } else { None };
+    let uncond = if guided {
+        Some(context(model, tokenizer, &req.negative_prompt)?)
+    } else {
+        None
+    };
     let prefill = start.elapsed();
 
     let start = Instant::now();
@@ -152,9 +186,16 @@ pub fn generate(model: &CpuModel, tokenizer: &tokenizers::Tokenizer, req: &Image
         if want_srt {
             srt = out.remove("gen.srt");
         }
-        let mut v = out.remove("gen.velocity").and_then(HostTensor::into_f32).ok_or_else(|| RunError::Request("gen step produced no velocity".into()))?;
+        let mut v = out
+            .remove("gen.velocity")
+            .and_then(HostTensor::into_f32)
+            .ok_or_else(|| RunError::Request("gen step produced no velocity".into()))?;
         if let Some(u) = &uncond {
-            let vu = model.gen_step(&xt, w[0], u, false)?.remove("gen.velocity").and_then(HostTensor::into_f32).unwrap_or_default();
+            let vu = model
+                .gen_step(&xt, w[0], u, false)?
+                .remove("gen.velocity")
+                .and_then(HostTensor::into_f32)
+                .unwrap_or_default();
             sampler::guide_text(&mut v, &vu, req.guidance);
         }
         sampler::euler_step(&mut x, &v, w[1] - w[0]);
@@ -166,17 +207,42 @@ pub fn generate(model: &CpuModel, tokenizer: &tokenizers::Tokenizer, req: &Image
     let latent = HostTensor::f32(shape, x);
     let pixels = model.vae_decode(&latent)?;
     let image = to_image(&pixels);
-    let rgb = image.as_i32().unwrap_or_default().iter().map(|&v| v as u8).collect();
+    let rgb = image
+        .as_i32()
+        .unwrap_or_default()
+        .iter()
+        .map(|&v| v as u8)
+        .collect();
     let vae = start.elapsed();
-    Ok(ImageOutput { width: req.width, height: req.height, rgb, latent, pixels, srt, timings: ImageTimings { prefill, denoise, vae } })
+    Ok(ImageOutput {
+        width: req.width,
+        height: req.height,
+        rgb,
+        latent,
+        pixels,
+        srt,
+        timings: ImageTimings {
+            prefill,
+            denoise,
+            vae,
+        },
+    })
 }
 
 /// Writes RGB bytes as an 8-bit PNG.
-pub fn write_png(path: &std::path::Path, width: usize, height: usize, rgb: &[u8]) -> Result<(), String> {
+pub fn write_png(
+    path: &std::path::Path,
+    width: usize,
+    height: usize,
+    rgb: &[u8],
+) -> Result<(), String> {
     let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
-    let mut w = enc.write_header().map_err(|e| format!("{}: {e}", path.display()))?;
-    w.write_image_data(rgb).map_err(|e| format!("{}: {e}", path.display()))
+    let mut w = enc
+        .write_header()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    w.write_image_data(rgb)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }

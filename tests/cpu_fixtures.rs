@@ -51,7 +51,7 @@ fn check_fixture(name: &str) {
         match (have.as_f32(), want.as_f32(), have.as_i32(), want.as_i32()) {
             (Some(h), Some(w), _, _) => {
                 let err = rel_l2(h, w);
-                if !(err <= TOLERANCE) {
+                if err.is_nan() || err > TOLERANCE {
                     failures.push(format!(
                         "{tensor}: relative L2 error {err:.3e} > {TOLERANCE:e}"
                     ));
@@ -87,4 +87,9 @@ fn cpu_matches_reference_tiny() {
 #[test]
 fn cpu_matches_reference_tiny_b() {
     check_fixture("tiny-b");
+}
+
+#[test]
+fn cpu_matches_reference_tiny_omnigen2() {
+    check_fixture("tiny-omnigen2");
 }

@@ -9,17 +9,24 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn open(dir: &Path) -> (CpuModel, tokenizers::Tokenizer) {
     let model = CpuModel::open(dir).unwrap();
-    let tok = hbridge::prompt::load_tokenizer(dir, &model.checkpoint.config.layout.und_dir).unwrap();
+    let tok =
+        hbridge::prompt::load_tokenizer(dir, &model.checkpoint.config.layout.und_dir).unwrap();
     (model, tok)
 }
 
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den).sqrt()
 }
@@ -29,21 +36,38 @@ fn fixture_sampling_run_through_the_pipeline() {
     for name in ["tiny", "tiny-b"] {
         let dir = fixture(name);
         let (model, tok) = open(&dir.join("model"));
-        let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
         let inputs = read_tensors(&dir.join("inputs.safetensors")).unwrap();
         let outputs = read_tensors(&dir.join("outputs.safetensors")).unwrap();
         let steps = meta["steps"].as_u64().unwrap() as usize;
-        let (w, h) = (meta["width"].as_u64().unwrap() as usize, meta["height"].as_u64().unwrap() as usize);
+        let (w, h) = (
+            meta["width"].as_u64().unwrap() as usize,
+            meta["height"].as_u64().unwrap() as usize,
+        );
         let noise = inputs["gen.noise"].clone();
         let schedule = hbridge::sampler::schedule(steps, noise.shape[1], noise.shape[2]);
-        assert_eq!(schedule.as_slice(), inputs["gen.timesteps"].as_f32().unwrap(), "{name}: schedule");
-        let mut req = ImageRequest::new(meta["prompt"].as_str().unwrap()).steps(steps).guidance(meta["guidance_scale"].as_f64().unwrap() as f32).size(w, h);
+        assert_eq!(
+            schedule.as_slice(),
+            inputs["gen.timesteps"].as_f32().unwrap(),
+            "{name}: schedule"
+        );
+        let mut req = ImageRequest::new(meta["prompt"].as_str().unwrap())
+            .steps(steps)
+            .guidance(meta["guidance_scale"].as_f64().unwrap() as f32)
+            .size(w, h);
         req.negative_prompt = meta["negative_prompt"].as_str().unwrap().to_string();
         req.noise = Some(noise);
         let out = generate(&model, &tok, &req, |_, _| {}).unwrap();
-        let err = rel_l2(out.latent.as_f32().unwrap(), outputs["sample.latent"].as_f32().unwrap());
+        let err = rel_l2(
+            out.latent.as_f32().unwrap(),
+            outputs["sample.latent"].as_f32().unwrap(),
+        );
         assert!(err <= 1e-5, "{name}: sample.latent relative L2 {err:e}");
-        let err = rel_l2(out.pixels.as_f32().unwrap(), outputs["vae.pixels"].as_f32().unwrap());
+        let err = rel_l2(
+            out.pixels.as_f32().unwrap(),
+            outputs["vae.pixels"].as_f32().unwrap(),
+        );
         assert!(err <= 1e-5, "{name}: vae.pixels relative L2 {err:e}");
     }
 }
@@ -60,7 +84,10 @@ fn same_seed_same_bytes() {
     assert_ne!(a.latent.as_f32(), c.latent.as_f32());
     // The seed is shorthand for its noise.
     let mut explicit = req.clone();
-    explicit.noise = Some(HostTensor::f32(vec![4, 8, 12], hbridge::noise::normal_noise(11, 4 * 8 * 12)));
+    explicit.noise = Some(HostTensor::f32(
+        vec![4, 8, 12],
+        hbridge::noise::normal_noise(11, 4 * 8 * 12),
+    ));
     let d = generate(&model, &tok, &explicit, |_, _| {}).unwrap();
     assert_eq!(a.latent.as_f32(), d.latent.as_f32());
     // Progress reports every step; the SRT output is there when asked for.
@@ -77,26 +104,49 @@ fn bad_requests_are_errors() {
     let (model, tok) = open(&fixture("tiny").join("model"));
     let base = ImageRequest::new("a cat").size(48, 32).steps(2);
     let cases: Vec<(ImageRequest, &str)> = vec![
-        (ImageRequest { prompt: "  ".into(), ..base.clone() }, "prompt"),
+        (
+            ImageRequest {
+                prompt: "  ".into(),
+                ..base.clone()
+            },
+            "prompt",
+        ),
         (base.clone().size(50, 32), "width"),
         (base.clone().size(48, 0), "height"),
         (base.clone().size(48, 8192), "maximum"),
         (base.clone().steps(0), "steps"),
         (base.clone().guidance(-1.0), "guidance"),
         (base.clone().guidance(f32::NAN), "guidance"),
-        (ImageRequest { noise: Some(HostTensor::f32(vec![4, 2, 2], vec![0.0; 16])), ..base.clone() }, "noise"),
-        (ImageRequest::new("word ".repeat(5000)).size(48, 32).steps(1), "exceed"),
+        (
+            ImageRequest {
+                noise: Some(HostTensor::f32(vec![4, 2, 2], vec![0.0; 16])),
+                ..base.clone()
+            },
+            "noise",
+        ),
+        (
+            ImageRequest::new("word ".repeat(5000))
+                .size(48, 32)
+                .steps(1),
+            "exceed",
+        ),
     ];
     for (req, needle) in cases {
         match generate(&model, &tok, &req, |_, _| {}) {
-            Err(e) => assert!(e.to_string().contains(needle), "error `{e}` should mention {needle}"),
+            Err(e) => assert!(
+                e.to_string().contains(needle),
+                "error `{e}` should mention {needle}"
+            ),
             Ok(_) => panic!("request with bad {needle} was accepted"),
         }
     }
 }
 
 fn hbridge(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_hbridge")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_hbridge"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -107,41 +157,77 @@ fn cli_generate_and_its_bad_arguments() {
     let png = dir.join("out.png");
     let (m, p) = (model.to_str().unwrap(), png.to_str().unwrap());
     assert!(hbridge(&["init-tiny", m]).status.success());
-    let ok = hbridge(&["generate", m, "-p", "a cat", "--width", "48", "--height", "32", "--steps", "3", "-o", p]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = hbridge(&[
+        "generate", m, "-p", "a cat", "--width", "48", "--height", "32", "--steps", "3", "-o", p,
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     for (args, needle) in [
         (vec!["--width", "50", "--height", "32"], "width"),
-        (vec!["--width", "48", "--height", "32", "--steps", "0"], "steps"),
-        (vec!["--width", "48", "--height", "32", "--guidance", "-2"], "guidance"),
+        (
+            vec!["--width", "48", "--height", "32", "--steps", "0"],
+            "steps",
+        ),
+        (
+            vec!["--width", "48", "--height", "32", "--guidance", "-2"],
+            "guidance",
+        ),
         (vec!["--width", "48", "--height", "100000"], "maximum"),
     ] {
         let mut full = vec!["generate", m, "-p", "a cat", "-o", p];
         full.extend(args);
         let out = hbridge(&full);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(needle) && !err.contains("panicked"), "{full:?}: {err}");
+        assert!(
+            !out.status.success() && err.contains(needle) && !err.contains("panicked"),
+            "{full:?}: {err}"
+        );
     }
     let empty = hbridge(&["generate", m, "-p", "", "-o", p]);
     assert!(!empty.status.success() && String::from_utf8_lossy(&empty.stderr).contains("prompt"));
     // A missing tokenizer is a clear error for text prompts.
     std::fs::remove_file(model.join("und/tokenizer.json")).unwrap();
-    let out = hbridge(&["generate", m, "-p", "a cat", "--width", "48", "--height", "32", "-o", p]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("tokenizer.json"));
+    let out = hbridge(&[
+        "generate", m, "-p", "a cat", "--width", "48", "--height", "32", "-o", p,
+    ]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("tokenizer.json")
+    );
     // An unknown topology is refused when the model is opened.
     std::fs::write(model.join("hbridge.json"), r#"{"topology": "dense"}"#).unwrap();
     let out = hbridge(&["generate", m, "-p", "a cat", "-o", p]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("topology") && err.contains("dense"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("topology") && err.contains("dense"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn cli_forward_writes_the_fixture_names() {
     let dir = fixture("tiny");
-    let out = std::env::temp_dir().join(format!("hbridge-forward-{}.safetensors", std::process::id()));
-    let run = hbridge(&["forward", dir.join("model").to_str().unwrap(), "--inputs", dir.join("inputs.safetensors").to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let out = std::env::temp_dir().join(format!(
+        "hbridge-forward-{}.safetensors",
+        std::process::id()
+    ));
+    let run = hbridge(&[
+        "forward",
+        dir.join("model").to_str().unwrap(),
+        "--inputs",
+        dir.join("inputs.safetensors").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let got = read_tensors(&out).unwrap();
     let want = read_tensors(&dir.join("outputs.safetensors")).unwrap();
     for (name, t) in &want {

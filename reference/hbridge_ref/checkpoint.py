@@ -16,7 +16,7 @@ import torch
 
 from .common import DTYPES, F32, load_safetensors, load_sharded, read_json, save_safetensors, write_json
 from .config import GenConfig, UndTextConfig, default_pairs
-from .gen import GenExpert
+from .gen import GenExpert, Omnigen2Expert
 from .prompts import TOKENIZER_PATH
 
 SPECIAL_IDS = dict(bos=500, eos=502, vision_start=503, vision_end=504, image=505, video=506)
@@ -82,9 +82,18 @@ def gen_block_shapes(cfg: GenConfig, p):
     }
 
 
-def gen_param_shapes(cfg: GenConfig):
-    """Every tensor of gen/diffusion_pytorch_model.safetensors for the hbridge topology (no caption_embedder,
-    no context_refiner)."""
+def gen_unmodulated_block_shapes(cfg: GenConfig, p):
+    """A context_refiner block: norm1.weight (plain RMSNorm) instead of norm1.norm + norm1.linear."""
+    s = gen_block_shapes(cfg, p)
+    for k in ("norm1.linear.weight", "norm1.linear.bias", "norm1.norm.weight"):
+        del s[p + k]
+    s[p + "norm1.weight"] = (cfg.hidden_size,)
+    return s
+
+
+def gen_param_shapes(cfg: GenConfig, topology="hbridge"):
+    """Every tensor of gen/diffusion_pytorch_model.safetensors; the hbridge topology has no caption_embedder and
+    no context_refiner, the omnigen2 topology has both."""
     hid, E = cfg.hidden_size, cfg.temb_dim
     pin = cfg.patch_size ** 2 * cfg.in_channels
     pout = cfg.patch_size ** 2 * cfg.out_ch
@@ -102,6 +111,12 @@ def gen_param_shapes(cfg: GenConfig):
     for j in range(cfg.num_refiner_layers):
         s.update(gen_block_shapes(cfg, f"noise_refiner.{j}."))
         s.update(gen_block_shapes(cfg, f"ref_image_refiner.{j}."))
+    if topology == "omnigen2":
+        s["time_caption_embed.caption_embedder.0.weight"] = (cfg.text_feat_dim,)
+        s["time_caption_embed.caption_embedder.1.weight"] = (hid, cfg.text_feat_dim)
+        s["time_caption_embed.caption_embedder.1.bias"] = (hid,)
+        for j in range(cfg.num_refiner_layers):
+            s.update(gen_unmodulated_block_shapes(cfg, f"context_refiner.{j}."))
     for i in range(cfg.num_layers):
         s.update(gen_block_shapes(cfg, f"layers.{i}."))
     return s
@@ -223,7 +238,9 @@ def write_und(spec, und_dir, seed):
         assert files == ["model.safetensors"], files
         path = os.path.join(und_dir, "model.safetensors")
         sd = load_safetensors(path, dtype=None)
-        save_safetensors({new_prefix(k): v for k, v in sd.items()}, path)
+        # und_strip_vision: no vision tower in the files (text-only checkpoint, DESIGN.md 6: visual.* optional)
+        save_safetensors({new_prefix(k): v for k, v in sd.items()
+                          if not (spec.get("und_strip_vision") and k.startswith(("visual.", "model.visual.")))}, path)
     else:
         if spec.get("und_max_shard_size"):
             assert len(files) >= 2 and os.path.exists(os.path.join(und_dir, "model.safetensors.index.json")), files
@@ -269,8 +286,16 @@ def create_checkpoint(spec, model_dir):
     gdir = os.path.join(model_dir, "gen")
     write_json(gcfg.to_json(), os.path.join(gdir, "config.json"))
     gdt = DTYPES[spec["gen_dtype"]]
-    save_safetensors({k: v.to(gdt) for k, v in init_dict(gen_param_shapes(gcfg), 1000 * seed + 2).items()},
+    topology = spec.get("topology", "hbridge")
+    save_safetensors({k: v.to(gdt) for k, v in init_dict(gen_param_shapes(gcfg, topology), 1000 * seed + 2).items()},
                      os.path.join(gdir, "diffusion_pytorch_model.safetensors"))
+
+    write_vae(spec, os.path.join(model_dir, "vae"), 1000 * seed + 4)
+    if topology == "omnigen2":
+        assert gcfg.text_feat_dim == und.hidden_size, "caption features are und hidden states"
+        hb = {"topology": "omnigen2", "und": "und", "gen": "gen", "vae": "vae"}
+        write_json(hb, os.path.join(model_dir, "hbridge.json"))
+        return hb
 
     b = spec["bridge"]
     pairs = b["pairs"] if "pairs" in b else default_pairs(gcfg.num_layers, und.num_hidden_layers,
@@ -278,8 +303,6 @@ def create_checkpoint(spec, model_dir):
     bdt = DTYPES[spec["bridge_dtype"]]
     bw = init_dict(bridge_param_shapes(gcfg, und, pairs, b["num_srt_tokens"]), 1000 * seed + 3)
     save_safetensors({k: v.to(bdt) for k, v in bw.items()}, os.path.join(model_dir, "bridge", "bridge.safetensors"))
-
-    write_vae(spec, os.path.join(model_dir, "vae"), 1000 * seed + 4)
 
     hb = {"topology": "hbridge", "und": "und", "gen": "gen", "vae": "vae",
           "bridge": {"path": "bridge", "pairs": [list(p) for p in pairs], "num_srt_tokens": b["num_srt_tokens"]}}
@@ -297,18 +320,23 @@ class Bundle:
         from .und import UndExpert
         self.dir = model_dir
         self.hb = read_json(os.path.join(model_dir, "hbridge.json"))
-        assert self.hb["topology"] == "hbridge"
+        self.topology = self.hb["topology"]
+        assert self.topology in ("hbridge", "omnigen2")
         self.und = UndExpert(os.path.join(model_dir, self.hb.get("und", "und")))
         gdir = os.path.join(model_dir, self.hb.get("gen", "gen"))
         self.gen_cfg = GenConfig.from_json(read_json(os.path.join(gdir, "config.json")))
         W = load_sharded(gdir, "diffusion_pytorch_model", F32)
+        vdir = os.path.join(model_dir, self.hb.get("vae", "vae"))
+        self.vae_cfg = read_json(os.path.join(vdir, "config.json"))
+        self.vae_W = load_safetensors(os.path.join(vdir, "diffusion_pytorch_model.safetensors"), F32)
+        if self.topology == "omnigen2":
+            self.pairs = []
+            self.gen = Omnigen2Expert(self.gen_cfg, W)
+            return
         b = self.hb["bridge"]
         W.update(load_safetensors(os.path.join(model_dir, b.get("path", "bridge"), "bridge.safetensors"), F32))
         self.pairs = [tuple(p) for p in b["pairs"]]
         self.gen = GenExpert(self.gen_cfg, self.und.tcfg, W, self.pairs, b["num_srt_tokens"])
-        vdir = os.path.join(model_dir, self.hb.get("vae", "vae"))
-        self.vae_cfg = read_json(os.path.join(vdir, "config.json"))
-        self.vae_W = load_safetensors(os.path.join(vdir, "diffusion_pytorch_model.safetensors"), F32)
 
     @property
     def paired_und_layers(self):

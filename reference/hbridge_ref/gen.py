@@ -335,3 +335,87 @@ class GenExpert:
         out = norm_out(W, h[:, offsets[-2]:offsets[-1]], temb, cfg)
         vel = unpatchify(out, cfg.out_ch, H, Wd, p)
         return {"velocity": vel, "srt": srt, "hs": hs}
+
+
+# ----------------------------------------------------------------------------------------------- omnigen2 topology
+
+def unmodulated_block(W, p, x, ang, cfg: GenConfig, key_mask=None):
+    """OmniGen2 / Lumina2 block without modulation (context_refiner): norm1 is a plain RMSNorm, no tanh gates.
+    x = x + norm2(attn(norm1(x))); x = x + ffn_norm2(ff(ffn_norm1(x)))."""
+    h = rms_norm(x, W[p + "norm1.weight"], cfg.norm_eps)
+    a = self_attention(W, p, h, ang, cfg, key_mask)
+    x = x + rms_norm(a, W[p + "norm2.weight"], cfg.norm_eps)
+    f = feed_forward(W, p + "feed_forward.", rms_norm(x, W[p + "ffn_norm1.weight"], cfg.norm_eps))
+    return x + rms_norm(f, W[p + "ffn_norm2.weight"], cfg.norm_eps)
+
+
+def caption_embed(W, feats, cfg: GenConfig):
+    """time_caption_embed.caption_embedder: Sequential(RMSNorm(text_feat_dim, eps=norm_eps), Linear(bias))."""
+    p = "time_caption_embed.caption_embedder."
+    return Fn.linear(rms_norm(feats, W[p + "0.weight"], cfg.norm_eps), W[p + "1.weight"], W[p + "1.bias"])
+
+
+class Omnigen2Expert:
+    """The gen expert of the omnigen2 topology (DESIGN.md 6; OmniGen2's transformer_omnigen2.py): the und
+    expert's post-norm last hidden states of the context -> caption_embedder -> context_refiner (unmodulated,
+    caption positions (i,i,i)) -> gen sequence [text | refs | noise] -> modulated main layers with plain gen
+    self-attention over the whole sequence -> norm_out on the noisy-latent rows. No bridge, no SRT.
+
+    Branches have their own caption lengths, hence their own sequence lengths and latent position shifts: each
+    branch runs alone (no padding, so no mask)."""
+
+    def __init__(self, cfg: GenConfig, W: Dict[str, torch.Tensor]):
+        self.cfg = cfg
+        self.W = W
+
+    def forward_one(self, x, t, caption, refs=None, trace=False):
+        """x [C, H, W], t f32 scalar tensor, caption [L, text_feat_dim] (und post-norm hidden states),
+        refs: list of [C, Hr, Wr]. Returns velocity [C, H, W] and hs (list of [N, hidden]) if trace."""
+        cfg, W = self.cfg, self.W
+        C, H, Wd = x.shape
+        p = cfg.patch_size
+        refs = refs or []
+        L = caption.shape[0]
+        grids = [(r.shape[1] // p, r.shape[2] // p) for r in refs] + [(H // p, Wd // p)]
+        temb = timestep_embedding(W, t.view(1), cfg)
+        pos = gen_positions(L, grids)
+        ang = gen_rope_angles(pos, cfg.axes_dim_rope, cfg.ROPE_THETA)[None]
+        offsets = [L]
+        for hp, wp in grids:
+            offsets.append(offsets[-1] + hp * wp)
+
+        cap = caption_embed(W, caption[None], cfg)
+        for i in range(cfg.num_refiner_layers):
+            cap = unmodulated_block(W, f"context_refiner.{i}.", cap, ang[:, :L], cfg)
+        seq = [cap]
+        for j, r in enumerate(refs):
+            tok = linear(patchify(r[None], p), W, "ref_image_patch_embedder") + W["image_index_embedding"][j]
+            a = ang[:, offsets[j]:offsets[j + 1]]
+            for i in range(cfg.num_refiner_layers):
+                tok = modulated_block(W, f"ref_image_refiner.{i}.", tok, temb, cfg, ang=a)
+            seq.append(tok)
+        tok = linear(patchify(x[None], p), W, "x_embedder")
+        a = ang[:, offsets[-2]:offsets[-1]]
+        for i in range(cfg.num_refiner_layers):
+            tok = modulated_block(W, f"noise_refiner.{i}.", tok, temb, cfg, ang=a)
+        seq.append(tok)
+        h = torch.cat(seq, dim=1)
+        hs = [h[0]] if trace else None
+        for i in range(cfg.num_layers):
+            h = modulated_block(W, f"layers.{i}.", h, temb, cfg, ang=ang)
+            if trace:
+                hs.append(h[0])
+        out = norm_out(W, h[:, offsets[-2]:offsets[-1]], temb, cfg)
+        return unpatchify(out, cfg.out_ch, H, Wd, p)[0], hs
+
+    def forward(self, x, t, ctx, refs=None, trace=False):
+        """Same interface as GenExpert.forward; ctx: B caption features [L_b, text_feat_dim]. Returns
+        dict(velocity [B, C, H, W], srt None, hs: per layer a list over branches of [N_b, hidden] if trace)."""
+        vels, hss = [], []
+        for b in range(x.shape[0]):
+            rb = [r[b] for r in refs] if refs else None
+            v, hs = self.forward_one(x[b], t[b], ctx[b], rb, trace)
+            vels.append(v)
+            hss.append(hs)
+        hs = [list(layer) for layer in zip(*hss)] if trace else None
+        return {"velocity": torch.stack(vels), "srt": None, "hs": hs}

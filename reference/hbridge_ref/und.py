@@ -45,16 +45,18 @@ class UndExpert:
             sd["lm_head.weight"] = sd["model.language_model.embed_tokens.weight"]
         missing, unexpected = model.load_state_dict(sd, strict=False)
         assert not unexpected, unexpected
-        assert not missing, missing
+        # a text-only checkpoint may lack the vision tower (its random init stays; text paths never read it)
+        assert not [m for m in missing if not m.startswith("model.visual.")], missing
         self.model = model
         self.lm = model.model.language_model
 
     @torch.no_grad()
     def prefill(self, input_ids, position_ids):
         """input_ids [L] i64, position_ids [3, L] i64 -> dict(hs [n_layers+1] x [L, D], logits [L, V],
-        k/v: per layer [L, K_u, D_u])."""
-        hs = []
-        hooks = [self.lm.embed_tokens.register_forward_hook(lambda m, i, o: hs.append(o[0].clone()))]
+        k/v: per layer [L, K_u, D_u], final [L, D]: the post-norm last hidden states, the omnigen2 caption features)."""
+        hs, final = [], []
+        hooks = [self.lm.embed_tokens.register_forward_hook(lambda m, i, o: hs.append(o[0].clone())),
+                 self.lm.norm.register_forward_hook(lambda m, i, o: final.append(o[0].clone()))]
         for layer in self.lm.layers:
             hooks.append(layer.register_forward_hook(
                 lambda m, i, o: hs.append((o[0] if isinstance(o, tuple) else o)[0].clone())))
@@ -67,7 +69,8 @@ class UndExpert:
         cache = out.past_key_values
         k = [cache.layers[i].keys[0].transpose(0, 1).contiguous() for i in range(len(self.lm.layers))]
         v = [cache.layers[i].values[0].transpose(0, 1).contiguous() for i in range(len(self.lm.layers))]
-        return {"hs": hs, "logits": out.logits[0].clone(), "k": k, "v": v}
+        assert len(final) == 1
+        return {"hs": hs, "final": final[0], "logits": out.logits[0].clone(), "k": k, "v": v}
 
     @torch.no_grad()
     def greedy(self, input_ids, position_ids, n):

@@ -2,6 +2,7 @@
 //! folder if absent, answers a prompt, generates an image, and says what each stage took.
 
 use super::generate::progress_bar;
+use hbridge::chat::{ChatPipeline, ChatRequest};
 use hbridge::cpu_model::CpuModel;
 use hbridge::presets::preset;
 use hbridge::t2i::{generate, write_png, ImageRequest};
@@ -25,7 +26,11 @@ pub struct DemoArgs {
 }
 
 fn cache_dir() -> PathBuf {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(d) = env("HBRIDGE_CACHE") {
         return d;
     }
@@ -41,23 +46,64 @@ fn cache_dir() -> PathBuf {
 pub fn run(a: DemoArgs) -> Result<(), String> {
     let dir = a.dir.unwrap_or_else(|| cache_dir().join("tiny"));
     let total = Instant::now();
-    eprintln!("backend    cpu (f32, {} threads)", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    eprintln!(
+        "backend    cpu (f32, {} threads)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     if !dir.join("hbridge.json").is_file() {
         let t = Instant::now();
         let p = preset("tiny").expect("the tiny preset exists");
-        hbridge::init::write_checkpoint(&dir, &p, 0, hbridge::init::WeightDType::BF16, false).map_err(|e| e.to_string())?;
-        eprintln!("created    the tiny model in {} ({:.2?})", dir.display(), t.elapsed());
+        hbridge::init::write_checkpoint(&dir, &p, 0, hbridge::init::WeightDType::BF16, false)
+            .map_err(|e| e.to_string())?;
+        eprintln!(
+            "created    the tiny model in {} ({:.2?})",
+            dir.display(),
+            t.elapsed()
+        );
     }
     let t = Instant::now();
     let model = CpuModel::open(&dir).map_err(|e| e.to_string())?;
-    let tokenizer = hbridge::prompt::load_tokenizer(&dir, &model.checkpoint.config.layout.und_dir).map_err(|e| e.to_string())?;
-    eprintln!("loaded     {} ({:.2?}); weights are random, so answers and images are noise", dir.display(), t.elapsed());
+    let tokenizer = hbridge::prompt::load_tokenizer(&dir, &model.checkpoint.config.layout.und_dir)
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "loaded     {} ({:.2?}); weights are random, so answers and images are noise",
+        dir.display(),
+        t.elapsed()
+    );
 
-    // CHAT_STAGE
+    let pipeline = ChatPipeline::new(model, Some(tokenizer));
+    let req = ChatRequest::new().max_tokens(16);
+    let answer = pipeline
+        .chat(&a.question, &req)
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "question   \"{}\" ({} prompt tokens)",
+        a.question, answer.prompt_tokens
+    );
+    println!("{}", answer.text);
+    eprintln!(
+        "answer     {} tokens: prefill {:.2?}, decode {:.2?} ({:.1} tokens/s), stop: {:?}",
+        answer.tokens.len(),
+        answer.timings.prefill,
+        answer.timings.decode,
+        answer.timings.decode_tokens_per_s(),
+        answer.stop_reason
+    );
+    let (model, tokenizer) = (
+        pipeline.model(),
+        pipeline.tokenizer().expect("loaded above"),
+    );
 
-    let req = ImageRequest::new(a.prompt.clone()).size(64, 48).steps(20).seed(0);
-    eprintln!("generating \"{}\": {}x{}, {} steps, guidance {}", a.prompt, req.width, req.height, req.steps, req.guidance);
-    let out = generate(&model, &tokenizer, &req, progress_bar("denoising")).map_err(|e| e.to_string())?;
+    let req = ImageRequest::new(a.prompt.clone())
+        .size(64, 48)
+        .steps(20)
+        .seed(0);
+    eprintln!(
+        "generating \"{}\": {}x{}, {} steps, guidance {}",
+        a.prompt, req.width, req.height, req.steps, req.guidance
+    );
+    let out =
+        generate(model, tokenizer, &req, progress_bar("denoising")).map_err(|e| e.to_string())?;
     write_png(&a.out, out.width, out.height, &out.rgb)?;
     eprintln!(
         "image      {}: und prefill (2 branches) {:.2?}, denoising {:.2?}, VAE decode {:.2?}",

@@ -25,6 +25,11 @@ pub fn run(a: ForwardArgs) -> Result<(), String> {
     let inputs = read_tensors(&a.inputs).map_err(|e| e.to_string())?;
     let outputs = forward(&model, &inputs).map_err(|e| e.to_string())?;
     write_tensors(&a.out, &outputs).map_err(|e| e.to_string())?;
-    eprintln!("wrote {} tensors to {} in {:.2?}", outputs.len(), a.out.display(), start.elapsed());
+    eprintln!(
+        "wrote {} tensors to {} in {:.2?}",
+        outputs.len(),
+        a.out.display(),
+        start.elapsed()
+    );
     Ok(())
 }

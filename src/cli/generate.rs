@@ -46,7 +46,12 @@ pub fn progress_bar(label: &'static str) -> impl FnMut(usize, usize) {
         }
         let width = 30;
         let done = step * width / total.max(1);
-        eprint!("\r{label} [{}{}] {step}/{total} {:.1?}", "#".repeat(done), " ".repeat(width - done), start.elapsed());
+        eprint!(
+            "\r{label} [{}{}] {step}/{total} {:.1?}",
+            "#".repeat(done),
+            " ".repeat(width - done),
+            start.elapsed()
+        );
         if step == total {
             eprintln!();
         }
@@ -58,10 +63,22 @@ pub fn run(a: GenerateArgs) -> Result<(), String> {
     let start = Instant::now();
     let model = CpuModel::open(&a.model).map_err(|e| e.to_string())?;
     let cfg = &model.checkpoint.config;
-    let tokenizer = hbridge::prompt::load_tokenizer(&a.model, &cfg.layout.und_dir).map_err(|e| e.to_string())?;
-    eprintln!("loaded {} ({} topology) in {:.2?}", a.model.display(), cfg.layout.topology, start.elapsed());
-    let req = ImageRequest::new(a.prompt).negative(a.negative).steps(a.steps).guidance(a.guidance).seed(a.seed).size(a.width, a.height);
-    let out = generate(&model, &tokenizer, &req, progress_bar("denoising")).map_err(|e| e.to_string())?;
+    let tokenizer = hbridge::prompt::load_tokenizer(&a.model, &cfg.layout.und_dir)
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "loaded {} ({} topology) in {:.2?}",
+        a.model.display(),
+        cfg.layout.topology,
+        start.elapsed()
+    );
+    let req = ImageRequest::new(a.prompt)
+        .negative(a.negative)
+        .steps(a.steps)
+        .guidance(a.guidance)
+        .seed(a.seed)
+        .size(a.width, a.height);
+    let out =
+        generate(&model, &tokenizer, &req, progress_bar("denoising")).map_err(|e| e.to_string())?;
     write_png(&a.out, out.width, out.height, &out.rgb)?;
     eprintln!(
         "wrote {} ({}x{}): und prefill {:.2?}, {} steps {:.2?}, VAE decode {:.2?}",

@@ -8,9 +8,9 @@ use hbridge_loader::config::{GenConfig, ModelConfig, Topology, TIMESTEP_FREQ_DIM
 use hbridge_loader::Part;
 
 /// Gen RoPE theta and the fixed epsilons of DESIGN.md 3 (not read from `norm_eps`).
-const GEN_ROPE_THETA: f64 = 10000.0;
-const QK_NORM_EPS: f32 = 1e-5;
-const NORM_OUT_EPS: f32 = 1e-6;
+pub(super) const GEN_ROPE_THETA: f64 = 10000.0;
+pub(super) const QK_NORM_EPS: f32 = 1e-5;
+pub(super) const NORM_OUT_EPS: f32 = 1e-6;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenStepSpec {
@@ -24,18 +24,18 @@ pub struct GenStepSpec {
     pub srt: bool,
 }
 
-struct Ctx<'a> {
-    g: Graph,
-    c: &'a GenConfig,
-    temb_silu: TensorId,
+pub(super) struct Ctx<'a> {
+    pub(super) g: Graph,
+    pub(super) c: &'a GenConfig,
+    pub(super) temb_silu: TensorId,
 }
 
 impl Ctx<'_> {
-    fn w(&mut self, part: Part, name: &str, shape: &[usize]) -> TensorId {
+    pub(super) fn w(&mut self, part: Part, name: &str, shape: &[usize]) -> TensorId {
         self.g.weight(part, name, shape)
     }
 
-    fn linear(
+    pub(super) fn linear(
         &mut self,
         x: TensorId,
         name: &str,
@@ -65,7 +65,7 @@ impl Ctx<'_> {
         self.g.push(Op::Linear { x, w, bias: None }, label)
     }
 
-    fn rmsnorm(
+    pub(super) fn rmsnorm(
         &mut self,
         x: TensorId,
         weight: &str,
@@ -86,7 +86,12 @@ impl Ctx<'_> {
     }
 
     /// to_q / to_k / to_v and the per-head norm of q and k (before any RoPE).
-    fn qkv(&mut self, p: &str, l: &str, h: TensorId) -> Result<[TensorId; 3], GraphError> {
+    pub(super) fn qkv(
+        &mut self,
+        p: &str,
+        l: &str,
+        h: TensorId,
+    ) -> Result<[TensorId; 3], GraphError> {
         let c = self.c;
         let (hid, d) = (c.hidden_size, c.head_dim);
         let q = self.linear(
@@ -131,7 +136,7 @@ impl Ctx<'_> {
     }
 
     /// Gen self-attention with the interleaved 3-axis RoPE, to_out.0 included.
-    fn self_attention(
+    pub(super) fn self_attention(
         &mut self,
         p: &str,
         l: &str,
@@ -187,7 +192,7 @@ impl Ctx<'_> {
     }
 
     /// The modulated block; `attention` computes attn(h).
-    fn block(
+    pub(super) fn block(
         &mut self,
         p: &str,
         l: &str,
@@ -312,6 +317,7 @@ pub fn gen_step(config: &ModelConfig, spec: &GenStepSpec) -> Result<Graph, Graph
     let u = &config.und;
     let bridge = match (&config.layout.bridge, config.layout.topology) {
         (Some(b), Topology::Hbridge) => b,
+        (_, Topology::Omnigen2) => return super::gen_omnigen2::gen_step_omnigen2(config, spec),
         _ => {
             return Err(GraphError::Request(format!(
                 "the gen step graph of the {} topology is not built yet",

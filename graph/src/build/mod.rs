@@ -3,11 +3,13 @@
 //! docs/FIXTURES.md so that traces compare directly with the reference.
 
 mod gen;
+mod gen_omnigen2;
 pub mod positions;
 mod und;
 mod vae;
 
 pub use gen::{gen_step, GenStepSpec};
+pub use gen_omnigen2::{gen_step_omnigen2, GEN_CAPTION, GEN_POSITIONS_CAPTION};
 pub use und::{und_decode_step, und_prefill, UndPrefillSpec};
 pub use vae::vae_decode;
 

@@ -1,0 +1,285 @@
+//! Gen expert step graph for one guidance branch of the omnigen2 topology (DESIGN.md 3 and 6, OmniGen2's
+//! `transformer_omnigen2.py`): the branch's caption features (the und expert's post-norm last hidden
+//! states of its context) -> `time_caption_embed.caption_embedder` -> `context_refiner` (unmodulated) ->
+//! gen sequence `[caption | noisy latent]` -> modulated main layers with plain gen self-attention over the
+//! whole sequence -> `norm_out` on the latent rows. No bridge, no SRT.
+
+use super::gen::{Ctx, GenStepSpec, NORM_OUT_EPS};
+use super::names;
+use crate::op::Op;
+use crate::{DataType, Graph, GraphError, TensorId};
+use hbridge_loader::config::{ModelConfig, Topology, TIMESTEP_FREQ_DIM};
+
+/// Input: the caption features `[L, text_feat_dim]` of the branch (`und.final_hidden` of its prefill).
+pub const GEN_CAPTION: &str = "gen.caption";
+/// Input: gen RoPE positions `[L, 3]` of the caption tokens, (i, i, i) (the first L rows of
+/// `gen.positions`; a separate input because row slices are f32-only).
+pub const GEN_POSITIONS_CAPTION: &str = "gen.positions.caption";
+
+impl Ctx<'_> {
+    /// The unmodulated block of `context_refiner`: `norm1.weight` is a plain RMSNorm, no tanh gates.
+    /// x = x + norm2(attn(norm1(x))); x = x + ffn_norm2(ff(ffn_norm1(x))).
+    fn unmodulated_block(
+        &mut self,
+        p: &str,
+        l: &str,
+        x: TensorId,
+        positions: TensorId,
+    ) -> Result<TensorId, GraphError> {
+        let c = self.c;
+        let hid = c.hidden_size;
+        let eps = c.norm_eps as f32;
+        let h = self.rmsnorm(
+            x,
+            &format!("{p}norm1.weight"),
+            hid,
+            eps,
+            format!("{l}norm1"),
+        )?;
+        let a = self.self_attention(p, l, h, positions)?;
+        let a = self.rmsnorm(
+            a,
+            &format!("{p}norm2.weight"),
+            hid,
+            eps,
+            format!("{l}norm2"),
+        )?;
+        let x = self
+            .g
+            .push(Op::Add { a: x, b: a }, format!("{l}attn_residual"))?;
+        let f = self.rmsnorm(
+            x,
+            &format!("{p}ffn_norm1.weight"),
+            hid,
+            eps,
+            format!("{l}ffn_norm1"),
+        )?;
+        let gate = self.linear(
+            f,
+            &format!("{p}feed_forward.linear_1"),
+            c.ffn_inner,
+            hid,
+            false,
+            format!("{l}ffn_gate"),
+        )?;
+        let up = self.linear(
+            f,
+            &format!("{p}feed_forward.linear_3"),
+            c.ffn_inner,
+            hid,
+            false,
+            format!("{l}ffn_up"),
+        )?;
+        let s = self
+            .g
+            .push(Op::SwiGlu { gate, up }, format!("{l}ffn_swiglu"))?;
+        let ff = self.linear(
+            s,
+            &format!("{p}feed_forward.linear_2"),
+            hid,
+            c.ffn_inner,
+            false,
+            format!("{l}ffn_down"),
+        )?;
+        let ff = self.rmsnorm(
+            ff,
+            &format!("{p}ffn_norm2.weight"),
+            hid,
+            eps,
+            format!("{l}ffn_norm2"),
+        )?;
+        self.g.push(Op::Add { a: x, b: ff }, format!("{l}out"))
+    }
+}
+
+/// One gen step of one omnigen2 branch. `spec.context_len` is the caption length L (the branch's und
+/// context length). Inputs: `gen.caption` `[L, text_feat_dim]`, `gen.x` `[C, H, W]`, `gen.t` `[1]`,
+/// `gen.positions` I32 `[L + n_latent, 3]` (caption i -> (i, i, i), latent -> (L, row, col)),
+/// `gen.positions.caption` I32 `[L, 3]` (its first L rows) and `gen.positions.latent` I32
+/// `[n_latent, 3]` (its latent rows). Outputs: `gen.velocity` `[C, H, W]`, and `gen.hs.{i}` when traced
+/// (`gen.hs.0` = `[refined caption | refined latent]`, the sequence entering main layer 0).
+/// `spec.srt` is ignored (no SRT in this topology).
+pub fn gen_step_omnigen2(config: &ModelConfig, spec: &GenStepSpec) -> Result<Graph, GraphError> {
+    let c = &config.gen;
+    if config.layout.topology != Topology::Omnigen2 {
+        return Err(GraphError::Request(format!(
+            "the omnigen2 gen step does not serve the {} topology",
+            config.layout.topology
+        )));
+    }
+    let [ch, height, width] = spec.latent;
+    let p = c.patch_size;
+    if ch != c.in_channels || height % p != 0 || width % p != 0 || height == 0 || width == 0 {
+        return Err(GraphError::Request(format!(
+            "latent {ch}x{height}x{width} does not fit in_channels {} and patch {p}",
+            c.in_channels
+        )));
+    }
+    let n_cap = spec.context_len;
+    if n_cap == 0 {
+        return Err(GraphError::Request(
+            "an omnigen2 gen step needs a non-empty caption (und context)".into(),
+        ));
+    }
+    let n_lat = (height / p) * (width / p);
+    let n = n_cap + n_lat;
+    let hid = c.hidden_size;
+    let e = c.temb_dim();
+
+    let mut g = Graph::default();
+    let caption = g.input(GEN_CAPTION, &[n_cap, c.text_feat_dim], DataType::F32);
+    let x_in = g.input(names::GEN_X, &spec.latent, DataType::F32);
+    let t = g.input(names::GEN_T, &[1], DataType::F32);
+    let positions = g.input(names::GEN_POSITIONS, &[n, 3], DataType::I32);
+    let cap_positions = g.input(GEN_POSITIONS_CAPTION, &[n_cap, 3], DataType::I32);
+    let lat_positions = g.input("gen.positions.latent", &[n_lat, 3], DataType::I32);
+
+    // temb = linear_2(silu(linear_1(features(t)))); every modulation reads silu(temb).
+    let feats = g.push(
+        Op::TimestepFeatures {
+            t,
+            half: TIMESTEP_FREQ_DIM / 2,
+            scale: c.timestep_scale,
+        },
+        "gen.t_features",
+    )?;
+    let feats = g.push(
+        Op::Reshape {
+            x: feats,
+            shape: vec![1, TIMESTEP_FREQ_DIM],
+        },
+        "gen.t_features_row",
+    )?;
+    let mut cx = Ctx {
+        g,
+        c,
+        temb_silu: feats,
+    };
+    let te = "time_caption_embed.timestep_embedder.";
+    let h1 = cx.linear(
+        feats,
+        &format!("{te}linear_1"),
+        e,
+        TIMESTEP_FREQ_DIM,
+        true,
+        "gen.temb_hidden".into(),
+    )?;
+    let h1 = cx.g.push(Op::Silu { x: h1 }, "gen.temb_hidden_silu")?;
+    let temb = cx.linear(h1, &format!("{te}linear_2"), e, e, true, "gen.temb".into())?;
+    cx.temb_silu = cx.g.push(Op::Silu { x: temb }, "gen.temb_silu")?;
+
+    // caption_embedder = Sequential(RMSNorm(text_feat_dim, eps=norm_eps), Linear(bias)), then the
+    // unmodulated context_refiner at the caption positions (i, i, i), caption tokens alone.
+    let ce = "time_caption_embed.caption_embedder.";
+    let cap = cx.rmsnorm(
+        caption,
+        &format!("{ce}0.weight"),
+        c.text_feat_dim,
+        c.norm_eps as f32,
+        "gen.caption_norm".into(),
+    )?;
+    let mut cap = cx.linear(
+        cap,
+        &format!("{ce}1"),
+        hid,
+        c.text_feat_dim,
+        true,
+        "gen.caption_embed".into(),
+    )?;
+    for j in 0..c.num_refiner_layers {
+        cap = cx.unmodulated_block(
+            &format!("context_refiner.{j}."),
+            &format!("gen.context_refiner.{j}."),
+            cap,
+            cap_positions,
+        )?;
+    }
+
+    // noisy latent: x_embedder, noise_refiner (alone, with its joint positions).
+    let tokens =
+        cx.g.push(Op::Patchify { x: x_in, patch: p }, "gen.latent_tokens")?;
+    let mut lat = cx.linear(
+        tokens,
+        "x_embedder",
+        hid,
+        c.patch_dim_in(),
+        true,
+        "gen.latent_embed".into(),
+    )?;
+    for j in 0..c.num_refiner_layers {
+        let (pre, l) = (
+            format!("noise_refiner.{j}."),
+            format!("gen.noise_refiner.{j}."),
+        );
+        lat = cx.block(&pre, &l, lat, |cx, h| {
+            cx.self_attention(&pre, &l, h, lat_positions)
+        })?;
+    }
+    let mut seq = cx.g.push(
+        Op::ConcatRows {
+            parts: vec![cap, lat],
+        },
+        "gen.hs.0",
+    )?;
+    if spec.hidden_states {
+        cx.g.mark_output("gen.hs.0", seq);
+    }
+
+    for i in 0..c.num_layers {
+        let (pre, l) = (format!("layers.{i}."), format!("gen.layers.{i}."));
+        seq = cx.block(&pre, &l, seq, |cx, h| {
+            cx.self_attention(&pre, &l, h, positions)
+        })?;
+        if spec.hidden_states {
+            cx.g.mark_output(format!("gen.hs.{}", i + 1), seq);
+        }
+    }
+
+    // norm_out is row-wise, so only the noisy-latent rows need it.
+    let lat_rows = cx.g.push(
+        Op::SliceRows {
+            x: seq,
+            start: n_cap,
+            len: n_lat,
+        },
+        "gen.latent_hidden",
+    )?;
+    let scale = cx.linear(
+        cx.temb_silu,
+        "norm_out.linear_1",
+        hid,
+        e,
+        true,
+        "gen.norm_out_scale".into(),
+    )?;
+    let y = cx.g.push(
+        Op::LayerNorm {
+            x: lat_rows,
+            dim: hid,
+            eps: NORM_OUT_EPS,
+        },
+        "gen.norm_out",
+    )?;
+    let y =
+        cx.g.push(Op::Modulate { x: y, scale }, "gen.norm_out_mod")?;
+    let out = cx.linear(
+        y,
+        "norm_out.linear_2",
+        c.patch_dim_out(),
+        hid,
+        true,
+        "gen.out_tokens".into(),
+    )?;
+    let velocity = cx.g.push(
+        Op::Unpatchify {
+            x: out,
+            patch: p,
+            channels: c.out_channels,
+            height,
+            width,
+        },
+        "gen.velocity",
+    )?;
+    cx.g.mark_output("gen.velocity", velocity);
+    Ok(crate::prune::prune(cx.g))
+}
