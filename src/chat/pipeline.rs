@@ -1,0 +1,134 @@
+//! A model with its (optional) tokenizer: text in, answer out.
+
+use super::*;
+use crate::cpu_model::CpuModel;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+/// Where the tokenizer stands: text prompts need it, token ids do not.
+enum TokenizerState {
+    Loaded(Box<Tokenizer>),
+    Missing(PathBuf),
+    Invalid(PathBuf, String),
+}
+
+/// A model ready to chat: the CPU model, its tokenizer (when there is one) and its stop tokens.
+pub struct ChatPipeline {
+    model: CpuModel,
+    tokenizer: TokenizerState,
+    default_stops: Vec<u32>,
+}
+
+impl ChatPipeline {
+    /// Opens the checkpoint in `dir` and `<und>/tokenizer.json`. A missing or unreadable tokenizer is
+    /// not an error here: text requests then fail with [`ChatError::NoTokenizer`] /
+    /// [`ChatError::BadTokenizer`], and [`ChatPipeline::generate_from_ids`] still works.
+    pub fn open(dir: &Path) -> Result<Self, ChatError> {
+        let model = CpuModel::open(dir)?;
+        let path = dir
+            .join(&model.checkpoint.config.layout.und_dir)
+            .join(TOKENIZER_FILE);
+        let tokenizer = if !path.is_file() {
+            TokenizerState::Missing(path)
+        } else {
+            match Tokenizer::from_file(&path) {
+                Ok(t) => TokenizerState::Loaded(Box::new(t)),
+                Err(e) => TokenizerState::Invalid(path, e.to_string()),
+            }
+        };
+        Ok(Self::with_state(model, tokenizer))
+    }
+
+    /// A pipeline over an opened model and an optional tokenizer (without one, text requests fail with
+    /// [`ChatError::NoTokenizer`] naming `tokenizer.json`, as the model's folder is not known here).
+    pub fn new(model: CpuModel, tokenizer: Option<Tokenizer>) -> Self {
+        let state = match tokenizer {
+            Some(t) => TokenizerState::Loaded(Box::new(t)),
+            None => TokenizerState::Missing(PathBuf::from(TOKENIZER_FILE)),
+        };
+        Self::with_state(model, state)
+    }
+
+    fn with_state(model: CpuModel, tokenizer: TokenizerState) -> Self {
+        let loaded = match &tokenizer {
+            TokenizerState::Loaded(t) => Some(t.as_ref()),
+            _ => None,
+        };
+        let default_stops = default_stop_ids(&model, loaded);
+        ChatPipeline {
+            model,
+            tokenizer,
+            default_stops,
+        }
+    }
+
+    pub fn model(&self) -> &CpuModel {
+        &self.model
+    }
+
+    /// The tokenizer, or the typed reason there is none.
+    pub fn tokenizer(&self) -> Result<&Tokenizer, ChatError> {
+        match &self.tokenizer {
+            TokenizerState::Loaded(t) => Ok(t),
+            TokenizerState::Missing(path) => Err(ChatError::NoTokenizer { path: path.clone() }),
+            TokenizerState::Invalid(path, message) => Err(ChatError::BadTokenizer {
+                path: path.clone(),
+                message: message.clone(),
+            }),
+        }
+    }
+
+    /// The ids `ChatRequest::stop_at_eos` stops at.
+    pub fn default_stop_ids(&self) -> &[u32] {
+        &self.default_stops
+    }
+
+    /// The chat-templated prompt of `user_text` as token ids (`add_special_tokens = false`).
+    pub fn encode_prompt(&self, user_text: &str) -> Result<Vec<u32>, ChatError> {
+        if user_text.trim().is_empty() {
+            return Err(ChatError::EmptyPrompt);
+        }
+        let tokenizer = self.tokenizer()?;
+        let encoding = tokenizer
+            .encode(chat_template(user_text), false)
+            .map_err(|e| ChatError::Tokenize(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Answers `user_text` (an empty or blank text is [`ChatError::EmptyPrompt`]).
+    pub fn chat(&self, user_text: &str, request: &ChatRequest) -> Result<ChatOutput, ChatError> {
+        self.chat_stream(user_text, request, |_, _| ControlFlow::Continue(()))
+    }
+
+    /// Answers `user_text`, calling `on_token(id, text_piece)` as each token arrives (see [`generate`]).
+    pub fn chat_stream(
+        &self,
+        user_text: &str,
+        request: &ChatRequest,
+        on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+    ) -> Result<ChatOutput, ChatError> {
+        request.validate()?;
+        let ids = self.encode_prompt(user_text)?;
+        self.generate_from_ids(&ids, request, on_token)
+    }
+
+    /// Generates after `prompt_ids` taken as they are (no template is added): the entry point without
+    /// a tokenizer. The text is decoded when a tokenizer is loaded, and empty otherwise.
+    pub fn generate_from_ids(
+        &self,
+        prompt_ids: &[u32],
+        request: &ChatRequest,
+        on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+    ) -> Result<ChatOutput, ChatError> {
+        let tokenizer = self.tokenizer().ok();
+        generate(
+            &self.model,
+            prompt_ids,
+            request,
+            &self.default_stops,
+            tokenizer,
+            on_token,
+        )
+    }
+}
