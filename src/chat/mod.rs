@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! use hbridge::chat::{ChatPipeline, ChatRequest};
-//! //!
+//! use std::ops::ControlFlow;
 //! let chat = ChatPipeline::open("model_dir".as_ref())?;
 //! let request = ChatRequest::new().max_tokens(64).temperature(0.7).top_p(0.9).seed(1);
 //! let out = chat.chat_stream("Tell me about the tree.", &request, |_id, piece| {
