@@ -26,17 +26,17 @@ impl ChatPipeline {
     /// [`ChatError::BadTokenizer`], and [`ChatPipeline::generate_from_ids`] still works.
     pub fn open(dir: &Path) -> Result<Self, ChatError> {
         let model = CpuModel::open(dir)?;
-        let path = dir
-            .join(&model.checkpoint.config.layout.und_dir)
-            .join(TOKENIZER_FILE);
-        let tokenizer = if !path.is_file() {
-            TokenizerState::Missing(path)
-        } else {
-            match Tokenizer::from_file(&path) {
+        let tokenizer =
+            match crate::prompt::load_tokenizer(dir, &model.checkpoint.config.layout.und_dir) {
                 Ok(t) => TokenizerState::Loaded(Box::new(t)),
-                Err(e) => TokenizerState::Invalid(path, e.to_string()),
-            }
-        };
+                Err(crate::prompt::TokenizerError::Invalid { path, message }) => {
+                    TokenizerState::Invalid(path, message)
+                }
+                Err(_) => TokenizerState::Missing(
+                    dir.join(&model.checkpoint.config.layout.und_dir)
+                        .join(TOKENIZER_FILE),
+                ),
+            };
         Ok(Self::with_state(model, tokenizer))
     }
 
