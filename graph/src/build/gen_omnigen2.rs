@@ -4,11 +4,12 @@
 //! gen sequence `[caption | noisy latent]` -> modulated main layers with plain gen self-attention over the
 //! whole sequence -> `norm_out` on the latent rows. No bridge, no SRT.
 
-use super::gen::{Ctx, GenStepSpec, NORM_OUT_EPS};
+use super::gen::GenStepSpec;
+use super::gen_block::Ctx;
 use super::names;
 use crate::op::Op;
 use crate::{DataType, Graph, GraphError, TensorId};
-use hbridge_loader::config::{ModelConfig, Topology, TIMESTEP_FREQ_DIM};
+use hbridge_loader::config::{ModelConfig, Topology};
 
 /// Input: the caption features `[L, text_feat_dim]` of the branch (`und.final_hidden` of its prefill).
 pub const GEN_CAPTION: &str = "gen.caption";
@@ -124,7 +125,6 @@ pub fn gen_step_omnigen2(config: &ModelConfig, spec: &GenStepSpec) -> Result<Gra
     let n_lat = (height / p) * (width / p);
     let n = n_cap + n_lat;
     let hid = c.hidden_size;
-    let e = c.temb_dim();
 
     let mut g = Graph::default();
     let caption = g.input(GEN_CAPTION, &[n_cap, c.text_feat_dim], DataType::F32);
@@ -134,39 +134,7 @@ pub fn gen_step_omnigen2(config: &ModelConfig, spec: &GenStepSpec) -> Result<Gra
     let cap_positions = g.input(GEN_POSITIONS_CAPTION, &[n_cap, 3], DataType::I32);
     let lat_positions = g.input("gen.positions.latent", &[n_lat, 3], DataType::I32);
 
-    // temb = linear_2(silu(linear_1(features(t)))); every modulation reads silu(temb).
-    let feats = g.push(
-        Op::TimestepFeatures {
-            t,
-            half: TIMESTEP_FREQ_DIM / 2,
-            scale: c.timestep_scale,
-        },
-        "gen.t_features",
-    )?;
-    let feats = g.push(
-        Op::Reshape {
-            x: feats,
-            shape: vec![1, TIMESTEP_FREQ_DIM],
-        },
-        "gen.t_features_row",
-    )?;
-    let mut cx = Ctx {
-        g,
-        c,
-        temb_silu: feats,
-    };
-    let te = "time_caption_embed.timestep_embedder.";
-    let h1 = cx.linear(
-        feats,
-        &format!("{te}linear_1"),
-        e,
-        TIMESTEP_FREQ_DIM,
-        true,
-        "gen.temb_hidden".into(),
-    )?;
-    let h1 = cx.g.push(Op::Silu { x: h1 }, "gen.temb_hidden_silu")?;
-    let temb = cx.linear(h1, &format!("{te}linear_2"), e, e, true, "gen.temb".into())?;
-    cx.temb_silu = cx.g.push(Op::Silu { x: temb }, "gen.temb_silu")?;
+    let mut cx = Ctx::start(g, c, t)?;
 
     // caption_embedder = Sequential(RMSNorm(text_feat_dim, eps=norm_eps), Linear(bias)), then the
     // unmodulated context_refiner at the caption positions (i, i, i), caption tokens alone.
@@ -196,25 +164,7 @@ pub fn gen_step_omnigen2(config: &ModelConfig, spec: &GenStepSpec) -> Result<Gra
     }
 
     // noisy latent: x_embedder, noise_refiner (alone, with its joint positions).
-    let tokens =
-        cx.g.push(Op::Patchify { x: x_in, patch: p }, "gen.latent_tokens")?;
-    let mut lat = cx.linear(
-        tokens,
-        "x_embedder",
-        hid,
-        c.patch_dim_in(),
-        true,
-        "gen.latent_embed".into(),
-    )?;
-    for j in 0..c.num_refiner_layers {
-        let (pre, l) = (
-            format!("noise_refiner.{j}."),
-            format!("gen.noise_refiner.{j}."),
-        );
-        lat = cx.block(&pre, &l, lat, |cx, h| {
-            cx.self_attention(&pre, &l, h, lat_positions)
-        })?;
-    }
+    let lat = cx.embed_latent(x_in, lat_positions)?;
     let mut seq = cx.g.push(
         Op::ConcatRows {
             parts: vec![cap, lat],
@@ -235,51 +185,6 @@ pub fn gen_step_omnigen2(config: &ModelConfig, spec: &GenStepSpec) -> Result<Gra
         }
     }
 
-    // norm_out is row-wise, so only the noisy-latent rows need it.
-    let lat_rows = cx.g.push(
-        Op::SliceRows {
-            x: seq,
-            start: n_cap,
-            len: n_lat,
-        },
-        "gen.latent_hidden",
-    )?;
-    let scale = cx.linear(
-        cx.temb_silu,
-        "norm_out.linear_1",
-        hid,
-        e,
-        true,
-        "gen.norm_out_scale".into(),
-    )?;
-    let y = cx.g.push(
-        Op::LayerNorm {
-            x: lat_rows,
-            dim: hid,
-            eps: NORM_OUT_EPS,
-        },
-        "gen.norm_out",
-    )?;
-    let y =
-        cx.g.push(Op::Modulate { x: y, scale }, "gen.norm_out_mod")?;
-    let out = cx.linear(
-        y,
-        "norm_out.linear_2",
-        c.patch_dim_out(),
-        hid,
-        true,
-        "gen.out_tokens".into(),
-    )?;
-    let velocity = cx.g.push(
-        Op::Unpatchify {
-            x: out,
-            patch: p,
-            channels: c.out_channels,
-            height,
-            width,
-        },
-        "gen.velocity",
-    )?;
-    cx.g.mark_output("gen.velocity", velocity);
+    cx.velocity(seq, n_cap, spec.latent)?;
     Ok(crate::prune::prune(cx.g))
 }

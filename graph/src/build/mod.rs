@@ -3,6 +3,7 @@
 //! docs/FIXTURES.md so that traces compare directly with the reference.
 
 mod gen;
+mod gen_block;
 mod gen_omnigen2;
 pub mod positions;
 mod und;
