@@ -3,12 +3,12 @@
 
 use hbridge_engine::cpu::{CpuWeights, EngineError, Executor, HostTensor};
 use hbridge_graph::build::{self, names, positions, GenStepSpec, UndPrefillSpec};
-use hbridge_graph::plan::plan_memory;
+use hbridge_graph::plan::{plan_memory, MemoryPlan};
 use hbridge_graph::{Graph, GraphError};
 use hbridge_loader::{Checkpoint, LoadError};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -26,7 +26,9 @@ pub type Outputs = HashMap<String, HostTensor>;
 
 pub struct CpuModel {
     pub checkpoint: Checkpoint,
-    weights: Mutex<CpuWeights>,
+    weights: RwLock<CpuWeights>,
+    /// Built, pruned and planned graphs by request shape: a denoising loop builds its gen step once.
+    prepared: Mutex<HashMap<String, Arc<(Graph, MemoryPlan)>>>,
 }
 
 /// One branch's und cache for the gen expert: for the bridge (hbridge topology), K/V `[L, K_u*D_u]` per
@@ -46,17 +48,64 @@ impl CpuModel {
         let checkpoint = Checkpoint::open(dir)?;
         Ok(CpuModel {
             checkpoint,
-            weights: Mutex::new(CpuWeights::new()),
+            weights: RwLock::new(CpuWeights::new()),
+            prepared: Mutex::new(HashMap::new()),
         })
     }
 
     /// Runs `graph` on `inputs`, converting any weight it needs that is not yet in f32.
     pub fn run(&self, graph: &Graph, inputs: &Outputs) -> Result<Outputs, RunError> {
-        let mut weights = self.weights.lock().unwrap_or_else(|e| e.into_inner());
-        weights.load_graph(&self.checkpoint, graph)?;
-        let plan = plan_memory(graph);
-        let mut exec = Executor::new();
-        Ok(exec.run(graph, &plan, &weights, inputs)?)
+        self.load_weights(graph)?;
+        self.execute(graph, &plan_memory(graph), inputs)
+    }
+
+    fn load_weights(&self, graph: &Graph) -> Result<(), RunError> {
+        let missing = {
+            let weights = self.weights.read().unwrap_or_else(|e| e.into_inner());
+            graph
+                .weights()
+                .any(|(_, part, name)| weights.get(part, name).is_none())
+        };
+        if missing {
+            let mut weights = self.weights.write().unwrap_or_else(|e| e.into_inner());
+            weights.load_graph(&self.checkpoint, graph)?;
+        }
+        Ok(())
+    }
+
+    fn execute(
+        &self,
+        graph: &Graph,
+        plan: &MemoryPlan,
+        inputs: &Outputs,
+    ) -> Result<Outputs, RunError> {
+        let weights = self.weights.read().unwrap_or_else(|e| e.into_inner());
+        Ok(Executor::new().run(graph, plan, &weights, inputs)?)
+    }
+
+    /// The graph of `key`, built by `build` (and its weights converted) the first time only.
+    fn prepared(
+        &self,
+        key: String,
+        build: impl FnOnce() -> Result<Graph, GraphError>,
+    ) -> Result<Arc<(Graph, MemoryPlan)>, RunError> {
+        if let Some(p) = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(p.clone());
+        }
+        let graph = build()?;
+        self.load_weights(&graph)?;
+        let plan = plan_memory(&graph);
+        let p = Arc::new((graph, plan));
+        self.prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, p.clone());
+        Ok(p)
     }
 
     /// The und layers the bridge reads, deduplicated and sorted.
@@ -174,7 +223,10 @@ impl CpuModel {
             hidden_states: trace,
             srt: true,
         };
-        let graph = build::gen_step(config, &spec)?;
+        let prepared = self.prepared(format!("gen_step {spec:?}"), || {
+            build::gen_step(config, &spec)
+        })?;
+        let (graph, plan) = (&prepared.0, &prepared.1);
         let p = config.gen.patch_size;
         if self.is_omnigen2() {
             // omnigen2: [caption | noisy latent], caption i -> (i, i, i), the latent after it.
@@ -201,7 +253,7 @@ impl CpuModel {
                     HostTensor::i32(vec![n, 3], gen_pos),
                 ),
             ]);
-            return self.run(&graph, &inputs);
+            return self.execute(graph, plan, &inputs);
         }
         let n_srt = config
             .layout
@@ -233,7 +285,7 @@ impl CpuModel {
             inputs.insert(names::und_k(*u), k.clone());
             inputs.insert(names::und_v(*u), v.clone());
         }
-        self.run(&graph, &inputs)
+        self.execute(graph, plan, &inputs)
     }
 
     /// VAE decode of a model-space latent `[C, h, w]` to pixels `[3, H, W]`.
