@@ -5,6 +5,7 @@ mod cli;
 use clap::{Parser, Subcommand};
 use hbridge::init::{write_checkpoint, WeightDType};
 use hbridge::presets::{preset, PRESET_NAMES};
+use hbridge_engine::device::{self, Device, DeviceRequest};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -16,6 +17,9 @@ use std::time::Instant;
     about = "Inference runtime for H-shape bridged multimodal models"
 )]
 struct Cli {
+    /// Backend: auto (CUDA when a GPU is usable, else the CPU), cpu or cuda.
+    #[arg(long, global = true, default_value = "auto")]
+    device: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,7 +58,24 @@ enum Command {
     },
 }
 
+/// Picks the backend for commands that compute, printing the fallback notice once.
+fn select_device(request: &str) -> Result<Device, String> {
+    let request: DeviceRequest = request.parse().map_err(|e| format!("--device: {e}"))?;
+    let selection = device::select(request).map_err(|e| e.to_string())?;
+    if let Some(notice) = selection.notice {
+        eprintln!("notice: {notice}");
+    }
+    Ok(selection.device)
+}
+
 fn run(cli: Cli) -> Result<(), String> {
+    if matches!(
+        cli.command,
+        Command::Demo(_) | Command::Chat(_) | Command::Generate(_) | Command::Forward(_)
+    ) {
+        // Every backend but the CPU is refused by `select` until it exists, so the CPU path below is right.
+        let _device = select_device(&cli.device)?;
+    }
     match cli.command {
         Command::InitTiny {
             dir,

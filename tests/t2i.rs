@@ -235,3 +235,45 @@ fn cli_forward_writes_the_fixture_names() {
     }
     std::fs::remove_file(&out).ok();
 }
+
+#[test]
+fn cli_device_selection_falls_back_without_panicking() {
+    let dir = std::env::temp_dir().join(format!("hbridge-device-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let m = dir.to_str().unwrap();
+    assert!(hbridge(&["init-tiny", m]).status.success());
+    let chat = |device: &str| {
+        hbridge(&[
+            "--device",
+            device,
+            "chat",
+            m,
+            "-p",
+            "hi",
+            "--max-tokens",
+            "2",
+        ])
+    };
+    let cpu = chat("cpu");
+    assert!(
+        cpu.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cpu.stderr)
+    );
+    // auto: on this build (no CUDA backend yet) always the CPU, with a notice saying so.
+    let auto = chat("auto");
+    let err = String::from_utf8_lossy(&auto.stderr);
+    assert!(
+        auto.status.success() && err.contains("using the CPU backend"),
+        "{err}"
+    );
+    let cuda = chat("cuda");
+    let err = String::from_utf8_lossy(&cuda.stderr);
+    assert!(
+        !cuda.status.success() && err.contains("--device cuda") && !err.contains("panicked"),
+        "{err}"
+    );
+    let bad = chat("tpu");
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("tpu"));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -3,5 +3,6 @@
 //! No CUDA code lives here.
 
 pub mod cpu;
+pub mod device;
 
 pub use cpu::{execute, CpuWeights, EngineError, Executor, HostData, HostTensor, WeightTensor};
