@@ -29,6 +29,8 @@ pub struct CpuModel {
     weights: RwLock<CpuWeights>,
     /// Built, pruned and planned graphs by request shape: a denoising loop builds its gen step once.
     prepared: Mutex<HashMap<String, Arc<(Graph, MemoryPlan)>>>,
+    /// Idle executors: their arenas are reused by the next run instead of allocated per step.
+    executors: Mutex<Vec<Executor>>,
 }
 
 /// One branch's und cache for the gen expert: for the bridge (hbridge topology), K/V `[L, K_u*D_u]` per
@@ -50,6 +52,7 @@ impl CpuModel {
             checkpoint,
             weights: RwLock::new(CpuWeights::new()),
             prepared: Mutex::new(HashMap::new()),
+            executors: Mutex::new(Vec::new()),
         })
     }
 
@@ -80,7 +83,18 @@ impl CpuModel {
         inputs: &Outputs,
     ) -> Result<Outputs, RunError> {
         let weights = self.weights.read().unwrap_or_else(|e| e.into_inner());
-        Ok(Executor::new().run(graph, plan, &weights, inputs)?)
+        let pooled = self
+            .executors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let mut exec = pooled.unwrap_or_default();
+        let out = exec.run(graph, plan, &weights, inputs);
+        self.executors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(exec);
+        Ok(out?)
     }
 
     /// The graph of `key`, built by `build` (and its weights converted) the first time only.

@@ -37,21 +37,13 @@ pub fn gen_step(config: &ModelConfig, spec: &GenStepSpec) -> Result<Graph, Graph
             )))
         }
     };
-    let [ch, height, width] = spec.latent;
-    let p = c.patch_size;
-    if ch != c.in_channels || height % p != 0 || width % p != 0 || height == 0 || width == 0 {
-        return Err(GraphError::Request(format!(
-            "latent {ch}x{height}x{width} does not fit in_channels {} and patch {p}",
-            c.in_channels
-        )));
-    }
+    let n_lat = super::gen_block::latent_tokens(c, spec.latent)?;
     if spec.context_len == 0 {
         return Err(GraphError::Request(
             "a bridged gen step needs a non-empty und context".into(),
         ));
     }
     let n_srt = bridge.num_srt_tokens;
-    let n_lat = (height / p) * (width / p);
     let n = n_srt + n_lat;
     let hid = c.hidden_size;
 

@@ -178,6 +178,52 @@ impl Ctx<'_> {
         )
     }
 
+    /// `ffn_norm2(linear_2(silu(linear_1(f)) * linear_3(f)))`, the FFN half of every gen block after
+    /// its input norm.
+    pub(super) fn feed_forward(
+        &mut self,
+        p: &str,
+        l: &str,
+        f: TensorId,
+    ) -> Result<TensorId, GraphError> {
+        let c = self.c;
+        let (hid, eps) = (c.hidden_size, c.norm_eps as f32);
+        let gate = self.linear(
+            f,
+            &format!("{p}feed_forward.linear_1"),
+            c.ffn_inner,
+            hid,
+            false,
+            format!("{l}ffn_gate"),
+        )?;
+        let up = self.linear(
+            f,
+            &format!("{p}feed_forward.linear_3"),
+            c.ffn_inner,
+            hid,
+            false,
+            format!("{l}ffn_up"),
+        )?;
+        let s = self
+            .g
+            .push(Op::SwiGlu { gate, up }, format!("{l}ffn_swiglu"))?;
+        let ff = self.linear(
+            s,
+            &format!("{p}feed_forward.linear_2"),
+            hid,
+            c.ffn_inner,
+            false,
+            format!("{l}ffn_down"),
+        )?;
+        self.rmsnorm(
+            ff,
+            &format!("{p}ffn_norm2.weight"),
+            hid,
+            eps,
+            format!("{l}ffn_norm2"),
+        )
+    }
+
     /// The modulated block; `attention` computes attn(h).
     pub(super) fn block(
         &mut self,
@@ -250,40 +296,7 @@ impl Ctx<'_> {
             Op::Modulate { x: f, scale: s_mlp },
             format!("{l}ffn_norm1_mod"),
         )?;
-        let gate = self.linear(
-            f,
-            &format!("{p}feed_forward.linear_1"),
-            c.ffn_inner,
-            hid,
-            false,
-            format!("{l}ffn_gate"),
-        )?;
-        let up = self.linear(
-            f,
-            &format!("{p}feed_forward.linear_3"),
-            c.ffn_inner,
-            hid,
-            false,
-            format!("{l}ffn_up"),
-        )?;
-        let s = self
-            .g
-            .push(Op::SwiGlu { gate, up }, format!("{l}ffn_swiglu"))?;
-        let ff = self.linear(
-            s,
-            &format!("{p}feed_forward.linear_2"),
-            hid,
-            c.ffn_inner,
-            false,
-            format!("{l}ffn_down"),
-        )?;
-        let ff = self.rmsnorm(
-            ff,
-            &format!("{p}ffn_norm2.weight"),
-            hid,
-            eps,
-            format!("{l}ffn_norm2"),
-        )?;
+        let ff = self.feed_forward(p, l, f)?;
         self.g.push(
             Op::GateResidual {
                 x,
@@ -425,4 +438,17 @@ impl<'a> Ctx<'a> {
         self.g.mark_output("gen.velocity", velocity);
         Ok(velocity)
     }
+}
+
+/// Checks a latent `[C, H, W]` against the gen config; returns its patch-token count.
+pub(super) fn latent_tokens(c: &GenConfig, latent: [usize; 3]) -> Result<usize, GraphError> {
+    let [ch, height, width] = latent;
+    let p = c.patch_size;
+    if ch != c.in_channels || height % p != 0 || width % p != 0 || height == 0 || width == 0 {
+        return Err(GraphError::Request(format!(
+            "latent {ch}x{height}x{width} does not fit in_channels {} and patch {p}",
+            c.in_channels
+        )));
+    }
+    Ok((height / p) * (width / p))
 }

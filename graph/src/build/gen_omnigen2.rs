@@ -55,40 +55,7 @@ impl Ctx<'_> {
             eps,
             format!("{l}ffn_norm1"),
         )?;
-        let gate = self.linear(
-            f,
-            &format!("{p}feed_forward.linear_1"),
-            c.ffn_inner,
-            hid,
-            false,
-            format!("{l}ffn_gate"),
-        )?;
-        let up = self.linear(
-            f,
-            &format!("{p}feed_forward.linear_3"),
-            c.ffn_inner,
-            hid,
-            false,
-            format!("{l}ffn_up"),
-        )?;
-        let s = self
-            .g
-            .push(Op::SwiGlu { gate, up }, format!("{l}ffn_swiglu"))?;
-        let ff = self.linear(
-            s,
-            &format!("{p}feed_forward.linear_2"),
-            hid,
-            c.ffn_inner,
-            false,
-            format!("{l}ffn_down"),
-        )?;
-        let ff = self.rmsnorm(
-            ff,
-            &format!("{p}ffn_norm2.weight"),
-            hid,
-            eps,
-            format!("{l}ffn_norm2"),
-        )?;
+        let ff = self.feed_forward(p, l, f)?;
         self.g.push(Op::Add { a: x, b: ff }, format!("{l}out"))
     }
 }
@@ -108,21 +75,13 @@ pub fn gen_step_omnigen2(config: &ModelConfig, spec: &GenStepSpec) -> Result<Gra
             config.layout.topology
         )));
     }
-    let [ch, height, width] = spec.latent;
-    let p = c.patch_size;
-    if ch != c.in_channels || height % p != 0 || width % p != 0 || height == 0 || width == 0 {
-        return Err(GraphError::Request(format!(
-            "latent {ch}x{height}x{width} does not fit in_channels {} and patch {p}",
-            c.in_channels
-        )));
-    }
+    let n_lat = super::gen_block::latent_tokens(c, spec.latent)?;
     let n_cap = spec.context_len;
     if n_cap == 0 {
         return Err(GraphError::Request(
             "an omnigen2 gen step needs a non-empty caption (und context)".into(),
         ));
     }
-    let n_lat = (height / p) * (width / p);
     let n = n_cap + n_lat;
     let hid = c.hidden_size;
 
