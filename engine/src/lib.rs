@@ -3,6 +3,7 @@
 //! No CUDA code lives here.
 
 pub mod cpu;
+pub mod cuda;
 pub mod device;
 
 pub use cpu::{execute, CpuWeights, EngineError, Executor, HostData, HostTensor, WeightTensor};

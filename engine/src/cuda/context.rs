@@ -1,0 +1,126 @@
+//! One GPU as the CUDA backend sees it: its context, the stream all work is ordered on, and the kernel
+//! modules, compiled with NVRTC at first use and cached for the life of the context.
+
+use super::error::{CudaError, CudaResult};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use hbridge_kernels::{compile_ptx, Arch, KernelFile};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A raw device address inside an allocation the caller keeps alive (an arena, a weight buffer). Kernels
+/// take these instead of cudarc views so that one arena can be read and written by the same launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevPtr(pub u64);
+
+impl DevPtr {
+    /// The address `elems` elements of `elem_bytes` each past this one.
+    pub fn offset(self, elems: usize, elem_bytes: usize) -> DevPtr {
+        DevPtr(self.0 + (elems * elem_bytes) as u64)
+    }
+}
+
+/// The device, its stream, and the compiled kernel modules.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    arch: Arch,
+    name: String,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({}, sm_{}{})", self.name, self.arch.major, self.arch.minor)
+    }
+}
+
+impl Gpu {
+    /// Opens device `ordinal`. Checks for libcuda first (cudarc panics without it), so on a machine
+    /// without a GPU this is an error, never a panic.
+    pub fn new(ordinal: usize) -> CudaResult<Arc<Gpu>> {
+        crate::device::cuda_probe().map_err(CudaError::Unavailable)?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::driver(format!("opening device {ordinal}"), e))?;
+        // All work runs on one stream in order; raw-pointer launches need no per-buffer events, and
+        // stream capture (CUDA graphs) rejects the event records cudarc would add.
+        // SAFETY: called before any buffer of this context exists.
+        unsafe { ctx.disable_event_tracking() };
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| CudaError::driver("reading the compute capability", e))?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        if major < 8 {
+            return Err(CudaError::Unavailable(format!(
+                "{name} is sm_{major}{minor}; the kernels need bf16 tensor cores (sm_80 or newer)"
+            )));
+        }
+        let stream = ctx.default_stream();
+        Ok(Arc::new(Gpu {
+            ctx,
+            stream,
+            arch: Arch { major: major as u32, minor: minor as u32 },
+            name,
+            modules: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The entry point `entry` of kernel file `file` (e.g. `("norm", "rmsnorm_fused")`), compiling the file
+    /// on first use.
+    pub fn function(&self, file: &'static str, entry: &str) -> CudaResult<CudaFunction> {
+        let module = {
+            let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+            match modules.get(file) {
+                Some(m) => m.clone(),
+                None => {
+                    let kf = KernelFile::by_name(file)
+                        .ok_or_else(|| CudaError::Compile(format!("no kernel file `{file}`")))?;
+                    let ptx = compile_ptx(kf, self.arch).map_err(|e| CudaError::Compile(e.to_string()))?;
+                    let m = self
+                        .ctx
+                        .load_module(ptx)
+                        .map_err(|e| CudaError::driver(format!("loading {file}.cu"), e))?;
+                    modules.insert(kf.name, m.clone());
+                    m
+                }
+            }
+        };
+        module
+            .load_function(entry)
+            .map_err(|e| CudaError::driver(format!("finding {entry} in {file}.cu"), e))
+    }
+
+    /// `n` elements of device memory, zeroed (allocation is rare: arenas and weights).
+    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> CudaResult<CudaSlice<T>> {
+        self.stream
+            .alloc_zeros::<T>(n.max(1))
+            .map_err(|e| CudaError::driver(format!("allocating {n} elements"), e))
+    }
+
+    pub fn synchronize(&self) -> CudaResult<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| CudaError::driver("synchronizing the stream", e))
+    }
+}
+
+/// The device address of a whole allocation.
+pub fn dev_ptr<T>(slice: &CudaSlice<T>, stream: &CudaStream) -> DevPtr {
+    use cudarc::driver::DevicePtr;
+    let (ptr, _sync) = slice.device_ptr(stream);
+    DevPtr(ptr)
+}
