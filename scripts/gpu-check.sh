@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds every GPU test and bench executable on this (GPU-less) build machine into gpu-bundle/ (git-ignored;
+# the device tool carries it to the GPU machine, which has no cargo), and prints the single command that
+# runs them all there. On the GPU machine `gpu-bundle/run.sh` writes logs under $OUT and ends with a table.
+#   bash scripts/gpu-check.sh            # build the bundle
+#   bash scripts/gpu-check.sh --no-bench # skip the criterion benches
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+with_bench=1
+[ "${1:-}" = "--no-bench" ] && with_bench=0
+
+bundle=gpu-bundle
+rm -rf "$bundle"
+mkdir -p "$bundle/bin"
+
+# Test executables: cargo prints each one's path in its JSON messages.
+collect() {
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["target"]["name"] + " " + m["executable"])
+'
+}
+
+echo "building GPU test executables" >&2
+cargo test --release --no-run --message-format=json \
+  -p hbridge-kernels --test nvrtc_compile \
+  -p hbridge-engine --test cuda_kernels --test cuda_model 2>/dev/null | collect > "$bundle/tests.txt"
+if [ "$with_bench" = 1 ] && ls benches/*.rs >/dev/null 2>&1; then
+  echo "building bench executables" >&2
+  cargo bench --no-run --message-format=json 2>/dev/null | collect | grep -v ' .*/deps/hbridge-' > "$bundle/benches.txt" || true
+else
+  : > "$bundle/benches.txt"
+fi
+echo "building the hbridge binary" >&2
+cargo build --release --bin hbridge 2>/dev/null
+
+while read -r name exe; do
+  cp "$exe" "$bundle/bin/test-$name"
+done < "$bundle/tests.txt"
+while read -r name exe; do
+  cp "$exe" "$bundle/bin/bench-$name"
+done < "$bundle/benches.txt"
+cp target/release/hbridge "$bundle/bin/hbridge"
+strip "$bundle"/bin/* 2>/dev/null || true
+cp scripts/gpu-run.sh "$bundle/run.sh"
+chmod +x "$bundle/run.sh"
+git rev-parse --short HEAD > "$bundle/commit.txt" 2>/dev/null || echo unknown > "$bundle/commit.txt"
+git diff --quiet 2>/dev/null || echo "(with uncommitted changes)" >> "$bundle/commit.txt"
+
+du -sh "$bundle" >&2
+ls -1 "$bundle/bin" >&2
+echo
+echo "On the GPU machine (device tool: carry [\"$bundle\"]), run:"
+echo "  bash $bundle/run.sh"

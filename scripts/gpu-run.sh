@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine from the repository root (copied into gpu-bundle/run.sh by scripts/gpu-check.sh):
+# every GPU test executable with HBRIDGE_REQUIRE_GPU=1 (a skip is a failure), then the benches.
+# Logs go to gpu-bundle/logs, packed into $OUT/logs.tgz (the device tool returns at most 8 files) with
+# $OUT/summary.txt; the summary table is printed last.
+#   bash gpu-bundle/run.sh [--tests-only | --bench-only] [extra args for the test harness]
+set -uo pipefail
+mode=all
+case "${1:-}" in --tests-only) mode=tests; shift ;; --bench-only) mode=bench; shift ;; esac
+repo=$(pwd)
+bundle="$repo/gpu-bundle"
+logs="$bundle/logs"
+rm -rf "$logs"
+mkdir -p "$logs"
+
+# The executables were built at /work/main and find fixtures through that path.
+if [ ! -e /work/main ]; then
+  mkdir -p /work 2>/dev/null && ln -s "$repo" /work/main 2>/dev/null || echo "note: cannot link /work/main -> $repo"
+fi
+
+# The machine's own CUDA libraries (libcuda comes with the driver; libnvrtc and libcublasLt from the
+# toolkit or the PyTorch wheels).
+libdirs=()
+for lib in libnvrtc.so libcublasLt.so libcublas.so; do
+  d=$(ldconfig -p 2>/dev/null | awk -v l="$lib" '$1 ~ "^"l {print $NF; exit}' | xargs -r dirname)
+  [ -n "$d" ] && libdirs+=("$d")
+done
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d "$d" ] && libdirs+=("$d"); done
+for d in $(python3 -c 'import nvidia, os; [print(os.path.join(p, s, "lib")) for p in nvidia.__path__ for s in os.listdir(p)]' 2>/dev/null); do
+  [ -d "$d" ] && libdirs+=("$d")
+done
+export LD_LIBRARY_PATH="$(IFS=:; echo "${libdirs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export HBRIDGE_REQUIRE_GPU=1
+command -v ptxas >/dev/null || { [ -x /usr/local/cuda/bin/ptxas ] && export HBRIDGE_PTXAS=/usr/local/cuda/bin/ptxas; }
+
+{
+  echo "commit: $(cat "$bundle/commit.txt" 2>/dev/null)"
+  date -u +"date: %Y-%m-%dT%H:%M:%SZ"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /'
+  echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+} | tee "$logs/env.txt"
+
+summary=()
+status=0
+if [ "$mode" != bench ]; then
+  for exe in "$bundle"/bin/test-*; do
+    name=$(basename "$exe")
+    start=$(date +%s)
+    "$exe" --test-threads=1 --nocapture "$@" > "$logs/$name.log" 2>&1
+    rc=$?
+    passed=$(grep -c '\.\.\. ok$' "$logs/$name.log")
+    failed=$(grep -c '\.\.\. FAILED$' "$logs/$name.log")
+    skipped=$(grep -c 'SKIPPED' "$logs/$name.log")
+    summary+=("$(printf '%-28s rc %-3s passed %-4s failed %-4s skipped %-3s %4ss' "$name" "$rc" "$passed" "$failed" "$skipped" "$(( $(date +%s) - start ))")")
+    [ "$rc" = 0 ] || status=1
+    grep -E 'FAILED|panicked|rel L2' "$logs/$name.log" | grep -v '\.\.\. ok' | head -40
+  done
+fi
+if [ "$mode" != tests ]; then
+  for exe in "$bundle"/bin/bench-*; do
+    [ -e "$exe" ] || continue
+    name=$(basename "$exe")
+    "$exe" --bench > "$logs/$name.log" 2>&1
+    rc=$?
+    summary+=("$(printf '%-28s rc %-3s (bench)' "$name" "$rc")")
+    [ "$rc" = 0 ] || status=1
+  done
+fi
+echo
+echo "== summary =="
+printf '%s\n' "${summary[@]}" | tee "$logs/summary.txt"
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/logs.tgz" -C "$bundle" logs && cp "$logs/summary.txt" "$OUT/summary.txt"
+fi
+exit $status
