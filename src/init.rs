@@ -6,7 +6,6 @@ use crate::presets::{PresetConfigs, TINY_TOKENIZER_JSON};
 use hbridge_loader::config::{ModelConfig, CONFIG_FILE, LAYOUT_FILE};
 use hbridge_loader::manifest::{Expected, Manifest, UndNames};
 use hbridge_loader::{BRIDGE_WEIGHTS, GEN_WEIGHTS, UND_WEIGHTS, VAE_WEIGHTS};
-use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::path::{Path, PathBuf};
 
@@ -25,6 +24,21 @@ impl WeightDType {
             "f16" => Some(WeightDType::F16),
             "f32" => Some(WeightDType::F32),
             _ => None,
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            WeightDType::F32 => 4,
+            WeightDType::BF16 | WeightDType::F16 => 2,
+        }
+    }
+
+    fn safetensors_name(self) -> &'static str {
+        match self {
+            WeightDType::F32 => "F32",
+            WeightDType::BF16 => "BF16",
+            WeightDType::F16 => "F16",
         }
     }
 
@@ -66,8 +80,6 @@ pub enum InitError {
     Exists { path: PathBuf },
     #[error("the preset's own configs do not load: {0}")]
     Preset(#[from] hbridge_loader::LoadError),
-    #[error("serializing {file}: {message}")]
-    Serialize { file: PathBuf, message: String },
 }
 
 /// SplitMix64: a tiny, well-mixed generator, so that weights depend only on the seed and the tensor name.
@@ -133,49 +145,72 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), InitError> {
     write_file(path, format!("{text}\n").as_bytes())
 }
 
+/// Streams one safetensors file: the header (computable from the shapes alone), then each tensor as it
+/// is generated, so a 15 GB part never sits in memory twice (hbridge-7b4b is written on the GPU machine).
 fn write_tensors(
     path: &Path,
     expected: &[Expected],
     seed: u64,
     dtype: WeightDType,
 ) -> Result<(), InitError> {
-    let encoded: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = expected
-        .iter()
-        .map(|e| {
-            let (dt, bytes) = dtype.encode(&init_values(e, seed));
-            (e.name.clone(), e.shape(), dt, bytes)
-        })
-        .collect();
-    let views = encoded.iter().map(|(name, shape, dt, bytes)| {
-        (
-            name.as_str(),
-            TensorView::new(*dt, shape.clone(), bytes).expect("shape matches the encoded bytes"),
-        )
-    });
-    let bytes = safetensors::serialize(views, None).map_err(|e| InitError::Serialize {
-        file: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    write_file(path, &bytes)
+    use std::io::Write;
+    let io = |source| InitError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let elem = dtype.bytes();
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for e in expected {
+        let len = e.shape().iter().product::<usize>() * elem;
+        header.insert(
+            e.name.clone(),
+            serde_json::json!({
+                "dtype": dtype.safetensors_name(),
+                "shape": e.shape(),
+                "data_offsets": [offset, offset + len],
+            }),
+        );
+        offset += len;
+    }
+    let mut text = serde_json::to_string(&header).expect("a JSON map serializes");
+    // The data section starts 8-byte aligned, as the format asks.
+    while (8 + text.len()) % 8 != 0 {
+        text.push(' ');
+    }
+    let file = std::fs::File::create(path).map_err(io)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 22, file);
+    out.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
+    out.write_all(text.as_bytes()).map_err(io)?;
+    let total = offset;
+    let mut written = 0usize;
+    let mut reported = 0usize;
+    for e in expected {
+        let (_, bytes) = dtype.encode(&init_values(e, seed));
+        out.write_all(&bytes).map_err(io)?;
+        written += bytes.len();
+        // Big parts take a while: a line per GB so the user sees progress.
+        if total > 1 << 30 && written - reported >= 1 << 30 {
+            reported = written;
+            eprintln!(
+                "  {}: {:.1} / {:.1} GB",
+                path.display(),
+                written as f64 / 1e9,
+                total as f64 / 1e9
+            );
+        }
+    }
+    out.flush().map_err(io)?;
+    Ok(())
 }
 
-/// Writes the preset under `dir` (created if absent).
-pub fn write_checkpoint(
-    dir: &Path,
-    preset: &PresetConfigs,
-    seed: u64,
-    dtype: WeightDType,
-    force: bool,
-) -> Result<(), InitError> {
+/// Writes the preset's config files and tokenizer under `dir` (created if absent) and returns the manifest
+/// of the weights they call for.
+pub fn write_configs(dir: &Path, preset: &PresetConfigs) -> Result<Manifest, InitError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| InitError::Io { path, source }
     };
-    if dir.join(LAYOUT_FILE).exists() && !force {
-        return Err(InitError::Exists {
-            path: dir.to_path_buf(),
-        });
-    }
     for sub in ["und", "gen", "vae", "bridge"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(io(&dir.join(sub)))?;
     }
@@ -187,10 +222,25 @@ pub fn write_checkpoint(
         &dir.join("und").join("tokenizer.json"),
         TINY_TOKENIZER_JSON.as_bytes(),
     )?;
-
     // The manifest is derived from the configs just written, so the weights match them by construction.
     let config = ModelConfig::read(dir)?;
-    let manifest = Manifest::new(&config, &UndNames::NESTED);
+    Ok(Manifest::new(&config, &UndNames::NESTED))
+}
+
+/// Writes the preset under `dir` (created if absent).
+pub fn write_checkpoint(
+    dir: &Path,
+    preset: &PresetConfigs,
+    seed: u64,
+    dtype: WeightDType,
+    force: bool,
+) -> Result<(), InitError> {
+    if dir.join(LAYOUT_FILE).exists() && !force {
+        return Err(InitError::Exists {
+            path: dir.to_path_buf(),
+        });
+    }
+    let manifest = write_configs(dir, preset)?;
     write_tensors(
         &dir.join("und").join(format!("{UND_WEIGHTS}.safetensors")),
         &manifest.und,

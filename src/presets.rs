@@ -16,12 +16,114 @@ pub struct PresetConfigs {
     pub vae: Value,
 }
 
-pub const PRESET_NAMES: [&str; 1] = ["tiny"];
+pub const PRESET_NAMES: [&str; 2] = ["tiny", "hbridge-7b4b"];
 
 pub fn preset(name: &str) -> Option<PresetConfigs> {
     match name {
         "tiny" => Some(tiny()),
+        "hbridge-7b4b" => Some(hbridge_7b4b()),
         _ => None,
+    }
+}
+
+/// The real dimensions of DESIGN.md sections 2-3: Qwen2.5-VL-7B (text + vision tower), the OmniGen2 DiT
+/// (~4B), the FLUX VAE, bridged with the paper's skip 6/6 default pairing. For GPU benchmarks with random
+/// weights (about 24 GB in bf16: made on the GPU machine, never committed). The tokenizer is the tiny one
+/// (ids < 512 fit the 152,064-entry vocabulary), so its special-token ids are the tiny ones.
+fn hbridge_7b4b() -> PresetConfigs {
+    let (gen_layers, und_layers, skip) = (32, 28, 6);
+    let pairs: Vec<[usize; 2]> = hbridge_loader::config::default_pairs(gen_layers, und_layers, skip, skip)
+        .into_iter()
+        .map(|(g, u)| [g, u])
+        .collect();
+    PresetConfigs {
+        name: "hbridge-7b4b",
+        layout: json!({
+            "topology": "hbridge",
+            "und": "und",
+            "gen": "gen",
+            "vae": "vae",
+            "bridge": {
+                "path": "bridge",
+                "pairs": pairs,
+                "num_srt_tokens": 16,
+                "skip_first": skip,
+                "skip_last": skip
+            }
+        }),
+        und: json!({
+            "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+            "model_type": "qwen2_5_vl",
+            "vocab_size": 152064,
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": und_layers,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "hidden_act": "silu",
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "rope_scaling": { "type": "mrope", "mrope_section": [16, 24, 24] },
+            "max_position_embeddings": 128000,
+            "tie_word_embeddings": false,
+            "bos_token_id": 500,
+            "eos_token_id": 502,
+            "image_token_id": 505,
+            "video_token_id": 506,
+            "vision_start_token_id": 503,
+            "vision_end_token_id": 504,
+            "vision_config": {
+                "depth": 32,
+                "hidden_size": 1280,
+                "num_heads": 16,
+                "intermediate_size": 3420,
+                "in_chans": 3,
+                "out_hidden_size": 3584,
+                "patch_size": 14,
+                "temporal_patch_size": 2,
+                "spatial_merge_size": 2,
+                "window_size": 112,
+                "fullatt_block_indexes": [7, 15, 23, 31],
+                "hidden_act": "silu",
+                "tokens_per_second": 2
+            }
+        }),
+        gen: json!({
+            "_class_name": "OmniGen2Transformer2DModel",
+            "patch_size": 2,
+            "in_channels": 16,
+            "out_channels": null,
+            "hidden_size": 2520,
+            "num_layers": gen_layers,
+            "num_refiner_layers": 2,
+            "num_attention_heads": 21,
+            "num_kv_heads": 7,
+            "multiple_of": 256,
+            "ffn_dim_multiplier": null,
+            "norm_eps": 1e-5,
+            "axes_dim_rope": [40, 40, 40],
+            "axes_lens": [10000, 10000, 10000],
+            "text_feat_dim": 3584,
+            "timestep_scale": 1000.0
+        }),
+        vae: json!({
+            "_class_name": "AutoencoderKL",
+            "in_channels": 3,
+            "out_channels": 3,
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+            "block_out_channels": [128, 256, 512, 512],
+            "layers_per_block": 2,
+            "act_fn": "silu",
+            "latent_channels": 16,
+            "norm_num_groups": 32,
+            "sample_size": 1024,
+            "scaling_factor": 0.3611,
+            "shift_factor": 0.1159,
+            "use_quant_conv": false,
+            "use_post_quant_conv": false,
+            "mid_block_add_attention": true
+        }),
     }
 }
 
