@@ -35,6 +35,11 @@ fn every_kernel_compiles_for_hopper_without_spills() {
             }
         };
         let text = ptx.to_src();
+        // The GPU machines run driver 580 (CUDA 13.0): it loads PTX ISA 9.0 and older, not newer.
+        match ptx_isa_version(&text) {
+            Some(v) if v <= (9, 0) => {}
+            other => failures.push(format!("{}.cu: PTX .version {other:?} is newer than 9.0 (pin NVRTC 13.0)", file.name)),
+        }
         for entry in file.entry_points() {
             if !text.contains(&format!(".entry {entry}(")) {
                 failures.push(format!("{}.cu: entry point {entry} missing from the PTX", file.name));
@@ -61,4 +66,12 @@ fn every_kernel_compiles_for_hopper_without_spills() {
         }
     }
     assert!(failures.is_empty(), "kernel build failures:\n{}", failures.join("\n"));
+}
+
+/// `(major, minor)` of the PTX's `.version` directive.
+fn ptx_isa_version(ptx: &str) -> Option<(u32, u32)> {
+    let line = ptx.lines().find(|l| l.trim_start().starts_with(".version"))?;
+    let v = line.split_whitespace().nth(1)?;
+    let (a, b) = v.split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
 }
