@@ -46,8 +46,6 @@ impl FromStr for DeviceRequest {
 pub enum DeviceError {
     #[error("--device cuda: {0}")]
     CudaUnavailable(String),
-    #[error("--device cuda: a CUDA device is present, but this build of hbridge has no CUDA backend yet; use --device cpu")]
-    CudaBackendMissing,
 }
 
 /// The chosen backend and, when the choice deserves a word, the notice to print.
@@ -70,23 +68,15 @@ pub fn cuda_probe() -> Result<usize, String> {
     }
 }
 
-/// Whether this build carries a CUDA backend (the CUDA issue adds it).
-pub const CUDA_BACKEND_BUILT: bool = false;
-
 pub fn select(request: DeviceRequest) -> Result<Selection, DeviceError> {
     match request {
         DeviceRequest::Cpu => Ok(Selection { device: Device::Cpu, notice: None }),
         DeviceRequest::Cuda => match cuda_probe() {
             Err(why) => Err(DeviceError::CudaUnavailable(why)),
-            Ok(_) if !CUDA_BACKEND_BUILT => Err(DeviceError::CudaBackendMissing),
             Ok(_) => Ok(Selection { device: Device::Cuda, notice: None }),
         },
         DeviceRequest::Auto => match cuda_probe() {
             Err(why) => Ok(Selection { device: Device::Cpu, notice: Some(format!("{why}: using the CPU backend")) }),
-            Ok(n) if !CUDA_BACKEND_BUILT => Ok(Selection {
-                device: Device::Cpu,
-                notice: Some(format!("{n} CUDA device(s) found, but this build has no CUDA backend yet: using the CPU backend")),
-            }),
             Ok(_) => Ok(Selection { device: Device::Cuda, notice: None }),
         },
     }
@@ -124,13 +114,8 @@ mod tests {
             }
             Ok(n) => {
                 assert!(n > 0);
-                if !CUDA_BACKEND_BUILT {
-                    assert_eq!(auto.device, Device::Cpu);
-                    assert_eq!(
-                        select(DeviceRequest::Cuda),
-                        Err(DeviceError::CudaBackendMissing)
-                    );
-                }
+                assert_eq!(auto.device, Device::Cuda);
+                assert_eq!(select(DeviceRequest::Cuda).unwrap().device, Device::Cuda);
             }
         }
     }

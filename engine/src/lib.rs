@@ -1,9 +1,11 @@
 //! hbridge's execution backends. `cpu` runs a static graph (hbridge-graph) in f32 on the host: it is the
 //! numerical reference the other backends are checked against, and the fallback when no GPU is present.
-//! No CUDA code lives here.
+//! `cuda` runs the same graphs in bf16 on an NVIDIA GPU (cuBLASLt GEMMs, NVRTC-compiled kernels, CUDA
+//! graphs); every CUDA entry point returns an error, never panics, on a machine without one.
 
 pub mod cpu;
 pub mod cuda;
 pub mod device;
 
 pub use cpu::{execute, CpuWeights, EngineError, Executor, HostData, HostTensor, WeightTensor};
+pub use cuda::{CudaError, CudaExecutor, CudaWeights, Gpu};

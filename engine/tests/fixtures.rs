@@ -4,6 +4,8 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/fixture.rs"]
+mod fixture;
 
 use common::rel_l2;
 use hbridge_engine::{CpuWeights, Executor, HostTensor};
@@ -12,55 +14,11 @@ use hbridge_graph::build::{
 };
 use hbridge_graph::plan::plan_memory;
 use hbridge_graph::Graph;
+use fixture::{f32s, fixture, i64s_as_i32};
 use hbridge_loader::Checkpoint;
-use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 const TOL: f64 = 1e-5;
-
-struct Fixture {
-    ckpt: Checkpoint,
-    inputs: Vec<u8>,
-    outputs: Vec<u8>,
-}
-
-fn fixture(name: &str) -> Fixture {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name);
-    let read = |f: &str| std::fs::read(dir.join(f)).unwrap_or_else(|e| panic!("{name}/{f}: {e}"));
-    Fixture {
-        ckpt: Checkpoint::open(dir.join("model")).unwrap(),
-        inputs: read("inputs.safetensors"),
-        outputs: read("outputs.safetensors"),
-    }
-}
-
-fn f32s(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<f32>) {
-    let st = SafeTensors::deserialize(bytes).unwrap();
-    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert_eq!(t.dtype(), Dtype::F32, "{name}");
-    (
-        t.shape().to_vec(),
-        t.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-    )
-}
-
-fn i64s_as_i32(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<i32>) {
-    let st = SafeTensors::deserialize(bytes).unwrap();
-    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert_eq!(t.dtype(), Dtype::I64, "{name}");
-    let v = t
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as i32)
-        .collect();
-    (t.shape().to_vec(), v)
-}
 
 fn run(
     ex: &mut Executor,

@@ -18,6 +18,12 @@ pub enum RopeKind {
     /// (relative to the axis start) rotates by `pos_axis * theta^(-2k/a)`. Angles, cos and sin in f64,
     /// the rotation in f64, cast to f32.
     Interleaved3 { axes: [usize; 3], theta: f64 },
+    /// Qwen2.5-VL vision tower 2-D rotary, rotate_half. `positions` is I32 `[2, N]` (rows h, w: the patch's
+    /// row and column in its image). With `q = head_dim/4` (head_dim divisible by 4), HF's axial
+    /// `inv_freq[j] = 1 / theta^((2j)/(head_dim/2))`, j < q, f32 arithmetic as for `Mrope`; frequency index
+    /// `k < head_dim/2` has angle `h * inv_freq[k]` for `k < q` and `w * inv_freq[k - q]` otherwise (f32);
+    /// cos/sin in f32 over `cat(freqs, freqs)`, `x' = x*cos + rotate_half(x)*sin`.
+    Vision2d { theta: f64 },
 }
 
 /// One K/V segment of an attention: keys and values of `len` tokens, `[len, kv_heads*head_dim]`.
@@ -142,6 +148,24 @@ pub enum Op {
     Transpose { x: TensorId },
     /// The same data under another shape of equal element count (no copy needed).
     Reshape { x: TensorId, shape: Vec<usize> },
+    /// `out[i] = x[rows[i]]`: rows of `x` `[N, C]` picked by a build-time index list (each `< N`) ->
+    /// `[rows.len(), C]`. The vision tower's window reordering and its inverse.
+    GatherRows { x: TensorId, rows: Vec<usize> },
+    /// Bidirectional softmax attention restricted to blocks (flash-attention's `cu_seqlens`): the tokens
+    /// are consecutive runs of `blocks[b]` rows (summing to N; empty runs allowed) and each attends only
+    /// to the keys of its own run. q `[N, heads*head_dim]`, k / v `[N, kv_heads*head_dim]`, GQA as in
+    /// `Attention`, scores `q.k * scale`, softmax in f32. -> `[N, heads*head_dim]`. The vision tower's
+    /// window attention (one block per window) and full attention (one block per image).
+    BlockAttention {
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        scale: f32,
+        blocks: Vec<usize>,
+    },
 }
 
 impl Op {
@@ -161,7 +185,8 @@ impl Op {
             | Unpatchify { x, .. }
             | Upsample2x { x }
             | Transpose { x }
-            | Reshape { x, .. } => vec![*x],
+            | Reshape { x, .. }
+            | GatherRows { x, .. } => vec![*x],
             Linear { x, w, bias } => [*x, *w].into_iter().chain(*bias).collect(),
             Add { a, b } => vec![*a, *b],
             Modulate { x, scale } => vec![*x, *scale],
@@ -177,6 +202,7 @@ impl Op {
             GroupNorm {
                 x, weight, bias, ..
             } => vec![*x, *weight, *bias],
+            BlockAttention { q, k, v, .. } => vec![*q, *k, *v],
         }
     }
 
@@ -208,6 +234,8 @@ impl Op {
             Upsample2x { .. } => "upsample2x",
             Transpose { .. } => "transpose",
             Reshape { .. } => "reshape",
+            GatherRows { .. } => "gather_rows",
+            BlockAttention { .. } => "block_attention",
         }
     }
 }

@@ -252,6 +252,29 @@ pub fn map_ids(op: &Op, f: impl Fn(TensorId) -> TensorId) -> Op {
             x: f(*x),
             shape: shape.clone(),
         },
+        Op::GatherRows { x, rows } => Op::GatherRows {
+            x: f(*x),
+            rows: rows.clone(),
+        },
+        Op::BlockAttention {
+            q,
+            k,
+            v,
+            heads,
+            kv_heads,
+            head_dim,
+            scale,
+            blocks,
+        } => Op::BlockAttention {
+            q: f(*q),
+            k: f(*k),
+            v: f(*v),
+            heads: *heads,
+            kv_heads: *kv_heads,
+            head_dim: *head_dim,
+            scale: *scale,
+            blocks: blocks.clone(),
+        },
     }
 }
 
@@ -394,10 +417,31 @@ mod tests {
                 x: t(1),
                 shape: vec![2, 3],
             },
+            Op::GatherRows {
+                x: t(1),
+                rows: vec![2, 0, 1],
+            },
+            Op::BlockAttention {
+                q: t(1),
+                k: t(2),
+                v: t(3),
+                heads: 2,
+                kv_heads: 1,
+                head_dim: 4,
+                scale: 0.5,
+                blocks: vec![2, 0, 3],
+            },
+            Op::Rope {
+                x: t(1),
+                positions: t(2),
+                heads: 2,
+                head_dim: 8,
+                kind: RopeKind::Vision2d { theta: 1e4 },
+            },
         ]
     }
 
-    const VARIANTS: usize = 24;
+    const VARIANTS: usize = 26;
 
     fn variant_index(op: &Op) -> usize {
         match op {
@@ -425,6 +469,8 @@ mod tests {
             Op::Upsample2x { .. } => 21,
             Op::Transpose { .. } => 22,
             Op::Reshape { .. } => 23,
+            Op::GatherRows { .. } => 24,
+            Op::BlockAttention { .. } => 25,
         }
     }
 

@@ -128,6 +128,8 @@ pub fn infer_shape<'a>(
                         && axes.iter().sum::<usize>() == *head_dim
                         && axes.iter().all(|a| a % 2 == 0)
                 }
+                // h and w each rotate a quarter of the head's dims (twice, by rotate_half).
+                RopeKind::Vision2d { .. } => shape(*positions) == [2, n] && head_dim % 4 == 0,
             };
             if !ok {
                 return Err(format!(
@@ -295,6 +297,44 @@ pub fn infer_shape<'a>(
         Transpose { x } => {
             let (a, b) = rows_cols(shape(*x))?;
             vec![b, a]
+        }
+        GatherRows { x, rows } => {
+            let (n, c) = rows_cols(shape(*x))?;
+            if rows.is_empty() {
+                return Err("gathers no rows".into());
+            }
+            if let Some(bad) = rows.iter().find(|&&r| r >= n) {
+                return Err(format!("row {bad} is out of range for {n} rows"));
+            }
+            vec![rows.len(), c]
+        }
+        BlockAttention {
+            q,
+            k,
+            v,
+            heads,
+            kv_heads,
+            head_dim,
+            blocks,
+            ..
+        } => {
+            let (n, c) = rows_cols(shape(*q))?;
+            if c != heads * head_dim || *kv_heads == 0 || heads % kv_heads != 0 {
+                return Err(format!("q has {c} features; heads {heads}, kv_heads {kv_heads}, head_dim {head_dim} do not fit"));
+            }
+            let kv = [n, kv_heads * head_dim];
+            if shape(*k) != kv || shape(*v) != kv {
+                return Err(format!(
+                    "k {:?} / v {:?} must both be {kv:?}",
+                    shape(*k),
+                    shape(*v)
+                ));
+            }
+            let total: usize = blocks.iter().sum();
+            if total != n {
+                return Err(format!("blocks sum to {total} tokens, q has {n}"));
+            }
+            vec![n, c]
         }
     })
 }

@@ -108,3 +108,78 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+
+// --- 16-byte bf16 vectors (norm, rope, bridge, elementwise, layout) ----------------------------------
+// Memory-bound kernels move 8 bf16 per 16-byte access; launchers pick these paths only after checking
+// on the host that every pointer is 16-byte aligned and every row length/stride a multiple of 8.
+
+__device__ __forceinline__ uint4 ld_bf16x8(const bf16* p) { return *reinterpret_cast<const uint4*>(p); }
+
+__device__ __forceinline__ void st_bf16x8(bf16* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
+
+__device__ __forceinline__ void unpack_bf16x8(uint4 v, float (&f)[8]) {
+    f[0] = bf16x2_lo(v.x); f[1] = bf16x2_hi(v.x);
+    f[2] = bf16x2_lo(v.y); f[3] = bf16x2_hi(v.y);
+    f[4] = bf16x2_lo(v.z); f[5] = bf16x2_hi(v.z);
+    f[6] = bf16x2_lo(v.w); f[7] = bf16x2_hi(v.w);
+}
+
+__device__ __forceinline__ uint4 pack_bf16x8(const float (&f)[8]) {
+    uint4 v;
+    v.x = pack_bf16x2(f[0], f[1]);
+    v.y = pack_bf16x2(f[2], f[3]);
+    v.z = pack_bf16x2(f[4], f[5]);
+    v.w = pack_bf16x2(f[6], f[7]);
+    return v;
+}
+
+// The f32 value a bf16 store of `f` would hold (for a result that is stored and also reused).
+__device__ __forceinline__ float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+
+// N consecutive bf16 held raw (as loaded), converted to f32 on demand. N == 8 is one 16-byte access
+// (the pointer must be 16-byte aligned); any other N is N 2-byte accesses with no alignment needed, the
+// fallback for odd sizes and offset pointers.
+template <int N>
+struct bf16vec {
+    bf16 r[N];
+    __device__ __forceinline__ void load(const bf16* p) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) r[i] = p[i];
+    }
+    __device__ __forceinline__ void store(bf16* p) const {
+#pragma unroll
+        for (int i = 0; i < N; ++i) p[i] = r[i];
+    }
+    __device__ __forceinline__ void unpack(float (&f)[N]) const {
+#pragma unroll
+        for (int i = 0; i < N; ++i) f[i] = bf16_to_f32(r[i]);
+    }
+    __device__ __forceinline__ void pack(const float (&f)[N]) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) r[i] = f32_to_bf16(f[i]);
+    }
+};
+
+template <>
+struct bf16vec<8> {
+    uint4 r;
+    __device__ __forceinline__ void load(const bf16* p) { r = ld_bf16x8(p); }
+    __device__ __forceinline__ void store(bf16* p) const { st_bf16x8(p, r); }
+    __device__ __forceinline__ void unpack(float (&f)[8]) const { unpack_bf16x8(r, f); }
+    __device__ __forceinline__ void pack(const float (&f)[8]) { r = pack_bf16x8(f); }
+};
+
+// Load N bf16 at p as f32 / store N f32 at p as bf16 (round to nearest even).
+template <int N>
+__device__ __forceinline__ void load_f32(const bf16* p, float (&f)[N]) {
+    bf16vec<N> v;
+    v.load(p);
+    v.unpack(f);
+}
+
+template <int N>
+__device__ __forceinline__ void store_f32(bf16* p, const float (&f)[N]) {
+    bf16vec<N> v;
+    v.pack(f);
+    v.store(p);
+}

@@ -1,7 +1,7 @@
 //! One node: an op's attributes and input shapes -> the kernel call. Shapes were validated beforehand.
 
 use super::error::{EngineError, Result};
-use super::ops::attention::{attention, AttnShape, Segment};
+use super::ops::attention::{attention, block_attention, AttnShape, Segment};
 use super::ops::conv::{conv2d, Conv2dShape};
 use super::ops::{elementwise as ew, embed, layout, linear, norm, rope, timestep};
 use super::validate::View;
@@ -105,6 +105,9 @@ pub(crate) fn run(
                 }
                 RopeKind::Interleaved3 { axes, theta } => {
                     rope::interleaved3(xs, pos, *heads, *head_dim, *axes, *theta, out)
+                }
+                RopeKind::Vision2d { theta } => {
+                    rope::vision2d(xs, pos, *heads, *head_dim, *theta, out)
                 }
             }
         }
@@ -216,6 +219,30 @@ pub(crate) fn run(
             layout::transpose(inp.f32(*x)?, a, b, out);
         }
         Op::Reshape { x, .. } => layout::copy(inp.f32(*x)?, out),
+        Op::GatherRows { x, rows } => {
+            layout::gather_rows(inp.f32(*x)?, shape(*x)[1], rows, out)
+        }
+        Op::BlockAttention {
+            q,
+            k,
+            v,
+            heads,
+            kv_heads,
+            head_dim,
+            scale,
+            blocks,
+        } => {
+            let s = AttnShape {
+                nq: shape(*q)[0],
+                heads: *heads,
+                kv_heads: *kv_heads,
+                head_dim: *head_dim,
+                causal: false,
+                scale: *scale,
+            };
+            let (qs, ks, vs) = (inp.f32(*q)?, inp.f32(*k)?, inp.f32(*v)?);
+            block_attention(qs, ks, vs, blocks, &s, out);
+        }
     }
     Ok(())
 }

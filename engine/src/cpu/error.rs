@@ -56,6 +56,10 @@ pub enum EngineError {
     Graph { label: String, problem: String },
     #[error("memory plan does not fit the graph: {0}")]
     Plan(String),
+    /// The CUDA backend failed (driver, cuBLASLt, kernel compile) or cannot run a node; unsupported
+    /// nodes carry their label.
+    #[error(transparent)]
+    Cuda(#[from] crate::cuda::CudaError),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

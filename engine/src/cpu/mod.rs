@@ -7,7 +7,7 @@ mod error;
 mod exec;
 pub(crate) mod ops;
 mod tensor;
-mod validate;
+pub(crate) mod validate;
 mod weights;
 
 pub use error::EngineError;

@@ -8,6 +8,7 @@ use super::tensor::{HostData, HostTensor};
 use super::weights::CpuWeights;
 use hbridge_graph::plan::MemoryPlan;
 use hbridge_graph::{infer_shape, DataType, Graph, Op, RopeKind, Source, TensorId};
+use hbridge_loader::Part;
 use std::collections::HashMap;
 
 /// A borrowed tensor living outside the arena.
@@ -60,6 +61,20 @@ fn beyond_shape_inference(op: &Op) -> Option<String> {
     }
 }
 
+/// Where a tensor lives, backend-neutral: the result of [`check`], which each backend turns into its own
+/// locations (host slices on the CPU, device addresses on CUDA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// A checkpoint weight, present with the declared shape.
+    Weight,
+    /// A caller's input, present with the declared shape, dtype and length.
+    Input,
+    /// An activation at this offset (in elements) of the arena.
+    Arena(usize),
+    /// An activation no node writes (left behind by pruning); nothing may read it.
+    Unwritten,
+}
+
 /// Checks everything and returns each tensor's location.
 pub(crate) fn resolve<'a>(
     graph: &Graph,
@@ -67,6 +82,37 @@ pub(crate) fn resolve<'a>(
     weights: &'a CpuWeights,
     inputs: &'a HashMap<String, HostTensor>,
 ) -> Result<Vec<Loc<'a>>> {
+    let places = check(graph, plan, inputs, |part, name, shape| {
+        weights.require(part, name, shape).map(|_| ())
+    })?;
+    places
+        .iter()
+        .zip(&graph.tensors)
+        .map(|(place, t)| {
+            Ok(match (place, &t.source) {
+                (Place::Weight, Source::Weight { part, name }) => {
+                    Loc::Host(View::F32(&weights.require(*part, name, &t.shape)?.data))
+                }
+                (Place::Input, Source::Input(name)) => Loc::Host(match &inputs[name].data {
+                    HostData::F32(v) => View::F32(v),
+                    HostData::I32(v) => View::I32(v),
+                }),
+                (Place::Arena(off), _) => Loc::Arena(*off),
+                _ => Loc::Unwritten,
+            })
+        })
+        .collect()
+}
+
+/// Checks everything a backend relies on before any compute, in a fixed order (weights and inputs in
+/// tensor order, then every node in execution order, then the outputs), and returns each tensor's place.
+/// `weight` checks that the backend holds `(part, name)` with the given shape.
+pub(crate) fn check(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    inputs: &HashMap<String, HostTensor>,
+    mut weight: impl FnMut(Part, &str, &[usize]) -> Result<()>,
+) -> Result<Vec<Place>> {
     let nt = graph.tensors.len();
     if plan.offsets.len() != nt {
         return Err(EngineError::Plan(format!(
@@ -74,14 +120,15 @@ pub(crate) fn resolve<'a>(
             plan.offsets.len()
         )));
     }
-    let mut locs = Vec::with_capacity(nt);
+    let mut places = Vec::with_capacity(nt);
     for t in &graph.tensors {
-        locs.push(match &t.source {
+        places.push(match &t.source {
             Source::Weight { part, name } => {
                 if t.dtype != DataType::F32 {
                     return Err(graph_err(&t.label, "weights must be F32"));
                 }
-                Loc::Host(View::F32(&weights.require(*part, name, &t.shape)?.data))
+                weight(*part, name, &t.shape)?;
+                Place::Weight
             }
             Source::Input(name) => {
                 let h = inputs
@@ -102,12 +149,9 @@ pub(crate) fn resolve<'a>(
                     });
                 }
                 h.check_len(name)?;
-                Loc::Host(match &h.data {
-                    HostData::F32(v) => View::F32(v),
-                    HostData::I32(v) => View::I32(v),
-                })
+                Place::Input
             }
-            Source::Activation => Loc::Unwritten,
+            Source::Activation => Place::Unwritten,
         });
     }
 
@@ -128,7 +172,7 @@ pub(crate) fn resolve<'a>(
         if desc.source != Source::Activation || desc.dtype != DataType::F32 {
             return Err(graph_err(label, "a node must write an F32 activation"));
         }
-        if !matches!(locs[out.index()], Loc::Unwritten) {
+        if places[out.index()] != Place::Unwritten {
             return Err(graph_err(label, "written by two nodes"));
         }
         let ins = node.op.inputs();
@@ -139,7 +183,7 @@ pub(crate) fn resolve<'a>(
                     format!("reads tensor {} which does not exist", id.0),
                 ));
             };
-            if matches!(locs[id.index()], Loc::Unwritten) {
+            if places[id.index()] == Place::Unwritten {
                 return Err(graph_err(
                     label,
                     format!("reads `{}` before any node writes it", t.label),
@@ -173,7 +217,7 @@ pub(crate) fn resolve<'a>(
             ));
         }
         if let Op::Embed { table, ids } = &node.op {
-            check_ids(graph, &locs, *table, *ids)?;
+            check_ids(graph, inputs, *table, *ids)?;
         }
         let off = plan.offsets[out.index()]
             .ok_or_else(|| EngineError::Plan(format!("`{label}` has no offset")))?;
@@ -187,21 +231,32 @@ pub(crate) fn resolve<'a>(
                 plan.arena_len
             )));
         }
-        locs[out.index()] = Loc::Arena(off);
+        places[out.index()] = Place::Arena(off);
     }
     for (name, id) in &graph.outputs {
-        match locs.get(id.index()) {
-            None | Some(Loc::Unwritten) => return Err(graph_err(name, "output is never written")),
+        match places.get(id.index()) {
+            None | Some(Place::Unwritten) => {
+                return Err(graph_err(name, "output is never written"))
+            }
             _ => {}
         }
     }
-    Ok(locs)
+    Ok(places)
 }
 
 /// Token ids are always caller inputs (activations are F32), so they are checked before any compute.
-fn check_ids(graph: &Graph, locs: &[Loc<'_>], table: TensorId, ids: TensorId) -> Result<()> {
+fn check_ids(
+    graph: &Graph,
+    inputs: &HashMap<String, HostTensor>,
+    table: TensorId,
+    ids: TensorId,
+) -> Result<()> {
     let vocab = graph.tensor(table).shape[0];
-    if let Loc::Host(View::I32(v)) = locs[ids.index()] {
+    let values = match &graph.tensor(ids).source {
+        Source::Input(name) => inputs.get(name).and_then(HostTensor::as_i32),
+        _ => None,
+    };
+    if let Some(v) = values {
         if let Some((position, &id)) = v
             .iter()
             .enumerate()

@@ -1,11 +1,13 @@
-//! One GPU as the CUDA backend sees it: its context, the stream all work is ordered on, and the kernel
-//! modules, compiled with NVRTC at first use and cached for the life of the context.
+//! One GPU as the CUDA backend sees it: its context, the stream all work is ordered on, the kernel
+//! modules, compiled with NVRTC at first use and cached for the life of the context, and cuBLASLt (loaded
+//! at the first GEMM).
 
+use super::blas::Blas;
 use super::error::{CudaError, CudaResult};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use hbridge_kernels::{compile_ptx, Arch, KernelFile};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// A raw device address inside an allocation the caller keeps alive (an arena, a weight buffer). Kernels
 /// take these instead of cudarc views so that one arena can be read and written by the same launch.
@@ -26,6 +28,10 @@ pub struct Gpu {
     arch: Arch,
     name: String,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    blas: OnceLock<Result<Blas, CudaError>>,
+    /// Held by whoever needs the stream to itself for a while (an executor's run, a capture, a weight
+    /// upload): launches from another thread must not land inside a stream capture.
+    exclusive: Mutex<()>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -53,13 +59,19 @@ impl Gpu {
                 "{name} is sm_{major}{minor}; the kernels need bf16 tensor cores (sm_80 or newer)"
             )));
         }
-        let stream = ctx.default_stream();
+        // A stream of our own, not the legacy default stream: CUDA graphs cannot be captured from the
+        // legacy stream, and it would serialize with every other stream of the process.
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| CudaError::driver("creating the stream", e))?;
         Ok(Arc::new(Gpu {
             ctx,
             stream,
             arch: Arch { major: major as u32, minor: minor as u32 },
             name,
             modules: Mutex::new(HashMap::new()),
+            blas: OnceLock::new(),
+            exclusive: Mutex::new(()),
         }))
     }
 
@@ -109,6 +121,30 @@ impl Gpu {
         self.stream
             .alloc_zeros::<T>(n.max(1))
             .map_err(|e| CudaError::driver(format!("allocating {n} elements"), e))
+    }
+
+    /// cuBLASLt for this GPU, loaded and given its workspace on first use (an error if libcublasLt is
+    /// missing; the error is kept, so later calls fail the same way without retrying).
+    pub fn blas(&self) -> CudaResult<&Blas> {
+        self.blas
+            .get_or_init(|| Blas::new(&self.stream))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Exclusive use of the stream until the guard drops (see the field). Not reentrant.
+    pub fn exclusive(&self) -> MutexGuard<'_, ()> {
+        self.exclusive.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Device memory in use by every process on this GPU (total minus free, cuMemGetInfo), in bytes.
+    pub fn memory_in_use(&self) -> CudaResult<u64> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| CudaError::driver("binding the context", e))?;
+        let (free, total) = cudarc::driver::result::mem_get_info()
+            .map_err(|e| CudaError::driver("querying device memory", e))?;
+        Ok((total - free) as u64)
     }
 
     pub fn synchronize(&self) -> CudaResult<()> {

@@ -2,10 +2,23 @@
 //! cuBLASLt and the hand-written kernels of `kernels/cuda/` for everything else. Every cudarc call that
 //! could panic on a machine without a GPU sits behind `Gpu::new`, which probes for libcuda first.
 
+mod bind;
+pub mod blas;
 pub mod buffer;
+mod capture;
 mod context;
+mod dispatch;
 mod error;
+mod exec;
 pub mod ops;
+pub mod prepare;
+mod staging;
+mod timing;
+mod weights;
 
+pub use capture::CaptureKey;
 pub use context::{dev_ptr, DevPtr, Gpu};
 pub use error::{CudaError, CudaResult};
+pub use exec::{CudaExecutor, ExecStats, MAX_CAPTURES};
+pub use timing::{median, ReplayTiming};
+pub use weights::{CudaWeight, CudaWeights, UploadProgress, UploadReport};

@@ -25,11 +25,26 @@ pub struct GenStepSpec {
 /// `und.k.{u}` / `und.v.{u}` `[context_len, K_u*D_u]` for every bridged und layer u. Outputs:
 /// `gen.velocity` `[C, H, W]`, `gen.srt`, and `gen.hs.{i}` when traced.
 pub fn gen_step(config: &ModelConfig, spec: &GenStepSpec) -> Result<Graph, GraphError> {
+    gen_step_with_refs(config, spec, &[])
+}
+
+/// `gen_step` with reference latents `refs` (each `[C, H_j, W_j]`) between the SRT tokens and the noisy
+/// latent: gen sequence `[SRT | ref_0 | .. | noisy latent]` (DESIGN.md 3 and 5). Extra inputs per
+/// reference j: `gen.ref.{j}` and `gen.positions.ref.{j}` (see `gen_refs`); `gen.positions` and
+/// `gen.shared_positions` cover the whole sequence. Traced steps also output `gen.ref_tokens.{j}`.
+/// With no references the graph is exactly `gen_step`'s.
+pub fn gen_step_with_refs(
+    config: &ModelConfig,
+    spec: &GenStepSpec,
+    refs: &[[usize; 3]],
+) -> Result<Graph, GraphError> {
     let c = &config.gen;
     let u = &config.und;
     let bridge = match (&config.layout.bridge, config.layout.topology) {
         (Some(b), Topology::Hbridge) => b,
-        (_, Topology::Omnigen2) => return super::gen_omnigen2::gen_step_omnigen2(config, spec),
+        (_, Topology::Omnigen2) => {
+            return super::gen_omnigen2::gen_step_omnigen2_with_refs(config, spec, refs)
+        }
         _ => {
             return Err(GraphError::Request(format!(
                 "the gen step graph of the {} topology is not built yet",
@@ -43,8 +58,9 @@ pub fn gen_step(config: &ModelConfig, spec: &GenStepSpec) -> Result<Graph, Graph
             "a bridged gen step needs a non-empty und context".into(),
         ));
     }
+    let n_refs: usize = super::gen_refs::ref_token_counts(c, refs)?.iter().sum();
     let n_srt = bridge.num_srt_tokens;
-    let n = n_srt + n_lat;
+    let n = n_srt + n_refs + n_lat;
     let hid = c.hidden_size;
 
     let mut g = Graph::default();
@@ -57,13 +73,12 @@ pub fn gen_step(config: &ModelConfig, spec: &GenStepSpec) -> Result<Graph, Graph
     let mut cx = Ctx::start(g, c, t)?;
 
     let lat = cx.embed_latent(x_in, lat_positions)?;
+    let ref_tokens = cx.embed_refs(refs, spec.hidden_states)?;
     let srt_tokens = cx.w(Part::Bridge, "srt.tokens", &[n_srt, hid]);
-    let mut seq = cx.g.push(
-        Op::ConcatRows {
-            parts: vec![srt_tokens, lat],
-        },
-        "gen.hs.0",
-    )?;
+    let mut parts = vec![srt_tokens];
+    parts.extend(ref_tokens);
+    parts.push(lat);
+    let mut seq = cx.g.push(Op::ConcatRows { parts }, "gen.hs.0")?;
     if spec.hidden_states {
         cx.g.mark_output("gen.hs.0", seq);
     }
@@ -205,6 +220,6 @@ pub fn gen_step(config: &ModelConfig, spec: &GenStepSpec) -> Result<Graph, Graph
         cx.g.mark_output("gen.srt", srt);
     }
 
-    cx.velocity(seq, n_srt, spec.latent)?;
+    cx.velocity(seq, n_srt + n_refs, spec.latent)?;
     Ok(crate::prune::prune(cx.g))
 }

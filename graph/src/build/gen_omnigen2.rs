@@ -68,6 +68,16 @@ impl Ctx<'_> {
 /// (`gen.hs.0` = `[refined caption | refined latent]`, the sequence entering main layer 0).
 /// `spec.srt` is ignored (no SRT in this topology).
 pub fn gen_step_omnigen2(config: &ModelConfig, spec: &GenStepSpec) -> Result<Graph, GraphError> {
+    gen_step_omnigen2_with_refs(config, spec, &[])
+}
+
+/// `gen_step_omnigen2` with reference latents: gen sequence `[caption | ref_0 | .. | noisy latent]`
+/// (OmniGen2's own layout); the reference inputs are `gen_step_with_refs`'s.
+pub fn gen_step_omnigen2_with_refs(
+    config: &ModelConfig,
+    spec: &GenStepSpec,
+    refs: &[[usize; 3]],
+) -> Result<Graph, GraphError> {
     let c = &config.gen;
     if config.layout.topology != Topology::Omnigen2 {
         return Err(GraphError::Request(format!(
@@ -82,7 +92,8 @@ pub fn gen_step_omnigen2(config: &ModelConfig, spec: &GenStepSpec) -> Result<Gra
             "an omnigen2 gen step needs a non-empty caption (und context)".into(),
         ));
     }
-    let n = n_cap + n_lat;
+    let n_refs: usize = super::gen_refs::ref_token_counts(c, refs)?.iter().sum();
+    let n = n_cap + n_refs + n_lat;
     let hid = c.hidden_size;
 
     let mut g = Graph::default();
@@ -124,12 +135,11 @@ pub fn gen_step_omnigen2(config: &ModelConfig, spec: &GenStepSpec) -> Result<Gra
 
     // noisy latent: x_embedder, noise_refiner (alone, with its joint positions).
     let lat = cx.embed_latent(x_in, lat_positions)?;
-    let mut seq = cx.g.push(
-        Op::ConcatRows {
-            parts: vec![cap, lat],
-        },
-        "gen.hs.0",
-    )?;
+    let ref_tokens = cx.embed_refs(refs, spec.hidden_states)?;
+    let mut parts = vec![cap];
+    parts.extend(ref_tokens);
+    parts.push(lat);
+    let mut seq = cx.g.push(Op::ConcatRows { parts }, "gen.hs.0")?;
     if spec.hidden_states {
         cx.g.mark_output("gen.hs.0", seq);
     }
@@ -144,6 +154,6 @@ pub fn gen_step_omnigen2(config: &ModelConfig, spec: &GenStepSpec) -> Result<Gra
         }
     }
 
-    cx.velocity(seq, n_cap, spec.latent)?;
+    cx.velocity(seq, n_cap + n_refs, spec.latent)?;
     Ok(crate::prune::prune(cx.g))
 }

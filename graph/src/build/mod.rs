@@ -5,14 +5,20 @@
 mod gen;
 mod gen_block;
 mod gen_omnigen2;
+pub mod gen_refs;
 pub mod positions;
 mod und;
 mod vae;
+pub mod vae_encoder;
+pub mod vision;
 
-pub use gen::{gen_step, GenStepSpec};
-pub use gen_omnigen2::{gen_step_omnigen2, GEN_CAPTION, GEN_POSITIONS_CAPTION};
+pub use gen::{gen_step, gen_step_with_refs, GenStepSpec};
+pub use gen_omnigen2::{
+    gen_step_omnigen2, gen_step_omnigen2_with_refs, GEN_CAPTION, GEN_POSITIONS_CAPTION,
+};
 pub use und::{und_decode_step, und_prefill, UndPrefillSpec};
 pub use vae::vae_decode;
+pub use vae_encoder::vae_encode;
 
 /// Input names shared by builders and callers.
 pub mod names {

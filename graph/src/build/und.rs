@@ -232,6 +232,17 @@ pub fn und_prefill(
     names: &UndNames,
     spec: &UndPrefillSpec,
 ) -> Result<Graph, GraphError> {
+    und_prefill_spliced(c, names, spec, |_, x| Ok(x))
+}
+
+/// `und_prefill` with the token embeddings `[L, D_u]` passed through `splice` before layer 0: the vision
+/// tower's image tokens replace the image pads there (`build::vision`).
+pub(crate) fn und_prefill_spliced(
+    c: &UndConfig,
+    names: &UndNames,
+    spec: &UndPrefillSpec,
+    splice: impl FnOnce(&mut Graph, TensorId) -> Result<TensorId, GraphError>,
+) -> Result<Graph, GraphError> {
     if spec.len == 0 {
         return Err(GraphError::Request(
             "und prefill of an empty context".into(),
@@ -253,6 +264,7 @@ pub fn und_prefill(
         cx.g.input(names::UND_POSITIONS, &[3, spec.len], DataType::I32);
     let table = cx.w("embed_tokens.weight", &[c.vocab_size, c.hidden_size]);
     let mut x = cx.push(Op::Embed { table, ids }, "und.hs.0")?;
+    x = splice(&mut cx.g, x)?;
     if spec.hidden_states {
         cx.g.mark_output("und.hs.0", x);
     }

@@ -9,13 +9,14 @@ use hbridge_loader::Part;
 /// diffusers' Decoder uses eps 1e-6 in every GroupNorm (resnets, mid attention, conv_norm_out).
 const GROUP_NORM_EPS: f32 = 1e-6;
 
-struct Ctx<'a> {
-    g: Graph,
-    c: &'a VaeConfig,
+/// Shared with the encoder graph (`vae_encoder.rs`): the same resnet, mid-block attention and convs.
+pub(super) struct Ctx<'a> {
+    pub(super) g: Graph,
+    pub(super) c: &'a VaeConfig,
 }
 
 impl Ctx<'_> {
-    fn conv(
+    pub(super) fn conv(
         &mut self,
         x: TensorId,
         name: &str,
@@ -40,7 +41,7 @@ impl Ctx<'_> {
         )
     }
 
-    fn group_norm(&mut self, x: TensorId, name: &str, ch: usize) -> Result<TensorId, GraphError> {
+    pub(super) fn group_norm(&mut self, x: TensorId, name: &str, ch: usize) -> Result<TensorId, GraphError> {
         let weight = self.g.weight(Part::Vae, format!("{name}.weight"), &[ch]);
         let bias = self.g.weight(Part::Vae, format!("{name}.bias"), &[ch]);
         self.g.push(
@@ -55,7 +56,7 @@ impl Ctx<'_> {
         )
     }
 
-    fn resnet(
+    pub(super) fn resnet(
         &mut self,
         x: TensorId,
         p: &str,
@@ -79,7 +80,7 @@ impl Ctx<'_> {
 
     /// Single-head self-attention over the pixels with a GroupNorm before q/k/v (diffusers applies it; DESIGN.md
     /// omits it) and a residual.
-    fn attention(
+    pub(super) fn attention(
         &mut self,
         x: TensorId,
         p: &str,

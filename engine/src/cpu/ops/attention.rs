@@ -139,3 +139,39 @@ fn softmax_prefix(row: &mut [f32], visible: usize) {
     let inv = (1.0 / sum) as f32;
     live.iter_mut().for_each(|v| *v *= inv);
 }
+
+/// Attention within consecutive blocks of `blocks[b]` tokens (bidirectional; flash-attention's
+/// `cu_seqlens`): q `[n, heads*head_dim]`, k / v `[n, kv_heads*head_dim]`. Blocks run in parallel, each
+/// as a one-segment `attention` over its own rows.
+pub(crate) fn block_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    blocks: &[usize],
+    s: &AttnShape,
+    out: &mut [f32],
+) {
+    let (hd, kd) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    let mut jobs = Vec::with_capacity(blocks.len());
+    let mut rest = out;
+    let mut start = 0;
+    for &len in blocks.iter().filter(|&&len| len > 0) {
+        let (o, tail) = rest.split_at_mut(len * hd);
+        jobs.push((start, len, o));
+        rest = tail;
+        start += len;
+    }
+    jobs.into_par_iter().for_each(|(start, len, o)| {
+        let seg = Segment {
+            k: &k[start * kd..(start + len) * kd],
+            v: &v[start * kd..(start + len) * kd],
+            len,
+        };
+        let shape = AttnShape {
+            nq: len,
+            causal: false,
+            ..*s
+        };
+        attention(&q[start * hd..(start + len) * hd], &[seg], &shape, o);
+    });
+}

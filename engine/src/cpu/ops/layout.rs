@@ -83,3 +83,10 @@ pub(crate) fn upsample2x(x: &[f32], h: usize, w: usize, out: &mut [f32]) {
 pub(crate) fn copy(x: &[f32], out: &mut [f32]) {
     map_indexed(out, |i| x[i]);
 }
+
+/// `out[i] = x[rows[i]]` over `c`-wide rows (indices checked at graph build).
+pub(crate) fn gather_rows(x: &[f32], c: usize, rows: &[usize], out: &mut [f32]) {
+    for_rows(out, c, 1, |i, o| {
+        o.copy_from_slice(&x[rows[i] * c..(rows[i] + 1) * c])
+    });
+}

@@ -16,6 +16,45 @@ fn mrope_inv_freq(theta: f64, head_dim: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The vision tower's axial 2-D rotary (HF `Qwen2_5_VLVisionRotaryEmbedding`): x `[n, heads*head_dim]`,
+/// positions `[2, n]` (rows h, w). `inv_freq` is computed over `head_dim/2` dims (the same f32 arithmetic
+/// as `mrope_inv_freq`), the first `head_dim/4` frequency indices rotate by h, the rest by w.
+pub(crate) fn vision2d(
+    x: &[f32],
+    positions: &[i32],
+    heads: usize,
+    head_dim: usize,
+    theta: f64,
+    out: &mut [f32],
+) {
+    let n = positions.len() / 2;
+    let half = head_dim / 2;
+    let quarter = head_dim / 4;
+    let inv = mrope_inv_freq(theta, half);
+    let width = heads * head_dim;
+    for_rows(out, width, 8, |i, o| {
+        let (h, w) = (positions[i] as f32, positions[n + i] as f32);
+        let cs: Vec<(f32, f32)> = (0..half)
+            .map(|k| {
+                let angle = if k < quarter {
+                    h * inv[k]
+                } else {
+                    w * inv[k - quarter]
+                };
+                (angle.cos(), angle.sin())
+            })
+            .collect();
+        let x = &x[i * width..(i + 1) * width];
+        for (xh, oh) in x.chunks_exact(head_dim).zip(o.chunks_exact_mut(head_dim)) {
+            for (k, &(c, s)) in cs.iter().enumerate() {
+                let (a, b) = (xh[k], xh[k + half]);
+                oh[k] = a * c + (-b) * s;
+                oh[k + half] = b * c + a * s;
+            }
+        }
+    });
+}
+
 /// Which position row (t, h, w) each frequency index uses.
 fn mrope_rows(section: [usize; 3], half: usize) -> Vec<usize> {
     (0..half)

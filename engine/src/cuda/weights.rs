@@ -1,0 +1,417 @@
+//! Checkpoint weights on the GPU as bf16, uploaded once per engine and shared by every graph and run.
+//!
+//! Sources are the same as the CPU backend's (`hbridge_loader::Checkpoint`, tensors by part and stored
+//! name). Every tensor a graph needs is validated (part, name, shape, dtype, byte length) before the
+//! first byte is uploaded, with the CPU backend's error variants. Stored bf16 is copied as raw bits (no
+//! round trip through f32); f32 and f16 are rounded to bf16 (nearest even) on the host, while staging.
+
+use super::buffer::{f32_to_bf16_bits, upload_bits, DeviceBf16};
+use super::context::{dev_ptr, DevPtr, Gpu};
+use super::error::CudaError;
+use super::staging::{upload_pageable, Staging};
+use crate::cpu::EngineError;
+use half::{bf16, f16};
+use hbridge_graph::{Graph, Source};
+use hbridge_loader::{Checkpoint, DType, Part, TensorView};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// One weight on the device: bf16, row-major, with its shape.
+pub struct CudaWeight {
+    pub shape: Vec<usize>,
+    data: DeviceBf16,
+}
+
+impl CudaWeight {
+    pub fn numel(&self) -> usize {
+        self.data.len
+    }
+
+    /// The device address of the first element.
+    pub fn ptr(&self, gpu: &Gpu) -> DevPtr {
+        dev_ptr(&self.data.data, gpu.stream())
+    }
+}
+
+impl std::fmt::Debug for CudaWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaWeight({:?})", self.shape)
+    }
+}
+
+/// Where an upload stands, reported after each tensor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UploadProgress {
+    pub tensors_done: usize,
+    pub tensors_total: usize,
+    /// bf16 bytes written to the device so far, and in all.
+    pub bytes_done: usize,
+    pub bytes_total: usize,
+}
+
+/// What one `load_*` call uploaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UploadReport {
+    pub tensors: usize,
+    /// bf16 bytes on the device.
+    pub bytes: usize,
+    pub seconds: f64,
+    /// Whether pinned staging was used (false: pageable copies, after a failed page-locked allocation).
+    pub pinned: bool,
+}
+
+/// bf16 weights on one GPU, keyed by (part, stored name).
+pub struct CudaWeights {
+    gpu: Arc<Gpu>,
+    /// Distinguishes weight sets in CUDA-graph keys: a captured graph bakes in these addresses.
+    id: u64,
+    // Part is not Hash, so one map per part (as CpuWeights).
+    parts: [HashMap<String, CudaWeight>; 4],
+}
+
+impl std::fmt::Debug for CudaWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaWeights({} tensors, {} bytes on {:?})", self.len(), self.bytes(), self.gpu)
+    }
+}
+
+fn slot(part: Part) -> usize {
+    match part {
+        Part::Und => 0,
+        Part::Gen => 1,
+        Part::Vae => 2,
+        Part::Bridge => 3,
+    }
+}
+
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn check_shape(part: Part, name: &str, expected: &[usize], found: &[usize]) -> Result<()> {
+    if expected != found {
+        return Err(EngineError::WeightShape {
+            part,
+            name: name.to_string(),
+            expected: expected.to_vec(),
+            found: found.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Bytes per stored element of a weight dtype we can upload.
+fn stored_bytes(dtype: &DType) -> Option<usize> {
+    match dtype {
+        DType::BF16 | DType::F16 => Some(2),
+        DType::F32 => Some(4),
+        DType::Other(_) => None,
+    }
+}
+
+/// Writes the bf16 bits (little-endian) of stored elements `first ..` into `out` (2 bytes each).
+fn to_bf16_bytes(dtype: &DType, stored: &[u8], first: usize, out: &mut [u8]) {
+    let n = out.len() / 2;
+    match dtype {
+        // Raw bits: what the checkpoint holds is exactly what the kernels read.
+        DType::BF16 => out.copy_from_slice(&stored[first * 2..(first + n) * 2]),
+        DType::F32 => {
+            for (o, b) in out
+                .chunks_exact_mut(2)
+                .zip(stored[first * 4..(first + n) * 4].chunks_exact(4))
+            {
+                let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                o.copy_from_slice(&bf16::from_f32(v).to_bits().to_le_bytes());
+            }
+        }
+        DType::F16 => {
+            for (o, b) in out
+                .chunks_exact_mut(2)
+                .zip(stored[first * 2..(first + n) * 2].chunks_exact(2))
+            {
+                let v = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+                o.copy_from_slice(&bf16::from_f32(v).to_bits().to_le_bytes());
+            }
+        }
+        DType::Other(_) => unreachable!("validated before upload"),
+    }
+}
+
+impl CudaWeights {
+    pub fn new(gpu: Arc<Gpu>) -> Self {
+        CudaWeights {
+            gpu,
+            id: next_id(),
+            parts: Default::default(),
+        }
+    }
+
+    /// Every weight `graph` references, uploaded from the checkpoint.
+    pub fn from_graph(gpu: Arc<Gpu>, ckpt: &Checkpoint, graph: &Graph) -> Result<Self> {
+        let mut w = Self::new(gpu);
+        w.load_graph(ckpt, graph, |_| {})?;
+        Ok(w)
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// A number unique to this weight set in the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Adds the weights `graph` references that are not uploaded yet (one `CudaWeights` serves the
+    /// prefill, decode, gen-step and VAE graphs of an engine); already uploaded ones are checked against
+    /// the graph's declared shape. `progress` is called after each tensor.
+    pub fn load_graph(
+        &mut self,
+        ckpt: &Checkpoint,
+        graph: &Graph,
+        progress: impl FnMut(UploadProgress),
+    ) -> Result<UploadReport> {
+        let list: Vec<(Part, &str, &[usize])> = graph
+            .tensors
+            .iter()
+            .filter_map(|t| match &t.source {
+                Source::Weight { part, name } => Some((*part, name.as_str(), t.shape.as_slice())),
+                _ => None,
+            })
+            .collect();
+        self.load_list(ckpt, list, progress)
+    }
+
+    /// Adds the listed weights `(part, stored name, expected shape)`. All of them are validated before
+    /// anything is uploaded.
+    pub fn load_list<'a>(
+        &mut self,
+        ckpt: &Checkpoint,
+        list: impl IntoIterator<Item = (Part, &'a str, &'a [usize])>,
+        mut progress: impl FnMut(UploadProgress),
+    ) -> Result<UploadReport> {
+        let start = Instant::now();
+        let mut todo = Vec::new();
+        for (part, name, shape) in list {
+            match self.get(part, name) {
+                Some(w) => check_shape(part, name, shape, &w.shape)?,
+                None => todo.push((part, name, shape)),
+            }
+        }
+        todo.sort_unstable_by_key(|(p, n, _)| (slot(*p), *n));
+        todo.dedup_by_key(|(p, n, _)| (slot(*p), *n));
+        let views = todo
+            .iter()
+            .map(|&(part, name, shape)| validate(ckpt, part, name, shape))
+            .collect::<Result<Vec<_>>>()?;
+
+        let mut p = UploadProgress {
+            tensors_total: views.len(),
+            bytes_total: views.iter().map(|v| v.numel() * 2).sum(),
+            ..Default::default()
+        };
+        let gpu = self.gpu.clone();
+        let _exclusive = gpu.exclusive();
+        let mut staging = Staging::new(&gpu).ok();
+        let pinned = staging.is_some();
+        let mut uploaded = Vec::with_capacity(views.len());
+        for (&(part, name, _), view) in todo.iter().zip(&views) {
+            let n = view.numel();
+            let data = gpu
+                .stream()
+                .alloc_zeros::<u16>(n.max(1))
+                .map_err(|e| CudaError::driver(format!("allocating weight `{name}`"), e))?;
+            let dst = dev_ptr(&data, gpu.stream());
+            let fill = |first: usize, out: &mut [u8]| to_bf16_bytes(view.dtype, view.bytes, first, out);
+            match staging.as_mut() {
+                Some(s) => s.upload(dst, n, 2, fill)?,
+                None => {
+                    let mut bytes = vec![0u8; n * 2];
+                    to_bf16_bytes(view.dtype, view.bytes, 0, &mut bytes);
+                    upload_pageable(&gpu, dst, &bytes)?;
+                }
+            }
+            uploaded.push((
+                part,
+                name.to_string(),
+                CudaWeight {
+                    shape: view.shape.to_vec(),
+                    data: DeviceBf16 { data, len: n },
+                },
+            ));
+            p.tensors_done += 1;
+            p.bytes_done += n * 2;
+            progress(p);
+        }
+        drop(staging); // waits for the last copies
+        gpu.synchronize()?;
+        for (part, name, w) in uploaded {
+            self.parts[slot(part)].insert(name, w);
+        }
+        Ok(UploadReport {
+            tensors: p.tensors_done,
+            bytes: p.bytes_total,
+            seconds: start.elapsed().as_secs_f64(),
+            pinned,
+        })
+    }
+
+    /// Adds one weight given as f32 values, rounded to bf16 (tests, synthetic weights).
+    pub fn insert(
+        &mut self,
+        part: Part,
+        name: impl Into<String>,
+        shape: &[usize],
+        data: &[f32],
+    ) -> Result<()> {
+        let name = name.into();
+        let expected: usize = shape.iter().product();
+        if data.len() != expected {
+            return Err(EngineError::DataLength {
+                name,
+                shape: shape.to_vec(),
+                expected,
+                found: data.len(),
+            });
+        }
+        let _exclusive = self.gpu.exclusive();
+        let buf = upload_bits(&self.gpu, &f32_to_bf16_bits(data))?;
+        self.gpu.synchronize()?;
+        self.parts[slot(part)].insert(
+            name,
+            CudaWeight {
+                shape: shape.to_vec(),
+                data: buf,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn get(&self, part: Part, name: &str) -> Option<&CudaWeight> {
+        self.parts[slot(part)].get(name)
+    }
+
+    /// The weight `graph` declares at `(part, name)` with `shape`, or why it cannot be used.
+    pub fn require(&self, part: Part, name: &str, shape: &[usize]) -> Result<&CudaWeight> {
+        let w = self
+            .get(part, name)
+            .ok_or_else(|| EngineError::MissingWeight {
+                part,
+                name: name.to_string(),
+            })?;
+        check_shape(part, name, shape, &w.shape)?;
+        Ok(w)
+    }
+
+    /// Checks that every weight `graph` references is uploaded with the declared shape.
+    pub fn check_graph(&self, graph: &Graph) -> Result<()> {
+        for (id, part, name) in graph.weights() {
+            self.require(part, name, &graph.tensor(id).shape)?;
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of bf16 data on the device.
+    pub fn bytes(&self) -> usize {
+        self.parts
+            .iter()
+            .flat_map(|p| p.values())
+            .map(|w| w.numel() * 2)
+            .sum()
+    }
+}
+
+/// The stored tensor behind `(part, name)`, checked like the CPU backend checks it: the part exists, the
+/// tensor exists with the expected shape, its dtype is a float weight, its bytes match its shape.
+fn validate<'c>(
+    ckpt: &'c Checkpoint,
+    part: Part,
+    name: &str,
+    shape: &[usize],
+) -> Result<TensorView<'c>> {
+    let store = ckpt.part(part).ok_or_else(|| EngineError::MissingPart {
+        part,
+        name: name.to_string(),
+    })?;
+    let view = store.get(name).ok_or_else(|| EngineError::MissingWeight {
+        part,
+        name: name.to_string(),
+    })?;
+    check_shape(part, name, shape, view.shape)?;
+    let size = stored_bytes(view.dtype).ok_or_else(|| EngineError::WeightDtype {
+        part,
+        name: name.to_string(),
+        file: view.file.to_string(),
+        dtype: view.dtype.to_string(),
+    })?;
+    if view.bytes.len() != view.numel() * size {
+        return Err(EngineError::DataLength {
+            name: name.to_string(),
+            shape: view.shape.to_vec(),
+            expected: view.numel(),
+            found: view.bytes.len() / size,
+        });
+    }
+    Ok(view)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn converted(dtype: DType, stored: &[u8], n: usize) -> Vec<u16> {
+        let mut out = vec![0u8; n * 2];
+        to_bf16_bytes(&dtype, stored, 0, &mut out);
+        out.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect()
+    }
+
+    #[test]
+    fn bf16_is_copied_bit_for_bit() {
+        // Including a NaN payload and a subnormal: no f32 round trip may touch them.
+        let bits: [u16; 4] = [0x3f80, 0x7fc1, 0x0001, 0xc2f7];
+        let stored: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        assert_eq!(converted(DType::BF16, &stored, 4), bits);
+    }
+
+    #[test]
+    fn f32_and_f16_round_to_nearest_even() {
+        let vals = [1.0f32, 1.00390625, 1.01171875, -3.140625e-3, 65504.0];
+        let stored: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let want: Vec<u16> = vals.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+        assert_eq!(converted(DType::F32, &stored, vals.len()), want);
+        // 1 + 2^-8 is a tie between bf16 neighbours: even wins (1.0).
+        assert_eq!(want[1], 0x3f80);
+        let stored16: Vec<u8> = vals.iter().flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes()).collect();
+        let want16: Vec<u16> = vals
+            .iter()
+            .map(|&v| bf16::from_f32(f16::from_f32(v).to_f32()).to_bits())
+            .collect();
+        assert_eq!(converted(DType::F16, &stored16, vals.len()), want16);
+    }
+
+    #[test]
+    fn chunks_start_at_their_first_element() {
+        let vals: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        let stored: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = vec![0u8; 6];
+        to_bf16_bytes(&DType::F32, &stored, 7, &mut out);
+        let got: Vec<f32> = out
+            .chunks_exact(2)
+            .map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect();
+        assert_eq!(got, [7.0, 8.0, 9.0]);
+    }
+}

@@ -1,0 +1,293 @@
+//! The CUDA executor on the reference fixtures (docs/FIXTURES.md): the same graphs the CPU backend's
+//! fixture tests run (und prefill, gen step of either topology, VAE decode, greedy chat decoding), on
+//! bf16 weights and activations, against the f32 PyTorch reference (DESIGN.md 8): relative L2 <= 2e-2
+//! on velocity and logits, the same greedy tokens, every other traced tensor reported. A captured CUDA
+//! graph's replay must equal an eager run bit for bit.
+//!
+//! Without a GPU every test prints SKIPPED and passes (except the one checking that a missing GPU is a
+//! clear error); with `HBRIDGE_REQUIRE_GPU=1` a missing GPU fails them.
+
+#[path = "cuda_kernels/common.rs"]
+mod gpu_common;
+#[path = "common/fixture.rs"]
+mod fixture;
+
+use fixture::{f32s, fixture, i64s_as_i32, Fixture, Tensors};
+use gpu_common::{gpu, rel_l2};
+use hbridge_engine::cuda::{CudaError, CudaExecutor, CudaWeights, Gpu};
+use hbridge_engine::{EngineError, HostTensor};
+use hbridge_graph::plan::plan_memory;
+use hbridge_graph::build::names;
+use hbridge_graph::Graph;
+use hbridge_loader::Part;
+use std::sync::Arc;
+
+/// DESIGN.md 8: whole model, bf16 vs the f32 reference.
+const TOL: f64 = 2e-2;
+
+/// Runs graphs of one fixture on the GPU, uploading each graph's weights on first use.
+struct Runner {
+    ex: CudaExecutor,
+    weights: CudaWeights,
+    report: Vec<String>,
+}
+
+impl Runner {
+    fn new(gpu: Arc<Gpu>) -> Runner {
+        let mut ex = CudaExecutor::new(gpu.clone());
+        ex.set_poison(true);
+        Runner { ex, weights: CudaWeights::new(gpu), report: Vec::new() }
+    }
+
+    fn run(&mut self, fx: &Fixture, g: &Graph, inputs: &Tensors) -> Tensors {
+        self.weights
+            .load_graph(&fx.ckpt, g, |_| {})
+            .unwrap_or_else(|e| panic!("{}: uploading weights: {e}", fx.name));
+        self.ex
+            .run(g, &plan_memory(g), &self.weights, inputs)
+            .unwrap_or_else(|e| panic!("{}: {e}", fx.name))
+    }
+
+    /// Records the error of `name`; asserts it when `tol` is given (NaN never passes).
+    #[track_caller]
+    fn check(&mut self, name: &str, got: &HostTensor, want: &[f32], tol: Option<f64>) {
+        let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+        let e = rel_l2(got.as_f32().unwrap(), &want);
+        let line = format!("{name}: rel L2 {e:.3e}{}", tol.map_or(String::new(), |t| format!(" (tol {t:.0e})")));
+        println!("{line}");
+        self.report.push(line);
+        assert!(e.is_finite(), "{name}: non-finite output\n{}", self.report.join("\n"));
+        if let Some(t) = tol {
+            assert!(e <= t, "{name}: relative L2 {e:.3e} > {t:.0e}\n{}", self.report.join("\n"));
+        }
+    }
+}
+
+/// Every fixture graph on the GPU against the reference.
+fn fixture_on_cuda(name: &str) {
+    let Some(gpu) = gpu(name) else { return };
+    let fx = fixture(name);
+    let mut r = Runner::new(gpu);
+
+    let (g, inputs) = fx.und_cond();
+    let und = r.run(&fx, &g, &inputs);
+    for i in 0..=fx.ckpt.config.und.num_layers {
+        let n = format!("und.hs.{i}");
+        r.check(&n, &und[&n], &f32s(&fx.outputs, &n).1, None);
+    }
+    r.check("und.logits", &und["und.logits"], &f32s(&fx.outputs, "und.logits").1, Some(TOL));
+    for u in fx.kv_layers() {
+        for kv in ["k", "v"] {
+            let n = format!("und.{kv}.{u}");
+            r.check(&n, &und[&n], &f32s(&fx.outputs, &n).1, None);
+        }
+    }
+    if fx.is_omnigen2() {
+        let n = "und.final_hidden";
+        r.check(n, &und[n], &f32s(&fx.outputs, n).1, None);
+    }
+
+    let (g, inputs) = fx.gen_cond(&und);
+    let gen = r.run(&fx, &g, &inputs);
+    for i in 0..=fx.ckpt.config.gen.num_layers {
+        let n = format!("gen.hs.{i}");
+        r.check(&n, &gen[&n], &f32s(&fx.outputs, &n).1, None);
+    }
+    if !fx.is_omnigen2() {
+        r.check("gen.srt", &gen["gen.srt"], &f32s(&fx.outputs, "gen.srt").1, None);
+    }
+    r.check(
+        "gen.velocity (cond)",
+        &gen["gen.velocity"],
+        &f32s(&fx.outputs, "gen.velocity.cond").1,
+        Some(TOL),
+    );
+
+    let (g, inputs) = fx.vae();
+    let px = r.run(&fx, &g, &inputs);
+    r.check("vae.pixels", &px["vae.pixels"], &f32s(&fx.outputs, "vae.pixels").1, None);
+
+    if fx.has_chat() {
+        let mut greedy_run = |g: &Graph, inputs: &Tensors| r.run(&fx, g, inputs);
+        let (logits, tokens) = fx.greedy(8, &mut greedy_run);
+        let got = HostTensor::f32([logits.len()], logits);
+        r.check("chat.logits", &got, &f32s(&fx.outputs, "chat.logits").1, Some(TOL));
+        let (_, want) = i64s_as_i32(&fx.outputs, "chat.greedy_ids");
+        println!("chat greedy tokens: {tokens:?} (reference {want:?})");
+        assert_eq!(tokens, want, "{name}: greedy tokens differ from the reference");
+    }
+    println!("{name} on {:?}: {:?}", r.ex.gpu(), r.ex.stats());
+}
+
+#[test]
+fn tiny_matches_reference_on_cuda() {
+    fixture_on_cuda("tiny");
+}
+
+#[test]
+fn tiny_b_matches_reference_on_cuda() {
+    fixture_on_cuda("tiny-b");
+}
+
+#[test]
+fn tiny_omnigen2_matches_reference_on_cuda() {
+    fixture_on_cuda("tiny-omnigen2");
+}
+
+fn bits(t: &HostTensor) -> Vec<u32> {
+    t.as_f32().unwrap().iter().map(|v| v.to_bits()).collect()
+}
+
+#[track_caller]
+fn assert_identical(what: &str, a: &Tensors, b: &Tensors) {
+    assert_eq!(a.len(), b.len(), "{what}: output sets differ");
+    for (name, t) in a {
+        assert_eq!(t.shape, b[name].shape, "{what}: {name} shape");
+        assert!(bits(t) == bits(&b[name]), "{what}: {name} differs between replay and eager");
+    }
+}
+
+/// Eager, first captured call (warm-up + capture), replay, and a replay on new input values (another
+/// timestep): all bit-identical to eager runs on the same inputs. For the gen step, the und prefill and
+/// the VAE of `tiny`.
+#[test]
+fn captured_replay_equals_eager_bit_for_bit() {
+    let Some(gpu) = gpu("captured_replay_equals_eager_bit_for_bit") else { return };
+    let fx = fixture("tiny");
+    let mut r = Runner::new(gpu);
+    let (ug, uin) = fx.und_cond();
+    let und = r.run(&fx, &ug, &uin);
+    let (gg, gin) = fx.gen_cond(&und);
+    let (vg, vin) = fx.vae();
+    for (what, g, inputs) in [("gen step", &gg, &gin), ("und prefill", &ug, &uin), ("vae", &vg, &vin)] {
+        r.weights.load_graph(&fx.ckpt, g, |_| {}).unwrap();
+        let plan = plan_memory(g);
+        let eager = r.ex.run(g, &plan, &r.weights, inputs).unwrap();
+        let before = r.ex.stats();
+        let first = r.ex.run_captured(g, &plan, &r.weights, inputs).unwrap();
+        if let Some(e) = r.ex.capture_failure(g, &plan, &r.weights) {
+            panic!("{what}: capture failed: {e}");
+        }
+        let replay = r.ex.run_captured(g, &plan, &r.weights, inputs).unwrap();
+        let after = r.ex.stats();
+        assert_eq!(after.captures, before.captures + 1, "{what}: {after:?}");
+        assert_eq!(after.replays, before.replays + 1, "{what}: {after:?}");
+        assert_identical(&format!("{what}, first captured call"), &eager, &first);
+        assert_identical(&format!("{what}, replay"), &eager, &replay);
+
+        // New input values through the capture's buffers.
+        let mut changed = inputs.clone();
+        for (name, t) in changed.iter_mut() {
+            match &mut t.data {
+                hbridge_engine::HostData::F32(v) => {
+                    for x in v.iter_mut() {
+                        *x = *x * 0.75 + 0.01;
+                    }
+                }
+                // Token ids: rotate among the ids already present, so they stay inside the vocabulary
+                // (positions are left alone; the prefill has no float input).
+                hbridge_engine::HostData::I32(v) if name == names::UND_IDS => v.rotate_left(1),
+                hbridge_engine::HostData::I32(_) => {}
+            }
+        }
+        let replay2 = r.ex.run_captured(g, &plan, &r.weights, &changed).unwrap();
+        let eager2 = r.ex.run(g, &plan, &r.weights, &changed).unwrap();
+        assert_identical(&format!("{what}, replay on new inputs"), &eager2, &replay2);
+        let differs = eager2.iter().any(|(n, t)| bits(t) != bits(&eager[n]));
+        assert!(differs, "{what}: new inputs changed no output (were they copied in?)");
+    }
+    println!("{:?}", r.ex.stats());
+}
+
+/// The replay-vs-eager hook on the tiny gen step (timings printed; a later bench records them on
+/// hbridge-7b4b).
+#[test]
+fn replay_vs_eager_timing_on_tiny() {
+    let Some(gpu) = gpu("replay_vs_eager_timing_on_tiny") else { return };
+    let fx = fixture("tiny");
+    let mut r = Runner::new(gpu);
+    r.ex.set_poison(false);
+    let (ug, uin) = fx.und_cond();
+    let und = r.run(&fx, &ug, &uin);
+    let (g, inputs) = fx.gen_cond(&und);
+    r.weights.load_graph(&fx.ckpt, &g, |_| {}).unwrap();
+    let t = r
+        .ex
+        .time_replay_vs_eager(&g, &plan_memory(&g), &r.weights, &inputs, 20)
+        .unwrap();
+    println!(
+        "tiny gen step, {} nodes: eager {:.3} ms, replay {:.3} ms (median of {}), x{:.2}",
+        t.nodes,
+        t.eager_median_ms(),
+        t.replay_median_ms(),
+        t.eager_ms.len(),
+        t.speedup()
+    );
+    assert!(t.captured(), "the gen step could not be captured");
+    assert!(t.eager_ms.iter().chain(&t.replay_ms).all(|v| v.is_finite() && *v > 0.0));
+}
+
+/// Weight validation names the tensor at fault with the CPU backend's error variants, before uploading
+/// anything.
+#[test]
+fn weight_errors_name_the_tensor() {
+    let Some(gpu) = gpu("weight_errors_name_the_tensor") else { return };
+    let fx = fixture("tiny");
+    let mut w = CudaWeights::new(gpu);
+    let name = "x_embedder.weight";
+    let real = fx.ckpt.tensor(Part::Gen, name).unwrap().shape.to_vec();
+    let wrong = vec![real[0] + 1, real[1]];
+    let err = w
+        .load_list(&fx.ckpt, [(Part::Gen, name, wrong.as_slice())], |_| {})
+        .unwrap_err();
+    assert_eq!(
+        err,
+        EngineError::WeightShape { part: Part::Gen, name: name.into(), expected: wrong.clone(), found: real.clone() }
+    );
+    let err = w
+        .load_list(&fx.ckpt, [(Part::Gen, "no.such.weight", real.as_slice())], |_| {})
+        .unwrap_err();
+    assert_eq!(err, EngineError::MissingWeight { part: Part::Gen, name: "no.such.weight".into() });
+    assert!(w.is_empty(), "nothing may be uploaded when validation fails");
+    let mut seen = Vec::new();
+    let report = w
+        .load_list(&fx.ckpt, [(Part::Gen, name, real.as_slice())], |p| seen.push(p))
+        .unwrap();
+    assert_eq!((report.tensors, report.bytes), (1, real.iter().product::<usize>() * 2));
+    assert_eq!(seen.last().map(|p| (p.tensors_done, p.bytes_done)), Some((1, report.bytes)));
+    assert_eq!(
+        w.require(Part::Gen, name, &wrong).unwrap_err(),
+        EngineError::WeightShape { part: Part::Gen, name: name.into(), expected: wrong, found: real }
+    );
+}
+
+/// A node the backend cannot run is reported with its label before anything is launched, and a
+/// missing input the same way as on the CPU.
+#[test]
+fn errors_before_launch_match_the_cpu_contract() {
+    let Some(gpu) = gpu("errors_before_launch_match_the_cpu_contract") else { return };
+    let fx = fixture("tiny");
+    let mut r = Runner::new(gpu);
+    let (g, mut inputs) = fx.und_cond();
+    r.weights.load_graph(&fx.ckpt, &g, |_| {}).unwrap();
+    inputs.remove(hbridge_graph::build::names::UND_IDS);
+    let err = r.ex.run(&g, &plan_memory(&g), &r.weights, &inputs).unwrap_err();
+    assert_eq!(err, EngineError::MissingInput { name: hbridge_graph::build::names::UND_IDS.into() });
+}
+
+/// Runs everywhere: without a GPU, opening one is a clear `Unavailable` error (never a panic); with a
+/// GPU it opens.
+#[test]
+fn opening_a_gpu_never_panics() {
+    match Gpu::new(0) {
+        Ok(g) => println!("opened {g:?}"),
+        Err(e) => {
+            assert!(matches!(e, CudaError::Unavailable(_)), "{e:?}");
+            assert!(
+                !std::env::var("HBRIDGE_REQUIRE_GPU").is_ok_and(|v| v == "1"),
+                "HBRIDGE_REQUIRE_GPU=1 but no GPU: {e}"
+            );
+            println!("SKIPPED opening_a_gpu_never_panics: no GPU ({e})");
+        }
+    }
+}
