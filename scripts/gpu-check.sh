@@ -22,7 +22,8 @@ for line in sys.stdin:
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+    kinds = m.get("target", {}).get("kind", [])
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and ("test" in kinds or "bench" in kinds):
         print(m["target"]["name"] + " " + m["executable"])
 '
 }
@@ -33,7 +34,7 @@ cargo test --release --no-run --message-format=json \
   -p hbridge-engine --test cuda_kernels --test cuda_model 2>/dev/null | collect > "$bundle/tests.txt"
 if [ "$with_bench" = 1 ] && ls benches/*.rs >/dev/null 2>&1; then
   echo "building bench executables" >&2
-  cargo bench --no-run --message-format=json 2>/dev/null | collect | grep -v ' .*/deps/hbridge-' > "$bundle/benches.txt" || true
+  cargo bench --no-run --message-format=json 2>/dev/null | collect > "$bundle/benches.txt" || true
 else
   : > "$bundle/benches.txt"
 fi
@@ -49,6 +50,7 @@ done < "$bundle/benches.txt"
 cp target/release/hbridge "$bundle/bin/hbridge"
 strip "$bundle"/bin/* 2>/dev/null || true
 cp scripts/gpu-run.sh "$bundle/run.sh"
+cp scripts/gpu-7b4b.sh "$bundle/run-7b4b.sh"
 chmod +x "$bundle/run.sh"
 git rev-parse --short HEAD > "$bundle/commit.txt" 2>/dev/null || echo unknown > "$bundle/commit.txt"
 git diff --quiet 2>/dev/null || echo "(with uncommitted changes)" >> "$bundle/commit.txt"

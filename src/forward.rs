@@ -2,7 +2,7 @@
 //! VAE decode) on explicit inputs named as in docs/FIXTURES.md, returning every intermediate under the
 //! fixture output names. For debugging and for checks against the reference.
 
-use crate::cpu_model::{CpuModel, Outputs, RunError};
+use crate::model::{Model, Outputs, RunError};
 use crate::sampler;
 use hbridge_engine::cpu::HostTensor;
 use hbridge_graph::build::{names, positions, UndPrefillSpec};
@@ -42,7 +42,7 @@ fn heads(t: HostTensor, kv_heads: usize) -> HostTensor {
 
 /// Greedy decoding of `n` tokens after `prompt` (no stop token), reusing the K/V cache: a thin call
 /// into the chat pipeline ([`crate::chat::generate`]).
-pub fn greedy(model: &CpuModel, prompt: &[i32], n: usize) -> Result<Vec<i32>, RunError> {
+pub fn greedy(model: &Model, prompt: &[i32], n: usize) -> Result<Vec<i32>, RunError> {
     let ids: Vec<u32> = prompt
         .iter()
         .map(|&i| u32::try_from(i).map_err(|_| RunError::Request(format!("negative token id {i}"))))
@@ -62,7 +62,7 @@ pub fn greedy(model: &CpuModel, prompt: &[i32], n: usize) -> Result<Vec<i32>, Ru
 }
 
 /// Runs everything docs/FIXTURES.md names on the fixture-named `inputs`.
-pub fn forward(model: &CpuModel, inputs: &Outputs) -> Result<Outputs, RunError> {
+pub fn forward(model: &Model, inputs: &Outputs) -> Result<Outputs, RunError> {
     let config = &model.checkpoint.config;
     let u = &config.und;
     let mut out = Outputs::new();
@@ -177,12 +177,12 @@ pub fn forward(model: &CpuModel, inputs: &Outputs) -> Result<Outputs, RunError> 
 
 /// Euler over `timesteps` from `noise` with text guidance (only the cond branch when scale <= 1).
 pub fn sample(
-    model: &CpuModel,
+    model: &Model,
     noise: &HostTensor,
     timesteps: &[f32],
     scale: f32,
-    cond: &crate::cpu_model::UndContext,
-    uncond: &crate::cpu_model::UndContext,
+    cond: &crate::model::UndContext,
+    uncond: &crate::model::UndContext,
 ) -> Result<HostTensor, RunError> {
     let mut x = noise.clone();
     for w in timesteps.windows(2) {

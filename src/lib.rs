@@ -2,9 +2,12 @@
 //! Qwen2.5-VL understanding expert and an OmniGen2-style diffusion transformer, joined by bridged
 //! attention in their middle layers. See DESIGN.md for the model and README.md for use.
 
+mod backend;
 pub mod chat;
-pub mod cpu_model;
+pub mod model;
+pub mod edit;
 pub mod forward;
+pub mod image;
 pub mod init;
 pub mod inspect;
 pub mod noise;

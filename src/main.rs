@@ -51,6 +51,8 @@ enum Command {
     Chat(cli::chat::ChatArgs),
     /// Generate an image from a text prompt into a PNG.
     Generate(cli::generate::GenerateArgs),
+    /// Edit reference images following a text prompt into a PNG.
+    Edit(cli::edit::EditArgs),
     /// Run one und prefill and one gen step on explicit inputs and write every intermediate.
     Forward(cli::forward::ForwardArgs),
     /// Print a model directory's topology, dimensions, bridge, sizes and validation result.
@@ -71,13 +73,19 @@ fn select_device(request: &str) -> Result<Device, String> {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    if matches!(
+    let computes = matches!(
         cli.command,
-        Command::Demo(_) | Command::Chat(_) | Command::Generate(_) | Command::Forward(_)
-    ) {
-        // Every backend but the CPU is refused by `select` until it exists, so the CPU path below is right.
-        let _device = select_device(&cli.device)?;
-    }
+        Command::Demo(_)
+            | Command::Chat(_)
+            | Command::Generate(_)
+            | Command::Edit(_)
+            | Command::Forward(_)
+    );
+    let device = if computes {
+        select_device(&cli.device)?
+    } else {
+        Device::Cpu
+    };
     match cli.command {
         Command::InitTiny {
             dir,
@@ -104,10 +112,11 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Demo(args) => cli::demo::run(args),
-        Command::Chat(args) => cli::chat::run(args),
-        Command::Generate(args) => cli::generate::run(args),
-        Command::Forward(args) => cli::forward::run(args),
+        Command::Demo(args) => cli::demo::run(args, device),
+        Command::Chat(args) => cli::chat::run(args, device),
+        Command::Generate(args) => cli::generate::run(args, device),
+        Command::Edit(args) => cli::edit::run(args, device),
+        Command::Forward(args) => cli::forward::run(args, device),
         Command::Inspect { dir } => {
             let report = hbridge::inspect::inspect(&dir).map_err(|e| e.to_string())?;
             print!("{}", report.text);

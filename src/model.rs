@@ -1,14 +1,17 @@
-//! A checkpoint ready to run on the CPU backend: validated tensors, their f32 copies (converted once, as
-//! graphs first need them), and the runs of the three graph families.
+//! A checkpoint ready to run on a backend (CPU or CUDA): validated tensors, their backend copies (made
+//! once, as graphs first need them), and the runs of the three graph families.
 
-use hbridge_engine::cpu::{CpuWeights, EngineError, Executor, HostTensor};
+use crate::backend::Backend;
+use hbridge_engine::cpu::{EngineError, HostTensor};
+use hbridge_engine::device::Device;
 use hbridge_graph::build::{self, names, positions, GenStepSpec, UndPrefillSpec};
 use hbridge_graph::plan::{plan_memory, MemoryPlan};
 use hbridge_graph::{Graph, GraphError};
 use hbridge_loader::{Checkpoint, LoadError};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -24,13 +27,14 @@ pub enum RunError {
 
 pub type Outputs = HashMap<String, HostTensor>;
 
-pub struct CpuModel {
+pub struct Model {
     pub checkpoint: Checkpoint,
-    weights: RwLock<CpuWeights>,
+    /// The weights in the backend's form and its idle executors (arenas reused across runs).
+    backend: Backend,
     /// Built, pruned and planned graphs by request shape: a denoising loop builds its gen step once.
     prepared: Mutex<HashMap<String, Arc<(Graph, MemoryPlan)>>>,
-    /// Idle executors: their arenas are reused by the next run instead of allocated per step.
-    executors: Mutex<Vec<Executor>>,
+    /// Whether gen steps are captured as CUDA graphs and replayed (CUDA only; on by default).
+    cuda_graphs: AtomicBool,
 }
 
 /// One branch's und cache for the gen expert: for the bridge (hbridge topology), K/V `[L, K_u*D_u]` per
@@ -45,56 +49,44 @@ pub struct UndContext {
     pub caption: Option<HostTensor>,
 }
 
-impl CpuModel {
+impl Model {
+    /// Opens `dir` on the CPU backend.
     pub fn open(dir: &Path) -> Result<Self, RunError> {
+        Self::open_on(dir, Device::Cpu)
+    }
+
+    /// Opens `dir` on `device` (a CUDA device that cannot be opened is an error, never a panic).
+    pub fn open_on(dir: &Path, device: Device) -> Result<Self, RunError> {
         let checkpoint = Checkpoint::open(dir)?;
-        Ok(CpuModel {
+        Ok(Model {
             checkpoint,
-            weights: RwLock::new(CpuWeights::new()),
+            backend: Backend::new(device)?,
             prepared: Mutex::new(HashMap::new()),
-            executors: Mutex::new(Vec::new()),
+            cuda_graphs: AtomicBool::new(true),
         })
     }
 
-    /// Runs `graph` on `inputs`, converting any weight it needs that is not yet in f32.
+    /// Turns CUDA graph capture and replay of gen steps on or off (off: every step launches its kernels
+    /// one by one; for measuring what replay saves). No effect on the CPU.
+    pub fn set_cuda_graphs(&self, on: bool) {
+        self.cuda_graphs.store(on, Ordering::Relaxed);
+    }
+
+    /// The backend this model runs on.
+    pub fn device(&self) -> Device {
+        self.backend.device()
+    }
+
+    /// Peak device memory of the run so far in bytes (CUDA), `None` on the CPU.
+    pub fn peak_device_memory(&self) -> Option<u64> {
+        self.backend.peak_device_memory()
+    }
+
+    /// Runs `graph` on `inputs`, making resident any weight it needs that is not yet.
     pub fn run(&self, graph: &Graph, inputs: &Outputs) -> Result<Outputs, RunError> {
-        self.load_weights(graph)?;
-        self.execute(graph, &plan_memory(graph), inputs)
-    }
-
-    fn load_weights(&self, graph: &Graph) -> Result<(), RunError> {
-        let missing = {
-            let weights = self.weights.read().unwrap_or_else(|e| e.into_inner());
-            graph
-                .weights()
-                .any(|(_, part, name)| weights.get(part, name).is_none())
-        };
-        if missing {
-            let mut weights = self.weights.write().unwrap_or_else(|e| e.into_inner());
-            weights.load_graph(&self.checkpoint, graph)?;
-        }
-        Ok(())
-    }
-
-    fn execute(
-        &self,
-        graph: &Graph,
-        plan: &MemoryPlan,
-        inputs: &Outputs,
-    ) -> Result<Outputs, RunError> {
-        let weights = self.weights.read().unwrap_or_else(|e| e.into_inner());
-        let pooled = self
-            .executors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
-        let mut exec = pooled.unwrap_or_default();
-        let out = exec.run(graph, plan, &weights, inputs);
-        self.executors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(exec);
-        Ok(out?)
+        self.backend.load_weights(&self.checkpoint, graph)?;
+        self.backend
+            .execute(graph, &plan_memory(graph), inputs, false)
     }
 
     /// The graph of `key`, built by `build` (and its weights converted) the first time only.
@@ -112,7 +104,7 @@ impl CpuModel {
             return Ok(p.clone());
         }
         let graph = build()?;
-        self.load_weights(&graph)?;
+        self.backend.load_weights(&self.checkpoint, &graph)?;
         let plan = plan_memory(&graph);
         let p = Arc::new((graph, plan));
         self.prepared
@@ -222,6 +214,20 @@ impl CpuModel {
         ctx: &UndContext,
         trace: bool,
     ) -> Result<Outputs, RunError> {
+        self.gen_step_with_refs(x, t, ctx, &[], trace)
+    }
+
+    /// `gen_step` with reference latents `refs` (each `[C, H_j, W_j]`, model space) in the gen sequence
+    /// between the SRT tokens (hbridge) or the caption (omnigen2) and the noisy latent (DESIGN.md 3).
+    /// Traced steps also return `gen.ref_tokens.{j}`.
+    pub fn gen_step_with_refs(
+        &self,
+        x: &HostTensor,
+        t: f32,
+        ctx: &UndContext,
+        refs: &[HostTensor],
+        trace: bool,
+    ) -> Result<Outputs, RunError> {
         let config = &self.checkpoint.config;
         let [c, h, w] = match x.shape.as_slice() {
             [c, h, w] => [*c, *h, *w],
@@ -237,20 +243,28 @@ impl CpuModel {
             hidden_states: trace,
             srt: true,
         };
-        let prepared = self.prepared(format!("gen_step {spec:?}"), || {
-            build::gen_step(config, &spec)
+        let ref_shapes = ref_shapes(refs)?;
+        let prepared = self.prepared(format!("gen_step {spec:?} refs {ref_shapes:?}"), || {
+            build::gen_step_with_refs(config, &spec, &ref_shapes)
         })?;
         let (graph, plan) = (&prepared.0, &prepared.1);
         let p = config.gen.patch_size;
+        // Patch grids of the images in sequence order: the references, then the noisy latent.
+        let grids: Vec<(usize, usize)> = ref_shapes
+            .iter()
+            .map(|r| (r[1] / p, r[2] / p))
+            .chain([(h / p, w / p)])
+            .collect();
         if self.is_omnigen2() {
             // omnigen2: [caption | noisy latent], caption i -> (i, i, i), the latent after it.
             let caption = ctx.caption.clone().ok_or_else(|| {
                 RunError::Request("an omnigen2 gen step needs the caption features".into())
             })?;
             let n_cap = ctx.len;
-            let gen_pos = positions::gen_positions(n_cap, &[(h / p, w / p)]);
+            let gen_pos = positions::gen_positions(n_cap, &grids);
             let n = gen_pos.len() / 3;
-            let inputs = HashMap::from([
+            let n_lat = (h / p) * (w / p);
+            let mut inputs = HashMap::from([
                 (build::GEN_CAPTION.to_string(), caption),
                 (names::GEN_X.to_string(), x.clone()),
                 (names::GEN_T.to_string(), HostTensor::f32(vec![1], vec![t])),
@@ -260,26 +274,30 @@ impl CpuModel {
                 ),
                 (
                     "gen.positions.latent".to_string(),
-                    HostTensor::i32(vec![n - n_cap, 3], gen_pos[n_cap * 3..].to_vec()),
-                ),
-                (
-                    names::GEN_POSITIONS.to_string(),
-                    HostTensor::i32(vec![n, 3], gen_pos),
+                    HostTensor::i32(vec![n_lat, 3], gen_pos[(n - n_lat) * 3..].to_vec()),
                 ),
             ]);
-            return self.execute(graph, plan, &inputs);
+            add_ref_inputs(&mut inputs, refs, &gen_pos, n_cap, &grids);
+            inputs.insert(
+                names::GEN_POSITIONS.to_string(),
+                HostTensor::i32(vec![n, 3], gen_pos),
+            );
+            return self.backend
+            .execute(graph, plan, &inputs, self.cuda_graphs.load(Ordering::Relaxed));
         }
         let n_srt = config
             .layout
             .bridge
             .as_ref()
             .map_or(0, |b| b.num_srt_tokens);
-        let grid = (h / p, w / p);
-        let gen_pos = positions::gen_positions(n_srt, &[grid]);
+        let gen_pos = positions::gen_positions(n_srt, &grids);
         let n = gen_pos.len() / 3;
-        let lat_pos = gen_pos[n_srt * 3..].to_vec();
-        let shared = positions::shared_positions(ctx.s0, n_srt, &[grid]);
-        let mut inputs = HashMap::from([
+        let n_lat = (h / p) * (w / p);
+        let lat_pos = gen_pos[(n - n_lat) * 3..].to_vec();
+        let shared = positions::shared_positions(ctx.s0, n_srt, &grids);
+        let mut inputs = HashMap::new();
+        add_ref_inputs(&mut inputs, refs, &gen_pos, n_srt, &grids);
+        inputs.extend([
             (names::GEN_X.to_string(), x.clone()),
             (names::GEN_T.to_string(), HostTensor::f32(vec![1], vec![t])),
             (
@@ -288,7 +306,7 @@ impl CpuModel {
             ),
             (
                 "gen.positions.latent".to_string(),
-                HostTensor::i32(vec![n - n_srt, 3], lat_pos),
+                HostTensor::i32(vec![n_lat, 3], lat_pos),
             ),
             (
                 names::SHARED_POSITIONS.to_string(),
@@ -299,7 +317,32 @@ impl CpuModel {
             inputs.insert(names::und_k(*u), k.clone());
             inputs.insert(names::und_v(*u), v.clone());
         }
-        self.execute(graph, plan, &inputs)
+        self.backend
+            .execute(graph, plan, &inputs, self.cuda_graphs.load(Ordering::Relaxed))
+    }
+
+    /// VAE encode (posterior mean, then `(z - shift) * scale`) of pixels `[3, H, W]` in [-1, 1] to a
+    /// model-space latent `[C, H/f, W/f]`. Needs the checkpoint's optional `encoder.*` tensors.
+    pub fn vae_encode(&self, pixels: &HostTensor) -> Result<HostTensor, RunError> {
+        let (h, w) = match pixels.shape.as_slice() {
+            [_, h, w] => (*h, *w),
+            s => {
+                return Err(RunError::Request(format!(
+                    "image must be [C, H, W], got {s:?}"
+                )))
+            }
+        };
+        let vae = &self.checkpoint.config.vae;
+        let graph = self.prepared(format!("vae_encode {h}x{w}"), || {
+            build::vae_encode(vae, (h, w))
+        })?;
+        let inputs = HashMap::from([(
+            build::vae_encoder::VAE_ENCODER_INPUT.to_string(),
+            pixels.clone(),
+        )]);
+        let mut out = self.backend.execute(&graph.0, &graph.1, &inputs, false)?;
+        out.remove(build::vae_encoder::VAE_ENCODED)
+            .ok_or_else(|| RunError::Request("VAE encoder graph produced no latent".into()))
     }
 
     /// VAE decode of a model-space latent `[C, h, w]` to pixels `[3, H, W]`.
@@ -317,5 +360,39 @@ impl CpuModel {
         let mut out = self.run(&graph, &inputs)?;
         out.remove("vae.pixels")
             .ok_or_else(|| RunError::Request("VAE graph produced no pixels".into()))
+    }
+}
+
+/// The `[C, H, W]` shape of every reference latent.
+fn ref_shapes(refs: &[HostTensor]) -> Result<Vec<[usize; 3]>, RunError> {
+    refs.iter()
+        .enumerate()
+        .map(|(j, r)| match (r.shape.as_slice(), r.as_f32()) {
+            ([c, h, w], Some(_)) => Ok([*c, *h, *w]),
+            (s, _) => Err(RunError::Request(format!(
+                "reference latent {j} must be f32 [C, H, W], got {s:?}"
+            ))),
+        })
+        .collect()
+}
+
+/// `gen.ref.{j}` and `gen.positions.ref.{j}` (reference j's rows of `gen_pos`, which start after the
+/// `n_pre` SRT or caption tokens) for every reference latent.
+fn add_ref_inputs(
+    inputs: &mut Outputs,
+    refs: &[HostTensor],
+    gen_pos: &[i32],
+    n_pre: usize,
+    grids: &[(usize, usize)],
+) {
+    let mut start = n_pre;
+    for (j, (r, &(gh, gw))) in refs.iter().zip(grids).enumerate() {
+        let n = gh * gw;
+        inputs.insert(build::gen_refs::ref_input(j), r.clone());
+        inputs.insert(
+            build::gen_refs::ref_positions(j),
+            HostTensor::i32(vec![n, 3], gen_pos[start * 3..(start + n) * 3].to_vec()),
+        );
+        start += n;
     }
 }

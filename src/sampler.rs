@@ -22,6 +22,15 @@ pub fn guide_text(cond: &mut [f32], uncond: &[f32], scale: f32) {
     }
 }
 
+/// Three-branch guidance with reference images (DESIGN.md 4), in place into `cond`:
+/// `u + s_img * (r - u) + s_txt * (c - r)`, evaluated left to right in f32 as the reference does.
+/// `refonly` is r = (negative prompt, refs), `uncond` is u = (negative prompt, no refs).
+pub fn guide_image_text(cond: &mut [f32], refonly: &[f32], uncond: &[f32], s_img: f32, s_txt: f32) {
+    for ((c, r), u) in cond.iter_mut().zip(refonly).zip(uncond) {
+        *c = *u + s_img * (*r - *u) + s_txt * (*c - *r);
+    }
+}
+
 /// One Euler step `x += dt * v`.
 pub fn euler_step(x: &mut [f32], velocity: &[f32], dt: f32) {
     for (x, v) in x.iter_mut().zip(velocity) {
@@ -52,6 +61,10 @@ mod tests {
         let mut c = vec![1.0, 2.0];
         guide_text(&mut c, &[0.0, 1.0], 4.0);
         assert_eq!(c, vec![4.0, 5.0]);
+        // u = 1, r = 2, c = 4: 1 + 2 * (2 - 1) + 3 * (4 - 2) = 9
+        let mut c = vec![4.0];
+        guide_image_text(&mut c, &[2.0], &[1.0], 2.0, 3.0);
+        assert_eq!(c, vec![9.0]);
         let mut x = vec![1.0, 1.0];
         euler_step(&mut x, &[2.0, -2.0], 0.25);
         assert_eq!(x, vec![1.5, 0.5]);

@@ -1,7 +1,7 @@
 //! Text-to-image: und prefill once per guidance branch (its K/V reused by every step), the shifted
 //! schedule, Euler with text guidance, then the VAE decoder (DESIGN.md 4).
 
-use crate::cpu_model::{CpuModel, RunError, UndContext};
+use crate::model::{Model, RunError, UndContext};
 use crate::forward::to_image;
 use crate::{noise, prompt, sampler};
 use hbridge_engine::cpu::HostTensor;
@@ -84,7 +84,7 @@ pub struct ImageTimings {
 }
 
 /// Checks a request against the model before any compute; the message names the argument.
-pub fn validate(model: &CpuModel, req: &ImageRequest) -> Result<(), RunError> {
+pub fn validate(model: &Model, req: &ImageRequest) -> Result<(), RunError> {
     let bad = |m: String| Err(RunError::Request(m));
     let c = &model.checkpoint.config;
     let multiple = c.vae.downscale() * c.gen.patch_size;
@@ -132,7 +132,7 @@ pub fn validate(model: &CpuModel, req: &ImageRequest) -> Result<(), RunError> {
 }
 
 fn context(
-    model: &CpuModel,
+    model: &Model,
     tokenizer: &tokenizers::Tokenizer,
     text: &str,
 ) -> Result<UndContext, RunError> {
@@ -151,7 +151,7 @@ fn context(
 
 /// Generates an image. `progress(step, steps)` is called after every denoising step.
 pub fn generate(
-    model: &CpuModel,
+    model: &Model,
     tokenizer: &tokenizers::Tokenizer,
     req: &ImageRequest,
     mut progress: impl FnMut(usize, usize),

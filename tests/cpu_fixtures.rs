@@ -1,6 +1,6 @@
 //! The CPU backend against every tensor of every reference fixture (DESIGN.md 8: relative L2 <= 1e-5).
 
-use hbridge::cpu_model::{CpuModel, Outputs};
+use hbridge::model::{Model, Outputs};
 use hbridge::forward::forward;
 use hbridge::tensor_io::read_tensors;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
 
 fn check_fixture(name: &str) {
     let model =
-        CpuModel::open(&fixture(name).join("model")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        Model::open(&fixture(name).join("model")).unwrap_or_else(|e| panic!("{name}: {e}"));
     let inputs = read(&fixture(name).join("inputs.safetensors"));
     let expected = read(&fixture(name).join("outputs.safetensors"));
     let got = forward(&model, &inputs).unwrap_or_else(|e| panic!("{name}: forward failed: {e}"));

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use hbridge::cpu_model::{CpuModel, Outputs};
+use hbridge::model::{Model, Outputs};
 use hbridge::forward::forward;
 use hbridge::init::WeightDType;
 use hbridge::t2i::{generate, ImageRequest};
@@ -35,7 +35,7 @@ fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
 
 #[test]
 fn forward_matches_every_fixture_tensor() {
-    let model = CpuModel::open(&fixture().join("model")).unwrap_or_else(|e| panic!("{e}"));
+    let model = Model::open(&fixture().join("model")).unwrap_or_else(|e| panic!("{e}"));
     assert!(model.is_omnigen2());
     let inputs = read("inputs.safetensors");
     let expected = read("outputs.safetensors");
@@ -85,7 +85,7 @@ fn forward_matches_every_fixture_tensor() {
 #[test]
 fn fixture_sampling_run_through_the_pipeline() {
     let dir = fixture();
-    let model = CpuModel::open(&dir.join("model")).unwrap();
+    let model = Model::open(&dir.join("model")).unwrap();
     let tok = hbridge::prompt::load_tokenizer(
         &dir.join("model"),
         &model.checkpoint.config.layout.und_dir,

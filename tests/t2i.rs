@@ -1,7 +1,7 @@
 //! Text-to-image pipeline: determinism, explicit noise, the fixture's sampling run through the public
 //! pipeline (template, tokenizer, schedule, guidance, VAE), and bad requests.
 
-use hbridge::cpu_model::CpuModel;
+use hbridge::model::Model;
 use hbridge::t2i::{generate, ImageRequest};
 use hbridge::tensor_io::read_tensors;
 use hbridge_engine::cpu::HostTensor;
@@ -14,8 +14,8 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn open(dir: &Path) -> (CpuModel, tokenizers::Tokenizer) {
-    let model = CpuModel::open(dir).unwrap();
+fn open(dir: &Path) -> (Model, tokenizers::Tokenizer) {
+    let model = Model::open(dir).unwrap();
     let tok =
         hbridge::prompt::load_tokenizer(dir, &model.checkpoint.config.layout.und_dir).unwrap();
     (model, tok)

@@ -273,7 +273,8 @@ class GenExpert:
 
         x [B, C, H, W] noisy latents, t [B] f32 timesteps, ctx: B UndKV (one per branch), refs: None or a list
         whose j-th entry is reference latent j of every branch, [B, C, Hr_j, Wr_j].
-        Returns dict(velocity [B, C, H, W], srt [B, n_srt, out_hidden], hs: list of [B, N_gen, hidden] if trace)."""
+        Returns dict(velocity [B, C, H, W], srt [B, n_srt, out_hidden], hs: list of [B, N_gen, hidden] if trace,
+        ref_tokens: per reference, its tokens after the ref refiner [B, n_j, hidden])."""
         cfg, W, und = self.cfg, self.W, self.und
         B, C, H, Wd = x.shape
         p = cfg.patch_size
@@ -296,6 +297,7 @@ class GenExpert:
             for i in range(cfg.num_refiner_layers):
                 tok = modulated_block(W, f"ref_image_refiner.{i}.", tok, temb, cfg, ang=a)
             seq.append(tok)
+        ref_tokens = seq[1:]  # each reference's tokens after the ref refiner, [B, n_j, hidden]
         # noisy latent: x_embedder, noise_refiner (alone, with its joint positions)
         tok = linear(patchify(x, p), W, "x_embedder")
         a = ang[:, offsets[-2]:offsets[-1]]
@@ -334,7 +336,7 @@ class GenExpert:
         srt = Fn.linear(h[:, : self.n_srt], W["srt.proj.weight"], W["srt.proj.bias"])
         out = norm_out(W, h[:, offsets[-2]:offsets[-1]], temb, cfg)
         vel = unpatchify(out, cfg.out_ch, H, Wd, p)
-        return {"velocity": vel, "srt": srt, "hs": hs}
+        return {"velocity": vel, "srt": srt, "hs": hs, "ref_tokens": ref_tokens}
 
 
 # ----------------------------------------------------------------------------------------------- omnigen2 topology

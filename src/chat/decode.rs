@@ -1,11 +1,13 @@
 //! The decode loop: prefill into a per-layer K/V cache, then one step per token until a stop.
 
 use super::*;
-use crate::cpu_model::{CpuModel, Outputs, RunError};
+use crate::model::{Model, Outputs, RunError};
 use hbridge_engine::cpu::HostTensor;
 use hbridge_graph::build::{self, names, positions, UndPrefillSpec};
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use crate::image::context::prefill_with_images;
+use crate::image::{ImageSetup, PreparedImage};
 use std::time::Instant;
 use tokenizers::Tokenizer;
 
@@ -25,6 +27,9 @@ struct KvCache {
     layers: Vec<(Vec<f32>, Vec<f32>)>,
     len: usize,
     kv_dim: usize,
+    /// Position of the next token minus its index (HF's `rope_deltas`): 0 for text, negative once an
+    /// image's tokens share positions (an image of h x w merged tokens advances positions by max(h, w)).
+    pos_delta: i64,
 }
 
 impl KvCache {
@@ -40,6 +45,7 @@ impl KvCache {
                 .collect(),
             len: 0,
             kv_dim,
+            pos_delta: 0,
         }
     }
 
@@ -66,9 +72,11 @@ impl KvCache {
 
 /// One decode step of `token` at position `cache.len`: returns its logits `[V]` and appends its K/V.
 /// The cache's vectors are lent to the step's inputs (moved, not copied) and taken back afterwards.
-fn decode_step(model: &CpuModel, cache: &mut KvCache, token: u32) -> Result<Vec<f32>, RunError> {
+fn decode_step(model: &Model, cache: &mut KvCache, token: u32) -> Result<Vec<f32>, RunError> {
     let c = &model.checkpoint.config.und;
     let pos = cache.len;
+    let rope_pos = i32::try_from(pos as i64 + cache.pos_delta)
+        .map_err(|_| RunError::Request(format!("position of token {pos} is out of range")))?;
     let graph = build::und_decode_step(c, &model.checkpoint.und_names, pos)?;
     let mut inputs: Outputs = HashMap::with_capacity(2 + 2 * cache.layers.len());
     inputs.insert(
@@ -77,7 +85,7 @@ fn decode_step(model: &CpuModel, cache: &mut KvCache, token: u32) -> Result<Vec<
     );
     inputs.insert(
         names::UND_POSITIONS.to_string(),
-        HostTensor::i32(vec![3, 1], vec![pos as i32; 3]),
+        HostTensor::i32(vec![3, 1], vec![rope_pos; 3]),
     );
     if pos > 0 {
         for (i, (k, v)) in cache.layers.iter_mut().enumerate() {
@@ -109,7 +117,7 @@ fn decode_step(model: &CpuModel, cache: &mut KvCache, token: u32) -> Result<Vec<
 
 /// The model's default stop tokens: `<|im_end|>` and `<|endoftext|>` from the tokenizer, or the und
 /// config's `eos_token_id` when the tokenizer has neither (or is absent).
-pub fn default_stop_ids(model: &CpuModel, tokenizer: Option<&Tokenizer>) -> Vec<u32> {
+pub fn default_stop_ids(model: &Model, tokenizer: Option<&Tokenizer>) -> Vec<u32> {
     let mut ids: Vec<u32> = tokenizer
         .map(|t| {
             [IM_END, END_OF_TEXT]
@@ -127,7 +135,7 @@ pub fn default_stop_ids(model: &CpuModel, tokenizer: Option<&Tokenizer>) -> Vec<
 }
 
 /// Checks a request against a prompt of `prompt` ids: parameters, emptiness, vocabulary, context.
-fn check(model: &CpuModel, prompt: &[u32], request: &ChatRequest) -> Result<(), ChatError> {
+fn check(model: &Model, prompt: &[u32], request: &ChatRequest) -> Result<(), ChatError> {
     request.validate()?;
     if prompt.is_empty() {
         return Err(ChatError::EmptyPrompt);
@@ -162,8 +170,38 @@ fn check(model: &CpuModel, prompt: &[u32], request: &ChatRequest) -> Result<(), 
 /// multi-byte character); returning `ControlFlow::Break` ends decoding, that token included. The
 /// pieces concatenate to `text`, except for a trailing incomplete UTF-8 sequence.
 pub fn generate(
-    model: &CpuModel,
+    model: &Model,
     prompt: &[u32],
+    request: &ChatRequest,
+    default_stops: &[u32],
+    tokenizer: Option<&Tokenizer>,
+    on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+) -> Result<ChatOutput, ChatError> {
+    generate_with_images(
+        model,
+        prompt,
+        None,
+        request,
+        default_stops,
+        tokenizer,
+        on_token,
+    )
+}
+
+/// Images of a chat prompt: how the checkpoint takes them and the prepared images, in the order of the
+/// prompt's image-pad runs.
+#[derive(Clone, Copy)]
+pub struct ChatImages<'a> {
+    pub setup: &'a ImageSetup,
+    pub images: &'a [PreparedImage],
+}
+
+/// [`generate`] over a prompt holding images: the prefill runs the vision tower and places its tokens
+/// at the image pads, with HF's M-RoPE positions; decoding continues after the largest position.
+pub fn generate_with_images(
+    model: &Model,
+    prompt: &[u32],
+    images: Option<ChatImages<'_>>,
     request: &ChatRequest,
     default_stops: &[u32],
     tokenizer: Option<&Tokenizer>,
@@ -205,8 +243,20 @@ pub fn generate(
             hidden_states: false,
             final_hidden: false,
         };
-        let mut o = model.und_prefill(head, positions::text_positions(head.len()), &spec)?;
+        let mut o = match images.filter(|i| !i.images.is_empty()) {
+            Some(im) => {
+                let (o, pos) = prefill_with_images(model, im.setup, head, im.images, &spec)?;
+                let next = pos.iter().copied().max().map_or(0, |m| i64::from(m) + 1);
+                cache.pos_delta = next - head.len() as i64;
+                o
+            }
+            None => model.und_prefill(head, positions::text_positions(head.len()), &spec)?,
+        };
         cache.append(&mut o, head.len())?;
+    } else if images.is_some_and(|i| !i.images.is_empty()) {
+        return Err(ChatError::Model(RunError::Request(
+            "the prompt's last token cannot be an image".into(),
+        )));
     }
     let mut rng = Rng::new(request.seed);
     let logits = decode_step(model, &mut cache, last[0] as u32)?;

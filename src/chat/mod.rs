@@ -18,7 +18,7 @@
 //! Without a tokenizer, [`ChatPipeline::generate_from_ids`] (or the free [`generate`]) runs on token ids;
 //! the answer's text is then empty.
 
-use crate::cpu_model::RunError;
+use crate::model::RunError;
 use std::fmt;
 
 mod decode;
@@ -26,7 +26,7 @@ mod pipeline;
 mod sampling;
 mod stream;
 
-pub use decode::{default_stop_ids, generate};
+pub use decode::{default_stop_ids, generate, generate_with_images, ChatImages};
 pub use pipeline::ChatPipeline;
 pub use sampling::{argmax, sample, Rng};
 use std::path::PathBuf;
@@ -84,6 +84,8 @@ pub enum ChatError {
     TokenOutOfVocab { id: u32, vocab: usize },
     #[error(transparent)]
     Model(#[from] RunError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageInputError),
 }
 
 /// What to generate. Defaults: 256 tokens, greedy (temperature 0), top_p 1, seed 0, stopping at

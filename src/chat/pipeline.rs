@@ -1,7 +1,8 @@
 //! A model with its (optional) tokenizer: text in, answer out.
 
 use super::*;
-use crate::cpu_model::CpuModel;
+use crate::model::Model;
+use crate::image::{ImageLimits, ImageSetup, PreparedImage};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
@@ -15,7 +16,7 @@ enum TokenizerState {
 
 /// A model ready to chat: the CPU model, its tokenizer (when there is one) and its stop tokens.
 pub struct ChatPipeline {
-    model: CpuModel,
+    model: Model,
     tokenizer: TokenizerState,
     default_stops: Vec<u32>,
 }
@@ -25,7 +26,12 @@ impl ChatPipeline {
     /// not an error here: text requests then fail with [`ChatError::NoTokenizer`] /
     /// [`ChatError::BadTokenizer`], and [`ChatPipeline::generate_from_ids`] still works.
     pub fn open(dir: &Path) -> Result<Self, ChatError> {
-        let model = CpuModel::open(dir)?;
+        Self::open_on(dir, hbridge_engine::device::Device::Cpu)
+    }
+
+    /// [`ChatPipeline::open`] on `device`.
+    pub fn open_on(dir: &Path, device: hbridge_engine::device::Device) -> Result<Self, ChatError> {
+        let model = Model::open_on(dir, device)?;
         let tokenizer =
             match crate::prompt::load_tokenizer(dir, &model.checkpoint.config.layout.und_dir) {
                 Ok(t) => TokenizerState::Loaded(Box::new(t)),
@@ -42,7 +48,7 @@ impl ChatPipeline {
 
     /// A pipeline over an opened model and an optional tokenizer (without one, text requests fail with
     /// [`ChatError::NoTokenizer`] naming `tokenizer.json`, as the model's folder is not known here).
-    pub fn new(model: CpuModel, tokenizer: Option<Tokenizer>) -> Self {
+    pub fn new(model: Model, tokenizer: Option<Tokenizer>) -> Self {
         let state = match tokenizer {
             Some(t) => TokenizerState::Loaded(Box::new(t)),
             None => TokenizerState::Missing(PathBuf::from(TOKENIZER_FILE)),
@@ -50,7 +56,7 @@ impl ChatPipeline {
         Self::with_state(model, state)
     }
 
-    fn with_state(model: CpuModel, tokenizer: TokenizerState) -> Self {
+    fn with_state(model: Model, tokenizer: TokenizerState) -> Self {
         let loaded = match &tokenizer {
             TokenizerState::Loaded(t) => Some(t.as_ref()),
             _ => None,
@@ -63,7 +69,7 @@ impl ChatPipeline {
         }
     }
 
-    pub fn model(&self) -> &CpuModel {
+    pub fn model(&self) -> &Model {
         &self.model
     }
 
@@ -94,6 +100,70 @@ impl ChatPipeline {
             .encode(chat_template(user_text), false)
             .map_err(|e| ChatError::Tokenize(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// How this checkpoint takes images (processor settings, image token); an error when it has no
+    /// vision tower.
+    pub fn image_setup(&self) -> Result<ImageSetup, ChatError> {
+        Ok(ImageSetup::new(&self.model)?)
+    }
+
+    /// Decodes and preprocesses image files for this checkpoint, in order; errors name the file.
+    pub fn load_images(
+        &self,
+        paths: &[PathBuf],
+        limits: &ImageLimits,
+    ) -> Result<Vec<PreparedImage>, ChatError> {
+        Ok(self.image_setup()?.load_files(paths, limits)?)
+    }
+
+    /// The chat-templated prompt with `images` (their tokens first, then `user_text`, DESIGN.md 6).
+    pub fn encode_prompt_with_images(
+        &self,
+        user_text: &str,
+        images: &[PreparedImage],
+    ) -> Result<Vec<u32>, ChatError> {
+        if images.is_empty() {
+            return self.encode_prompt(user_text);
+        }
+        if user_text.trim().is_empty() {
+            return Err(ChatError::EmptyPrompt);
+        }
+        let content = self.image_setup()?.prompt_text(images) + user_text;
+        let encoding = self
+            .tokenizer()?
+            .encode(chat_template(&content), false)
+            .map_err(|e| ChatError::Tokenize(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Answers `user_text` about `images` (prepared by [`ChatPipeline::load_images`]), streaming as
+    /// [`ChatPipeline::chat_stream`] does. No images is a text-only chat.
+    pub fn chat_stream_with_images(
+        &self,
+        user_text: &str,
+        images: &[PreparedImage],
+        request: &ChatRequest,
+        on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+    ) -> Result<ChatOutput, ChatError> {
+        request.validate()?;
+        if images.is_empty() {
+            return self.chat_stream(user_text, request, on_token);
+        }
+        let setup = self.image_setup()?;
+        let ids = self.encode_prompt_with_images(user_text, images)?;
+        generate_with_images(
+            &self.model,
+            &ids,
+            Some(ChatImages {
+                setup: &setup,
+                images,
+            }),
+            request,
+            &self.default_stops,
+            self.tokenizer().ok(),
+            on_token,
+        )
     }
 
     /// Answers `user_text` (an empty or blank text is [`ChatError::EmptyPrompt`]).

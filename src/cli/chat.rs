@@ -1,7 +1,9 @@
 //! `hbridge chat`: the answer alone on stdout, streamed as tokens arrive; prompt size, timings and the
 //! stop reason on stderr.
 
+use hbridge_engine::device::Device;
 use hbridge::chat::{ChatError, ChatPipeline, ChatRequest};
+use hbridge::image::{load_rgb, ImageLimits};
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -14,6 +16,12 @@ pub struct ChatArgs {
     /// The user's message (wrapped in the chat template).
     #[arg(short = 'p', long = "prompt")]
     pub prompt: String,
+    /// An image (PNG or JPEG) to ask about; repeat for several. They enter the user turn before the text.
+    #[arg(short = 'i', long = "image")]
+    pub images: Vec<PathBuf>,
+    /// Largest image accepted, in pixels (width x height); larger files are refused before decoding.
+    #[arg(long, default_value_t = ImageLimits::default().max_pixels)]
+    pub max_image_pixels: u64,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
@@ -31,7 +39,7 @@ pub struct ChatArgs {
     pub no_stop: bool,
 }
 
-pub fn run(args: ChatArgs) -> Result<(), String> {
+pub fn run(args: ChatArgs, device: Device) -> Result<(), String> {
     let mut request = ChatRequest::new()
         .max_tokens(args.max_tokens)
         .temperature(args.temperature)
@@ -46,15 +54,44 @@ pub fn run(args: ChatArgs) -> Result<(), String> {
         return Err(format!("-p: {}", ChatError::EmptyPrompt));
     }
 
+    // Unreadable or oversized images fail before the model is opened too.
+    let limits = ImageLimits {
+        max_pixels: args.max_image_pixels,
+        ..ImageLimits::default()
+    };
+    let decoded = args
+        .images
+        .iter()
+        .map(|path| load_rgb(path, &limits))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+
     let start = Instant::now();
-    let chat = ChatPipeline::open(&args.model).map_err(|e| e.to_string())?;
+    let chat = ChatPipeline::open_on(&args.model, device).map_err(|e| e.to_string())?;
     eprintln!("loaded {} in {:.2?}", args.model.display(), start.elapsed());
+    let mut images = Vec::with_capacity(decoded.len());
+    if !decoded.is_empty() {
+        let setup = chat.image_setup().map_err(|e| e.to_string())?;
+        for (path, img) in args.images.iter().zip(&decoded) {
+            let prepared = setup.prepare(path, img).map_err(|e| e.to_string())?;
+            eprintln!(
+                "image {}: {}x{} -> {}x{}, {} tokens",
+                path.display(),
+                img.width,
+                img.height,
+                prepared.width,
+                prepared.height,
+                prepared.tokens(setup.merge)
+            );
+            images.push(prepared);
+        }
+    }
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut streamed = String::new();
     let mut write_error = None;
-    let result = chat.chat_stream(&args.prompt, &request, |_, piece| {
+    let result = chat.chat_stream_with_images(&args.prompt, &images, &request, |_, piece| {
         if piece.is_empty() {
             return ControlFlow::Continue(());
         }

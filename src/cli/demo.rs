@@ -1,9 +1,9 @@
 //! `hbridge demo`: the built-in tiny model end to end on this machine's backend: creates it in a cache
 //! folder if absent, answers a prompt, generates an image, and says what each stage took.
 
+use hbridge_engine::device::Device;
 use super::generate::progress_bar;
 use hbridge::chat::{ChatPipeline, ChatRequest};
-use hbridge::cpu_model::CpuModel;
 use hbridge::presets::preset;
 use hbridge::t2i::{generate, write_png, ImageRequest};
 use std::path::PathBuf;
@@ -43,13 +43,9 @@ fn cache_dir() -> PathBuf {
     }
 }
 
-pub fn run(a: DemoArgs) -> Result<(), String> {
+pub fn run(a: DemoArgs, device: Device) -> Result<(), String> {
     let dir = a.dir.unwrap_or_else(|| cache_dir().join("tiny"));
     let total = Instant::now();
-    eprintln!(
-        "backend    cpu (f32, {} threads)",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
     if !dir.join("hbridge.json").is_file() {
         let t = Instant::now();
         let p = preset("tiny").expect("the tiny preset exists");
@@ -62,7 +58,7 @@ pub fn run(a: DemoArgs) -> Result<(), String> {
         );
     }
     let t = Instant::now();
-    let model = CpuModel::open(&dir).map_err(|e| e.to_string())?;
+    let model = super::open_model(&dir, device)?;
     let tokenizer = hbridge::prompt::load_tokenizer(&dir, &model.checkpoint.config.layout.und_dir)
         .map_err(|e| e.to_string())?;
     eprintln!(
@@ -112,6 +108,7 @@ pub fn run(a: DemoArgs) -> Result<(), String> {
         out.timings.denoise,
         out.timings.vae
     );
+    super::report_peak_memory(model);
     eprintln!("total      {:.2?}", total.elapsed());
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `hbridge forward`: one und prefill per branch and one gen step on explicit inputs (the fixture input
 //! names), writing every intermediate under the fixture output names.
 
-use hbridge::cpu_model::CpuModel;
+use hbridge_engine::device::Device;
 use hbridge::forward::forward;
 use hbridge::tensor_io::{read_tensors, write_tensors};
 use std::path::PathBuf;
@@ -19,9 +19,9 @@ pub struct ForwardArgs {
     pub out: PathBuf,
 }
 
-pub fn run(a: ForwardArgs) -> Result<(), String> {
+pub fn run(a: ForwardArgs, device: Device) -> Result<(), String> {
     let start = Instant::now();
-    let model = CpuModel::open(&a.model).map_err(|e| e.to_string())?;
+    let model = super::open_model(&a.model, device)?;
     let inputs = read_tensors(&a.inputs).map_err(|e| e.to_string())?;
     let outputs = forward(&model, &inputs).map_err(|e| e.to_string())?;
     write_tensors(&a.out, &outputs).map_err(|e| e.to_string())?;

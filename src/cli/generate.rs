@@ -1,6 +1,6 @@
 //! `hbridge generate`: text to image, with a progress bar over the denoising steps.
 
-use hbridge::cpu_model::CpuModel;
+use hbridge_engine::device::Device;
 use hbridge::t2i::{generate, write_png, ImageRequest};
 use std::io::Write;
 use std::path::PathBuf;
@@ -30,6 +30,9 @@ pub struct GenerateArgs {
     /// Output PNG.
     #[arg(short, long)]
     pub out: PathBuf,
+    /// CUDA: launch every kernel of every step instead of replaying a captured CUDA graph.
+    #[arg(long)]
+    pub no_cuda_graphs: bool,
 }
 
 /// A one-line progress bar on stderr; on a pipe or file, a line per tenth of the run instead.
@@ -59,9 +62,10 @@ pub fn progress_bar(label: &'static str) -> impl FnMut(usize, usize) {
     }
 }
 
-pub fn run(a: GenerateArgs) -> Result<(), String> {
+pub fn run(a: GenerateArgs, device: Device) -> Result<(), String> {
     let start = Instant::now();
-    let model = CpuModel::open(&a.model).map_err(|e| e.to_string())?;
+    let model = super::open_model(&a.model, device)?;
+    model.set_cuda_graphs(!a.no_cuda_graphs);
     let cfg = &model.checkpoint.config;
     let tokenizer = hbridge::prompt::load_tokenizer(&a.model, &cfg.layout.und_dir)
         .map_err(|e| e.to_string())?;
@@ -71,6 +75,8 @@ pub fn run(a: GenerateArgs) -> Result<(), String> {
         cfg.layout.topology,
         start.elapsed()
     );
+    // Text guidance above 1 runs a cond and an uncond gen step per denoising step (t2i::run_steps).
+    let branches = if a.guidance > 1.0 { 2 } else { 1 };
     let req = ImageRequest::new(a.prompt)
         .negative(a.negative)
         .steps(a.steps)
@@ -81,14 +87,16 @@ pub fn run(a: GenerateArgs) -> Result<(), String> {
         generate(&model, &tokenizer, &req, progress_bar("denoising")).map_err(|e| e.to_string())?;
     write_png(&a.out, out.width, out.height, &out.rgb)?;
     eprintln!(
-        "wrote {} ({}x{}): und prefill {:.2?}, {} steps {:.2?}, VAE decode {:.2?}",
+        "wrote {} ({}x{}): und prefill {:.2?}, {} steps {:.2?} ({:.2?} per branch step), VAE decode {:.2?}",
         a.out.display(),
         out.width,
         out.height,
         out.timings.prefill,
         req.steps,
         out.timings.denoise,
+        out.timings.denoise / (req.steps.max(1) * branches) as u32,
         out.timings.vae
     );
+    super::report_peak_memory(&model);
     Ok(())
 }

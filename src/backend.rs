@@ -1,0 +1,145 @@
+//! The backend a model runs on: its weights in the backend's form and a pool of executors, so that
+//! concurrent requests each take an executor (and its arena) without allocating per run.
+
+use crate::model::{Outputs, RunError};
+use hbridge_engine::cuda::{CudaExecutor, CudaWeights, Gpu, UploadProgress};
+use hbridge_engine::device::Device;
+use hbridge_engine::{CpuWeights, Executor};
+use hbridge_graph::plan::MemoryPlan;
+use hbridge_graph::Graph;
+use hbridge_loader::Checkpoint;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+pub enum Backend {
+    /// f32 weights converted once per tensor as graphs first need them.
+    Cpu {
+        weights: RwLock<CpuWeights>,
+        executors: Mutex<Vec<Executor>>,
+    },
+    /// bf16 weights on the GPU; executors replay captured CUDA graphs for repeated shapes (the gen step).
+    Cuda {
+        gpu: Arc<Gpu>,
+        weights: RwLock<CudaWeights>,
+        executors: Mutex<Vec<CudaExecutor>>,
+        /// Highest device memory in use seen after a weight upload or a run (bytes).
+        peak: AtomicU64,
+    },
+}
+
+impl Backend {
+    pub fn new(device: Device) -> Result<Backend, RunError> {
+        Ok(match device {
+            Device::Cpu => Backend::Cpu {
+                weights: RwLock::new(CpuWeights::new()),
+                executors: Mutex::new(Vec::new()),
+            },
+            Device::Cuda => {
+                let gpu = Gpu::new(0).map_err(hbridge_engine::EngineError::from)?;
+                Backend::Cuda {
+                    weights: RwLock::new(CudaWeights::new(gpu.clone())),
+                    gpu,
+                    executors: Mutex::new(Vec::new()),
+                    peak: AtomicU64::new(0),
+                }
+            }
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            Backend::Cpu { .. } => Device::Cpu,
+            Backend::Cuda { .. } => Device::Cuda,
+        }
+    }
+
+    /// Peak device memory in use (CUDA; sampled with cuMemGetInfo after each upload and run, so it
+    /// includes the arena, the weights and cuBLASLt's workspace), `None` on the CPU.
+    pub fn peak_device_memory(&self) -> Option<u64> {
+        match self {
+            Backend::Cpu { .. } => None,
+            Backend::Cuda { peak, .. } => Some(peak.load(Ordering::Relaxed)),
+        }
+    }
+
+    fn sample_memory(gpu: &Gpu, peak: &AtomicU64) {
+        if let Ok(used) = gpu.memory_in_use() {
+            peak.fetch_max(used, Ordering::Relaxed);
+        }
+    }
+
+    /// Makes every weight `graph` reads resident (converted or uploaded once, then reused).
+    pub fn load_weights(&self, checkpoint: &Checkpoint, graph: &Graph) -> Result<(), RunError> {
+        match self {
+            Backend::Cpu { weights, .. } => {
+                let missing = {
+                    let w = weights.read().unwrap_or_else(|e| e.into_inner());
+                    graph.weights().any(|(_, part, name)| w.get(part, name).is_none())
+                };
+                if missing {
+                    let mut w = weights.write().unwrap_or_else(|e| e.into_inner());
+                    w.load_graph(checkpoint, graph)?;
+                }
+            }
+            Backend::Cuda { gpu, weights, peak, .. } => {
+                let missing = {
+                    let w = weights.read().unwrap_or_else(|e| e.into_inner());
+                    graph.weights().any(|(_, part, name)| w.get(part, name).is_none())
+                };
+                if missing {
+                    let mut w = weights.write().unwrap_or_else(|e| e.into_inner());
+                    // Large uploads take seconds: a line per GB so a user sees progress.
+                    let mut last_gb = 0;
+                    let report = w.load_graph(checkpoint, graph, |p: UploadProgress| {
+                        let gb = p.bytes_done >> 30;
+                        if gb > last_gb {
+                            last_gb = gb;
+                            eprintln!(
+                                "uploading weights: {:.1} / {:.1} GB",
+                                p.bytes_done as f64 / 1e9,
+                                p.bytes_total as f64 / 1e9
+                            );
+                        }
+                    })?;
+                    if report.bytes >= 1 << 30 {
+                        eprintln!(
+                            "uploaded {} weights ({:.1} GB) in {:.1} s",
+                            report.tensors,
+                            report.bytes as f64 / 1e9,
+                            report.seconds
+                        );
+                    }
+                    Self::sample_memory(gpu, peak);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `graph` with an idle executor (a new one when all are busy). `replay`: capture the run as a
+    /// CUDA graph and replay it on later calls of the same graph (the denoising loop); ignored on the CPU.
+    pub fn execute(&self, graph: &Graph, plan: &MemoryPlan, inputs: &Outputs, replay: bool) -> Result<Outputs, RunError> {
+        match self {
+            Backend::Cpu { weights, executors } => {
+                let weights = weights.read().unwrap_or_else(|e| e.into_inner());
+                let mut exec = executors.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+                let out = exec.run(graph, plan, &weights, inputs);
+                executors.lock().unwrap_or_else(|e| e.into_inner()).push(exec);
+                Ok(out?)
+            }
+            Backend::Cuda { gpu, weights, executors, peak } => {
+                let weights = weights.read().unwrap_or_else(|e| e.into_inner());
+                let pooled = executors.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let mut exec = pooled.unwrap_or_else(|| CudaExecutor::new(gpu.clone()));
+                let out = if replay {
+                    exec.run_captured(graph, plan, &weights, inputs)
+                } else {
+                    exec.run(graph, plan, &weights, inputs)
+                };
+                executors.lock().unwrap_or_else(|e| e.into_inner()).push(exec);
+                Self::sample_memory(gpu, peak);
+                Ok(out?)
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Guidance with reference images (DESIGN.md 4) and the Euler loop of editing. Which branches run
+//! follows OmniGen2's pipeline:
+//! - text > 1 and image > 1: c = (prompt, refs), r = (negative, refs), u = (negative, no refs),
+//!   `v = u + s_img (r - u) + s_txt (c - r)`;
+//! - text > 1 only: `v = u + s_txt (c - u)` with u = (negative, no refs);
+//! - otherwise only c runs.
+
+use crate::model::{Model, RunError, UndContext};
+use crate::sampler;
+use hbridge_engine::cpu::HostTensor;
+
+/// Guidance scales of an edit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EditGuidance {
+    pub text: f32,
+    pub image: f32,
+}
+
+impl EditGuidance {
+    /// Whether the r = (negative prompt, refs) branch runs.
+    pub fn needs_refonly(&self) -> bool {
+        self.text > 1.0 && self.image > 1.0
+    }
+    /// Whether the u = (negative prompt, no refs) branch runs.
+    pub fn needs_uncond(&self) -> bool {
+        self.text > 1.0
+    }
+}
+
+/// The und contexts of the branches the guidance needs (`refonly` / `uncond` are `None` when unused).
+#[derive(Debug, Clone)]
+pub struct EditBranches {
+    pub cond: UndContext,
+    pub refonly: Option<UndContext>,
+    pub uncond: Option<UndContext>,
+}
+
+/// One step's velocities: the guided one and each branch's (for traces and tests).
+#[derive(Debug, Clone)]
+pub struct StepVelocities {
+    pub guided: Vec<f32>,
+    pub cond: Vec<f32>,
+    pub refonly: Option<Vec<f32>>,
+    pub uncond: Option<Vec<f32>>,
+    /// The cond branch's reference tokens after the ref refiner (traced steps only).
+    pub ref_tokens: Vec<HostTensor>,
+}
+
+fn velocity(
+    model: &Model,
+    x: &HostTensor,
+    t: f32,
+    ctx: &UndContext,
+    refs: &[HostTensor],
+    trace: bool,
+) -> Result<(Vec<f32>, crate::model::Outputs), RunError> {
+    let mut out = model.gen_step_with_refs(x, t, ctx, refs, trace)?;
+    let v = out
+        .remove("gen.velocity")
+        .and_then(HostTensor::into_f32)
+        .ok_or_else(|| RunError::Request("gen step produced no velocity".into()))?;
+    Ok((v, out))
+}
+
+fn missing(branch: &str) -> RunError {
+    RunError::Request(format!(
+        "the guidance scales need the {branch} branch but no context was given for it"
+    ))
+}
+
+/// The guided velocity at latent `x` and time `t`. With `trace`, also the refined reference tokens.
+pub fn step_velocity(
+    model: &Model,
+    x: &HostTensor,
+    t: f32,
+    branches: &EditBranches,
+    refs: &[HostTensor],
+    guidance: EditGuidance,
+    trace: bool,
+) -> Result<StepVelocities, RunError> {
+    let (cond, mut traced) = velocity(model, x, t, &branches.cond, refs, trace)?;
+    let ref_tokens = (0..refs.len())
+        .filter_map(|j| traced.remove(&hbridge_graph::build::gen_refs::ref_tokens_output(j)))
+        .collect();
+    let refonly = if guidance.needs_refonly() {
+        let ctx = branches.refonly.as_ref().ok_or_else(|| missing("ref-only"))?;
+        Some(velocity(model, x, t, ctx, refs, false)?.0)
+    } else {
+        None
+    };
+    let uncond = if guidance.needs_uncond() {
+        let ctx = branches.uncond.as_ref().ok_or_else(|| missing("unconditional"))?;
+        Some(velocity(model, x, t, ctx, &[], false)?.0)
+    } else {
+        None
+    };
+    let mut guided = cond.clone();
+    match (&refonly, &uncond) {
+        (Some(r), Some(u)) => {
+            sampler::guide_image_text(&mut guided, r, u, guidance.image, guidance.text)
+        }
+        (None, Some(u)) => sampler::guide_text(&mut guided, u, guidance.text),
+        _ => {}
+    }
+    Ok(StepVelocities {
+        guided,
+        cond,
+        refonly,
+        uncond,
+        ref_tokens,
+    })
+}
+
+/// Euler from `noise` (`[C, h, w]`) over `timesteps` (N + 1 values) with edit guidance at every step;
+/// `progress(step, steps)` after each. Returns the final latent.
+pub fn sample(
+    model: &Model,
+    noise: &HostTensor,
+    timesteps: &[f32],
+    branches: &EditBranches,
+    refs: &[HostTensor],
+    guidance: EditGuidance,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<HostTensor, RunError> {
+    let mut x = noise
+        .as_f32()
+        .ok_or_else(|| RunError::Request("noise must be f32".into()))?
+        .to_vec();
+    let steps = timesteps.len().saturating_sub(1);
+    for (i, w) in timesteps.windows(2).enumerate() {
+        let xt = HostTensor::f32(noise.shape.clone(), x.clone());
+        let v = step_velocity(model, &xt, w[0], branches, refs, guidance, false)?;
+        sampler::euler_step(&mut x, &v.guided, w[1] - w[0]);
+        progress(i + 1, steps);
+    }
+    Ok(HostTensor::f32(noise.shape.clone(), x))
+}

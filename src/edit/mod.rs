@@ -1,0 +1,301 @@
+//! Image editing (DESIGN.md 3-6): reference images through the VAE encoder into the gen sequence
+//! (`ref_image_patch_embedder`, `image_index_embedding`, `ref_image_refiner`, shifted positions), and
+//! three-branch guidance over c = (prompt, refs), r = (negative prompt, refs), u = (negative prompt, no
+//! refs).
+//!
+//! **Und side (not done yet):** DESIGN.md 6 also puts the reference images into the und context of the c
+//! and r branches, as Qwen2.5-VL image tokens in the user turn before the text. That needs the vision
+//! encoder, which is not available to this module yet; until it is, `branch_context` gives every branch
+//! its text only (see `UND_IMAGES`). The gen side is complete.
+
+mod guidance;
+mod refs;
+pub mod resize;
+
+pub use guidance::{sample, step_velocity, EditBranches, EditGuidance, StepVelocities};
+pub use refs::{encode_reference, to_pixels, ReferenceLatent};
+
+use crate::model::{Model, RunError, UndContext};
+use crate::forward::to_image;
+use crate::image::RgbImage;
+use crate::{noise, prompt, sampler};
+use hbridge_engine::cpu::HostTensor;
+use hbridge_graph::build::positions;
+use hbridge_loader::config::MAX_REF_IMAGES;
+use std::time::{Duration, Instant};
+
+/// Whether the reference images enter the und context of the c and r branches. `false` until the
+/// vision encoder's context API is wired in (the seam is `branch_context`).
+pub const UND_IMAGES: bool = false;
+
+/// An editing request; defaults are DESIGN.md 4's (50 steps, text 5.0, image 2.0) and OmniGen2's input
+/// image limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EditRequest {
+    pub prompt: String,
+    pub negative_prompt: String,
+    /// Reference images, 1 to 5 (`image_index_embedding` has 5 rows).
+    pub images: Vec<RgbImage>,
+    pub steps: usize,
+    pub text_guidance: f32,
+    pub image_guidance: f32,
+    pub seed: u64,
+    /// Output `(width, height)`; default: the first reference image's size after its resize.
+    pub size: Option<(usize, usize)>,
+    /// Explicit initial noise `[C, H/f, W/f]` instead of the seeded one.
+    pub noise: Option<HostTensor>,
+    /// Reference images are shrunk to at most this many pixels and this longest side (OmniGen2).
+    pub max_input_pixels: usize,
+    pub max_input_side: usize,
+    /// Largest accepted output width or height, in pixels.
+    pub max_side: usize,
+}
+
+impl EditRequest {
+    pub fn new(prompt: impl Into<String>, images: Vec<RgbImage>) -> Self {
+        EditRequest {
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            images,
+            steps: 50,
+            text_guidance: 5.0,
+            image_guidance: 2.0,
+            seed: 0,
+            size: None,
+            noise: None,
+            max_input_pixels: resize::DEFAULT_MAX_PIXELS,
+            max_input_side: resize::DEFAULT_MAX_SIDE,
+            max_side: 4096,
+        }
+    }
+    pub fn guidance(&self) -> EditGuidance {
+        EditGuidance {
+            text: self.text_guidance,
+            image: self.image_guidance,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EditTimings {
+    pub encode: Duration,
+    pub prefill: Duration,
+    pub denoise: Duration,
+    pub vae: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct EditOutput {
+    pub width: usize,
+    pub height: usize,
+    /// Row-major RGB bytes, `height * width * 3`.
+    pub rgb: Vec<u8>,
+    pub latent: HostTensor,
+    pub pixels: HostTensor,
+    /// Each reference image as encoded (size after the resize, latent).
+    pub references: Vec<ReferenceLatent>,
+    pub timings: EditTimings,
+}
+
+/// Checks a request against the model before any compute; the message names the argument.
+pub fn validate(model: &Model, req: &EditRequest) -> Result<(), RunError> {
+    let bad = |m: String| Err(RunError::Request(m));
+    if req.prompt.trim().is_empty() {
+        return bad("prompt: empty; describe the edit".into());
+    }
+    if req.images.is_empty() || req.images.len() > MAX_REF_IMAGES {
+        return bad(format!(
+            "images: {} given; an edit takes 1 to {MAX_REF_IMAGES} reference images",
+            req.images.len()
+        ));
+    }
+    if req.steps == 0 {
+        return bad("steps: must be at least 1".into());
+    }
+    for (name, v) in [
+        ("guidance", req.text_guidance),
+        ("image-guidance", req.image_guidance),
+    ] {
+        if !v.is_finite() || v < 0.0 {
+            return bad(format!("{name}: {v} is not a non-negative number"));
+        }
+    }
+    if !model.checkpoint.has_vae_encoder {
+        return bad(format!(
+            "{}: the checkpoint has no VAE encoder (encoder.* tensors); editing needs it",
+            model.checkpoint.config.layout.vae_dir
+        ));
+    }
+    if UND_IMAGES && !model.checkpoint.has_vision {
+        return bad("the checkpoint has no vision tower (visual.* tensors); editing needs it".into());
+    }
+    if let Some((w, h)) = req.size {
+        check_output_size(model, req, w, h)?;
+    }
+    Ok(())
+}
+
+fn check_output_size(model: &Model, req: &EditRequest, w: usize, h: usize) -> Result<(), RunError> {
+    let c = &model.checkpoint.config;
+    let multiple = c.vae.downscale() * c.gen.patch_size;
+    for (name, v) in [("width", w), ("height", h)] {
+        if v == 0 || v % multiple != 0 {
+            return Err(RunError::Request(format!(
+                "{name}: {v} is not a positive multiple of {multiple} (VAE factor {} x patch {})",
+                c.vae.downscale(),
+                c.gen.patch_size
+            )));
+        }
+        if v > req.max_side {
+            return Err(RunError::Request(format!(
+                "{name}: {v} exceeds the maximum of {} pixels",
+                req.max_side
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The und context of one branch: the image-generation template around `text`, with `images` as the
+/// user turn's image tokens before the text (DESIGN.md 6).
+///
+/// SEAM: the images are not used yet (`UND_IMAGES` is false): this needs the vision encoder's
+/// "context with images" API (image tokens, M-RoPE image positions, s0 = max position + 1). Until then
+/// every branch's und context is its text only.
+pub fn branch_context(
+    model: &Model,
+    tokenizer: &tokenizers::Tokenizer,
+    text: &str,
+    _images: &[RgbImage],
+) -> Result<UndContext, RunError> {
+    let ids = prompt::encode(tokenizer, &prompt::image_context(text))
+        .map_err(|e| RunError::Request(e.to_string()))?;
+    if let Some(max) = model.checkpoint.config.und.max_position_embeddings {
+        if ids.len() > max {
+            return Err(RunError::Request(format!(
+                "prompt: {} tokens after templating exceed the und context of {max}",
+                ids.len()
+            )));
+        }
+    }
+    model.und_context(&ids, positions::text_positions(ids.len()))
+}
+
+/// The und contexts the guidance needs: c = (prompt, images), r = (negative, images), u = (negative).
+pub fn branches(
+    model: &Model,
+    tokenizer: &tokenizers::Tokenizer,
+    req: &EditRequest,
+) -> Result<EditBranches, RunError> {
+    let g = req.guidance();
+    let cond = branch_context(model, tokenizer, &req.prompt, &req.images)?;
+    let uncond = if g.needs_uncond() {
+        Some(branch_context(model, tokenizer, &req.negative_prompt, &[])?)
+    } else {
+        None
+    };
+    let refonly = match (&uncond, g.needs_refonly()) {
+        // Without image tokens in the und context, r's context is u's: one prefill serves both.
+        (Some(u), true) if !UND_IMAGES => Some(u.clone()),
+        (_, true) => Some(branch_context(
+            model,
+            tokenizer,
+            &req.negative_prompt,
+            &req.images,
+        )?),
+        (_, false) => None,
+    };
+    Ok(EditBranches {
+        cond,
+        refonly,
+        uncond,
+    })
+}
+
+/// Edits: encodes the reference images, runs the guided sampler and decodes. `progress(step, steps)` is
+/// called after every denoising step.
+pub fn edit(
+    model: &Model,
+    tokenizer: &tokenizers::Tokenizer,
+    req: &EditRequest,
+    progress: impl FnMut(usize, usize),
+) -> Result<EditOutput, RunError> {
+    validate(model, req)?;
+    let c = &model.checkpoint.config;
+    let f = c.vae.downscale();
+
+    let start = Instant::now();
+    let references = req
+        .images
+        .iter()
+        .enumerate()
+        .map(|(j, img)| {
+            encode_reference(model, j, img, req.max_input_pixels, req.max_input_side)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let encode = start.elapsed();
+    let (width, height) = match req.size {
+        Some(s) => s,
+        None => {
+            let (w, h) = (references[0].width, references[0].height);
+            check_output_size(model, req, w, h)?;
+            (w, h)
+        }
+    };
+    let shape = vec![c.vae.latent_channels, height / f, width / f];
+    let noise = match &req.noise {
+        Some(n) if n.shape == shape && n.as_f32().is_some() => n.clone(),
+        Some(n) => {
+            return Err(RunError::Request(format!(
+                "noise: shape {:?}, expected f32 {shape:?} for {width}x{height}",
+                n.shape
+            )))
+        }
+        None => HostTensor::f32(
+            shape.clone(),
+            noise::normal_noise(req.seed, shape.iter().product()),
+        ),
+    };
+
+    let start = Instant::now();
+    let branches = branches(model, tokenizer, req)?;
+    let prefill = start.elapsed();
+
+    let start = Instant::now();
+    let ts = sampler::schedule(req.steps, shape[1], shape[2]);
+    let refs: Vec<HostTensor> = references.iter().map(|r| r.latent.clone()).collect();
+    let latent = sample(
+        model,
+        &noise,
+        &ts,
+        &branches,
+        &refs,
+        req.guidance(),
+        progress,
+    )?;
+    let denoise = start.elapsed();
+
+    let start = Instant::now();
+    let pixels = model.vae_decode(&latent)?;
+    let rgb = to_image(&pixels)
+        .as_i32()
+        .unwrap_or_default()
+        .iter()
+        .map(|&v| v as u8)
+        .collect();
+    let vae = start.elapsed();
+    Ok(EditOutput {
+        width,
+        height,
+        rgb,
+        latent,
+        pixels,
+        references,
+        timings: EditTimings {
+            encode,
+            prefill,
+            denoise,
+            vae,
+        },
+    })
+}
