@@ -27,13 +27,39 @@ pub enum Op {
         modulate: bool,
         residual: bool,
     },
-    MRope { n: usize, heads: usize, d: usize },
-    Interleaved3 { n: usize, heads: usize, d: usize },
-    SwiGlu { n: usize },
-    GateResidual { rows: usize, dim: usize },
-    BridgeKv { n: usize, kv_heads: usize, d: usize },
-    Patchify { c: usize, h: usize, w: usize, p: usize },
-    GroupNorm { c: usize, hw: usize, groups: usize },
+    MRope {
+        n: usize,
+        heads: usize,
+        d: usize,
+    },
+    Interleaved3 {
+        n: usize,
+        heads: usize,
+        d: usize,
+    },
+    SwiGlu {
+        n: usize,
+    },
+    GateResidual {
+        rows: usize,
+        dim: usize,
+    },
+    BridgeKv {
+        n: usize,
+        kv_heads: usize,
+        d: usize,
+    },
+    Patchify {
+        c: usize,
+        h: usize,
+        w: usize,
+        p: usize,
+    },
+    GroupNorm {
+        c: usize,
+        hw: usize,
+        groups: usize,
+    },
 }
 
 const BF16: u64 = 2;
@@ -67,12 +93,16 @@ impl Op {
                 let rows_of_params = 1 + u64::from(modulate);
                 (Work::Bytes, BF16 * (streams * r * d + rows_of_params * d))
             }
-            Op::MRope { n, heads, d } | Op::Interleaved3 { n, heads, d } => {
-                (Work::Bytes, BF16 * 2 * (n * heads * d) as u64 + 4 * 3 * n as u64)
-            }
+            Op::MRope { n, heads, d } | Op::Interleaved3 { n, heads, d } => (
+                Work::Bytes,
+                BF16 * 2 * (n * heads * d) as u64 + 4 * 3 * n as u64,
+            ),
             Op::SwiGlu { n } => (Work::Bytes, BF16 * 3 * n as u64),
             Op::GateResidual { rows, dim } => (Work::Bytes, BF16 * (3 * rows * dim + dim) as u64),
-            Op::BridgeKv { n, kv_heads, d } => (Work::Bytes, BF16 * 4 * (n * kv_heads * d) as u64 + 12 * n as u64),
+            Op::BridgeKv { n, kv_heads, d } => (
+                Work::Bytes,
+                BF16 * 4 * (n * kv_heads * d) as u64 + 12 * n as u64,
+            ),
             Op::Patchify { c, h, w, .. } => (Work::Bytes, BF16 * 2 * (c * h * w) as u64),
             Op::GroupNorm { c, hw, .. } => (Work::Bytes, BF16 * 2 * (c * hw) as u64 + 4 * c as u64),
         }
@@ -91,44 +121,141 @@ pub fn all() -> Vec<Case> {
         Case {
             group: "attention",
             name: "und_prefill_512_causal_d128_gqa7",
-            op: Op::Attention { nq: 512, segments: vec![512], heads: 28, kv_heads: 4, d: 128, causal: true },
+            op: Op::Attention {
+                nq: 512,
+                segments: vec![512],
+                heads: 28,
+                kv_heads: 4,
+                d: 128,
+                causal: true,
+            },
         },
         Case {
             group: "attention",
             name: "gen_self_4112_d120_gqa3",
-            op: Op::Attention { nq: gen_tokens, segments: vec![gen_tokens], heads: 21, kv_heads: 7, d: 120, causal: false },
+            op: Op::Attention {
+                nq: gen_tokens,
+                segments: vec![gen_tokens],
+                heads: 21,
+                kv_heads: 7,
+                d: 120,
+                causal: false,
+            },
         },
         Case {
             group: "attention",
             name: "bridge_4112q_512und_4112gen_d128_gqa7",
-            op: Op::Attention { nq: gen_tokens, segments: vec![512, gen_tokens], heads: 28, kv_heads: 4, d: 128, causal: false },
+            op: Op::Attention {
+                nq: gen_tokens,
+                segments: vec![512, gen_tokens],
+                heads: 28,
+                kv_heads: 4,
+                d: 128,
+                causal: false,
+            },
         },
         Case {
             group: "attention",
             name: "decode_1q_4096kv_d128_gqa7",
-            op: Op::Attention { nq: 1, segments: vec![4096], heads: 28, kv_heads: 4, d: 128, causal: true },
+            op: Op::Attention {
+                nq: 1,
+                segments: vec![4096],
+                heads: 28,
+                kv_heads: 4,
+                d: 128,
+                causal: true,
+            },
         },
         Case {
             group: "rmsnorm",
             name: "gen_modulated_8224x2520",
-            op: Op::RmsNorm { rows: 2 * gen_tokens, dim: 2520, modulate: true, residual: false },
+            op: Op::RmsNorm {
+                rows: 2 * gen_tokens,
+                dim: 2520,
+                modulate: true,
+                residual: false,
+            },
         },
         Case {
             group: "rmsnorm",
             name: "und_residual_512x3584",
-            op: Op::RmsNorm { rows: 512, dim: 3584, modulate: false, residual: true },
+            op: Op::RmsNorm {
+                rows: 512,
+                dim: 3584,
+                modulate: false,
+                residual: true,
+            },
         },
         Case {
             group: "rmsnorm",
             name: "gen_qk_norm_4112x21_heads_d120",
-            op: Op::RmsNorm { rows: gen_tokens * 21, dim: 120, modulate: false, residual: false },
+            op: Op::RmsNorm {
+                rows: gen_tokens * 21,
+                dim: 120,
+                modulate: false,
+                residual: false,
+            },
         },
-        Case { group: "rope", name: "und_mrope_512x28x128", op: Op::MRope { n: 512, heads: 28, d: 128 } },
-        Case { group: "rope", name: "gen_interleaved3_4112x21x120", op: Op::Interleaved3 { n: gen_tokens, heads: 21, d: 120 } },
-        Case { group: "bridge", name: "kv_write_4112x4x128", op: Op::BridgeKv { n: gen_tokens, kv_heads: 4, d: 128 } },
-        Case { group: "elementwise", name: "swiglu_4112x10240", op: Op::SwiGlu { n: gen_tokens * 10240 } },
-        Case { group: "elementwise", name: "gate_residual_4112x2520", op: Op::GateResidual { rows: gen_tokens, dim: 2520 } },
-        Case { group: "layout", name: "patchify_16x128x128_p2", op: Op::Patchify { c: 16, h: 128, w: 128, p: 2 } },
-        Case { group: "norm", name: "group_norm_128x1024x1024_g32", op: Op::GroupNorm { c: 128, hw: 1024 * 1024, groups: 32 } },
+        Case {
+            group: "rope",
+            name: "und_mrope_512x28x128",
+            op: Op::MRope {
+                n: 512,
+                heads: 28,
+                d: 128,
+            },
+        },
+        Case {
+            group: "rope",
+            name: "gen_interleaved3_4112x21x120",
+            op: Op::Interleaved3 {
+                n: gen_tokens,
+                heads: 21,
+                d: 120,
+            },
+        },
+        Case {
+            group: "bridge",
+            name: "kv_write_4112x4x128",
+            op: Op::BridgeKv {
+                n: gen_tokens,
+                kv_heads: 4,
+                d: 128,
+            },
+        },
+        Case {
+            group: "elementwise",
+            name: "swiglu_4112x10240",
+            op: Op::SwiGlu {
+                n: gen_tokens * 10240,
+            },
+        },
+        Case {
+            group: "elementwise",
+            name: "gate_residual_4112x2520",
+            op: Op::GateResidual {
+                rows: gen_tokens,
+                dim: 2520,
+            },
+        },
+        Case {
+            group: "layout",
+            name: "patchify_16x128x128_p2",
+            op: Op::Patchify {
+                c: 16,
+                h: 128,
+                w: 128,
+                p: 2,
+            },
+        },
+        Case {
+            group: "norm",
+            name: "group_norm_128x1024x1024_g32",
+            op: Op::GroupNorm {
+                c: 128,
+                hw: 1024 * 1024,
+                groups: 32,
+            },
+        },
     ]
 }

@@ -29,25 +29,43 @@ fn values(n: usize, salt: u64) -> Vec<f32> {
 fn input(b: &mut Built, name: &str, shape: &[usize]) -> TensorId {
     let id = b.graph.input(name, shape, DataType::F32);
     let n = shape.iter().product();
-    b.inputs.insert(name.into(), HostTensor::f32(shape.to_vec(), values(n, b.inputs.len() as u64 + 1)));
+    b.inputs.insert(
+        name.into(),
+        HostTensor::f32(shape.to_vec(), values(n, b.inputs.len() as u64 + 1)),
+    );
     id
 }
 
 fn positions(b: &mut Built, name: &str, shape: &[usize]) -> TensorId {
     let id = b.graph.input(name, shape, DataType::I32);
     let n: usize = shape.iter().product();
-    b.inputs.insert(name.into(), HostTensor::i32(shape.to_vec(), (0..n as i32).map(|i| i % 64).collect()));
+    b.inputs.insert(
+        name.into(),
+        HostTensor::i32(shape.to_vec(), (0..n as i32).map(|i| i % 64).collect()),
+    );
     id
 }
 
 fn push(b: &mut Built, op: GOp) -> TensorId {
-    b.graph.push(op, "bench").expect("bench graphs are well formed")
+    b.graph
+        .push(op, "bench")
+        .expect("bench graphs are well formed")
 }
 
 fn build(op: &Op) -> Built {
-    let mut b = Built { graph: Graph::default(), inputs: HashMap::new() };
+    let mut b = Built {
+        graph: Graph::default(),
+        inputs: HashMap::new(),
+    };
     let out = match *op {
-        Op::Attention { nq, ref segments, heads, kv_heads, d, causal } => {
+        Op::Attention {
+            nq,
+            ref segments,
+            heads,
+            kv_heads,
+            d,
+            causal,
+        } => {
             let q = input(&mut b, "q", &[nq, heads * d]);
             let segs = segments
                 .iter()
@@ -58,16 +76,40 @@ fn build(op: &Op) -> Built {
                 })
                 .collect();
             let scale = (d as f32).powf(-0.5);
-            push(&mut b, GOp::Attention { q, segments: segs, heads, kv_heads, head_dim: d, causal, scale })
+            push(
+                &mut b,
+                GOp::Attention {
+                    q,
+                    segments: segs,
+                    heads,
+                    kv_heads,
+                    head_dim: d,
+                    causal,
+                    scale,
+                },
+            )
         }
-        Op::RmsNorm { rows, dim, modulate, residual } => {
+        Op::RmsNorm {
+            rows,
+            dim,
+            modulate,
+            residual,
+        } => {
             let mut x = input(&mut b, "x", &[rows, dim]);
             if residual {
                 let r = input(&mut b, "residual", &[rows, dim]);
                 x = push(&mut b, GOp::Add { a: x, b: r });
             }
             let weight = Some(input(&mut b, "weight", &[dim]));
-            let y = push(&mut b, GOp::RmsNorm { x, weight, dim, eps: 1e-6 });
+            let y = push(
+                &mut b,
+                GOp::RmsNorm {
+                    x,
+                    weight,
+                    dim,
+                    eps: 1e-6,
+                },
+            );
             if modulate {
                 let scale = input(&mut b, "scale", &[dim]);
                 push(&mut b, GOp::Modulate { x: y, scale })
@@ -78,12 +120,36 @@ fn build(op: &Op) -> Built {
         Op::MRope { n, heads, d } => {
             let x = input(&mut b, "x", &[n, heads * d]);
             let p = positions(&mut b, "pos", &[3, n]);
-            push(&mut b, GOp::Rope { x, positions: p, heads, head_dim: d, kind: RopeKind::Mrope { section: [16, 24, 24], theta: 1e6 } })
+            push(
+                &mut b,
+                GOp::Rope {
+                    x,
+                    positions: p,
+                    heads,
+                    head_dim: d,
+                    kind: RopeKind::Mrope {
+                        section: [16, 24, 24],
+                        theta: 1e6,
+                    },
+                },
+            )
         }
         Op::Interleaved3 { n, heads, d } => {
             let x = input(&mut b, "x", &[n, heads * d]);
             let p = positions(&mut b, "pos", &[n, 3]);
-            push(&mut b, GOp::Rope { x, positions: p, heads, head_dim: d, kind: RopeKind::Interleaved3 { axes: [40, 40, 40], theta: 1e4 } })
+            push(
+                &mut b,
+                GOp::Rope {
+                    x,
+                    positions: p,
+                    heads,
+                    head_dim: d,
+                    kind: RopeKind::Interleaved3 {
+                        axes: [40, 40, 40],
+                        theta: 1e4,
+                    },
+                },
+            )
         }
         Op::SwiGlu { n } => {
             let gate = input(&mut b, "gate", &[n]);
@@ -100,7 +166,19 @@ fn build(op: &Op) -> Built {
             // The CPU backend runs the shared-space step as a plain M-RoPE of K (V is only a copy).
             let x = input(&mut b, "k", &[n, kv_heads * d]);
             let p = positions(&mut b, "pos", &[3, n]);
-            push(&mut b, GOp::Rope { x, positions: p, heads: kv_heads, head_dim: d, kind: RopeKind::Mrope { section: [16, 24, 24], theta: 1e6 } })
+            push(
+                &mut b,
+                GOp::Rope {
+                    x,
+                    positions: p,
+                    heads: kv_heads,
+                    head_dim: d,
+                    kind: RopeKind::Mrope {
+                        section: [16, 24, 24],
+                        theta: 1e6,
+                    },
+                },
+            )
         }
         Op::Patchify { c, h, w, p } => {
             let x = input(&mut b, "x", &[c, h, w]);
@@ -110,7 +188,16 @@ fn build(op: &Op) -> Built {
             let x = input(&mut b, "x", &[c, 1, hw]);
             let weight = input(&mut b, "weight", &[c]);
             let bias = input(&mut b, "bias", &[c]);
-            push(&mut b, GOp::GroupNorm { x, weight, bias, groups, eps: 1e-6 })
+            push(
+                &mut b,
+                GOp::GroupNorm {
+                    x,
+                    weight,
+                    bias,
+                    groups,
+                    eps: 1e-6,
+                },
+            )
         }
     };
     b.graph.outputs.push(("out".into(), out));
@@ -130,7 +217,10 @@ pub fn bench(c: &mut Criterion, case: &Case) {
         Work::Bytes => Throughput::Bytes(amount),
     });
     group.bench_function(case.name, |bch| {
-        bch.iter(|| exec.run(&built.graph, &plan, &weights, &built.inputs).expect("bench graph runs"))
+        bch.iter(|| {
+            exec.run(&built.graph, &plan, &weights, &built.inputs)
+                .expect("bench graph runs")
+        })
     });
     group.finish();
 }

@@ -63,7 +63,9 @@ type Launch = Box<dyn Fn(&Gpu) -> CudaResult<()>>;
 
 impl GpuBench {
     pub fn new() -> Result<Self, String> {
-        Gpu::new(0).map(|gpu| GpuBench { gpu }).map_err(|e| e.to_string())
+        Gpu::new(0)
+            .map(|gpu| GpuBench { gpu })
+            .map_err(|e| e.to_string())
     }
 
     pub fn name(&self) -> &str {
@@ -76,9 +78,20 @@ impl GpuBench {
         let mut sets = Vec::new();
         let mut launches: Vec<Launch> = Vec::new();
         for _ in 0..SETS {
-            let mut s = Set { bufs: Vec::new(), ints: Vec::new(), f32s: Vec::new() };
+            let mut s = Set {
+                bufs: Vec::new(),
+                ints: Vec::new(),
+                f32s: Vec::new(),
+            };
             let launch: Launch = match *op {
-                Op::Attention { nq, ref segments, heads, kv_heads, d, causal } => {
+                Op::Attention {
+                    nq,
+                    ref segments,
+                    heads,
+                    kv_heads,
+                    d,
+                    causal,
+                } => {
                     let q = s.bf16(gpu, nq * heads * d);
                     let out = s.bf16(gpu, nq * heads * d);
                     let segs: Vec<attention::KvSegmentArgs> = segments
@@ -130,7 +143,12 @@ impl GpuBench {
                         attention::attention(g, &args, ws)
                     })
                 }
-                Op::RmsNorm { rows, dim, modulate, residual } => {
+                Op::RmsNorm {
+                    rows,
+                    dim,
+                    modulate,
+                    residual,
+                } => {
                     let x = s.bf16(gpu, rows * dim);
                     let out = s.bf16(gpu, rows * dim);
                     let weight = Some(s.bf16(gpu, dim));
@@ -140,29 +158,49 @@ impl GpuBench {
                     } else {
                         (None, None)
                     };
-                    let a = norm::RmsNormArgs { x, residual: res, residual_out: res_out, weight, scale, out, rows, dim, eps: 1e-6 };
+                    let a = norm::RmsNormArgs {
+                        x,
+                        residual: res,
+                        residual_out: res_out,
+                        weight,
+                        scale,
+                        out,
+                        rows,
+                        dim,
+                        eps: 1e-6,
+                    };
                     Box::new(move |g: &Gpu| norm::rmsnorm(g, &a))
                 }
                 Op::MRope { n, heads, d } => {
                     let x = s.bf16(gpu, n * heads * d);
                     let out = s.bf16(gpu, n * heads * d);
                     let p = s.positions(gpu, 3 * n);
-                    Box::new(move |g: &Gpu| rope::mrope(g, x, p, out, heads * d, n, heads, d, [16, 24, 24], 1e6))
+                    Box::new(move |g: &Gpu| {
+                        rope::mrope(g, x, p, out, heads * d, n, heads, d, [16, 24, 24], 1e6)
+                    })
                 }
                 Op::Interleaved3 { n, heads, d } => {
                     let x = s.bf16(gpu, n * heads * d);
                     let out = s.bf16(gpu, n * heads * d);
                     let p = s.positions(gpu, 3 * n);
-                    Box::new(move |g: &Gpu| rope::interleaved3(g, x, p, out, n, heads, d, [40, 40, 40], 1e4))
+                    Box::new(move |g: &Gpu| {
+                        rope::interleaved3(g, x, p, out, n, heads, d, [40, 40, 40], 1e4)
+                    })
                 }
                 Op::SwiGlu { n } => {
                     let (gate, up, out) = (s.bf16(gpu, n), s.bf16(gpu, n), s.bf16(gpu, n));
                     Box::new(move |g: &Gpu| elementwise::swiglu(g, gate, up, out, n))
                 }
                 Op::GateResidual { rows, dim } => {
-                    let (x, y, out) = (s.bf16(gpu, rows * dim), s.bf16(gpu, rows * dim), s.bf16(gpu, rows * dim));
+                    let (x, y, out) = (
+                        s.bf16(gpu, rows * dim),
+                        s.bf16(gpu, rows * dim),
+                        s.bf16(gpu, rows * dim),
+                    );
                     let gate = s.bf16(gpu, dim);
-                    Box::new(move |g: &Gpu| elementwise::gate_residual(g, x, gate, y, out, rows * dim, dim))
+                    Box::new(move |g: &Gpu| {
+                        elementwise::gate_residual(g, x, gate, y, out, rows * dim, dim)
+                    })
                 }
                 Op::BridgeKv { n, kv_heads, d } => {
                     let w = kv_heads * d;
@@ -192,7 +230,9 @@ impl GpuBench {
                 Op::GroupNorm { c, hw, groups } => {
                     let (x, out) = (s.bf16(gpu, c * hw), s.bf16(gpu, c * hw));
                     let (weight, bias) = (s.bf16(gpu, c), s.bf16(gpu, c));
-                    Box::new(move |g: &Gpu| norm::group_norm(g, x, weight, bias, out, c, hw, groups, 1e-6))
+                    Box::new(move |g: &Gpu| {
+                        norm::group_norm(g, x, weight, bias, out, c, hw, groups, 1e-6)
+                    })
                 }
             };
             sets.push(s);

@@ -21,7 +21,9 @@ fn kernels(c: &mut Criterion) {
             }
         }
         Err(why) => {
-            eprintln!("kernels: no usable GPU ({why}); benchmarking the CPU backend's implementations");
+            eprintln!(
+                "kernels: no usable GPU ({why}); benchmarking the CPU backend's implementations"
+            );
             for case in cases::all() {
                 cpu::bench(c, &case);
             }

@@ -74,17 +74,23 @@ impl Backend {
             Backend::Cpu { weights, .. } => {
                 let missing = {
                     let w = weights.read().unwrap_or_else(|e| e.into_inner());
-                    graph.weights().any(|(_, part, name)| w.get(part, name).is_none())
+                    graph
+                        .weights()
+                        .any(|(_, part, name)| w.get(part, name).is_none())
                 };
                 if missing {
                     let mut w = weights.write().unwrap_or_else(|e| e.into_inner());
                     w.load_graph(checkpoint, graph)?;
                 }
             }
-            Backend::Cuda { gpu, weights, peak, .. } => {
+            Backend::Cuda {
+                gpu, weights, peak, ..
+            } => {
                 let missing = {
                     let w = weights.read().unwrap_or_else(|e| e.into_inner());
-                    graph.weights().any(|(_, part, name)| w.get(part, name).is_none())
+                    graph
+                        .weights()
+                        .any(|(_, part, name)| w.get(part, name).is_none())
                 };
                 if missing {
                     let mut w = weights.write().unwrap_or_else(|e| e.into_inner());
@@ -118,16 +124,34 @@ impl Backend {
 
     /// Runs `graph` with an idle executor (a new one when all are busy). `replay`: capture the run as a
     /// CUDA graph and replay it on later calls of the same graph (the denoising loop); ignored on the CPU.
-    pub fn execute(&self, graph: &Graph, plan: &MemoryPlan, inputs: &Outputs, replay: bool) -> Result<Outputs, RunError> {
+    pub fn execute(
+        &self,
+        graph: &Graph,
+        plan: &MemoryPlan,
+        inputs: &Outputs,
+        replay: bool,
+    ) -> Result<Outputs, RunError> {
         match self {
             Backend::Cpu { weights, executors } => {
                 let weights = weights.read().unwrap_or_else(|e| e.into_inner());
-                let mut exec = executors.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+                let mut exec = executors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pop()
+                    .unwrap_or_default();
                 let out = exec.run(graph, plan, &weights, inputs);
-                executors.lock().unwrap_or_else(|e| e.into_inner()).push(exec);
+                executors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(exec);
                 Ok(out?)
             }
-            Backend::Cuda { gpu, weights, executors, peak } => {
+            Backend::Cuda {
+                gpu,
+                weights,
+                executors,
+                peak,
+            } => {
                 let weights = weights.read().unwrap_or_else(|e| e.into_inner());
                 let pooled = executors.lock().unwrap_or_else(|e| e.into_inner()).pop();
                 let mut exec = pooled.unwrap_or_else(|| CudaExecutor::new(gpu.clone()));
@@ -136,7 +160,10 @@ impl Backend {
                 } else {
                     exec.run(graph, plan, &weights, inputs)
                 };
-                executors.lock().unwrap_or_else(|e| e.into_inner()).push(exec);
+                executors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(exec);
                 Self::sample_memory(gpu, peak);
                 Ok(out?)
             }

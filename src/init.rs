@@ -180,7 +180,8 @@ fn write_tensors(
     }
     let file = std::fs::File::create(path).map_err(io)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 22, file);
-    out.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
+    out.write_all(&(text.len() as u64).to_le_bytes())
+        .map_err(io)?;
     out.write_all(text.as_bytes()).map_err(io)?;
     let total = offset;
     let mut written = 0usize;

@@ -4,12 +4,12 @@
 
 mod backend;
 pub mod chat;
-pub mod model;
 pub mod edit;
 pub mod forward;
 pub mod image;
 pub mod init;
 pub mod inspect;
+pub mod model;
 pub mod noise;
 pub mod presets;
 pub mod prompt;

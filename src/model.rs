@@ -282,8 +282,12 @@ impl Model {
                 names::GEN_POSITIONS.to_string(),
                 HostTensor::i32(vec![n, 3], gen_pos),
             );
-            return self.backend
-            .execute(graph, plan, &inputs, self.cuda_graphs.load(Ordering::Relaxed));
+            return self.backend.execute(
+                graph,
+                plan,
+                &inputs,
+                self.cuda_graphs.load(Ordering::Relaxed),
+            );
         }
         let n_srt = config
             .layout
@@ -317,8 +321,12 @@ impl Model {
             inputs.insert(names::und_k(*u), k.clone());
             inputs.insert(names::und_v(*u), v.clone());
         }
-        self.backend
-            .execute(graph, plan, &inputs, self.cuda_graphs.load(Ordering::Relaxed))
+        self.backend.execute(
+            graph,
+            plan,
+            &inputs,
+            self.cuda_graphs.load(Ordering::Relaxed),
+        )
     }
 
     /// VAE encode (posterior mean, then `(z - shift) * scale`) of pixels `[3, H, W]` in [-1, 1] to a

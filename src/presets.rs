@@ -32,10 +32,11 @@ pub fn preset(name: &str) -> Option<PresetConfigs> {
 /// (ids < 512 fit the 152,064-entry vocabulary), so its special-token ids are the tiny ones.
 fn hbridge_7b4b() -> PresetConfigs {
     let (gen_layers, und_layers, skip) = (32, 28, 6);
-    let pairs: Vec<[usize; 2]> = hbridge_loader::config::default_pairs(gen_layers, und_layers, skip, skip)
-        .into_iter()
-        .map(|(g, u)| [g, u])
-        .collect();
+    let pairs: Vec<[usize; 2]> =
+        hbridge_loader::config::default_pairs(gen_layers, und_layers, skip, skip)
+            .into_iter()
+            .map(|(g, u)| [g, u])
+            .collect();
     PresetConfigs {
         name: "hbridge-7b4b",
         layout: json!({

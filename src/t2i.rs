@@ -1,8 +1,8 @@
 //! Text-to-image: und prefill once per guidance branch (its K/V reused by every step), the shifted
 //! schedule, Euler with text guidance, then the VAE decoder (DESIGN.md 4).
 
-use crate::model::{Model, RunError, UndContext};
 use crate::forward::to_image;
+use crate::model::{Model, RunError, UndContext};
 use crate::{noise, prompt, sampler};
 use hbridge_engine::cpu::HostTensor;
 use hbridge_graph::build::positions;

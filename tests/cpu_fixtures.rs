@@ -1,7 +1,7 @@
 //! The CPU backend against every tensor of every reference fixture (DESIGN.md 8: relative L2 <= 1e-5).
 
-use hbridge::model::{Model, Outputs};
 use hbridge::forward::forward;
+use hbridge::model::{Model, Outputs};
 use hbridge::tensor_io::read_tensors;
 use std::path::{Path, PathBuf};
 
@@ -27,8 +27,7 @@ fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
 }
 
 fn check_fixture(name: &str) {
-    let model =
-        Model::open(&fixture(name).join("model")).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let model = Model::open(&fixture(name).join("model")).unwrap_or_else(|e| panic!("{name}: {e}"));
     let inputs = read(&fixture(name).join("inputs.safetensors"));
     let expected = read(&fixture(name).join("outputs.safetensors"));
     let got = forward(&model, &inputs).unwrap_or_else(|e| panic!("{name}: forward failed: {e}"));

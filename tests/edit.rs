@@ -4,9 +4,9 @@
 
 mod common;
 
-use hbridge::model::{Model, UndContext};
 use hbridge::edit::{self, resize, EditBranches, EditGuidance, EditRequest};
 use hbridge::image::{load_rgb, ImageLimits, RgbImage};
+use hbridge::model::{Model, UndContext};
 use hbridge::tensor_io::read_tensors;
 use hbridge_engine::cpu::HostTensor;
 use hbridge_graph::build::positions;
@@ -38,8 +38,9 @@ fn fx() -> &'static Fixture {
             serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
         let model_dir = dir.join(meta["model"].as_str().unwrap());
         let model = Model::open(&model_dir).unwrap();
-        let tok = hbridge::prompt::load_tokenizer(&model_dir, &model.checkpoint.config.layout.und_dir)
-            .unwrap();
+        let tok =
+            hbridge::prompt::load_tokenizer(&model_dir, &model.checkpoint.config.layout.und_dir)
+                .unwrap();
         Fixture {
             model,
             tok,
@@ -100,15 +101,26 @@ fn fixture_refs(f: &Fixture) -> Vec<HostTensor> {
 fn vae_encoder_matches_diffusers() {
     let f = fx();
     // ref0.png is 48x32, a multiple of 8: encoded as is.
-    let z = f.model.vae_encode(&edit::to_pixels(&image("ref0.png"))).unwrap();
+    let z = f
+        .model
+        .vae_encode(&edit::to_pixels(&image("ref0.png")))
+        .unwrap();
     assert_eq!(z.shape, vec![4, 8, 12]);
-    check("vae.encoded.0", z.as_f32().unwrap(), &f.outputs["vae.encoded.0"]);
+    check(
+        "vae.encoded.0",
+        z.as_f32().unwrap(),
+        &f.outputs["vae.encoded.0"],
+    );
     // tiny-b's VAE: quant_conv, no mid-block attention, no shift, f = 2.
     let b_dir = fixture().join(f.meta["vae_b_model"].as_str().unwrap());
     let b = Model::open(&b_dir).unwrap();
     let z = b.vae_encode(&edit::to_pixels(&image("vae_b.png"))).unwrap();
     assert_eq!(z.shape, vec![4, 12, 20]);
-    check("vae_b.encoded", z.as_f32().unwrap(), &f.outputs["vae_b.encoded"]);
+    check(
+        "vae_b.encoded",
+        z.as_f32().unwrap(),
+        &f.outputs["vae_b.encoded"],
+    );
 }
 
 #[test]
@@ -131,7 +143,11 @@ fn reference_resize_matches_pil_and_encodes() {
     assert_eq!(diff, 0, "{diff} bytes differ from PIL's Lanczos resize");
     let r = edit::encode_reference(&f.model, 1, &img, 1 << 20, 1024).unwrap();
     assert_eq!((r.width, r.height), (32, 48));
-    check("vae.encoded.1", r.latent.as_f32().unwrap(), &f.outputs["vae.encoded.1"]);
+    check(
+        "vae.encoded.1",
+        r.latent.as_f32().unwrap(),
+        &f.outputs["vae.encoded.1"],
+    );
 }
 
 #[test]
@@ -153,7 +169,11 @@ fn three_branches_at_one_step() {
         true,
     )
     .unwrap();
-    check("gen.velocity.cond", &v.cond, &f.outputs["gen.velocity.cond"]);
+    check(
+        "gen.velocity.cond",
+        &v.cond,
+        &f.outputs["gen.velocity.cond"],
+    );
     check(
         "gen.velocity.refonly",
         v.refonly.as_deref().unwrap(),
@@ -195,8 +215,14 @@ fn omnigen2_topology_three_branches() {
     let f = fx();
     let dir = fixture().join(f.meta["omnigen2_model"].as_str().unwrap());
     let model = Model::open(&dir).unwrap();
-    let z = model.vae_encode(&edit::to_pixels(&image("o2_ref.png"))).unwrap();
-    check("omnigen2.vae.encoded", z.as_f32().unwrap(), &f.outputs["omnigen2.vae.encoded"]);
+    let z = model
+        .vae_encode(&edit::to_pixels(&image("o2_ref.png")))
+        .unwrap();
+    check(
+        "omnigen2.vae.encoded",
+        z.as_f32().unwrap(),
+        &f.outputs["omnigen2.vae.encoded"],
+    );
     let ctx = |branch: &str| {
         let ids = ids(&f.inputs[&format!("omnigen2.{branch}.input_ids")]);
         model
@@ -218,7 +244,11 @@ fn omnigen2_topology_three_branches() {
         false,
     )
     .unwrap();
-    check("omnigen2.velocity.cond", &v.cond, &f.outputs["omnigen2.velocity.cond"]);
+    check(
+        "omnigen2.velocity.cond",
+        &v.cond,
+        &f.outputs["omnigen2.velocity.cond"],
+    );
     check(
         "omnigen2.velocity.refonly",
         v.refonly.as_deref().unwrap(),
@@ -229,7 +259,11 @@ fn omnigen2_topology_three_branches() {
         v.uncond.as_deref().unwrap(),
         &f.outputs["omnigen2.velocity.uncond"],
     );
-    check("omnigen2.velocity", &v.guided, &f.outputs["omnigen2.velocity"]);
+    check(
+        "omnigen2.velocity",
+        &v.guided,
+        &f.outputs["omnigen2.velocity"],
+    );
 }
 
 #[test]
@@ -252,8 +286,16 @@ fn guidance_modes_pick_their_branches() {
         text: 3.0,
         image: 1.0,
     };
-    let v = edit::step_velocity(&f.model, &f.inputs["step.x"], t, &text_only, &refs, g, false)
-        .unwrap();
+    let v = edit::step_velocity(
+        &f.model,
+        &f.inputs["step.x"],
+        t,
+        &text_only,
+        &refs,
+        g,
+        false,
+    )
+    .unwrap();
     assert!(v.refonly.is_none());
     let want: Vec<f32> = c.iter().zip(u).map(|(c, u)| u + 3.0 * (c - u)).collect();
     assert!(rel_l2(&v.guided, &want) <= TOL);
@@ -266,8 +308,16 @@ fn guidance_modes_pick_their_branches() {
         text: 1.0,
         image: 4.0,
     };
-    let v = edit::step_velocity(&f.model, &f.inputs["step.x"], t, &cond_only, &refs, g, false)
-        .unwrap();
+    let v = edit::step_velocity(
+        &f.model,
+        &f.inputs["step.x"],
+        t,
+        &cond_only,
+        &refs,
+        g,
+        false,
+    )
+    .unwrap();
     assert!(v.refonly.is_none() && v.uncond.is_none());
     assert_eq!(v.guided, v.cond);
     assert!(rel_l2(&v.cond, c) <= TOL);
@@ -276,8 +326,16 @@ fn guidance_modes_pick_their_branches() {
         text: 3.0,
         image: 2.0,
     };
-    let err = edit::step_velocity(&f.model, &f.inputs["step.x"], t, &text_only, &refs, g, false)
-        .unwrap_err();
+    let err = edit::step_velocity(
+        &f.model,
+        &f.inputs["step.x"],
+        t,
+        &text_only,
+        &refs,
+        g,
+        false,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("ref-only"), "{err}");
     // The fixture's scales need all three and the formula is DESIGN.md 4's.
     let want: Vec<f32> = c
@@ -324,9 +382,21 @@ fn sampling_run_through_the_pipeline() {
     assert_eq!(out.rgb.len(), 48 * 32 * 3);
     let sizes: Vec<_> = out.references.iter().map(|r| (r.width, r.height)).collect();
     assert_eq!(sizes, vec![(48, 32), (32, 48)]);
-    check("vae.encoded.0", out.references[0].latent.as_f32().unwrap(), &f.outputs["vae.encoded.0"]);
-    check("vae.encoded.1", out.references[1].latent.as_f32().unwrap(), &f.outputs["vae.encoded.1"]);
-    check("sample.latent", out.latent.as_f32().unwrap(), &f.outputs["sample.latent"]);
+    check(
+        "vae.encoded.0",
+        out.references[0].latent.as_f32().unwrap(),
+        &f.outputs["vae.encoded.0"],
+    );
+    check(
+        "vae.encoded.1",
+        out.references[1].latent.as_f32().unwrap(),
+        &f.outputs["vae.encoded.1"],
+    );
+    check(
+        "sample.latent",
+        out.latent.as_f32().unwrap(),
+        &f.outputs["sample.latent"],
+    );
 }
 
 #[test]
@@ -408,7 +478,15 @@ fn cli_edit_writes_a_png() {
         .arg(fixture().join("ref0.png"))
         .args(["-i"])
         .arg(fixture().join("ref1.png"))
-        .args(["-p", "make the cube green", "--steps", "2", "--seed", "1", "-o"])
+        .args([
+            "-p",
+            "make the cube green",
+            "--steps",
+            "2",
+            "--seed",
+            "1",
+            "-o",
+        ])
         .arg(&png)
         .output()
         .unwrap();
@@ -445,7 +523,12 @@ fn reference_graph_shapes_and_limits() {
     let refs = [[4, 8, 12], [4, 12, 8]];
     let g = hbridge_graph::build::gen_step_with_refs(config, &spec, &refs).unwrap();
     let names: Vec<&str> = g.inputs().map(|(_, n)| n).collect();
-    for n in ["gen.ref.0", "gen.ref.1", "gen.positions.ref.0", "gen.positions.ref.1"] {
+    for n in [
+        "gen.ref.0",
+        "gen.ref.1",
+        "gen.positions.ref.0",
+        "gen.positions.ref.1",
+    ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }
     let pos = g.inputs().find(|(_, n)| *n == "gen.positions").unwrap().0;

@@ -193,18 +193,33 @@ fn hbridge_7b4b_preset_has_the_design_dimensions() {
     let manifest = hbridge::init::write_configs(&dir, &p).unwrap();
     let c = ModelConfig::read(&dir).unwrap();
     std::fs::remove_dir_all(&dir).ok();
-    assert_eq!((c.und.hidden_size, c.und.num_layers, c.und.head_dim), (3584, 28, 128));
+    assert_eq!(
+        (c.und.hidden_size, c.und.num_layers, c.und.head_dim),
+        (3584, 28, 128)
+    );
     assert_eq!((c.und.num_heads, c.und.num_kv_heads), (28, 4));
-    assert_eq!((c.gen.hidden_size, c.gen.num_layers, c.gen.head_dim), (2520, 32, 120));
-    assert_eq!((c.gen.num_heads, c.gen.num_kv_heads, c.gen.ffn_inner), (21, 7, 10240));
+    assert_eq!(
+        (c.gen.hidden_size, c.gen.num_layers, c.gen.head_dim),
+        (2520, 32, 120)
+    );
+    assert_eq!(
+        (c.gen.num_heads, c.gen.num_kv_heads, c.gen.ffn_inner),
+        (21, 7, 10240)
+    );
     let bridge = c.layout.bridge.as_ref().unwrap();
     assert_eq!(bridge.pairs.len(), 20, "skip 6/6 pairs gen layers 6..=25");
     assert_eq!(bridge.pairs[0], (6, 6));
     assert_eq!(*bridge.pairs.last().unwrap(), (25, 21));
     let params = |e: &[hbridge_loader::manifest::Expected]| -> f64 {
-        e.iter().map(|t| t.shape().iter().product::<usize>() as f64).sum::<f64>() / 1e9
+        e.iter()
+            .map(|t| t.shape().iter().product::<usize>() as f64)
+            .sum::<f64>()
+            / 1e9
     };
     let (und, gen) = (params(&manifest.und), params(&manifest.gen));
-    assert!((7.5..9.0).contains(&und), "und (text + vision) has {und:.2}B parameters");
+    assert!(
+        (7.5..9.0).contains(&und),
+        "und (text + vision) has {und:.2}B parameters"
+    );
     assert!((3.5..4.5).contains(&gen), "gen has {gen:.2}B parameters");
 }

@@ -6,9 +6,9 @@
 mod common;
 
 use common::*;
-use hbridge::model::{Model, Outputs};
 use hbridge::forward::forward;
 use hbridge::init::WeightDType;
+use hbridge::model::{Model, Outputs};
 use hbridge::t2i::{generate, ImageRequest};
 use hbridge::tensor_io::read_tensors;
 use std::path::PathBuf;

@@ -70,14 +70,26 @@ pub fn cuda_probe() -> Result<usize, String> {
 
 pub fn select(request: DeviceRequest) -> Result<Selection, DeviceError> {
     match request {
-        DeviceRequest::Cpu => Ok(Selection { device: Device::Cpu, notice: None }),
+        DeviceRequest::Cpu => Ok(Selection {
+            device: Device::Cpu,
+            notice: None,
+        }),
         DeviceRequest::Cuda => match cuda_probe() {
             Err(why) => Err(DeviceError::CudaUnavailable(why)),
-            Ok(_) => Ok(Selection { device: Device::Cuda, notice: None }),
+            Ok(_) => Ok(Selection {
+                device: Device::Cuda,
+                notice: None,
+            }),
         },
         DeviceRequest::Auto => match cuda_probe() {
-            Err(why) => Ok(Selection { device: Device::Cpu, notice: Some(format!("{why}: using the CPU backend")) }),
-            Ok(_) => Ok(Selection { device: Device::Cuda, notice: None }),
+            Err(why) => Ok(Selection {
+                device: Device::Cpu,
+                notice: Some(format!("{why}: using the CPU backend")),
+            }),
+            Ok(_) => Ok(Selection {
+                device: Device::Cuda,
+                notice: None,
+            }),
         },
     }
 }

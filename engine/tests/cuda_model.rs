@@ -7,17 +7,17 @@
 //! Without a GPU every test prints SKIPPED and passes (except the one checking that a missing GPU is a
 //! clear error); with `HBRIDGE_REQUIRE_GPU=1` a missing GPU fails them.
 
-#[path = "cuda_kernels/common.rs"]
-mod gpu_common;
 #[path = "common/fixture.rs"]
 mod fixture;
+#[path = "cuda_kernels/common.rs"]
+mod gpu_common;
 
 use fixture::{f32s, fixture, i64s_as_i32, Fixture, Tensors};
 use gpu_common::{gpu, rel_l2};
 use hbridge_engine::cuda::{CudaError, CudaExecutor, CudaWeights, Gpu};
 use hbridge_engine::{EngineError, HostTensor};
-use hbridge_graph::plan::plan_memory;
 use hbridge_graph::build::names;
+use hbridge_graph::plan::plan_memory;
 use hbridge_graph::Graph;
 use hbridge_loader::Part;
 use std::sync::Arc;
@@ -36,7 +36,11 @@ impl Runner {
     fn new(gpu: Arc<Gpu>) -> Runner {
         let mut ex = CudaExecutor::new(gpu.clone());
         ex.set_poison(true);
-        Runner { ex, weights: CudaWeights::new(gpu), report: Vec::new() }
+        Runner {
+            ex,
+            weights: CudaWeights::new(gpu),
+            report: Vec::new(),
+        }
     }
 
     fn run(&mut self, fx: &Fixture, g: &Graph, inputs: &Tensors) -> Tensors {
@@ -53,12 +57,23 @@ impl Runner {
     fn check(&mut self, name: &str, got: &HostTensor, want: &[f32], tol: Option<f64>) {
         let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
         let e = rel_l2(got.as_f32().unwrap(), &want);
-        let line = format!("{name}: rel L2 {e:.3e}{}", tol.map_or(String::new(), |t| format!(" (tol {t:.0e})")));
+        let line = format!(
+            "{name}: rel L2 {e:.3e}{}",
+            tol.map_or(String::new(), |t| format!(" (tol {t:.0e})"))
+        );
         println!("{line}");
         self.report.push(line);
-        assert!(e.is_finite(), "{name}: non-finite output\n{}", self.report.join("\n"));
+        assert!(
+            e.is_finite(),
+            "{name}: non-finite output\n{}",
+            self.report.join("\n")
+        );
         if let Some(t) = tol {
-            assert!(e <= t, "{name}: relative L2 {e:.3e} > {t:.0e}\n{}", self.report.join("\n"));
+            assert!(
+                e <= t,
+                "{name}: relative L2 {e:.3e} > {t:.0e}\n{}",
+                self.report.join("\n")
+            );
         }
     }
 }
@@ -75,7 +90,12 @@ fn fixture_on_cuda(name: &str) {
         let n = format!("und.hs.{i}");
         r.check(&n, &und[&n], &f32s(&fx.outputs, &n).1, None);
     }
-    r.check("und.logits", &und["und.logits"], &f32s(&fx.outputs, "und.logits").1, Some(TOL));
+    r.check(
+        "und.logits",
+        &und["und.logits"],
+        &f32s(&fx.outputs, "und.logits").1,
+        Some(TOL),
+    );
     for u in fx.kv_layers() {
         for kv in ["k", "v"] {
             let n = format!("und.{kv}.{u}");
@@ -94,7 +114,12 @@ fn fixture_on_cuda(name: &str) {
         r.check(&n, &gen[&n], &f32s(&fx.outputs, &n).1, None);
     }
     if !fx.is_omnigen2() {
-        r.check("gen.srt", &gen["gen.srt"], &f32s(&fx.outputs, "gen.srt").1, None);
+        r.check(
+            "gen.srt",
+            &gen["gen.srt"],
+            &f32s(&fx.outputs, "gen.srt").1,
+            None,
+        );
     }
     r.check(
         "gen.velocity (cond)",
@@ -105,16 +130,29 @@ fn fixture_on_cuda(name: &str) {
 
     let (g, inputs) = fx.vae();
     let px = r.run(&fx, &g, &inputs);
-    r.check("vae.pixels", &px["vae.pixels"], &f32s(&fx.outputs, "vae.pixels").1, None);
+    r.check(
+        "vae.pixels",
+        &px["vae.pixels"],
+        &f32s(&fx.outputs, "vae.pixels").1,
+        None,
+    );
 
     if fx.has_chat() {
         let mut greedy_run = |g: &Graph, inputs: &Tensors| r.run(&fx, g, inputs);
         let (logits, tokens) = fx.greedy(8, &mut greedy_run);
         let got = HostTensor::f32([logits.len()], logits);
-        r.check("chat.logits", &got, &f32s(&fx.outputs, "chat.logits").1, Some(TOL));
+        r.check(
+            "chat.logits",
+            &got,
+            &f32s(&fx.outputs, "chat.logits").1,
+            Some(TOL),
+        );
         let (_, want) = i64s_as_i32(&fx.outputs, "chat.greedy_ids");
         println!("chat greedy tokens: {tokens:?} (reference {want:?})");
-        assert_eq!(tokens, want, "{name}: greedy tokens differ from the reference");
+        assert_eq!(
+            tokens, want,
+            "{name}: greedy tokens differ from the reference"
+        );
     }
     println!("{name} on {:?}: {:?}", r.ex.gpu(), r.ex.stats());
 }
@@ -143,7 +181,10 @@ fn assert_identical(what: &str, a: &Tensors, b: &Tensors) {
     assert_eq!(a.len(), b.len(), "{what}: output sets differ");
     for (name, t) in a {
         assert_eq!(t.shape, b[name].shape, "{what}: {name} shape");
-        assert!(bits(t) == bits(&b[name]), "{what}: {name} differs between replay and eager");
+        assert!(
+            bits(t) == bits(&b[name]),
+            "{what}: {name} differs between replay and eager"
+        );
     }
 }
 
@@ -152,14 +193,20 @@ fn assert_identical(what: &str, a: &Tensors, b: &Tensors) {
 /// the VAE of `tiny`.
 #[test]
 fn captured_replay_equals_eager_bit_for_bit() {
-    let Some(gpu) = gpu("captured_replay_equals_eager_bit_for_bit") else { return };
+    let Some(gpu) = gpu("captured_replay_equals_eager_bit_for_bit") else {
+        return;
+    };
     let fx = fixture("tiny");
     let mut r = Runner::new(gpu);
     let (ug, uin) = fx.und_cond();
     let und = r.run(&fx, &ug, &uin);
     let (gg, gin) = fx.gen_cond(&und);
     let (vg, vin) = fx.vae();
-    for (what, g, inputs) in [("gen step", &gg, &gin), ("und prefill", &ug, &uin), ("vae", &vg, &vin)] {
+    for (what, g, inputs) in [
+        ("gen step", &gg, &gin),
+        ("und prefill", &ug, &uin),
+        ("vae", &vg, &vin),
+    ] {
         r.weights.load_graph(&fx.ckpt, g, |_| {}).unwrap();
         let plan = plan_memory(g);
         let eager = r.ex.run(g, &plan, &r.weights, inputs).unwrap();
@@ -194,7 +241,10 @@ fn captured_replay_equals_eager_bit_for_bit() {
         let eager2 = r.ex.run(g, &plan, &r.weights, &changed).unwrap();
         assert_identical(&format!("{what}, replay on new inputs"), &eager2, &replay2);
         let differs = eager2.iter().any(|(n, t)| bits(t) != bits(&eager[n]));
-        assert!(differs, "{what}: new inputs changed no output (were they copied in?)");
+        assert!(
+            differs,
+            "{what}: new inputs changed no output (were they copied in?)"
+        );
     }
     println!("{:?}", r.ex.stats());
 }
@@ -203,7 +253,9 @@ fn captured_replay_equals_eager_bit_for_bit() {
 /// hbridge-7b4b).
 #[test]
 fn replay_vs_eager_timing_on_tiny() {
-    let Some(gpu) = gpu("replay_vs_eager_timing_on_tiny") else { return };
+    let Some(gpu) = gpu("replay_vs_eager_timing_on_tiny") else {
+        return;
+    };
     let fx = fixture("tiny");
     let mut r = Runner::new(gpu);
     r.ex.set_poison(false);
@@ -211,10 +263,9 @@ fn replay_vs_eager_timing_on_tiny() {
     let und = r.run(&fx, &ug, &uin);
     let (g, inputs) = fx.gen_cond(&und);
     r.weights.load_graph(&fx.ckpt, &g, |_| {}).unwrap();
-    let t = r
-        .ex
-        .time_replay_vs_eager(&g, &plan_memory(&g), &r.weights, &inputs, 20)
-        .unwrap();
+    let t =
+        r.ex.time_replay_vs_eager(&g, &plan_memory(&g), &r.weights, &inputs, 20)
+            .unwrap();
     println!(
         "tiny gen step, {} nodes: eager {:.3} ms, replay {:.3} ms (median of {}), x{:.2}",
         t.nodes,
@@ -224,14 +275,20 @@ fn replay_vs_eager_timing_on_tiny() {
         t.speedup()
     );
     assert!(t.captured(), "the gen step could not be captured");
-    assert!(t.eager_ms.iter().chain(&t.replay_ms).all(|v| v.is_finite() && *v > 0.0));
+    assert!(t
+        .eager_ms
+        .iter()
+        .chain(&t.replay_ms)
+        .all(|v| v.is_finite() && *v > 0.0));
 }
 
 /// Weight validation names the tensor at fault with the CPU backend's error variants, before uploading
 /// anything.
 #[test]
 fn weight_errors_name_the_tensor() {
-    let Some(gpu) = gpu("weight_errors_name_the_tensor") else { return };
+    let Some(gpu) = gpu("weight_errors_name_the_tensor") else {
+        return;
+    };
     let fx = fixture("tiny");
     let mut w = CudaWeights::new(gpu);
     let name = "x_embedder.weight";
@@ -242,22 +299,53 @@ fn weight_errors_name_the_tensor() {
         .unwrap_err();
     assert_eq!(
         err,
-        EngineError::WeightShape { part: Part::Gen, name: name.into(), expected: wrong.clone(), found: real.clone() }
+        EngineError::WeightShape {
+            part: Part::Gen,
+            name: name.into(),
+            expected: wrong.clone(),
+            found: real.clone()
+        }
     );
     let err = w
-        .load_list(&fx.ckpt, [(Part::Gen, "no.such.weight", real.as_slice())], |_| {})
+        .load_list(
+            &fx.ckpt,
+            [(Part::Gen, "no.such.weight", real.as_slice())],
+            |_| {},
+        )
         .unwrap_err();
-    assert_eq!(err, EngineError::MissingWeight { part: Part::Gen, name: "no.such.weight".into() });
-    assert!(w.is_empty(), "nothing may be uploaded when validation fails");
+    assert_eq!(
+        err,
+        EngineError::MissingWeight {
+            part: Part::Gen,
+            name: "no.such.weight".into()
+        }
+    );
+    assert!(
+        w.is_empty(),
+        "nothing may be uploaded when validation fails"
+    );
     let mut seen = Vec::new();
     let report = w
-        .load_list(&fx.ckpt, [(Part::Gen, name, real.as_slice())], |p| seen.push(p))
+        .load_list(&fx.ckpt, [(Part::Gen, name, real.as_slice())], |p| {
+            seen.push(p)
+        })
         .unwrap();
-    assert_eq!((report.tensors, report.bytes), (1, real.iter().product::<usize>() * 2));
-    assert_eq!(seen.last().map(|p| (p.tensors_done, p.bytes_done)), Some((1, report.bytes)));
+    assert_eq!(
+        (report.tensors, report.bytes),
+        (1, real.iter().product::<usize>() * 2)
+    );
+    assert_eq!(
+        seen.last().map(|p| (p.tensors_done, p.bytes_done)),
+        Some((1, report.bytes))
+    );
     assert_eq!(
         w.require(Part::Gen, name, &wrong).unwrap_err(),
-        EngineError::WeightShape { part: Part::Gen, name: name.into(), expected: wrong, found: real }
+        EngineError::WeightShape {
+            part: Part::Gen,
+            name: name.into(),
+            expected: wrong,
+            found: real
+        }
     );
 }
 
@@ -265,14 +353,23 @@ fn weight_errors_name_the_tensor() {
 /// missing input the same way as on the CPU.
 #[test]
 fn errors_before_launch_match_the_cpu_contract() {
-    let Some(gpu) = gpu("errors_before_launch_match_the_cpu_contract") else { return };
+    let Some(gpu) = gpu("errors_before_launch_match_the_cpu_contract") else {
+        return;
+    };
     let fx = fixture("tiny");
     let mut r = Runner::new(gpu);
     let (g, mut inputs) = fx.und_cond();
     r.weights.load_graph(&fx.ckpt, &g, |_| {}).unwrap();
     inputs.remove(hbridge_graph::build::names::UND_IDS);
-    let err = r.ex.run(&g, &plan_memory(&g), &r.weights, &inputs).unwrap_err();
-    assert_eq!(err, EngineError::MissingInput { name: hbridge_graph::build::names::UND_IDS.into() });
+    let err =
+        r.ex.run(&g, &plan_memory(&g), &r.weights, &inputs)
+            .unwrap_err();
+    assert_eq!(
+        err,
+        EngineError::MissingInput {
+            name: hbridge_graph::build::names::UND_IDS.into()
+        }
+    );
 }
 
 /// Runs everywhere: without a GPU, opening one is a clear `Unavailable` error (never a panic); with a

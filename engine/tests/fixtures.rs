@@ -8,13 +8,13 @@ mod common;
 mod fixture;
 
 use common::rel_l2;
+use fixture::{f32s, fixture, i64s_as_i32};
 use hbridge_engine::{CpuWeights, Executor, HostTensor};
 use hbridge_graph::build::{
     gen_step, names, positions, und_prefill, vae_decode, GenStepSpec, UndPrefillSpec,
 };
 use hbridge_graph::plan::plan_memory;
 use hbridge_graph::Graph;
-use fixture::{f32s, fixture, i64s_as_i32};
 use hbridge_loader::Checkpoint;
 use std::collections::HashMap;
 

@@ -37,7 +37,9 @@ impl Arch {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("libnvrtc could not be loaded (set LD_LIBRARY_PATH to the folder holding libnvrtc.so.13)")]
+    #[error(
+        "libnvrtc could not be loaded (set LD_LIBRARY_PATH to the folder holding libnvrtc.so.13)"
+    )]
     NvrtcMissing,
     #[error("no kernel file named `{0}` in kernels/cuda/")]
     UnknownFile(String),
@@ -67,7 +69,11 @@ pub fn compile_ptx(file: &KernelFile, arch: Arch) -> Result<Ptx, KernelError> {
         // Exact expf/tanhf/erff: the kernels are checked against an f64 reference, and the memory-bound
         // ones gain nothing from approximate math.
         use_fast_math: Some(false),
-        options: vec!["-std=c++17".into(), "-lineinfo".into(), "-default-device".into()],
+        options: vec![
+            "-std=c++17".into(),
+            "-lineinfo".into(),
+            "-default-device".into(),
+        ],
         ..Default::default()
     };
     compile_ptx_with_opts(file.full_source(), opts).map_err(|e| KernelError::Compile {

@@ -10,7 +10,7 @@ mod compile;
 mod ptxas;
 
 pub use compile::{compile_ptx, nvrtc_available, Arch, KernelError};
-pub use ptxas::{ptxas_report, find_ptxas, KernelResources, PtxasError};
+pub use ptxas::{find_ptxas, ptxas_report, KernelResources, PtxasError};
 
 /// One kernel source file of `kernels/cuda/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,10 +51,7 @@ impl KernelFile {
     /// What NVRTC compiles: `common.cuh`, then the file under a `#line` directive so compiler messages
     /// name the file and line the developer edits.
     pub fn full_source(&self) -> String {
-        format!(
-            "{COMMON}\n#line 1 \"{}.cu\"\n{}",
-            self.name, self.source
-        )
+        format!("{COMMON}\n#line 1 \"{}.cu\"\n{}", self.name, self.source)
     }
 
     /// Names of the file's `extern "C" __global__` functions.
@@ -71,14 +68,18 @@ fn entry_points(source: &'static str) -> Vec<&'static str> {
         // `... void [__launch_bounds__(..)] NAME(`: the identifier before the first parenthesis that is
         // not `__launch_bounds__`'s.
         loop {
-            let Some(paren) = rest.find('(') else { return names };
+            let Some(paren) = rest.find('(') else {
+                return names;
+            };
             let head = rest[..paren].trim_end();
             let start = head
                 .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .map_or(0, |j| j + 1);
             let ident = &head[start..];
             if ident == "__launch_bounds__" {
-                let Some(close) = rest[paren..].find(')') else { return names };
+                let Some(close) = rest[paren..].find(')') else {
+                    return names;
+                };
                 rest = &rest[paren + close + 1..];
                 continue;
             }
@@ -107,8 +108,16 @@ mod tests {
     #[test]
     fn every_file_has_entry_points_and_a_header_comment() {
         for f in FILES {
-            assert!(!f.entry_points().is_empty(), "{}.cu has no extern \"C\" __global__ function", f.name);
-            assert!(f.source.trim_start().starts_with("//"), "{}.cu must open with its header comment", f.name);
+            assert!(
+                !f.entry_points().is_empty(),
+                "{}.cu has no extern \"C\" __global__ function",
+                f.name
+            );
+            assert!(
+                f.source.trim_start().starts_with("//"),
+                "{}.cu must open with its header comment",
+                f.name
+            );
         }
     }
 }

@@ -45,7 +45,12 @@ pub fn find_ptxas() -> Option<PathBuf> {
 }
 
 /// Assembles `ptx` for `sm` (e.g. `sm_90a`) and returns each entry point's resources.
-pub fn ptxas_report(ptxas: &Path, file: &str, ptx: &str, sm: &str) -> Result<Vec<KernelResources>, PtxasError> {
+pub fn ptxas_report(
+    ptxas: &Path,
+    file: &str,
+    ptx: &str,
+    sm: &str,
+) -> Result<Vec<KernelResources>, PtxasError> {
     let dir = std::env::temp_dir().join(format!("hbridge-ptxas-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let ptx_path = dir.join(format!("{file}.ptx"));
@@ -57,10 +62,16 @@ pub fn ptxas_report(ptxas: &Path, file: &str, ptx: &str, sm: &str) -> Result<Vec
         .arg("-o")
         .arg(dir.join(format!("{file}.cubin")))
         .output()
-        .map_err(|source| PtxasError::Spawn { path: ptxas.display().to_string(), source })?;
+        .map_err(|source| PtxasError::Spawn {
+            path: ptxas.display().to_string(),
+            source,
+        })?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
-        return Err(PtxasError::Failed { file: file.to_string(), stderr });
+        return Err(PtxasError::Failed {
+            file: file.to_string(),
+            stderr,
+        });
     }
     Ok(parse_report(&stderr))
 }
@@ -72,7 +83,10 @@ pub fn parse_report(text: &str) -> Vec<KernelResources> {
     for line in text.lines() {
         if let Some(rest) = line.split("Compiling entry function '").nth(1) {
             let name = rest.split('\'').next().unwrap_or_default().to_string();
-            out.push(KernelResources { name, ..Default::default() });
+            out.push(KernelResources {
+                name,
+                ..Default::default()
+            });
             continue;
         }
         let Some(cur) = out.last_mut() else { continue };

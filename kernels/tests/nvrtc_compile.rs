@@ -15,13 +15,19 @@ fn required() -> bool {
 #[test]
 fn every_kernel_compiles_for_hopper_without_spills() {
     if !nvrtc_available() {
-        assert!(!required(), "HBRIDGE_REQUIRE_NVRTC=1 but libnvrtc could not be loaded (LD_LIBRARY_PATH?)");
+        assert!(
+            !required(),
+            "HBRIDGE_REQUIRE_NVRTC=1 but libnvrtc could not be loaded (LD_LIBRARY_PATH?)"
+        );
         eprintln!("SKIPPED: libnvrtc not found; set LD_LIBRARY_PATH to a folder with libnvrtc.so.13 (CI does)");
         return;
     }
     let ptxas = find_ptxas();
     if ptxas.is_none() {
-        assert!(!required(), "HBRIDGE_REQUIRE_NVRTC=1 but no ptxas was found (HBRIDGE_PTXAS?)");
+        assert!(
+            !required(),
+            "HBRIDGE_REQUIRE_NVRTC=1 but no ptxas was found (HBRIDGE_PTXAS?)"
+        );
         eprintln!("note: no ptxas found (HBRIDGE_PTXAS, CUDA_PATH, PATH): compile check only, no resource report");
     }
     let arch = Arch::HOPPER;
@@ -38,11 +44,17 @@ fn every_kernel_compiles_for_hopper_without_spills() {
         // The GPU machines run driver 580 (CUDA 13.0): it loads PTX ISA 9.0 and older, not newer.
         match ptx_isa_version(&text) {
             Some(v) if v <= (9, 0) => {}
-            other => failures.push(format!("{}.cu: PTX .version {other:?} is newer than 9.0 (pin NVRTC 13.0)", file.name)),
+            other => failures.push(format!(
+                "{}.cu: PTX .version {other:?} is newer than 9.0 (pin NVRTC 13.0)",
+                file.name
+            )),
         }
         for entry in file.entry_points() {
             if !text.contains(&format!(".entry {entry}(")) {
-                failures.push(format!("{}.cu: entry point {entry} missing from the PTX", file.name));
+                failures.push(format!(
+                    "{}.cu: entry point {entry} missing from the PTX",
+                    file.name
+                ));
             }
         }
         let Some(ptxas) = &ptxas else { continue };
@@ -65,12 +77,18 @@ fn every_kernel_compiles_for_hopper_without_spills() {
             }
         }
     }
-    assert!(failures.is_empty(), "kernel build failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "kernel build failures:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// `(major, minor)` of the PTX's `.version` directive.
 fn ptx_isa_version(ptx: &str) -> Option<(u32, u32)> {
-    let line = ptx.lines().find(|l| l.trim_start().starts_with(".version"))?;
+    let line = ptx
+        .lines()
+        .find(|l| l.trim_start().starts_with(".version"))?;
     let v = line.split_whitespace().nth(1)?;
     let (a, b) = v.split_once('.')?;
     Some((a.parse().ok()?, b.parse().ok()?))

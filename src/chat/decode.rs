@@ -1,13 +1,13 @@
 //! The decode loop: prefill into a per-layer K/V cache, then one step per token until a stop.
 
 use super::*;
+use crate::image::context::prefill_with_images;
+use crate::image::{ImageSetup, PreparedImage};
 use crate::model::{Model, Outputs, RunError};
 use hbridge_engine::cpu::HostTensor;
 use hbridge_graph::build::{self, names, positions, UndPrefillSpec};
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use crate::image::context::prefill_with_images;
-use crate::image::{ImageSetup, PreparedImage};
 use std::time::Instant;
 use tokenizers::Tokenizer;
 

@@ -1,8 +1,8 @@
 //! A model with its (optional) tokenizer: text in, answer out.
 
 use super::*;
-use crate::model::Model;
 use crate::image::{ImageLimits, ImageSetup, PreparedImage};
+use crate::model::Model;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;

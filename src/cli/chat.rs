@@ -1,9 +1,9 @@
 //! `hbridge chat`: the answer alone on stdout, streamed as tokens arrive; prompt size, timings and the
 //! stop reason on stderr.
 
-use hbridge_engine::device::Device;
 use hbridge::chat::{ChatError, ChatPipeline, ChatRequest};
 use hbridge::image::{load_rgb, ImageLimits};
+use hbridge_engine::device::Device;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::PathBuf;

@@ -1,11 +1,11 @@
 //! `hbridge demo`: the built-in tiny model end to end on this machine's backend: creates it in a cache
 //! folder if absent, answers a prompt, generates an image, and says what each stage took.
 
-use hbridge_engine::device::Device;
 use super::generate::progress_bar;
 use hbridge::chat::{ChatPipeline, ChatRequest};
 use hbridge::presets::preset;
 use hbridge::t2i::{generate, write_png, ImageRequest};
+use hbridge_engine::device::Device;
 use std::path::PathBuf;
 use std::time::Instant;
 

@@ -1,11 +1,11 @@
 //! `hbridge edit`: edit one or more reference images following a text prompt, with a progress bar over
 //! the denoising steps.
 
-use hbridge_engine::device::Device;
 use super::generate::progress_bar;
 use hbridge::edit::{edit, EditRequest};
 use hbridge::image::{load_rgb, ImageLimits};
 use hbridge::t2i::write_png;
+use hbridge_engine::device::Device;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -71,7 +71,8 @@ pub fn run(a: EditArgs, device: Device) -> Result<(), String> {
     req.image_guidance = a.image_guidance;
     req.seed = a.seed;
     req.size = a.width.zip(a.height);
-    let out = edit(&model, &tokenizer, &req, progress_bar("denoising")).map_err(|e| e.to_string())?;
+    let out =
+        edit(&model, &tokenizer, &req, progress_bar("denoising")).map_err(|e| e.to_string())?;
     write_png(&a.out, out.width, out.height, &out.rgb)?;
     let sizes: Vec<String> = out
         .references

@@ -1,9 +1,9 @@
 //! `hbridge forward`: one und prefill per branch and one gen step on explicit inputs (the fixture input
 //! names), writing every intermediate under the fixture output names.
 
-use hbridge_engine::device::Device;
 use hbridge::forward::forward;
 use hbridge::tensor_io::{read_tensors, write_tensors};
+use hbridge_engine::device::Device;
 use std::path::PathBuf;
 use std::time::Instant;
 

@@ -1,7 +1,7 @@
 //! `hbridge generate`: text to image, with a progress bar over the denoising steps.
 
-use hbridge_engine::device::Device;
 use hbridge::t2i::{generate, write_png, ImageRequest};
+use hbridge_engine::device::Device;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;

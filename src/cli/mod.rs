@@ -18,7 +18,9 @@ pub fn open_model(dir: &Path, device: Device) -> Result<Model, String> {
             "backend    cpu (f32, {} threads)",
             std::thread::available_parallelism().map_or(1, |n| n.get())
         ),
-        Device::Cuda => eprintln!("backend    cuda (bf16 weights and activations, f32 accumulation)"),
+        Device::Cuda => {
+            eprintln!("backend    cuda (bf16 weights and activations, f32 accumulation)")
+        }
     }
     Ok(model)
 }

@@ -83,13 +83,19 @@ pub fn step_velocity(
         .filter_map(|j| traced.remove(&hbridge_graph::build::gen_refs::ref_tokens_output(j)))
         .collect();
     let refonly = if guidance.needs_refonly() {
-        let ctx = branches.refonly.as_ref().ok_or_else(|| missing("ref-only"))?;
+        let ctx = branches
+            .refonly
+            .as_ref()
+            .ok_or_else(|| missing("ref-only"))?;
         Some(velocity(model, x, t, ctx, refs, false)?.0)
     } else {
         None
     };
     let uncond = if guidance.needs_uncond() {
-        let ctx = branches.uncond.as_ref().ok_or_else(|| missing("unconditional"))?;
+        let ctx = branches
+            .uncond
+            .as_ref()
+            .ok_or_else(|| missing("unconditional"))?;
         Some(velocity(model, x, t, ctx, &[], false)?.0)
     } else {
         None

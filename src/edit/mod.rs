@@ -15,9 +15,9 @@ pub mod resize;
 pub use guidance::{sample, step_velocity, EditBranches, EditGuidance, StepVelocities};
 pub use refs::{encode_reference, to_pixels, ReferenceLatent};
 
-use crate::model::{Model, RunError, UndContext};
 use crate::forward::to_image;
 use crate::image::RgbImage;
+use crate::model::{Model, RunError, UndContext};
 use crate::{noise, prompt, sampler};
 use hbridge_engine::cpu::HostTensor;
 use hbridge_graph::build::positions;
@@ -127,7 +127,9 @@ pub fn validate(model: &Model, req: &EditRequest) -> Result<(), RunError> {
         ));
     }
     if UND_IMAGES && !model.checkpoint.has_vision {
-        return bad("the checkpoint has no vision tower (visual.* tensors); editing needs it".into());
+        return bad(
+            "the checkpoint has no vision tower (visual.* tensors); editing needs it".into(),
+        );
     }
     if let Some((w, h)) = req.size {
         check_output_size(model, req, w, h)?;
@@ -229,9 +231,7 @@ pub fn edit(
         .images
         .iter()
         .enumerate()
-        .map(|(j, img)| {
-            encode_reference(model, j, img, req.max_input_pixels, req.max_input_side)
-        })
+        .map(|(j, img)| encode_reference(model, j, img, req.max_input_pixels, req.max_input_side))
         .collect::<Result<Vec<_>, _>>()?;
     let encode = start.elapsed();
     let (width, height) = match req.size {

@@ -1,8 +1,8 @@
 //! Reference images to model-space latents: OmniGen2's resize, pixels to [-1, 1], the VAE encoder.
 
 use super::resize::{resize_lanczos, target_size};
-use crate::model::{Model, RunError};
 use crate::image::RgbImage;
+use crate::model::{Model, RunError};
 use hbridge_engine::cpu::HostTensor;
 
 /// A reference image ready for the gen expert.

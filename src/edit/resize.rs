@@ -139,7 +139,13 @@ pub fn resize_lanczos(img: &RgbImage, width: usize, height: usize) -> RgbImage {
     let mut data = img.data.clone();
     let mut w = img.width;
     if width != img.width {
-        data = pass(&data, img.height, true, img.width, &coefficients(img.width, width));
+        data = pass(
+            &data,
+            img.height,
+            true,
+            img.width,
+            &coefficients(img.width, width),
+        );
         w = width;
     }
     if height != img.height {
@@ -159,13 +165,19 @@ mod tests {
     #[test]
     fn omnigen2_size_rule() {
         // Already a multiple of 16 and within limits: unchanged.
-        assert_eq!(target_size(512, 768, 16, DEFAULT_MAX_PIXELS, 1024), (512, 768));
+        assert_eq!(
+            target_size(512, 768, 16, DEFAULT_MAX_PIXELS, 1024),
+            (512, 768)
+        );
         // Round down, never up.
         assert_eq!(target_size(53, 35, 8, DEFAULT_MAX_PIXELS, 1024), (48, 32));
         // Longest side limited to 1024, aspect kept before rounding: 2048x1000 -> 1024x500 -> 1024x496.
         assert_eq!(target_size(1000, 2048, 16, 4 << 20, 1024), (496, 1024));
         // Pixel budget: 2000x2000 -> sqrt(1024^2 / 2000^2) -> 1024x1024 with no side limit.
-        assert_eq!(target_size(2000, 2000, 16, DEFAULT_MAX_PIXELS, 4096), (1024, 1024));
+        assert_eq!(
+            target_size(2000, 2000, 16, DEFAULT_MAX_PIXELS, 4096),
+            (1024, 1024)
+        );
         // Smaller than one multiple: zero (the caller reports it).
         assert_eq!(target_size(10, 40, 16, DEFAULT_MAX_PIXELS, 1024).0, 0);
     }
@@ -175,7 +187,10 @@ mod tests {
         for (i, o) in [(35, 32), (53, 48), (100, 7), (7, 100), (1024, 1000)] {
             for t in coefficients(i, o) {
                 let s: i64 = t.weights.iter().sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= t.weights.len() as i64, "{i}->{o}: {s}");
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= t.weights.len() as i64,
+                    "{i}->{o}: {s}"
+                );
                 assert!(t.start + t.weights.len() <= i);
             }
         }

@@ -53,7 +53,9 @@ impl ImageSetup {
             .as_ref()
             .ok_or_else(|| no("the und config has no vision_config"))?;
         if !ck.has_vision {
-            return Err(no("the und weights hold no vision tower (`visual.*` tensors)"));
+            return Err(no(
+                "the und weights hold no vision tower (`visual.*` tensors)",
+            ));
         }
         if vc.in_channels != 3 {
             return Err(ImageInputError::Processor(PreprocessError::Channels {
@@ -141,8 +143,7 @@ pub fn prefill_with_images(
         )));
     }
     let grids: Vec<VisionGrid> = images.iter().map(|i| i.grid).collect();
-    let (positions, spans) =
-        vision::image_context(ids, setup.image_token_id, &grids, setup.merge)?;
+    let (positions, spans) = vision::image_context(ids, setup.image_token_id, &grids, setup.merge)?;
     let graph = vision::und_prefill_with_images(c, &ck.und_names, spec, &spans)?;
     let mut inputs = HashMap::from([
         (

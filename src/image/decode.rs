@@ -91,7 +91,11 @@ pub enum ImageError {
         limit: u64,
     },
     #[error("{path}: the file is {size} bytes, over the limit of {limit} bytes")]
-    FileTooLarge { path: PathBuf, size: u64, limit: u64 },
+    FileTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
 }
 
 impl ImageError {

@@ -7,7 +7,11 @@ use zune_jpeg::zune_core::colorspace::ColorSpace;
 use zune_jpeg::zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
-pub(crate) fn decode(bytes: &[u8], path: &Path, limits: &ImageLimits) -> Result<RgbImage, ImageError> {
+pub(crate) fn decode(
+    bytes: &[u8],
+    path: &Path,
+    limits: &ImageLimits,
+) -> Result<RgbImage, ImageError> {
     let decode_err = |e: &dyn std::fmt::Display| ImageError::Decode {
         path: path.to_path_buf(),
         format: "JPEG",

@@ -5,7 +5,11 @@ use png::{BitDepth, ColorType, Transformations};
 use std::io::Cursor;
 use std::path::Path;
 
-pub(crate) fn decode(bytes: &[u8], path: &Path, limits: &ImageLimits) -> Result<RgbImage, ImageError> {
+pub(crate) fn decode(
+    bytes: &[u8],
+    path: &Path,
+    limits: &ImageLimits,
+) -> Result<RgbImage, ImageError> {
     let decode_err = |e: &dyn std::fmt::Display| ImageError::Decode {
         path: path.to_path_buf(),
         format: "PNG",
@@ -28,7 +32,9 @@ pub(crate) fn decode(bytes: &[u8], path: &Path, limits: &ImageLimits) -> Result<
     let frame = reader.next_frame(&mut buf).map_err(|e| decode_err(&e))?;
     let (color, depth) = (frame.color_type, frame.bit_depth);
     if depth != BitDepth::Eight {
-        return Err(decode_err(&format!("unexpected bit depth {depth:?} after expansion")));
+        return Err(decode_err(&format!(
+            "unexpected bit depth {depth:?} after expansion"
+        )));
     }
     let (w, h) = (frame.width as usize, frame.height as usize);
     let stride = frame.line_size;

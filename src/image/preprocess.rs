@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// OpenAI CLIP's mean and std, HF's defaults for this processor.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)] // HF's constants, verbatim
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
 
 /// The processor's parameters: HF's defaults, the vision config's patch geometry, and whatever
@@ -75,25 +76,26 @@ impl ProcessorConfig {
         };
         let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-        let num = |v: Option<&Value>, field: &str| -> Result<Option<u64>, PreprocessError> {
-            match v {
-                None | Some(Value::Null) => Ok(None),
-                Some(x) => x
-                    .as_u64()
-                    .filter(|&n| n > 0)
-                    .map(Some)
-                    .ok_or_else(|| err(format!("`{field}` must be a positive integer, got {x}"))),
-            }
-        };
+        let num =
+            |v: Option<&Value>, field: &str| -> Result<Option<u64>, PreprocessError> {
+                match v {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(x) => x.as_u64().filter(|&n| n > 0).map(Some).ok_or_else(|| {
+                        err(format!("`{field}` must be a positive integer, got {x}"))
+                    }),
+                }
+            };
         let size = v.get("size");
-        if let Some(n) = num(v.get("min_pixels"), "min_pixels")?
-            .or(num(size.and_then(|s| s.get("shortest_edge")), "size.shortest_edge")?)
-        {
+        if let Some(n) = num(v.get("min_pixels"), "min_pixels")?.or(num(
+            size.and_then(|s| s.get("shortest_edge")),
+            "size.shortest_edge",
+        )?) {
             cfg.min_pixels = n;
         }
-        if let Some(n) = num(v.get("max_pixels"), "max_pixels")?
-            .or(num(size.and_then(|s| s.get("longest_edge")), "size.longest_edge")?)
-        {
+        if let Some(n) = num(v.get("max_pixels"), "max_pixels")?.or(num(
+            size.and_then(|s| s.get("longest_edge")),
+            "size.longest_edge",
+        )?) {
             cfg.max_pixels = n;
         }
         for (field, want) in [
@@ -114,9 +116,11 @@ impl ProcessorConfig {
             ("image_std", &mut cfg.image_std),
         ] {
             if let Some(x) = v.get(field) {
-                let vals: Option<Vec<f32>> = x
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|e| e.as_f64().map(|f| f as f32)).collect());
+                let vals: Option<Vec<f32>> = x.as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|e| e.as_f64().map(|f| f as f32))
+                        .collect()
+                });
                 match vals {
                     Some(vals) if vals.len() == 3 && vals.iter().all(|f| f.is_finite()) => {
                         slot.copy_from_slice(&vals)
@@ -125,7 +129,7 @@ impl ProcessorConfig {
                 }
             }
         }
-        if cfg.image_std.iter().any(|&s| s == 0.0) {
+        if cfg.image_std.contains(&0.0) {
             return Err(err("`image_std` has a zero".into()));
         }
         if cfg.min_pixels > cfg.max_pixels {
@@ -273,9 +277,12 @@ mod tests {
     use super::*;
 
     /// Values from HF's `smart_resize` (transformers 5.23), including its rounding edge cases.
+    /// (height, width, min pixels, max pixels, expected (height, width)).
+    type ResizeCase = (usize, usize, u64, u64, (usize, usize));
+
     #[test]
     fn smart_resize_matches_hf() {
-        let cases: &[(usize, usize, u64, u64, (usize, usize))] = &[
+        let cases: &[ResizeCase] = &[
             (45, 70, 3136, 1003520, (56, 56)),
             (90, 50, 3136, 1003520, (84, 56)),
             (30, 30, 3136, 1003520, (56, 56)),

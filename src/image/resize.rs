@@ -136,7 +136,11 @@ mod tests {
         let data = (0..w * h)
             .flat_map(|i| {
                 let (x, y) = (i % w, i / w);
-                [(x * 255 / w) as u8, (y * 255 / h) as u8, ((x + y) % 2 * 200) as u8]
+                [
+                    (x * 255 / w) as u8,
+                    (y * 255 / h) as u8,
+                    ((x + y) % 2 * 200) as u8,
+                ]
             })
             .collect();
         RgbImage::new(w, h, data).unwrap()
@@ -165,7 +169,10 @@ mod tests {
             for ((xmin, n), k) in c.bounds.iter().zip(&c.weights) {
                 assert!(xmin + n <= i && *n > 0);
                 let s: i64 = k.iter().map(|&v| v as i64).sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= k.len() as i64, "{i}->{o}: {s}");
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= k.len() as i64,
+                    "{i}->{o}: {s}"
+                );
             }
         }
     }

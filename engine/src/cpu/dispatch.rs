@@ -219,9 +219,7 @@ pub(crate) fn run(
             layout::transpose(inp.f32(*x)?, a, b, out);
         }
         Op::Reshape { x, .. } => layout::copy(inp.f32(*x)?, out),
-        Op::GatherRows { x, rows } => {
-            layout::gather_rows(inp.f32(*x)?, shape(*x)[1], rows, out)
-        }
+        Op::GatherRows { x, rows } => layout::gather_rows(inp.f32(*x)?, shape(*x)[1], rows, out),
         Op::BlockAttention {
             q,
             k,

@@ -56,7 +56,12 @@ impl Scratch {
     pub fn reserve(&mut self, gpu: &Gpu, arena_len: usize, needs: &Needs) -> CudaResult<bool> {
         let a = grow(gpu, &mut self.arena, arena_len, "activation arena")?;
         let c = grow(gpu, &mut self.cols, needs.cols, "im2col scratch")?;
-        let w = grow(gpu, &mut self.attn, needs.attn_workspace, "attention workspace")?;
+        let w = grow(
+            gpu,
+            &mut self.attn,
+            needs.attn_workspace,
+            "attention workspace",
+        )?;
         Ok(a || c || w)
     }
 

@@ -19,7 +19,10 @@ impl DeviceBf16 {
 }
 
 pub fn f32_to_bf16_bits(values: &[f32]) -> Vec<u16> {
-    values.iter().map(|&v| bf16::from_f32(v).to_bits()).collect()
+    values
+        .iter()
+        .map(|&v| bf16::from_f32(v).to_bits())
+        .collect()
 }
 
 pub fn bf16_bits_to_f32(bits: &[u16]) -> Vec<f32> {
@@ -37,7 +40,10 @@ pub fn upload_bits(gpu: &Gpu, bits: &[u16]) -> CudaResult<DeviceBf16> {
         .stream()
         .clone_htod(bits)
         .map_err(|e| CudaError::driver(format!("uploading {} bf16 values", bits.len()), e))?;
-    Ok(DeviceBf16 { data, len: bits.len() })
+    Ok(DeviceBf16 {
+        data,
+        len: bits.len(),
+    })
 }
 
 /// Uploads any plain values (i32 positions, f32 timesteps).
@@ -62,7 +68,11 @@ pub fn download_bf16(gpu: &Gpu, ptr: DevPtr, len: usize) -> CudaResult<Vec<f32>>
 }
 
 /// Copies `len` plain values at `ptr` back to the host (synchronizes the stream).
-pub fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(gpu: &Gpu, ptr: DevPtr, len: usize) -> CudaResult<Vec<T>> {
+pub fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(
+    gpu: &Gpu,
+    ptr: DevPtr,
+    len: usize,
+) -> CudaResult<Vec<T>> {
     let mut out = vec![T::default(); len];
     if len > 0 {
         gpu.synchronize()?;

@@ -77,7 +77,11 @@ pub struct Lru<K, V> {
 
 impl<K: Copy + Eq + Hash, V> Lru<K, V> {
     pub fn new(cap: usize) -> Self {
-        Lru { map: HashMap::new(), order: VecDeque::new(), cap: cap.max(1) }
+        Lru {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            cap: cap.max(1),
+        }
     }
 
     pub fn get(&self, k: &K) -> Option<&V> {
@@ -176,7 +180,16 @@ mod tests {
     fn graph(d: usize, scale: f32, label: &str) -> Graph {
         let mut g = Graph::default();
         let x = g.input("x", &[3, d], DataType::F32);
-        let y = g.push(Op::Affine { x, scale, shift: 0.0 }, label).unwrap();
+        let y = g
+            .push(
+                Op::Affine {
+                    x,
+                    scale,
+                    shift: 0.0,
+                },
+                label,
+            )
+            .unwrap();
         let z = g.push(Op::Silu { x: y }, "z").unwrap();
         g.mark_output("z", z);
         g
@@ -190,7 +203,11 @@ mod tests {
     fn keys_follow_what_a_capture_bakes_in() {
         let base = key(&graph(8, 2.0, "y"), 1);
         assert_eq!(base, key(&graph(8, 2.0, "y"), 1), "deterministic");
-        assert_eq!(base, key(&graph(8, 2.0, "renamed"), 1), "labels change no launch");
+        assert_eq!(
+            base,
+            key(&graph(8, 2.0, "renamed"), 1),
+            "labels change no launch"
+        );
         assert_ne!(base, key(&graph(9, 2.0, "y"), 1), "shape");
         assert_ne!(base, key(&graph(8, 2.5, "y"), 1), "attribute");
         assert_ne!(base, key(&graph(8, 2.0, "y"), 2), "weight set");

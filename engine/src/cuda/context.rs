@@ -4,7 +4,9 @@
 
 use super::blas::Blas;
 use super::error::{CudaError, CudaResult};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits,
+};
 use hbridge_kernels::{compile_ptx, Arch, KernelFile};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -36,7 +38,11 @@ pub struct Gpu {
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Gpu({}, sm_{}{})", self.name, self.arch.major, self.arch.minor)
+        write!(
+            f,
+            "Gpu({}, sm_{}{})",
+            self.name, self.arch.major, self.arch.minor
+        )
     }
 }
 
@@ -45,7 +51,8 @@ impl Gpu {
     /// without a GPU this is an error, never a panic.
     pub fn new(ordinal: usize) -> CudaResult<Arc<Gpu>> {
         crate::device::cuda_probe().map_err(CudaError::Unavailable)?;
-        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::driver(format!("opening device {ordinal}"), e))?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| CudaError::driver(format!("opening device {ordinal}"), e))?;
         // All work runs on one stream in order; raw-pointer launches need no per-buffer events, and
         // stream capture (CUDA graphs) rejects the event records cudarc would add.
         // SAFETY: called before any buffer of this context exists.
@@ -67,7 +74,10 @@ impl Gpu {
         Ok(Arc::new(Gpu {
             ctx,
             stream,
-            arch: Arch { major: major as u32, minor: minor as u32 },
+            arch: Arch {
+                major: major as u32,
+                minor: minor as u32,
+            },
             name,
             modules: Mutex::new(HashMap::new()),
             blas: OnceLock::new(),
@@ -101,7 +111,8 @@ impl Gpu {
                 None => {
                     let kf = KernelFile::by_name(file)
                         .ok_or_else(|| CudaError::Compile(format!("no kernel file `{file}`")))?;
-                    let ptx = compile_ptx(kf, self.arch).map_err(|e| CudaError::Compile(e.to_string()))?;
+                    let ptx = compile_ptx(kf, self.arch)
+                        .map_err(|e| CudaError::Compile(e.to_string()))?;
                     let m = self
                         .ctx
                         .load_module(ptx)
@@ -117,7 +128,10 @@ impl Gpu {
     }
 
     /// `n` elements of device memory, zeroed (allocation is rare: arenas and weights).
-    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> CudaResult<CudaSlice<T>> {
+    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> CudaResult<CudaSlice<T>> {
         self.stream
             .alloc_zeros::<T>(n.max(1))
             .map_err(|e| CudaError::driver(format!("allocating {n} elements"), e))

@@ -19,7 +19,11 @@ const BF16: usize = 2;
 /// of driver and cuBLASLt errors.
 pub fn at_node(e: CudaError, label: &str) -> CudaError {
     match e {
-        CudaError::Unsupported { op, label: l, problem } if l.is_empty() => CudaError::Unsupported {
+        CudaError::Unsupported {
+            op,
+            label: l,
+            problem,
+        } if l.is_empty() => CudaError::Unsupported {
             op,
             label: label.to_string(),
             problem,
@@ -64,9 +68,14 @@ pub fn launch(gpu: &Gpu, graph: &Graph, b: &Bindings, index: usize, node: &Node)
     }
     let out = p(out_id)?;
     match &node.op {
-        Op::Embed { table, ids } => {
-            layout::embed(gpu, p(*table)?, p(*ids)?, out, shape(*ids)[0], shape(*table)[1])
-        }
+        Op::Embed { table, ids } => layout::embed(
+            gpu,
+            p(*table)?,
+            p(*ids)?,
+            out,
+            shape(*ids)[0],
+            shape(*table)[1],
+        ),
         Op::GatherRows { x, rows } => {
             let idx = b
                 .gathers
@@ -76,7 +85,12 @@ pub fn launch(gpu: &Gpu, graph: &Graph, b: &Bindings, index: usize, node: &Node)
             // A row gather is an embedding lookup with the tensor as the table.
             layout::embed(gpu, p(*x)?, idx, out, rows.len(), shape(*x)[1])
         }
-        Op::RmsNorm { x, weight, dim, eps } => norm::rmsnorm(
+        Op::RmsNorm {
+            x,
+            weight,
+            dim,
+            eps,
+        } => norm::rmsnorm(
             gpu,
             &RmsNormArgs {
                 x: p(*x)?,
@@ -93,9 +107,25 @@ pub fn launch(gpu: &Gpu, graph: &Graph, b: &Bindings, index: usize, node: &Node)
         Op::LayerNorm { x, dim, eps } => {
             norm::layernorm(gpu, p(*x)?, out, numel(*x) / dim, *dim, *eps)
         }
-        Op::GroupNorm { x, weight, bias, groups, eps } => {
+        Op::GroupNorm {
+            x,
+            weight,
+            bias,
+            groups,
+            eps,
+        } => {
             let s = shape(*x);
-            norm::group_norm(gpu, p(*x)?, p(*weight)?, p(*bias)?, out, s[0], s[1] * s[2], *groups, *eps)
+            norm::group_norm(
+                gpu,
+                p(*x)?,
+                p(*weight)?,
+                p(*bias)?,
+                out,
+                s[0],
+                s[1] * s[2],
+                *groups,
+                *eps,
+            )
         }
         Op::Linear { x, w, bias } => gemm::linear(
             gpu,
@@ -110,7 +140,9 @@ pub fn launch(gpu: &Gpu, graph: &Graph, b: &Bindings, index: usize, node: &Node)
             },
         ),
         Op::Add { a, b: rhs } => ew::add(gpu, p(*a)?, p(*rhs)?, out, numel(*a), numel(*rhs)),
-        Op::Modulate { x, scale } => ew::modulate(gpu, p(*x)?, p(*scale)?, out, numel(*x), numel(*scale)),
+        Op::Modulate { x, scale } => {
+            ew::modulate(gpu, p(*x)?, p(*scale)?, out, numel(*x), numel(*scale))
+        }
         Op::GateResidual { x, gate, y } => {
             ew::gate_residual(gpu, p(*x)?, p(*gate)?, p(*y)?, out, numel(*x), numel(*gate))
         }
@@ -118,7 +150,13 @@ pub fn launch(gpu: &Gpu, graph: &Graph, b: &Bindings, index: usize, node: &Node)
         Op::Silu { x } => ew::silu(gpu, p(*x)?, out, numel(*x)),
         Op::Gelu { x } => ew::gelu(gpu, p(*x)?, out, numel(*x)),
         Op::SwiGlu { gate, up } => ew::swiglu(gpu, p(*gate)?, p(*up)?, out, numel(*gate)),
-        Op::Rope { x, positions, heads, head_dim, kind } => {
+        Op::Rope {
+            x,
+            positions,
+            heads,
+            head_dim,
+            kind,
+        } => {
             let n = shape(*x)[0];
             match kind {
                 RopeKind::Mrope { section, theta } => rope::mrope(
@@ -144,11 +182,19 @@ pub fn launch(gpu: &Gpu, graph: &Graph, b: &Bindings, index: usize, node: &Node)
                     *axes,
                     *theta,
                 ),
-                RopeKind::Vision2d { .. } => Err(internal("rope", "vision 2-D rotary has no CUDA kernel yet")),
+                RopeKind::Vision2d { .. } => {
+                    Err(internal("rope", "vision 2-D rotary has no CUDA kernel yet"))
+                }
             }
         }
         Op::Attention { .. } | Op::BlockAttention { .. } => {
-            let ptrs = |id: TensorId| b.ptr.get(id.index()).copied().flatten().unwrap_or(DevPtr(0));
+            let ptrs = |id: TensorId| {
+                b.ptr
+                    .get(id.index())
+                    .copied()
+                    .flatten()
+                    .unwrap_or(DevPtr(0))
+            };
             for id in node.op.inputs() {
                 p(id)?;
             }
@@ -189,9 +235,13 @@ pub fn launch(gpu: &Gpu, graph: &Graph, b: &Bindings, index: usize, node: &Node)
             let s = shape(*x);
             layout::patchify(gpu, p(*x)?, out, s[0], s[1], s[2], *patch)
         }
-        Op::Unpatchify { x, patch, channels, height, width } => {
-            layout::unpatchify(gpu, p(*x)?, out, *channels, *height, *width, *patch)
-        }
+        Op::Unpatchify {
+            x,
+            patch,
+            channels,
+            height,
+            width,
+        } => layout::unpatchify(gpu, p(*x)?, out, *channels, *height, *width, *patch),
         Op::Upsample2x { x } => {
             let s = shape(*x);
             layout::upsample2x(gpu, p(*x)?, out, s[0], s[1], s[2])
@@ -199,9 +249,15 @@ pub fn launch(gpu: &Gpu, graph: &Graph, b: &Bindings, index: usize, node: &Node)
         Op::TimestepFeatures { t, half, scale } => {
             timestep::timestep_features(gpu, b.get_f32(graph, *t)?, out, *half, *scale)
         }
-        Op::Conv2d { x, w, bias, .. } => {
-            conv2d(gpu, graph, b, &node.op, out_id, (p(*x)?, p(*w)?, bias.map(p).transpose()?), out)
-        }
+        Op::Conv2d { x, w, bias, .. } => conv2d(
+            gpu,
+            graph,
+            b,
+            &node.op,
+            out_id,
+            (p(*x)?, p(*w)?, bias.map(p).transpose()?),
+            out,
+        ),
     }
 }
 
@@ -217,7 +273,8 @@ fn conv2d(
     (x, w, bias): (DevPtr, DevPtr, Option<DevPtr>),
     out: DevPtr,
 ) -> CudaResult<()> {
-    let plan = conv_plan(graph, op, out_id).ok_or_else(|| internal("conv2d", "not a convolution"))?;
+    let plan =
+        conv_plan(graph, op, out_id).ok_or_else(|| internal("conv2d", "not a convolution"))?;
     let g = plan.geometry;
     if (g.out_h(), g.out_w()) != (plan.out_h, plan.out_w) {
         return Err(internal(
@@ -236,7 +293,16 @@ fn conv2d(
         None => gemm::gemm(
             gpu,
             &GemmArgs {
-                shape: GemmShape { m: plan.cout, n: p, k: g.cin, a_trans: false, lda: g.cin, b_trans: false, ldb: p, ldc: p },
+                shape: GemmShape {
+                    m: plan.cout,
+                    n: p,
+                    k: g.cin,
+                    a_trans: false,
+                    lda: g.cin,
+                    b_trans: false,
+                    ldb: p,
+                    ldc: p,
+                },
                 a: w,
                 b: x,
                 c: out,
@@ -245,11 +311,16 @@ fn conv2d(
             },
         )?,
         Some(band) => {
-            let (cols, cap) = b.cols.ok_or_else(|| internal("conv2d", "no im2col scratch"))?;
+            let (cols, cap) = b
+                .cols
+                .ok_or_else(|| internal("conv2d", "no im2col scratch"))?;
             if plan.cols_len() > cap {
                 return Err(internal(
                     "conv2d",
-                    format!("im2col needs {} elements, the scratch has {cap}", plan.cols_len()),
+                    format!(
+                        "im2col needs {} elements, the scratch has {cap}",
+                        plan.cols_len()
+                    ),
                 ));
             }
             let mut oy0 = 0;
@@ -260,7 +331,16 @@ fn conv2d(
                 gemm::gemm(
                     gpu,
                     &GemmArgs {
-                        shape: GemmShape { m: plan.cout, n, k: kfull, a_trans: false, lda: kfull, b_trans: true, ldb: kfull, ldc: p },
+                        shape: GemmShape {
+                            m: plan.cout,
+                            n,
+                            k: kfull,
+                            a_trans: false,
+                            lda: kfull,
+                            b_trans: true,
+                            ldb: kfull,
+                            ldc: p,
+                        },
                         a: w,
                         b: cols,
                         c: out.offset(oy0 * plan.out_w, BF16),

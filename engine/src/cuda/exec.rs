@@ -114,7 +114,12 @@ impl CudaExecutor {
     }
 
     /// Why capturing `graph` under `plan` failed, if it did (it then runs eagerly).
-    pub fn capture_failure(&self, graph: &Graph, plan: &MemoryPlan, weights: &CudaWeights) -> Option<&CudaError> {
+    pub fn capture_failure(
+        &self,
+        graph: &Graph,
+        plan: &MemoryPlan,
+        weights: &CudaWeights,
+    ) -> Option<&CudaError> {
         self.failed.get(&CaptureKey::new(graph, plan, weights.id()))
     }
 
@@ -162,7 +167,11 @@ impl CudaExecutor {
 
     fn poison_arena(&self) -> Result<()> {
         if self.poison && self.scratch.arena_len() > 0 {
-            poison_bf16(&self.gpu, self.scratch.arena_ptr(&self.gpu), self.scratch.arena_len())?;
+            poison_bf16(
+                &self.gpu,
+                self.scratch.arena_ptr(&self.gpu),
+                self.scratch.arena_len(),
+            )?;
         }
         Ok(())
     }
@@ -234,7 +243,14 @@ impl CudaExecutor {
         match capture(&gpu, graph, &bindings) {
             Ok(exec) => {
                 self.stats.captures += 1;
-                self.captures.insert(key, Captured { inputs: buffers, bindings, exec });
+                self.captures.insert(
+                    key,
+                    Captured {
+                        inputs: buffers,
+                        bindings,
+                        exec,
+                    },
+                );
             }
             Err(e) => {
                 self.stats.capture_failures += 1;

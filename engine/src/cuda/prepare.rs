@@ -347,7 +347,9 @@ impl Needs {
                         .iter()
                         .map(|&r| i32::try_from(r))
                         .collect::<Result<Vec<_>, _>>()
-                        .map_err(|_| unsupported("gather_rows", label, "a row index exceeds i32"))?;
+                        .map_err(|_| {
+                            unsupported("gather_rows", label, "a row index exceeds i32")
+                        })?;
                     needs.gathers.push((i, rows));
                 }
                 _ => {}
@@ -383,7 +385,10 @@ mod tests {
 
     #[test]
     fn equal_runs_group_consecutive_blocks() {
-        assert_eq!(equal_runs(&[64, 64, 64, 20, 0, 64, 64]), vec![(64, 3), (20, 1), (0, 1), (64, 2)]);
+        assert_eq!(
+            equal_runs(&[64, 64, 64, 20, 0, 64, 64]),
+            vec![(64, 3), (20, 1), (0, 1), (64, 2)]
+        );
         assert!(equal_runs(&[]).is_empty());
     }
 
@@ -393,7 +398,10 @@ mod tests {
         // FLUX VAE: 256 channels, 3x3, 1024x1024 output.
         let per = 9 * 256;
         let b = conv_band(1024, 1024, per);
-        assert!(b * 1024 * per <= COLS_BUDGET && (b + 1) * 1024 * per > COLS_BUDGET, "{b}");
+        assert!(
+            b * 1024 * per <= COLS_BUDGET && (b + 1) * 1024 * per > COLS_BUDGET,
+            "{b}"
+        );
         assert_eq!(1024usize.div_ceil(b), 10);
         // An odd width: bands of a multiple of 8 rows keep every band start 16-byte aligned.
         let b = conv_band(1001, 1001, per);
@@ -415,12 +423,30 @@ mod tests {
     fn inputs_get_their_device_representation() {
         let (mut g, t, ids, x) = graph_with_inputs();
         let table = g.weight(hbridge_loader::Part::Und, "table", &[10, 8]);
-        let f = g.push(Op::TimestepFeatures { t, half: 4, scale: 1.0 }, "temb").unwrap();
+        let f = g
+            .push(
+                Op::TimestepFeatures {
+                    t,
+                    half: 4,
+                    scale: 1.0,
+                },
+                "temb",
+            )
+            .unwrap();
         let e = g.push(Op::Embed { table, ids }, "e").unwrap();
         let s = g.push(Op::Add { a: e, b: x }, "s").unwrap();
         // `t` also read as an ordinary tensor: it needs both copies.
         let _ = g.push(Op::Add { a: f, b: f }, "ff").unwrap();
-        let _ = g.push(Op::Affine { x: t, scale: 2.0, shift: 0.0 }, "t2").unwrap();
+        let _ = g
+            .push(
+                Op::Affine {
+                    x: t,
+                    scale: 2.0,
+                    shift: 0.0,
+                },
+                "t2",
+            )
+            .unwrap();
         let _ = s;
         let n = Needs::of(&g).unwrap();
         assert_eq!(
@@ -438,8 +464,25 @@ mod tests {
     #[test]
     fn a_computed_timestep_is_refused_with_the_node_label() {
         let (mut g, t, _, _) = graph_with_inputs();
-        let t2 = g.push(Op::Affine { x: t, scale: 2.0, shift: 0.0 }, "t2").unwrap();
-        g.push(Op::TimestepFeatures { t: t2, half: 4, scale: 1.0 }, "gen.temb").unwrap();
+        let t2 = g
+            .push(
+                Op::Affine {
+                    x: t,
+                    scale: 2.0,
+                    shift: 0.0,
+                },
+                "t2",
+            )
+            .unwrap();
+        g.push(
+            Op::TimestepFeatures {
+                t: t2,
+                half: 4,
+                scale: 1.0,
+            },
+            "gen.temb",
+        )
+        .unwrap();
         match Needs::of(&g) {
             Err(CudaError::Unsupported { op, label, problem }) => {
                 assert_eq!((op, label.as_str()), ("timestep_features", "gen.temb"));
@@ -464,11 +507,19 @@ mod tests {
             causal: true,
             scale: 0.5,
         };
-        let ls = attention_launches(&g, &op, DevPtr(0x1000), |id| DevPtr(0x10000 * (id.0 as u64 + 1)));
+        let ls = attention_launches(&g, &op, DevPtr(0x1000), |id| {
+            DevPtr(0x10000 * (id.0 as u64 + 1))
+        });
         assert_eq!(ls.len(), 1);
         let a = ls[0].args();
-        assert_eq!((a.nq, a.batch, a.q_row_stride, a.segments.len()), (5, 1, 8, 1));
-        assert_eq!((a.segments[0].len, a.segments[0].row_stride, a.segments[0].k), (7, 4, DevPtr(0x30000)));
+        assert_eq!(
+            (a.nq, a.batch, a.q_row_stride, a.segments.len()),
+            (5, 1, 8, 1)
+        );
+        assert_eq!(
+            (a.segments[0].len, a.segments[0].row_stride, a.segments[0].k),
+            (7, 4, DevPtr(0x30000))
+        );
 
         let kv = g.input("kv", &[10, 4], DataType::F32);
         let qb = g.input("qb", &[10, 8], DataType::F32);
@@ -485,9 +536,21 @@ mod tests {
         let ls = attention_launches(&g, &op, DevPtr(0), |_| DevPtr(0));
         let shapes: Vec<_> = ls
             .iter()
-            .map(|l| (l.batch, l.nq, l.q.0, l.q_batch_stride, l.segments[0].k.0, l.segments[0].batch_stride))
+            .map(|l| {
+                (
+                    l.batch,
+                    l.nq,
+                    l.q.0,
+                    l.q_batch_stride,
+                    l.segments[0].k.0,
+                    l.segments[0].batch_stride,
+                )
+            })
             .collect();
         // Rows 0..6 as two blocks of 3, rows 6..10 as one of 4 (bf16: 2 bytes per element).
-        assert_eq!(shapes, vec![(2, 3, 0, 24, 0, 12), (1, 4, 6 * 8 * 2, 32, 6 * 4 * 2, 16)]);
+        assert_eq!(
+            shapes,
+            vec![(2, 3, 0, 24, 0, 12), (1, 4, 6 * 8 * 2, 32, 6 * 4 * 2, 16)]
+        );
     }
 }

@@ -28,7 +28,11 @@ impl<'g> Staging<'g> {
     /// Allocates the pinned buffers; an error (page-locked memory can be scarce) lets the caller fall
     /// back to pageable copies.
     pub fn new(gpu: &'g Gpu) -> CudaResult<Staging<'g>> {
-        let mut staging = Staging { gpu, buffers: Vec::new(), next: 0 };
+        let mut staging = Staging {
+            gpu,
+            buffers: Vec::new(),
+            next: 0,
+        };
         for _ in 0..2 {
             let drained = gpu
                 .context()
@@ -37,7 +41,11 @@ impl<'g> Staging<'g> {
             // SAFETY: plain page-locked allocation, freed in `drop`.
             let ptr = unsafe { result::malloc_host(STAGE_BYTES, 0) }
                 .map_err(|e| CudaError::driver("allocating pinned staging memory", e))?;
-            staging.buffers.push(Buffer { ptr: ptr as *mut u8, len: STAGE_BYTES, drained });
+            staging.buffers.push(Buffer {
+                ptr: ptr as *mut u8,
+                len: STAGE_BYTES,
+                drained,
+            });
         }
         Ok(staging)
     }

@@ -64,7 +64,12 @@ fn event(gpu: &Gpu) -> Result<CudaEvent, CudaError> {
 }
 
 /// Device time of `f`'s launches, in milliseconds.
-fn timed(gpu: &Gpu, start: &CudaEvent, stop: &CudaEvent, f: impl FnOnce() -> Result<(), EngineError>) -> Result<f32, EngineError> {
+fn timed(
+    gpu: &Gpu,
+    start: &CudaEvent,
+    stop: &CudaEvent,
+    f: impl FnOnce() -> Result<(), EngineError>,
+) -> Result<f32, EngineError> {
     start
         .record(gpu.stream())
         .map_err(|e| CudaError::driver("recording a timing event", e))?;
@@ -89,16 +94,22 @@ impl CudaExecutor {
         iters: usize,
     ) -> Result<ReplayTiming, EngineError> {
         let (gpu, captured) = self.captured_parts(graph, plan, weights, inputs)?;
-        let mut t = ReplayTiming { nodes: graph.nodes.len(), ..Default::default() };
+        let mut t = ReplayTiming {
+            nodes: graph.nodes.len(),
+            ..Default::default()
+        };
         match captured {
             Some((bindings, key)) => {
                 let _exclusive = gpu.exclusive();
                 let (start, stop) = (event(&gpu)?, event(&gpu)?);
                 for _ in 0..iters {
-                    t.eager_ms.push(timed(&gpu, &start, &stop, || Ok(launch_all(&gpu, graph, &bindings)?))?);
+                    t.eager_ms.push(timed(&gpu, &start, &stop, || {
+                        Ok(launch_all(&gpu, graph, &bindings)?)
+                    })?);
                 }
                 for _ in 0..iters {
-                    t.replay_ms.push(timed(&gpu, &start, &stop, || self.replay(&key))?);
+                    t.replay_ms
+                        .push(timed(&gpu, &start, &stop, || self.replay(&key))?);
                 }
             }
             None => {
@@ -124,7 +135,11 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
         assert!(median(&[]).is_nan());
-        let t = ReplayTiming { nodes: 1, eager_ms: vec![2.0], replay_ms: vec![0.5] };
+        let t = ReplayTiming {
+            nodes: 1,
+            eager_ms: vec![2.0],
+            replay_ms: vec![0.5],
+        };
         assert_eq!(t.speedup(), 4.0);
         assert!(t.captured());
     }

@@ -75,7 +75,13 @@ pub struct CudaWeights {
 
 impl std::fmt::Debug for CudaWeights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CudaWeights({} tensors, {} bytes on {:?})", self.len(), self.bytes(), self.gpu)
+        write!(
+            f,
+            "CudaWeights({} tensors, {} bytes on {:?})",
+            self.len(),
+            self.bytes(),
+            self.gpu
+        )
     }
 }
 
@@ -227,7 +233,8 @@ impl CudaWeights {
                 .alloc_zeros::<u16>(n.max(1))
                 .map_err(|e| CudaError::driver(format!("allocating weight `{name}`"), e))?;
             let dst = dev_ptr(&data, gpu.stream());
-            let fill = |first: usize, out: &mut [u8]| to_bf16_bytes(view.dtype, view.bytes, first, out);
+            let fill =
+                |first: usize, out: &mut [u8]| to_bf16_bytes(view.dtype, view.bytes, first, out);
             match staging.as_mut() {
                 Some(s) => s.upload(dst, n, 2, fill)?,
                 None => {
@@ -375,7 +382,9 @@ mod tests {
     fn converted(dtype: DType, stored: &[u8], n: usize) -> Vec<u16> {
         let mut out = vec![0u8; n * 2];
         to_bf16_bytes(&dtype, stored, 0, &mut out);
-        out.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect()
+        out.chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect()
     }
 
     #[test]
@@ -394,7 +403,10 @@ mod tests {
         assert_eq!(converted(DType::F32, &stored, vals.len()), want);
         // 1 + 2^-8 is a tie between bf16 neighbours: even wins (1.0).
         assert_eq!(want[1], 0x3f80);
-        let stored16: Vec<u8> = vals.iter().flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes()).collect();
+        let stored16: Vec<u8> = vals
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_bits().to_le_bytes())
+            .collect();
         let want16: Vec<u16> = vals
             .iter()
             .map(|&v| bf16::from_f32(f16::from_f32(v).to_f32()).to_bits())

@@ -40,7 +40,10 @@ pub fn fixture(name: &str) -> Fixture {
 
 /// Whether a safetensors blob has tensor `name`.
 pub fn has(bytes: &[u8], name: &str) -> bool {
-    SafeTensors::deserialize(bytes).unwrap().tensor(name).is_ok()
+    SafeTensors::deserialize(bytes)
+        .unwrap()
+        .tensor(name)
+        .is_ok()
 }
 
 pub fn f32s(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<f32>) {
@@ -104,7 +107,10 @@ impl Fixture {
         let g = und_prefill(&self.ckpt.config.und, &self.ckpt.und_names, &spec).unwrap();
         let inputs = HashMap::from([
             (names::UND_IDS.to_string(), HostTensor::i32([len], ids)),
-            (names::UND_POSITIONS.to_string(), HostTensor::i32([3, len], pos)),
+            (
+                names::UND_POSITIONS.to_string(),
+                HostTensor::i32([3, len], pos),
+            ),
         ]);
         (g, inputs)
     }
@@ -143,7 +149,10 @@ impl Fixture {
             HostTensor::i32([n - n_pre, 3], gen_pos[3 * n_pre..].to_vec()),
         );
         if self.is_omnigen2() {
-            inputs.insert(build::GEN_CAPTION.to_string(), und["und.final_hidden"].clone());
+            inputs.insert(
+                build::GEN_CAPTION.to_string(),
+                und["und.final_hidden"].clone(),
+            );
             inputs.insert(
                 build::GEN_POSITIONS_CAPTION.to_string(),
                 HostTensor::i32([n_pre, 3], gen_pos[..3 * n_pre].to_vec()),
@@ -160,7 +169,10 @@ impl Fixture {
                 }
             }
         }
-        inputs.insert(names::GEN_POSITIONS.to_string(), HostTensor::i32([n, 3], gen_pos));
+        inputs.insert(
+            names::GEN_POSITIONS.to_string(),
+            HostTensor::i32([n, 3], gen_pos),
+        );
         (g, inputs)
     }
 
@@ -180,7 +192,11 @@ impl Fixture {
     /// Greedy decoding of `n` tokens after the chat prompt, no stop: a prefill that returns every
     /// layer's K/V, then one decode-step graph per further token against the growing cache. Returns the
     /// prefill's logits `[L, V]` and the tokens.
-    pub fn greedy(&self, n: usize, mut run: impl FnMut(&Graph, &Tensors) -> Tensors) -> (Vec<f32>, Vec<i32>) {
+    pub fn greedy(
+        &self,
+        n: usize,
+        mut run: impl FnMut(&Graph, &Tensors) -> Tensors,
+    ) -> (Vec<f32>, Vec<i32>) {
         let c = &self.ckpt.config.und;
         let (_, ids) = i64s_as_i32(&self.inputs, "chat.input_ids");
         let len = ids.len();
@@ -217,8 +233,14 @@ impl Fixture {
             let past = len + tokens.len() - 1;
             let g = und_decode_step(c, &self.ckpt.und_names, past).unwrap();
             let mut inputs = HashMap::from([
-                (names::UND_IDS.to_string(), HostTensor::i32([1], vec![*tokens.last().unwrap()])),
-                (names::UND_POSITIONS.to_string(), HostTensor::i32([3, 1], vec![past as i32; 3])),
+                (
+                    names::UND_IDS.to_string(),
+                    HostTensor::i32([1], vec![*tokens.last().unwrap()]),
+                ),
+                (
+                    names::UND_POSITIONS.to_string(),
+                    HostTensor::i32([3, 1], vec![past as i32; 3]),
+                ),
             ]);
             for (i, (k, v)) in cache.iter().enumerate() {
                 let shape = [past, c.kv_dim()];

@@ -6,7 +6,9 @@
 
 use super::common::{self, Rng, BF16_TOL};
 use hbridge_engine::cuda::buffer::{poison_bf16, upload};
-use hbridge_engine::cuda::ops::attention::{attention, decode_workspace_len, AttentionArgs, KvSegmentArgs};
+use hbridge_engine::cuda::ops::attention::{
+    attention, decode_workspace_len, AttentionArgs, KvSegmentArgs,
+};
 use hbridge_engine::cuda::{dev_ptr, Gpu};
 
 /// How one segment is laid out in memory.
@@ -41,7 +43,10 @@ impl Seg {
     }
 
     fn fused(len: usize, kv_heads: usize) -> Seg {
-        Seg { fused: true, ..Seg::plain(len, kv_heads) }
+        Seg {
+            fused: true,
+            ..Seg::plain(len, kv_heads)
+        }
     }
 }
 
@@ -60,7 +65,14 @@ struct Case {
 }
 
 impl Case {
-    fn new(name: impl Into<String>, nq: usize, heads: usize, d: usize, segs: Vec<Seg>, causal: bool) -> Case {
+    fn new(
+        name: impl Into<String>,
+        nq: usize,
+        heads: usize,
+        d: usize,
+        segs: Vec<Seg>,
+        causal: bool,
+    ) -> Case {
         Case {
             name: name.into(),
             batch: 1,
@@ -95,7 +107,11 @@ impl HostSeg {
         // Never empty: an empty segment still needs a valid (unused) pointer.
         let n = (batch * batch_stride + mis).max(8);
         let k = rng.normal_bf16(n, 1.0);
-        let (v, v_off) = if s.fused { (Vec::new(), mis + width) } else { (rng.normal_bf16(n, 1.0), mis) };
+        let (v, v_off) = if s.fused {
+            (Vec::new(), mis + width)
+        } else {
+            (rng.normal_bf16(n, 1.0), mis)
+        };
         HostSeg {
             k,
             v,
@@ -117,7 +133,14 @@ impl HostSeg {
 }
 
 /// f64 reference, `[batch][nq][heads*d]`.
-fn reference(c: &Case, q: &[f32], q_off: usize, q_rs: usize, q_bs: usize, segs: &[HostSeg]) -> Vec<f64> {
+fn reference(
+    c: &Case,
+    q: &[f32],
+    q_off: usize,
+    q_rs: usize,
+    q_bs: usize,
+    segs: &[HostSeg],
+) -> Vec<f64> {
     let total: usize = c.segs.iter().map(|s| s.len).sum();
     let scale = (c.d as f64).powf(-0.5);
     let mut out = vec![0f64; c.batch * c.nq * c.heads * c.d];
@@ -130,13 +153,18 @@ fn reference(c: &Case, q: &[f32], q_off: usize, q_rs: usize, q_bs: usize, segs: 
                 let mut start = 0usize;
                 for (s, (spec, hs)) in c.segs.iter().zip(segs).enumerate() {
                     let kvh = h / (c.heads / spec.kv_heads);
-                    let valid = spec.valid.as_ref().map_or(spec.len, |v| (v[b].max(0) as usize).min(spec.len));
+                    let valid = spec
+                        .valid
+                        .as_ref()
+                        .map_or(spec.len, |v| (v[b].max(0) as usize).min(spec.len));
                     for j in 0..valid {
                         let global = start + j;
                         if c.causal && global as i64 > i as i64 + total as i64 - c.nq as i64 {
                             continue;
                         }
-                        let dot: f64 = (0..c.d).map(|e| qrow[e] as f64 * hs.key(b, j, kvh, c.d, e)).sum();
+                        let dot: f64 = (0..c.d)
+                            .map(|e| qrow[e] as f64 * hs.key(b, j, kvh, c.d, e))
+                            .sum();
                         scores.push((s, j, kvh, dot * scale));
                     }
                     start += spec.len;
@@ -173,7 +201,11 @@ fn run(gpu: &Gpu, rng: &mut Rng, c: &Case, paths: &[Want]) {
     let q_bs = c.nq * q_rs + 8;
     let q_off = c.q_misalign as usize;
     let q = rng.normal_bf16(c.batch * q_bs + q_off, 1.5);
-    let hsegs: Vec<HostSeg> = c.segs.iter().map(|s| HostSeg::new(rng, s, c.batch, d)).collect();
+    let hsegs: Vec<HostSeg> = c
+        .segs
+        .iter()
+        .map(|s| HostSeg::new(rng, s, c.batch, d))
+        .collect();
     let want = reference(c, &q, q_off, q_rs, q_bs, &hsegs);
 
     let dq = common::up(gpu, &q);
@@ -236,7 +268,8 @@ fn run(gpu: &Gpu, rng: &mut Rng, c: &Case, paths: &[Want]) {
                 assert!(ws_len > 0, "{}: expected the decode path to apply", c.name);
                 let buf = gpu.alloc_zeros::<f32>(ws_len).expect("workspace");
                 // NaN everywhere: a partial the combine reads but no warp wrote shows up in the output.
-                poison_bf16(gpu, dev_ptr(&buf, gpu.stream()), 2 * ws_len).expect("poison workspace");
+                poison_bf16(gpu, dev_ptr(&buf, gpu.stream()), 2 * ws_len)
+                    .expect("poison workspace");
                 Some(buf)
             }
         };
@@ -259,27 +292,52 @@ fn run(gpu: &Gpu, rng: &mut Rng, c: &Case, paths: &[Want]) {
 
 #[test]
 fn attention_every_head_dim() {
-    let Some(gpu) = common::gpu("attention_every_head_dim") else { return };
+    let Some(gpu) = common::gpu("attention_every_head_dim") else {
+        return;
+    };
     let mut rng = Rng::fresh("attention_every_head_dim");
     // Two segments with different GQA groups (6 heads over 2 and 3 kv heads); segment 1 a column slice
     // of a fused K|V buffer with padded rows. 77 queries, 45 + 70 keys: no multiple of 64 anywhere.
-    for (n, d) in [12, 16, 24, 40, 64, 80, 96, 120, 128].into_iter().enumerate() {
+    for (n, d) in [12, 16, 24, 40, 64, 80, 96, 120, 128]
+        .into_iter()
+        .enumerate()
+    {
         let mut s1 = Seg::fused(70, 3);
         s1.pad = 8;
-        let c = Case::new(format!("d{d}"), 77, 6, d, vec![Seg::plain(45, 2), s1], n % 2 == 1);
+        let c = Case::new(
+            format!("d{d}"),
+            77,
+            6,
+            d,
+            vec![Seg::plain(45, 2), s1],
+            n % 2 == 1,
+        );
         run(&gpu, &mut rng, &c, &[Want::Flash]);
-        let c = Case { causal: !c.causal, name: format!("d{d} causal={}", !c.causal), ..c };
+        let c = Case {
+            causal: !c.causal,
+            name: format!("d{d} causal={}", !c.causal),
+            ..c
+        };
         run(&gpu, &mut rng, &c, &[Want::Flash]);
     }
 }
 
 #[test]
 fn attention_gqa_groups() {
-    let Some(gpu) = common::gpu("attention_gqa_groups") else { return };
+    let Some(gpu) = common::gpu("attention_gqa_groups") else {
+        return;
+    };
     let mut rng = Rng::fresh("attention_gqa_groups");
     for (heads, kv) in [(4, 4), (4, 2), (6, 2), (14, 2)] {
         for causal in [false, true] {
-            let c = Case::new(format!("gqa {heads}/{kv} causal={causal}"), 50, heads, 64, vec![Seg::plain(130, kv)], causal);
+            let c = Case::new(
+                format!("gqa {heads}/{kv} causal={causal}"),
+                50,
+                heads,
+                64,
+                vec![Seg::plain(130, kv)],
+                causal,
+            );
             run(&gpu, &mut rng, &c, &[Want::Flash]);
         }
     }
@@ -287,7 +345,9 @@ fn attention_gqa_groups() {
 
 #[test]
 fn attention_batch_key_padding() {
-    let Some(gpu) = common::gpu("attention_batch_key_padding") else { return };
+    let Some(gpu) = common::gpu("attention_batch_key_padding") else {
+        return;
+    };
     let mut rng = Rng::fresh("attention_batch_key_padding");
     for (d, causal) in [(128, false), (128, true), (120, false), (24, true)] {
         let mut s0 = Seg::plain(45, 2);
@@ -295,7 +355,14 @@ fn attention_batch_key_padding() {
         s0.batch_gap = 16;
         let mut s1 = Seg::fused(70, 2);
         s1.valid = Some(vec![70, 12]);
-        let mut c = Case::new(format!("batch2 padding d{d} causal={causal}"), 33, 4, d, vec![s0, s1], causal);
+        let mut c = Case::new(
+            format!("batch2 padding d{d} causal={causal}"),
+            33,
+            4,
+            d,
+            vec![s0, s1],
+            causal,
+        );
         c.batch = 2;
         c.q_pad = 8;
         c.out_pad = 16;
@@ -305,11 +372,20 @@ fn attention_batch_key_padding() {
 
 #[test]
 fn attention_rows_without_keys_are_zero() {
-    let Some(gpu) = common::gpu("attention_rows_without_keys_are_zero") else { return };
+    let Some(gpu) = common::gpu("attention_rows_without_keys_are_zero") else {
+        return;
+    };
     let mut rng = Rng::fresh("attention_rows_without_keys_are_zero");
     // Causal with more queries than keys: queries 0..19 see nothing (offset total - nq = -20).
     for d in [24, 64] {
-        let c = Case::new(format!("causal nq>keys d{d}"), 40, 2, d, vec![Seg::plain(20, 1)], true);
+        let c = Case::new(
+            format!("causal nq>keys d{d}"),
+            40,
+            2,
+            d,
+            vec![Seg::plain(20, 1)],
+            true,
+        );
         run(&gpu, &mut rng, &c, &[Want::Flash]);
     }
     // Batch row 1 has every key padded away; batch row 0 keeps some.
@@ -321,13 +397,22 @@ fn attention_rows_without_keys_are_zero() {
     c.batch = 2;
     run(&gpu, &mut rng, &c, &[Want::Flash]);
     // An empty first segment.
-    let c = Case::new("empty segment 0", 19, 4, 32, vec![Seg::plain(0, 2), Seg::plain(90, 4)], true);
+    let c = Case::new(
+        "empty segment 0",
+        19,
+        4,
+        32,
+        vec![Seg::plain(0, 2), Seg::plain(90, 4)],
+        true,
+    );
     run(&gpu, &mut rng, &c, &[Want::Flash]);
 }
 
 #[test]
 fn attention_unaligned_and_partial_chunks() {
-    let Some(gpu) = common::gpu("attention_unaligned_and_partial_chunks") else { return };
+    let Some(gpu) = common::gpu("attention_unaligned_and_partial_chunks") else {
+        return;
+    };
     let mut rng = Rng::fresh("attention_unaligned_and_partial_chunks");
     // Pointers one element past 16 bytes and odd row strides: every load takes the element path.
     let mut s0 = Seg::plain(70, 2);
@@ -353,7 +438,9 @@ fn attention_unaligned_and_partial_chunks() {
 
 #[test]
 fn attention_long_sequences() {
-    let Some(gpu) = common::gpu("attention_long_sequences") else { return };
+    let Some(gpu) = common::gpu("attention_long_sequences") else {
+        return;
+    };
     let mut rng = Rng::fresh("attention_long_sequences");
     for causal in [false, true] {
         let c = Case::new(
@@ -370,10 +457,19 @@ fn attention_long_sequences() {
 
 #[test]
 fn attention_decode_split_kv() {
-    let Some(gpu) = common::gpu("attention_decode_split_kv") else { return };
+    let Some(gpu) = common::gpu("attention_decode_split_kv") else {
+        return;
+    };
     let mut rng = Rng::fresh("attention_decode_split_kv");
     // The und decode step: 1 query, 28 heads over 4 kv heads, a 4096-key cache.
-    let c = Case::new("decode nq1 4096 keys", 1, 28, 128, vec![Seg::plain(4096, 4)], true);
+    let c = Case::new(
+        "decode nq1 4096 keys",
+        1,
+        28,
+        128,
+        vec![Seg::plain(4096, 4)],
+        true,
+    );
     run(&gpu, &mut rng, &c, &[Want::Decode, Want::Flash]);
     // Two segments, key padding, batch 2, 2 queries x 7 heads = 14 packed rows, causal.
     let mut s0 = Seg::plain(3000, 2);

@@ -8,7 +8,9 @@ use hbridge_engine::cuda::ops::bridge::{self, BridgeKvArgs};
 
 #[test]
 fn bridge_kv_write_matches_f64() {
-    let Some(gpu) = common::gpu("bridge::bridge_kv_write_matches_f64") else { return };
+    let Some(gpu) = common::gpu("bridge::bridge_kv_write_matches_f64") else {
+        return;
+    };
     let mut rng = Rng::fresh("bridge::bridge_kv_write_matches_f64");
     // (n, kv_heads, head_dim, section, extra columns per output row)
     let cases: &[(usize, usize, usize, [usize; 3], usize)] = &[
@@ -28,7 +30,10 @@ fn bridge_kv_write_matches_f64() {
             let pos = mrope_positions(&mut rng, n);
             let (_pos_buf, pp) = ints(&gpu, &pos);
             let pkv = place(&gpu, &kv, shift);
-            let (k_out, v_out) = (poisoned(&gpu, n * out_stride, shift), poisoned(&gpu, n * out_stride, shift));
+            let (k_out, v_out) = (
+                poisoned(&gpu, n * out_stride, shift),
+                poisoned(&gpu, n * out_stride, shift),
+            );
             let theta = 1e6;
             bridge::bridge_kv_write(
                 &gpu,
@@ -48,15 +53,31 @@ fn bridge_kv_write_matches_f64() {
                 },
             )
             .unwrap();
-            let case = format!("bridge_kv n={n} kv_heads={heads} d={hd} out_stride={out_stride} shift={shift}");
+            let case = format!(
+                "bridge_kv n={n} kv_heads={heads} d={hd} out_stride={out_stride} shift={shift}"
+            );
             let want_k = mrope_ref(&kv, in_stride, &pos, n, heads, hd, section, theta);
             let got_k = common::down(&gpu, k_out.ptr, n * out_stride);
-            common::check(&format!("{case} K"), &rows_of(&got_k, n, width, out_stride), &want_k, BF16_TOL);
-            let want_v: Vec<f32> = (0..n).flat_map(|i| kv[i * in_stride + width..(i + 1) * in_stride].to_vec()).collect();
+            common::check(
+                &format!("{case} K"),
+                &rows_of(&got_k, n, width, out_stride),
+                &want_k,
+                BF16_TOL,
+            );
+            let want_v: Vec<f32> = (0..n)
+                .flat_map(|i| kv[i * in_stride + width..(i + 1) * in_stride].to_vec())
+                .collect();
             let got_v = common::down(&gpu, v_out.ptr, n * out_stride);
-            exact(&format!("{case} V"), &rows_of(&got_v, n, width, out_stride), &want_v);
+            exact(
+                &format!("{case} V"),
+                &rows_of(&got_v, n, width, out_stride),
+                &want_v,
+            );
             if extra != 0 {
-                assert!(got_k[width].is_nan() && got_v[out_stride - 1].is_nan(), "{case}: wrote between rows");
+                assert!(
+                    got_k[width].is_nan() && got_v[out_stride - 1].is_nan(),
+                    "{case}: wrote between rows"
+                );
             }
         }
     }
@@ -64,7 +85,9 @@ fn bridge_kv_write_matches_f64() {
 
 #[test]
 fn launchers_validate() {
-    let Some(gpu) = common::gpu("bridge::launchers_validate") else { return };
+    let Some(gpu) = common::gpu("bridge::launchers_validate") else {
+        return;
+    };
     let x = place(&gpu, &[1.0; 64], 0);
     let args = BridgeKvArgs {
         k_in: x.ptr,
@@ -81,7 +104,15 @@ fn launchers_validate() {
         theta: 1e6,
     };
     assert!(bridge::bridge_kv_write(&gpu, &args).is_err());
-    assert!(bridge::bridge_kv_write(&gpu, &BridgeKvArgs { section: [2, 3, 3], out_row_stride: 8, ..args }).is_err());
+    assert!(bridge::bridge_kv_write(
+        &gpu,
+        &BridgeKvArgs {
+            section: [2, 3, 3],
+            out_row_stride: 8,
+            ..args
+        }
+    )
+    .is_err());
     bridge::bridge_kv_write(&gpu, &BridgeKvArgs { n: 0, ..args }).unwrap();
     gpu.synchronize().unwrap();
 }

@@ -21,7 +21,10 @@ pub fn gpu(test: &str) -> Option<Arc<Gpu>> {
     match GPU.get_or_init(|| Gpu::new(0).map_err(|e| e.to_string())) {
         Ok(g) => Some(g.clone()),
         Err(e) => {
-            assert!(!required(), "HBRIDGE_REQUIRE_GPU=1 but {test} found no GPU: {e}");
+            assert!(
+                !required(),
+                "HBRIDGE_REQUIRE_GPU=1 but {test} found no GPU: {e}"
+            );
             eprintln!("SKIPPED {test}: no GPU on this machine ({e}); runs on the GPU machine via scripts/gpu-check.sh");
             None
         }

@@ -57,7 +57,9 @@ fn silu(x: f64) -> f64 {
 /// place.
 #[test]
 fn flat_ops_match_f64() {
-    let Some(gpu) = common::gpu("elementwise::flat_ops_match_f64") else { return };
+    let Some(gpu) = common::gpu("elementwise::flat_ops_match_f64") else {
+        return;
+    };
     let mut rng = Rng::fresh("elementwise::flat_ops_match_f64");
     for &n in &[1usize, 7, 8, 1000, 4096 + 5, 100_003] {
         for shift in [0usize, 1] {
@@ -69,18 +71,41 @@ fn flat_ops_match_f64() {
 
             let out = poisoned(&gpu, n, shift);
             ew::add(&gpu, pa.ptr, pb.ptr, out.ptr, n, n).unwrap();
-            let want: Vec<f64> = a.iter().zip(&b).map(|(&x, &y)| x as f64 + y as f64).collect();
-            common::check(&case("add"), &common::down(&gpu, out.ptr, n), &want, BF16_TOL);
+            let want: Vec<f64> = a
+                .iter()
+                .zip(&b)
+                .map(|(&x, &y)| x as f64 + y as f64)
+                .collect();
+            common::check(
+                &case("add"),
+                &common::down(&gpu, out.ptr, n),
+                &want,
+                BF16_TOL,
+            );
 
             let out = poisoned(&gpu, n, shift);
             ew::swiglu(&gpu, pa.ptr, pb.ptr, out.ptr, n).unwrap();
-            let want: Vec<f64> = a.iter().zip(&b).map(|(&g, &u)| silu(g as f64) * u as f64).collect();
-            common::check(&case("swiglu"), &common::down(&gpu, out.ptr, n), &want, BF16_TOL);
+            let want: Vec<f64> = a
+                .iter()
+                .zip(&b)
+                .map(|(&g, &u)| silu(g as f64) * u as f64)
+                .collect();
+            common::check(
+                &case("swiglu"),
+                &common::down(&gpu, out.ptr, n),
+                &want,
+                BF16_TOL,
+            );
 
             let out = poisoned(&gpu, n, shift);
             ew::silu(&gpu, pa.ptr, out.ptr, n).unwrap();
             let want: Vec<f64> = a.iter().map(|&x| silu(x as f64)).collect();
-            common::check(&case("silu"), &common::down(&gpu, out.ptr, n), &want, BF16_TOL);
+            common::check(
+                &case("silu"),
+                &common::down(&gpu, out.ptr, n),
+                &want,
+                BF16_TOL,
+            );
 
             let out = poisoned(&gpu, n, shift);
             ew::gelu(&gpu, pa.ptr, out.ptr, n).unwrap();
@@ -91,18 +116,40 @@ fn flat_ops_match_f64() {
                     0.5 * x * libm::erfc(-x * std::f64::consts::FRAC_1_SQRT_2)
                 })
                 .collect();
-            common::check(&case("gelu"), &common::down(&gpu, out.ptr, n), &want, BF16_TOL);
+            common::check(
+                &case("gelu"),
+                &common::down(&gpu, out.ptr, n),
+                &want,
+                BF16_TOL,
+            );
 
             let out = poisoned(&gpu, n, shift);
             ew::affine(&gpu, pa.ptr, out.ptr, n, 1.7, -0.3).unwrap();
-            let want: Vec<f64> = a.iter().map(|&x| x as f64 * 1.7f32 as f64 - 0.3f32 as f64).collect();
-            common::check(&case("affine"), &common::down(&gpu, out.ptr, n), &want, BF16_TOL);
+            let want: Vec<f64> = a
+                .iter()
+                .map(|&x| x as f64 * 1.7f32 as f64 - 0.3f32 as f64)
+                .collect();
+            common::check(
+                &case("affine"),
+                &common::down(&gpu, out.ptr, n),
+                &want,
+                BF16_TOL,
+            );
 
             // In place: out aliases the first input.
             let inplace = place(&gpu, &a, shift);
             ew::add(&gpu, inplace.ptr, pb.ptr, inplace.ptr, n, n).unwrap();
-            let want: Vec<f64> = a.iter().zip(&b).map(|(&x, &y)| x as f64 + y as f64).collect();
-            common::check(&case("add in place"), &common::down(&gpu, inplace.ptr, n), &want, BF16_TOL);
+            let want: Vec<f64> = a
+                .iter()
+                .zip(&b)
+                .map(|(&x, &y)| x as f64 + y as f64)
+                .collect();
+            common::check(
+                &case("add in place"),
+                &common::down(&gpu, inplace.ptr, n),
+                &want,
+                BF16_TOL,
+            );
         }
     }
 }
@@ -111,37 +158,72 @@ fn flat_ops_match_f64() {
 /// are not multiples of 8, aligned and not, and in place.
 #[test]
 fn broadcast_ops_match_f64() {
-    let Some(gpu) = common::gpu("elementwise::broadcast_ops_match_f64") else { return };
+    let Some(gpu) = common::gpu("elementwise::broadcast_ops_match_f64") else {
+        return;
+    };
     let mut rng = Rng::fresh("elementwise::broadcast_ops_match_f64");
-    for &(rows, d) in &[(1usize, 12usize), (7, 3592), (1000, 72), (33, 2520), (5, 13), (2, 1)] {
+    for &(rows, d) in &[
+        (1usize, 12usize),
+        (7, 3592),
+        (1000, 72),
+        (33, 2520),
+        (5, 13),
+        (2, 1),
+    ] {
         for shift in [0usize, 1] {
             let n = rows * d;
             let x = rng.normal_bf16(n, 1.0);
             let y = rng.normal_bf16(n, 1.0);
             let v = rng.normal_bf16(d, 0.7);
-            let (px, py, pv) = (place(&gpu, &x, shift), place(&gpu, &y, shift), place(&gpu, &v, shift));
+            let (px, py, pv) = (
+                place(&gpu, &x, shift),
+                place(&gpu, &y, shift),
+                place(&gpu, &v, shift),
+            );
             let case = |op: &str| format!("{op} rows={rows} d={d} shift={shift}");
 
             let out = poisoned(&gpu, n, shift);
             ew::add(&gpu, px.ptr, pv.ptr, out.ptr, n, d).unwrap();
             let want: Vec<f64> = (0..n).map(|i| x[i] as f64 + v[i % d] as f64).collect();
-            common::check(&case("add row"), &common::down(&gpu, out.ptr, n), &want, BF16_TOL);
+            common::check(
+                &case("add row"),
+                &common::down(&gpu, out.ptr, n),
+                &want,
+                BF16_TOL,
+            );
 
             let out = poisoned(&gpu, n, shift);
             ew::modulate(&gpu, px.ptr, pv.ptr, out.ptr, n, d).unwrap();
-            let want: Vec<f64> = (0..n).map(|i| x[i] as f64 * (1.0 + v[i % d] as f64)).collect();
-            common::check(&case("modulate"), &common::down(&gpu, out.ptr, n), &want, BF16_TOL);
+            let want: Vec<f64> = (0..n)
+                .map(|i| x[i] as f64 * (1.0 + v[i % d] as f64))
+                .collect();
+            common::check(
+                &case("modulate"),
+                &common::down(&gpu, out.ptr, n),
+                &want,
+                BF16_TOL,
+            );
 
             let out = poisoned(&gpu, n, shift);
             ew::gate_residual(&gpu, px.ptr, pv.ptr, py.ptr, out.ptr, n, d).unwrap();
             let gate = |i: usize| x[i] as f64 + (v[i % d] as f64).tanh() * y[i] as f64;
             let want: Vec<f64> = (0..n).map(gate).collect();
-            common::check(&case("gate_residual"), &common::down(&gpu, out.ptr, n), &want, BF16_TOL);
+            common::check(
+                &case("gate_residual"),
+                &common::down(&gpu, out.ptr, n),
+                &want,
+                BF16_TOL,
+            );
 
             // In place, as the residual stream is updated.
             let inplace = place(&gpu, &x, shift);
             ew::gate_residual(&gpu, inplace.ptr, pv.ptr, py.ptr, inplace.ptr, n, d).unwrap();
-            common::check(&case("gate_residual in place"), &common::down(&gpu, inplace.ptr, n), &want, BF16_TOL);
+            common::check(
+                &case("gate_residual in place"),
+                &common::down(&gpu, inplace.ptr, n),
+                &want,
+                BF16_TOL,
+            );
 
             // [channels, hw] with one bias per channel: `rows` channels of `d` pixels.
             let bias = rng.normal_bf16(rows, 1.0);
@@ -149,7 +231,12 @@ fn broadcast_ops_match_f64() {
             let out = poisoned(&gpu, n, shift);
             ew::add_channel_bias(&gpu, px.ptr, pbias.ptr, out.ptr, rows, d).unwrap();
             let want: Vec<f64> = (0..n).map(|i| x[i] as f64 + bias[i / d] as f64).collect();
-            common::check(&case("add_channel_bias"), &common::down(&gpu, out.ptr, n), &want, BF16_TOL);
+            common::check(
+                &case("add_channel_bias"),
+                &common::down(&gpu, out.ptr, n),
+                &want,
+                BF16_TOL,
+            );
         }
     }
     // A VAE-shaped bias (many pixels per channel: several column strips per channel).
@@ -159,14 +246,23 @@ fn broadcast_ops_match_f64() {
     let (px, pb) = (place(&gpu, &x, 0), place(&gpu, &bias, 0));
     let out = poisoned(&gpu, c * hw, 0);
     ew::add_channel_bias(&gpu, px.ptr, pb.ptr, out.ptr, c, hw).unwrap();
-    let want: Vec<f64> = (0..c * hw).map(|i| x[i] as f64 + bias[i / hw] as f64).collect();
-    common::check("add_channel_bias 4x262144", &common::down(&gpu, out.ptr, c * hw), &want, BF16_TOL);
+    let want: Vec<f64> = (0..c * hw)
+        .map(|i| x[i] as f64 + bias[i / hw] as f64)
+        .collect();
+    common::check(
+        "add_channel_bias 4x262144",
+        &common::down(&gpu, out.ptr, c * hw),
+        &want,
+        BF16_TOL,
+    );
 }
 
 /// f32 -> bf16 rounds to nearest even exactly as the host does; bf16 -> f32 is exact.
 #[test]
 fn casts_are_exact() {
-    let Some(gpu) = common::gpu("elementwise::casts_are_exact") else { return };
+    let Some(gpu) = common::gpu("elementwise::casts_are_exact") else {
+        return;
+    };
     let mut rng = Rng::fresh("elementwise::casts_are_exact");
     for &n in &[1usize, 9, 1000, 65536 + 3] {
         for shift in [0usize, 1] {
@@ -202,7 +298,9 @@ fn casts_are_exact() {
 /// Impossible arguments are errors, empty ones no-ops.
 #[test]
 fn launchers_validate() {
-    let Some(gpu) = common::gpu("elementwise::launchers_validate") else { return };
+    let Some(gpu) = common::gpu("elementwise::launchers_validate") else {
+        return;
+    };
     let x = place(&gpu, &[1.0; 16], 0);
     assert!(ew::add(&gpu, x.ptr, x.ptr, x.ptr, 10, 3).is_err());
     assert!(ew::modulate(&gpu, x.ptr, x.ptr, x.ptr, 10, 0).is_err());

@@ -7,9 +7,16 @@ use hbridge_engine::cuda::ops::layout::{self, ConvGeometry};
 
 #[test]
 fn embed_gathers_rows() {
-    let Some(gpu) = common::gpu("layout::embed_gathers_rows") else { return };
+    let Some(gpu) = common::gpu("layout::embed_gathers_rows") else {
+        return;
+    };
     let mut rng = Rng::fresh("layout::embed_gathers_rows");
-    for &(vocab, d, n) in &[(50usize, 72usize, 1000usize), (7, 13, 9), (3, 8, 1), (1000, 3584, 37)] {
+    for &(vocab, d, n) in &[
+        (50usize, 72usize, 1000usize),
+        (7, 13, 9),
+        (3, 8, 1),
+        (1000, 3584, 37),
+    ] {
         for shift in [0usize, 1] {
             let table = rng.normal_bf16(vocab * d, 1.0);
             let ids: Vec<i32> = (0..n).map(|_| rng.below(vocab) as i32).collect();
@@ -17,8 +24,15 @@ fn embed_gathers_rows() {
             let pt = place(&gpu, &table, shift);
             let out = poisoned(&gpu, n * d, shift);
             layout::embed(&gpu, pt.ptr, ip, out.ptr, n, d).unwrap();
-            let want: Vec<f32> = ids.iter().flat_map(|&i| table[i as usize * d..(i as usize + 1) * d].to_vec()).collect();
-            exact(&format!("embed vocab={vocab} d={d} n={n} shift={shift}"), &common::down(&gpu, out.ptr, n * d), &want);
+            let want: Vec<f32> = ids
+                .iter()
+                .flat_map(|&i| table[i as usize * d..(i as usize + 1) * d].to_vec())
+                .collect();
+            exact(
+                &format!("embed vocab={vocab} d={d} n={n} shift={shift}"),
+                &common::down(&gpu, out.ptr, n * d),
+                &want,
+            );
 
             // Bounded: ids outside the table give zero rows.
             let bad: Vec<i32> = ids
@@ -43,14 +57,20 @@ fn embed_gathers_rows() {
                     }
                 })
                 .collect();
-            exact(&format!("embed_bounded vocab={vocab} d={d} n={n} shift={shift}"), &common::down(&gpu, out.ptr, n * d), &want);
+            exact(
+                &format!("embed_bounded vocab={vocab} d={d} n={n} shift={shift}"),
+                &common::down(&gpu, out.ptr, n * d),
+                &want,
+            );
         }
     }
 }
 
 #[test]
 fn copy2d_copies_strided_rows() {
-    let Some(gpu) = common::gpu("layout::copy2d_copies_strided_rows") else { return };
+    let Some(gpu) = common::gpu("layout::copy2d_copies_strided_rows") else {
+        return;
+    };
     let mut rng = Rng::fresh("layout::copy2d_copies_strided_rows");
     // (rows, cols, src_stride, dst_stride)
     for &(rows, cols, ss, ds) in &[
@@ -68,8 +88,12 @@ fn copy2d_copies_strided_rows() {
             layout::copy2d(&gpu, ps.ptr, ss, out.ptr, ds, rows, cols).unwrap();
             let got = common::down(&gpu, out.ptr, dst_len);
             let case = format!("copy2d {rows}x{cols} strides {ss}/{ds} shift={shift}");
-            let got_rows: Vec<f32> = (0..rows).flat_map(|r| got[r * ds..r * ds + cols].to_vec()).collect();
-            let want: Vec<f32> = (0..rows).flat_map(|r| src[r * ss..r * ss + cols].to_vec()).collect();
+            let got_rows: Vec<f32> = (0..rows)
+                .flat_map(|r| got[r * ds..r * ds + cols].to_vec())
+                .collect();
+            let want: Vec<f32> = (0..rows)
+                .flat_map(|r| src[r * ss..r * ss + cols].to_vec())
+                .collect();
             exact(&case, &got_rows, &want);
             if ds > cols && rows > 1 {
                 assert!(got[cols].is_nan(), "{case}: wrote between rows");
@@ -80,16 +104,31 @@ fn copy2d_copies_strided_rows() {
 
 #[test]
 fn transpose_is_exact() {
-    let Some(gpu) = common::gpu("layout::transpose_is_exact") else { return };
+    let Some(gpu) = common::gpu("layout::transpose_is_exact") else {
+        return;
+    };
     let mut rng = Rng::fresh("layout::transpose_is_exact");
-    for &(a, b) in &[(1usize, 1usize), (7, 1000), (33, 65), (100, 37), (512, 4096)] {
+    for &(a, b) in &[
+        (1usize, 1usize),
+        (7, 1000),
+        (33, 65),
+        (100, 37),
+        (512, 4096),
+    ] {
         for shift in [0usize, 1] {
             let x = rng.normal_bf16(a * b, 1.0);
             let px = place(&gpu, &x, shift);
             let out = poisoned(&gpu, a * b, shift);
             layout::transpose(&gpu, px.ptr, out.ptr, a, b).unwrap();
-            let want: Vec<f32> = (0..b).flat_map(|j| (0..a).map(move |i| (i, j))).map(|(i, j)| x[i * b + j]).collect();
-            exact(&format!("transpose {a}x{b} shift={shift}"), &common::down(&gpu, out.ptr, a * b), &want);
+            let want: Vec<f32> = (0..b)
+                .flat_map(|j| (0..a).map(move |i| (i, j)))
+                .map(|(i, j)| x[i * b + j])
+                .collect();
+            exact(
+                &format!("transpose {a}x{b} shift={shift}"),
+                &common::down(&gpu, out.ptr, a * b),
+                &want,
+            );
         }
     }
 }
@@ -102,7 +141,8 @@ fn patchify_ref(x: &[f32], c: usize, h: usize, w: usize, p: usize) -> Vec<f32> {
         for p1 in 0..p {
             for p2 in 0..p {
                 for ch in 0..c {
-                    out[t * f + (p1 * p + p2) * c + ch] = x[(ch * h + ti * p + p1) * w + tj * p + p2];
+                    out[t * f + (p1 * p + p2) * c + ch] =
+                        x[(ch * h + ti * p + p1) * w + tj * p + p2];
                 }
             }
         }
@@ -112,9 +152,16 @@ fn patchify_ref(x: &[f32], c: usize, h: usize, w: usize, p: usize) -> Vec<f32> {
 
 #[test]
 fn patchify_and_unpatchify_are_exact() {
-    let Some(gpu) = common::gpu("layout::patchify_and_unpatchify_are_exact") else { return };
+    let Some(gpu) = common::gpu("layout::patchify_and_unpatchify_are_exact") else {
+        return;
+    };
     let mut rng = Rng::fresh("layout::patchify_and_unpatchify_are_exact");
-    for &(c, h, w, p) in &[(16usize, 12usize, 10usize, 2usize), (3, 6, 9, 3), (16, 128, 128, 2), (1, 1, 1, 1)] {
+    for &(c, h, w, p) in &[
+        (16usize, 12usize, 10usize, 2usize),
+        (3, 6, 9, 3),
+        (16, 128, 128, 2),
+        (1, 1, 1, 1),
+    ] {
         for shift in [0usize, 1] {
             let n = c * h * w;
             let x = rng.normal_bf16(n, 1.0);
@@ -123,10 +170,18 @@ fn patchify_and_unpatchify_are_exact() {
             layout::patchify(&gpu, px.ptr, tokens.ptr, c, h, w, p).unwrap();
             let want = patchify_ref(&x, c, h, w, p);
             let case = format!("c={c} h={h} w={w} p={p} shift={shift}");
-            exact(&format!("patchify {case}"), &common::down(&gpu, tokens.ptr, n), &want);
+            exact(
+                &format!("patchify {case}"),
+                &common::down(&gpu, tokens.ptr, n),
+                &want,
+            );
             let back = poisoned(&gpu, n, shift);
             layout::unpatchify(&gpu, tokens.ptr, back.ptr, c, h, w, p).unwrap();
-            exact(&format!("unpatchify {case}"), &common::down(&gpu, back.ptr, n), &x);
+            exact(
+                &format!("unpatchify {case}"),
+                &common::down(&gpu, back.ptr, n),
+                &x,
+            );
         }
     }
     let x = place(&gpu, &[1.0; 64], 0);
@@ -136,9 +191,17 @@ fn patchify_and_unpatchify_are_exact() {
 
 #[test]
 fn upsample2x_is_exact() {
-    let Some(gpu) = common::gpu("layout::upsample2x_is_exact") else { return };
+    let Some(gpu) = common::gpu("layout::upsample2x_is_exact") else {
+        return;
+    };
     let mut rng = Rng::fresh("layout::upsample2x_is_exact");
-    for &(c, h, w) in &[(3usize, 5usize, 16usize), (2, 3, 7), (1, 1, 1), (128, 64, 64), (4, 33, 40)] {
+    for &(c, h, w) in &[
+        (3usize, 5usize, 16usize),
+        (2, 3, 7),
+        (1, 1, 1),
+        (128, 64, 64),
+        (4, 33, 40),
+    ] {
         for shift in [0usize, 1] {
             let x = rng.normal_bf16(c * h * w, 1.0);
             let px = place(&gpu, &x, shift);
@@ -153,7 +216,11 @@ fn upsample2x_is_exact() {
                     }
                 }
             }
-            exact(&format!("upsample2x c={c} h={h} w={w} shift={shift}"), &common::down(&gpu, out.ptr, n), &want);
+            exact(
+                &format!("upsample2x c={c} h={h} w={w} shift={shift}"),
+                &common::down(&gpu, out.ptr, n),
+                &want,
+            );
         }
     }
 }
@@ -169,8 +236,11 @@ fn im2col_ref(x: &[f32], g: &ConvGeometry, oy0: usize, rows: usize) -> Vec<f32> 
                     let iy = (oy * g.stride + ky) as isize - g.pad_begin as isize;
                     let ix = (ox * g.stride + kx) as isize - g.pad_begin as isize;
                     let inside = iy >= 0 && (iy as usize) < g.h && ix >= 0 && (ix as usize) < g.w;
-                    out[r * feats + (ci * g.k + ky) * g.k + kx] =
-                        if inside { x[(ci * g.h + iy as usize) * g.w + ix as usize] } else { 0.0 };
+                    out[r * feats + (ci * g.k + ky) * g.k + kx] = if inside {
+                        x[(ci * g.h + iy as usize) * g.w + ix as usize]
+                    } else {
+                        0.0
+                    };
                 }
             }
         }
@@ -180,17 +250,51 @@ fn im2col_ref(x: &[f32], g: &ConvGeometry, oy0: usize, rows: usize) -> Vec<f32> 
 
 #[test]
 fn im2col_is_exact() {
-    let Some(gpu) = common::gpu("layout::im2col_is_exact") else { return };
+    let Some(gpu) = common::gpu("layout::im2col_is_exact") else {
+        return;
+    };
     let mut rng = Rng::fresh("layout::im2col_is_exact");
     let geoms = [
         // 3x3 "same" conv, 27 features (scalar path).
-        ConvGeometry { cin: 3, h: 7, w: 9, k: 3, stride: 1, pad_begin: 1, pad_end: 1 },
+        ConvGeometry {
+            cin: 3,
+            h: 7,
+            w: 9,
+            k: 3,
+            stride: 1,
+            pad_begin: 1,
+            pad_end: 1,
+        },
         // The VAE encoder's downsampling conv: stride 2, padding (0, 1); 72 features (vector path).
-        ConvGeometry { cin: 8, h: 10, w: 11, k: 3, stride: 2, pad_begin: 0, pad_end: 1 },
+        ConvGeometry {
+            cin: 8,
+            h: 10,
+            w: 11,
+            k: 3,
+            stride: 2,
+            pad_begin: 0,
+            pad_end: 1,
+        },
         // 1x1.
-        ConvGeometry { cin: 16, h: 5, w: 6, k: 1, stride: 1, pad_begin: 0, pad_end: 0 },
+        ConvGeometry {
+            cin: 16,
+            h: 5,
+            w: 6,
+            k: 1,
+            stride: 1,
+            pad_begin: 0,
+            pad_end: 0,
+        },
         // Larger: 128 channels, 32x40, 3x3.
-        ConvGeometry { cin: 128, h: 32, w: 40, k: 3, stride: 1, pad_begin: 1, pad_end: 1 },
+        ConvGeometry {
+            cin: 128,
+            h: 32,
+            w: 40,
+            k: 3,
+            stride: 1,
+            pad_begin: 1,
+            pad_end: 1,
+        },
     ];
     for g in &geoms {
         for shift in [0usize, 1] {
@@ -218,7 +322,15 @@ fn im2col_is_exact() {
         }
     }
     let x = place(&gpu, &[1.0; 64], 0);
-    let g = ConvGeometry { cin: 1, h: 2, w: 2, k: 5, stride: 1, pad_begin: 0, pad_end: 0 };
+    let g = ConvGeometry {
+        cin: 1,
+        h: 2,
+        w: 2,
+        k: 5,
+        stride: 1,
+        pad_begin: 0,
+        pad_end: 0,
+    };
     assert!(layout::im2col(&gpu, x.ptr, x.ptr, &g).is_err());
     let g = ConvGeometry { k: 1, ..g };
     assert!(layout::im2col_rows(&gpu, x.ptr, x.ptr, &g, 1, 2).is_err());

@@ -15,12 +15,42 @@ struct Opts {
 }
 
 const OPTS: [Opts; 6] = [
-    Opts { residual: false, residual_out: false, weight: true, scale: false },
-    Opts { residual: true, residual_out: true, weight: true, scale: false },
-    Opts { residual: false, residual_out: false, weight: true, scale: true },
-    Opts { residual: false, residual_out: false, weight: false, scale: false },
-    Opts { residual: true, residual_out: false, weight: false, scale: true },
-    Opts { residual: false, residual_out: true, weight: true, scale: true },
+    Opts {
+        residual: false,
+        residual_out: false,
+        weight: true,
+        scale: false,
+    },
+    Opts {
+        residual: true,
+        residual_out: true,
+        weight: true,
+        scale: false,
+    },
+    Opts {
+        residual: false,
+        residual_out: false,
+        weight: true,
+        scale: true,
+    },
+    Opts {
+        residual: false,
+        residual_out: false,
+        weight: false,
+        scale: false,
+    },
+    Opts {
+        residual: true,
+        residual_out: false,
+        weight: false,
+        scale: true,
+    },
+    Opts {
+        residual: false,
+        residual_out: true,
+        weight: true,
+        scale: true,
+    },
 ];
 
 /// f64 reference of the fused RMSNorm; also returns `h` (what residual_out must hold, exactly).
@@ -58,7 +88,15 @@ fn rms_ref(
     (out, h)
 }
 
-fn run_rms(gpu: &hbridge_engine::cuda::Gpu, rng: &mut Rng, rows: usize, dim: usize, o: Opts, shift: usize, in_place: bool) {
+fn run_rms(
+    gpu: &hbridge_engine::cuda::Gpu,
+    rng: &mut Rng,
+    rows: usize,
+    dim: usize,
+    o: Opts,
+    shift: usize,
+    in_place: bool,
+) {
     let n = rows * dim;
     let eps = 1e-6f32;
     let x = rng.normal_bf16(n, 1.5);
@@ -101,7 +139,11 @@ fn run_rms(gpu: &hbridge_engine::cuda::Gpu, rng: &mut Rng, rows: usize, dim: usi
     let case = format!("rmsnorm rows={rows} dim={dim} {o:?} shift={shift} in_place={in_place}");
     common::check(&case, &common::down(gpu, out_ptr, n), &want, BF16_TOL);
     if o.residual_out {
-        exact(&format!("{case} residual_out"), &common::down(gpu, rout_ptr, n), &h);
+        exact(
+            &format!("{case} residual_out"),
+            &common::down(gpu, rout_ptr, n),
+            &h,
+        );
     }
 }
 
@@ -109,7 +151,9 @@ fn run_rms(gpu: &hbridge_engine::cuda::Gpu, rng: &mut Rng, rows: usize, dim: usi
 /// and misaligned pointers, all six option sets, row counts that do not fill a block.
 #[test]
 fn rmsnorm_matches_f64() {
-    let Some(gpu) = common::gpu("norm::rmsnorm_matches_f64") else { return };
+    let Some(gpu) = common::gpu("norm::rmsnorm_matches_f64") else {
+        return;
+    };
     let mut rng = Rng::fresh("norm::rmsnorm_matches_f64");
     let shapes: &[(usize, usize)] = &[
         (1, 12),
@@ -142,19 +186,39 @@ fn rmsnorm_matches_f64() {
 
 #[test]
 fn layernorm_matches_f64() {
-    let Some(gpu) = common::gpu("norm::layernorm_matches_f64") else { return };
+    let Some(gpu) = common::gpu("norm::layernorm_matches_f64") else {
+        return;
+    };
     let mut rng = Rng::fresh("norm::layernorm_matches_f64");
-    for &(rows, dim) in &[(1usize, 12usize), (7, 120), (1000, 72), (33, 2520), (3, 3585), (5, 3592)] {
+    for &(rows, dim) in &[
+        (1usize, 12usize),
+        (7, 120),
+        (1000, 72),
+        (33, 2520),
+        (3, 3585),
+        (5, 3592),
+    ] {
         for shift in [0usize, 1] {
             for modulated in [false, true] {
                 let n = rows * dim;
                 let eps = 1e-6f32;
                 // A mean far from zero: the variance must not cancel.
-                let x: Vec<f32> = rng.normal_bf16(n, 1.0).iter().map(|v| round_bf16(v + 3.0)).collect();
+                let x: Vec<f32> = rng
+                    .normal_bf16(n, 1.0)
+                    .iter()
+                    .map(|v| round_bf16(v + 3.0))
+                    .collect();
                 let s = rng.normal_bf16(dim, 0.5);
                 let (px, ps) = (place(&gpu, &x, shift), place(&gpu, &s, shift));
                 let out = poisoned(&gpu, n, shift);
-                let args = LayerNormArgs { x: px.ptr, scale: modulated.then_some(ps.ptr), out: out.ptr, rows, dim, eps };
+                let args = LayerNormArgs {
+                    x: px.ptr,
+                    scale: modulated.then_some(ps.ptr),
+                    out: out.ptr,
+                    rows,
+                    dim,
+                    eps,
+                };
                 if modulated {
                     norm::layernorm_modulated(&gpu, &args).unwrap();
                 } else {
@@ -164,14 +228,16 @@ fn layernorm_matches_f64() {
                 for r in 0..rows {
                     let row = &x[r * dim..(r + 1) * dim];
                     let mean = row.iter().map(|&v| v as f64).sum::<f64>() / dim as f64;
-                    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / dim as f64;
+                    let var =
+                        row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / dim as f64;
                     let inv = 1.0 / (var + eps as f64).sqrt();
                     for j in 0..dim {
                         let m = if modulated { 1.0 + s[j] as f64 } else { 1.0 };
                         want[r * dim + j] = (row[j] as f64 - mean) * inv * m;
                     }
                 }
-                let case = format!("layernorm rows={rows} dim={dim} shift={shift} modulated={modulated}");
+                let case =
+                    format!("layernorm rows={rows} dim={dim} shift={shift} modulated={modulated}");
                 common::check(&case, &common::down(&gpu, out.ptr, n), &want, BF16_TOL);
             }
         }
@@ -180,19 +246,29 @@ fn layernorm_matches_f64() {
 
 #[test]
 fn group_norm_matches_f64() {
-    let Some(gpu) = common::gpu("norm::group_norm_matches_f64") else { return };
+    let Some(gpu) = common::gpu("norm::group_norm_matches_f64") else {
+        return;
+    };
     let mut rng = Rng::fresh("norm::group_norm_matches_f64");
     // (channels, hw, groups): scalar and vector paths, one and many partial blocks per group, a VAE-like
     // group of 4 channels x 256^2 pixels.
-    let shapes: &[(usize, usize, usize)] =
-        &[(32, 64, 8), (12, 63, 3), (6, 1, 2), (64, 4096, 32), (128, 65536, 32), (8, 20000 + 3, 4)];
+    let shapes: &[(usize, usize, usize)] = &[
+        (32, 64, 8),
+        (12, 63, 3),
+        (6, 1, 2),
+        (64, 4096, 32),
+        (128, 65536, 32),
+        (8, 20000 + 3, 4),
+    ];
     for &(c, hw, groups) in shapes {
         for shift in [0usize, 1] {
             for in_place in [false, true] {
                 let n = c * hw;
                 let eps = 1e-6f32;
                 // Per-channel offsets, so each group's mean is far from zero and varies.
-                let offs: Vec<f32> = (0..c).map(|_| (rng.uniform() * 10.0 - 5.0) as f32).collect();
+                let offs: Vec<f32> = (0..c)
+                    .map(|_| (rng.uniform() * 10.0 - 5.0) as f32)
+                    .collect();
                 let x: Vec<f32> = rng
                     .normal_bf16(n, 1.0)
                     .iter()
@@ -201,23 +277,31 @@ fn group_norm_matches_f64() {
                     .collect();
                 let w = rng.normal_bf16(c, 1.0);
                 let b = rng.normal_bf16(c, 1.0);
-                let (px, pw, pb) = (place(&gpu, &x, shift), place(&gpu, &w, shift), place(&gpu, &b, shift));
+                let (px, pw, pb) = (
+                    place(&gpu, &x, shift),
+                    place(&gpu, &w, shift),
+                    place(&gpu, &b, shift),
+                );
                 let out = poisoned(&gpu, n, shift);
                 let out_ptr = if in_place { px.ptr } else { out.ptr };
-                norm::group_norm(&gpu, px.ptr, pw.ptr, pb.ptr, out_ptr, c, hw, groups, eps).unwrap();
+                norm::group_norm(&gpu, px.ptr, pw.ptr, pb.ptr, out_ptr, c, hw, groups, eps)
+                    .unwrap();
                 let glen = c / groups * hw;
                 let mut want = vec![0.0f64; n];
                 for g in 0..groups {
                     let xs = &x[g * glen..(g + 1) * glen];
                     let mean = xs.iter().map(|&v| v as f64).sum::<f64>() / glen as f64;
-                    let var = xs.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / glen as f64;
+                    let var =
+                        xs.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / glen as f64;
                     let inv = 1.0 / (var + eps as f64).sqrt();
                     for (i, &v) in xs.iter().enumerate() {
                         let ch = g * (c / groups) + i / hw;
                         want[g * glen + i] = (v as f64 - mean) * inv * w[ch] as f64 + b[ch] as f64;
                     }
                 }
-                let case = format!("group_norm c={c} hw={hw} groups={groups} shift={shift} in_place={in_place}");
+                let case = format!(
+                    "group_norm c={c} hw={hw} groups={groups} shift={shift} in_place={in_place}"
+                );
                 common::check(&case, &common::down(&gpu, out_ptr, n), &want, BF16_TOL);
             }
         }
@@ -226,7 +310,9 @@ fn group_norm_matches_f64() {
 
 #[test]
 fn launchers_validate() {
-    let Some(gpu) = common::gpu("norm::launchers_validate") else { return };
+    let Some(gpu) = common::gpu("norm::launchers_validate") else {
+        return;
+    };
     let x = place(&gpu, &[1.0; 64], 0);
     assert!(norm::group_norm(&gpu, x.ptr, x.ptr, x.ptr, x.ptr, 6, 4, 4, 1e-6).is_err());
     assert!(norm::group_norm(&gpu, x.ptr, x.ptr, x.ptr, x.ptr, 6, 4, 0, 1e-6).is_err());
@@ -243,6 +329,14 @@ fn launchers_validate() {
         eps: 1e-6,
     };
     norm::rmsnorm(&gpu, &args).unwrap();
-    assert!(norm::rmsnorm(&gpu, &RmsNormArgs { rows: 1, dim: 40000, ..args }).is_err());
+    assert!(norm::rmsnorm(
+        &gpu,
+        &RmsNormArgs {
+            rows: 1,
+            dim: 40000,
+            ..args
+        }
+    )
+    .is_err());
     gpu.synchronize().unwrap();
 }

@@ -78,12 +78,16 @@ pub(super) fn mrope_positions(rng: &mut Rng, n: usize) -> Vec<i32> {
 
 /// Gathers the `[n, width]` rows of a strided `[n, stride]` buffer.
 pub(super) fn rows_of(v: &[f32], n: usize, width: usize, stride: usize) -> Vec<f32> {
-    (0..n).flat_map(|i| v[i * stride..i * stride + width].iter().copied()).collect()
+    (0..n)
+        .flat_map(|i| v[i * stride..i * stride + width].iter().copied())
+        .collect()
 }
 
 #[test]
 fn mrope_matches_f64() {
-    let Some(gpu) = common::gpu("rope::mrope_matches_f64") else { return };
+    let Some(gpu) = common::gpu("rope::mrope_matches_f64") else {
+        return;
+    };
     let mut rng = Rng::fresh("rope::mrope_matches_f64");
     // (n, heads, head_dim, section, extra columns per output row)
     let cases: &[(usize, usize, usize, [usize; 3], usize)] = &[
@@ -110,14 +114,20 @@ fn mrope_matches_f64() {
                 let px = place(&gpu, &x, shift);
                 let out = poisoned(&gpu, n * stride, shift);
                 let out_ptr = if in_place { px.ptr } else { out.ptr };
-                rope::mrope(&gpu, px.ptr, pp, out_ptr, stride, n, heads, hd, section, theta).unwrap();
+                rope::mrope(
+                    &gpu, px.ptr, pp, out_ptr, stride, n, heads, hd, section, theta,
+                )
+                .unwrap();
                 let want = mrope_ref(&x, width, &pos, n, heads, hd, section, theta);
                 let got = common::down(&gpu, out_ptr, n * stride);
                 let case = format!("mrope n={n} heads={heads} d={hd} stride={stride} shift={shift} in_place={in_place}");
                 common::check(&case, &rows_of(&got, n, width, stride), &want, BF16_TOL);
                 if extra != 0 {
                     // The gap between rows is left alone (still poisoned).
-                    assert!(got[width].is_nan() && got[stride - 1].is_nan(), "{case}: wrote between rows");
+                    assert!(
+                        got[width].is_nan() && got[stride - 1].is_nan(),
+                        "{case}: wrote between rows"
+                    );
                 }
             }
         }
@@ -131,17 +141,54 @@ fn mrope_matches_f64() {
     let px = place(&gpu, &x, 0);
     let out = poisoned(&gpu, n * heads * hd, 0);
     let k_cols = px.ptr.offset(heads * hd, 2);
-    rope::mrope_strided(&gpu, k_cols, in_stride, pp, out.ptr, heads * hd, n, heads, hd, section, 1e6).unwrap();
-    let want = mrope_ref(&x[heads * hd..], in_stride, &pos, n, heads, hd, section, 1e6);
-    common::check("mrope strided input", &common::down(&gpu, out.ptr, n * heads * hd), &want, BF16_TOL);
+    rope::mrope_strided(
+        &gpu,
+        k_cols,
+        in_stride,
+        pp,
+        out.ptr,
+        heads * hd,
+        n,
+        heads,
+        hd,
+        section,
+        1e6,
+    )
+    .unwrap();
+    let want = mrope_ref(
+        &x[heads * hd..],
+        in_stride,
+        &pos,
+        n,
+        heads,
+        hd,
+        section,
+        1e6,
+    );
+    common::check(
+        "mrope strided input",
+        &common::down(&gpu, out.ptr, n * heads * hd),
+        &want,
+        BF16_TOL,
+    );
 }
 
 /// f64 reference of the gen RoPE (the CPU backend's math).
-fn interleaved3_ref(x: &[f32], pos: &[i32], n: usize, heads: usize, hd: usize, axes: [usize; 3], theta: f64) -> Vec<f64> {
+fn interleaved3_ref(
+    x: &[f32],
+    pos: &[i32],
+    n: usize,
+    heads: usize,
+    hd: usize,
+    axes: [usize; 3],
+    theta: f64,
+) -> Vec<f64> {
     let pairs: Vec<(usize, f64)> = axes
         .iter()
         .enumerate()
-        .flat_map(|(axis, &a)| (0..a / 2).map(move |k| (axis, 1.0 / theta.powf((2 * k) as f64 / a as f64))))
+        .flat_map(|(axis, &a)| {
+            (0..a / 2).map(move |k| (axis, 1.0 / theta.powf((2 * k) as f64 / a as f64)))
+        })
         .collect();
     let mut out = vec![0.0f64; n * heads * hd];
     for i in 0..n {
@@ -161,7 +208,9 @@ fn interleaved3_ref(x: &[f32], pos: &[i32], n: usize, heads: usize, hd: usize, a
 
 #[test]
 fn interleaved3_matches_f64() {
-    let Some(gpu) = common::gpu("rope::interleaved3_matches_f64") else { return };
+    let Some(gpu) = common::gpu("rope::interleaved3_matches_f64") else {
+        return;
+    };
     let mut rng = Rng::fresh("rope::interleaved3_matches_f64");
     let cases: &[(usize, usize, usize, [usize; 3])] = &[
         (7, 3, 24, [8, 8, 8]),
@@ -183,8 +232,15 @@ fn interleaved3_matches_f64() {
                 let out_ptr = if in_place { px.ptr } else { out.ptr };
                 rope::interleaved3(&gpu, px.ptr, pp, out_ptr, n, heads, hd, axes, 10000.0).unwrap();
                 let want = interleaved3_ref(&x, &pos, n, heads, hd, axes, 10000.0);
-                let case = format!("interleaved3 n={n} heads={heads} d={hd} shift={shift} in_place={in_place}");
-                common::check(&case, &common::down(&gpu, out_ptr, x.len()), &want, BF16_TOL);
+                let case = format!(
+                    "interleaved3 n={n} heads={heads} d={hd} shift={shift} in_place={in_place}"
+                );
+                common::check(
+                    &case,
+                    &common::down(&gpu, out_ptr, x.len()),
+                    &want,
+                    BF16_TOL,
+                );
             }
         }
     }
@@ -192,7 +248,9 @@ fn interleaved3_matches_f64() {
 
 #[test]
 fn launchers_validate() {
-    let Some(gpu) = common::gpu("rope::launchers_validate") else { return };
+    let Some(gpu) = common::gpu("rope::launchers_validate") else {
+        return;
+    };
     let x = place(&gpu, &[1.0; 64], 0);
     // Section not summing to head_dim / 2, odd head_dim, short output stride, odd axes.
     assert!(rope::mrope(&gpu, x.ptr, x.ptr, x.ptr, 16, 1, 1, 16, [2, 2, 2], 1e6).is_err());

@@ -8,10 +8,23 @@ use hbridge_engine::cuda::ops::timestep;
 
 #[test]
 fn timestep_features_match_f64() {
-    let Some(gpu) = common::gpu("timestep::timestep_features_match_f64") else { return };
+    let Some(gpu) = common::gpu("timestep::timestep_features_match_f64") else {
+        return;
+    };
     let mut rng = Rng::fresh("timestep::timestep_features_match_f64");
-    let ts = [0.0f32, 1.0, rng.uniform() as f32, 0.015625, rng.uniform() as f32];
-    for &(half, scale) in &[(128usize, 1000.0f64), (128, 1.0), (3, 1000.0), (300, 1000.0)] {
+    let ts = [
+        0.0f32,
+        1.0,
+        rng.uniform() as f32,
+        0.015625,
+        rng.uniform() as f32,
+    ];
+    for &(half, scale) in &[
+        (128usize, 1000.0f64),
+        (128, 1.0),
+        (3, 1000.0),
+        (300, 1000.0),
+    ] {
         for &t in &ts {
             let tb = buffer::upload(&gpu, &[t]).expect("upload t");
             let tp = dev_ptr(&tb, gpu.stream());
@@ -30,7 +43,10 @@ fn timestep_features_match_f64() {
             // Each value is the f64 result rounded to f32 then bf16: within half a bf16 step of it.
             for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
                 let step = (round_bf16(w as f32) - w as f32).abs() as f64;
-                assert!((g as f64 - w).abs() <= step + 1e-6, "{case}: element {i}: {g} vs {w}");
+                assert!(
+                    (g as f64 - w).abs() <= step + 1e-6,
+                    "{case}: element {i}: {g} vs {w}"
+                );
             }
         }
     }

@@ -26,7 +26,10 @@ pub fn ref_tokens_output(j: usize) -> String {
 }
 
 /// Checks the reference latents against the gen config; returns each one's patch-token count.
-pub(super) fn ref_token_counts(c: &GenConfig, refs: &[[usize; 3]]) -> Result<Vec<usize>, GraphError> {
+pub(super) fn ref_token_counts(
+    c: &GenConfig,
+    refs: &[[usize; 3]],
+) -> Result<Vec<usize>, GraphError> {
     if refs.len() > MAX_REF_IMAGES {
         return Err(GraphError::Request(format!(
             "{} reference images; image_index_embedding has rows for at most {MAX_REF_IMAGES}",

@@ -41,7 +41,12 @@ impl Ctx<'_> {
         )
     }
 
-    pub(super) fn group_norm(&mut self, x: TensorId, name: &str, ch: usize) -> Result<TensorId, GraphError> {
+    pub(super) fn group_norm(
+        &mut self,
+        x: TensorId,
+        name: &str,
+        ch: usize,
+    ) -> Result<TensorId, GraphError> {
         let weight = self.g.weight(Part::Vae, format!("{name}.weight"), &[ch]);
         let bias = self.g.weight(Part::Vae, format!("{name}.bias"), &[ch]);
         self.g.push(

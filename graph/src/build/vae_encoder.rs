@@ -52,9 +52,8 @@ pub fn vae_encode(c: &VaeConfig, image_hw: (usize, usize)) -> Result<Graph, Grap
         g: Graph::default(),
         c,
     };
-    let image = cx
-        .g
-        .input(VAE_ENCODER_INPUT, &[c.in_channels, h, w], DataType::F32);
+    let image =
+        cx.g.input(VAE_ENCODER_INPUT, &[c.in_channels, h, w], DataType::F32);
     let mut x = cx.conv(image, "encoder.conv_in", first, c.in_channels, 3)?;
     let (mut hh, mut ww) = (h, w);
     let mut prev = first;
@@ -68,7 +67,11 @@ pub fn vae_encode(c: &VaeConfig, image_hw: (usize, usize)) -> Result<Graph, Grap
             )?;
         }
         if i + 1 < boc.len() {
-            x = cx.downsample(x, &format!("encoder.down_blocks.{i}.downsamplers.0.conv"), out)?;
+            x = cx.downsample(
+                x,
+                &format!("encoder.down_blocks.{i}.downsamplers.0.conv"),
+                out,
+            )?;
             hh /= 2;
             ww /= 2;
         }

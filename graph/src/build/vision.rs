@@ -251,14 +251,29 @@ impl Tower<'_> {
             format!("{l}attn"),
         )?;
         let o = self.linear(a, &format!("{p}attn.proj"), d, d, format!("{l}proj"))?;
-        let x = self.g.push(Op::Add { a: x, b: o }, format!("{l}attn_residual"))?;
+        let x = self
+            .g
+            .push(Op::Add { a: x, b: o }, format!("{l}attn_residual"))?;
         let m = self.rmsnorm(x, &format!("{p}norm2.weight"), format!("{l}norm2"))?;
         let inter = vc.intermediate_size;
-        let gate = self.linear(m, &format!("{p}mlp.gate_proj"), inter, d, format!("{l}gate"))?;
+        let gate = self.linear(
+            m,
+            &format!("{p}mlp.gate_proj"),
+            inter,
+            d,
+            format!("{l}gate"),
+        )?;
         let up = self.linear(m, &format!("{p}mlp.up_proj"), inter, d, format!("{l}up"))?;
         let s = self.g.push(Op::SwiGlu { gate, up }, format!("{l}swiglu"))?;
-        let down = self.linear(s, &format!("{p}mlp.down_proj"), d, inter, format!("{l}down"))?;
-        self.g.push(Op::Add { a: x, b: down }, format!("vision.hs.{}", i + 1))
+        let down = self.linear(
+            s,
+            &format!("{p}mlp.down_proj"),
+            d,
+            inter,
+            format!("{l}down"),
+        )?;
+        self.g
+            .push(Op::Add { a: x, b: down }, format!("vision.hs.{}", i + 1))
     }
 }
 
@@ -374,9 +389,9 @@ pub fn vision_encoder(
 }
 
 fn vision_config(c: &UndConfig) -> Result<&VisionConfig, GraphError> {
-    c.vision
-        .as_ref()
-        .ok_or_else(|| req("image inputs need a vision tower; the und config has no vision_config".into()))
+    c.vision.as_ref().ok_or_else(|| {
+        req("image inputs need a vision tower; the und config has no vision_config".into())
+    })
 }
 
 /// Und prefill over a context holding images: as [`super::und_prefill`] (same inputs, outputs and
@@ -420,7 +435,10 @@ pub fn und_prefill_with_images(
         let mut parts = Vec::new();
         let (mut at, mut row) = (0, 0);
         let slice = |g: &mut Graph, x: TensorId, start: usize, len: usize, what: &str| {
-            g.push(Op::SliceRows { x, start, len }, format!("und.splice.{what}"))
+            g.push(
+                Op::SliceRows { x, start, len },
+                format!("und.splice.{what}"),
+            )
         };
         for s in images {
             let n = s.grid.merged_tokens(m);

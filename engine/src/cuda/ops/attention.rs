@@ -178,10 +178,15 @@ fn to_i64(v: usize, what: &str) -> CudaResult<i64> {
 fn validate(a: &AttentionArgs<'_>) -> CudaResult<bool> {
     let nseg = a.segments.len();
     if nseg == 0 || nseg > MAX_SEGMENTS {
-        return Err(bad(format!("{nseg} K/V segments (supported: 1 to {MAX_SEGMENTS})")));
+        return Err(bad(format!(
+            "{nseg} K/V segments (supported: 1 to {MAX_SEGMENTS})"
+        )));
     }
     if a.head_dim == 0 || a.head_dim > MAX_HEAD_DIM {
-        return Err(bad(format!("head_dim {} (supported: 1 to {MAX_HEAD_DIM})", a.head_dim)));
+        return Err(bad(format!(
+            "head_dim {} (supported: 1 to {MAX_HEAD_DIM})",
+            a.head_dim
+        )));
     }
     if a.heads == 0 || a.heads > 65535 {
         return Err(bad(format!("{} heads (supported: 1 to 65535)", a.heads)));
@@ -193,14 +198,23 @@ fn validate(a: &AttentionArgs<'_>) -> CudaResult<bool> {
         return Err(bad(format!("scale {} is not finite", a.scale)));
     }
     if a.nq > MAX_TOKENS {
-        return Err(bad(format!("{} queries (supported: up to {MAX_TOKENS})", a.nq)));
+        return Err(bad(format!(
+            "{} queries (supported: up to {MAX_TOKENS})",
+            a.nq
+        )));
     }
     let width = a.heads * a.head_dim;
     if a.nq > 1 && a.q_row_stride < width {
-        return Err(bad(format!("q row stride {} is less than heads*head_dim = {width}", a.q_row_stride)));
+        return Err(bad(format!(
+            "q row stride {} is less than heads*head_dim = {width}",
+            a.q_row_stride
+        )));
     }
     if a.nq > 1 && a.out_row_stride < width {
-        return Err(bad(format!("out row stride {} is less than heads*head_dim = {width}", a.out_row_stride)));
+        return Err(bad(format!(
+            "out row stride {} is less than heads*head_dim = {width}",
+            a.out_row_stride
+        )));
     }
     let mut total = 0usize;
     for (s, seg) in a.segments.iter().enumerate() {
@@ -221,11 +235,15 @@ fn validate(a: &AttentionArgs<'_>) -> CudaResult<bool> {
             return Err(bad(format!("segment {s}: null K or V pointer")));
         }
         if seg.k.0 % 2 != 0 || seg.v.0 % 2 != 0 {
-            return Err(bad(format!("segment {s}: K/V pointers are not 2-byte aligned (bf16)")));
+            return Err(bad(format!(
+                "segment {s}: K/V pointers are not 2-byte aligned (bf16)"
+            )));
         }
         if let Some(p) = seg.valid_len {
             if p.0 == 0 || p.0 % 4 != 0 {
-                return Err(bad(format!("segment {s}: valid_len pointer is null or not 4-byte aligned (i32)")));
+                return Err(bad(format!(
+                    "segment {s}: valid_len pointer is null or not 4-byte aligned (i32)"
+                )));
             }
         }
         to_i64(seg.row_stride, "segment row stride")?;
@@ -257,7 +275,15 @@ fn validate(a: &AttentionArgs<'_>) -> CudaResult<bool> {
 
 /// Whether every row a kernel addresses as `base + b*batch_stride + i*row_stride + head*head_dim` starts on
 /// a 16-byte boundary (then loads and stores move 16-byte chunks; otherwise single elements).
-fn rows_aligned(base: DevPtr, row_stride: usize, rows: usize, batch_stride: usize, batch: usize, heads: usize, head_dim: usize) -> bool {
+fn rows_aligned(
+    base: DevPtr,
+    row_stride: usize,
+    rows: usize,
+    batch_stride: usize,
+    batch: usize,
+    heads: usize,
+    head_dim: usize,
+) -> bool {
     base.0 % 16 == 0
         && (rows <= 1 || row_stride % 8 == 0)
         && (batch <= 1 || batch_stride % 8 == 0)
@@ -309,7 +335,8 @@ fn plan(a: &AttentionArgs<'_>, workspace: Option<(DevPtr, usize)>) -> CudaResult
     if !validate(a)? {
         return Ok(None);
     }
-    let d_pad = padded_head_dim(a.head_dim).ok_or_else(|| bad(format!("head_dim {}", a.head_dim)))?;
+    let d_pad =
+        padded_head_dim(a.head_dim).ok_or_else(|| bad(format!("head_dim {}", a.head_dim)))?;
     let mut path = Path::Flash;
     let mut ws = 0u64;
     if let (Some(split), Some((ptr, len))) = (decode_split(a), workspace) {
@@ -328,8 +355,23 @@ fn plan(a: &AttentionArgs<'_>, workspace: Option<(DevPtr, usize)>) -> CudaResult
     }; MAX_SEGMENTS];
     let mut total = 0usize;
     for (p, s) in seg.iter_mut().zip(a.segments) {
-        let vec = rows_aligned(s.k, s.row_stride, s.len, s.batch_stride, a.batch, s.kv_heads, a.head_dim)
-            && rows_aligned(s.v, s.row_stride, s.len, s.batch_stride, a.batch, s.kv_heads, a.head_dim);
+        let vec = rows_aligned(
+            s.k,
+            s.row_stride,
+            s.len,
+            s.batch_stride,
+            a.batch,
+            s.kv_heads,
+            a.head_dim,
+        ) && rows_aligned(
+            s.v,
+            s.row_stride,
+            s.len,
+            s.batch_stride,
+            a.batch,
+            s.kv_heads,
+            a.head_dim,
+        );
         *p = SegParams {
             k: s.k.0,
             v: s.v.0,
@@ -363,13 +405,33 @@ fn plan(a: &AttentionArgs<'_>, workspace: Option<(DevPtr, usize)>) -> CudaResult
         head_dim: to_i32(a.head_dim, "head_dim")?,
         total_keys: to_i32(total, "key count")?,
         causal: a.causal as i32,
-        q_vec: rows_aligned(a.q, a.q_row_stride, a.nq, a.q_batch_stride, a.batch, a.heads, a.head_dim) as i32,
-        out_vec: rows_aligned(a.out, a.out_row_stride, a.nq, a.out_batch_stride, a.batch, a.heads, a.head_dim) as i32,
+        q_vec: rows_aligned(
+            a.q,
+            a.q_row_stride,
+            a.nq,
+            a.q_batch_stride,
+            a.batch,
+            a.heads,
+            a.head_dim,
+        ) as i32,
+        out_vec: rows_aligned(
+            a.out,
+            a.out_row_stride,
+            a.nq,
+            a.out_batch_stride,
+            a.batch,
+            a.heads,
+            a.head_dim,
+        ) as i32,
         nsplit: to_i32(nsplit, "split count")?,
         split_len: to_i32(split_len, "split length")?,
         scale_log2: a.scale * std::f32::consts::LOG2_E,
     };
-    Ok(Some(Plan { d_pad, path, params }))
+    Ok(Some(Plan {
+        d_pad,
+        path,
+        params,
+    }))
 }
 
 /// Lets `f` take `bytes` of dynamic shared memory (the default cap is 48 KB). Reads first, so the set
@@ -380,9 +442,12 @@ fn allow_dynamic_smem(f: &CudaFunction, entry: &str, bytes: usize) -> CudaResult
     }
     let attr = CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
     let during = || format!("allowing {entry} {bytes} B of dynamic shared memory");
-    let current = f.get_attribute(attr).map_err(|e| CudaError::driver(during(), e))?;
+    let current = f
+        .get_attribute(attr)
+        .map_err(|e| CudaError::driver(during(), e))?;
     if (current as usize) < bytes {
-        f.set_attribute(attr, bytes as i32).map_err(|e| CudaError::driver(during(), e))?;
+        f.set_attribute(attr, bytes as i32)
+            .map_err(|e| CudaError::driver(during(), e))?;
     }
     Ok(())
 }
@@ -400,7 +465,11 @@ fn launch(gpu: &Gpu, entry: &str, params: &Params, cfg: LaunchConfig) -> CudaRes
 
 /// Launches the flash kernel, or the split-KV decode kernels when there are few queries per batch row
 /// and many keys. `workspace` is f32 scratch for split-KV partials; see [`decode_workspace_len`].
-pub fn attention(gpu: &Gpu, args: &AttentionArgs<'_>, workspace: Option<(DevPtr, usize)>) -> CudaResult<()> {
+pub fn attention(
+    gpu: &Gpu,
+    args: &AttentionArgs<'_>,
+    workspace: Option<(DevPtr, usize)>,
+) -> CudaResult<()> {
     let Some(plan) = plan(args, workspace)? else {
         return Ok(());
     };
@@ -408,7 +477,11 @@ pub fn attention(gpu: &Gpu, args: &AttentionArgs<'_>, workspace: Option<(DevPtr,
     match plan.path {
         Path::Flash => {
             let cfg = LaunchConfig {
-                grid_dim: (args.nq.div_ceil(FLASH_BM) as u32, args.heads as u32, args.batch as u32),
+                grid_dim: (
+                    args.nq.div_ceil(FLASH_BM) as u32,
+                    args.heads as u32,
+                    args.batch as u32,
+                ),
                 block_dim: (FLASH_THREADS, 1, 1),
                 shared_mem_bytes: flash_smem_bytes(d) as u32,
             };
@@ -417,7 +490,11 @@ pub fn attention(gpu: &Gpu, args: &AttentionArgs<'_>, workspace: Option<(DevPtr,
         Path::Decode(split) => {
             let kv_heads = args.segments[0].kv_heads;
             let cfg = LaunchConfig {
-                grid_dim: (split.nsplit.div_ceil(DECODE_WARPS) as u32, kv_heads as u32, args.batch as u32),
+                grid_dim: (
+                    split.nsplit.div_ceil(DECODE_WARPS) as u32,
+                    kv_heads as u32,
+                    args.batch as u32,
+                ),
                 block_dim: ((32 * DECODE_WARPS) as u32, 1, 1),
                 shared_mem_bytes: decode_smem_bytes(d) as u32,
             };
@@ -448,7 +525,12 @@ mod tests {
         }
     }
 
-    fn args<'a>(segments: &'a [KvSegmentArgs], nq: usize, heads: usize, d: usize) -> AttentionArgs<'a> {
+    fn args<'a>(
+        segments: &'a [KvSegmentArgs],
+        nq: usize,
+        heads: usize,
+        d: usize,
+    ) -> AttentionArgs<'a> {
         AttentionArgs {
             q: DevPtr(0x10000),
             q_row_stride: heads * d,
@@ -516,7 +598,18 @@ mod tests {
 
     #[test]
     fn pads_head_dims_and_packs_params() {
-        for (hd, pad) in [(1, 16), (12, 16), (16, 16), (24, 32), (40, 64), (64, 64), (80, 80), (96, 128), (120, 128), (128, 128)] {
+        for (hd, pad) in [
+            (1, 16),
+            (12, 16),
+            (16, 16),
+            (24, 32),
+            (40, 64),
+            (64, 64),
+            (80, 80),
+            (96, 128),
+            (120, 128),
+            (128, 128),
+        ] {
             let s = [seg(70, 2, hd)];
             let p = plan(&args(&s, 9, 4, hd), None).unwrap().unwrap();
             assert_eq!(p.d_pad, pad, "head_dim {hd}");
@@ -524,12 +617,24 @@ mod tests {
         }
         let s = [seg(45, 2, 12), seg(70, 3, 12)];
         let p = plan(&args(&s, 9, 6, 12), None).unwrap().unwrap().params;
-        assert_eq!((p.nseg, p.total_keys, p.seg[0].group, p.seg[1].group), (2, 115, 3, 2));
+        assert_eq!(
+            (p.nseg, p.total_keys, p.seg[0].group, p.seg[1].group),
+            (2, 115, 3, 2)
+        );
         // head_dim 12: head h starts 24*h bytes in, not 16-byte aligned.
         assert_eq!((p.q_vec, p.seg[0].vec, p.seg[1].vec), (0, 0, 0));
         let s = [seg(45, 2, 64)];
         let p = plan(&args(&s, 9, 4, 64), None).unwrap().unwrap().params;
-        assert_eq!((p.q_vec, p.out_vec, p.seg[0].vec, p.seg[1].group, p.seg[1].len), (1, 1, 1, 1, 0));
+        assert_eq!(
+            (
+                p.q_vec,
+                p.out_vec,
+                p.seg[0].vec,
+                p.seg[1].group,
+                p.seg[1].len
+            ),
+            (1, 1, 1, 1, 0)
+        );
     }
 
     #[test]
@@ -541,12 +646,16 @@ mod tests {
         assert!(need > 0);
         let split = decode_split(&a).unwrap();
         assert!(split.nsplit >= 2 && split.split_len % DECODE_BN == 0);
-        assert!(split.nsplit * split.split_len >= 4096 && (split.nsplit - 1) * split.split_len < 4096);
+        assert!(
+            split.nsplit * split.split_len >= 4096 && (split.nsplit - 1) * split.split_len < 4096
+        );
         assert_eq!(need, split.nsplit * 28 * 129);
         let p = plan(&a, Some((DevPtr(0x40000), need))).unwrap().unwrap();
         assert_eq!(p.path, Path::Decode(split));
         assert_eq!(p.params.ws, 0x40000);
-        let p = plan(&a, Some((DevPtr(0x40000), need - 1))).unwrap().unwrap();
+        let p = plan(&a, Some((DevPtr(0x40000), need - 1)))
+            .unwrap()
+            .unwrap();
         assert_eq!(p.path, Path::Flash);
         let p = plan(&a, None).unwrap().unwrap();
         assert_eq!(p.path, Path::Flash);

@@ -55,7 +55,11 @@ pub fn bridge_kv_write(gpu: &Gpu, args: &BridgeKvArgs) -> CudaResult<()> {
         to_i64(OP, "in stride", a.in_row_stride)?,
         to_i64(OP, "out stride", a.out_row_stride)?,
     );
-    let (n, heads, hd) = (to_i32(OP, "n", a.n)?, to_i32(OP, "kv_heads", a.kv_heads)?, a.head_dim as i32);
+    let (n, heads, hd) = (
+        to_i32(OP, "n", a.n)?,
+        to_i32(OP, "kv_heads", a.kv_heads)?,
+        a.head_dim as i32,
+    );
     launch!(
         gpu,
         "bridge",

@@ -46,7 +46,11 @@ pub(super) fn aligned16(ptrs: &[DevPtr]) -> bool {
 /// A 1-D grid-stride launch over `units` work items, one per thread per sweep.
 pub(super) fn grid_1d(units: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (units.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS) as u32, 1, 1),
+        grid_dim: (
+            units.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS) as u32,
+            1,
+            1,
+        ),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
@@ -90,9 +94,7 @@ pub(super) fn row_tiling(rows: usize, units: usize) -> RowTiling {
     }
     let rpb = THREADS as usize / tpr;
     let strips = units.div_ceil(tpr).clamp(1, 65535);
-    let row_blocks = rows
-        .div_ceil(rpb)
-        .clamp(1, (TARGET_BLOCKS / strips).max(1));
+    let row_blocks = rows.div_ceil(rpb).clamp(1, (TARGET_BLOCKS / strips).max(1));
     RowTiling {
         tpr_log2: tpr.trailing_zeros() as i32,
         cfg: LaunchConfig {
@@ -114,22 +116,53 @@ const BC_MODULATE: i32 = 1;
 const BC_GATE: i32 = 2;
 const BC_ROW_ADD: i32 = 3;
 
-fn unary(gpu: &Gpu, op: &'static str, code: i32, x: DevPtr, out: DevPtr, n: usize, a: f32, b: f32) -> CudaResult<()> {
+// The kernel's flat signature (op code and its two scalars) is mirrored here on purpose.
+#[allow(clippy::too_many_arguments)]
+fn unary(
+    gpu: &Gpu,
+    op: &'static str,
+    code: i32,
+    x: DevPtr,
+    out: DevPtr,
+    n: usize,
+    a: f32,
+    b: f32,
+) -> CudaResult<()> {
     if n == 0 {
         return Ok(());
     }
     let vec = aligned16(&[x, out]) as i32;
     let (xp, op_, n_) = (x.0, out.0, to_i64(op, "n", n)?);
-    launch!(gpu, "elementwise", "ew_unary", grid_1d(flat_units(n, vec)), [&xp, &op_, &n_, &code, &a, &b, &vec])
+    launch!(
+        gpu,
+        "elementwise",
+        "ew_unary",
+        grid_1d(flat_units(n, vec)),
+        [&xp, &op_, &n_, &code, &a, &b, &vec]
+    )
 }
 
-fn binary(gpu: &Gpu, op: &'static str, code: i32, x: DevPtr, y: DevPtr, out: DevPtr, n: usize) -> CudaResult<()> {
+fn binary(
+    gpu: &Gpu,
+    op: &'static str,
+    code: i32,
+    x: DevPtr,
+    y: DevPtr,
+    out: DevPtr,
+    n: usize,
+) -> CudaResult<()> {
     if n == 0 {
         return Ok(());
     }
     let vec = aligned16(&[x, y, out]) as i32;
     let (xp, yp, op_, n_) = (x.0, y.0, out.0, to_i64(op, "n", n)?);
-    launch!(gpu, "elementwise", "ew_binary", grid_1d(flat_units(n, vec)), [&xp, &yp, &op_, &n_, &code, &vec])
+    launch!(
+        gpu,
+        "elementwise",
+        "ew_binary",
+        grid_1d(flat_units(n, vec)),
+        [&xp, &yp, &op_, &n_, &code, &vec]
+    )
 }
 
 /// `ew_bcast` over `rows x cols`; `v` is a `[cols]` row (or `[rows]` for `BC_ROW_ADD`), `y` the gate's
@@ -165,14 +198,27 @@ fn bcast(
         "elementwise",
         "ew_bcast",
         t.cfg,
-        [&xp, &vp, &yp, &op_, &rows_, &cols_, &t.tpr_log2, &code, &vec]
+        [
+            &xp,
+            &vp,
+            &yp,
+            &op_,
+            &rows_,
+            &cols_,
+            &t.tpr_log2,
+            &code,
+            &vec
+        ]
     )
 }
 
 /// Rows of a row-broadcast over `n` elements with a `d`-element operand.
 fn bcast_rows(op: &'static str, n: usize, d: usize) -> CudaResult<usize> {
     if d == 0 || n % d != 0 {
-        return Err(unsupported(op, format!("{n} elements are not whole rows of {d}")));
+        return Err(unsupported(
+            op,
+            format!("{n} elements are not whole rows of {d}"),
+        ));
     }
     Ok(n / d)
 }
@@ -190,7 +236,14 @@ pub fn add(gpu: &Gpu, a: DevPtr, b: DevPtr, out: DevPtr, n: usize, b_len: usize)
 }
 
 /// `out = x * (1 + scale[i % d])`.
-pub fn modulate(gpu: &Gpu, x: DevPtr, scale: DevPtr, out: DevPtr, n: usize, d: usize) -> CudaResult<()> {
+pub fn modulate(
+    gpu: &Gpu,
+    x: DevPtr,
+    scale: DevPtr,
+    out: DevPtr,
+    n: usize,
+    d: usize,
+) -> CudaResult<()> {
     if n == 0 {
         return Ok(());
     }
@@ -200,16 +253,41 @@ pub fn modulate(gpu: &Gpu, x: DevPtr, scale: DevPtr, out: DevPtr, n: usize, d: u
 
 /// `out = x + tanh(gate[i % d]) * y`.
 #[allow(clippy::too_many_arguments)]
-pub fn gate_residual(gpu: &Gpu, x: DevPtr, gate: DevPtr, y: DevPtr, out: DevPtr, n: usize, d: usize) -> CudaResult<()> {
+pub fn gate_residual(
+    gpu: &Gpu,
+    x: DevPtr,
+    gate: DevPtr,
+    y: DevPtr,
+    out: DevPtr,
+    n: usize,
+    d: usize,
+) -> CudaResult<()> {
     if n == 0 {
         return Ok(());
     }
     let rows = bcast_rows("gate_residual", n, d)?;
-    bcast(gpu, "gate_residual", BC_GATE, x, gate, Some(y), out, rows, d)
+    bcast(
+        gpu,
+        "gate_residual",
+        BC_GATE,
+        x,
+        gate,
+        Some(y),
+        out,
+        rows,
+        d,
+    )
 }
 
 /// `out = x * scale + shift`.
-pub fn affine(gpu: &Gpu, x: DevPtr, out: DevPtr, n: usize, scale: f32, shift: f32) -> CudaResult<()> {
+pub fn affine(
+    gpu: &Gpu,
+    x: DevPtr,
+    out: DevPtr,
+    n: usize,
+    scale: f32,
+    shift: f32,
+) -> CudaResult<()> {
     unary(gpu, "affine", EW_AFFINE, x, out, n, scale, shift)
 }
 
@@ -228,8 +306,25 @@ pub fn swiglu(gpu: &Gpu, gate: DevPtr, up: DevPtr, out: DevPtr, n: usize) -> Cud
 }
 
 /// `out[c, j] = x[c, j] + bias[c]` over `[channels, hw]` (a convolution's bias after the GEMM).
-pub fn add_channel_bias(gpu: &Gpu, x: DevPtr, bias: DevPtr, out: DevPtr, channels: usize, hw: usize) -> CudaResult<()> {
-    bcast(gpu, "add_channel_bias", BC_ROW_ADD, x, bias, None, out, channels, hw)
+pub fn add_channel_bias(
+    gpu: &Gpu,
+    x: DevPtr,
+    bias: DevPtr,
+    out: DevPtr,
+    channels: usize,
+    hw: usize,
+) -> CudaResult<()> {
+    bcast(
+        gpu,
+        "add_channel_bias",
+        BC_ROW_ADD,
+        x,
+        bias,
+        None,
+        out,
+        channels,
+        hw,
+    )
 }
 
 /// f32 `src` -> bf16 `dst`, round to nearest even.
@@ -239,7 +334,13 @@ pub fn f32_to_bf16(gpu: &Gpu, src: DevPtr, dst: DevPtr, n: usize) -> CudaResult<
     }
     let vec = aligned16(&[src, dst]) as i32;
     let (s, d, n_) = (src.0, dst.0, to_i64("f32_to_bf16", "n", n)?);
-    launch!(gpu, "elementwise", "cast_f32_to_bf16", grid_1d(flat_units(n, vec)), [&s, &d, &n_, &vec])
+    launch!(
+        gpu,
+        "elementwise",
+        "cast_f32_to_bf16",
+        grid_1d(flat_units(n, vec)),
+        [&s, &d, &n_, &vec]
+    )
 }
 
 /// bf16 `src` -> f32 `dst`.
@@ -249,7 +350,13 @@ pub fn bf16_to_f32(gpu: &Gpu, src: DevPtr, dst: DevPtr, n: usize) -> CudaResult<
     }
     let vec = aligned16(&[src, dst]) as i32;
     let (s, d, n_) = (src.0, dst.0, to_i64("bf16_to_f32", "n", n)?);
-    launch!(gpu, "elementwise", "cast_bf16_to_f32", grid_1d(flat_units(n, vec)), [&s, &d, &n_, &vec])
+    launch!(
+        gpu,
+        "elementwise",
+        "cast_bf16_to_f32",
+        grid_1d(flat_units(n, vec)),
+        [&s, &d, &n_, &vec]
+    )
 }
 
 #[cfg(test)]
@@ -258,13 +365,27 @@ mod tests {
 
     #[test]
     fn row_tiling_wastes_little_and_stays_in_limits() {
-        for &(rows, units) in &[(1, 1), (7, 3), (8224, 315), (8224, 448), (128, 131072), (1000, 1_000_000), (3, 65536 * 300)] {
+        for &(rows, units) in &[
+            (1, 1),
+            (7, 3),
+            (8224, 315),
+            (8224, 448),
+            (128, 131072),
+            (1000, 1_000_000),
+            (3, 65536 * 300),
+        ] {
             let t = row_tiling(rows, units);
             let tpr = 1usize << t.tpr_log2;
             assert!(tpr <= 256 && 256 % tpr == 0);
-            assert!((units.div_ceil(tpr) * tpr - units) * 8 <= units || tpr == 1, "{rows}x{units}");
+            assert!(
+                (units.div_ceil(tpr) * tpr - units) * 8 <= units || tpr == 1,
+                "{rows}x{units}"
+            );
             let (gx, gy, _) = t.cfg.grid_dim;
-            assert!(gx >= 1 && (1..=65535).contains(&gy), "{rows}x{units}: {gx}x{gy}");
+            assert!(
+                gx >= 1 && (1..=65535).contains(&gy),
+                "{rows}x{units}: {gx}x{gy}"
+            );
         }
     }
 }

@@ -80,7 +80,11 @@ pub fn problem(s: &GemmShape) -> Result<LtProblem, String> {
         if s.a_trans { s.m } else { s.k },
         if s.b_trans { s.k } else { s.n },
     );
-    for (what, ld, row) in [("lda", s.lda, a_row), ("ldb", s.ldb, b_row), ("ldc", s.ldc, s.n)] {
+    for (what, ld, row) in [
+        ("lda", s.lda, a_row),
+        ("ldb", s.ldb, b_row),
+        ("ldc", s.ldc, s.n),
+    ] {
         if ld < row.max(1) {
             return Err(format!("{what} {ld} is shorter than a stored row of {row}"));
         }
@@ -89,24 +93,62 @@ pub fn problem(s: &GemmShape) -> Result<LtProblem, String> {
     // Row-major B [k, n] is column-major n x k = B^T: used as is. Row-major stored [n, k] (b_trans) is
     // column-major k x n = B: transposed to give B^T.
     let a = if s.b_trans {
-        LtOperand { rows: k, cols: n, ld: s.ldb as i64, trans: true }
+        LtOperand {
+            rows: k,
+            cols: n,
+            ld: s.ldb as i64,
+            trans: true,
+        }
     } else {
-        LtOperand { rows: n, cols: k, ld: s.ldb as i64, trans: false }
+        LtOperand {
+            rows: n,
+            cols: k,
+            ld: s.ldb as i64,
+            trans: false,
+        }
     };
     // Row-major A [m, k] is column-major k x m = A^T: as is. Stored [k, m] is m x k = A: transposed.
     let b = if s.a_trans {
-        LtOperand { rows: m, cols: k, ld: s.lda as i64, trans: true }
+        LtOperand {
+            rows: m,
+            cols: k,
+            ld: s.lda as i64,
+            trans: true,
+        }
     } else {
-        LtOperand { rows: k, cols: m, ld: s.lda as i64, trans: false }
+        LtOperand {
+            rows: k,
+            cols: m,
+            ld: s.lda as i64,
+            trans: false,
+        }
     };
-    let d = LtOperand { rows: n, cols: m, ld: s.ldc as i64, trans: false };
-    Ok(LtProblem { m: n, n: m, k, a, b, d })
+    let d = LtOperand {
+        rows: n,
+        cols: m,
+        ld: s.ldc as i64,
+        trans: false,
+    };
+    Ok(LtProblem {
+        m: n,
+        n: m,
+        k,
+        a,
+        b,
+        d,
+    })
 }
 
 /// The alignment in bytes (a power of two, at most 256) that every row of an operand at `ptr` with
 /// leading dimension `ld` elements of `elem_bytes` has: what cuBLASLt's heuristic may assume about it.
 pub fn alignment(ptr: DevPtr, ld: usize, elem_bytes: usize) -> u32 {
-    let pow2 = |x: u64| if x == 0 { 256 } else { 1u64 << x.trailing_zeros().min(8) };
+    let pow2 = |x: u64| {
+        if x == 0 {
+            256
+        } else {
+            1u64 << x.trailing_zeros().min(8)
+        }
+    };
     pow2(ptr.0).min(pow2((ld * elem_bytes) as u64)) as u32
 }
 
@@ -142,7 +184,10 @@ pub fn gemm(gpu: &Gpu, args: &GemmArgs) -> CudaResult<()> {
         return Ok(());
     }
     if s.k == 0 {
-        return Err(unsupported("gemm", format!("{}x{} product over k = 0", s.m, s.n)));
+        return Err(unsupported(
+            "gemm",
+            format!("{}x{} product over k = 0", s.m, s.n),
+        ));
     }
     let p = problem(s).map_err(|e| unsupported("gemm", e))?;
     let align = [
@@ -171,13 +216,22 @@ mod tests {
     /// Element `(r, c)` of a column-major operand buffer, after `op`, exactly as cuBLAS reads it.
     fn at(o: &LtOperand, buf: &[f32], r: u64, c: u64) -> f32 {
         let (r, c) = if o.trans { (c, r) } else { (r, c) };
-        assert!(r < o.rows && c < o.cols, "index outside the declared layout");
+        assert!(
+            r < o.rows && c < o.cols,
+            "index outside the declared layout"
+        );
         buf[(r + c * o.ld as u64) as usize]
     }
 
     /// cuBLAS's rules: op(A) is m x k, op(B) is k x n, D is m x n, every ld covers its rows.
     fn lt_reference(p: &LtProblem, a: &[f32], b: &[f32], d: &mut [f32]) {
-        let dims = |o: &LtOperand| if o.trans { (o.cols, o.rows) } else { (o.rows, o.cols) };
+        let dims = |o: &LtOperand| {
+            if o.trans {
+                (o.cols, o.rows)
+            } else {
+                (o.rows, o.cols)
+            }
+        };
         assert_eq!(dims(&p.a), (p.m, p.k), "op(A) shape");
         assert_eq!(dims(&p.b), (p.k, p.n), "op(B) shape");
         assert_eq!((p.d.rows, p.d.cols), (p.m, p.n), "D shape");
@@ -186,14 +240,18 @@ mod tests {
         }
         for i in 0..p.m {
             for j in 0..p.n {
-                let s: f32 = (0..p.k).map(|l| at(&p.a, a, i, l) * at(&p.b, b, l, j)).sum();
+                let s: f32 = (0..p.k)
+                    .map(|l| at(&p.a, a, i, l) * at(&p.b, b, l, j))
+                    .sum();
                 d[(i + j * p.d.ld as u64) as usize] = s;
             }
         }
     }
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| ((i as u32 * 2654435761u32 ^ seed) % 97) as f32 / 13.0 - 3.0).collect()
+        (0..n)
+            .map(|i| ((i as u32 * 2654435761u32 ^ seed) % 97) as f32 / 13.0 - 3.0)
+            .collect()
     }
 
     /// Every transpose combination with padded leading dimensions: the column-major problem computes
@@ -205,7 +263,16 @@ mod tests {
             for b_trans in [false, true] {
                 let (a_rows, a_cols) = if a_trans { (k, m) } else { (m, k) };
                 let (b_rows, b_cols) = if b_trans { (n, k) } else { (k, n) };
-                let s = GemmShape { m, n, k, a_trans, lda: a_cols + 2, b_trans, ldb: b_cols + 1, ldc: n + 3 };
+                let s = GemmShape {
+                    m,
+                    n,
+                    k,
+                    a_trans,
+                    lda: a_cols + 2,
+                    b_trans,
+                    ldb: b_cols + 1,
+                    ldc: n + 3,
+                };
                 let a = values(a_rows * s.lda, 1);
                 let b = values(b_rows * s.ldb, 2);
                 let p = problem(&s).unwrap();
@@ -214,10 +281,26 @@ mod tests {
                 lt_reference(&p, &b, &a, &mut c);
                 for i in 0..m {
                     for j in 0..n {
-                        let av = |r: usize, l: usize| if a_trans { a[l * s.lda + r] } else { a[r * s.lda + l] };
-                        let bv = |l: usize, c: usize| if b_trans { b[c * s.ldb + l] } else { b[l * s.ldb + c] };
+                        let av = |r: usize, l: usize| {
+                            if a_trans {
+                                a[l * s.lda + r]
+                            } else {
+                                a[r * s.lda + l]
+                            }
+                        };
+                        let bv = |l: usize, c: usize| {
+                            if b_trans {
+                                b[c * s.ldb + l]
+                            } else {
+                                b[l * s.ldb + c]
+                            }
+                        };
                         let want: f32 = (0..k).map(|l| av(i, l) * bv(l, j)).sum();
-                        assert_eq!(c[i * s.ldc + j], want, "a_trans {a_trans} b_trans {b_trans} ({i},{j})");
+                        assert_eq!(
+                            c[i * s.ldc + j],
+                            want,
+                            "a_trans {a_trans} b_trans {b_trans} ({i},{j})"
+                        );
                     }
                 }
             }
@@ -227,19 +310,65 @@ mod tests {
     /// nn.Linear: `C(out x n) = W^T (op T on w, ld in) * X (op N, ld in)`, ldc = out.
     #[test]
     fn linear_maps_to_the_documented_problem() {
-        let s = GemmShape { m: 10, n: 6, k: 4, a_trans: false, lda: 4, b_trans: true, ldb: 4, ldc: 6 };
+        let s = GemmShape {
+            m: 10,
+            n: 6,
+            k: 4,
+            a_trans: false,
+            lda: 4,
+            b_trans: true,
+            ldb: 4,
+            ldc: 6,
+        };
         let p = problem(&s).unwrap();
         assert_eq!((p.m, p.n, p.k), (6, 10, 4));
-        assert_eq!(p.a, LtOperand { rows: 4, cols: 6, ld: 4, trans: true });
-        assert_eq!(p.b, LtOperand { rows: 4, cols: 10, ld: 4, trans: false });
-        assert_eq!(p.d, LtOperand { rows: 6, cols: 10, ld: 6, trans: false });
+        assert_eq!(
+            p.a,
+            LtOperand {
+                rows: 4,
+                cols: 6,
+                ld: 4,
+                trans: true
+            }
+        );
+        assert_eq!(
+            p.b,
+            LtOperand {
+                rows: 4,
+                cols: 10,
+                ld: 4,
+                trans: false
+            }
+        );
+        assert_eq!(
+            p.d,
+            LtOperand {
+                rows: 6,
+                cols: 10,
+                ld: 6,
+                trans: false
+            }
+        );
     }
 
     #[test]
     fn short_leading_dimensions_are_refused() {
-        let s = GemmShape { m: 3, n: 4, k: 5, a_trans: false, lda: 4, b_trans: true, ldb: 5, ldc: 4 };
+        let s = GemmShape {
+            m: 3,
+            n: 4,
+            k: 5,
+            a_trans: false,
+            lda: 4,
+            b_trans: true,
+            ldb: 5,
+            ldc: 4,
+        };
         assert!(problem(&s).unwrap_err().contains("lda 4"));
-        let s = GemmShape { lda: 5, ldc: 3, ..s };
+        let s = GemmShape {
+            lda: 5,
+            ldc: 3,
+            ..s
+        };
         assert!(problem(&s).unwrap_err().contains("ldc 3"));
     }
 

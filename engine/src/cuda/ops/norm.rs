@@ -7,9 +7,9 @@ use super::unsupported;
 use cudarc::driver::LaunchConfig;
 
 /// Over each of `rows` rows of `dim` features:
-/// `h = x (+ residual)`; `residual_out = h` if given; `out = h * rsqrt(mean(h^2) + eps) * (weight or 1)
-/// * (1 + scale)` (scale: one row `[dim]`, the DiT's modulation). Per-head QK-norm is `rows = tokens *
-/// heads, dim = head_dim`. Mean and rsqrt in f32. `out` may alias `x`.
+/// `h = x (+ residual)`; `residual_out = h` if given;
+/// `out = h * rsqrt(mean(h^2) + eps) * (weight or 1) * (1 + scale)` (scale: one row `[dim]`, the DiT's
+/// modulation). Per-head QK-norm is `rows = tokens * heads`, `dim = head_dim`. Mean and rsqrt in f32. `out` may alias `x`.
 ///
 /// With a residual, `h` is rounded to bf16 before the statistics (it is the bf16 residual stream that
 /// `residual_out` stores), so fused and unfused execution agree. `residual_out` may alias `x` or
@@ -65,7 +65,12 @@ struct RowNorm {
 
 /// Which row-norm kernel serves `dim`, with its launch: a team of lanes per row for small rows, a block
 /// per row for large ones; 16-byte accesses when `vec`.
-fn rownorm_launch(op: &'static str, rows: usize, dim: usize, vec: bool) -> CudaResult<(&'static str, LaunchConfig, i32)> {
+fn rownorm_launch(
+    op: &'static str,
+    rows: usize,
+    dim: usize,
+    vec: bool,
+) -> CudaResult<(&'static str, LaunchConfig, i32)> {
     let (chunks, team_chunks, block_chunks) = if vec {
         (dim / 8, TEAM_V8_CHUNKS, BLOCK_V8_CHUNKS)
     } else {
@@ -75,11 +80,19 @@ fn rownorm_launch(op: &'static str, rows: usize, dim: usize, vec: bool) -> CudaR
         let team = chunks.div_ceil(team_chunks).next_power_of_two();
         let rows_per_block = THREADS as usize / team;
         let cfg = LaunchConfig {
-            grid_dim: (rows.div_ceil(rows_per_block).clamp(1, MAX_BLOCKS) as u32, 1, 1),
+            grid_dim: (
+                rows.div_ceil(rows_per_block).clamp(1, MAX_BLOCKS) as u32,
+                1,
+                1,
+            ),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let entry = if vec { "rownorm_team_v8" } else { "rownorm_team_s" };
+        let entry = if vec {
+            "rownorm_team_v8"
+        } else {
+            "rownorm_team_s"
+        };
         return Ok((entry, cfg, team as i32));
     }
     // About two chunks per thread keeps a few loads in flight per thread without idling lanes.
@@ -98,7 +111,11 @@ fn rownorm_launch(op: &'static str, rows: usize, dim: usize, vec: bool) -> CudaR
         block_dim: (threads as u32, 1, 1),
         shared_mem_bytes: 0,
     };
-    let entry = if vec { "rownorm_block_v8" } else { "rownorm_block_s" };
+    let entry = if vec {
+        "rownorm_block_v8"
+    } else {
+        "rownorm_block_s"
+    };
     Ok((entry, cfg, 0))
 }
 
@@ -108,7 +125,11 @@ fn rownorm(gpu: &Gpu, op: &'static str, a: &RowNorm) -> CudaResult<()> {
     }
     mul(op, a.rows, a.dim)?;
     let mut ptrs = vec![a.x, a.out];
-    ptrs.extend([a.residual, a.residual_out, a.weight, a.scale].into_iter().flatten());
+    ptrs.extend(
+        [a.residual, a.residual_out, a.weight, a.scale]
+            .into_iter()
+            .flatten(),
+    );
     let vec = a.dim % 8 == 0 && aligned16(&ptrs);
     let (entry, cfg, team) = rownorm_launch(op, a.rows, a.dim, vec)?;
     let ptr = |p: Option<DevPtr>| p.map_or(0u64, |p| p.0);
@@ -151,7 +172,14 @@ pub fn rmsnorm(gpu: &Gpu, args: &RmsNormArgs) -> CudaResult<()> {
 }
 
 /// `(x - mean) * rsqrt(var + eps)` over each row of `dim`, biased variance, no affine; stats in f32.
-pub fn layernorm(gpu: &Gpu, x: DevPtr, out: DevPtr, rows: usize, dim: usize, eps: f32) -> CudaResult<()> {
+pub fn layernorm(
+    gpu: &Gpu,
+    x: DevPtr,
+    out: DevPtr,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+) -> CudaResult<()> {
     layernorm_modulated(
         gpu,
         &LayerNormArgs {
@@ -214,14 +242,20 @@ pub fn group_norm(
         return Ok(());
     }
     if groups == 0 || channels % groups != 0 {
-        return Err(unsupported(OP, format!("{channels} channels do not split into {groups} groups")));
+        return Err(unsupported(
+            OP,
+            format!("{channels} channels do not split into {groups} groups"),
+        ));
     }
     mul(OP, channels, hw)?;
     let cpg = channels / groups;
     let group_len = cpg * hw;
     let max_parts = ((GN_SCRATCH_DOUBLES / groups).saturating_sub(2) / 2).min(GN_MAX_PARTS);
     if max_parts == 0 || groups > 65535 {
-        return Err(unsupported(OP, format!("{groups} groups exceed the statistics scratch")));
+        return Err(unsupported(
+            OP,
+            format!("{groups} groups exceed the statistics scratch"),
+        ));
     }
     let parts = group_len.div_ceil(GN_ELEMS_PER_PART).clamp(1, max_parts);
     let ws = 0u64; // null: the kernels use norm.cu's module scratch
@@ -235,14 +269,26 @@ pub fn group_norm(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    launch!(gpu, "norm", "group_norm_stats", cfg, [&xp, &group_len_, &parts_, &stats_vec, &ws])?;
+    launch!(
+        gpu,
+        "norm",
+        "group_norm_stats",
+        cfg,
+        [&xp, &group_len_, &parts_, &stats_vec, &ws]
+    )?;
 
     let cfg = LaunchConfig {
         grid_dim: (groups as u32, 1, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    launch!(gpu, "norm", "group_norm_finalize", cfg, [&xp, &group_len_, &parts_, &eps, &ws])?;
+    launch!(
+        gpu,
+        "norm",
+        "group_norm_finalize",
+        cfg,
+        [&xp, &group_len_, &parts_, &eps, &ws]
+    )?;
 
     let vec = (hw % 8 == 0 && aligned16(&[x, out])) as i32;
     let units = if vec == 1 { hw / 8 } else { hw };
@@ -274,12 +320,16 @@ mod tests {
 
     #[test]
     fn rownorm_picks_a_kernel_that_holds_the_row() {
-        for dim in [1usize, 8, 12, 16, 24, 72, 120, 128, 256, 257, 1024, 1032, 1280, 2520, 3584, 3592, 16384, 32768] {
+        for dim in [
+            1usize, 8, 12, 16, 24, 72, 120, 128, 256, 257, 1024, 1032, 1280, 2520, 3584, 3592,
+            16384, 32768,
+        ] {
             for vec in [false, true] {
                 if (vec && dim % 8 != 0) || (!vec && dim > 16384) {
                     continue;
                 }
-                let (entry, cfg, team) = rownorm_launch("t", 7, dim, vec).unwrap_or_else(|e| panic!("{dim}: {e}"));
+                let (entry, cfg, team) =
+                    rownorm_launch("t", 7, dim, vec).unwrap_or_else(|e| panic!("{dim}: {e}"));
                 let chunks = if vec { dim / 8 } else { dim };
                 let cap = match entry {
                     "rownorm_team_v8" => team as usize * TEAM_V8_CHUNKS,

@@ -36,7 +36,9 @@ unsafe impl DeviceRepr for F64Table {}
 /// exponent is an f32 quotient, the power the correctly rounded f32 (computed in f64), the reciprocal
 /// an f32 division.
 pub(super) fn mrope_table(theta: f64, head_dim: usize) -> F32Table {
-    let mut t = F32Table { inv: [0.0; MAX_HALF] };
+    let mut t = F32Table {
+        inv: [0.0; MAX_HALF],
+    };
     for k in 0..(head_dim / 2).min(MAX_HALF) {
         let e = (2 * k) as f32 / head_dim as f32;
         let p = ((theta as f32) as f64).powf(e as f64) as f32;
@@ -46,21 +48,39 @@ pub(super) fn mrope_table(theta: f64, head_dim: usize) -> F32Table {
 }
 
 /// Checks an M-RoPE geometry; returns `(s0, s0 + s1)` as the kernels take them.
-pub(super) fn check_mrope(op: &'static str, head_dim: usize, section: [usize; 3]) -> CudaResult<(i32, i32)> {
+pub(super) fn check_mrope(
+    op: &'static str,
+    head_dim: usize,
+    section: [usize; 3],
+) -> CudaResult<(i32, i32)> {
     if head_dim % 2 != 0 || head_dim / 2 > MAX_HALF {
-        return Err(unsupported(op, format!("head_dim {head_dim} (must be even and at most {})", 2 * MAX_HALF)));
+        return Err(unsupported(
+            op,
+            format!(
+                "head_dim {head_dim} (must be even and at most {})",
+                2 * MAX_HALF
+            ),
+        ));
     }
     if section.iter().sum::<usize>() != head_dim / 2 {
         return Err(unsupported(
             op,
-            format!("mrope section {section:?} does not sum to head_dim / 2 = {}", head_dim / 2),
+            format!(
+                "mrope section {section:?} does not sum to head_dim / 2 = {}",
+                head_dim / 2
+            ),
         ));
     }
     Ok((section[0] as i32, (section[0] + section[1]) as i32))
 }
 
 /// Work units of a rope launch (token x head block x chunk), which the kernels index in 32 bits.
-pub(super) fn rope_units(op: &'static str, n: usize, heads: usize, chunks: usize) -> CudaResult<usize> {
+pub(super) fn rope_units(
+    op: &'static str,
+    n: usize,
+    heads: usize,
+    chunks: usize,
+) -> CudaResult<usize> {
     let units = mul(op, mul(op, n, heads.div_ceil(HEADS_PER_THREAD))?, chunks)?;
     to_i32(op, "rope work units", units)?;
     Ok(units)
@@ -122,16 +142,26 @@ pub fn mrope_strided(
     if in_row_stride < width || out_row_stride < width {
         return Err(unsupported(
             OP,
-            format!("row strides {in_row_stride} / {out_row_stride} are shorter than a row of {width}"),
+            format!(
+                "row strides {in_row_stride} / {out_row_stride} are shorter than a row of {width}"
+            ),
         ));
     }
     let half = head_dim / 2;
-    let vec = half % 8 == 0 && in_row_stride % 8 == 0 && out_row_stride % 8 == 0 && aligned16(&[x, out]);
+    let vec =
+        half % 8 == 0 && in_row_stride % 8 == 0 && out_row_stride % 8 == 0 && aligned16(&[x, out]);
     let units = rope_units(OP, n, heads, if vec { half / 8 } else { half })?;
     let tab = mrope_table(theta, head_dim);
     let (xp, pp, op_) = (x.0, positions.0, out.0);
-    let (ins, outs) = (to_i64(OP, "in stride", in_row_stride)?, to_i64(OP, "out stride", out_row_stride)?);
-    let (n_, heads_, hd) = (to_i32(OP, "n", n)?, to_i32(OP, "heads", heads)?, head_dim as i32);
+    let (ins, outs) = (
+        to_i64(OP, "in stride", in_row_stride)?,
+        to_i64(OP, "out stride", out_row_stride)?,
+    );
+    let (n_, heads_, hd) = (
+        to_i32(OP, "n", n)?,
+        to_i32(OP, "heads", heads)?,
+        head_dim as i32,
+    );
     launch!(
         gpu,
         "rope",
@@ -158,7 +188,10 @@ pub fn interleaved3(
     if n == 0 || heads == 0 || head_dim == 0 {
         return Ok(());
     }
-    if axes.iter().any(|a| a % 2 != 0) || axes.iter().sum::<usize>() != head_dim || head_dim / 2 > MAX_HALF {
+    if axes.iter().any(|a| a % 2 != 0)
+        || axes.iter().sum::<usize>() != head_dim
+        || head_dim / 2 > MAX_HALF
+    {
         return Err(unsupported(
             OP,
             format!(
@@ -169,7 +202,9 @@ pub fn interleaved3(
     }
     mul(OP, mul(OP, n, heads)?, head_dim)?;
     // Pair p rotates by pos[axis] * theta^(-2k/a), k its index within its axis (f64, as the CPU does).
-    let mut tab = F64Table { inv: [0.0; MAX_HALF] };
+    let mut tab = F64Table {
+        inv: [0.0; MAX_HALF],
+    };
     let mut p = 0;
     for &a in &axes {
         for k in 0..a / 2 {
@@ -181,11 +216,19 @@ pub fn interleaved3(
     let vec = head_dim % 8 == 0 && aligned16(&[x, out]);
     let units = rope_units(OP, n, heads, if vec { head_dim / 8 } else { head_dim / 2 })?;
     let (xp, pp, op_) = (x.0, positions.0, out.0);
-    let (n_, heads_, hd) = (to_i32(OP, "n", n)?, to_i32(OP, "heads", heads)?, head_dim as i32);
+    let (n_, heads_, hd) = (
+        to_i32(OP, "n", n)?,
+        to_i32(OP, "heads", heads)?,
+        head_dim as i32,
+    );
     launch!(
         gpu,
         "rope",
-        if vec { "interleaved3_v8" } else { "interleaved3_s" },
+        if vec {
+            "interleaved3_v8"
+        } else {
+            "interleaved3_s"
+        },
         grid_1d(units),
         [&xp, &pp, &op_, &n_, &heads_, &hd, &b0, &b01, &tab]
     )

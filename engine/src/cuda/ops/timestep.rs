@@ -7,7 +7,13 @@ use cudarc::driver::LaunchConfig;
 
 /// `t` f32 `[1]` on the device (so a captured graph reads the step's value) -> `out` bf16 `[2*half]` =
 /// `[cos e, sin e]`, `e_k = scale * t * exp(-ln(10000) * k / half)`, computed in f64.
-pub fn timestep_features(gpu: &Gpu, t: DevPtr, out: DevPtr, half: usize, scale: f64) -> CudaResult<()> {
+pub fn timestep_features(
+    gpu: &Gpu,
+    t: DevPtr,
+    out: DevPtr,
+    half: usize,
+    scale: f64,
+) -> CudaResult<()> {
     if half == 0 {
         return Ok(());
     }
@@ -18,5 +24,11 @@ pub fn timestep_features(gpu: &Gpu, t: DevPtr, out: DevPtr, half: usize, scale: 
         shared_mem_bytes: 0,
     };
     let (tp, op) = (t.0, out.0);
-    launch!(gpu, "timestep", "timestep_features", cfg, [&tp, &op, &half_, &scale])
+    launch!(
+        gpu,
+        "timestep",
+        "timestep_features",
+        cfg,
+        [&tp, &op, &half_, &scale]
+    )
 }
