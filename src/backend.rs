@@ -2,8 +2,10 @@
 //! concurrent requests each take an executor (and its arena) without allocating per run.
 
 use crate::model::{Outputs, RunError};
-use hbridge_engine::cuda::{CudaExecutor, CudaWeights, Gpu, UploadProgress};
+use hbridge_engine::cuda::ceilings::Ceilings;
+use hbridge_engine::cuda::{CudaExecutor, CudaWeights, Gpu, ReplayTiming, UploadProgress};
 use hbridge_engine::device::Device;
+use hbridge_engine::EngineError;
 use hbridge_engine::{CpuWeights, Executor};
 use hbridge_graph::plan::MemoryPlan;
 use hbridge_graph::Graph;
@@ -120,6 +122,48 @@ impl Backend {
             }
         }
         Ok(())
+    }
+
+    /// CUDA: the GEMM and copy ceilings measured now (see `hbridge_engine::cuda::ceilings`); `None` on the CPU.
+    pub fn ceilings(&self) -> Result<Option<Ceilings>, RunError> {
+        match self {
+            Backend::Cpu { .. } => Ok(None),
+            Backend::Cuda { gpu, .. } => {
+                let _exclusive = gpu.exclusive();
+                let c = hbridge_engine::cuda::ceilings::measure(gpu).map_err(EngineError::from)?;
+                Ok(Some(c))
+            }
+        }
+    }
+
+    /// CUDA: eager launches vs CUDA graph replays of `graph`, device time per run; `None` on the CPU.
+    pub fn time_replay_vs_eager(
+        &self,
+        graph: &Graph,
+        plan: &MemoryPlan,
+        inputs: &Outputs,
+        iters: usize,
+    ) -> Result<Option<ReplayTiming>, RunError> {
+        match self {
+            Backend::Cpu { .. } => Ok(None),
+            Backend::Cuda {
+                gpu,
+                weights,
+                executors,
+                peak,
+            } => {
+                let weights = weights.read().unwrap_or_else(|e| e.into_inner());
+                let pooled = executors.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let mut exec = pooled.unwrap_or_else(|| CudaExecutor::new(gpu.clone()));
+                let out = exec.time_replay_vs_eager(graph, plan, &weights, inputs, iters);
+                executors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(exec);
+                Self::sample_memory(gpu, peak);
+                Ok(Some(out?))
+            }
+        }
     }
 
     /// Runs `graph` with an idle executor (a new one when all are busy). `replay`: capture the run as a

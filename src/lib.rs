@@ -3,6 +3,7 @@
 //! attention in their middle layers. See DESIGN.md for the model and README.md for use.
 
 mod backend;
+pub mod bench;
 pub mod chat;
 pub mod edit;
 pub mod forward;

@@ -53,6 +53,8 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Edit reference images following a text prompt into a PNG.
     Edit(cli::edit::EditArgs),
+    /// Measure load, und prefill, decode, a gen step and a whole image on one backend (issue 5).
+    Bench(cli::bench::BenchArgs),
     /// Run one und prefill and one gen step on explicit inputs and write every intermediate.
     Forward(cli::forward::ForwardArgs),
     /// Print a model directory's topology, dimensions, bridge, sizes and validation result.
@@ -80,6 +82,7 @@ fn run(cli: Cli) -> Result<(), String> {
             | Command::Generate(_)
             | Command::Edit(_)
             | Command::Forward(_)
+            | Command::Bench(_)
     );
     let device = if computes {
         select_device(&cli.device)?
@@ -117,6 +120,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Generate(args) => cli::generate::run(args, device),
         Command::Edit(args) => cli::edit::run(args, device),
         Command::Forward(args) => cli::forward::run(args, device),
+        Command::Bench(args) => cli::bench::run_cli(args, device),
         Command::Inspect { dir } => {
             let report = hbridge::inspect::inspect(&dir).map_err(|e| e.to_string())?;
             print!("{}", report.text);

@@ -82,6 +82,18 @@ impl Model {
         self.backend.peak_device_memory()
     }
 
+    /// CUDA: the GEMM and copy ceilings of this GPU, measured now; `None` on the CPU.
+    pub fn measure_ceilings(
+        &self,
+    ) -> Result<Option<hbridge_engine::cuda::ceilings::Ceilings>, RunError> {
+        self.backend.ceilings()
+    }
+
+    /// Makes every weight `graph` reads resident on the backend (uploaded or converted once).
+    pub fn make_resident(&self, graph: &Graph) -> Result<(), RunError> {
+        self.backend.load_weights(&self.checkpoint, graph)
+    }
+
     /// Runs `graph` on `inputs`, making resident any weight it needs that is not yet.
     pub fn run(&self, graph: &Graph, inputs: &Outputs) -> Result<Outputs, RunError> {
         self.backend.load_weights(&self.checkpoint, graph)?;
@@ -228,6 +240,38 @@ impl Model {
         refs: &[HostTensor],
         trace: bool,
     ) -> Result<Outputs, RunError> {
+        let (prepared, inputs) = self.gen_step_inputs(x, t, ctx, refs, trace)?;
+        self.backend.execute(
+            &prepared.0,
+            &prepared.1,
+            &inputs,
+            self.cuda_graphs.load(Ordering::Relaxed),
+        )
+    }
+
+    /// CUDA only: device times of `iters` eager launches and `iters` CUDA graph replays of the gen step
+    /// of [`Model::gen_step`] (launches alone, no transfers); `None` on the CPU.
+    pub fn time_gen_step(
+        &self,
+        x: &HostTensor,
+        t: f32,
+        ctx: &UndContext,
+        iters: usize,
+    ) -> Result<Option<hbridge_engine::cuda::ReplayTiming>, RunError> {
+        let (prepared, inputs) = self.gen_step_inputs(x, t, ctx, &[], false)?;
+        self.backend
+            .time_replay_vs_eager(&prepared.0, &prepared.1, &inputs, iters)
+    }
+
+    /// The built gen step graph (cached by request shape) and its inputs.
+    fn gen_step_inputs(
+        &self,
+        x: &HostTensor,
+        t: f32,
+        ctx: &UndContext,
+        refs: &[HostTensor],
+        trace: bool,
+    ) -> Result<(Arc<(Graph, MemoryPlan)>, Outputs), RunError> {
         let config = &self.checkpoint.config;
         let [c, h, w] = match x.shape.as_slice() {
             [c, h, w] => [*c, *h, *w],
@@ -247,7 +291,6 @@ impl Model {
         let prepared = self.prepared(format!("gen_step {spec:?} refs {ref_shapes:?}"), || {
             build::gen_step_with_refs(config, &spec, &ref_shapes)
         })?;
-        let (graph, plan) = (&prepared.0, &prepared.1);
         let p = config.gen.patch_size;
         // Patch grids of the images in sequence order: the references, then the noisy latent.
         let grids: Vec<(usize, usize)> = ref_shapes
@@ -282,12 +325,7 @@ impl Model {
                 names::GEN_POSITIONS.to_string(),
                 HostTensor::i32(vec![n, 3], gen_pos),
             );
-            return self.backend.execute(
-                graph,
-                plan,
-                &inputs,
-                self.cuda_graphs.load(Ordering::Relaxed),
-            );
+            return Ok((prepared, inputs));
         }
         let n_srt = config
             .layout
@@ -321,12 +359,7 @@ impl Model {
             inputs.insert(names::und_k(*u), k.clone());
             inputs.insert(names::und_v(*u), v.clone());
         }
-        self.backend.execute(
-            graph,
-            plan,
-            &inputs,
-            self.cuda_graphs.load(Ordering::Relaxed),
-        )
+        Ok((prepared, inputs))
     }
 
     /// VAE encode (posterior mean, then `(z - shift) * scale`) of pixels `[3, H, W]` in [-1, 1] to a

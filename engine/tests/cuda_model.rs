@@ -388,3 +388,18 @@ fn opening_a_gpu_never_panics() {
         }
     }
 }
+
+/// The ceilings `hbridge bench` divides by: measured, and within what an H100/H200 can physically do
+/// (a GEMM below 50 TFLOP/s or a copy below 0.5 TB/s means the measurement itself is broken).
+#[test]
+fn ceilings_are_plausible() {
+    let Some(gpu) = gpu("ceilings_are_plausible") else { return };
+    let c = hbridge_engine::cuda::ceilings::measure(&gpu).unwrap();
+    println!(
+        "ceilings: bf16 GEMM {:.0} TFLOP/s, device copy {:.0} GB/s",
+        c.gemm_flops_per_s / 1e12,
+        c.copy_bytes_per_s / 1e9
+    );
+    assert!((50e12..2500e12).contains(&c.gemm_flops_per_s), "{c:?}");
+    assert!((0.5e12..10e12).contains(&c.copy_bytes_per_s), "{c:?}");
+}

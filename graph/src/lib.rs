@@ -3,6 +3,7 @@
 //! backend.
 
 pub mod build;
+pub mod cost;
 mod graph;
 pub mod op;
 pub mod plan;

@@ -25,7 +25,7 @@ pub struct DemoArgs {
     pub out: PathBuf,
 }
 
-fn cache_dir() -> PathBuf {
+pub fn cache_dir() -> PathBuf {
     let env = |k: &str| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())

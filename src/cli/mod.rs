@@ -1,5 +1,6 @@
 //! Subcommands of the `hbridge` binary, one file each. Each returns a message on failure; `main` prints it.
 
+pub mod bench;
 pub mod chat;
 pub mod demo;
 pub mod edit;

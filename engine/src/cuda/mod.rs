@@ -6,6 +6,7 @@ mod bind;
 pub mod blas;
 pub mod buffer;
 mod capture;
+pub mod ceilings;
 mod context;
 mod dispatch;
 mod error;

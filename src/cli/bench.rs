@@ -1,0 +1,129 @@
+//! `hbridge bench MODEL_OR_CONFIG`: the end-to-end workloads of `hbridge::bench` as a table (and JSON).
+
+use hbridge::bench::{run, BenchOptions, BenchReport};
+use hbridge::presets::{preset, PRESET_NAMES};
+use hbridge_engine::device::Device;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// A model directory, or a preset name (tiny, hbridge-7b4b): its random-weight checkpoint is written
+    /// to the cache folder first if absent (hbridge-7b4b: ~23 GB).
+    pub model: String,
+    #[arg(long, default_value_t = 512)]
+    pub prompt_len: usize,
+    /// Tokens in the K/V cache when decode is timed.
+    #[arg(long, default_value_t = 4096)]
+    pub context: usize,
+    #[arg(long, default_value_t = 32)]
+    pub decode_tokens: usize,
+    /// Image side in pixels (square).
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Timed repetitions of the prefill and the gen step, after one warm-up.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    #[arg(long, default_value_t = 4.0)]
+    pub guidance: f32,
+    /// Also write the rows as JSON (the format `reference/bench_torch.py --compare` reads).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn model_dir(name: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(name);
+    if path.join("hbridge.json").is_file() {
+        return Ok(path);
+    }
+    let Some(p) = preset(name) else {
+        return Err(format!(
+            "{name}: not a model directory (no hbridge.json) and not a preset ({})",
+            PRESET_NAMES.join(", ")
+        ));
+    };
+    let dir = super::demo::cache_dir().join(name);
+    if !dir.join("hbridge.json").is_file() {
+        eprintln!(
+            "writing the {name} checkpoint (random weights) to {}",
+            dir.display()
+        );
+        hbridge::init::write_checkpoint(&dir, &p, 0, hbridge::init::WeightDType::BF16, false)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(dir)
+}
+
+pub fn run_cli(a: BenchArgs, device: Device) -> Result<(), String> {
+    let dir = model_dir(&a.model)?;
+    let opts = BenchOptions {
+        prompt_len: a.prompt_len,
+        context: a.context,
+        decode_tokens: a.decode_tokens,
+        width: a.size,
+        height: a.size,
+        steps: a.steps,
+        runs: a.runs,
+        guidance: a.guidance,
+    };
+    if opts.prompt_len == 0 || a.size == 0 {
+        return Err("--prompt-len and --size must be positive".into());
+    }
+    let report =
+        run(&dir, device, &opts, |line| eprintln!("bench: {line}")).map_err(|e| e.to_string())?;
+    print_report(&report, &dir);
+    if let Some(path) = a.json {
+        std::fs::write(&path, to_json(&report, &dir).to_string() + "\n")
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_report(r: &BenchReport, dir: &std::path::Path) {
+    println!("hbridge bench {} on {}", dir.display(), r.device);
+    if let Some(c) = &r.ceilings {
+        println!(
+            "ceilings (this run): bf16 GEMM {:.0} TFLOP/s, device copy {:.0} GB/s",
+            c.gemm_flops_per_s / 1e12,
+            c.copy_bytes_per_s / 1e9
+        );
+    }
+    println!(
+        "{:<26} {:>14} {:<9} {:>18} {:>9}  note",
+        "workload", "value", "unit", "achieved", "% ceil"
+    );
+    for row in &r.rows {
+        let achieved = row
+            .achieved
+            .map_or(String::new(), |(v, u)| format!("{v:.3} {u}"));
+        let pct = row
+            .of_ceiling
+            .map_or(String::new(), |p| format!("{:.0}%", p * 100.0));
+        println!(
+            "{:<26} {:>14.3} {:<9} {:>18} {:>9}  {}",
+            row.name, row.value, row.unit, achieved, pct, row.note
+        );
+    }
+}
+
+fn to_json(r: &BenchReport, dir: &std::path::Path) -> serde_json::Value {
+    serde_json::json!({
+        "engine": "hbridge",
+        "model": dir.display().to_string(),
+        "device": r.device.to_string(),
+        "ceilings": r.ceilings.map(|c| serde_json::json!({
+            "gemm_flops_per_s": c.gemm_flops_per_s,
+            "copy_bytes_per_s": c.copy_bytes_per_s,
+        })),
+        "rows": r.rows.iter().map(|row| serde_json::json!({
+            "name": row.name,
+            "value": row.value,
+            "unit": row.unit,
+            "achieved": row.achieved.map(|(v, u)| serde_json::json!({"value": v, "unit": u})),
+            "of_ceiling": row.of_ceiling,
+            "note": row.note,
+        })).collect::<Vec<_>>(),
+    })
+}
