@@ -119,7 +119,7 @@ fn to_json(r: &BenchReport, dir: &std::path::Path) -> serde_json::Value {
         })),
         "rows": r.rows.iter().map(|row| serde_json::json!({
             "name": row.name,
-            "value": row.value,
+            "value": if row.value.is_finite() { serde_json::json!(row.value) } else { serde_json::Value::Null },
             "unit": row.unit,
             "achieved": row.achieved.map(|(v, u)| serde_json::json!({"value": v, "unit": u})),
             "of_ceiling": row.of_ceiling,
