@@ -302,7 +302,10 @@ pub fn run(
                 out.timings.vae.as_secs_f64() * 1e3
             ),
         ),
-        Err(e) => (f64::NAN, format!("FAILED after {:.1} s: {e}", t.elapsed().as_secs_f64())),
+        Err(e) => (
+            f64::NAN,
+            format!("FAILED after {:.1} s: {e}", t.elapsed().as_secs_f64()),
+        ),
     };
     rows.push(BenchRow {
         name: "time_to_image_ms",

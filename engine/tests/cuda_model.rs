@@ -393,7 +393,9 @@ fn opening_a_gpu_never_panics() {
 /// (a GEMM below 50 TFLOP/s or a copy below 0.5 TB/s means the measurement itself is broken).
 #[test]
 fn ceilings_are_plausible() {
-    let Some(gpu) = gpu("ceilings_are_plausible") else { return };
+    let Some(gpu) = gpu("ceilings_are_plausible") else {
+        return;
+    };
     let c = hbridge_engine::cuda::ceilings::measure(&gpu).unwrap();
     println!(
         "ceilings: bf16 GEMM {:.0} TFLOP/s, device copy {:.0} GB/s",

@@ -41,6 +41,7 @@ kernel_files!(
     "elementwise",
     "layout",
     "timestep",
+    "softmax",
 );
 
 impl KernelFile {

@@ -28,7 +28,10 @@ pub struct Matmul {
     pub d: DevPtr,
     /// bf16, `problem.m` elements, added to every column of D (a row-major row).
     pub bias: Option<DevPtr>,
+    pub alpha: f32,
     pub beta: f32,
+    /// D in f32 instead of bf16 (attention scores of the wide-head path; no bias then).
+    pub d_f32: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +39,7 @@ struct PlanKey {
     problem: LtProblem,
     bias: bool,
     align: [u32; 3],
+    d_f32: bool,
 }
 
 /// Descriptor, layouts and algorithm of one shape. Null handles are never destroyed, so a plan that
@@ -144,13 +148,21 @@ impl Blas {
             problem: mm.problem,
             bias: mm.bias.is_some(),
             align: mm.align,
+            d_f32: mm.d_f32,
         };
+        if mm.d_f32 && mm.bias.is_some() {
+            return Err(CudaError::Unsupported {
+                op: "gemm",
+                label: "cuBLASLt".into(),
+                problem: "a bias with an f32 output".into(),
+            });
+        }
         let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
         let plan = match plans.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(v) => v.insert(self.plan(&key)?),
         };
-        let alpha = 1.0f32;
+        let alpha = mm.alpha;
         let ws = super::context::dev_ptr(&self.workspace, stream);
         // SAFETY: the plan's objects are alive (owned by the locked cache); the caller guarantees that the
         // pointers address operands of the planned shapes; the workspace is ours and as large as the
@@ -241,12 +253,16 @@ impl Blas {
                 )
                 .map_err(err)?;
             }
-            let layout = |o: &LtOperand| {
-                lt::create_matrix_layout(sys::cudaDataType_t::CUDA_R_16BF, o.rows, o.cols, o.ld)
+            let layout = |o: &LtOperand, ty| lt::create_matrix_layout(ty, o.rows, o.cols, o.ld);
+            let bf16 = sys::cudaDataType_t::CUDA_R_16BF;
+            let d_ty = if key.d_f32 {
+                sys::cudaDataType_t::CUDA_R_32F
+            } else {
+                bf16
             };
-            plan.a = layout(&p.a).map_err(err)?;
-            plan.b = layout(&p.b).map_err(err)?;
-            plan.d = layout(&p.d).map_err(err)?;
+            plan.a = layout(&p.a, bf16).map_err(err)?;
+            plan.b = layout(&p.b, bf16).map_err(err)?;
+            plan.d = layout(&p.d, d_ty).map_err(err)?;
 
             let pref = lt::create_matmul_pref().map_err(err)?;
             let ws = WORKSPACE_BYTES as u64;

@@ -36,7 +36,12 @@ fn random_bits(n: usize, mut seed: u64) -> Vec<u16> {
 
 /// Best of `iters` timings of `f` after `warmup` untimed calls, in seconds (host clock around a
 /// synchronized stream: the calls are milliseconds long, so the sync costs nothing measurable).
-fn best_time(gpu: &Gpu, warmup: usize, iters: usize, mut f: impl FnMut() -> CudaResult<()>) -> CudaResult<f64> {
+fn best_time(
+    gpu: &Gpu,
+    warmup: usize,
+    iters: usize,
+    mut f: impl FnMut() -> CudaResult<()>,
+) -> CudaResult<f64> {
     for _ in 0..warmup {
         f()?;
     }
@@ -58,7 +63,16 @@ pub fn measure(gpu: &Gpu) -> CudaResult<Ceilings> {
     let b = upload_bits(gpu, &random_bits(n * n, 0x2545_f491_4f6c_dd1d))?;
     let c = gpu.alloc_zeros::<u16>(n * n)?;
     let args = GemmArgs {
-        shape: GemmShape { m: n, n, k: n, a_trans: false, lda: n, b_trans: true, ldb: n, ldc: n },
+        shape: GemmShape {
+            m: n,
+            n,
+            k: n,
+            a_trans: false,
+            lda: n,
+            b_trans: true,
+            ldb: n,
+            ldc: n,
+        },
         a: a.ptr(gpu),
         b: b.ptr(gpu),
         c: super::dev_ptr(&c, gpu.stream()),
@@ -73,8 +87,15 @@ pub fn measure(gpu: &Gpu) -> CudaResult<Ceilings> {
     let (s, d) = (src.ptr(gpu), super::dev_ptr(&dst, gpu.stream()));
     let copy_s = best_time(gpu, 2, 10, || {
         // SAFETY: both allocations hold `elems` u16 values; the copy is ordered on the GPU's stream.
-        unsafe { cudarc::driver::result::memcpy_dtod_async(d.0, s.0, COPY_BYTES, gpu.stream().cu_stream()) }
-            .map_err(|e| CudaError::driver("copying for the bandwidth ceiling", e))
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(
+                d.0,
+                s.0,
+                COPY_BYTES,
+                gpu.stream().cu_stream(),
+            )
+        }
+        .map_err(|e| CudaError::driver("copying for the bandwidth ceiling", e))
     })?;
     Ok(Ceilings {
         gemm_flops_per_s: 2.0 * (n as f64).powi(3) / gemm_s,

@@ -333,8 +333,10 @@ impl Needs {
                                 ),
                             ));
                         }
-                        needs.attn_workspace =
-                            needs.attn_workspace.max(decode_workspace_len(&l.args()));
+                        needs.attn_workspace = needs
+                            .attn_workspace
+                            .max(decode_workspace_len(&l.args()))
+                            .max(super::ops::attention_wide::workspace_len(&l.args()));
                     }
                 }
                 Op::Conv2d { .. } => {

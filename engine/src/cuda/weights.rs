@@ -397,6 +397,7 @@ mod tests {
 
     #[test]
     fn f32_and_f16_round_to_nearest_even() {
+        #[allow(clippy::excessive_precision)] // exact bf16 values, written out in full
         let vals = [1.0f32, 1.00390625, 1.01171875, -3.140625e-3, 65504.0];
         let stored: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
         let want: Vec<u16> = vals.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();

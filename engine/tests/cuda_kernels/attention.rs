@@ -9,6 +9,7 @@ use hbridge_engine::cuda::buffer::{poison_bf16, upload};
 use hbridge_engine::cuda::ops::attention::{
     attention, decode_workspace_len, AttentionArgs, KvSegmentArgs,
 };
+use hbridge_engine::cuda::ops::attention_wide;
 use hbridge_engine::cuda::{dev_ptr, Gpu};
 
 /// How one segment is laid out in memory.
@@ -191,6 +192,10 @@ fn reference(
 enum Want {
     Flash,
     Decode,
+    /// The wide-head path with this many query rows per block.
+    Wide(usize),
+    /// `attention()` on a wide head, with the workspace `attention_wide::workspace_len` asks for.
+    WideDefault,
 }
 
 /// Runs `c` once per path in `paths` on fresh inputs and checks each result against the reference, and
@@ -261,9 +266,19 @@ fn run(gpu: &Gpu, rng: &mut Rng, c: &Case, paths: &[Want]) {
             causal: c.causal,
             scale: (d as f32).powf(-0.5),
         };
-        let ws_len = decode_workspace_len(&args);
+        let ws_len = match path {
+            Want::Wide(qb) => attention_wide::workspace_len_blocked(qb, c.segs[0].len),
+            Want::WideDefault => attention_wide::workspace_len(&args),
+            _ => decode_workspace_len(&args),
+        };
         let ws = match path {
             Want::Flash => None,
+            Want::Wide(_) | Want::WideDefault => {
+                let buf = gpu.alloc_zeros::<f32>(ws_len).expect("workspace");
+                poison_bf16(gpu, dev_ptr(&buf, gpu.stream()), 2 * ws_len)
+                    .expect("poison workspace");
+                Some(buf)
+            }
             Want::Decode => {
                 assert!(ws_len > 0, "{}: expected the decode path to apply", c.name);
                 let buf = gpu.alloc_zeros::<f32>(ws_len).expect("workspace");
@@ -274,7 +289,11 @@ fn run(gpu: &Gpu, rng: &mut Rng, c: &Case, paths: &[Want]) {
             }
         };
         let ws_arg = ws.as_ref().map(|b| (dev_ptr(b, gpu.stream()), ws_len));
-        attention(gpu, &args, ws_arg).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+        match path {
+            Want::Wide(qb) => attention_wide::attention_wide_blocked(gpu, &args, ws_arg, qb),
+            _ => attention(gpu, &args, ws_arg),
+        }
+        .unwrap_or_else(|e| panic!("{}: {e}", c.name));
         let all = common::down(gpu, out.ptr(gpu), n_out);
         let mut got = Vec::with_capacity(want.len());
         for row in all.chunks(o_rs) {
@@ -488,4 +507,59 @@ fn attention_decode_split_kv() {
     let mut c = Case::new("decode padded-out batch row d64", 1, 8, 64, vec![s], false);
     c.batch = 2;
     run(&gpu, &mut rng, &c, &[Want::Decode, Want::Flash]);
+}
+
+/// Heads wider than the flash kernel's 128 (the VAE mid-block's single 512-wide head) take the
+/// GEMM-softmax-GEMM path: one and several query blocks (block sizes that do not divide the query
+/// count), causal with more keys than queries, GQA, batch 2 with padded rows, and the launcher's own
+/// dispatch through `attention` with its default block.
+#[test]
+fn attention_wide_heads() {
+    let Some(gpu) = common::gpu("attention_wide_heads") else {
+        return;
+    };
+    let mut rng = Rng::fresh("attention_wide_heads");
+    let c = Case::new(
+        "wide d512 1 head",
+        1000,
+        1,
+        512,
+        vec![Seg::plain(1000, 1)],
+        false,
+    );
+    run(&gpu, &mut rng, &c, &[Want::Wide(1000), Want::Wide(96)]);
+    let c = Case::new(
+        "wide d256 gqa 2/1 causal",
+        333,
+        2,
+        256,
+        vec![Seg::plain(517, 1)],
+        true,
+    );
+    run(&gpu, &mut rng, &c, &[Want::Wide(333), Want::Wide(48)]);
+    let mut c = Case::new(
+        "wide d192 batch 2 padded rows",
+        130,
+        3,
+        192,
+        vec![Seg::plain(211, 3)],
+        false,
+    );
+    c.batch = 2;
+    c.q_pad = 8;
+    c.out_pad = 16;
+    c.segs[0].pad = 8;
+    c.segs[0].batch_gap = 24;
+    run(&gpu, &mut rng, &c, &[Want::Wide(64)]);
+
+    // Through `attention` itself (the executor's entry point), default block, enough workspace.
+    let c = Case::new(
+        "wide d512 via attention()",
+        700,
+        1,
+        512,
+        vec![Seg::plain(900, 1)],
+        false,
+    );
+    run(&gpu, &mut rng, &c, &[Want::WideDefault]);
 }

@@ -470,6 +470,9 @@ pub fn attention(
     args: &AttentionArgs<'_>,
     workspace: Option<(DevPtr, usize)>,
 ) -> CudaResult<()> {
+    if args.head_dim > MAX_HEAD_DIM {
+        return super::attention_wide::attention_wide(gpu, args, workspace);
+    }
     let Some(plan) = plan(args, workspace)? else {
         return Ok(());
     };

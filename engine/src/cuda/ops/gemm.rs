@@ -204,7 +204,51 @@ pub fn gemm(gpu: &Gpu, args: &GemmArgs) -> CudaResult<()> {
             b: args.a,
             d: args.c,
             bias: args.bias,
+            alpha: 1.0,
             beta: if args.accumulate { 1.0 } else { 0.0 },
+            d_f32: false,
+        },
+    )
+}
+
+/// `C (f32) = alpha * op(A) op(B)` on bf16 A and B (row-major, see [`GemmShape`]; `ldc` counts f32
+/// elements). The wide-head attention's scores: kept in f32 so the softmax sees unrounded logits.
+pub fn gemm_f32_out(
+    gpu: &Gpu,
+    shape: &GemmShape,
+    a: DevPtr,
+    b: DevPtr,
+    c: DevPtr,
+    alpha: f32,
+) -> CudaResult<()> {
+    let s = shape;
+    if s.m == 0 || s.n == 0 {
+        return Ok(());
+    }
+    if s.k == 0 {
+        return Err(unsupported(
+            "gemm",
+            format!("{}x{} product over k = 0", s.m, s.n),
+        ));
+    }
+    let p = problem(s).map_err(|e| unsupported("gemm", e))?;
+    let align = [
+        alignment(b, s.ldb, 2),
+        alignment(a, s.lda, 2),
+        alignment(c, s.ldc, 4),
+    ];
+    gpu.blas()?.matmul(
+        gpu,
+        &super::super::blas::Matmul {
+            problem: p,
+            align,
+            a: b,
+            b: a,
+            d: c,
+            bias: None,
+            alpha,
+            beta: 0.0,
+            d_f32: true,
         },
     )
 }
@@ -250,7 +294,7 @@ mod tests {
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
-            .map(|i| ((i as u32 * 2654435761u32 ^ seed) % 97) as f32 / 13.0 - 3.0)
+            .map(|i| (((i as u32 * 2654435761u32) ^ seed) % 97) as f32 / 13.0 - 3.0)
             .collect()
     }
 
