@@ -7,6 +7,8 @@
 //   axis 0 for k < s0, 1 for k < s01, else 2. `inv` comes from the host (the exact f32 values HF's
 //   `1 / theta^(2k/d)` gives, see ops/rope.rs), the angle is one f32 multiply and cos/sin are sincosf of
 //   that f32 angle, as torch computes them.
+//   The vision tower's 2-D rotary is this kernel too: positions [2, n] (rows h, w), s0 = head_dim/4,
+//   s01 = half (row 2 is then never read), and a table repeating HF's axial inv_freq for h and for w.
 // interleaved3_{v8,s}: the gen expert's 3-axis RoPE on complex pairs (x[2p], x[2p+1]).
 //   reads  x [n, heads*head_dim], positions i32 [n, 3]; writes out [n, heads*head_dim].
 //   Pair p uses axis 0 for p < b0, 1 for p < b01, else 2, angle pos * inv[p] with inv in f64 from the
@@ -49,7 +51,8 @@ __device__ __forceinline__ void mrope_impl(const bf16* x, long long in_stride, c
         const unsigned j = u % g, t = u / g;
         const int hb = (int)(t % hb_count), i = (int)(t / hb_count);
         const int k0 = (int)j * VEC;
-        const int pt = pos[i], ph = pos[n + i], pw = pos[2 * n + i];
+        // The vision tower's 2-D rotary passes positions [2, n] with s01 == half: no third row to read.
+        const int pt = pos[i], ph = pos[n + i], pw = s01 < half ? pos[2 * n + i] : 0;
         float cs[VEC], sn[VEC];
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {

@@ -180,7 +180,8 @@ pub struct Bindings {
     pub f32: Vec<Option<DevPtr>>,
     /// Per node index: the i32 row list of a `GatherRows`.
     pub gathers: HashMap<usize, DevPtr>,
-    /// im2col scratch (bf16) and split-KV attention scratch (f32): address and length in elements.
+    /// im2col scratch (bf16) and attention scratch (f32; split-KV partials or wide-head score blocks):
+    /// address and length in elements.
     pub cols: Option<(DevPtr, usize)>,
     pub attn_workspace: Option<(DevPtr, usize)>,
 }

@@ -182,9 +182,16 @@ pub fn launch(gpu: &Gpu, graph: &Graph, b: &Bindings, index: usize, node: &Node)
                     *axes,
                     *theta,
                 ),
-                RopeKind::Vision2d { .. } => {
-                    Err(internal("rope", "vision 2-D rotary has no CUDA kernel yet"))
-                }
+                RopeKind::Vision2d { theta } => rope::vision2d(
+                    gpu,
+                    p(*x)?,
+                    p(*positions)?,
+                    out,
+                    n,
+                    *heads,
+                    *head_dim,
+                    *theta,
+                ),
             }
         }
         Op::Attention { .. } | Op::BlockAttention { .. } => {

@@ -1,13 +1,13 @@
 //! What a graph needs from the CUDA backend beyond its arena, worked out on the host before anything is
-//! launched: how each input is uploaded, the scratch sizes (im2col columns, split-KV attention partials),
+//! launched: how each input is uploaded, the scratch sizes (im2col columns, attention scratch),
 //! the build-time index lists, and which nodes this backend cannot run. The launch-shaping helpers
 //! (`conv_plan`, `attention_launches`) are shared with the dispatcher so sizes and launches agree.
 
 use super::context::DevPtr;
 use super::error::CudaError;
-use super::ops::attention::{decode_workspace_len, AttentionArgs, KvSegmentArgs, MAX_SEGMENTS};
+use super::ops::attention::{workspace_len, AttentionArgs, KvSegmentArgs, MAX_SEGMENTS};
 use super::ops::layout::ConvGeometry;
-use hbridge_graph::{DataType, Graph, Op, RopeKind, Source, TensorId};
+use hbridge_graph::{DataType, Graph, Op, Source, TensorId};
 
 /// Most bf16 elements the im2col column buffer may hold. A convolution whose columns would not fit runs
 /// in bands of output rows (im2col of the band, then one GEMM writing that band's output columns), so
@@ -34,7 +34,7 @@ pub struct Needs {
     pub inputs: Vec<(TensorId, InputRepr)>,
     /// bf16 elements of im2col scratch.
     pub cols: usize,
-    /// f32 elements of split-KV attention scratch.
+    /// f32 elements of attention scratch: split-KV partials, or the wide-head path's score blocks.
     pub attn_workspace: usize,
     /// `(node index, row indices)` of every `GatherRows`, uploaded once as i32.
     pub gathers: Vec<(usize, Vec<i32>)>,
@@ -308,16 +308,6 @@ impl Needs {
                     repr[t.index()][1] = true;
                     continue;
                 }
-                Op::Rope {
-                    kind: RopeKind::Vision2d { .. },
-                    ..
-                } => {
-                    return Err(unsupported(
-                        "rope",
-                        label,
-                        "the vision tower's 2-D rotary has no CUDA kernel yet",
-                    ))
-                }
                 Op::Attention { .. } | Op::BlockAttention { .. } => {
                     // Any non-null, 16-byte aligned addresses: the launcher's sizing validates them
                     // (null ones would make it report no workspace).
@@ -333,10 +323,7 @@ impl Needs {
                                 ),
                             ));
                         }
-                        needs.attn_workspace = needs
-                            .attn_workspace
-                            .max(decode_workspace_len(&l.args()))
-                            .max(super::ops::attention_wide::workspace_len(&l.args()));
+                        needs.attn_workspace = needs.attn_workspace.max(workspace_len(&l.args()));
                     }
                 }
                 Op::Conv2d { .. } => {

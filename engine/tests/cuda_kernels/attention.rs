@@ -2,12 +2,13 @@
 //! test dims), query and key counts that are not multiples of the tiles, two segments with different
 //! layouts (segment 1 a column slice of a fused K|V buffer), GQA 1/2/3/7 (also different per segment),
 //! causal and bidirectional, batch 2 with key padding, rows that see no key, unaligned pointers and
-//! strides (element-load path), and the split-KV decode path against the flash path.
+//! strides (element-load path), and the split-KV decode path against the flash path. Heads wider than
+//! 128 take the GEMM-softmax-GEMM path of `attention_wide` (softmax.cu), checked the same way.
 
 use super::common::{self, Rng, BF16_TOL};
 use hbridge_engine::cuda::buffer::{poison_bf16, upload};
 use hbridge_engine::cuda::ops::attention::{
-    attention, decode_workspace_len, AttentionArgs, KvSegmentArgs,
+    attention, decode_workspace_len, workspace_len, AttentionArgs, KvSegmentArgs,
 };
 use hbridge_engine::cuda::ops::attention_wide;
 use hbridge_engine::cuda::{dev_ptr, Gpu};
@@ -194,7 +195,8 @@ enum Want {
     Decode,
     /// The wide-head path with this many query rows per block.
     Wide(usize),
-    /// `attention()` on a wide head, with the workspace `attention_wide::workspace_len` asks for.
+    /// `attention()` on a wide head, with the workspace `attention::workspace_len` asks for (what the
+    /// executor allocates).
     WideDefault,
 }
 
@@ -267,13 +269,14 @@ fn run(gpu: &Gpu, rng: &mut Rng, c: &Case, paths: &[Want]) {
             scale: (d as f32).powf(-0.5),
         };
         let ws_len = match path {
-            Want::Wide(qb) => attention_wide::workspace_len_blocked(qb, c.segs[0].len),
-            Want::WideDefault => attention_wide::workspace_len(&args),
+            Want::Wide(qb) => attention_wide::workspace_len_blocked(&args, qb),
+            Want::WideDefault => workspace_len(&args),
             _ => decode_workspace_len(&args),
         };
         let ws = match path {
             Want::Flash => None,
             Want::Wide(_) | Want::WideDefault => {
+                assert!(ws_len > 0, "{}: the wide path wants no workspace", c.name);
                 let buf = gpu.alloc_zeros::<f32>(ws_len).expect("workspace");
                 poison_bf16(gpu, dev_ptr(&buf, gpu.stream()), 2 * ws_len)
                     .expect("poison workspace");
@@ -561,5 +564,103 @@ fn attention_wide_heads() {
         vec![Seg::plain(900, 1)],
         false,
     );
+    run(&gpu, &mut rng, &c, &[Want::WideDefault]);
+}
+
+/// The VAE mid-block's shape at a size the f64 reference can afford: one 512-wide head over 4113
+/// tokens (a multiple of no block), as one block (the default) and as blocks of 1000 rows.
+#[test]
+fn attention_wide_long_single_head() {
+    let Some(gpu) = common::gpu("attention_wide_long_single_head") else {
+        return;
+    };
+    let mut rng = Rng::fresh("attention_wide_long_single_head");
+    let c = Case::new(
+        "wide d512 4113 tokens",
+        4113,
+        1,
+        512,
+        vec![Seg::plain(4113, 1)],
+        false,
+    );
+    run(&gpu, &mut rng, &c, &[Want::WideDefault, Want::Wide(1000)]);
+}
+
+/// Two segments (segment 0's length not a multiple of 8, so segment 1's scores start after a gap;
+/// segment 1 a column slice of a fused K|V buffer), key padding per batch row (one row fully padded in
+/// segment 1, one row with no key at all), GQA 2/1 bidirectional, causal rows that see no key.
+#[test]
+fn attention_wide_segments_and_padding() {
+    let Some(gpu) = common::gpu("attention_wide_segments_and_padding") else {
+        return;
+    };
+    let mut rng = Rng::fresh("attention_wide_segments_and_padding");
+    for causal in [false, true] {
+        let c = Case::new(
+            format!("wide d256 gqa 2/1 two segments causal={causal}"),
+            150,
+            2,
+            256,
+            vec![Seg::plain(93, 1), Seg::fused(61, 1)],
+            causal,
+        );
+        run(&gpu, &mut rng, &c, &[Want::WideDefault, Want::Wide(32)]);
+    }
+    for causal in [false, true] {
+        let mut s0 = Seg::plain(77, 2);
+        s0.valid = Some(vec![50, 77, 0]);
+        s0.batch_gap = 16;
+        let mut s1 = Seg::fused(40, 2);
+        s1.valid = Some(vec![0, 33, 0]);
+        let mut c = Case::new(
+            format!("wide d320 batch 3 key padding causal={causal}"),
+            45,
+            4,
+            320,
+            vec![s0, s1],
+            causal,
+        );
+        c.batch = 3;
+        c.q_pad = 8;
+        c.out_pad = 8;
+        run(&gpu, &mut rng, &c, &[Want::WideDefault, Want::Wide(16)]);
+    }
+    // Causal with more queries than keys: the first 30 queries see nothing and get zeros.
+    let c = Case::new(
+        "wide d512 causal nq>keys",
+        70,
+        1,
+        512,
+        vec![Seg::plain(40, 1)],
+        true,
+    );
+    run(&gpu, &mut rng, &c, &[Want::WideDefault]);
+    // An empty first segment: only segment 1's GEMMs run.
+    let c = Case::new(
+        "wide d256 empty segment 0",
+        33,
+        2,
+        256,
+        vec![Seg::plain(0, 1), Seg::plain(50, 2)],
+        false,
+    );
+    run(&gpu, &mut rng, &c, &[Want::WideDefault]);
+}
+
+/// Q, K, V and out at 2-byte alignment with odd row strides: cuBLASLt is told the weaker alignment and
+/// must still find an algorithm (the softmax only touches the 16-byte aligned workspace).
+#[test]
+fn attention_wide_unaligned() {
+    let Some(gpu) = common::gpu("attention_wide_unaligned") else {
+        return;
+    };
+    let mut rng = Rng::fresh("attention_wide_unaligned");
+    let mut s = Seg::plain(85, 1);
+    s.misalign = true;
+    s.pad = 1;
+    let mut c = Case::new("wide d200 unaligned", 57, 2, 200, vec![s], true);
+    c.q_misalign = true;
+    c.q_pad = 3;
+    c.out_pad = 1;
     run(&gpu, &mut rng, &c, &[Want::WideDefault]);
 }

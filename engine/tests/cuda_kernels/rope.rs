@@ -260,3 +260,63 @@ fn launchers_validate() {
     rope::mrope(&gpu, x.ptr, x.ptr, x.ptr, 16, 0, 1, 16, [2, 3, 3], 1e6).unwrap();
     gpu.synchronize().unwrap();
 }
+
+/// The vision tower's 2-D rotary: HF's `Qwen2_5_VLVisionRotaryEmbedding` (axial inv_freq over head_dim/2,
+/// the first head_dim/4 frequencies rotate by the patch row h, the rest by its column w), rotate_half,
+/// f32 angles; positions `[2, n]` only (the kernel must not read a third row).
+#[test]
+fn vision2d_matches_f64() {
+    let Some(gpu) = common::gpu("rope::vision2d_matches_f64") else {
+        return;
+    };
+    let mut rng = Rng::fresh("rope::vision2d_matches_f64");
+    // (n, heads, head_dim): the 7B tower (16 heads of 80), the tiny test dims, a vector-path size.
+    for &(n, heads, hd) in &[
+        (1000usize, 16usize, 80usize),
+        (37, 2, 8),
+        (64, 4, 64),
+        (5, 3, 12),
+    ] {
+        for in_place in [false, true] {
+            let width = heads * hd;
+            let (half, quarter) = (hd / 2, hd / 4);
+            let theta = 1e4;
+            let x = rng.normal_bf16(n * width, 1.0);
+            let grid_w = 1 + rng.below(40);
+            let mut pos = vec![0i32; 2 * n];
+            for i in 0..n {
+                pos[i] = (i / grid_w) as i32;
+                pos[n + i] = (i % grid_w) as i32;
+            }
+            let (_pos_buf, pp) = ints(&gpu, &pos);
+            let px = place(&gpu, &x, 0);
+            let out = poisoned(&gpu, n * width, 0);
+            let out_ptr = if in_place { px.ptr } else { out.ptr };
+            rope::vision2d(&gpu, px.ptr, pp, out_ptr, n, heads, hd, theta).unwrap();
+            let inv = mrope_inv(theta, half);
+            let mut want = vec![0.0f64; n * width];
+            for i in 0..n {
+                for k in 0..half {
+                    let angle = if k < quarter {
+                        pos[i] as f32 * inv[k]
+                    } else {
+                        pos[n + i] as f32 * inv[k - quarter]
+                    };
+                    let (c, s) = (angle.cos() as f64, angle.sin() as f64);
+                    for h in 0..heads {
+                        let o = i * width + h * hd;
+                        let (a, b) = (x[o + k] as f64, x[o + k + half] as f64);
+                        want[o + k] = a * c - b * s;
+                        want[o + k + half] = b * c + a * s;
+                    }
+                }
+            }
+            let got = common::down(&gpu, out_ptr, n * width);
+            let case = format!("vision2d n={n} heads={heads} d={hd} in_place={in_place}");
+            common::check(&case, &got, &want, BF16_TOL);
+        }
+    }
+    // A head_dim that is not a multiple of 4 is refused, not misrotated.
+    let x = place(&gpu, &[0.5; 6], 0);
+    assert!(rope::vision2d(&gpu, x.ptr, x.ptr, x.ptr, 1, 1, 6, 1e4).is_err());
+}

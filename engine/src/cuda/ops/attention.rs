@@ -5,6 +5,9 @@
 //! panicking), picks the kernel instantiation for the head dim padded to 16/32/64/80/128, and chooses
 //! between the flash kernel and the split-KV decode kernels. The kernel parameters travel as one
 //! `#[repr(C)]` struct whose layout `attention.cu` asserts with the same sizes.
+//!
+//! Heads wider than [`MAX_HEAD_DIM`] do not fit the flash kernel's registers; [`attention`] hands them to
+//! `attention_wide` (scores and probabilities materialized in query blocks, GEMMs through cuBLASLt).
 
 use super::super::context::{DevPtr, Gpu};
 use super::super::error::{CudaError, CudaResult};
@@ -174,19 +177,17 @@ fn to_i64(v: usize, what: &str) -> CudaResult<i64> {
     i64::try_from(v).map_err(|_| bad(format!("{what} {v} does not fit a 64-bit element offset")))
 }
 
-/// Every check that does not need the device. `Ok(false)`: valid but nothing to compute.
-fn validate(a: &AttentionArgs<'_>) -> CudaResult<bool> {
+/// Every check that does not need the device, shared with the wide-head path (the flash kernels' head
+/// dim limit is checked by `plan`). `Ok(false)`: valid but nothing to compute.
+pub(super) fn validate(a: &AttentionArgs<'_>) -> CudaResult<bool> {
     let nseg = a.segments.len();
     if nseg == 0 || nseg > MAX_SEGMENTS {
         return Err(bad(format!(
             "{nseg} K/V segments (supported: 1 to {MAX_SEGMENTS})"
         )));
     }
-    if a.head_dim == 0 || a.head_dim > MAX_HEAD_DIM {
-        return Err(bad(format!(
-            "head_dim {} (supported: 1 to {MAX_HEAD_DIM})",
-            a.head_dim
-        )));
+    if a.head_dim == 0 {
+        return Err(bad("head_dim 0"));
     }
     if a.heads == 0 || a.heads > 65535 {
         return Err(bad(format!("{} heads (supported: 1 to 65535)", a.heads)));
@@ -325,6 +326,9 @@ fn workspace_len_for(a: &AttentionArgs<'_>, split: DecodeSplit) -> usize {
 /// f32 elements of scratch the decode path needs for `args` (0 when it would take the flash path, or when
 /// the arguments are invalid).
 pub fn decode_workspace_len(args: &AttentionArgs<'_>) -> usize {
+    if args.head_dim > MAX_HEAD_DIM {
+        return 0;
+    }
     match validate(args) {
         Ok(true) => decode_split(args).map_or(0, |s| workspace_len_for(args, s)),
         _ => 0,
@@ -332,11 +336,15 @@ pub fn decode_workspace_len(args: &AttentionArgs<'_>) -> usize {
 }
 
 fn plan(a: &AttentionArgs<'_>, workspace: Option<(DevPtr, usize)>) -> CudaResult<Option<Plan>> {
+    let d_pad = padded_head_dim(a.head_dim).ok_or_else(|| {
+        bad(format!(
+            "head_dim {} (the flash kernels take 1 to {MAX_HEAD_DIM})",
+            a.head_dim
+        ))
+    })?;
     if !validate(a)? {
         return Ok(None);
     }
-    let d_pad =
-        padded_head_dim(a.head_dim).ok_or_else(|| bad(format!("head_dim {}", a.head_dim)))?;
     let mut path = Path::Flash;
     let mut ws = 0u64;
     if let (Some(split), Some((ptr, len))) = (decode_split(a), workspace) {
@@ -463,8 +471,19 @@ fn launch(gpu: &Gpu, entry: &str, params: &Params, cfg: LaunchConfig) -> CudaRes
     Ok(())
 }
 
+/// f32 elements of workspace [`attention`] needs for `args`: split-KV partials on the decode path, the
+/// score and probability blocks of the wide-head path (head_dim > 128), else 0.
+pub fn workspace_len(args: &AttentionArgs<'_>) -> usize {
+    if args.head_dim > MAX_HEAD_DIM {
+        super::attention_wide::workspace_len(args)
+    } else {
+        decode_workspace_len(args)
+    }
+}
+
 /// Launches the flash kernel, or the split-KV decode kernels when there are few queries per batch row
-/// and many keys. `workspace` is f32 scratch for split-KV partials; see [`decode_workspace_len`].
+/// and many keys, or (head_dim > 128) the wide-head path of `attention_wide`. `workspace` is f32
+/// scratch; see [`workspace_len`]. The wide-head path cannot run without it.
 pub fn attention(
     gpu: &Gpu,
     args: &AttentionArgs<'_>,

@@ -138,6 +138,87 @@ pub fn mrope_strided(
         return Ok(());
     }
     let (s0, s01) = check_mrope(OP, head_dim, section)?;
+    let tab = mrope_table(theta, head_dim);
+    mrope_launch(
+        gpu,
+        x,
+        in_row_stride,
+        positions,
+        out,
+        out_row_stride,
+        n,
+        heads,
+        head_dim,
+        (s0, s01),
+        &tab,
+    )
+}
+
+/// The vision tower's 2-D rotary (rotate_half) of `x` `[n, heads*head_dim]` at positions i32 `[2, n]`
+/// (rows h, w): the M-RoPE kernel with sections (D/4, D/4, 0) and HF's axial frequencies
+/// `1 / theta^(2j / (D/2))`, j < D/4, repeated for h and w (see `RopeKind::Vision2d`). `out` may alias `x`.
+#[allow(clippy::too_many_arguments)]
+pub fn vision2d(
+    gpu: &Gpu,
+    x: DevPtr,
+    positions: DevPtr,
+    out: DevPtr,
+    n: usize,
+    heads: usize,
+    head_dim: usize,
+    theta: f64,
+) -> CudaResult<()> {
+    const OP: &str = "vision2d rope";
+    if n == 0 || heads == 0 || head_dim == 0 {
+        return Ok(());
+    }
+    if head_dim % 4 != 0 || head_dim / 2 > MAX_HALF {
+        return Err(unsupported(
+            OP,
+            format!(
+                "head_dim {head_dim} (must be a multiple of 4, at most {})",
+                2 * MAX_HALF
+            ),
+        ));
+    }
+    let (half, quarter) = (head_dim / 2, head_dim / 4);
+    // HF computes inv_freq over dim = head_dim / 2: the M-RoPE table of a head of `half` dims.
+    let axial = mrope_table(theta, half);
+    let mut tab = mrope_table(theta, head_dim);
+    for k in 0..half {
+        tab.inv[k] = axial.inv[k % quarter];
+    }
+    let width = mul(OP, heads, head_dim)?;
+    mrope_launch(
+        gpu,
+        x,
+        width,
+        positions,
+        out,
+        width,
+        n,
+        heads,
+        head_dim,
+        (quarter as i32, half as i32),
+        &tab,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mrope_launch(
+    gpu: &Gpu,
+    x: DevPtr,
+    in_row_stride: usize,
+    positions: DevPtr,
+    out: DevPtr,
+    out_row_stride: usize,
+    n: usize,
+    heads: usize,
+    head_dim: usize,
+    (s0, s01): (i32, i32),
+    tab: &F32Table,
+) -> CudaResult<()> {
+    const OP: &str = "mrope";
     let width = mul(OP, heads, head_dim)?;
     if in_row_stride < width || out_row_stride < width {
         return Err(unsupported(
@@ -151,7 +232,7 @@ pub fn mrope_strided(
     let vec =
         half % 8 == 0 && in_row_stride % 8 == 0 && out_row_stride % 8 == 0 && aligned16(&[x, out]);
     let units = rope_units(OP, n, heads, if vec { half / 8 } else { half })?;
-    let tab = mrope_table(theta, head_dim);
+    let tab = *tab;
     let (xp, pp, op_) = (x.0, positions.0, out.0);
     let (ins, outs) = (
         to_i64(OP, "in stride", in_row_stride)?,
