@@ -16,11 +16,12 @@ pub struct PresetConfigs {
     pub vae: Value,
 }
 
-pub const PRESET_NAMES: [&str; 2] = ["tiny", "hbridge-7b4b"];
+pub const PRESET_NAMES: [&str; 3] = ["tiny", "mid", "hbridge-7b4b"];
 
 pub fn preset(name: &str) -> Option<PresetConfigs> {
     match name {
         "tiny" => Some(tiny()),
+        "mid" => Some(mid()),
         "hbridge-7b4b" => Some(hbridge_7b4b()),
         _ => None,
     }
@@ -119,6 +120,92 @@ fn hbridge_7b4b() -> PresetConfigs {
             "latent_channels": 16,
             "norm_num_groups": 32,
             "sample_size": 1024,
+            "scaling_factor": 0.3611,
+            "shift_factor": 0.1159,
+            "use_quant_conv": false,
+            "use_post_quant_conv": false,
+            "mid_block_add_attention": true
+        }),
+    }
+}
+
+/// A mid-size model for comparing the CPU backend with PyTorch on the CPU (issue 5): und hidden 896 / 8
+/// layers (Qwen2.5-0.5B's width), gen hidden 768 / 8 layers, a 4-level VAE of 64-256 channels; 256x256
+/// images are 32x32 latents (256 gen tokens). No vision tower. ~0.3B parameters.
+fn mid() -> PresetConfigs {
+    let (gen_layers, und_layers, skip) = (8, 8, 2);
+    let pairs: Vec<[usize; 2]> =
+        hbridge_loader::config::default_pairs(gen_layers, und_layers, skip, skip)
+            .into_iter()
+            .map(|(g, u)| [g, u])
+            .collect();
+    PresetConfigs {
+        name: "mid",
+        layout: json!({
+            "topology": "hbridge",
+            "und": "und",
+            "gen": "gen",
+            "vae": "vae",
+            "bridge": {
+                "path": "bridge",
+                "pairs": pairs,
+                "num_srt_tokens": 16,
+                "skip_first": skip,
+                "skip_last": skip
+            }
+        }),
+        und: json!({
+            "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+            "model_type": "qwen2_5_vl",
+            "vocab_size": 32768,
+            "hidden_size": 896,
+            "intermediate_size": 4864,
+            "num_hidden_layers": und_layers,
+            "num_attention_heads": 14,
+            "num_key_value_heads": 2,
+            "hidden_act": "silu",
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "rope_scaling": { "type": "mrope", "mrope_section": [8, 12, 12] },
+            "max_position_embeddings": 32768,
+            "tie_word_embeddings": false,
+            "bos_token_id": 500,
+            "eos_token_id": 502,
+            "image_token_id": 505,
+            "video_token_id": 506,
+            "vision_start_token_id": 503,
+            "vision_end_token_id": 504
+        }),
+        gen: json!({
+            "_class_name": "OmniGen2Transformer2DModel",
+            "patch_size": 2,
+            "in_channels": 16,
+            "out_channels": null,
+            "hidden_size": 768,
+            "num_layers": gen_layers,
+            "num_refiner_layers": 2,
+            "num_attention_heads": 12,
+            "num_kv_heads": 4,
+            "multiple_of": 256,
+            "ffn_dim_multiplier": null,
+            "norm_eps": 1e-5,
+            "axes_dim_rope": [16, 24, 24],
+            "axes_lens": [10000, 10000, 10000],
+            "text_feat_dim": 896,
+            "timestep_scale": 1000.0
+        }),
+        vae: json!({
+            "_class_name": "AutoencoderKL",
+            "in_channels": 3,
+            "out_channels": 3,
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+            "block_out_channels": [64, 128, 256, 256],
+            "layers_per_block": 1,
+            "act_fn": "silu",
+            "latent_channels": 16,
+            "norm_num_groups": 32,
+            "sample_size": 256,
             "scaling_factor": 0.3611,
             "shift_factor": 0.1159,
             "use_quant_conv": false,
