@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (copied into gpu-bundle/ by scripts/gpu-check.sh): `hbridge bench` on the tiny
 # model and on hbridge-7b4b (random weights written to local disk first if absent, ~23 GB, ~90 s), with
-# the table and JSON under $OUT. Then the PyTorch baseline on the same checkpoint when
-# reference/bench_torch.py exists and torch imports.
+# the table and JSON under $OUT. The PyTorch baseline on the same checkpoint: scripts/gpu-torch.sh.
 #   bash gpu-bundle/run-bench.sh [extra hbridge bench args]
 set -uo pipefail
 bundle="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,11 +23,3 @@ fi
 echo "== hbridge bench hbridge-7b4b (cuda)"
 "$bin" --device cuda bench "$model" --json "$logs/bench-7b4b.json" "$@" 2>&1 | tee "$logs/bench-7b4b.log" \
   | grep -v '^uploading'
-if [ -f "$repo/reference/bench_torch.py" ] && python3 -c 'import torch' 2>/dev/null; then
-  echo "== PyTorch baseline (reference/bench_torch.py)"
-  (cd "$repo" && python3 reference/bench_torch.py "$model" --device cuda --mode both \
-      --json "$logs/torch-7b4b.json" 2>&1 | tee "$logs/torch-7b4b.log" | tail -30)
-  if [ -f "$repo/reference/bench_compare.py" ]; then
-    python3 "$repo/reference/bench_compare.py" "$logs/bench-7b4b.json" "$logs/torch-7b4b.json" 2>&1 | tee "$logs/compare-7b4b.txt"
-  fi
-fi

@@ -53,6 +53,7 @@ strip "$bundle"/bin/* 2>/dev/null || true
 cp scripts/gpu-run.sh "$bundle/run.sh"
 cp scripts/gpu-7b4b.sh "$bundle/run-7b4b.sh"
 cp scripts/gpu-bench.sh "$bundle/run-bench.sh"
+cp scripts/gpu-torch.sh "$bundle/run-torch.sh"
 chmod +x "$bundle/run.sh"
 git rev-parse --short HEAD > "$bundle/commit.txt" 2>/dev/null || echo unknown > "$bundle/commit.txt"
 git diff --quiet 2>/dev/null || echo "(with uncommitted changes)" >> "$bundle/commit.txt"

@@ -131,7 +131,7 @@ fn hbridge_7b4b() -> PresetConfigs {
 
 /// A mid-size model for comparing the CPU backend with PyTorch on the CPU (issue 5): und hidden 896 / 8
 /// layers (Qwen2.5-0.5B's width), gen hidden 768 / 8 layers, a 4-level VAE of 64-256 channels; 256x256
-/// images are 32x32 latents (256 gen tokens). No vision tower. ~0.3B parameters.
+/// images are 32x32 latents (256 gen tokens); a 4-block vision tower. ~0.3B parameters.
 fn mid() -> PresetConfigs {
     let (gen_layers, und_layers, skip) = (8, 8, 2);
     let pairs: Vec<[usize; 2]> =
@@ -174,7 +174,22 @@ fn mid() -> PresetConfigs {
             "image_token_id": 505,
             "video_token_id": 506,
             "vision_start_token_id": 503,
-            "vision_end_token_id": 504
+            "vision_end_token_id": 504,
+            "vision_config": {
+                "depth": 4,
+                "hidden_size": 320,
+                "num_heads": 4,
+                "intermediate_size": 864,
+                "in_chans": 3,
+                "out_hidden_size": 896,
+                "patch_size": 14,
+                "temporal_patch_size": 2,
+                "spatial_merge_size": 2,
+                "window_size": 112,
+                "fullatt_block_indexes": [1, 3],
+                "hidden_act": "silu",
+                "tokens_per_second": 2
+            }
         }),
         gen: json!({
             "_class_name": "OmniGen2Transformer2DModel",
