@@ -14,7 +14,7 @@ import shutil
 
 import torch
 
-from .common import DTYPES, F32, load_safetensors, load_sharded, read_json, save_safetensors, write_json
+from .common import DTYPES, F32, REFERENCE, load_safetensors, load_sharded, read_json, save_safetensors, write_json
 from .config import GenConfig, UndTextConfig, default_pairs
 from .gen import GenExpert, Omnigen2Expert
 from .prompts import TOKENIZER_PATH
@@ -314,29 +314,35 @@ def create_checkpoint(spec, model_dir):
 
 
 class Bundle:
-    """A checkpoint loaded back in f32 from its files."""
+    """A checkpoint loaded back from its files: in f32 on the CPU (the reference), or, for the benchmark, in
+    another dtype on another device, with the fast paths of `impl` and HF's attention `attn_implementation`."""
 
-    def __init__(self, model_dir):
+    def __init__(self, model_dir, dtype=F32, device=None, impl=REFERENCE, attn_implementation="eager"):
         from .und import UndExpert
         self.dir = model_dir
         self.hb = read_json(os.path.join(model_dir, "hbridge.json"))
         self.topology = self.hb["topology"]
         assert self.topology in ("hbridge", "omnigen2")
-        self.und = UndExpert(os.path.join(model_dir, self.hb.get("und", "und")))
+        self.und = UndExpert(os.path.join(model_dir, self.hb.get("und", "und")), dtype, device, attn_implementation)
+
+        def on_device(tensors):
+            return tensors if device is None else {k: v.to(device) for k, v in tensors.items()}
+
         gdir = os.path.join(model_dir, self.hb.get("gen", "gen"))
         self.gen_cfg = GenConfig.from_json(read_json(os.path.join(gdir, "config.json")))
-        W = load_sharded(gdir, "diffusion_pytorch_model", F32)
+        W = on_device(load_sharded(gdir, "diffusion_pytorch_model", dtype))
         vdir = os.path.join(model_dir, self.hb.get("vae", "vae"))
         self.vae_cfg = read_json(os.path.join(vdir, "config.json"))
-        self.vae_W = load_safetensors(os.path.join(vdir, "diffusion_pytorch_model.safetensors"), F32)
+        self.vae_W = on_device(load_safetensors(os.path.join(vdir, "diffusion_pytorch_model.safetensors"), dtype))
         if self.topology == "omnigen2":
             self.pairs = []
             self.gen = Omnigen2Expert(self.gen_cfg, W)
             return
         b = self.hb["bridge"]
-        W.update(load_safetensors(os.path.join(model_dir, b.get("path", "bridge"), "bridge.safetensors"), F32))
+        W.update(on_device(load_safetensors(os.path.join(model_dir, b.get("path", "bridge"), "bridge.safetensors"),
+                                            dtype)))
         self.pairs = [tuple(p) for p in b["pairs"]]
-        self.gen = GenExpert(self.gen_cfg, self.und.tcfg, W, self.pairs, b["num_srt_tokens"])
+        self.gen = GenExpert(self.gen_cfg, self.und.tcfg, W, self.pairs, b["num_srt_tokens"], impl)
 
     @property
     def paired_und_layers(self):

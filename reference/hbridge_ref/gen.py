@@ -8,6 +8,11 @@ Everything works on a dict of f32 tensors named as in the checkpoint files:
 A forward call runs a batch of guidance branches that share the gen-token layout (same latent size, same
 reference-image sizes); each branch has its own und context (K/V cache of its paired und layers and its s0).
 Contexts of different lengths are right-padded and masked (key padding only).
+
+`GenExpert.forward` = `prepare` (positions, RoPE tables, padded bridge context: fixed for a request) + `step`
+(one denoising step); the benchmark prepares once per request and times or compiles `step` alone. An `Impl`
+(common.py) other than the default selects the fast paths (SDPA attention, f32 RoPE) for bf16 on a GPU; the
+default is the reference arithmetic the fixtures were made with.
 """
 import math
 from dataclasses import dataclass
@@ -16,14 +21,18 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as Fn
 
-from .common import F32, F64
+from .common import F32, F64, REFERENCE, Impl, sdpa
 from .config import GenConfig, UndTextConfig
 
 
 # ----------------------------------------------------------------------------------------------- primitives
 
 def rms_norm(x, w, eps):
-    """y = x * rsqrt(mean(x^2) + eps) * w, f32 (diffusers RMSNorm / HF Qwen2RMSNorm)."""
+    """y = x * rsqrt(mean(x^2) + eps) * w, f32 (diffusers RMSNorm / HF Qwen2RMSNorm). f16/bf16 inputs are
+    normalized in f32 and cast to the weight's dtype before the weight, as diffusers' RMSNorm does."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(w.dtype) * w
     var = x.pow(2).mean(-1, keepdim=True)
     return x * torch.rsqrt(var + eps) * w
 
@@ -39,7 +48,7 @@ def timestep_proj(t, timestep_scale, dim=256):
     diffusers `Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0, scale=timestep_scale)` computes the
     same in f32 (frequencies and arguments), which differs by ~1e-4 absolute at timestep_scale 1000."""
     half = dim // 2
-    k = torch.arange(half, dtype=F64)
+    k = torch.arange(half, dtype=F64, device=t.device)
     freqs = torch.exp(-math.log(10000.0) * k / half)
     arg = float(timestep_scale) * t.to(F64)[:, None] * freqs[None, :]
     return torch.cat([torch.cos(arg), torch.sin(arg)], dim=-1).to(F32)
@@ -48,7 +57,8 @@ def timestep_proj(t, timestep_scale, dim=256):
 def timestep_embedding(W, t, cfg: GenConfig):
     """temb [B, E] = linear_2(silu(linear_1(timestep_proj(t))))."""
     p = "time_caption_embed.timestep_embedder."
-    h = linear(timestep_proj(t, cfg.timestep_scale, cfg.FREQ_DIM), W, p + "linear_1")
+    e = timestep_proj(t, cfg.timestep_scale, cfg.FREQ_DIM).to(W[p + "linear_1.weight"].dtype)
+    h = linear(e, W, p + "linear_1")
     return linear(Fn.silu(h), W, p + "linear_2")
 
 
@@ -64,10 +74,19 @@ def gen_rope_angles(pos, axes_dim, theta=10000.0):
     return torch.cat(parts, dim=-1)
 
 
-def apply_gen_rope(x, ang):
+def apply_gen_rope(x, ang, impl: Impl = REFERENCE):
     """Interleaved (complex-pair) rotation of x [B, N, heads, D] by ang [B, N, D/2]; done in f64 like diffusers'
-    complex multiply (complex64 x complex128 -> complex128), cast back to f32."""
+    complex multiply (complex64 x complex128 -> complex128), cast back to f32.
+
+    With impl.f64_rope False, ang holds the angles' [cos, sin] stacked, [B, N, D/2, 2] f32 (computed once per
+    request by GenExpert.prepare) and the rotation runs in f32, cast back to x's dtype."""
     B, N, Hh, D = x.shape
+    if not impl.f64_rope:
+        xr = x.float().reshape(B, N, Hh, D // 2, 2)
+        c = ang[:, :, None, :, 0]
+        s = ang[:, :, None, :, 1]
+        x0, x1 = xr[..., 0], xr[..., 1]
+        return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).reshape(B, N, Hh, D).to(x.dtype)
     xr = x.to(F64).reshape(B, N, Hh, D // 2, 2)
     c = torch.cos(ang)[:, :, None, :]
     s = torch.sin(ang)[:, :, None, :]
@@ -102,10 +121,13 @@ def apply_mrope(x, cos, sin):
     return (x * c) + (rotate_half(x) * s)
 
 
-def attention(q, k, v, scale, key_mask=None):
+def attention(q, k, v, scale, key_mask=None, impl: Impl = REFERENCE, what="gen attention"):
     """softmax(q k^T * scale) v. q [B, Nq, H, D], k/v [B, Nk, K, D] (GQA: kv head j serves q heads j*g..j*g+g-1),
-    key_mask [B, Nk] bool (True = attend). Returns [B, Nq, H*D]."""
+    key_mask [B, Nk] bool (True = attend). Returns [B, Nq, H*D]. impl.sdpa: through scaled_dot_product_attention."""
     B, Nq, H, D = q.shape
+    if impl.sdpa:
+        o = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale, key_mask, impl, what)
+        return o.transpose(1, 2).reshape(B, Nq, H * v.shape[-1])
     g = H // k.shape[2]
     if g > 1:
         k = k.repeat_interleave(g, dim=2)
@@ -150,12 +172,12 @@ def qkv_gen_heads(W, p, h, cfg: GenConfig):
     return q, k, v
 
 
-def self_attention(W, p, h, ang, cfg: GenConfig, key_mask=None):
+def self_attention(W, p, h, ang, cfg: GenConfig, key_mask=None, impl: Impl = REFERENCE):
     """Gen self-attention: q/k norm, then interleaved 3-axis RoPE, GQA, scale D^-0.5, to_out.0."""
     q, k, v = qkv_gen_heads(W, p, h, cfg)
-    q = apply_gen_rope(q, ang)
-    k = apply_gen_rope(k, ang)
-    o = attention(q, k, v, cfg.head_dim ** -0.5, key_mask)
+    q = apply_gen_rope(q, ang, impl)
+    k = apply_gen_rope(k, ang, impl)
+    o = attention(q, k, v, cfg.head_dim ** -0.5, key_mask, impl, "gen self-attention")
     return linear(o, W, p + "attn.to_out.0", False)
 
 
@@ -164,15 +186,18 @@ class BridgeContext:
     """What a bridged gen layer needs from the und side, for a batch of branches.
 
     k, v: per und layer u, [B, Lmax, K_u, D_u] (post-RoPE K, projected V; right-padded),
-    ctx_mask [B, Lmax] (True on real context tokens), cos/sin [B, N_gen, D_u] of the shared positions."""
+    ctx_mask [B, Lmax] (True on real context tokens), cos/sin [B, N_gen, D_u] of the shared positions,
+    lens: the context length of each branch, when known (lets the SDPA path drop the padding instead of masking)."""
     k: Dict[int, torch.Tensor]
     v: Dict[int, torch.Tensor]
     ctx_mask: torch.Tensor
     cos: torch.Tensor
     sin: torch.Tensor
+    lens: Optional[List[int]] = None
 
 
-def bridged_attention(W, p, h, g, u, bctx: BridgeContext, cfg: GenConfig, und: UndTextConfig):
+def bridged_attention(W, p, h, g, u, bctx: BridgeContext, cfg: GenConfig, und: UndTextConfig,
+                      impl: Impl = REFERENCE):
     """DESIGN.md 5: project gen q/k/v (after norm_q/norm_k, no gen RoPE) into the und head space, und M-RoPE at the
     shared positions, attend over [und K/V of layer u ; gen tokens], project back, to_out.0."""
     B, N, _ = h.shape
@@ -183,25 +208,38 @@ def bridged_attention(W, p, h, g, u, bctx: BridgeContext, cfg: GenConfig, und: U
     vs = Fn.linear(v.reshape(B, N, -1), W[bp + "v_proj.weight"]).view(B, N, und.num_key_value_heads, und.head_dim)
     qs = apply_mrope(qs, bctx.cos, bctx.sin)
     ks = apply_mrope(ks, bctx.cos, bctx.sin)
-    K = torch.cat([bctx.k[u], ks], dim=1)
-    V = torch.cat([bctx.v[u], vs], dim=1)
-    mask = torch.cat([bctx.ctx_mask, torch.ones(B, N, dtype=torch.bool)], dim=1)
-    o = attention(qs, K, V, und.head_dim ** -0.5, mask)  # [B, N, H_u*D_u]
+    scale = und.head_dim ** -0.5
+    if impl.sdpa and bctx.lens is not None:
+        # Branches whose contexts have the same length need no mask; others run one by one over their own
+        # unpadded keys, so that flash (which takes no mask) serves every branch.
+        groups = [list(range(B))] if len(set(bctx.lens)) == 1 else [[b] for b in range(B)]
+        outs = []
+        for grp in groups:
+            b0, b1, L = grp[0], grp[-1] + 1, bctx.lens[grp[0]]
+            K = torch.cat([bctx.k[u][b0:b1, :L], ks[b0:b1]], dim=1)
+            V = torch.cat([bctx.v[u][b0:b1, :L], vs[b0:b1]], dim=1)
+            outs.append(attention(qs[b0:b1], K, V, scale, None, impl, "bridged attention"))
+        o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+    else:
+        K = torch.cat([bctx.k[u], ks], dim=1)
+        V = torch.cat([bctx.v[u], vs], dim=1)
+        mask = torch.cat([bctx.ctx_mask, torch.ones(B, N, dtype=torch.bool, device=h.device)], dim=1)
+        o = attention(qs, K, V, scale, mask, impl, "bridged attention")  # [B, N, H_u*D_u]
     o = Fn.linear(o, W[bp + "o_proj.weight"])  # -> [B, N, H_g*D_g]
     return linear(o, W, p + "attn.to_out.0", False)
 
 
-def modulated_block(W, p, x, temb, cfg: GenConfig, ang=None, key_mask=None, bridge=None):
+def modulated_block(W, p, x, temb, cfg: GenConfig, ang=None, key_mask=None, bridge=None, impl: Impl = REFERENCE):
     """OmniGen2 / Lumina2 block with modulation. bridge = (g, u, BridgeContext, UndTextConfig) replaces the
     self-attention by the bridged attention."""
     mod = linear(Fn.silu(temb), W, p + "norm1.linear")
     s_msa, g_msa, s_mlp, g_mlp = mod.chunk(4, dim=-1)
     h = rms_norm(x, W[p + "norm1.norm.weight"], cfg.norm_eps) * (1 + s_msa[:, None, :])
     if bridge is None:
-        a = self_attention(W, p, h, ang, cfg, key_mask)
+        a = self_attention(W, p, h, ang, cfg, key_mask, impl)
     else:
         g, u, bctx, und = bridge
-        a = bridged_attention(W, p, h, g, u, bctx, cfg, und)
+        a = bridged_attention(W, p, h, g, u, bctx, cfg, und, impl)
     x = x + torch.tanh(g_msa)[:, None, :] * rms_norm(a, W[p + "norm2.weight"], cfg.norm_eps)
     f = feed_forward(W, p + "feed_forward.",
                      rms_norm(x, W[p + "ffn_norm1.weight"], cfg.norm_eps) * (1 + s_mlp[:, None, :]))
@@ -258,11 +296,23 @@ class UndKV:
     s0: int
 
 
+@dataclass
+class StepPlan:
+    """What a gen step needs that stays fixed for a request: the token layout, the gen RoPE angles (or their
+    cos/sin, see apply_gen_rope) and the bridge context (padded und K/V, mask, shared-position cos/sin)."""
+    grids: List[tuple]
+    offsets: List[int]
+    ang: torch.Tensor
+    bctx: Optional[BridgeContext]
+
+
 class GenExpert:
-    def __init__(self, cfg: GenConfig, und: UndTextConfig, W: Dict[str, torch.Tensor], pairs, num_srt_tokens):
+    def __init__(self, cfg: GenConfig, und: UndTextConfig, W: Dict[str, torch.Tensor], pairs, num_srt_tokens,
+                 impl: Impl = REFERENCE):
         self.cfg = cfg
         self.und = und
         self.W = W
+        self.impl = impl
         self.pairs = {int(g): int(u) for g, u in pairs}
         assert len(self.pairs) == len(pairs), "a gen layer appears in at most one pair"
         self.n_srt = num_srt_tokens
@@ -275,46 +325,39 @@ class GenExpert:
         whose j-th entry is reference latent j of every branch, [B, C, Hr_j, Wr_j].
         Returns dict(velocity [B, C, H, W], srt [B, n_srt, out_hidden], hs: list of [B, N_gen, hidden] if trace,
         ref_tokens: per reference, its tokens after the ref refiner [B, n_j, hidden])."""
-        cfg, W, und = self.cfg, self.W, self.und
-        B, C, H, Wd = x.shape
-        p = cfg.patch_size
         refs = refs or []
-        grids = [(r.shape[2] // p, r.shape[3] // p) for r in refs] + [(H // p, Wd // p)]
+        plan = self.prepare(x.shape, ctx, [tuple(r.shape[2:]) for r in refs])
+        return self.step(x, t, plan, refs, trace)
+
+    def prepare(self, x_shape, ctx: List[UndKV], ref_hw=()) -> StepPlan:
+        """The request-constant part of a step for latents of shape x_shape [B, C, H, W], the B branches' und
+        contexts and reference latents of spatial sizes ref_hw [(Hr, Wr), ...]."""
+        cfg, W, und = self.cfg, self.W, self.und
+        B, _, H, Wd = x_shape
+        p = cfg.patch_size
+        dev = W["srt.tokens"].device
+        grids = [(h // p, w // p) for h, w in ref_hw] + [(H // p, Wd // p)]
         n_pre = self.n_srt
-        temb = timestep_embedding(W, t, cfg)
 
         pos = gen_positions(n_pre, grids)  # [N_gen, 3], same for every branch
         ang = gen_rope_angles(pos, cfg.axes_dim_rope, cfg.ROPE_THETA)[None].expand(B, -1, -1)
+        if not self.impl.f64_rope:
+            ang = torch.stack([torch.cos(ang), torch.sin(ang)], dim=-1).to(F32)
+        ang = ang.to(dev)
         offsets = [n_pre]
         for hp, wp in grids:
             offsets.append(offsets[-1] + hp * wp)
-
-        # reference images: ref_image_patch_embedder + image_index_embedding[j], refined each alone
-        seq = [W["srt.tokens"][None].expand(B, -1, -1)]
-        for j, r in enumerate(refs):
-            tok = linear(patchify(r, p), W, "ref_image_patch_embedder") + W["image_index_embedding"][j]
-            a = ang[:, offsets[j]:offsets[j + 1]]
-            for i in range(cfg.num_refiner_layers):
-                tok = modulated_block(W, f"ref_image_refiner.{i}.", tok, temb, cfg, ang=a)
-            seq.append(tok)
-        ref_tokens = seq[1:]  # each reference's tokens after the ref refiner, [B, n_j, hidden]
-        # noisy latent: x_embedder, noise_refiner (alone, with its joint positions)
-        tok = linear(patchify(x, p), W, "x_embedder")
-        a = ang[:, offsets[-2]:offsets[-1]]
-        for i in range(cfg.num_refiner_layers):
-            tok = modulated_block(W, f"noise_refiner.{i}.", tok, temb, cfg, ang=a)
-        seq.append(tok)
-        h = torch.cat(seq, dim=1)
 
         # bridge context: pad the und K/V of each branch, shared positions per branch
         bctx = None
         if self.pairs:
             lens = [c.k[next(iter(c.k))].shape[0] for c in ctx]
             Lmax = max(lens)
-            mask = torch.zeros(B, Lmax, dtype=torch.bool)
+            k0 = ctx[0].k[next(iter(ctx[0].k))]
+            mask = torch.zeros(B, Lmax, dtype=torch.bool, device=k0.device)
             ks, vs = {}, {}
             for u in sorted(set(self.pairs.values())):
-                kk = torch.zeros(B, Lmax, und.num_key_value_heads, und.head_dim)
+                kk = torch.zeros(B, Lmax, und.num_key_value_heads, und.head_dim, dtype=k0.dtype, device=k0.device)
                 vv = torch.zeros_like(kk)
                 for b, c in enumerate(ctx):
                     kk[b, : lens[b]] = c.k[u]
@@ -324,12 +367,41 @@ class GenExpert:
                 mask[b, : lens[b]] = True
             spos = torch.stack([shared_positions(c.s0, self.n_srt, grids) for c in ctx], dim=1)  # [3, B, N]
             cos, sin = mrope_cos_sin(spos, und.head_dim, und.rope_theta, und.mrope_section)
-            bctx = BridgeContext(ks, vs, mask, cos, sin)
+            # in the activations' dtype, as HF's Qwen2_5_VLRotaryEmbedding returns them (a no-op in f32)
+            adt = W["x_embedder.weight"].dtype
+            bctx = BridgeContext(ks, vs, mask, cos.to(dev, adt), sin.to(dev, adt), lens)
+        return StepPlan(grids, offsets, ang, bctx)
+
+    def step(self, x, t, plan: StepPlan, refs: Optional[List[torch.Tensor]] = None, trace=False):
+        """One gen step (see forward) given the request's plan from prepare."""
+        cfg, W, und, impl = self.cfg, self.W, self.und, self.impl
+        B, C, H, Wd = x.shape
+        p = cfg.patch_size
+        refs = refs or []
+        temb = timestep_embedding(W, t, cfg)
+        ang, offsets = plan.ang, plan.offsets
+
+        # reference images: ref_image_patch_embedder + image_index_embedding[j], refined each alone
+        seq = [W["srt.tokens"][None].expand(B, -1, -1)]
+        for j, r in enumerate(refs):
+            tok = linear(patchify(r, p), W, "ref_image_patch_embedder") + W["image_index_embedding"][j]
+            a = ang[:, offsets[j]:offsets[j + 1]]
+            for i in range(cfg.num_refiner_layers):
+                tok = modulated_block(W, f"ref_image_refiner.{i}.", tok, temb, cfg, ang=a, impl=impl)
+            seq.append(tok)
+        ref_tokens = seq[1:]  # each reference's tokens after the ref refiner, [B, n_j, hidden]
+        # noisy latent: x_embedder, noise_refiner (alone, with its joint positions)
+        tok = linear(patchify(x, p), W, "x_embedder")
+        a = ang[:, offsets[-2]:offsets[-1]]
+        for i in range(cfg.num_refiner_layers):
+            tok = modulated_block(W, f"noise_refiner.{i}.", tok, temb, cfg, ang=a, impl=impl)
+        seq.append(tok)
+        h = torch.cat(seq, dim=1)
 
         hs = [h] if trace else None
         for i in range(cfg.num_layers):
-            br = (i, self.pairs[i], bctx, und) if i in self.pairs else None
-            h = modulated_block(W, f"layers.{i}.", h, temb, cfg, ang=ang, bridge=br)
+            br = (i, self.pairs[i], plan.bctx, und) if i in self.pairs else None
+            h = modulated_block(W, f"layers.{i}.", h, temb, cfg, ang=ang, bridge=br, impl=impl)
             if trace:
                 hs.append(h)
 

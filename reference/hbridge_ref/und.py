@@ -5,6 +5,7 @@ und/ folder in either HF layout, with the traces hbridge checks (DESIGN.md 2):
   HF's own last output_hidden_states entry is post-norm), K post-RoPE and V per layer [L, K_u, D_u] (from HF's
   DynamicCache, which stores exactly that), logits, greedy decoding.
 """
+import contextlib
 import os
 import re
 
@@ -28,18 +29,44 @@ def to_module_name(name):
     raise KeyError(f"unexpected und tensor name {name}")
 
 
+@contextlib.contextmanager
+def _default_dtype(dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _skip_init():
+    """transformers' own no_init_weights where this version has it (every weight is overwritten by the files)."""
+    try:
+        from transformers.initialization import no_init_weights
+        return no_init_weights()
+    except ImportError:
+        return contextlib.nullcontext()
+
+
 class UndExpert:
-    def __init__(self, und_dir):
+    def __init__(self, und_dir, dtype=F32, device=None, attn_implementation="eager"):
+        """dtype / device / attn_implementation other than the defaults (f32, CPU, eager: the reference) are for
+        the benchmark: the model is then built in dtype directly on device, without the random init."""
         self.dir = und_dir
         self.raw_config = read_json(os.path.join(und_dir, "config.json"))
         self.tcfg = UndTextConfig.from_json(self.raw_config)
         cfg = Qwen2_5_VLConfig.from_pretrained(und_dir)
-        cfg._attn_implementation = "eager"
-        cfg.text_config._attn_implementation = "eager"
-        cfg.vision_config._attn_implementation = "eager"
-        torch.manual_seed(0)  # construction draws random init, overwritten below
-        model = Qwen2_5_VLForConditionalGeneration(cfg).to(F32).eval()
-        sd = {to_module_name(k): v for k, v in load_sharded(und_dir, "model", F32).items()}
+        cfg._attn_implementation = attn_implementation
+        cfg.text_config._attn_implementation = attn_implementation
+        cfg.vision_config._attn_implementation = attn_implementation
+        if dtype == F32 and device is None:
+            torch.manual_seed(0)  # construction draws random init, overwritten below
+            model = Qwen2_5_VLForConditionalGeneration(cfg).to(F32).eval()
+        else:
+            # default dtype rather than .to(dtype): HF keeps its RoPE inv_freq buffers in f32 that way
+            with torch.device(device or "cpu"), _default_dtype(dtype), _skip_init():
+                model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+        sd = {to_module_name(k): v for k, v in load_sharded(und_dir, "model", dtype).items()}
         if "lm_head.weight" not in sd:
             assert self.tcfg.tie_word_embeddings, "lm_head.weight missing but embeddings are not tied"
             sd["lm_head.weight"] = sd["model.language_model.embed_tokens.weight"]

@@ -7,7 +7,7 @@ count, eps 1e-6) before q/k/v; DESIGN.md 4 omits it; this follows diffusers.
 import torch
 import torch.nn.functional as Fn
 
-from .common import F32
+from .common import REFERENCE, Impl, sdpa
 
 EPS = 1e-6
 
@@ -31,28 +31,32 @@ def resnet(x, W, p, groups):
     return x + h
 
 
-def mid_attention(x, W, p, groups):
+def mid_attention(x, W, p, groups, impl: Impl = REFERENCE):
     """Single head over all H*W positions, head dim C: GroupNorm, biased q/k/v, softmax(q k^T C^-0.5) v, to_out.0,
-    plus the residual."""
+    plus the residual. impl.sdpa: the softmax through scaled_dot_product_attention."""
     B, C, H, Wd = x.shape
     h = gn(x, W, p + "group_norm", groups).view(B, C, H * Wd).transpose(1, 2)
     q = Fn.linear(h, W[p + "to_q.weight"], W[p + "to_q.bias"])
     k = Fn.linear(h, W[p + "to_k.weight"], W[p + "to_k.bias"])
     v = Fn.linear(h, W[p + "to_v.weight"], W[p + "to_v.bias"])
-    a = torch.softmax(torch.einsum("bqc,bkc->bqk", q, k) * (C ** -0.5), dim=-1)
-    o = Fn.linear(torch.einsum("bqk,bkc->bqc", a, v), W[p + "to_out.0.weight"], W[p + "to_out.0.bias"])
+    if impl.sdpa:
+        o = sdpa(q[:, None], k[:, None], v[:, None], C ** -0.5, None, impl, "VAE mid-block attention")[:, 0]
+    else:
+        a = torch.softmax(torch.einsum("bqc,bkc->bqk", q, k) * (C ** -0.5), dim=-1)
+        o = torch.einsum("bqk,bkc->bqc", a, v)
+    o = Fn.linear(o, W[p + "to_out.0.weight"], W[p + "to_out.0.bias"])
     return o.transpose(1, 2).reshape(B, C, H, Wd) + x
 
 
-def mid_block(x, W, p, cfg):
+def mid_block(x, W, p, cfg, impl: Impl = REFERENCE):
     g = cfg["norm_num_groups"]
     x = resnet(x, W, p + "resnets.0.", g)
     if cfg.get("mid_block_add_attention", True):
-        x = mid_attention(x, W, p + "attentions.0.", g)
+        x = mid_attention(x, W, p + "attentions.0.", g, impl)
     return resnet(x, W, p + "resnets.1.", g)
 
 
-def decode(W, cfg, z):
+def decode(W, cfg, z, impl: Impl = REFERENCE):
     """z [B, C_lat, h, w] (the sampler's latent) -> x [B, 3, H, W], unclamped.
     z / scaling_factor + shift_factor, post_quant_conv, decoder."""
     g = cfg["norm_num_groups"]
@@ -62,7 +66,7 @@ def decode(W, cfg, z):
     if cfg.get("use_post_quant_conv", True):
         z = conv(z, W, "post_quant_conv", padding=0)
     h = conv(z, W, "decoder.conv_in")
-    h = mid_block(h, W, "decoder.mid_block.", cfg)
+    h = mid_block(h, W, "decoder.mid_block.", cfg, impl)
     n = len(cfg["block_out_channels"])
     for i in range(n):
         for r in range(cfg["layers_per_block"] + 1):
@@ -74,7 +78,7 @@ def decode(W, cfg, z):
     return conv(h, W, "decoder.conv_out")
 
 
-def encode_mean(W, cfg, x):
+def encode_mean(W, cfg, x, impl: Impl = REFERENCE):
     """x [B, 3, H, W] in [-1, 1] -> (posterior mean - shift_factor) * scaling_factor [B, C_lat, h, w]."""
     g = cfg["norm_num_groups"]
     h = conv(x, W, "encoder.conv_in")
@@ -85,7 +89,7 @@ def encode_mean(W, cfg, x):
         if i < n - 1:
             h = Fn.pad(h, (0, 1, 0, 1), mode="constant", value=0.0)
             h = conv(h, W, f"encoder.down_blocks.{i}.downsamplers.0.conv", stride=2, padding=0)
-    h = mid_block(h, W, "encoder.mid_block.", cfg)
+    h = mid_block(h, W, "encoder.mid_block.", cfg, impl)
     h = Fn.silu(gn(h, W, "encoder.conv_norm_out", g))
     h = conv(h, W, "encoder.conv_out")
     if cfg.get("use_quant_conv", True):
