@@ -232,8 +232,18 @@ fn mid_preset_has_its_dimensions() {
     hbridge::init::write_configs(&dir, &p).unwrap();
     let c = ModelConfig::read(&dir).unwrap();
     std::fs::remove_dir_all(&dir).ok();
-    assert_eq!((c.und.hidden_size, c.und.num_layers, c.und.head_dim), (896, 8, 64));
-    assert_eq!((c.gen.hidden_size, c.gen.num_layers, c.gen.head_dim), (768, 8, 64));
+    assert_eq!(
+        (c.und.hidden_size, c.und.num_layers, c.und.head_dim),
+        (896, 8, 64)
+    );
+    assert_eq!(
+        (c.gen.hidden_size, c.gen.num_layers, c.gen.head_dim),
+        (768, 8, 64)
+    );
     assert_eq!(c.vae.downscale(), 8, "256x256 images are 32x32 latents");
-    assert!(c.layout.bridge.as_ref().is_some_and(|b| !b.pairs.is_empty()));
+    assert!(c
+        .layout
+        .bridge
+        .as_ref()
+        .is_some_and(|b| !b.pairs.is_empty()));
 }

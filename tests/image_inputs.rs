@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn vision(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vision").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/vision")
+        .join(name)
 }
 
 fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
@@ -25,7 +27,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         c ^= b as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -55,7 +61,10 @@ fn png_header(width: u32, height: u32) -> Vec<u8> {
 #[test]
 fn png_and_jpeg_load() {
     let png = load_rgb(&vision("a.png"), &ImageLimits::default()).unwrap();
-    assert_eq!((png.width, png.height, png.data.len()), (70, 45, 70 * 45 * 3));
+    assert_eq!(
+        (png.width, png.height, png.data.len()),
+        (70, 45, 70 * 45 * 3)
+    );
     let jpg = load_rgb(&vision("e.jpg"), &ImageLimits::default()).unwrap();
     assert_eq!((jpg.width, jpg.height), (40, 24));
 }
@@ -101,10 +110,16 @@ fn zero_sized_and_oversized_images_are_refused() {
     let e = load_rgb(&huge, &limits).unwrap_err();
     assert!(matches!(e, ImageError::TooManyPixels { .. }), "{e:?}");
 
-    let small = ImageLimits { max_pixels: 1000, ..limits };
+    let small = ImageLimits {
+        max_pixels: 1000,
+        ..limits
+    };
     let e = load_rgb(&vision("a.png"), &small).unwrap_err();
     assert!(matches!(e, ImageError::TooManyPixels { .. }), "{e:?}");
-    assert!(e.to_string().contains("a.png") && e.to_string().contains("1000"), "{e}");
+    assert!(
+        e.to_string().contains("a.png") && e.to_string().contains("1000"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -117,7 +132,13 @@ fn cli_chat_answers_about_an_image_and_names_a_bad_one() {
         .arg(vision("a.png"))
         .arg("-i")
         .arg(vision("e.jpg"))
-        .args(["-p", "What is in these images?", "--max-tokens", "4", "--no-stop"])
+        .args([
+            "-p",
+            "What is in these images?",
+            "--max-tokens",
+            "4",
+            "--no-stop",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
