@@ -6,6 +6,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod device;
+pub mod weight_table;
 
 pub use cpu::{execute, CpuWeights, EngineError, Executor, HostData, HostTensor, WeightTensor};
 pub use cuda::{CudaError, CudaExecutor, CudaWeights, Gpu};

@@ -4,10 +4,10 @@
 //! cost is f32 memory for what bf16 stores in half, which the CPU reference backend accepts.
 
 use super::error::{EngineError, Result};
+use crate::weight_table::{check_shape, slot, Shaped, WeightTable};
 use hbridge_graph::{Graph, Source};
 use hbridge_loader::{Checkpoint, Part};
 use rayon::prelude::*;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// One weight as f32, with its shape.
@@ -20,17 +20,7 @@ pub struct WeightTensor {
 /// f32 weights keyed by (part, stored name).
 #[derive(Debug, Clone, Default)]
 pub struct CpuWeights {
-    // Part is not Hash, so one map per part.
-    parts: [HashMap<String, WeightTensor>; 4],
-}
-
-fn slot(part: Part) -> usize {
-    match part {
-        Part::Und => 0,
-        Part::Gen => 1,
-        Part::Vae => 2,
-        Part::Bridge => 3,
-    }
+    parts: WeightTable<WeightTensor>,
 }
 
 impl CpuWeights {
@@ -82,7 +72,7 @@ impl CpuWeights {
             })
             .collect::<Result<_>>()?;
         for (part, name, w) in loaded {
-            self.parts[slot(part)].insert(name, w);
+            self.parts.insert(part, name, w);
         }
         Ok(())
     }
@@ -105,7 +95,8 @@ impl CpuWeights {
                 found: data.len(),
             });
         }
-        self.parts[slot(part)].insert(
+        self.parts.insert(
+            part,
             name,
             WeightTensor {
                 shape: shape.to_vec(),
@@ -127,31 +118,21 @@ impl CpuWeights {
     }
 
     pub fn get(&self, part: Part, name: &str) -> Option<&WeightTensor> {
-        self.parts[slot(part)].get(name)
+        self.parts.get(part, name)
     }
 
     /// The weight `graph` declares at `(part, name)` with `shape`, or why it cannot be used.
     pub fn require(&self, part: Part, name: &str, shape: &[usize]) -> Result<&WeightTensor> {
-        let w = self
-            .get(part, name)
-            .ok_or_else(|| EngineError::MissingWeight {
-                part,
-                name: name.to_string(),
-            })?;
-        check_shape(part, name, shape, &w.shape)?;
-        Ok(w)
+        self.parts.require(part, name, shape)
     }
 
     /// Checks that every weight `graph` references is loaded with the declared shape.
     pub fn check_graph(&self, graph: &Graph) -> Result<()> {
-        for (id, part, name) in graph.weights() {
-            self.require(part, name, &graph.tensor(id).shape)?;
-        }
-        Ok(())
+        self.parts.check_graph(graph)
     }
 
     pub fn len(&self) -> usize {
-        self.parts.iter().map(HashMap::len).sum()
+        self.parts.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -160,24 +141,8 @@ impl CpuWeights {
 
     /// Bytes of f32 data held.
     pub fn bytes(&self) -> usize {
-        self.parts
-            .iter()
-            .flat_map(|p| p.values())
-            .map(|w| w.data.len() * 4)
-            .sum()
+        self.parts.values().map(|w| w.data.len() * 4).sum()
     }
-}
-
-fn check_shape(part: Part, name: &str, expected: &[usize], found: &[usize]) -> Result<()> {
-    if expected != found {
-        return Err(EngineError::WeightShape {
-            part,
-            name: name.to_string(),
-            expected: expected.to_vec(),
-            found: found.to_vec(),
-        });
-    }
-    Ok(())
 }
 
 fn convert(ckpt: &Checkpoint, part: Part, name: &str, shape: &[usize]) -> Result<WeightTensor> {
@@ -208,4 +173,10 @@ fn convert(ckpt: &Checkpoint, part: Part, name: &str, shape: &[usize]) -> Result
         shape: view.shape.to_vec(),
         data: data.into(),
     })
+}
+
+impl Shaped for WeightTensor {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
 }

@@ -10,10 +10,10 @@ use super::context::{dev_ptr, DevPtr, Gpu};
 use super::error::CudaError;
 use super::staging::{upload_pageable, Staging};
 use crate::cpu::EngineError;
+use crate::weight_table::{check_shape, slot, Shaped, WeightTable};
 use half::{bf16, f16};
 use hbridge_graph::{Graph, Source};
 use hbridge_loader::{Checkpoint, DType, Part, TensorView};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,7 +70,7 @@ pub struct CudaWeights {
     /// Distinguishes weight sets in CUDA-graph keys: a captured graph bakes in these addresses.
     id: u64,
     // Part is not Hash, so one map per part (as CpuWeights).
-    parts: [HashMap<String, CudaWeight>; 4],
+    parts: WeightTable<CudaWeight>,
 }
 
 impl std::fmt::Debug for CudaWeights {
@@ -85,30 +85,9 @@ impl std::fmt::Debug for CudaWeights {
     }
 }
 
-fn slot(part: Part) -> usize {
-    match part {
-        Part::Und => 0,
-        Part::Gen => 1,
-        Part::Vae => 2,
-        Part::Bridge => 3,
-    }
-}
-
 fn next_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-fn check_shape(part: Part, name: &str, expected: &[usize], found: &[usize]) -> Result<()> {
-    if expected != found {
-        return Err(EngineError::WeightShape {
-            part,
-            name: name.to_string(),
-            expected: expected.to_vec(),
-            found: found.to_vec(),
-        });
-    }
-    Ok(())
 }
 
 /// Bytes per stored element of a weight dtype we can upload.
@@ -258,7 +237,7 @@ impl CudaWeights {
         drop(staging); // waits for the last copies
         gpu.synchronize()?;
         for (part, name, w) in uploaded {
-            self.parts[slot(part)].insert(name, w);
+            self.parts.insert(part, name, w);
         }
         Ok(UploadReport {
             tensors: p.tensors_done,
@@ -289,7 +268,8 @@ impl CudaWeights {
         let _exclusive = self.gpu.exclusive();
         let buf = upload_bits(&self.gpu, &f32_to_bf16_bits(data))?;
         self.gpu.synchronize()?;
-        self.parts[slot(part)].insert(
+        self.parts.insert(
+            part,
             name,
             CudaWeight {
                 shape: shape.to_vec(),
@@ -300,31 +280,21 @@ impl CudaWeights {
     }
 
     pub fn get(&self, part: Part, name: &str) -> Option<&CudaWeight> {
-        self.parts[slot(part)].get(name)
+        self.parts.get(part, name)
     }
 
     /// The weight `graph` declares at `(part, name)` with `shape`, or why it cannot be used.
     pub fn require(&self, part: Part, name: &str, shape: &[usize]) -> Result<&CudaWeight> {
-        let w = self
-            .get(part, name)
-            .ok_or_else(|| EngineError::MissingWeight {
-                part,
-                name: name.to_string(),
-            })?;
-        check_shape(part, name, shape, &w.shape)?;
-        Ok(w)
+        self.parts.require(part, name, shape)
     }
 
     /// Checks that every weight `graph` references is uploaded with the declared shape.
     pub fn check_graph(&self, graph: &Graph) -> Result<()> {
-        for (id, part, name) in graph.weights() {
-            self.require(part, name, &graph.tensor(id).shape)?;
-        }
-        Ok(())
+        self.parts.check_graph(graph)
     }
 
     pub fn len(&self) -> usize {
-        self.parts.iter().map(HashMap::len).sum()
+        self.parts.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -333,11 +303,7 @@ impl CudaWeights {
 
     /// Bytes of bf16 data on the device.
     pub fn bytes(&self) -> usize {
-        self.parts
-            .iter()
-            .flat_map(|p| p.values())
-            .map(|w| w.numel() * 2)
-            .sum()
+        self.parts.values().map(|w| w.numel() * 2).sum()
     }
 }
 
@@ -373,6 +339,12 @@ fn validate<'c>(
         });
     }
     Ok(view)
+}
+
+impl Shaped for CudaWeight {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
 }
 
 #[cfg(test)]
