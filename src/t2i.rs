@@ -131,7 +131,8 @@ pub fn validate(model: &Model, req: &ImageRequest) -> Result<(), RunError> {
     Ok(())
 }
 
-fn context(
+/// The und context of a text-only branch: the image-generation template around `text`, prefilled.
+pub(crate) fn text_context(
     model: &Model,
     tokenizer: &tokenizers::Tokenizer,
     text: &str,
@@ -163,10 +164,10 @@ pub fn generate(
     let shape = vec![c.vae.latent_channels, lh, lw];
 
     let start = Instant::now();
-    let cond = context(model, tokenizer, &req.prompt)?;
+    let cond = text_context(model, tokenizer, &req.prompt)?;
     let guided = req.guidance > 1.0;
     let uncond = if guided {
-        Some(context(model, tokenizer, &req.negative_prompt)?)
+        Some(text_context(model, tokenizer, &req.negative_prompt)?)
     } else {
         None
     };

@@ -18,9 +18,8 @@ pub use refs::{encode_reference, to_pixels, ReferenceLatent};
 use crate::forward::to_image;
 use crate::image::RgbImage;
 use crate::model::{Model, RunError, UndContext};
-use crate::{noise, prompt, sampler};
+use crate::{noise, sampler};
 use hbridge_engine::cpu::HostTensor;
-use hbridge_graph::build::positions;
 use hbridge_loader::config::MAX_REF_IMAGES;
 use std::time::{Duration, Instant};
 
@@ -170,17 +169,7 @@ pub fn branch_context(
     text: &str,
     _images: &[RgbImage],
 ) -> Result<UndContext, RunError> {
-    let ids = prompt::encode(tokenizer, &prompt::image_context(text))
-        .map_err(|e| RunError::Request(e.to_string()))?;
-    if let Some(max) = model.checkpoint.config.und.max_position_embeddings {
-        if ids.len() > max {
-            return Err(RunError::Request(format!(
-                "prompt: {} tokens after templating exceed the und context of {max}",
-                ids.len()
-            )));
-        }
-    }
-    model.und_context(&ids, positions::text_positions(ids.len()))
+    crate::t2i::text_context(model, tokenizer, text)
 }
 
 /// The und contexts the guidance needs: c = (prompt, images), r = (negative, images), u = (negative).
