@@ -109,6 +109,13 @@ impl Op {
     }
 }
 
+impl Case {
+    /// Too slow for the CPU backend to sample (minutes per iteration on a few cores): GPU only.
+    pub fn gpu_only(&self) -> bool {
+        matches!(self.op, Op::Attention { nq, d, .. } if d > 128 && nq > 4096)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Work {
     Flops,
@@ -164,6 +171,20 @@ pub fn all() -> Vec<Case> {
                 kv_heads: 4,
                 d: 128,
                 causal: true,
+            },
+        },
+        // The VAE decoder's mid-block at 1024x1024: one 512-wide head over the 128x128 latent, the
+        // wide-head path (cuBLASLt scores, softmax.cu, cuBLASLt P V).
+        Case {
+            group: "attention",
+            name: "vae_mid_16384_d512_wide",
+            op: Op::Attention {
+                nq: 128 * 128,
+                segments: vec![128 * 128],
+                heads: 1,
+                kv_heads: 1,
+                d: 512,
+                causal: false,
             },
         },
         Case {

@@ -121,7 +121,8 @@ impl GpuBench {
                         causal,
                         scale: (d as f32).powf(-0.5),
                     };
-                    let ws_len = attention::decode_workspace_len(&args);
+                    // Split-KV partials for decode, S and P for the wide-head path.
+                    let ws_len = attention::workspace_len(&args);
                     let ws = (ws_len > 0).then(|| (s.f32_scratch(gpu, ws_len), ws_len));
                     let (heads_, nq_) = (heads, nq);
                     Box::new(move |g: &Gpu| {

@@ -25,6 +25,13 @@ fn kernels(c: &mut Criterion) {
                 "kernels: no usable GPU ({why}); benchmarking the CPU backend's implementations"
             );
             for case in cases::all() {
+                if case.gpu_only() {
+                    eprintln!(
+                        "kernels: {}/{} is GPU only (minutes per CPU iteration)",
+                        case.group, case.name
+                    );
+                    continue;
+                }
                 cpu::bench(c, &case);
             }
         }
