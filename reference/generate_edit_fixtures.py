@@ -90,10 +90,8 @@ def encode_checked(vae_dir, vae_W, vae_cfg, pixels, label):
     return z
 
 
-def context(bundle, tok, text):
-    ids = prompts.gen_ids(tok, text)
-    pos = prompts.text_positions(len(ids))
-    pre = bundle.und.prefill(ids, pos)
+def context(bundle, tok, text, images=()):
+    ids, pos, pre = edit.und_prefill(bundle, tok, text, images)
     kv = UndKV(k={u: pre["k"][u] for u in bundle.paired_und_layers},
                v={u: pre["v"][u] for u in bundle.paired_und_layers}, s0=int(pos.max()) + 1)
     return ids, kv
@@ -109,16 +107,18 @@ def omnigen2_step(s, root, inputs, outputs, si, st):
     z = encode_checked(os.path.join(model_dir, "vae"), bundle.vae_W, bundle.vae_cfg, edit.to_pixels(rgb), fname)
     outputs["omnigen2.vae.encoded"] = z
     tok = prompts.load_tokenizer(os.path.join(model_dir, "und", "tokenizer.json"))
+    # tiny-omnigen2 has no vision weights (`visual.*`), so its und contexts are the text alone, as hbridge
+    # does for any checkpoint without a vision tower; r's context is then u's.
     feats = {}
-    for br, text in (("cond", s["prompt"]), ("uncond", s["negative_prompt"])):
-        ids = prompts.gen_ids(tok, text)
+    for br, text in (("cond", s["prompt"]), ("refonly", s["negative_prompt"]), ("uncond", s["negative_prompt"])):
+        ids, _, pre = edit.und_prefill(bundle, tok, text)
         inputs[f"omnigen2.{br}.input_ids"] = ids
-        feats[br] = bundle.und.prefill(ids, prompts.text_positions(len(ids)))["final"]
+        feats[br] = pre["final"]
     x = torch.randn(*s["omnigen2_latent"], generator=torch.Generator().manual_seed(s["omnigen2_seed"]), dtype=F32)
     t = torch.tensor(s["omnigen2_t"], dtype=F32)
     inputs["omnigen2.step.x"] = x
     inputs["omnigen2.step.t"] = t.view(1).clone()
-    v = edit.branches(bundle.gen, x, t, feats["cond"], feats["uncond"], feats["uncond"], [z], si, st)
+    v = edit.branches(bundle.gen, x, t, feats["cond"], feats["refonly"], feats["uncond"], [z], si, st)
     outputs["omnigen2.velocity.cond"] = v["c"]
     outputs["omnigen2.velocity.refonly"] = v["r"]
     outputs["omnigen2.velocity.uncond"] = v["u"]
@@ -166,11 +166,12 @@ def main():
     vb_W = load_safetensors(os.path.join(vb_dir, "diffusion_pytorch_model.safetensors"), F32)
     outputs["vae_b.encoded"] = encode_checked(vb_dir, vb_W, vb_cfg, edit.to_pixels(rgb), fname)
 
-    # --- und contexts: c = (prompt, refs), r = (negative, refs), u = (negative, no refs). The und side gets the
-    # text only here (see docs/FIXTURES.md: the reference images do not enter the und context in this fixture).
+    # --- und contexts: c = (prompt, refs), r = (negative, refs), u = (negative, no refs); the reference images
+    # enter c's and r's und context as image tokens before the text (DESIGN.md 6), as the PNGs were given.
     tok = prompts.load_tokenizer(os.path.join(model_dir, "und", "tokenizer.json"))
-    ids_c, cond = context(bundle, tok, s["prompt"])
-    ids_r, refonly = context(bundle, tok, s["negative_prompt"])
+    pngs = [Image.open(os.path.join(root, fname)) for fname, _, _, _ in s["images"]]
+    ids_c, cond = context(bundle, tok, s["prompt"], pngs)
+    ids_r, refonly = context(bundle, tok, s["negative_prompt"], pngs)
     ids_u, uncond = context(bundle, tok, s["negative_prompt"])
     inputs["cond.input_ids"], inputs["refonly.input_ids"], inputs["uncond.input_ids"] = ids_c, ids_r, ids_u
 
@@ -224,7 +225,7 @@ def main():
         "omnigen2_model": f"../{s['omnigen2_model']}/model",
         "omnigen2_image": {"file": s["omnigen2_image"][0], "width": s["omnigen2_image"][1],
                            "height": s["omnigen2_image"][2]},
-        "und_images": False,
+        "und_images": True,
         "prompt": s["prompt"],
         "negative_prompt": s["negative_prompt"],
         "steps": s["steps"],

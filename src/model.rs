@@ -172,21 +172,33 @@ impl Model {
     /// The gen expert's context of one branch: K/V of the bridged und layers (hbridge topology), or the
     /// caption features `und.final_hidden` (omnigen2 topology).
     pub fn und_context(&self, ids: &[i32], positions: Vec<i32>) -> Result<UndContext, RunError> {
-        let omnigen2 = self.is_omnigen2();
-        let layers = self.bridged_und_layers();
-        let s0 = positions
-            .iter()
-            .copied()
-            .max()
-            .map_or(0, |m| m as usize + 1);
-        let spec = UndPrefillSpec {
-            len: ids.len(),
-            kv_layers: layers.clone(),
+        let s0 = next_position(&positions);
+        let spec = self.context_spec(ids.len());
+        let out = self.und_prefill(ids, positions, &spec)?;
+        self.context_from_prefill(out, ids.len(), s0)
+    }
+
+    /// The spec of a prefill whose outputs [`Model::context_from_prefill`] turns into a context.
+    pub fn context_spec(&self, len: usize) -> UndPrefillSpec {
+        UndPrefillSpec {
+            len,
+            kv_layers: self.bridged_und_layers(),
             logits: false,
             hidden_states: false,
-            final_hidden: omnigen2,
-        };
-        let mut out = self.und_prefill(ids, positions, &spec)?;
+            final_hidden: self.is_omnigen2(),
+        }
+    }
+
+    /// The gen expert's context from the outputs of a prefill made with [`Model::context_spec`] (text-only
+    /// or with images): `len` context tokens, `s0` the position after the context's largest.
+    pub fn context_from_prefill(
+        &self,
+        mut out: Outputs,
+        len: usize,
+        s0: usize,
+    ) -> Result<UndContext, RunError> {
+        let omnigen2 = self.is_omnigen2();
+        let layers = self.bridged_und_layers();
         let caption =
             if omnigen2 {
                 Some(out.remove("und.final_hidden").ok_or_else(|| {
@@ -206,7 +218,7 @@ impl Model {
             kv.insert(u, (k, v));
         }
         Ok(UndContext {
-            len: ids.len(),
+            len,
             s0,
             kv,
             caption,
@@ -402,6 +414,15 @@ impl Model {
         out.remove("vae.pixels")
             .ok_or_else(|| RunError::Request("VAE graph produced no pixels".into()))
     }
+}
+
+/// The position after the largest of `positions` (where text after a context continues; 0 when empty).
+pub fn next_position(positions: &[i32]) -> usize {
+    positions
+        .iter()
+        .copied()
+        .max()
+        .map_or(0, |m| m as usize + 1)
 }
 
 /// The `[C, H, W]` shape of every reference latent.

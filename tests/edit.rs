@@ -9,7 +9,6 @@ use hbridge::image::{load_rgb, ImageLimits, RgbImage};
 use hbridge::model::{Model, UndContext};
 use hbridge::tensor_io::read_tensors;
 use hbridge_engine::cpu::HostTensor;
-use hbridge_graph::build::positions;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -76,11 +75,23 @@ fn ids(t: &HostTensor) -> Vec<i32> {
     t.as_i32().unwrap().to_vec()
 }
 
+/// A branch's und context as `hbridge edit` makes it: c = (prompt, refs), r = (negative, refs),
+/// u = (negative); the reference images as given, through the vision tower (DESIGN.md 6). Its length is
+/// the fixture's token count for that branch.
 fn context(f: &Fixture, branch: &str) -> UndContext {
-    let ids = ids(&f.inputs[&format!("{branch}.input_ids")]);
-    f.model
-        .und_context(&ids, positions::text_positions(ids.len()))
-        .unwrap()
+    let refs = [image("ref0.png"), image("ref1.png")];
+    let (text, images): (&str, &[RgbImage]) = match branch {
+        "cond" => (f.meta["prompt"].as_str().unwrap(), &refs),
+        "refonly" => (f.meta["negative_prompt"].as_str().unwrap(), &refs),
+        _ => (f.meta["negative_prompt"].as_str().unwrap(), &[]),
+    };
+    let ctx = edit::branch_context(&f.model, &f.tok, text, images).unwrap();
+    assert_eq!(
+        ctx.len,
+        ids(&f.inputs[&format!("{branch}.input_ids")]).len(),
+        "{branch}: context tokens"
+    );
+    ctx
 }
 
 fn guidance(f: &Fixture) -> EditGuidance {
@@ -254,16 +265,23 @@ fn omnigen2_topology_three_branches() {
         z.as_f32().unwrap(),
         &f.outputs["omnigen2.vae.encoded"],
     );
-    let ctx = |branch: &str| {
-        let ids = ids(&f.inputs[&format!("omnigen2.{branch}.input_ids")]);
-        model
-            .und_context(&ids, positions::text_positions(ids.len()))
-            .unwrap()
+    let tok =
+        hbridge::prompt::load_tokenizer(&dir, &model.checkpoint.config.layout.und_dir).unwrap();
+    let reference = [image("o2_ref.png")];
+    let ctx = |branch: &str, text: &str, images: &[RgbImage]| {
+        let c = edit::branch_context(&model, &tok, text, images).unwrap();
+        let want = ids(&f.inputs[&format!("omnigen2.{branch}.input_ids")]).len();
+        assert_eq!(c.len, want, "omnigen2 {branch}: context tokens");
+        c
     };
+    let (prompt, negative) = (
+        f.meta["prompt"].as_str().unwrap(),
+        f.meta["negative_prompt"].as_str().unwrap(),
+    );
     let branches = EditBranches {
-        cond: ctx("cond"),
-        refonly: Some(ctx("uncond")),
-        uncond: Some(ctx("uncond")),
+        cond: ctx("cond", prompt, &reference),
+        refonly: Some(ctx("refonly", negative, &reference)),
+        uncond: Some(ctx("uncond", negative, &[])),
     };
     let v = edit::step_velocity(
         &model,

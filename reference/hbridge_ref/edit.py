@@ -9,6 +9,8 @@ Branches: c = (prompt, refs), r = (negative prompt, refs), u = (negative prompt,
 import numpy as np
 import torch
 
+from . import prompts
+from . import vision as vision_mod
 from .common import F32
 from .gen import GenExpert, UndKV
 
@@ -20,6 +22,21 @@ def new_size(height, width, multiple, max_pixels=1024 * 1024, max_side=1024):
     pixels_ratio = (max_pixels / (height * width)) ** 0.5
     ratio = min(pixels_ratio, side_ratio, 1.0)
     return int(height * ratio) // multiple * multiple, int(width * ratio) // multiple * multiple
+
+
+def und_prefill(bundle, tok, text, images=()):
+    """The und prefill of one branch (DESIGN.md 6): the image-generation template around `text`, with `images`
+    (PIL, as given) as the user turn's image tokens before the text, positions from HF's get_rope_index."""
+    if not images:
+        ids = prompts.gen_ids(tok, text)
+        pos = prompts.text_positions(len(ids))
+        return ids, pos, bundle.und.prefill(ids, pos)
+    cfg = bundle.und.model.config
+    px, grid = vision_mod.preprocess(vision_mod.load_processor(), list(images))
+    ids = prompts.gen_ids(tok, vision_mod.vision_content(grid, cfg.vision_config.spatial_merge_size) + text)
+    types = vision_mod.mm_token_type_ids(ids, cfg.image_token_id)
+    pos = vision_mod.rope_index(bundle.und.model, ids, types, grid)
+    return ids, pos, bundle.und.prefill(ids, pos, px, grid)
 
 
 def to_pixels(rgb):

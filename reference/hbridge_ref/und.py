@@ -78,7 +78,7 @@ class UndExpert:
         self.lm = model.model.language_model
 
     @torch.no_grad()
-    def prefill(self, input_ids, position_ids):
+    def prefill(self, input_ids, position_ids, pixel_values=None, image_grid_thw=None):
         """input_ids [L] i64, position_ids [3, L] i64 -> dict(hs [n_layers+1] x [L, D], logits [L, V],
         k/v: per layer [L, K_u, D_u], final [L, D]: the post-norm last hidden states, the omnigen2 caption features)."""
         hs, final = [], []
@@ -88,7 +88,8 @@ class UndExpert:
             hooks.append(layer.register_forward_hook(
                 lambda m, i, o: hs.append((o[0] if isinstance(o, tuple) else o)[0].clone())))
         try:
-            out = self.model(input_ids=input_ids[None], position_ids=position_ids[:, None, :], use_cache=True)
+            extra = {} if pixel_values is None else dict(pixel_values=pixel_values, image_grid_thw=image_grid_thw)
+            out = self.model(input_ids=input_ids[None], position_ids=position_ids[:, None, :], use_cache=True, **extra)
         finally:
             for h in hooks:
                 h.remove()

@@ -54,7 +54,7 @@ def test_fixture_size_and_names(fixture):
     meta, inputs, outputs = fixture
     total = sum(os.path.getsize(os.path.join(FIX, f)) for f in os.listdir(FIX))
     assert total < 600_000, total
-    assert meta["und_images"] is False
+    assert meta["und_images"] is True
     for k in ("vae.encoded.0", "vae.encoded.1", "vae_b.encoded", "ref.1.resized", "gen.velocity.cond",
               "gen.velocity.refonly", "gen.velocity.uncond", "gen.velocity", "gen.ref_tokens.0", "gen.ref_tokens.1",
               "sample.latent", "omnigen2.vae.encoded", "omnigen2.velocity"):
@@ -76,11 +76,14 @@ def test_fixture_recomputes(fixture):
         assert rel_l2(z, outputs[f"vae.encoded.{j}"]) < 1e-6
         refs.append(outputs[f"vae.encoded.{j}"])
     kv = {}
-    for br in ("cond", "refonly", "uncond"):
-        ids = inputs[f"{br}.input_ids"]
-        pre = bundle.und.prefill(ids, prompts.text_positions(len(ids)))
+    tok = prompts.load_tokenizer(os.path.join(FIX, meta["model"], "und", "tokenizer.json"))
+    pngs = [Image.open(os.path.join(FIX, im["file"])) for im in meta["images"]]
+    for br, text, images in (("cond", meta["prompt"], pngs), ("refonly", meta["negative_prompt"], pngs),
+                             ("uncond", meta["negative_prompt"], [])):
+        ids, pos, pre = edit.und_prefill(bundle, tok, text, images)
+        assert torch.equal(ids, inputs[f"{br}.input_ids"]), br
         kv[br] = UndKV(k={u: pre["k"][u] for u in bundle.paired_und_layers},
-                       v={u: pre["v"][u] for u in bundle.paired_und_layers}, s0=len(ids))
+                       v={u: pre["v"][u] for u in bundle.paired_und_layers}, s0=int(pos.max()) + 1)
     si, st = meta["image_guidance"], meta["text_guidance"]
     v = edit.branches(bundle.gen, inputs["step.x"], inputs["step.t"][0], kv["cond"], kv["refonly"], kv["uncond"],
                       refs, si, st, trace=True)

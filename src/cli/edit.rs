@@ -61,8 +61,8 @@ pub fn run(a: EditArgs, device: Device) -> Result<(), String> {
         images.len(),
         start.elapsed()
     );
-    if !hbridge::edit::UND_IMAGES {
-        eprintln!("note: the reference images reach the gen expert only; the und context is the text prompt");
+    if !model.checkpoint.has_vision {
+        eprintln!("note: the checkpoint has no vision tower (visual.*): the reference images reach the gen expert only, the und context is the text");
     }
     let mut req = EditRequest::new(a.prompt, images);
     req.negative_prompt = a.negative;

@@ -3,10 +3,9 @@
 //! three-branch guidance over c = (prompt, refs), r = (negative prompt, refs), u = (negative prompt, no
 //! refs).
 //!
-//! **Und side (not done yet):** DESIGN.md 6 also puts the reference images into the und context of the c
-//! and r branches, as Qwen2.5-VL image tokens in the user turn before the text. That needs the vision
-//! encoder, which is not available to this module yet; until it is, `branch_context` gives every branch
-//! its text only (see `UND_IMAGES`). The gen side is complete.
+//! The reference images also enter the und context of the c and r branches (DESIGN.md 6): as given
+//! (before OmniGen2's resize), through the Qwen2.5-VL image processor and vision tower, as image tokens
+//! in the user turn before the text.
 
 mod guidance;
 mod refs;
@@ -16,16 +15,15 @@ pub use guidance::{sample, step_velocity, EditBranches, EditGuidance, StepVeloci
 pub use refs::{encode_reference, to_pixels, ReferenceLatent};
 
 use crate::forward::to_image;
+use crate::image::context::prefill_with_images;
+use crate::image::ImageSetup;
 use crate::image::RgbImage;
-use crate::model::{Model, RunError, UndContext};
+use crate::model::{next_position, Model, RunError, UndContext};
 use crate::{noise, sampler};
 use hbridge_engine::cpu::HostTensor;
 use hbridge_loader::config::MAX_REF_IMAGES;
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// Whether the reference images enter the und context of the c and r branches. `false` until the
-/// vision encoder's context API is wired in (the seam is `branch_context`).
-pub const UND_IMAGES: bool = false;
 
 /// An editing request; defaults are DESIGN.md 4's (50 steps, text 5.0, image 2.0) and OmniGen2's input
 /// image limits.
@@ -125,11 +123,6 @@ pub fn validate(model: &Model, req: &EditRequest) -> Result<(), RunError> {
             model.checkpoint.config.layout.vae_dir
         ));
     }
-    if UND_IMAGES && !model.checkpoint.has_vision {
-        return bad(
-            "the checkpoint has no vision tower (visual.* tensors); editing needs it".into(),
-        );
-    }
     if let Some((w, h)) = req.size {
         check_output_size(model, req, w, h)?;
     }
@@ -157,19 +150,42 @@ fn check_output_size(model: &Model, req: &EditRequest, w: usize, h: usize) -> Re
     Ok(())
 }
 
-/// The und context of one branch: the image-generation template around `text`, with `images` as the
-/// user turn's image tokens before the text (DESIGN.md 6).
-///
-/// SEAM: the images are not used yet (`UND_IMAGES` is false): this needs the vision encoder's
-/// "context with images" API (image tokens, M-RoPE image positions, s0 = max position + 1). Until then
-/// every branch's und context is its text only.
+/// The und context of one branch: the image-generation template around `text`, with `images` (as
+/// given) as the user turn's image tokens before the text (DESIGN.md 6), M-RoPE positions as HF's
+/// `get_rope_index` gives them, and `s0` after the context's largest position.
 pub fn branch_context(
     model: &Model,
     tokenizer: &tokenizers::Tokenizer,
     text: &str,
-    _images: &[RgbImage],
+    images: &[RgbImage],
 ) -> Result<UndContext, RunError> {
-    crate::t2i::text_context(model, tokenizer, text)
+    // A checkpoint without a vision tower edits with its text contexts alone (the gen side still sees
+    // the references); the CLI says so.
+    if images.is_empty() || !model.checkpoint.has_vision {
+        return crate::t2i::text_context(model, tokenizer, text);
+    }
+    let request = |e: &dyn std::fmt::Display| RunError::Request(e.to_string());
+    let setup = ImageSetup::new(model).map_err(|e| request(&e))?;
+    let prepared = images
+        .iter()
+        .enumerate()
+        .map(|(j, img)| setup.prepare(Path::new(&format!("reference image {j}")), img))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| request(&e))?;
+    let content = setup.prompt_text(&prepared) + text;
+    let ids = crate::prompt::encode(tokenizer, &crate::prompt::image_context(&content))
+        .map_err(|e| request(&e))?;
+    if let Some(max) = model.checkpoint.config.und.max_position_embeddings {
+        if ids.len() > max {
+            return Err(RunError::Request(format!(
+                "prompt with reference images: {} tokens exceed the und context of {max}",
+                ids.len()
+            )));
+        }
+    }
+    let spec = model.context_spec(ids.len());
+    let (out, positions) = prefill_with_images(model, &setup, &ids, &prepared, &spec)?;
+    model.context_from_prefill(out, ids.len(), next_position(&positions))
 }
 
 /// The und contexts the guidance needs: c = (prompt, images), r = (negative, images), u = (negative).
@@ -186,8 +202,8 @@ pub fn branches(
         None
     };
     let refonly = match (&uncond, g.needs_refonly()) {
-        // Without image tokens in the und context, r's context is u's: one prefill serves both.
-        (Some(u), true) if !UND_IMAGES => Some(u.clone()),
+        // Without a vision tower r's context is u's (both the negative text): one prefill serves both.
+        (Some(u), true) if !model.checkpoint.has_vision => Some(u.clone()),
         (_, true) => Some(branch_context(
             model,
             tokenizer,
