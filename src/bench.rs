@@ -7,6 +7,7 @@
 
 use crate::chat::{ChatPipeline, ChatRequest};
 use crate::model::{Model, RunError};
+use crate::noise::{normal_noise, NormalRng};
 use crate::t2i::{generate, ImageRequest};
 use hbridge_engine::cpu::HostTensor;
 use hbridge_engine::cuda::ceilings::Ceilings;
@@ -74,31 +75,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
-/// SplitMix64 stream: reproducible random ids and latents.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn ids(&mut self, n: usize, vocab: usize) -> Vec<i32> {
-        (0..n)
-            .map(|_| (self.next() % vocab as u64) as i32)
-            .collect()
-    }
-    fn normal(&mut self, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                let u1 = ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-                let u2 = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-                ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-            })
-            .collect()
-    }
+/// `n` reproducible random token ids below `vocab`.
+fn random_ids(rng: &mut NormalRng, n: usize, vocab: usize) -> Vec<i32> {
+    (0..n)
+        .map(|_| (rng.next_u64() % vocab as u64) as i32)
+        .collect()
 }
 
 /// Runs every workload on the model in `dir`; `progress` receives a line before each one.
@@ -109,7 +90,7 @@ pub fn run(
     mut progress: impl FnMut(&str),
 ) -> Result<BenchReport, RunError> {
     let runs = opts.runs.max(1);
-    let mut rng = Rng(0x5eed);
+    let mut rng = NormalRng::new(0x5eed);
     let mut rows = Vec::new();
     let ceil = |rate: f64, pick: fn(&Ceilings) -> f64, c: &Option<Ceilings>| {
         c.as_ref().map(|c| rate / pick(c))
@@ -164,7 +145,7 @@ pub fn run(
     });
 
     progress(&format!("und prefill, {} tokens", opts.prompt_len));
-    let ids = rng.ids(opts.prompt_len, u.vocab_size);
+    let ids = random_ids(&mut rng, opts.prompt_len, u.vocab_size);
     let pos = positions::text_positions(opts.prompt_len);
     let mut times = Vec::new();
     for i in 0..=runs {
@@ -193,8 +174,7 @@ pub fn run(
         "und decode, {} tokens after a {}-token context",
         opts.decode_tokens, opts.context
     ));
-    let prompt: Vec<u32> = rng
-        .ids(opts.context.max(1), u.vocab_size)
+    let prompt: Vec<u32> = random_ids(&mut rng, opts.context.max(1), u.vocab_size)
         .into_iter()
         .map(|i| i as u32)
         .collect();
@@ -230,9 +210,12 @@ pub fn run(
         latent[1] * latent[2] / (config.gen.patch_size * config.gen.patch_size)
     ));
     let cond = model.und_context(&ids, pos.clone())?;
-    let short = rng.ids(opts.prompt_len.clamp(1, 8), u.vocab_size);
+    let short = random_ids(&mut rng, opts.prompt_len.clamp(1, 8), u.vocab_size);
     let uncond = model.und_context(&short, positions::text_positions(short.len()))?;
-    let x = HostTensor::f32(latent.to_vec(), rng.normal(latent.iter().product()));
+    let x = HostTensor::f32(
+        latent.to_vec(),
+        normal_noise(0x1a7e, latent.iter().product()),
+    );
     let mut times = Vec::new();
     for i in 0..=runs {
         let t = Instant::now();

@@ -14,7 +14,8 @@ impl NormalRng {
         }
     }
 
-    fn next_u64(&mut self) -> u64 {
+    /// The raw SplitMix64 stream (also what benchmarks draw random token ids from).
+    pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9e3779b97f4a7c15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
