@@ -2,8 +2,12 @@
 # Runs on the GPU machine (copied into gpu-bundle/ by scripts/gpu-check.sh): `hbridge bench` on the tiny
 # model and on hbridge-7b4b (random weights written to local disk first if absent, ~23 GB, ~90 s), with
 # the table and JSON under $OUT. The PyTorch baseline on the same checkpoint: scripts/gpu-torch.sh.
-#   bash gpu-bundle/run-bench.sh [extra hbridge bench args]
+#   bash gpu-bundle/run-bench.sh [--with-torch] [extra hbridge bench args]
+# --with-torch: then the PyTorch baseline on the same checkpoint and GPU (run-torch.sh), printed side by
+# side with hbridge's numbers and their ratios: the whole comparison from one command.
 set -uo pipefail
+with_torch=0
+[ "${1:-}" = "--with-torch" ] && { with_torch=1; shift; }
 bundle="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$bundle")"
 logs="${OUT:-$bundle/logs}"
@@ -23,3 +27,6 @@ fi
 echo "== hbridge bench hbridge-7b4b (cuda)"
 "$bin" --device cuda bench "$model" --json "$logs/bench-7b4b.json" "$@" 2>&1 | tee "$logs/bench-7b4b.log" \
   | grep -v '^uploading'
+if [ "$with_torch" = 1 ]; then
+  bash "$bundle/run-torch.sh"
+fi
