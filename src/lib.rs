@@ -6,6 +6,7 @@ mod backend;
 pub mod bench;
 pub mod chat;
 pub mod edit;
+pub mod engine;
 pub mod forward;
 pub mod image;
 pub mod init;
