@@ -55,3 +55,45 @@ fn chat_matches_the_pipeline_and_can_be_cancelled() {
         .unwrap();
     assert_eq!(cut.tokens, a.tokens[..2], "stopped after the second token");
 }
+
+/// One engine serves concurrent requests: 8 threads mixing chat and image requests get, each, exactly
+/// the bytes the same request gets alone (issue 7 item 3, first half; memory limits are not done).
+#[test]
+fn concurrent_requests_equal_serial_ones_bit_for_bit() {
+    let engine = std::sync::Arc::new(Engine::load(tiny(), &EngineOptions::cpu()).unwrap());
+    let run = |e: &Engine, i: usize| -> Vec<u8> {
+        if i % 2 == 0 {
+            let req = ChatRequest::new()
+                .max_tokens(5)
+                .no_stop()
+                .temperature(0.8)
+                .seed(i as u64);
+            let out = e
+                .chat(&format!("question {i}"), &req, |_, _| {
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+            out.tokens.iter().flat_map(|t| t.to_le_bytes()).collect()
+        } else {
+            let req = hbridge::t2i::ImageRequest::new(format!("picture {i}"))
+                .size(32, 16)
+                .steps(3)
+                .seed(i as u64);
+            e.generate_image(&req, |_, _| {}).unwrap().rgb
+        }
+    };
+    let serial: Vec<Vec<u8>> = (0..8).map(|i| run(&engine, i)).collect();
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let e = engine.clone();
+            std::thread::spawn(move || run(&e, i))
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        assert_eq!(
+            t.join().unwrap(),
+            serial[i],
+            "request {i} differs when run concurrently"
+        );
+    }
+}
