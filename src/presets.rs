@@ -33,26 +33,9 @@ pub fn preset(name: &str) -> Option<PresetConfigs> {
 /// (ids < 512 fit the 152,064-entry vocabulary), so its special-token ids are the tiny ones.
 fn hbridge_7b4b() -> PresetConfigs {
     let (gen_layers, und_layers, skip) = (32, 28, 6);
-    let pairs: Vec<[usize; 2]> =
-        hbridge_loader::config::default_pairs(gen_layers, und_layers, skip, skip)
-            .into_iter()
-            .map(|(g, u)| [g, u])
-            .collect();
     PresetConfigs {
         name: "hbridge-7b4b",
-        layout: json!({
-            "topology": "hbridge",
-            "und": "und",
-            "gen": "gen",
-            "vae": "vae",
-            "bridge": {
-                "path": "bridge",
-                "pairs": pairs,
-                "num_srt_tokens": 16,
-                "skip_first": skip,
-                "skip_last": skip
-            }
-        }),
+        layout: bridged_layout(gen_layers, und_layers, skip),
         und: json!({
             "architectures": ["Qwen2_5_VLForConditionalGeneration"],
             "model_type": "qwen2_5_vl",
@@ -108,25 +91,56 @@ fn hbridge_7b4b() -> PresetConfigs {
             "text_feat_dim": 3584,
             "timestep_scale": 1000.0
         }),
-        vae: json!({
-            "_class_name": "AutoencoderKL",
-            "in_channels": 3,
-            "out_channels": 3,
-            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
-            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
-            "block_out_channels": [128, 256, 512, 512],
-            "layers_per_block": 2,
-            "act_fn": "silu",
-            "latent_channels": 16,
-            "norm_num_groups": 32,
-            "sample_size": 1024,
-            "scaling_factor": 0.3611,
-            "shift_factor": 0.1159,
-            "use_quant_conv": false,
-            "use_post_quant_conv": false,
-            "mid_block_add_attention": true
-        }),
+        vae: flux_style_vae([128, 256, 512, 512], 2, 1024),
     }
+}
+
+/// The hbridge layout with the default skip/skip pairing of `gen_layers` gen over `und_layers` und layers.
+fn bridged_layout(gen_layers: usize, und_layers: usize, skip: usize) -> Value {
+    let pairs: Vec<[usize; 2]> =
+        hbridge_loader::config::default_pairs(gen_layers, und_layers, skip, skip)
+            .into_iter()
+            .map(|(g, u)| [g, u])
+            .collect();
+    json!({
+        "topology": "hbridge",
+        "und": "und",
+        "gen": "gen",
+        "vae": "vae",
+        "bridge": {
+            "path": "bridge",
+            "pairs": pairs,
+            "num_srt_tokens": 16,
+            "skip_first": skip,
+            "skip_last": skip
+        }
+    })
+}
+
+/// A 4-level, 16-channel AutoencoderKL with FLUX's scaling, shift and mid-block attention.
+fn flux_style_vae(
+    block_out_channels: [usize; 4],
+    layers_per_block: usize,
+    sample_size: usize,
+) -> Value {
+    json!({
+        "_class_name": "AutoencoderKL",
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+        "block_out_channels": block_out_channels,
+        "layers_per_block": layers_per_block,
+        "act_fn": "silu",
+        "latent_channels": 16,
+        "norm_num_groups": 32,
+        "sample_size": sample_size,
+        "scaling_factor": 0.3611,
+        "shift_factor": 0.1159,
+        "use_quant_conv": false,
+        "use_post_quant_conv": false,
+        "mid_block_add_attention": true
+    })
 }
 
 /// A mid-size model for comparing the CPU backend with PyTorch on the CPU (issue 5): und hidden 896 / 8
@@ -134,26 +148,9 @@ fn hbridge_7b4b() -> PresetConfigs {
 /// images are 32x32 latents (256 gen tokens); a 4-block vision tower. ~0.3B parameters.
 fn mid() -> PresetConfigs {
     let (gen_layers, und_layers, skip) = (8, 8, 2);
-    let pairs: Vec<[usize; 2]> =
-        hbridge_loader::config::default_pairs(gen_layers, und_layers, skip, skip)
-            .into_iter()
-            .map(|(g, u)| [g, u])
-            .collect();
     PresetConfigs {
         name: "mid",
-        layout: json!({
-            "topology": "hbridge",
-            "und": "und",
-            "gen": "gen",
-            "vae": "vae",
-            "bridge": {
-                "path": "bridge",
-                "pairs": pairs,
-                "num_srt_tokens": 16,
-                "skip_first": skip,
-                "skip_last": skip
-            }
-        }),
+        layout: bridged_layout(gen_layers, und_layers, skip),
         und: json!({
             "architectures": ["Qwen2_5_VLForConditionalGeneration"],
             "model_type": "qwen2_5_vl",
@@ -209,24 +206,7 @@ fn mid() -> PresetConfigs {
             "text_feat_dim": 896,
             "timestep_scale": 1000.0
         }),
-        vae: json!({
-            "_class_name": "AutoencoderKL",
-            "in_channels": 3,
-            "out_channels": 3,
-            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
-            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
-            "block_out_channels": [64, 128, 256, 256],
-            "layers_per_block": 1,
-            "act_fn": "silu",
-            "latent_channels": 16,
-            "norm_num_groups": 32,
-            "sample_size": 256,
-            "scaling_factor": 0.3611,
-            "shift_factor": 0.1159,
-            "use_quant_conv": false,
-            "use_post_quant_conv": false,
-            "mid_block_add_attention": true
-        }),
+        vae: flux_style_vae([64, 128, 256, 256], 1, 256),
     }
 }
 
