@@ -329,31 +329,25 @@ pub fn add_channel_bias(
 
 /// f32 `src` -> bf16 `dst`, round to nearest even.
 pub fn f32_to_bf16(gpu: &Gpu, src: DevPtr, dst: DevPtr, n: usize) -> CudaResult<()> {
-    if n == 0 {
-        return Ok(());
-    }
-    let vec = aligned16(&[src, dst]) as i32;
-    let (s, d, n_) = (src.0, dst.0, to_i64("f32_to_bf16", "n", n)?);
-    launch!(
-        gpu,
-        "elementwise",
-        "cast_f32_to_bf16",
-        grid_1d(flat_units(n, vec)),
-        [&s, &d, &n_, &vec]
-    )
+    cast(gpu, "cast_f32_to_bf16", src, dst, n)
 }
 
 /// bf16 `src` -> f32 `dst`.
 pub fn bf16_to_f32(gpu: &Gpu, src: DevPtr, dst: DevPtr, n: usize) -> CudaResult<()> {
+    cast(gpu, "cast_bf16_to_f32", src, dst, n)
+}
+
+/// One of the flat cast kernels, which share a signature `(src, dst, n, vec)`.
+fn cast(gpu: &Gpu, entry: &'static str, src: DevPtr, dst: DevPtr, n: usize) -> CudaResult<()> {
     if n == 0 {
         return Ok(());
     }
     let vec = aligned16(&[src, dst]) as i32;
-    let (s, d, n_) = (src.0, dst.0, to_i64("bf16_to_f32", "n", n)?);
+    let (s, d, n_) = (src.0, dst.0, to_i64(entry, "n", n)?);
     launch!(
         gpu,
         "elementwise",
-        "cast_bf16_to_f32",
+        entry,
         grid_1d(flat_units(n, vec)),
         [&s, &d, &n_, &vec]
     )
