@@ -1,6 +1,7 @@
 //! The backend a model runs on: its weights in the backend's form and a pool of executors, so that
 //! concurrent requests each take an executor (and its arena) without allocating per run.
 
+use crate::model::WeightStorage;
 use crate::model::{Outputs, RunError};
 use hbridge_engine::cuda::ceilings::Ceilings;
 use hbridge_engine::cuda::{CudaExecutor, CudaWeights, Gpu, ReplayTiming, UploadProgress};
@@ -30,10 +31,13 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn new(device: Device) -> Result<Backend, RunError> {
+    pub fn new(device: Device, storage: WeightStorage) -> Result<Backend, RunError> {
         Ok(match device {
             Device::Cpu => Backend::Cpu {
-                weights: RwLock::new(CpuWeights::new()),
+                weights: RwLock::new({
+                    let _ = storage;
+                    CpuWeights::new()
+                }),
                 executors: Mutex::new(Vec::new()),
             },
             Device::Cuda => {

@@ -14,6 +14,7 @@ use hbridge_engine::cuda::ceilings::Ceilings;
 use hbridge_engine::device::Device;
 use hbridge_graph::build::{self, positions, GenStepSpec, UndPrefillSpec};
 use hbridge_graph::cost::{cost, Cost};
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -275,7 +276,7 @@ pub fn run(
         .seed(1);
     let t = Instant::now();
     // The last workload: a failure here (an op the backend lacks) still leaves the rows above reported.
-    let (value, note) = match generate(model, &tokenizer, &req, |_, _| {}) {
+    let (value, note) = match generate(model, &tokenizer, &req, |_, _| ControlFlow::Continue(())) {
         Ok(out) => (
             t.elapsed().as_secs_f64() * 1e3,
             format!(

@@ -17,35 +17,65 @@
 //!     std::ops::ControlFlow::Continue(())
 //! })?;
 //! assert!(answer.tokens.len() <= 4);
-//! let image = engine.generate_image(&ImageRequest::new("a red cube").size(32, 32).steps(2), |_, _| {})?;
+//! let image = engine.generate_image(&ImageRequest::new("a red cube").size(32, 32).steps(2), |_, _| {
+//!     std::ops::ControlFlow::Continue(())
+//! })?;
 //! assert_eq!(image.rgb.len(), 32 * 32 * 3);
 //! # std::fs::remove_dir_all(&dir).ok();
 //! # Ok(())
 //! # }
 //! ```
 
-use crate::chat::{ChatError, ChatOutput, ChatPipeline, ChatRequest};
+use crate::budget::{MemoryBudget, OverLimit, Reservation};
+use crate::chat::{
+    generate_with_images, ChatError, ChatImages, ChatOutput, ChatPipeline, ChatRequest,
+};
 use crate::edit::{EditOutput, EditRequest};
+use crate::image::RgbImage;
 use crate::model::{Model, Outputs, RunError};
 use crate::t2i::{ImageOutput, ImageRequest};
+use crate::validate;
 use hbridge_engine::device::{self, Device, DeviceRequest};
 use std::ops::ControlFlow;
 use std::path::Path;
 
-/// How to load a model.
+/// The number type a backend keeps the model's weights in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DType {
+    /// The backend's own: f32 on the CPU, bf16 on CUDA.
+    #[default]
+    Auto,
+    /// f32 weights (CPU only: the CUDA kernels read bf16).
+    F32,
+    /// bf16 weights. On the CPU this halves the weights' memory: matrices stay bf16 and are widened to f32
+    /// as each product reads them (exact for a bf16 checkpoint; an f32 checkpoint is rounded).
+    BF16,
+}
+
+/// How to load a model. Builder-style: `EngineOptions::default().memory_limit(8 << 30)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineOptions {
     /// Which backend: `Auto` takes CUDA when a GPU is usable, else the CPU (see [`Engine::notice`]).
     pub device: DeviceRequest,
+    /// The weights' number type on the backend.
+    pub dtype: DType,
     /// CUDA: capture gen steps as CUDA graphs and replay them (on by default; off for measuring).
     pub cuda_graphs: bool,
+    /// Bound on the memory all running requests hold for their state (K/V caches, contexts, activation
+    /// arenas), in bytes; `None` = unbounded. Weights are not counted.
+    pub memory_limit: Option<u64>,
+    /// What a request that fits the limit alone but not beside the running ones does.
+    pub over_limit: OverLimit,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             device: DeviceRequest::Auto,
+            dtype: DType::Auto,
             cuda_graphs: true,
+            memory_limit: None,
+            over_limit: OverLimit::Wait,
         }
     }
 }
@@ -64,21 +94,55 @@ impl EngineOptions {
         self.device = device;
         self
     }
+
+    /// Sets the weights' number type.
+    pub fn dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// Turns CUDA graph capture and replay on or off.
+    pub fn cuda_graphs(mut self, on: bool) -> Self {
+        self.cuda_graphs = on;
+        self
+    }
+
+    /// Bounds the memory of running requests' state to `bytes`.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Sets what a request over the free part of the limit does (wait, the default, or fail).
+    pub fn over_limit(mut self, policy: OverLimit) -> Self {
+        self.over_limit = policy;
+        self
+    }
 }
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The requested backend is not usable.
     #[error(transparent)]
     Device(#[from] device::DeviceError),
+    /// The checkpoint could not be opened.
     #[error(transparent)]
     Model(#[from] ChatError),
+    /// The backend does not keep weights in the requested type.
+    #[error("dtype {dtype:?}: the {device:?} backend does not support it ({hint})")]
+    DType {
+        dtype: DType,
+        device: Device,
+        hint: &'static str,
+    },
 }
 
-/// A loaded model on its backend.
+/// A loaded model on its backend, serving requests from any number of threads (`Engine` is `Sync`).
 pub struct Engine {
     pipeline: ChatPipeline,
     notice: Option<String>,
+    budget: MemoryBudget,
 }
 
 impl Engine {
@@ -86,11 +150,23 @@ impl Engine {
     /// the backend as requests first need them) on the backend `options` asks for.
     pub fn load(dir: impl AsRef<Path>, options: &EngineOptions) -> Result<Engine, LoadError> {
         let selection = device::select(options.device)?;
-        let pipeline = ChatPipeline::open_on(dir.as_ref(), selection.device)?;
+        let storage = match (selection.device, options.dtype) {
+            (Device::Cuda, DType::F32) => {
+                return Err(LoadError::DType {
+                    dtype: DType::F32,
+                    device: Device::Cuda,
+                    hint: "its kernels read bf16 weights; use Auto or BF16",
+                })
+            }
+            (Device::Cpu, DType::BF16) => crate::model::WeightStorage::Bf16,
+            _ => crate::model::WeightStorage::F32,
+        };
+        let pipeline = ChatPipeline::open_with(dir.as_ref(), selection.device, storage)?;
         pipeline.model().set_cuda_graphs(options.cuda_graphs);
         Ok(Engine {
             pipeline,
             notice: selection.notice,
+            budget: MemoryBudget::new(options.memory_limit, options.over_limit),
         })
     }
 
@@ -109,6 +185,11 @@ impl Engine {
         self.pipeline.model()
     }
 
+    /// The request memory limit and what running requests hold of it.
+    pub fn memory_budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
     /// Answers `prompt` with the chat template, calling `on_token(id, text)` as each token arrives;
     /// returning `ControlFlow::Break` from it stops (cancels) the answer there.
     pub fn chat(
@@ -117,31 +198,85 @@ impl Engine {
         request: &ChatRequest,
         on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
     ) -> Result<ChatOutput, ChatError> {
-        self.pipeline.chat_stream(prompt, request, on_token)
+        self.chat_with_images(prompt, &[], request, on_token)
     }
 
-    /// Text to image; `progress(step, steps)` after every denoising step.
+    /// [`Engine::chat`] about `images` (their tokens come first in the user turn, DESIGN.md 6); needs a
+    /// checkpoint with a vision tower.
+    pub fn chat_with_images(
+        &self,
+        prompt: &str,
+        images: &[RgbImage],
+        request: &ChatRequest,
+        on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+    ) -> Result<ChatOutput, ChatError> {
+        validate::chat_params(request)?;
+        let setup = match images {
+            [] => None,
+            _ => Some(self.pipeline.image_setup()?),
+        };
+        let prepared = match &setup {
+            None => Vec::new(),
+            Some(s) => images
+                .iter()
+                .enumerate()
+                .map(|(i, img)| s.prepare(Path::new(&format!("image {i}")), img))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let ids = self.pipeline.encode_prompt_with_images(prompt, &prepared)?;
+        validate::chat_prompt(self.model(), &ids, request)?;
+        let _held = self.reserve(
+            self.model()
+                .chat_state_bytes(ids.len(), request.max_tokens)?,
+        )?;
+        generate_with_images(
+            self.model(),
+            &ids,
+            setup.as_ref().map(|setup| ChatImages {
+                setup,
+                images: &prepared,
+            }),
+            request,
+            self.pipeline.default_stop_ids(),
+            self.pipeline.tokenizer().ok(),
+            on_token,
+        )
+    }
+
+    /// Text to image; `progress(step, steps)` after every denoising step, and its `ControlFlow::Break`
+    /// cancels the request ([`RunError::Cancelled`]).
     pub fn generate_image(
         &self,
         request: &ImageRequest,
-        progress: impl FnMut(usize, usize),
+        progress: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<ImageOutput, RunError> {
-        crate::t2i::generate(self.model(), self.text_tokenizer()?, request, progress)
+        validate::image(self.model(), request)?;
+        let tokenizer = self.text_tokenizer()?;
+        let _held = self.reserve(crate::t2i::state_bytes(self.model(), tokenizer, request)?)?;
+        crate::t2i::generate(self.model(), tokenizer, request, progress)
     }
 
-    /// Image editing with reference images; `progress(step, steps)` after every denoising step.
+    /// Image editing with reference images; `progress(step, steps)` after every denoising step, and its
+    /// `ControlFlow::Break` cancels the request ([`RunError::Cancelled`]).
     pub fn edit_image(
         &self,
         request: &EditRequest,
-        progress: impl FnMut(usize, usize),
+        progress: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<EditOutput, RunError> {
-        crate::edit::edit(self.model(), self.text_tokenizer()?, request, progress)
+        validate::edit(self.model(), request)?;
+        let tokenizer = self.text_tokenizer()?;
+        let _held = self.reserve(crate::edit::state_bytes(self.model(), tokenizer, request)?)?;
+        crate::edit::edit(self.model(), tokenizer, request, progress)
     }
 
     /// One traced und prefill and gen step on explicit inputs (named as in docs/FIXTURES.md), returning
-    /// every intermediate.
+    /// every intermediate. Not counted against the memory limit (a debugging entry point).
     pub fn forward(&self, inputs: &Outputs) -> Result<Outputs, RunError> {
         crate::forward::forward(self.model(), inputs)
+    }
+
+    fn reserve(&self, bytes: u64) -> Result<Reservation<'_>, RunError> {
+        Ok(self.budget.reserve(bytes)?)
     }
 
     fn text_tokenizer(&self) -> Result<&tokenizers::Tokenizer, RunError> {

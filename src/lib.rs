@@ -4,6 +4,8 @@
 
 mod backend;
 pub mod bench;
+pub mod budget;
+pub mod capi;
 pub mod chat;
 pub mod edit;
 pub mod engine;
@@ -18,6 +20,7 @@ pub mod prompt;
 pub mod sampler;
 pub mod t2i;
 pub mod tensor_io;
+pub mod validate;
 
 pub use hbridge_loader as loader;
 pub use hbridge_loader::{Checkpoint, LoadError, ModelConfig, Topology};

@@ -13,21 +13,48 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod state_bytes;
+
+// TEMP until the engine's WeightStorage lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightStorage {
+    #[default]
+    F32,
+    Bf16,
+}
+
+/// Why a run (a prefill, a gen step, a whole image request) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The checkpoint could not be read or is inconsistent.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The model's graph could not be built for this request.
     #[error(transparent)]
     Graph(#[from] GraphError),
+    /// The backend failed while running a graph.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A request argument the model cannot serve (checked in [`crate::validate`]).
+    #[error(transparent)]
+    Invalid(#[from] crate::validate::RequestError),
+    /// The progress callback asked to stop; `step` denoising steps of `steps` had run.
+    #[error("cancelled after step {step} of {steps}")]
+    Cancelled { step: usize, steps: usize },
+    /// The request state would not fit the engine's memory limit (see [`crate::budget`]).
+    #[error(transparent)]
+    Memory(#[from] crate::budget::BudgetError),
+    /// Anything else about the request or the run's outputs, described.
     #[error("{0}")]
     Request(String),
 }
 
+/// Named tensors: a graph's inputs or outputs.
 pub type Outputs = HashMap<String, HostTensor>;
 
+/// A checkpoint opened on a backend: the runs of the und prefill, gen step and VAE graphs.
 pub struct Model {
+    /// The validated checkpoint (configs and memory-mapped tensors).
     pub checkpoint: Checkpoint,
     /// The weights in the backend's form and its idle executors (arenas reused across runs).
     backend: Backend,
@@ -57,10 +84,16 @@ impl Model {
 
     /// Opens `dir` on `device` (a CUDA device that cannot be opened is an error, never a panic).
     pub fn open_on(dir: &Path, device: Device) -> Result<Self, RunError> {
+        Self::open_with(dir, device, WeightStorage::F32)
+    }
+
+    /// [`Model::open_on`] with the CPU backend keeping its weights as `storage` (ignored on CUDA, whose
+    /// weights are bf16).
+    pub fn open_with(dir: &Path, device: Device, storage: WeightStorage) -> Result<Self, RunError> {
         let checkpoint = Checkpoint::open(dir)?;
         Ok(Model {
             checkpoint,
-            backend: Backend::new(device)?,
+            backend: Backend::new(device, storage)?,
             prepared: Mutex::new(HashMap::new()),
             cuda_graphs: AtomicBool::new(true),
         })
@@ -275,6 +308,18 @@ impl Model {
             .time_replay_vs_eager(&prepared.0, &prepared.1, &inputs, iters)
     }
 
+    /// The gen step graph of `spec` with references of `ref_shapes`, built, planned and its weights made
+    /// resident the first time a request of this shape needs it.
+    fn gen_step_graph(
+        &self,
+        spec: &GenStepSpec,
+        ref_shapes: &[[usize; 3]],
+    ) -> Result<Arc<(Graph, MemoryPlan)>, RunError> {
+        self.prepared(format!("gen_step {spec:?} refs {ref_shapes:?}"), || {
+            build::gen_step_with_refs(&self.checkpoint.config, spec, ref_shapes)
+        })
+    }
+
     /// The built gen step graph (cached by request shape) and its inputs.
     fn gen_step_inputs(
         &self,
@@ -300,9 +345,7 @@ impl Model {
             srt: true,
         };
         let ref_shapes = ref_shapes(refs)?;
-        let prepared = self.prepared(format!("gen_step {spec:?} refs {ref_shapes:?}"), || {
-            build::gen_step_with_refs(config, &spec, &ref_shapes)
-        })?;
+        let prepared = self.gen_step_graph(&spec, &ref_shapes)?;
         let p = config.gen.patch_size;
         // Patch grids of the images in sequence order: the references, then the noisy latent.
         let grids: Vec<(usize, usize)> = ref_shapes

@@ -6,6 +6,7 @@ use crate::model::{Model, RunError, UndContext};
 use crate::{noise, prompt, sampler};
 use hbridge_engine::cpu::HostTensor;
 use hbridge_graph::build::positions;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 /// A text-to-image request; defaults are DESIGN.md 4's.
@@ -83,54 +84,6 @@ pub struct ImageTimings {
     pub vae: Duration,
 }
 
-/// Checks a request against the model before any compute; the message names the argument.
-pub fn validate(model: &Model, req: &ImageRequest) -> Result<(), RunError> {
-    let bad = |m: String| Err(RunError::Request(m));
-    let c = &model.checkpoint.config;
-    let multiple = c.vae.downscale() * c.gen.patch_size;
-    if req.prompt.trim().is_empty() {
-        return bad("prompt: empty; describe the image to generate".into());
-    }
-    if req.steps == 0 {
-        return bad("steps: must be at least 1".into());
-    }
-    if !req.guidance.is_finite() || req.guidance < 0.0 {
-        return bad(format!(
-            "guidance: {} is not a non-negative number",
-            req.guidance
-        ));
-    }
-    for (name, v) in [("width", req.width), ("height", req.height)] {
-        if v == 0 || v % multiple != 0 {
-            return bad(format!(
-                "{name}: {v} is not a positive multiple of {multiple} (VAE factor {} x patch {})",
-                c.vae.downscale(),
-                c.gen.patch_size
-            ));
-        }
-        if v > req.max_side {
-            return bad(format!(
-                "{name}: {v} exceeds the maximum of {} pixels",
-                req.max_side
-            ));
-        }
-    }
-    if let Some(n) = &req.noise {
-        let want = [
-            c.vae.latent_channels,
-            req.height / c.vae.downscale(),
-            req.width / c.vae.downscale(),
-        ];
-        if n.shape != want || n.as_f32().is_none() {
-            return bad(format!(
-                "noise: shape {:?}, expected f32 {want:?} for {}x{}",
-                n.shape, req.width, req.height
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The und context of a text-only branch: the image-generation template around `text`, prefilled.
 pub(crate) fn text_context(
     model: &Model,
@@ -139,25 +92,40 @@ pub(crate) fn text_context(
 ) -> Result<UndContext, RunError> {
     let ids = prompt::encode(tokenizer, &prompt::image_context(text))
         .map_err(|e| RunError::Request(e.to_string()))?;
-    if let Some(max) = model.checkpoint.config.und.max_position_embeddings {
-        if ids.len() > max {
-            return Err(RunError::Request(format!(
-                "prompt: {} tokens after templating exceed the und context of {max}",
-                ids.len()
-            )));
-        }
-    }
+    crate::validate::context_length(model, "prompt", ids.len())?;
     model.und_context(&ids, positions::text_positions(ids.len()))
 }
 
-/// Generates an image. `progress(step, steps)` is called after every denoising step.
+/// Tokens of the und context that [`text_context`] builds around `text`.
+pub fn context_tokens(tokenizer: &tokenizers::Tokenizer, text: &str) -> Result<usize, RunError> {
+    prompt::encode(tokenizer, &prompt::image_context(text))
+        .map(|ids| ids.len())
+        .map_err(|e| RunError::Request(e.to_string()))
+}
+
+/// The memory `req`'s state takes (its branches' und contexts and its largest arena; see
+/// [`Model::image_state_bytes`]), for the engine's memory limit.
+pub fn state_bytes(
+    model: &Model,
+    tokenizer: &tokenizers::Tokenizer,
+    req: &ImageRequest,
+) -> Result<u64, RunError> {
+    let mut lens = vec![context_tokens(tokenizer, &req.prompt)?];
+    if req.guidance > 1.0 {
+        lens.push(context_tokens(tokenizer, &req.negative_prompt)?);
+    }
+    model.image_state_bytes(req.width, req.height, &lens, &[])
+}
+
+/// Generates an image. `progress(step, steps)` is called after every denoising step; returning
+/// `ControlFlow::Break` from it cancels the request there ([`RunError::Cancelled`]).
 pub fn generate(
     model: &Model,
     tokenizer: &tokenizers::Tokenizer,
     req: &ImageRequest,
-    mut progress: impl FnMut(usize, usize),
+    mut progress: impl FnMut(usize, usize) -> ControlFlow<()>,
 ) -> Result<ImageOutput, RunError> {
-    validate(model, req)?;
+    crate::validate::image(model, req)?;
     let c = &model.checkpoint.config;
     let f = c.vae.downscale();
     let (lh, lw) = (req.height / f, req.width / f);
@@ -200,7 +168,12 @@ pub fn generate(
             sampler::guide_text(&mut v, &vu, req.guidance);
         }
         sampler::euler_step(&mut x, &v, w[1] - w[0]);
-        progress(i + 1, req.steps);
+        if progress(i + 1, req.steps).is_break() {
+            return Err(RunError::Cancelled {
+                step: i + 1,
+                steps: req.steps,
+            });
+        }
     }
     let denoise = start.elapsed();
 

@@ -10,6 +10,7 @@ use hbridge::model::{Model, UndContext};
 use hbridge::tensor_io::read_tensors;
 use hbridge_engine::cpu::HostTensor;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -424,7 +425,11 @@ fn sampling_run_through_the_pipeline() {
     let ts = hbridge::sampler::schedule(req.steps, 8, 12);
     assert_eq!(ts.as_slice(), f.inputs["gen.timesteps"].as_f32().unwrap());
     let mut seen = Vec::new();
-    let out = edit::edit(&f.model, &f.tok, &req, |s, n| seen.push((s, n))).unwrap();
+    let out = edit::edit(&f.model, &f.tok, &req, |s, n| {
+        seen.push((s, n));
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     assert_eq!(seen, vec![(1, 3), (2, 3), (3, 3)]);
     // Output size defaults to the first reference's.
     assert_eq!((out.width, out.height), (48, 32));
@@ -455,13 +460,13 @@ fn seeded_runs_are_deterministic_and_sizes_can_be_set() {
     req.steps = 1;
     req.seed = 3;
     req.size = Some((32, 32));
-    let a = edit::edit(&f.model, &f.tok, &req, |_, _| {}).unwrap();
-    let b = edit::edit(&f.model, &f.tok, &req, |_, _| {}).unwrap();
+    let a = edit::edit(&f.model, &f.tok, &req, |_, _| ControlFlow::Continue(())).unwrap();
+    let b = edit::edit(&f.model, &f.tok, &req, |_, _| ControlFlow::Continue(())).unwrap();
     assert_eq!((a.width, a.height), (32, 32));
     assert_eq!(a.latent.shape, vec![4, 8, 8]);
     assert_eq!(a.rgb, b.rgb);
     req.seed = 4;
-    let c = edit::edit(&f.model, &f.tok, &req, |_, _| {}).unwrap();
+    let c = edit::edit(&f.model, &f.tok, &req, |_, _| ControlFlow::Continue(())).unwrap();
     assert_ne!(a.latent.as_f32(), c.latent.as_f32());
 }
 
@@ -495,7 +500,7 @@ fn bad_requests_are_errors() {
         ),
     ];
     for (req, needle) in cases {
-        let err = edit::edit(&f.model, &f.tok, &req, |_, _| {}).unwrap_err();
+        let err = edit::edit(&f.model, &f.tok, &req, |_, _| ControlFlow::Continue(())).unwrap_err();
         assert!(err.to_string().contains(needle), "{needle}: {err}");
     }
 }
@@ -511,7 +516,7 @@ fn checkpoint_without_vae_encoder_is_refused() {
     let tok = hbridge::prompt::load_tokenizer(dir.path(), "und").unwrap();
     let mut req = EditRequest::new("make it red", vec![image("ref0.png")]);
     req.steps = 1;
-    let err = edit::edit(&model, &tok, &req, |_, _| {}).unwrap_err();
+    let err = edit::edit(&model, &tok, &req, |_, _| ControlFlow::Continue(())).unwrap_err();
     assert!(err.to_string().contains("VAE encoder"), "{err}");
 }
 

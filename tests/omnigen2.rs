@@ -11,6 +11,7 @@ use hbridge::init::WeightDType;
 use hbridge::model::{Model, Outputs};
 use hbridge::t2i::{generate, ImageRequest};
 use hbridge::tensor_io::read_tensors;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -106,7 +107,7 @@ fn fixture_sampling_run_through_the_pipeline() {
         .size(w, h);
     req.negative_prompt = meta["negative_prompt"].as_str().unwrap().to_string();
     req.noise = Some(inputs["gen.noise"].clone());
-    let out = generate(&model, &tok, &req, |_, _| {}).unwrap();
+    let out = generate(&model, &tok, &req, |_, _| ControlFlow::Continue(())).unwrap();
     let err = rel_l2(
         out.latent.as_f32().unwrap(),
         outputs["sample.latent"].as_f32().unwrap(),

@@ -5,6 +5,7 @@ use hbridge::model::Model;
 use hbridge::t2i::{generate, ImageRequest};
 use hbridge::tensor_io::read_tensors;
 use hbridge_engine::cpu::HostTensor;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -58,7 +59,7 @@ fn fixture_sampling_run_through_the_pipeline() {
             .size(w, h);
         req.negative_prompt = meta["negative_prompt"].as_str().unwrap().to_string();
         req.noise = Some(noise);
-        let out = generate(&model, &tok, &req, |_, _| {}).unwrap();
+        let out = generate(&model, &tok, &req, |_, _| ControlFlow::Continue(())).unwrap();
         let err = rel_l2(
             out.latent.as_f32().unwrap(),
             outputs["sample.latent"].as_f32().unwrap(),
@@ -76,11 +77,14 @@ fn fixture_sampling_run_through_the_pipeline() {
 fn same_seed_same_bytes() {
     let (model, tok) = open(&fixture("tiny").join("model"));
     let req = ImageRequest::new("a cat").size(48, 32).steps(3).seed(11);
-    let a = generate(&model, &tok, &req, |_, _| {}).unwrap();
-    let b = generate(&model, &tok, &req, |_, _| {}).unwrap();
+    let a = generate(&model, &tok, &req, |_, _| ControlFlow::Continue(())).unwrap();
+    let b = generate(&model, &tok, &req, |_, _| ControlFlow::Continue(())).unwrap();
     assert_eq!(a.rgb, b.rgb);
     assert_eq!(a.latent.as_f32(), b.latent.as_f32());
-    let c = generate(&model, &tok, &req.clone().seed(12), |_, _| {}).unwrap();
+    let c = generate(&model, &tok, &req.clone().seed(12), |_, _| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     assert_ne!(a.latent.as_f32(), c.latent.as_f32());
     // The seed is shorthand for its noise.
     let mut explicit = req.clone();
@@ -88,13 +92,17 @@ fn same_seed_same_bytes() {
         vec![4, 8, 12],
         hbridge::noise::normal_noise(11, 4 * 8 * 12),
     ));
-    let d = generate(&model, &tok, &explicit, |_, _| {}).unwrap();
+    let d = generate(&model, &tok, &explicit, |_, _| ControlFlow::Continue(())).unwrap();
     assert_eq!(a.latent.as_f32(), d.latent.as_f32());
     // Progress reports every step; the SRT output is there when asked for.
     let mut seen = Vec::new();
     let mut with_srt = req.clone();
     with_srt.srt_at_step = Some(1);
-    let e = generate(&model, &tok, &with_srt, |s, n| seen.push((s, n))).unwrap();
+    let e = generate(&model, &tok, &with_srt, |s, n| {
+        seen.push((s, n));
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     assert_eq!(seen, vec![(1, 3), (2, 3), (3, 3)]);
     assert_eq!(e.srt.unwrap().shape, vec![16, 64]);
 }
@@ -132,7 +140,7 @@ fn bad_requests_are_errors() {
         ),
     ];
     for (req, needle) in cases {
-        match generate(&model, &tok, &req, |_, _| {}) {
+        match generate(&model, &tok, &req, |_, _| ControlFlow::Continue(())) {
             Err(e) => assert!(
                 e.to_string().contains(needle),
                 "error `{e}` should mention {needle}"

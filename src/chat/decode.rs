@@ -134,35 +134,6 @@ pub fn default_stop_ids(model: &Model, tokenizer: Option<&Tokenizer>) -> Vec<u32
     ids
 }
 
-/// Checks a request against a prompt of `prompt` ids: parameters, emptiness, vocabulary, context.
-fn check(model: &Model, prompt: &[u32], request: &ChatRequest) -> Result<(), ChatError> {
-    request.validate()?;
-    if prompt.is_empty() {
-        return Err(ChatError::EmptyPrompt);
-    }
-    let c = &model.checkpoint.config.und;
-    let vocab = c.vocab_size.min(i32::MAX as usize);
-    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
-        return Err(ChatError::TokenOutOfVocab { id, vocab });
-    }
-    if let Some(limit) = c.max_position_embeddings {
-        if prompt.len() > limit {
-            return Err(ChatError::PromptTooLong {
-                tokens: prompt.len(),
-                limit,
-            });
-        }
-        if prompt.len().saturating_add(request.max_tokens) > limit {
-            return Err(ChatError::ContextOverflow {
-                prompt: prompt.len(),
-                max_tokens: request.max_tokens,
-                limit,
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Generates the answer to `prompt` (token ids, already templated) on `model`. `default_stops` are the
 /// ids `request.stop_at_eos` stands for (see [`default_stop_ids`]); `tokenizer` only serves the text
 /// (pieces and `text` are empty without one). `on_token(id, piece)` is called once per answer token
@@ -207,7 +178,7 @@ pub fn generate_with_images(
     tokenizer: Option<&Tokenizer>,
     mut on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
 ) -> Result<ChatOutput, ChatError> {
-    check(model, prompt, request)?;
+    crate::validate::chat_prompt(model, prompt, request)?;
     let c = &model.checkpoint.config.und;
     let mut stops: Vec<u32> = request.stop_ids.clone();
     if request.stop_at_eos {

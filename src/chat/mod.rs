@@ -163,15 +163,10 @@ impl ChatRequest {
         self
     }
 
-    /// Checks the sampling parameters (the prompt is checked when it is known).
+    /// Checks the sampling parameters ([`crate::validate::chat_params`]; the prompt is checked when it
+    /// is known).
     pub fn validate(&self) -> Result<(), ChatError> {
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(ChatError::InvalidTemperature(self.temperature));
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(ChatError::InvalidTopP(self.top_p));
-        }
-        Ok(())
+        crate::validate::chat_params(self)
     }
 }
 

@@ -31,7 +31,16 @@ impl ChatPipeline {
 
     /// [`ChatPipeline::open`] on `device`.
     pub fn open_on(dir: &Path, device: hbridge_engine::device::Device) -> Result<Self, ChatError> {
-        let model = Model::open_on(dir, device)?;
+        Self::open_with(dir, device, crate::model::WeightStorage::F32)
+    }
+
+    /// [`ChatPipeline::open_on`] with the CPU backend's weights kept as `storage`.
+    pub fn open_with(
+        dir: &Path,
+        device: hbridge_engine::device::Device,
+        storage: crate::model::WeightStorage,
+    ) -> Result<Self, ChatError> {
+        let model = Model::open_with(dir, device, storage)?;
         let tokenizer =
             match crate::prompt::load_tokenizer(dir, &model.checkpoint.config.layout.und_dir) {
                 Ok(t) => TokenizerState::Loaded(Box::new(t)),

@@ -3,6 +3,7 @@
 use hbridge::t2i::{generate, write_png, ImageRequest};
 use hbridge_engine::device::Device;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -36,7 +37,7 @@ pub struct GenerateArgs {
 }
 
 /// A one-line progress bar on stderr; on a pipe or file, a line per tenth of the run instead.
-pub fn progress_bar(label: &'static str) -> impl FnMut(usize, usize) {
+pub fn progress_bar(label: &'static str) -> impl FnMut(usize, usize) -> ControlFlow<()> {
     use std::io::IsTerminal;
     let start = Instant::now();
     let tty = std::io::stderr().is_terminal();
@@ -45,7 +46,7 @@ pub fn progress_bar(label: &'static str) -> impl FnMut(usize, usize) {
             if step == total || step % (total / 10).max(1) == 0 {
                 eprintln!("{label} {step}/{total} {:.1?}", start.elapsed());
             }
-            return;
+            return ControlFlow::Continue(());
         }
         let width = 30;
         let done = step * width / total.max(1);
@@ -59,6 +60,7 @@ pub fn progress_bar(label: &'static str) -> impl FnMut(usize, usize) {
             eprintln!();
         }
         let _ = std::io::stderr().flush();
+        ControlFlow::Continue(())
     }
 }
 

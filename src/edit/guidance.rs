@@ -8,6 +8,7 @@
 use crate::model::{Model, RunError, UndContext};
 use crate::sampler;
 use hbridge_engine::cpu::HostTensor;
+use std::ops::ControlFlow;
 
 /// Guidance scales of an edit.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -118,7 +119,8 @@ pub fn step_velocity(
 }
 
 /// Euler from `noise` (`[C, h, w]`) over `timesteps` (N + 1 values) with edit guidance at every step;
-/// `progress(step, steps)` after each. Returns the final latent.
+/// `progress(step, steps)` after each; its `Break` stops with [`RunError::Cancelled`]. Returns the final
+/// latent.
 pub fn sample(
     model: &Model,
     noise: &HostTensor,
@@ -126,7 +128,7 @@ pub fn sample(
     branches: &EditBranches,
     refs: &[HostTensor],
     guidance: EditGuidance,
-    mut progress: impl FnMut(usize, usize),
+    mut progress: impl FnMut(usize, usize) -> ControlFlow<()>,
 ) -> Result<HostTensor, RunError> {
     let mut x = noise
         .as_f32()
@@ -137,7 +139,9 @@ pub fn sample(
         let xt = HostTensor::f32(noise.shape.clone(), x.clone());
         let v = step_velocity(model, &xt, w[0], branches, refs, guidance, false)?;
         sampler::euler_step(&mut x, &v.guided, w[1] - w[0]);
-        progress(i + 1, steps);
+        if progress(i + 1, steps).is_break() {
+            return Err(RunError::Cancelled { step: i + 1, steps });
+        }
     }
     Ok(HostTensor::f32(noise.shape.clone(), x))
 }

@@ -21,7 +21,6 @@ use crate::image::RgbImage;
 use crate::model::{next_position, Model, RunError, UndContext};
 use crate::{noise, sampler};
 use hbridge_engine::cpu::HostTensor;
-use hbridge_loader::config::MAX_REF_IMAGES;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -94,60 +93,56 @@ pub struct EditOutput {
     pub timings: EditTimings,
 }
 
-/// Checks a request against the model before any compute; the message names the argument.
-pub fn validate(model: &Model, req: &EditRequest) -> Result<(), RunError> {
-    let bad = |m: String| Err(RunError::Request(m));
-    if req.prompt.trim().is_empty() {
-        return bad("prompt: empty; describe the edit".into());
-    }
-    if req.images.is_empty() || req.images.len() > MAX_REF_IMAGES {
-        return bad(format!(
-            "images: {} given; an edit takes 1 to {MAX_REF_IMAGES} reference images",
-            req.images.len()
-        ));
-    }
-    if req.steps == 0 {
-        return bad("steps: must be at least 1".into());
-    }
-    for (name, v) in [
-        ("guidance", req.text_guidance),
-        ("image-guidance", req.image_guidance),
-    ] {
-        if !v.is_finite() || v < 0.0 {
-            return bad(format!("{name}: {v} is not a non-negative number"));
-        }
-    }
-    if !model.checkpoint.has_vae_encoder {
-        return bad(format!(
-            "{}: the checkpoint has no VAE encoder (encoder.* tensors); editing needs it",
-            model.checkpoint.config.layout.vae_dir
-        ));
-    }
-    if let Some((w, h)) = req.size {
-        check_output_size(model, req, w, h)?;
-    }
-    Ok(())
-}
-
-fn check_output_size(model: &Model, req: &EditRequest, w: usize, h: usize) -> Result<(), RunError> {
+/// The memory `req`'s state takes (three branches' und contexts with the references' image tokens, the
+/// reference latents in the gen sequence, the largest arena; see [`Model::image_state_bytes`]).
+pub fn state_bytes(
+    model: &Model,
+    tokenizer: &tokenizers::Tokenizer,
+    req: &EditRequest,
+) -> Result<u64, RunError> {
     let c = &model.checkpoint.config;
-    let multiple = c.vae.downscale() * c.gen.patch_size;
-    for (name, v) in [("width", w), ("height", h)] {
-        if v == 0 || v % multiple != 0 {
-            return Err(RunError::Request(format!(
-                "{name}: {v} is not a positive multiple of {multiple} (VAE factor {} x patch {})",
-                c.vae.downscale(),
-                c.gen.patch_size
-            )));
-        }
-        if v > req.max_side {
-            return Err(RunError::Request(format!(
-                "{name}: {v} exceeds the maximum of {} pixels",
-                req.max_side
-            )));
-        }
-    }
-    Ok(())
+    let f = c.vae.downscale();
+    let multiple = f * c.gen.patch_size;
+    let ref_shapes: Vec<[usize; 3]> = req
+        .images
+        .iter()
+        .map(|img| {
+            let (h, w) = resize::target_size(
+                img.height,
+                img.width,
+                multiple,
+                req.max_input_pixels,
+                req.max_input_side,
+            );
+            [c.vae.latent_channels, h / f, w / f]
+        })
+        .collect();
+    let image_tokens: usize = match ImageSetup::new(model) {
+        Ok(setup) if model.checkpoint.has_vision => req
+            .images
+            .iter()
+            .map(|img| {
+                let p = &setup.processor;
+                crate::image::preprocess::smart_resize(
+                    img.height,
+                    img.width,
+                    p.factor(),
+                    p.min_pixels,
+                    p.max_pixels,
+                )
+                .map_or(0, |(h, w)| (h / p.factor()) * (w / p.factor()))
+            })
+            .sum(),
+        _ => 0,
+    };
+    let prompt = crate::t2i::context_tokens(tokenizer, &req.prompt)?;
+    let negative = crate::t2i::context_tokens(tokenizer, &req.negative_prompt)?;
+    let lens = [prompt + image_tokens, negative + image_tokens, negative];
+    let (w, h) = req.size.unwrap_or_else(|| {
+        let r = ref_shapes.first().copied().unwrap_or([0, 1, 1]);
+        (r[2] * f, r[1] * f)
+    });
+    model.image_state_bytes(w, h, &lens, &ref_shapes)
 }
 
 /// The und context of one branch: the image-generation template around `text`, with `images` (as
@@ -175,14 +170,7 @@ pub fn branch_context(
     let content = setup.prompt_text(&prepared) + text;
     let ids = crate::prompt::encode(tokenizer, &crate::prompt::image_context(&content))
         .map_err(|e| request(&e))?;
-    if let Some(max) = model.checkpoint.config.und.max_position_embeddings {
-        if ids.len() > max {
-            return Err(RunError::Request(format!(
-                "prompt with reference images: {} tokens exceed the und context of {max}",
-                ids.len()
-            )));
-        }
-    }
+    crate::validate::context_length(model, "prompt", ids.len())?;
     let spec = model.context_spec(ids.len());
     let (out, positions) = prefill_with_images(model, &setup, &ids, &prepared, &spec)?;
     model.context_from_prefill(out, ids.len(), next_position(&positions))
@@ -220,14 +208,14 @@ pub fn branches(
 }
 
 /// Edits: encodes the reference images, runs the guided sampler and decodes. `progress(step, steps)` is
-/// called after every denoising step.
+/// called after every denoising step; returning `ControlFlow::Break` cancels ([`RunError::Cancelled`]).
 pub fn edit(
     model: &Model,
     tokenizer: &tokenizers::Tokenizer,
     req: &EditRequest,
-    progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize) -> std::ops::ControlFlow<()>,
 ) -> Result<EditOutput, RunError> {
-    validate(model, req)?;
+    crate::validate::edit(model, req)?;
     let c = &model.checkpoint.config;
     let f = c.vae.downscale();
 
@@ -243,18 +231,15 @@ pub fn edit(
         Some(s) => s,
         None => {
             let (w, h) = (references[0].width, references[0].height);
-            check_output_size(model, req, w, h)?;
+            crate::validate::output_size(model, w, h, req.max_side)?;
             (w, h)
         }
     };
     let shape = vec![c.vae.latent_channels, height / f, width / f];
     let noise = match &req.noise {
-        Some(n) if n.shape == shape && n.as_f32().is_some() => n.clone(),
         Some(n) => {
-            return Err(RunError::Request(format!(
-                "noise: shape {:?}, expected f32 {shape:?} for {width}x{height}",
-                n.shape
-            )))
+            crate::validate::noise(model, n, width, height)?;
+            n.clone()
         }
         None => HostTensor::f32(
             shape.clone(),

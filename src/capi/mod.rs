@@ -1,0 +1,258 @@
+//! The C ABI: opaque engine handles, chat with a token callback, image generation into a caller's RGB
+//! buffer, integer status codes with `hbridge_last_error()` for the message. No panic crosses the
+//! boundary ([`error::guard`]); every pointer is checked for null and every text for UTF-8. The header
+//! `include/hbridge.h` is generated from this module by cbindgen (tests/c_api.rs keeps it current) and
+//! `examples/c/` shows the use.
+
+pub mod error;
+pub mod options;
+
+use crate::engine::Engine;
+use error::{chat_status, guard, load_status, run_status, HbridgeStatus};
+use options::{HbridgeChatOptions, HbridgeEngineOptions, HbridgeImageOptions};
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::ops::ControlFlow;
+
+/// A loaded model (opaque to C). Safe to use from several threads at once.
+pub struct HbridgeEngine {
+    engine: Engine,
+}
+
+/// Called once per answer token: `piece` is the text it completes (`piece_len` bytes of UTF-8,
+/// NUL-terminated, valid during the call only). Return 0 to go on, nonzero to stop the answer there.
+pub type HbridgeTokenCallback = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        token: u32,
+        piece: *const c_char,
+        piece_len: usize,
+    ) -> i32,
+>;
+
+/// Called after every denoising step. Return 0 to go on, nonzero to cancel (`HBRIDGE_STATUS_CANCELLED`).
+pub type HbridgeProgressCallback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, step: u32, steps: u32) -> i32>;
+
+type Failure = (HbridgeStatus, String);
+
+fn invalid(message: impl Into<String>) -> Failure {
+    (HbridgeStatus::InvalidArgument, message.into())
+}
+
+/// `ptr` as UTF-8 text; `what` names the argument in the error.
+///
+/// # Safety
+/// `ptr` is null or points to a NUL-terminated string.
+unsafe fn text<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Failure> {
+    if ptr.is_null() {
+        return Err(invalid(format!("{what}: null pointer")));
+    }
+    CStr::from_ptr(ptr)
+        .to_str()
+        .map_err(|e| invalid(format!("{what}: not UTF-8 ({e})")))
+}
+
+/// The hbridge version, e.g. "0.1.0" (a static string).
+#[no_mangle]
+pub extern "C" fn hbridge_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// The message of the last failed `hbridge_*` call on this thread ("" after a success). Valid until the
+/// next `hbridge_*` call on the same thread.
+#[no_mangle]
+pub extern "C" fn hbridge_last_error() -> *const c_char {
+    error::last_error_ptr()
+}
+
+/// Fills `out` with the default engine options (auto device and dtype, no memory limit, CUDA graphs on).
+///
+/// # Safety
+/// `out` is null (then nothing happens) or points to writable `HbridgeEngineOptions`.
+#[no_mangle]
+pub unsafe extern "C" fn hbridge_engine_options_default(out: *mut HbridgeEngineOptions) {
+    if !out.is_null() {
+        out.write(HbridgeEngineOptions::defaults());
+    }
+}
+
+/// Fills `out` with the default chat options (256 tokens, greedy, top_p 1, seed 0, stop at end tokens).
+///
+/// # Safety
+/// `out` is null (then nothing happens) or points to writable `HbridgeChatOptions`.
+#[no_mangle]
+pub unsafe extern "C" fn hbridge_chat_options_default(out: *mut HbridgeChatOptions) {
+    if !out.is_null() {
+        out.write(HbridgeChatOptions::defaults());
+    }
+}
+
+/// Fills `out` with the default image options (1024x1024, 50 steps, guidance 4, seed 0).
+///
+/// # Safety
+/// `out` is null (then nothing happens) or points to writable `HbridgeImageOptions`.
+#[no_mangle]
+pub unsafe extern "C" fn hbridge_image_options_default(out: *mut HbridgeImageOptions) {
+    if !out.is_null() {
+        out.write(HbridgeImageOptions::defaults());
+    }
+}
+
+/// Loads the checkpoint in folder `model_dir` (`options` null = defaults) and stores the new engine in
+/// `*out` (set to null on failure).
+///
+/// # Safety
+/// `model_dir` is a NUL-terminated string; `options` is null or valid; `out` points to writable storage
+/// for a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn hbridge_engine_create(
+    model_dir: *const c_char,
+    options: *const HbridgeEngineOptions,
+    out: *mut *mut HbridgeEngine,
+) -> HbridgeStatus {
+    guard(|| {
+        if out.is_null() {
+            return Err(invalid("out: null pointer"));
+        }
+        out.write(std::ptr::null_mut());
+        let dir = text(model_dir, "model_dir")?;
+        let options = match options.as_ref() {
+            Some(o) => o.to_rust().map_err(invalid)?,
+            None => HbridgeEngineOptions::defaults()
+                .to_rust()
+                .map_err(invalid)?,
+        };
+        let engine = Engine::load(dir, &options).map_err(|e| (load_status(&e), e.to_string()))?;
+        out.write(Box::into_raw(Box::new(HbridgeEngine { engine })));
+        Ok(())
+    })
+}
+
+/// Frees an engine (null is allowed). No request may be running on it.
+///
+/// # Safety
+/// `engine` is null or was returned by `hbridge_engine_create` and not yet destroyed.
+#[no_mangle]
+pub unsafe extern "C" fn hbridge_engine_destroy(engine: *mut HbridgeEngine) {
+    if !engine.is_null() {
+        // A panic in a destructor must not unwind into C either.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            drop(Box::from_raw(engine));
+        }));
+    }
+}
+
+/// Answers `prompt` with the chat template, calling `on_token` (may be null) per answer token; stores
+/// the number of answer tokens in `*out_tokens` when it is not null.
+///
+/// # Safety
+/// `engine` comes from `hbridge_engine_create`; `prompt` is a NUL-terminated string; `options` and
+/// `out_tokens` are null or valid; `on_token` is safe to call with `user_data`.
+#[no_mangle]
+pub unsafe extern "C" fn hbridge_chat(
+    engine: *const HbridgeEngine,
+    prompt: *const c_char,
+    options: *const HbridgeChatOptions,
+    on_token: HbridgeTokenCallback,
+    user_data: *mut c_void,
+    out_tokens: *mut u32,
+) -> HbridgeStatus {
+    guard(|| {
+        let engine = engine
+            .as_ref()
+            .ok_or_else(|| invalid("engine: null pointer"))?;
+        let prompt = text(prompt, "prompt")?;
+        let request = options
+            .as_ref()
+            .copied()
+            .unwrap_or_else(HbridgeChatOptions::defaults)
+            .to_rust();
+        let answer = engine
+            .engine
+            .chat(prompt, &request, |id, piece| {
+                let Some(cb) = on_token else {
+                    return ControlFlow::Continue(());
+                };
+                let c = CString::new(piece.replace('\0', "\u{FFFD}")).unwrap_or_default();
+                let len = c.as_bytes().len();
+                if cb(user_data, id, c.as_ptr(), len) != 0 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .map_err(|e| (chat_status(&e), e.to_string()))?;
+        if let Some(n) = out_tokens.as_mut() {
+            *n = u32::try_from(answer.tokens.len()).unwrap_or(u32::MAX);
+        }
+        Ok(())
+    })
+}
+
+/// Generates an image for `prompt` (`negative_prompt` may be null: empty) into `rgb_out`, row-major RGB
+/// bytes, which must hold at least `width * height * 3` bytes (`rgb_len`). `on_progress` may be null.
+///
+/// # Safety
+/// `engine` comes from `hbridge_engine_create`; the strings are NUL-terminated; `options` is null or
+/// valid; `rgb_out` points to `rgb_len` writable bytes; `on_progress` is safe to call with `user_data`.
+#[no_mangle]
+pub unsafe extern "C" fn hbridge_generate_image(
+    engine: *const HbridgeEngine,
+    prompt: *const c_char,
+    negative_prompt: *const c_char,
+    options: *const HbridgeImageOptions,
+    on_progress: HbridgeProgressCallback,
+    user_data: *mut c_void,
+    rgb_out: *mut u8,
+    rgb_len: usize,
+) -> HbridgeStatus {
+    guard(|| {
+        let engine = engine
+            .as_ref()
+            .ok_or_else(|| invalid("engine: null pointer"))?;
+        let prompt = text(prompt, "prompt")?;
+        let negative = if negative_prompt.is_null() {
+            ""
+        } else {
+            text(negative_prompt, "negative_prompt")?
+        };
+        let o = options
+            .as_ref()
+            .copied()
+            .unwrap_or_else(HbridgeImageOptions::defaults);
+        let need = (o.width as usize)
+            .saturating_mul(o.height as usize)
+            .saturating_mul(3);
+        if rgb_out.is_null() {
+            return Err(invalid("rgb_out: null pointer"));
+        }
+        if rgb_len < need {
+            return Err((
+                HbridgeStatus::BufferTooSmall,
+                format!(
+                    "rgb_len: {rgb_len} bytes, a {}x{} RGB image needs {need}",
+                    o.width, o.height
+                ),
+            ));
+        }
+        let request = o.to_rust(prompt.to_string(), negative.to_string());
+        let image = engine
+            .engine
+            .generate_image(&request, |step, steps| match on_progress {
+                Some(cb) if cb(user_data, step as u32, steps as u32) != 0 => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            })
+            .map_err(|e| (run_status(&e), e.to_string()))?;
+        if image.rgb.len() > rgb_len {
+            return Err((
+                HbridgeStatus::Internal,
+                format!(
+                    "the image has {} bytes, over rgb_len {rgb_len}",
+                    image.rgb.len()
+                ),
+            ));
+        }
+        std::slice::from_raw_parts_mut(rgb_out, image.rgb.len()).copy_from_slice(&image.rgb);
+        Ok(())
+    })
+}

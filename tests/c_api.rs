@@ -1,0 +1,308 @@
+//! The C ABI: the committed header is what cbindgen makes of src/capi; examples/c/hbridge_demo.c
+//! compiles with the machine's C compiler, links against the cdylib and gives the Rust API's answer and
+//! image bit for bit; every entry point refuses bad arguments with a status and a message.
+
+use hbridge::capi::error::HbridgeStatus;
+use hbridge::capi::options::*;
+use hbridge::capi::*;
+use hbridge::chat::ChatRequest;
+use hbridge::engine::{Engine, EngineOptions};
+use hbridge::t2i::ImageRequest;
+use std::ffi::{c_void, CStr, CString};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::ptr;
+use std::sync::OnceLock;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn tiny_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("hbridge-capi-{}", std::process::id()));
+        let tiny = hbridge::presets::preset("tiny").unwrap();
+        hbridge::init::write_checkpoint(&dir, &tiny, 3, hbridge::init::WeightDType::BF16, true)
+            .unwrap();
+        dir
+    })
+}
+
+fn last_error() -> String {
+    unsafe { CStr::from_ptr(hbridge_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn header() -> String {
+    let config = cbindgen::Config::from_file(Path::new(ROOT).join("cbindgen.toml")).unwrap();
+    let mut builder = cbindgen::Builder::new().with_config(config);
+    for file in [
+        "src/capi/mod.rs",
+        "src/capi/error.rs",
+        "src/capi/options.rs",
+    ] {
+        builder = builder.with_src(Path::new(ROOT).join(file));
+    }
+    let mut out = Vec::new();
+    builder.generate().unwrap().write(&mut out);
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn committed_header_is_current() {
+    let path = Path::new(ROOT).join("include/hbridge.h");
+    let fresh = header();
+    if std::env::var_os("HBRIDGE_BLESS").is_some() {
+        std::fs::write(&path, &fresh).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == fresh,
+        "include/hbridge.h is stale; regenerate with HBRIDGE_BLESS=1 cargo test --release --test c_api"
+    );
+    for name in [
+        "hbridge_engine_create",
+        "hbridge_engine_destroy",
+        "hbridge_chat",
+        "hbridge_generate_image",
+        "hbridge_last_error",
+        "HBRIDGE_STATUS_OK = 0",
+        "HBRIDGE_DEVICE_CPU",
+        "typedef struct HbridgeEngine HbridgeEngine",
+    ] {
+        assert!(fresh.contains(name), "header lacks {name}");
+    }
+}
+
+/// The folder holding libhbridge.so of this build (the test executable lives in `<profile>/deps`).
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    for dir in [deps.parent().unwrap(), deps] {
+        if dir.join("libhbridge.so").exists() {
+            return dir.to_path_buf();
+        }
+    }
+    panic!("no libhbridge.so next to {}", exe.display());
+}
+
+#[test]
+fn c_example_compiles_runs_and_matches_the_rust_api() {
+    let dir = tiny_dir();
+    let work = std::env::temp_dir().join(format!("hbridge-capi-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let exe = work.join("hbridge_demo");
+    let libs = lib_dir();
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let build = Command::new(&cc)
+        .arg(Path::new(ROOT).join("examples/c/hbridge_demo.c"))
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(Path::new(ROOT).join("include"))
+        .arg("-L")
+        .arg(&libs)
+        .arg("-lhbridge")
+        .arg(format!("-Wl,-rpath,{}", libs.display()))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the C compiler {cc}: {e}"));
+    assert!(
+        build.status.success(),
+        "{cc} failed:\n{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let rgb_path = work.join("image.rgb");
+    let run = Command::new(&exe).arg(dir).arg(&rgb_path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "the C demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+
+    // The same requests through the Rust API give the same tokens and the same pixels.
+    let engine = Engine::load(dir, &EngineOptions::cpu()).unwrap();
+    let answer = engine
+        .chat(
+            "What is a bridge?",
+            &ChatRequest::new().max_tokens(8),
+            |_, _| ControlFlow::Continue(()),
+        )
+        .unwrap();
+    let c_tokens: Vec<u32> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("token "))
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert_eq!(c_tokens, answer.tokens);
+    let image = engine
+        .generate_image(
+            &ImageRequest::new("a red cube")
+                .size(32, 32)
+                .steps(2)
+                .seed(7),
+            |_, _| ControlFlow::Continue(()),
+        )
+        .unwrap();
+    assert_eq!(std::fs::read(&rgb_path).unwrap(), image.rgb);
+    let errors: Vec<&str> = stdout.lines().filter(|l| l.starts_with("error ")).collect();
+    assert_eq!(errors.len(), 4, "{stdout}");
+    assert!(errors[0].contains("rgb_len"), "{}", errors[0]);
+    assert!(errors[1].contains("width: 33"), "{}", errors[1]);
+    assert!(
+        errors[2].contains("cancelled after step 1"),
+        "{}",
+        errors[2]
+    );
+    assert!(errors[3].contains("prompt: null pointer"), "{}", errors[3]);
+    std::fs::remove_dir_all(&work).ok();
+}
+
+fn create(dir: &str, options: Option<HbridgeEngineOptions>) -> (HbridgeStatus, *mut HbridgeEngine) {
+    let dir = CString::new(dir).unwrap();
+    let mut engine = ptr::null_mut();
+    let opts = options.as_ref().map_or(ptr::null(), |o| o as *const _);
+    let status = unsafe { hbridge_engine_create(dir.as_ptr(), opts, &mut engine) };
+    (status, engine)
+}
+
+fn cpu_options() -> HbridgeEngineOptions {
+    let mut o = std::mem::MaybeUninit::uninit();
+    unsafe {
+        hbridge_engine_options_default(o.as_mut_ptr());
+        let mut o = o.assume_init();
+        o.device = HBRIDGE_DEVICE_CPU;
+        o
+    }
+}
+
+#[test]
+fn create_refuses_bad_arguments_with_a_status_and_a_message() {
+    let (status, engine) = create("/nonexistent/hbridge-model", Some(cpu_options()));
+    assert_eq!(status, HbridgeStatus::Load);
+    assert!(engine.is_null());
+    assert!(
+        last_error().contains("/nonexistent/hbridge-model"),
+        "{}",
+        last_error()
+    );
+
+    let mut bad = cpu_options();
+    bad.device = 9;
+    let (status, _) = create(tiny_dir().to_str().unwrap(), Some(bad));
+    assert_eq!(status, HbridgeStatus::InvalidArgument);
+    assert!(
+        last_error().contains("options.device: 9"),
+        "{}",
+        last_error()
+    );
+
+    let status = unsafe { hbridge_engine_create(ptr::null(), ptr::null(), ptr::null_mut()) };
+    assert_eq!(status, HbridgeStatus::InvalidArgument);
+    assert!(
+        last_error().contains("out: null pointer"),
+        "{}",
+        last_error()
+    );
+
+    let not_utf8 = [0xffu8, 0xfe, 0];
+    let mut engine = ptr::null_mut();
+    let status =
+        unsafe { hbridge_engine_create(not_utf8.as_ptr().cast(), ptr::null(), &mut engine) };
+    assert_eq!(status, HbridgeStatus::InvalidArgument);
+    assert!(
+        last_error().contains("model_dir: not UTF-8"),
+        "{}",
+        last_error()
+    );
+    unsafe { hbridge_engine_destroy(ptr::null_mut()) };
+}
+
+unsafe extern "C" fn stop_after_two(
+    user: *mut c_void,
+    _token: u32,
+    _piece: *const std::ffi::c_char,
+    _len: usize,
+) -> i32 {
+    let n = &mut *(user as *mut u32);
+    *n += 1;
+    i32::from(*n >= 2)
+}
+
+#[test]
+fn chat_cancels_from_the_callback_and_refuses_bad_sampling() {
+    let (status, engine) = create(tiny_dir().to_str().unwrap(), Some(cpu_options()));
+    assert_eq!(status, HbridgeStatus::Ok, "{}", last_error());
+    let prompt = CString::new("Tell me more").unwrap();
+    let mut opts = HbridgeChatOptions {
+        max_tokens: 6,
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+        stop_at_eos: 0,
+    };
+    let mut seen = 0u32;
+    let mut answered = 0u32;
+    let status = unsafe {
+        hbridge_chat(
+            engine,
+            prompt.as_ptr(),
+            &opts,
+            Some(stop_after_two),
+            (&mut seen as *mut u32).cast(),
+            &mut answered,
+        )
+    };
+    assert_eq!(status, HbridgeStatus::Ok, "{}", last_error());
+    assert_eq!((seen, answered), (2, 2));
+    assert_eq!(last_error(), "");
+
+    opts.top_p = 0.0;
+    let status = unsafe {
+        hbridge_chat(
+            engine,
+            prompt.as_ptr(),
+            &opts,
+            None,
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    };
+    assert_eq!(status, HbridgeStatus::InvalidArgument);
+    assert!(last_error().contains("top_p"), "{}", last_error());
+    unsafe { hbridge_engine_destroy(engine) };
+}
+
+#[test]
+fn memory_limit_from_c_refuses_an_oversized_request() {
+    let mut o = cpu_options();
+    o.memory_limit_bytes = 1024;
+    let (status, engine) = create(tiny_dir().to_str().unwrap(), Some(o));
+    assert_eq!(status, HbridgeStatus::Ok, "{}", last_error());
+    let prompt = CString::new("a red cube").unwrap();
+    let opts = HbridgeImageOptions {
+        width: 32,
+        height: 32,
+        steps: 2,
+        guidance: 4.0,
+        seed: 0,
+    };
+    let mut rgb = vec![0u8; 32 * 32 * 3];
+    let status = unsafe {
+        hbridge_generate_image(
+            engine,
+            prompt.as_ptr(),
+            ptr::null(),
+            &opts,
+            None,
+            ptr::null_mut(),
+            rgb.as_mut_ptr(),
+            rgb.len(),
+        )
+    };
+    assert_eq!(status, HbridgeStatus::Memory);
+    assert!(last_error().contains("memory limit"), "{}", last_error());
+    unsafe { hbridge_engine_destroy(engine) };
+}
