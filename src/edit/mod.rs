@@ -15,7 +15,8 @@ pub use guidance::{sample, step_velocity, EditBranches, EditGuidance, StepVeloci
 pub use refs::{encode_reference, to_pixels, ReferenceLatent};
 
 use crate::forward::to_image;
-use crate::image::context::prefill_with_images;
+use crate::image::context::{encode_images, prefill_with_image_embeds};
+use crate::image::preprocess::PreparedImage;
 use crate::image::ImageSetup;
 use crate::image::RgbImage;
 use crate::model::{next_position, Model, RunError, UndContext};
@@ -145,6 +146,39 @@ pub fn state_bytes(
     model.image_state_bytes(w, h, &lens, &ref_shapes)
 }
 
+/// The reference images as the und expert sees them (DESIGN.md 6): prepared by the Qwen2.5-VL image
+/// processor (as given, before OmniGen2's resize) and encoded by the vision tower once, for every branch
+/// whose context holds them.
+pub struct ReferenceTokens {
+    setup: ImageSetup,
+    prepared: Vec<PreparedImage>,
+    embeds: HostTensor,
+}
+
+impl ReferenceTokens {
+    /// Encodes `images`; `None` when there are none or the checkpoint has no vision tower (its branches
+    /// then use text contexts alone, and the gen side still sees the references; the CLI says so).
+    pub fn encode(model: &Model, images: &[RgbImage]) -> Result<Option<Self>, RunError> {
+        if images.is_empty() || !model.checkpoint.has_vision {
+            return Ok(None);
+        }
+        let request = |e: &dyn std::fmt::Display| RunError::Request(e.to_string());
+        let setup = ImageSetup::new(model).map_err(|e| request(&e))?;
+        let prepared = images
+            .iter()
+            .enumerate()
+            .map(|(j, img)| setup.prepare(Path::new(&format!("reference image {j}")), img))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| request(&e))?;
+        let embeds = encode_images(model, &prepared)?;
+        Ok(Some(ReferenceTokens {
+            setup,
+            prepared,
+            embeds,
+        }))
+    }
+}
+
 /// The und context of one branch: the image-generation template around `text`, with `images` (as
 /// given) as the user turn's image tokens before the text (DESIGN.md 6), M-RoPE positions as HF's
 /// `get_rope_index` gives them, and `s0` after the context's largest position.
@@ -154,49 +188,64 @@ pub fn branch_context(
     text: &str,
     images: &[RgbImage],
 ) -> Result<UndContext, RunError> {
-    // A checkpoint without a vision tower edits with its text contexts alone (the gen side still sees
-    // the references); the CLI says so.
-    if images.is_empty() || !model.checkpoint.has_vision {
+    let refs = ReferenceTokens::encode(model, images)?;
+    branch_context_with(model, tokenizer, text, refs.as_ref())
+}
+
+/// [`branch_context`] over reference images already encoded (`None`: a text-only context).
+pub fn branch_context_with(
+    model: &Model,
+    tokenizer: &tokenizers::Tokenizer,
+    text: &str,
+    refs: Option<&ReferenceTokens>,
+) -> Result<UndContext, RunError> {
+    let Some(refs) = refs else {
         return crate::t2i::text_context(model, tokenizer, text);
-    }
-    let request = |e: &dyn std::fmt::Display| RunError::Request(e.to_string());
-    let setup = ImageSetup::new(model).map_err(|e| request(&e))?;
-    let prepared = images
-        .iter()
-        .enumerate()
-        .map(|(j, img)| setup.prepare(Path::new(&format!("reference image {j}")), img))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| request(&e))?;
-    let content = setup.prompt_text(&prepared) + text;
+    };
+    let content = refs.setup.prompt_text(&refs.prepared) + text;
     let ids = crate::prompt::encode(tokenizer, &crate::prompt::image_context(&content))
-        .map_err(|e| request(&e))?;
+        .map_err(|e| RunError::Request(e.to_string()))?;
     crate::validate::context_length(model, "prompt", ids.len())?;
     let spec = model.context_spec(ids.len());
-    let (out, positions) = prefill_with_images(model, &setup, &ids, &prepared, &spec)?;
+    let (out, positions) = prefill_with_image_embeds(
+        model,
+        &refs.setup,
+        &ids,
+        &refs.prepared,
+        &refs.embeds,
+        &spec,
+    )?;
     model.context_from_prefill(out, ids.len(), next_position(&positions))
 }
 
 /// The und contexts the guidance needs: c = (prompt, images), r = (negative, images), u = (negative).
+/// The vision tower runs once for c and r.
 pub fn branches(
     model: &Model,
     tokenizer: &tokenizers::Tokenizer,
     req: &EditRequest,
 ) -> Result<EditBranches, RunError> {
     let g = req.guidance();
-    let cond = branch_context(model, tokenizer, &req.prompt, &req.images)?;
+    let refs = ReferenceTokens::encode(model, &req.images)?;
+    let cond = branch_context_with(model, tokenizer, &req.prompt, refs.as_ref())?;
     let uncond = if g.needs_uncond() {
-        Some(branch_context(model, tokenizer, &req.negative_prompt, &[])?)
+        Some(branch_context_with(
+            model,
+            tokenizer,
+            &req.negative_prompt,
+            None,
+        )?)
     } else {
         None
     };
     let refonly = match (&uncond, g.needs_refonly()) {
         // Without a vision tower r's context is u's (both the negative text): one prefill serves both.
-        (Some(u), true) if !model.checkpoint.has_vision => Some(u.clone()),
-        (_, true) => Some(branch_context(
+        (Some(u), true) if refs.is_none() => Some(u.clone()),
+        (_, true) => Some(branch_context_with(
             model,
             tokenizer,
             &req.negative_prompt,
-            &req.images,
+            refs.as_ref(),
         )?),
         (_, false) => None,
     };

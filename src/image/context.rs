@@ -134,6 +134,30 @@ pub fn prefill_with_images(
     images: &[PreparedImage],
     spec: &UndPrefillSpec,
 ) -> Result<(Outputs, Vec<i32>), RunError> {
+    prefill(model, setup, ids, images, None, spec)
+}
+
+/// [`prefill_with_images`] with the images already encoded (`embeds` from [`encode_images`] of the same
+/// `images`): contexts that share images run the vision tower once.
+pub fn prefill_with_image_embeds(
+    model: &Model,
+    setup: &ImageSetup,
+    ids: &[i32],
+    images: &[PreparedImage],
+    embeds: &HostTensor,
+    spec: &UndPrefillSpec,
+) -> Result<(Outputs, Vec<i32>), RunError> {
+    prefill(model, setup, ids, images, Some(embeds), spec)
+}
+
+fn prefill(
+    model: &Model,
+    setup: &ImageSetup,
+    ids: &[i32],
+    images: &[PreparedImage],
+    embeds: Option<&HostTensor>,
+    spec: &UndPrefillSpec,
+) -> Result<(Outputs, Vec<i32>), RunError> {
     let ck = &model.checkpoint;
     let c = &ck.config.und;
     if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= c.vocab_size) {
@@ -144,7 +168,10 @@ pub fn prefill_with_images(
     }
     let grids: Vec<VisionGrid> = images.iter().map(|i| i.grid).collect();
     let (positions, spans) = vision::image_context(ids, setup.image_token_id, &grids, setup.merge)?;
-    let graph = vision::und_prefill_with_images(c, &ck.und_names, spec, &spans)?;
+    let graph = match embeds {
+        None => vision::und_prefill_with_images(c, &ck.und_names, spec, &spans)?,
+        Some(_) => vision::und_prefill_with_image_embeds(c, &ck.und_names, spec, &spans)?,
+    };
     let mut inputs = HashMap::from([
         (
             names::UND_IDS.to_string(),
@@ -155,8 +182,12 @@ pub fn prefill_with_images(
             HostTensor::i32(vec![3, ids.len()], positions.clone()),
         ),
     ]);
-    if !images.is_empty() {
-        inputs.extend(tower_inputs(model, images)?);
+    match embeds {
+        Some(e) if !images.is_empty() => {
+            inputs.insert(vision::VISION_EMBEDS.to_string(), e.clone());
+        }
+        None if !images.is_empty() => inputs.extend(tower_inputs(model, images)?),
+        _ => {}
     }
     Ok((model.run(&graph, &inputs)?, positions))
 }

@@ -404,6 +404,30 @@ pub fn und_prefill_with_images(
     spec: &UndPrefillSpec,
     images: &[ImageSpan],
 ) -> Result<Graph, GraphError> {
+    spliced_prefill(c, names, spec, images, true)
+}
+
+/// [`und_prefill_with_images`] with the images' tokens given as the input `vision.embeds`
+/// `[sum merged tokens, hidden]` (from [`vision_encoder`]) instead of running the tower: several
+/// contexts holding the same images (an edit's guidance branches) encode them once.
+pub fn und_prefill_with_image_embeds(
+    c: &UndConfig,
+    names: &UndNames,
+    spec: &UndPrefillSpec,
+    images: &[ImageSpan],
+) -> Result<Graph, GraphError> {
+    spliced_prefill(c, names, spec, images, false)
+}
+
+/// The two prefills over a context with images; `tower`: run the vision tower in the graph (else its
+/// output is the input `vision.embeds`).
+fn spliced_prefill(
+    c: &UndConfig,
+    names: &UndNames,
+    spec: &UndPrefillSpec,
+    images: &[ImageSpan],
+    tower: bool,
+) -> Result<Graph, GraphError> {
     let vc = vision_config(c)?;
     if images.is_empty() {
         return super::und_prefill(c, names, spec);
@@ -429,9 +453,15 @@ pub fn und_prefill_with_images(
         end = s.start + n;
     }
     let grids: Vec<VisionGrid> = images.iter().map(|s| s.grid).collect();
+    let tokens: usize = grids.iter().map(|g| g.merged_tokens(m)).sum();
     und_prefill_spliced(c, names, spec, |g, text| {
-        let img = add_tower(g, vc, names, &grids)?;
-        g.mark_output(VISION_EMBEDS, img);
+        let img = if tower {
+            let img = add_tower(g, vc, names, &grids)?;
+            g.mark_output(VISION_EMBEDS, img);
+            img
+        } else {
+            g.input(VISION_EMBEDS, &[tokens, c.hidden_size], DataType::F32)
+        };
         let mut parts = Vec::new();
         let (mut at, mut row) = (0, 0);
         let slice = |g: &mut Graph, x: TensorId, start: usize, len: usize, what: &str| {
