@@ -79,11 +79,10 @@ fn cuda() -> Option<Device> {
     }
 }
 
-/// Image a (70x45 -> 56x56) matches the processor exactly. Image b (50x90 -> 56x84) does not quite:
-/// Pillow 13 (which made the fixture) runs the vertical pass first when the height shrinks much more
-/// than the width (python-pillow/Pillow#9549), while hbridge always resizes horizontally first, as
-/// Pillow 12 and older do; each pass alone is bit-exact (checked when this was found), the different
-/// order moves ~7% of b's bytes by 1-2 levels. Bounded here so that any other drift fails.
+/// Both images match the processor exactly: a (70x45 -> 56x56) resizes horizontally first, b (50x90 ->
+/// 56x84) vertically first, as Pillow 13 (which made the fixture) does when the height shrinks and the width
+/// loses fewer than half as many columns as the height loses rows (python-pillow/Pillow#9549;
+/// `resize::vertical_first`).
 #[test]
 fn preprocessing_matches_the_hf_processor() {
     let (_, images) = open(Device::Cpu);
@@ -101,53 +100,27 @@ fn preprocessing_matches_the_hf_processor() {
         let n = img.pixel_values.len();
         let w = HostTensor::f32(vec![n], want[start..start + n].to_vec());
         start += n;
-        // One byte level is 1/255/std ~ 0.0146 after normalization.
-        let max = img
-            .pixel_values
-            .iter()
-            .zip(w.as_f32().unwrap())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        let (tol, max_tol) = if i == 0 {
-            (CPU_TOL, 1e-5)
-        } else {
-            (4e-3, 0.031)
-        };
+        // The same bytes, normalized the same way in f32: the same values, bit for bit (one byte level
+        // would be 1/255/std ~ 0.0146).
         check(
             &format!("vision.pixel_values of image {i}"),
             &img.pixel_values,
             &w,
-            tol,
+            CPU_TOL,
         );
-        assert!(
-            max <= max_tol,
-            "image {i}: largest difference {max} > {max_tol}"
-        );
+        let differ = img
+            .pixel_values
+            .iter()
+            .zip(w.as_f32().unwrap())
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(differ, 0, "image {i}: values differ from the processor's");
     }
     assert_eq!(start, want.len());
 }
 
-/// The images with the processor's own pixel values, so the tower and the context are checked at the
-/// full tolerance whatever the resize order (see above).
-fn fixture_images(images: &[PreparedImage]) -> Vec<PreparedImage> {
-    let want = outputs()["vision.pixel_values"].as_f32().unwrap().to_vec();
-    let mut start = 0;
-    images
-        .iter()
-        .map(|img| {
-            let n = img.pixel_values.len();
-            start += n;
-            PreparedImage {
-                pixel_values: want[start - n..start].to_vec(),
-                ..img.clone()
-            }
-        })
-        .collect()
-}
-
 fn tower_and_context(device: Device, tol: f64) {
     let (pipe, images) = open(device);
-    let images = fixture_images(&images);
     let out = outputs();
     let model = pipe.model();
     let embeds = encode_images(model, &images).unwrap();
