@@ -25,13 +25,17 @@ pub struct BenchOptions {
     pub prompt_len: usize,
     /// Tokens already in the K/V cache when decode is measured.
     pub context: usize,
+    /// Tokens decoded for the decode throughput (default 32; at least 2 are run).
     pub decode_tokens: usize,
+    /// Image width in pixels of the gen step and the time-to-image request (default 1024).
     pub width: usize,
+    /// Image height in pixels (default 1024).
     pub height: usize,
     /// Denoising steps of the time-to-image request.
     pub steps: usize,
     /// Timed repetitions (after one warm-up) of the prefill and the gen step.
     pub runs: usize,
+    /// Text guidance scale of the gen step and the image request (default 4.0: two branches; <= 1: one).
     pub guidance: f32,
 }
 
@@ -55,19 +59,26 @@ impl Default for BenchOptions {
 pub struct BenchRow {
     /// Stable name (`und_prefill_ms`, ...), shared with the PyTorch baseline.
     pub name: &'static str,
+    /// The measurement (a median over the timed runs for the prefill and the gen step), in `unit`.
     pub value: f64,
+    /// Unit of `value`: `s`, `ms`, `tokens/s` or `bytes`.
     pub unit: &'static str,
     /// Achieved rate and its unit (`TFLOP/s`, `GB/s`), when the workload has a meaningful one.
     pub achieved: Option<(f64, &'static str)>,
     /// Achieved rate over the matching ceiling measured in this run (CUDA only).
     pub of_ceiling: Option<f64>,
+    /// The workload's shape and how the rate was counted, for the printed table.
     pub note: String,
 }
 
+/// Everything one benchmark run measured.
 #[derive(Debug, Clone)]
 pub struct BenchReport {
+    /// The backend the model ran on.
     pub device: Device,
+    /// The GEMM and copy ceilings measured on the same GPU in the same run (CUDA only).
     pub ceilings: Option<Ceilings>,
+    /// One row per workload, in the order they ran.
     pub rows: Vec<BenchRow>,
 }
 
@@ -220,10 +231,12 @@ pub fn run(
     let mut times = Vec::new();
     for i in 0..=runs {
         let t = Instant::now();
-        model.gen_step(&x, 0.5, &cond, false)?;
-        if branches == 2 {
-            model.gen_step(&x, 0.5, &uncond, false)?;
-        }
+        let contexts = if branches == 2 {
+            vec![&cond, &uncond]
+        } else {
+            vec![&cond]
+        };
+        model.gen_step_branches(&x, 0.5, &contexts)?;
         if i > 0 {
             times.push(t.elapsed());
         }

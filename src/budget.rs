@@ -1,7 +1,8 @@
 //! A bound on the memory that in-flight requests hold for their state (K/V caches, und contexts,
 //! activation arenas), shared by every request of one [`crate::engine::Engine`].
 //!
-//! Each request reserves its estimate (see [`crate::request_state`]) before it computes anything and
+//! Each request reserves its estimate (see [`crate::model::Model::chat_state_bytes`] and
+//! [`crate::model::Model::image_state_bytes`]) before it computes anything and
 //! gives it back when it ends, whatever the outcome. A request whose estimate alone exceeds the limit can
 //! never run and is refused at once; one that fits alone but not beside the requests already running
 //! waits for them (or, with [`OverLimit::Reject`], is refused), so the engine stays usable either way.
@@ -28,7 +29,12 @@ pub enum BudgetError {
         human(*needed),
         human(*limit)
     )]
-    TooLarge { needed: u64, limit: u64 },
+    TooLarge {
+        /// The request's estimated state, in bytes.
+        needed: u64,
+        /// The engine's memory limit, in bytes.
+        limit: u64,
+    },
     /// Running requests hold too much of the limit now ([`OverLimit::Reject`]).
     #[error(
         "the request needs about {} of state but only {} of the {} memory limit is free now; \
@@ -38,8 +44,11 @@ pub enum BudgetError {
         human(*limit)
     )]
     Busy {
+        /// The request's estimated state, in bytes.
         needed: u64,
+        /// Bytes the running requests hold now.
         in_use: u64,
+        /// The engine's memory limit, in bytes.
         limit: u64,
     },
 }
@@ -56,6 +65,50 @@ fn human(bytes: u64) -> String {
 }
 
 /// The engine's request memory: a limit (none = unbounded) and what running requests hold.
+///
+/// # Examples
+///
+/// On its own: reservations hold bytes until they drop.
+///
+/// ```
+/// use hbridge::budget::{BudgetError, MemoryBudget, OverLimit};
+/// let budget = MemoryBudget::new(Some(1000), OverLimit::Reject);
+/// let first = budget.reserve(600)?;
+/// assert_eq!(budget.in_use(), 600);
+/// // Fits the limit alone, but not beside `first`: refused at once under `Reject` (`Wait` would block).
+/// assert!(matches!(budget.reserve(600), Err(BudgetError::Busy { in_use: 600, .. })));
+/// // Can never fit.
+/// assert!(matches!(budget.reserve(2000), Err(BudgetError::TooLarge { .. })));
+/// drop(first);
+/// assert_eq!(budget.in_use(), 0);
+/// assert_eq!(budget.reserve(600)?.bytes(), 600);
+/// # Ok::<(), BudgetError>(())
+/// ```
+///
+/// In an [`Engine`](crate::engine::Engine), set through
+/// [`EngineOptions::memory_limit`](crate::engine::EngineOptions::memory_limit):
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use hbridge::chat::{ChatError, ChatRequest};
+/// use hbridge::engine::{Engine, EngineOptions};
+/// use hbridge::model::RunError;
+/// # let dir = std::env::temp_dir().join(format!("hbridge-doc-budget-{}", std::process::id()));
+/// # let tiny = hbridge::presets::preset("tiny").unwrap();
+/// # hbridge::init::write_checkpoint(&dir, &tiny, 0, hbridge::init::WeightDType::BF16, true)?;
+/// // `dir` holds a checkpoint (here the built-in tiny model with random weights).
+/// let engine = Engine::load(&dir, &EngineOptions::cpu().memory_limit(1024))?;
+/// assert_eq!(engine.memory_budget().limit(), Some(1024));
+/// // A chat's K/V cache and prefill arena need far more than 1 KiB: refused before any compute.
+/// let err = engine
+///     .chat("Hello", &ChatRequest::new().max_tokens(8), |_, _| std::ops::ControlFlow::Continue(()))
+///     .unwrap_err();
+/// assert!(matches!(err, ChatError::Model(RunError::Memory(_))), "{err}");
+/// assert_eq!(engine.memory_budget().in_use(), 0);
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Default)]
 pub struct MemoryBudget {
     limit: Option<u64>,

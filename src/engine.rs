@@ -132,8 +132,11 @@ pub enum LoadError {
     /// The backend does not keep weights in the requested type.
     #[error("dtype {dtype:?}: the {device:?} backend does not support it ({hint})")]
     DType {
+        /// The weight type the options asked for.
         dtype: DType,
+        /// The backend that was selected (explicitly or by `Auto`).
         device: Device,
+        /// What to ask for instead.
         hint: &'static str,
     },
 }

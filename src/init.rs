@@ -12,12 +12,16 @@ use std::path::{Path, PathBuf};
 /// Storage dtype of written weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightDType {
+    /// bfloat16, 2 bytes per value (what real checkpoints ship; the CUDA backend's compute type).
     BF16,
+    /// IEEE half precision, 2 bytes per value.
     F16,
+    /// IEEE single precision, 4 bytes per value (exact weights for f32 reference comparisons).
     F32,
 }
 
 impl WeightDType {
+    /// Parses `bf16`, `f16` or `f32` (any case), as the CLI's `--dtype` takes them; `None` otherwise.
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "bf16" => Some(WeightDType::BF16),
@@ -66,18 +70,27 @@ impl WeightDType {
     }
 }
 
+/// Why a checkpoint could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
+    /// Creating a folder or writing a file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The folder or file being written.
         path: PathBuf,
+        /// The I/O error from the operating system.
         #[source]
         source: std::io::Error,
     },
+    /// The target folder already has `hbridge.json` and `force` was not given.
     #[error(
         "{path}: already holds a checkpoint ({LAYOUT_FILE} exists); pass --force to overwrite"
     )]
-    Exists { path: PathBuf },
+    Exists {
+        /// The target folder.
+        path: PathBuf,
+    },
+    /// The configs just written do not load back (a bug in the preset, not in the caller's input).
     #[error("the preset's own configs do not load: {0}")]
     Preset(#[from] hbridge_loader::LoadError),
 }

@@ -7,7 +7,11 @@ use std::path::Path;
 
 /// The summary, and whether the checkpoint validated.
 pub struct Inspection {
+    /// The multi-line report: topology, dimensions, bridge pairs, parameters and bytes per part, and the
+    /// validation line (with the error when it failed).
     pub text: String,
+    /// Whether every tensor the topology needs is present with the expected dtype and shape (the CLI's
+    /// `inspect` exits non-zero when not).
     pub valid: bool,
 }
 

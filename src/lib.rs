@@ -1,3 +1,4 @@
+#![deny(missing_docs)]
 //! hbridge: an inference runtime for unified multimodal models built from two heterogeneous experts, a
 //! Qwen2.5-VL understanding expert and an OmniGen2-style diffusion transformer, joined by bridged
 //! attention in their middle layers. See DESIGN.md for the model and README.md for use.

@@ -16,10 +16,13 @@ use std::sync::{Arc, Mutex};
 mod state_bytes;
 
 // TEMP until the engine's WeightStorage lands.
+/// The number type the CPU backend keeps weight matrices in (CUDA always keeps bf16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightStorage {
+    /// Every weight converted to f32 once, as graphs first need it.
     #[default]
     F32,
+    /// Matrices kept in bf16 (half the memory) and widened to f32 as each product reads them.
     Bf16,
 }
 
@@ -40,7 +43,12 @@ pub enum RunError {
     Invalid(#[from] crate::validate::RequestError),
     /// The progress callback asked to stop; `step` denoising steps of `steps` had run.
     #[error("cancelled after step {step} of {steps}")]
-    Cancelled { step: usize, steps: usize },
+    Cancelled {
+        /// Denoising steps completed before the stop (1-based: the step whose callback broke).
+        step: usize,
+        /// The request's total number of steps.
+        steps: usize,
+    },
     /// The request state would not fit the engine's memory limit (see [`crate::budget`]).
     #[error(transparent)]
     Memory(#[from] crate::budget::BudgetError),
@@ -69,8 +77,13 @@ pub struct Model {
 /// expert's post-norm last hidden states of the context) and no K/V.
 #[derive(Debug, Clone)]
 pub struct UndContext {
+    /// Context length in tokens (text and image tokens of the templated prompt).
     pub len: usize,
+    /// First shared position after the context (its largest M-RoPE position id + 1); SRT token i sits at
+    /// `s0 + i` in the bridge's shared space.
     pub s0: usize,
+    /// Per bridged und layer (by index): its K (post-RoPE) and V over the context, reused by every
+    /// denoising step. Empty for the omnigen2 topology.
     pub kv: HashMap<usize, (HostTensor, HostTensor)>,
     /// `und.final_hidden` of the context, omnigen2 topology only.
     pub caption: Option<HostTensor>,
@@ -272,6 +285,29 @@ impl Model {
         trace: bool,
     ) -> Result<Outputs, RunError> {
         self.gen_step_with_refs(x, t, ctx, &[], trace)
+    }
+
+    /// Untraced gen steps of several guidance branches (`contexts`) at the same latent and time, outputs
+    /// in order. On the CPU the branches run side by side: at gen-step sizes one op split over all cores
+    /// synchronizes more than whole branches on their own cores do. On CUDA they run one after the other
+    /// (one stream, each step a replayed graph).
+    pub fn gen_step_branches(
+        &self,
+        x: &HostTensor,
+        t: f32,
+        contexts: &[&UndContext],
+    ) -> Result<Vec<Outputs>, RunError> {
+        use rayon::prelude::*;
+        match self.device() {
+            Device::Cpu => contexts
+                .par_iter()
+                .map(|ctx| self.gen_step(x, t, ctx, false))
+                .collect(),
+            Device::Cuda => contexts
+                .iter()
+                .map(|ctx| self.gen_step(x, t, ctx, false))
+                .collect(),
+        }
     }
 
     /// `gen_step` with reference latents `refs` (each `[C, H_j, W_j]`, model space) in the gen sequence

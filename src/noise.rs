@@ -1,12 +1,15 @@
 //! Seeded standard-normal noise for the sampler's initial latent: the same seed gives the same bytes on
 //! every machine (SplitMix64 + Box-Muller in f64, no platform RNG).
 
+/// Seeded standard-normal generator: SplitMix64 uniforms through Box-Muller (both outputs of a pair are
+/// used), all in f64.
 pub struct NormalRng {
     state: u64,
     spare: Option<f64>,
 }
 
 impl NormalRng {
+    /// A generator whose stream depends only on `seed` (an image request's `seed`).
     pub fn new(seed: u64) -> Self {
         NormalRng {
             state: seed ^ 0x6a09e667f3bcc909,
@@ -28,6 +31,7 @@ impl NormalRng {
         ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
     }
 
+    /// The next standard-normal sample (mean 0, variance 1).
     pub fn normal(&mut self) -> f64 {
         if let Some(z) = self.spare.take() {
             return z;

@@ -9,15 +9,23 @@ pub const TINY_TOKENIZER_JSON: &str = include_str!("../reference/assets/tiny_tok
 /// The four config files of a checkpoint.
 #[derive(Debug, Clone)]
 pub struct PresetConfigs {
+    /// The preset's name, one of [`PRESET_NAMES`].
     pub name: &'static str,
+    /// `hbridge.json`: topology, part folders, and the bridge (`pairs`, `num_srt_tokens`).
     pub layout: Value,
+    /// `und/config.json`: the Qwen2.5-VL understanding expert, vision tower included (HF flat layout).
     pub und: Value,
+    /// `gen/config.json`: the OmniGen2 diffusion transformer (generation expert).
     pub gen: Value,
+    /// `vae/config.json`: the diffusers AutoencoderKL.
     pub vae: Value,
 }
 
+/// Names [`preset`] knows: `tiny` (the test model, equal to `tests/fixtures/tiny`), `mid` (the CPU
+/// comparison size) and `hbridge-7b4b` (the real Qwen2.5-VL-7B + OmniGen2 dimensions, ~23 GB in bf16).
 pub const PRESET_NAMES: [&str; 3] = ["tiny", "mid", "hbridge-7b4b"];
 
+/// The configs of the preset `name`; `None` for a name not in [`PRESET_NAMES`].
 pub fn preset(name: &str) -> Option<PresetConfigs> {
     match name {
         "tiny" => Some(tiny()),

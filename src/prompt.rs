@@ -10,12 +10,24 @@ pub fn image_context(prompt: &str) -> String {
     )
 }
 
+/// Why the checkpoint's tokenizer cannot be loaded or used.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
+    /// The und folder has no `tokenizer.json`.
     #[error("{path}: no tokenizer.json; text prompts need one (token ids can still be given through the API and `forward`)")]
-    Missing { path: PathBuf },
+    Missing {
+        /// Where `tokenizer.json` was looked for.
+        path: PathBuf,
+    },
+    /// `tokenizer.json` exists but the tokenizers library cannot load it.
     #[error("{path}: cannot load the tokenizer: {message}")]
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// The tokenizers library's message.
+        message: String,
+    },
+    /// The tokenizer failed on the prompt text (its message).
     #[error("tokenizing the prompt: {0}")]
     Encode(String),
 }

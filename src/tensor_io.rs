@@ -8,20 +8,32 @@ use safetensors::Dtype;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// Why a safetensors file of named tensors could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum TensorIoError {
+    /// The file could not be opened or its header is not valid safetensors.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// A tensor has a dtype this reader does not convert.
     #[error(
         "{path}: tensor `{tensor}` has dtype {dtype}; expected F32, BF16, F16, I64, I32 or U8"
     )]
     DType {
+        /// The safetensors file.
         path: PathBuf,
+        /// The tensor's name.
         tensor: String,
+        /// Its dtype as the header spells it.
         dtype: String,
     },
+    /// Serializing or writing the output file failed.
     #[error("{path}: {message}")]
-    Write { path: PathBuf, message: String },
+    Write {
+        /// The output file.
+        path: PathBuf,
+        /// The safetensors or I/O error.
+        message: String,
+    },
 }
 
 /// Reads every tensor of a safetensors file; floats become f32, integers i32.

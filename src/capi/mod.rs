@@ -1,8 +1,8 @@
 //! The C ABI: opaque engine handles, chat with a token callback, image generation into a caller's RGB
 //! buffer, integer status codes with `hbridge_last_error()` for the message. No panic crosses the
-//! boundary ([`error::guard`]); every pointer is checked for null and every text for UTF-8. The header
-//! `include/hbridge.h` is generated from this module by cbindgen (tests/c_api.rs keeps it current) and
-//! `examples/c/` shows the use.
+//! boundary (every entry point runs inside `error::guard`); every pointer is checked for null and every
+//! text for UTF-8. The header `include/hbridge.h` is generated from this module by cbindgen
+//! (tests/c_api.rs keeps it current) and `examples/c/` shows the use.
 
 pub mod error;
 pub mod options;

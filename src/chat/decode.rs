@@ -163,7 +163,9 @@ pub fn generate(
 /// prompt's image-pad runs.
 #[derive(Clone, Copy)]
 pub struct ChatImages<'a> {
+    /// The checkpoint's image processor settings, image-pad token id and merge size.
     pub setup: &'a ImageSetup,
+    /// The prepared images, one per run of `<|image_pad|>` tokens in the prompt, in order.
     pub images: &'a [PreparedImage],
 }
 

@@ -49,41 +49,75 @@ pub fn chat_template(user_text: &str) -> String {
     )
 }
 
+/// Why a chat request (or opening the chat pipeline) failed. Request errors are detected before any
+/// compute.
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
+    /// The prompt holds no tokens (after templating, for token-id prompts: an empty id list).
     #[error("the prompt is empty")]
     EmptyPrompt,
+    /// The und folder has no `tokenizer.json`; text prompts cannot be encoded (token ids still work).
     #[error(
         "no tokenizer at {}: text prompts need it; token ids still work through `generate_from_ids`",
         path.display()
     )]
-    NoTokenizer { path: PathBuf },
+    NoTokenizer {
+        /// Where the tokenizer was looked for.
+        path: PathBuf,
+    },
+    /// `tokenizer.json` exists but cannot be read or parsed.
     #[error(
         "{}: cannot read the tokenizer: {message}; token ids still work through `generate_from_ids`",
         path.display()
     )]
-    BadTokenizer { path: PathBuf, message: String },
+    BadTokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// The tokenizers library's message.
+        message: String,
+    },
+    /// The tokenizer failed to encode the templated prompt (its message).
     #[error("tokenization failed: {0}")]
     Tokenize(String),
+    /// The templated prompt alone is longer than the und expert's `max_position_embeddings`.
     #[error("the prompt is {tokens} tokens long; the model's context holds {limit}")]
-    PromptTooLong { tokens: usize, limit: usize },
+    PromptTooLong {
+        /// Prompt length in tokens, after templating.
+        tokens: usize,
+        /// The und context length (`max_position_embeddings`).
+        limit: usize,
+    },
+    /// The prompt fits, but the prompt plus `max_tokens` would run past the und context.
     #[error(
         "the prompt ({prompt} tokens) plus max_tokens ({max_tokens}) exceeds the model's context of {limit} tokens; lower max_tokens to at most {}",
         limit.saturating_sub(*prompt)
     )]
     ContextOverflow {
+        /// Prompt length in tokens, after templating.
         prompt: usize,
+        /// The request's `max_tokens`.
         max_tokens: usize,
+        /// The und context length (`max_position_embeddings`).
         limit: usize,
     },
+    /// The temperature is negative, NaN or infinite.
     #[error("temperature must be a finite number >= 0 (0 = greedy), got {0}")]
     InvalidTemperature(f32),
+    /// `top_p` is outside (0, 1] (or NaN).
     #[error("top_p must be in (0, 1], got {0}")]
     InvalidTopP(f32),
+    /// A prompt token id is not below the und expert's `vocab_size`.
     #[error("token id {id} is outside the vocabulary of {vocab} entries")]
-    TokenOutOfVocab { id: u32, vocab: usize },
+    TokenOutOfVocab {
+        /// The first offending token id.
+        id: u32,
+        /// The vocabulary size.
+        vocab: usize,
+    },
+    /// Loading or running the model failed (checkpoint, backend, memory limit, a cancelled run, ...).
     #[error(transparent)]
     Model(#[from] RunError),
+    /// An input image could not be used (file, preprocessing, or a checkpoint without a vision tower).
     #[error(transparent)]
     Image(#[from] crate::image::ImageInputError),
 }
@@ -91,8 +125,44 @@ pub enum ChatError {
 /// What to generate. Defaults: 256 tokens, greedy (temperature 0), top_p 1, seed 0, stopping at
 /// `<|im_end|>` / `<|endoftext|>`. `max_tokens` 0 is allowed and yields an empty answer without running
 /// the model (the prompt is still checked).
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use hbridge::chat::{ChatRequest, StopReason};
+/// use hbridge::engine::{Engine, EngineOptions};
+/// use std::ops::ControlFlow;
+/// # let dir = std::env::temp_dir().join(format!("hbridge-doc-chat-{}", std::process::id()));
+/// # let tiny = hbridge::presets::preset("tiny").unwrap();
+/// # hbridge::init::write_checkpoint(&dir, &tiny, 0, hbridge::init::WeightDType::BF16, true)?;
+/// // `dir` holds a checkpoint (here the built-in tiny model with random weights).
+/// let engine = Engine::load(&dir, &EngineOptions::cpu())?;
+/// // Sampled decoding of exactly 5 tokens (no stop tokens), reproducible through the seed.
+/// let request = ChatRequest::new()
+///     .max_tokens(5)
+///     .temperature(0.7)
+///     .top_p(0.9)
+///     .seed(1)
+///     .no_stop();
+/// let mut streamed = String::new();
+/// let answer = engine.chat("What is a bridge?", &request, |_id, piece| {
+///     streamed.push_str(piece);
+///     ControlFlow::Continue(())
+/// })?;
+/// assert_eq!(answer.tokens.len(), 5);
+/// assert_eq!(answer.stop_reason, StopReason::MaxTokens);
+/// let again = engine.chat("What is a bridge?", &request, |_, _| ControlFlow::Continue(()))?;
+/// assert_eq!(answer.tokens, again.tokens);
+/// // Parameters are checked before any compute.
+/// assert!(ChatRequest::new().top_p(0.0).validate().is_err());
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
+    /// Most tokens to generate (default 256); prompt plus `max_tokens` must fit the und context.
     pub max_tokens: usize,
     /// 0 = greedy (argmax); otherwise logits are divided by it before the softmax.
     pub temperature: f32,
@@ -121,25 +191,30 @@ impl Default for ChatRequest {
 }
 
 impl ChatRequest {
+    /// The defaults: 256 tokens, greedy, top_p 1, seed 0, stop at the model's end tokens.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Sets the most tokens to generate.
     pub fn max_tokens(mut self, n: usize) -> Self {
         self.max_tokens = n;
         self
     }
 
+    /// Sets the sampling temperature: 0 = greedy; otherwise finite and positive.
     pub fn temperature(mut self, t: f32) -> Self {
         self.temperature = t;
         self
     }
 
+    /// Sets the nucleus mass, in (0, 1]; 1 samples from the whole distribution.
     pub fn top_p(mut self, p: f32) -> Self {
         self.top_p = p;
         self
     }
 
+    /// Sets the seed of the sampling RNG (no effect when greedy).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
@@ -191,6 +266,7 @@ impl fmt::Display for StopReason {
     }
 }
 
+/// Wall-clock time of a chat answer's stages.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ChatTimings {
     /// Until the first token's logits: the prompt's prefill and the step of its last token.
@@ -213,6 +289,7 @@ impl ChatTimings {
     }
 }
 
+/// A chat answer: its tokens and text, and how and how fast it was produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatOutput {
     /// The answer's token ids; a stop token that ended it is not included.
@@ -221,6 +298,8 @@ pub struct ChatOutput {
     pub text: String,
     /// Length of the prompt in tokens (after templating).
     pub prompt_tokens: usize,
+    /// Prefill and decode times.
     pub timings: ChatTimings,
+    /// Why decoding ended (token limit, stop token, or cancelled by the callback).
     pub stop_reason: StopReason,
 }

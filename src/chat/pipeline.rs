@@ -78,6 +78,7 @@ impl ChatPipeline {
         }
     }
 
+    /// The loaded model (checkpoint, configs, backend) the pipeline runs.
     pub fn model(&self) -> &Model {
         &self.model
     }

@@ -7,10 +7,12 @@ pub struct Rng {
 }
 
 impl Rng {
+    /// A generator whose sequence depends only on `seed` (a chat request's `seed`).
     pub fn new(seed: u64) -> Self {
         Rng { state: seed }
     }
 
+    /// The next 64 uniformly distributed bits (one SplitMix64 step).
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
@@ -42,7 +44,8 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 /// Picks the next token from one row of logits: argmax at temperature 0, else a draw from
 /// `softmax(logits / temperature)` restricted to the top-`top_p` nucleus. Expects parameters that passed
-/// [`ChatRequest::validate`]; degenerate rows (all NaN, infinities) fall back to argmax.
+/// [`ChatRequest::validate`](crate::chat::ChatRequest::validate); degenerate rows (all NaN,
+/// infinities) fall back to argmax.
 pub fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut Rng) -> u32 {
     if temperature <= 0.0 || logits.is_empty() || temperature.is_nan() {
         return argmax(logits);

@@ -14,6 +14,7 @@ pub struct TextStream<'a> {
 }
 
 impl<'a> TextStream<'a> {
+    /// An empty stream that decodes with `tokenizer`.
     pub fn new(tokenizer: &'a Tokenizer) -> Self {
         TextStream {
             tokenizer,

@@ -13,7 +13,11 @@ use std::ops::ControlFlow;
 /// Guidance scales of an edit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EditGuidance {
+    /// Text scale `s_txt` (default 5.0): weighs `c - r` with references, `c - u` without the r branch; at
+    /// or below 1, no guidance branch runs.
     pub text: f32,
+    /// Image scale `s_img` (default 2.0): weighs `r - u`; the r branch runs only when both scales
+    /// exceed 1.
     pub image: f32,
 }
 
@@ -31,17 +35,26 @@ impl EditGuidance {
 /// The und contexts of the branches the guidance needs (`refonly` / `uncond` are `None` when unused).
 #[derive(Debug, Clone)]
 pub struct EditBranches {
+    /// c: the prompt with the reference images (their vision tokens when the checkpoint has a vision
+    /// tower).
     pub cond: UndContext,
+    /// r: the negative prompt with the reference images; needed when both scales exceed 1.
     pub refonly: Option<UndContext>,
+    /// u: the negative prompt alone (the gen side also runs without references); needed when the text
+    /// scale exceeds 1.
     pub uncond: Option<UndContext>,
 }
 
 /// One step's velocities: the guided one and each branch's (for traces and tests).
 #[derive(Debug, Clone)]
 pub struct StepVelocities {
+    /// The guided velocity the Euler step uses, flattened `[C_lat, H/f, W/f]`.
     pub guided: Vec<f32>,
+    /// The c branch's velocity (prompt, references), same layout.
     pub cond: Vec<f32>,
+    /// The r branch's velocity (negative prompt, references), when that branch ran.
     pub refonly: Option<Vec<f32>>,
+    /// The u branch's velocity (negative prompt, no references), when that branch ran.
     pub uncond: Option<Vec<f32>>,
     /// The cond branch's reference tokens after the ref refiner (traced steps only).
     pub ref_tokens: Vec<HostTensor>,

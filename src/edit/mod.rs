@@ -27,28 +27,70 @@ use std::time::{Duration, Instant};
 
 /// An editing request; defaults are DESIGN.md 4's (50 steps, text 5.0, image 2.0) and OmniGen2's input
 /// image limits.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use hbridge::edit::EditRequest;
+/// use hbridge::engine::{Engine, EngineOptions};
+/// use hbridge::image::RgbImage;
+/// # let dir = std::env::temp_dir().join(format!("hbridge-doc-edit-{}", std::process::id()));
+/// # let tiny = hbridge::presets::preset("tiny").unwrap();
+/// # hbridge::init::write_checkpoint(&dir, &tiny, 0, hbridge::init::WeightDType::BF16, true)?;
+/// // `dir` holds a checkpoint with a VAE encoder (here the built-in tiny model, random weights).
+/// let engine = Engine::load(&dir, &EngineOptions::cpu())?;
+/// // A 32x32 reference image: row-major RGB bytes (a horizontal gradient).
+/// let bytes = (0..32 * 32).flat_map(|i| [(i % 32 * 8) as u8, 64, 128]).collect();
+/// let reference = RgbImage::new(32, 32, bytes).expect("32 * 32 * 3 bytes");
+/// let mut request = EditRequest::new("make it blue", vec![reference]);
+/// request.steps = 2;
+/// request.text_guidance = 5.0; // c, r and u branches all run
+/// request.image_guidance = 2.0;
+/// let edited = engine.edit_image(&request, |_, _| std::ops::ControlFlow::Continue(()))?;
+/// // The output takes the reference's size (after OmniGen2's resize, here unchanged).
+/// assert_eq!((edited.width, edited.height), (32, 32));
+/// assert_eq!(edited.rgb.len(), 32 * 32 * 3);
+/// assert_eq!(edited.references[0].latent.shape, [4, 8, 8]); // [C_lat, H/f, W/f], f = 4 for tiny
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct EditRequest {
+    /// The edit instruction; templated for the und context of the c branch, after the reference images'
+    /// vision tokens. Must not be empty.
     pub prompt: String,
+    /// Text of the r and u guidance branches (default `""`).
     pub negative_prompt: String,
     /// Reference images, 1 to 5 (`image_index_embedding` has 5 rows).
     pub images: Vec<RgbImage>,
+    /// Denoising (Euler) steps over the shifted schedule; default 50, at least 1.
     pub steps: usize,
+    /// Text guidance scale `s_txt` (default 5.0); see [`EditGuidance`] for which branches run.
     pub text_guidance: f32,
+    /// Image guidance scale `s_img` (default 2.0); the r branch runs only when both scales exceed 1.
     pub image_guidance: f32,
+    /// Seed of the initial Gaussian noise (ignored when `noise` is given).
     pub seed: u64,
     /// Output `(width, height)`; default: the first reference image's size after its resize.
     pub size: Option<(usize, usize)>,
     /// Explicit initial noise `[C, H/f, W/f]` instead of the seeded one.
     pub noise: Option<HostTensor>,
-    /// Reference images are shrunk to at most this many pixels and this longest side (OmniGen2).
+    /// Reference images are shrunk (never enlarged) to at most this many pixels before the VAE encoder
+    /// (OmniGen2's `max_pixels`; default [`resize::DEFAULT_MAX_PIXELS`]).
     pub max_input_pixels: usize,
+    /// Longest side, in pixels, reference images are shrunk to before the VAE encoder (OmniGen2's
+    /// `max_side_length`; default [`resize::DEFAULT_MAX_SIDE`]).
     pub max_input_side: usize,
     /// Largest accepted output width or height, in pixels.
     pub max_side: usize,
 }
 
 impl EditRequest {
+    /// An edit of `images` (1 to 5 reference images) by `prompt`, with the defaults: 50 steps, text
+    /// guidance 5.0, image guidance 2.0, empty negative prompt, seed 0, the output sized as the first
+    /// reference after its resize, OmniGen2's input limits, output sides up to 4096.
     pub fn new(prompt: impl Into<String>, images: Vec<RgbImage>) -> Self {
         EditRequest {
             prompt: prompt.into(),
@@ -65,6 +107,7 @@ impl EditRequest {
             max_side: 4096,
         }
     }
+    /// The request's two guidance scales, which decide the branches that run.
     pub fn guidance(&self) -> EditGuidance {
         EditGuidance {
             text: self.text_guidance,
@@ -73,24 +116,36 @@ impl EditRequest {
     }
 }
 
+/// Wall-clock time of each stage of an edit.
 #[derive(Debug, Clone, Default)]
 pub struct EditTimings {
+    /// Resizing the reference images and running the VAE encoder on them.
     pub encode: Duration,
+    /// The und prefill of every guidance branch (with the vision tower on the references, once for c
+    /// and r).
     pub prefill: Duration,
+    /// All denoising steps: the gen expert on every branch, the three-way guidance and the Euler updates.
     pub denoise: Duration,
+    /// The VAE decode of the final latent to pixels.
     pub vae: Duration,
 }
 
+/// An edited image, with the tensors it came from, the encoded references and what each stage took.
 #[derive(Debug, Clone)]
 pub struct EditOutput {
+    /// Output width in pixels (the request's, else the first reference's after its resize).
     pub width: usize,
+    /// Output height in pixels.
     pub height: usize,
     /// Row-major RGB bytes, `height * width * 3`.
     pub rgb: Vec<u8>,
+    /// The sampled latent after the last Euler step, f32 `[C_lat, H/f, W/f]`.
     pub latent: HostTensor,
+    /// The VAE decoder's output, f32 `[3, H, W]`, roughly in [-1, 1], not clamped.
     pub pixels: HostTensor,
     /// Each reference image as encoded (size after the resize, latent).
     pub references: Vec<ReferenceLatent>,
+    /// Wall-clock time of each stage.
     pub timings: EditTimings,
 }
 

@@ -8,8 +8,10 @@ use hbridge_engine::cpu::HostTensor;
 /// A reference image ready for the gen expert.
 #[derive(Debug, Clone)]
 pub struct ReferenceLatent {
-    /// The image the VAE encoded (after the resize).
+    /// Width in pixels of the image the VAE encoded (after OmniGen2's resize; a multiple of VAE factor x
+    /// patch size).
     pub width: usize,
+    /// Height in pixels of the image the VAE encoded (after the resize), same multiple as `width`.
     pub height: usize,
     /// `[latent_channels, height/f, width/f]`, model space (`(mean - shift) * scale`).
     pub latent: HostTensor,

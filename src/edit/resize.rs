@@ -6,8 +6,10 @@
 
 use crate::image::RgbImage;
 
-/// OmniGen2's defaults for input images (`max_pixels`, `max_side_length`).
+/// OmniGen2's default pixel budget for input (reference) images (`max_pixels`): 1024 x 1024; larger
+/// images are shrunk to fit it, keeping their aspect ratio.
 pub const DEFAULT_MAX_PIXELS: usize = 1024 * 1024;
+/// OmniGen2's default longest side for input (reference) images (`max_side_length`), in pixels.
 pub const DEFAULT_MAX_SIDE: usize = 1024;
 
 /// `(height, width)` an input image is resized to: `ratio = min(sqrt(max_pixels / (h*w)),

@@ -11,36 +11,57 @@ use hbridge_graph::build::{names, UndPrefillSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// Special token that opens an image's run of pads in the und prompt.
 pub const VISION_START: &str = "<|vision_start|>";
+/// Special token that closes an image's run of pads in the und prompt.
 pub const VISION_END: &str = "<|vision_end|>";
+/// Placeholder token, one per merged vision token; its embedding is replaced by the vision tower's output.
 pub const IMAGE_PAD: &str = "<|image_pad|>";
 
 /// Why image inputs cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageInputError {
+    /// An image file could not be read or decoded.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// A decoded image could not be prepared for the vision tower (size or aspect ratio).
     #[error("{path}: {source}")]
     Preprocess {
+        /// The image (its file, or a name such as `image 0` for one passed as bytes).
         path: PathBuf,
+        /// What the image processor rejected.
         source: PreprocessError,
     },
+    /// The checkpoint's image processor settings are invalid (`preprocessor_config.json`, input channels).
     #[error("{0}")]
     Processor(PreprocessError),
+    /// The checkpoint has no usable vision tower: no `vision_config`, no `visual.*` weights, or no
+    /// `image_token_id`.
     #[error("{model}: this checkpoint cannot take images: {why}")]
-    NoVision { model: PathBuf, why: String },
+    NoVision {
+        /// The checkpoint directory.
+        model: PathBuf,
+        /// What is missing.
+        why: String,
+    },
 }
 
 /// What the vision tower needs to know about a checkpoint's images: its processor settings and the
 /// token id of the image pads. Fails when the checkpoint has no usable vision tower.
 #[derive(Debug, Clone)]
 pub struct ImageSetup {
+    /// The Qwen2-VL image processor's settings (HF defaults, the tower's geometry, the checkpoint's
+    /// `preprocessor_config.json`).
     pub processor: ProcessorConfig,
+    /// Token id of `<|image_pad|>` (`image_token_id` of the und config).
     pub image_token_id: i32,
+    /// `spatial_merge_size` of the vision config: patches merged per side into one und token.
     pub merge: usize,
 }
 
 impl ImageSetup {
+    /// The image setup of `model`'s checkpoint; [`ImageInputError::NoVision`] when it cannot take images,
+    /// [`ImageInputError::Processor`] when its processor settings are invalid.
     pub fn new(model: &Model) -> Result<ImageSetup, ImageInputError> {
         let ck = &model.checkpoint;
         let no = |why: &str| ImageInputError::NoVision {

@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 /// An 8-bit RGB image, row-major, `data.len() == width * height * 3`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RgbImage {
+    /// Width in pixels (positive).
     pub width: usize,
+    /// Height in pixels (positive).
     pub height: usize,
+    /// Row-major `r, g, b` bytes: pixel (x, y) starts at `(y * width + x) * 3`.
     pub data: Vec<u8>,
 }
 
@@ -63,37 +66,64 @@ impl Default for ImageLimits {
 /// Why an image could not be loaded; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    /// The file could not be read (missing, unreadable, a directory, ...).
     #[error("{path}: cannot read the image: {source}")]
     Read {
+        /// The image file.
         path: PathBuf,
+        /// The I/O error from the operating system.
         source: std::io::Error,
     },
+    /// The first bytes carry neither the PNG nor the JPEG signature.
     #[error("{path}: not a PNG or JPEG file ({detail})")]
-    UnsupportedFormat { path: PathBuf, detail: String },
-    #[error("{path}: corrupt or unsupported {format} data: {detail}")]
-    Decode {
+    UnsupportedFormat {
+        /// The image file.
         path: PathBuf,
-        format: &'static str,
+        /// What the file starts with instead.
         detail: String,
     },
+    /// The header or pixel data is corrupt, or uses a feature the decoder lacks.
+    #[error("{path}: corrupt or unsupported {format} data: {detail}")]
+    Decode {
+        /// The image file.
+        path: PathBuf,
+        /// `"PNG"` or `"JPEG"`, as sniffed.
+        format: &'static str,
+        /// The decoder's message.
+        detail: String,
+    },
+    /// The header declares a zero width or height.
     #[error("{path}: the image has zero size ({width}x{height})")]
     ZeroSized {
+        /// The image file.
         path: PathBuf,
+        /// Width from the header, in pixels.
         width: u64,
+        /// Height from the header, in pixels.
         height: u64,
     },
+    /// The header declares more pixels than [`ImageLimits::max_pixels`]; nothing was decoded.
     #[error("{path}: {width}x{height} = {pixels} pixels is over the limit of {limit} pixels")]
     TooManyPixels {
+        /// The image file.
         path: PathBuf,
+        /// Width from the header, in pixels.
         width: u64,
+        /// Height from the header, in pixels.
         height: u64,
+        /// `width * height`.
         pixels: u64,
+        /// The limit it exceeds.
         limit: u64,
     },
+    /// The file is larger than [`ImageLimits::max_file_bytes`]; it was not read.
     #[error("{path}: the file is {size} bytes, over the limit of {limit} bytes")]
     FileTooLarge {
+        /// The image file.
         path: PathBuf,
+        /// The file's size in bytes.
         size: u64,
+        /// The limit it exceeds, in bytes.
         limit: u64,
     },
 }
@@ -115,7 +145,9 @@ impl ImageError {
 /// The container formats understood, sniffed from the first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImageFormat {
+    /// PNG (`\x89PNG\r\n\x1a\n` signature).
     Png,
+    /// JPEG, baseline or progressive (`FF D8 FF` start).
     Jpeg,
 }
 

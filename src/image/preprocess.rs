@@ -10,8 +10,11 @@ use hbridge_loader::config::VisionConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// OpenAI CLIP's mean and std, HF's defaults for this processor.
+/// OpenAI CLIP's per-channel (R, G, B) mean, HF's default `image_mean` for this processor; subtracted
+/// after the rescale to [0, 1].
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// OpenAI CLIP's per-channel (R, G, B) standard deviation, HF's default `image_std`; divides after the
+/// mean is subtracted.
 #[allow(clippy::excessive_precision)] // HF's constants, verbatim
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
 
@@ -19,31 +22,64 @@ pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
 /// `preprocessor_config.json` overrides.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessorConfig {
+    /// Fewest pixels (height x width) after `smart_resize`; smaller images are scaled up. Default 56 x 56.
     pub min_pixels: u64,
+    /// Most pixels after `smart_resize`; larger images are scaled down. Default 28 x 28 x 1280 (1280
+    /// merged tokens per image for Qwen2.5-VL).
     pub max_pixels: u64,
+    /// Side of a vision patch in pixels (`vision_config.patch_size`, 14).
     pub patch_size: usize,
+    /// Frames per temporal patch (`temporal_patch_size`, 2); a still image is repeated to fill it.
     pub temporal_patch_size: usize,
+    /// Patches merged per side by the PatchMerger (`spatial_merge_size`, 2): one und token per 2 x 2
+    /// patches.
     pub merge_size: usize,
+    /// Per-channel mean subtracted after the rescale to [0, 1] (default [`CLIP_MEAN`]).
     pub image_mean: [f32; 3],
+    /// Per-channel standard deviation divided by after the mean (default [`CLIP_STD`]); no zeros.
     pub image_std: [f32; 3],
 }
 
+/// Why an image cannot be prepared for the vision tower, or the processor cannot be configured.
 #[derive(Debug, thiserror::Error)]
 pub enum PreprocessError {
+    /// `preprocessor_config.json` is unreadable or holds an invalid or inconsistent value.
     #[error("{path}: {message}")]
-    Config { path: PathBuf, message: String },
+    Config {
+        /// The `preprocessor_config.json` file.
+        path: PathBuf,
+        /// Which field is wrong and why.
+        message: String,
+    },
+    /// The longer side is more than 200 times the shorter one, which HF's `smart_resize` rejects.
     #[error("{width}x{height}: the aspect ratio is over 200, which the image processor rejects")]
-    AspectRatio { width: usize, height: usize },
+    AspectRatio {
+        /// Input width in pixels.
+        width: usize,
+        /// Input height in pixels.
+        height: usize,
+    },
+    /// No size with both sides multiples of `factor` fits the pixel budget (a zero side, or an image so
+    /// elongated that a side rounds to 0).
     #[error("{width}x{height} cannot be resized to sides that are multiples of {factor} within {min_pixels}..={max_pixels} pixels")]
     NoSize {
+        /// Input width in pixels.
         width: usize,
+        /// Input height in pixels.
         height: usize,
+        /// The side multiple, `patch_size * merge_size`.
         factor: usize,
+        /// The processor's `min_pixels`.
         min_pixels: u64,
+        /// The processor's `max_pixels`.
         max_pixels: u64,
     },
+    /// The vision config's `in_chans` is not 3, so RGB images cannot feed the tower.
     #[error("the vision tower has {got} input channels; images are RGB (3)")]
-    Channels { got: usize },
+    Channels {
+        /// `vision_config.in_chans` of the checkpoint.
+        got: usize,
+    },
 }
 
 impl ProcessorConfig {
@@ -194,9 +230,12 @@ pub fn smart_resize(
 pub struct PreparedImage {
     /// `[grid.patches(), 3 * T * p * p]`, HF's `pixel_values` rows of this image.
     pub pixel_values: Vec<f32>,
+    /// The image's patch grid `(t, h, w)`: `t = 1` for a still image, `h` / `w` the resized sides over
+    /// the patch size (each a multiple of the merge size).
     pub grid: VisionGrid,
-    /// The resized image's size in pixels.
+    /// The resized image's width in pixels (a multiple of `patch_size * merge_size`).
     pub width: usize,
+    /// The resized image's height in pixels (a multiple of `patch_size * merge_size`).
     pub height: usize,
 }
 
