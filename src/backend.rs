@@ -1,13 +1,12 @@
 //! The backend a model runs on: its weights in the backend's form and a pool of executors, so that
 //! concurrent requests each take an executor (and its arena) without allocating per run.
 
-use crate::model::WeightStorage;
 use crate::model::{Outputs, RunError};
 use hbridge_engine::cuda::ceilings::Ceilings;
 use hbridge_engine::cuda::{CudaExecutor, CudaWeights, Gpu, ReplayTiming, UploadProgress};
 use hbridge_engine::device::Device;
 use hbridge_engine::EngineError;
-use hbridge_engine::{CpuWeights, Executor};
+use hbridge_engine::{CpuWeights, Executor, WeightStorage};
 use hbridge_graph::plan::MemoryPlan;
 use hbridge_graph::Graph;
 use hbridge_loader::Checkpoint;
@@ -34,10 +33,7 @@ impl Backend {
     pub fn new(device: Device, storage: WeightStorage) -> Result<Backend, RunError> {
         Ok(match device {
             Device::Cpu => Backend::Cpu {
-                weights: RwLock::new({
-                    let _ = storage;
-                    CpuWeights::new()
-                }),
+                weights: RwLock::new(CpuWeights::with_storage(storage)),
                 executors: Mutex::new(Vec::new()),
             },
             Device::Cuda => {
@@ -65,6 +61,18 @@ impl Backend {
         match self {
             Backend::Cpu { .. } => None,
             Backend::Cuda { peak, .. } => Some(peak.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Bytes of the weights made resident so far, in the backend's form.
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Backend::Cpu { weights, .. } => {
+                weights.read().unwrap_or_else(|e| e.into_inner()).bytes()
+            }
+            Backend::Cuda { weights, .. } => {
+                weights.read().unwrap_or_else(|e| e.into_inner()).bytes()
+            }
         }
     }
 

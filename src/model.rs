@@ -15,16 +15,7 @@ use std::sync::{Arc, Mutex};
 
 mod state_bytes;
 
-// TEMP until the engine's WeightStorage lands.
-/// The number type the CPU backend keeps weight matrices in (CUDA always keeps bf16).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WeightStorage {
-    /// Every weight converted to f32 once, as graphs first need it.
-    #[default]
-    F32,
-    /// Matrices kept in bf16 (half the memory) and widened to f32 as each product reads them.
-    Bf16,
-}
+pub use hbridge_engine::WeightStorage;
 
 /// Why a run (a prefill, a gen step, a whole image request) failed.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +117,12 @@ impl Model {
     /// Peak device memory of the run so far in bytes (CUDA), `None` on the CPU.
     pub fn peak_device_memory(&self) -> Option<u64> {
         self.backend.peak_device_memory()
+    }
+
+    /// Bytes of the weights resident on the backend so far (they become resident as requests first need
+    /// them), in the backend's form: f32 or bf16 on the CPU ([`WeightStorage`]), bf16 on CUDA.
+    pub fn resident_weight_bytes(&self) -> usize {
+        self.backend.weight_bytes()
     }
 
     /// CUDA: the GEMM and copy ceilings of this GPU, measured now; `None` on the CPU.

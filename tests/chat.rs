@@ -434,6 +434,7 @@ fn cli_chat() {
         vec!["-p", "hi", "--temperature", "-1"],
         vec!["-p", "hi", "--top-p", "0"],
         vec!["-p", "hi", "--max-tokens", "100000"],
+        vec!["-p", "hi", "--weight-dtype", "f16"],
     ] {
         let out = chat(&bad);
         assert!(!out.status.success(), "{bad:?} succeeded");
@@ -441,4 +442,22 @@ fn cli_chat() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("error:"), "{bad:?}: {stderr}");
     }
+
+    // bf16 weight storage on the CPU: the same answer on the (bf16) tiny checkpoint.
+    let f32 = chat(&["-p", "hi", "--max-tokens", "5", "--no-stop"]);
+    let bf16 = chat(&[
+        "--weight-dtype",
+        "bf16",
+        "-p",
+        "hi",
+        "--max-tokens",
+        "5",
+        "--no-stop",
+    ]);
+    assert!(
+        bf16.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bf16.stderr)
+    );
+    assert_eq!(bf16.stdout, f32.stdout);
 }

@@ -265,3 +265,31 @@ fn requests_wait_for_memory_and_keep_their_results() {
         serial[0]
     );
 }
+
+/// `DType::BF16` on the CPU keeps the matrices in bf16: on a bf16 checkpoint (the tiny fixture) the
+/// answers and images are the f32 engine's bit for bit.
+#[test]
+fn bf16_weights_on_the_cpu_give_the_same_results_on_a_bf16_checkpoint() {
+    use hbridge::engine::DType;
+    let f32 = Engine::load(tiny(), &EngineOptions::cpu()).unwrap();
+    let bf16 = Engine::load(tiny(), &EngineOptions::cpu().dtype(DType::BF16)).unwrap();
+    let req = ChatRequest::new().max_tokens(5).no_stop();
+    let go = |_: u32, _: &str| ControlFlow::Continue(());
+    assert_eq!(
+        bf16.chat("Hello there", &req, go).unwrap().tokens,
+        f32.chat("Hello there", &req, go).unwrap().tokens
+    );
+    let step = |_: usize, _: usize| ControlFlow::Continue(());
+    assert_eq!(
+        bf16.generate_image(&image_request(3), step).unwrap().rgb,
+        f32.generate_image(&image_request(3), step).unwrap().rgb
+    );
+    let (a, b) = (
+        bf16.model().resident_weight_bytes(),
+        f32.model().resident_weight_bytes(),
+    );
+    assert!(
+        a * 10 < b * 6,
+        "bf16 storage holds {a} bytes of weights, f32 {b}"
+    );
+}

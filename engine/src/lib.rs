@@ -8,5 +8,8 @@ pub mod cuda;
 pub mod device;
 pub mod weight_table;
 
-pub use cpu::{execute, CpuWeights, EngineError, Executor, HostData, HostTensor, WeightTensor};
+pub use cpu::{
+    execute, CpuWeights, EngineError, Executor, HostData, HostTensor, WeightData, WeightStorage,
+    WeightTensor,
+};
 pub use cuda::{CudaError, CudaExecutor, CudaWeights, Gpu};

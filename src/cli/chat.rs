@@ -3,7 +3,6 @@
 
 use hbridge::chat::{ChatError, ChatPipeline, ChatRequest};
 use hbridge::image::{load_rgb, ImageLimits};
-use hbridge_engine::device::Device;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -39,7 +38,7 @@ pub struct ChatArgs {
     pub no_stop: bool,
 }
 
-pub fn run(args: ChatArgs, device: Device) -> Result<(), String> {
+pub fn run(args: ChatArgs, backend: super::Backend) -> Result<(), String> {
     let mut request = ChatRequest::new()
         .max_tokens(args.max_tokens)
         .temperature(args.temperature)
@@ -67,7 +66,8 @@ pub fn run(args: ChatArgs, device: Device) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     let start = Instant::now();
-    let chat = ChatPipeline::open_on(&args.model, device).map_err(|e| e.to_string())?;
+    let chat = ChatPipeline::open_with(&args.model, backend.device, backend.storage)
+        .map_err(|e| e.to_string())?;
     eprintln!("loaded {} in {:.2?}", args.model.display(), start.elapsed());
     let mut images = Vec::with_capacity(decoded.len());
     if !decoded.is_empty() {

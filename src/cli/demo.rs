@@ -5,7 +5,6 @@ use super::generate::progress_bar;
 use hbridge::chat::{ChatPipeline, ChatRequest};
 use hbridge::presets::preset;
 use hbridge::t2i::{generate, write_png, ImageRequest};
-use hbridge_engine::device::Device;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -43,7 +42,7 @@ pub fn cache_dir() -> PathBuf {
     }
 }
 
-pub fn run(a: DemoArgs, device: Device) -> Result<(), String> {
+pub fn run(a: DemoArgs, backend: super::Backend) -> Result<(), String> {
     let dir = a.dir.unwrap_or_else(|| cache_dir().join("tiny"));
     let total = Instant::now();
     if !dir.join("hbridge.json").is_file() {
@@ -58,7 +57,7 @@ pub fn run(a: DemoArgs, device: Device) -> Result<(), String> {
         );
     }
     let t = Instant::now();
-    let model = super::open_model(&dir, device)?;
+    let model = super::open_model(&dir, backend)?;
     let tokenizer = hbridge::prompt::load_tokenizer(&dir, &model.checkpoint.config.layout.und_dir)
         .map_err(|e| e.to_string())?;
     eprintln!(

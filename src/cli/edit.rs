@@ -5,7 +5,6 @@ use super::generate::progress_bar;
 use hbridge::edit::{edit, EditRequest};
 use hbridge::image::{load_rgb, ImageLimits};
 use hbridge::t2i::write_png;
-use hbridge_engine::device::Device;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -43,14 +42,14 @@ pub struct EditArgs {
     pub out: PathBuf,
 }
 
-pub fn run(a: EditArgs, device: Device) -> Result<(), String> {
+pub fn run(a: EditArgs, backend: super::Backend) -> Result<(), String> {
     let start = Instant::now();
     let images = a
         .images
         .iter()
         .map(|p| load_rgb(p, &ImageLimits::default()).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
-    let model = super::open_model(&a.model, device)?;
+    let model = super::open_model(&a.model, backend)?;
     let cfg = &model.checkpoint.config;
     let tokenizer = hbridge::prompt::load_tokenizer(&a.model, &cfg.layout.und_dir)
         .map_err(|e| e.to_string())?;

@@ -3,7 +3,6 @@
 
 use hbridge::forward::forward;
 use hbridge::tensor_io::{read_tensors, write_tensors};
-use hbridge_engine::device::Device;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -19,9 +18,9 @@ pub struct ForwardArgs {
     pub out: PathBuf,
 }
 
-pub fn run(a: ForwardArgs, device: Device) -> Result<(), String> {
+pub fn run(a: ForwardArgs, backend: super::Backend) -> Result<(), String> {
     let start = Instant::now();
-    let model = super::open_model(&a.model, device)?;
+    let model = super::open_model(&a.model, backend)?;
     let inputs = read_tensors(&a.inputs).map_err(|e| e.to_string())?;
     let outputs = forward(&model, &inputs).map_err(|e| e.to_string())?;
     write_tensors(&a.out, &outputs).map_err(|e| e.to_string())?;

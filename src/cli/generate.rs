@@ -1,7 +1,6 @@
 //! `hbridge generate`: text to image, with a progress bar over the denoising steps.
 
 use hbridge::t2i::{generate, write_png, ImageRequest};
-use hbridge_engine::device::Device;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -64,9 +63,9 @@ pub fn progress_bar(label: &'static str) -> impl FnMut(usize, usize) -> ControlF
     }
 }
 
-pub fn run(a: GenerateArgs, device: Device) -> Result<(), String> {
+pub fn run(a: GenerateArgs, backend: super::Backend) -> Result<(), String> {
     let start = Instant::now();
-    let model = super::open_model(&a.model, device)?;
+    let model = super::open_model(&a.model, backend)?;
     model.set_cuda_graphs(!a.no_cuda_graphs);
     let cfg = &model.checkpoint.config;
     let tokenizer = hbridge::prompt::load_tokenizer(&a.model, &cfg.layout.und_dir)

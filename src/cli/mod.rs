@@ -7,16 +7,45 @@ pub mod edit;
 pub mod forward;
 pub mod generate;
 
-use hbridge::model::Model;
+use hbridge::model::{Model, WeightStorage};
 use hbridge_engine::device::Device;
 use std::path::Path;
 
-/// Opens `dir` on `device`, saying which backend runs it.
-pub fn open_model(dir: &Path, device: Device) -> Result<Model, String> {
-    let model = Model::open_on(dir, device).map_err(|e| e.to_string())?;
-    match device {
+/// The backend the global `--device` and `--weight-dtype` options chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend {
+    pub device: Device,
+    /// How the CPU backend keeps its weight matrices (CUDA: always bf16).
+    pub storage: WeightStorage,
+}
+
+impl Backend {
+    /// `--weight-dtype auto|f32|bf16` on `device`: f32 is the CPU's own, bf16 CUDA's (and on the CPU halves the
+    /// weights' memory); f32 on CUDA is refused.
+    pub fn new(device: Device, dtype: &str) -> Result<Backend, String> {
+        let storage = match (dtype, device) {
+            ("auto", _) | ("f32", Device::Cpu) | ("bf16", Device::Cuda) => WeightStorage::F32,
+            ("bf16", Device::Cpu) => WeightStorage::Bf16,
+            ("f32", Device::Cuda) => {
+                return Err("--weight-dtype f32: the CUDA backend keeps bf16 weights; use auto or bf16, or --device cpu".into())
+            }
+            (other, _) => return Err(format!("--weight-dtype: '{other}' is not one of auto, f32, bf16")),
+        };
+        Ok(Backend { device, storage })
+    }
+}
+
+/// Opens `dir` on the chosen backend, saying which backend runs it.
+pub fn open_model(dir: &Path, backend: Backend) -> Result<Model, String> {
+    let model =
+        Model::open_with(dir, backend.device, backend.storage).map_err(|e| e.to_string())?;
+    match backend.device {
         Device::Cpu => eprintln!(
-            "backend    cpu (f32, {} threads)",
+            "backend    cpu ({} weights, f32 compute, {} threads)",
+            match backend.storage {
+                WeightStorage::Bf16 => "bf16",
+                _ => "f32",
+            },
             std::thread::available_parallelism().map_or(1, |n| n.get())
         ),
         Device::Cuda => {

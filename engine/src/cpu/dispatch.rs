@@ -3,6 +3,7 @@
 use super::error::{EngineError, Result};
 use super::ops::attention::{attention, block_attention, AttnShape, Segment};
 use super::ops::conv::{conv2d, Conv2dShape};
+use super::ops::linear_bf16::linear_bf16;
 use super::ops::{elementwise as ew, embed, layout, linear, norm, rope, timestep};
 use super::validate::View;
 use hbridge_graph::{Graph, Op, RopeKind, TensorId};
@@ -58,14 +59,17 @@ pub(crate) fn run(
     match op {
         Op::Embed { table, ids } => {
             let (vocab, d) = rc(shape(*table));
-            embed::embed(inp.f32(*table)?, vocab, d, inp.i32(*ids)?, out).map_err(
-                |(position, id)| EngineError::TokenOutOfRange {
-                    tensor: graph.tensor(*ids).label.clone(),
-                    position,
-                    id: id as i64,
-                    vocab,
-                },
-            )?;
+            let ids_v = inp.i32(*ids)?;
+            let looked_up = match inp.view(*table) {
+                Some(View::Bf16(t)) => embed::embed(t, vocab, d, ids_v, out),
+                _ => embed::embed(inp.f32(*table)?, vocab, d, ids_v, out),
+            };
+            looked_up.map_err(|(position, id)| EngineError::TokenOutOfRange {
+                tensor: graph.tensor(*ids).label.clone(),
+                position,
+                id: id as i64,
+                vocab,
+            })?;
         }
         Op::RmsNorm {
             x,
@@ -80,7 +84,11 @@ pub(crate) fn run(
         Op::Linear { x, w, bias } => {
             let (n, k) = rc(shape(*x));
             let b = bias.map(|b| inp.f32(b)).transpose()?;
-            linear::linear(inp.f32(*x)?, n, k, inp.f32(*w)?, shape(*w)[0], b, out);
+            let (xs, out_features) = (inp.f32(*x)?, shape(*w)[0]);
+            match inp.view(*w) {
+                Some(View::Bf16(ws)) => linear_bf16(xs, n, k, ws, out_features, b, out),
+                _ => linear::linear(xs, n, k, inp.f32(*w)?, out_features, b, out),
+            }
         }
         Op::Add { a, b } => ew::add(inp.f32(*a)?, inp.f32(*b)?, out),
         Op::Modulate { x, scale } => ew::modulate(inp.f32(*x)?, inp.f32(*scale)?, out),

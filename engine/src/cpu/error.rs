@@ -50,6 +50,15 @@ pub enum EngineError {
         file: String,
         dtype: String,
     },
+    /// Only linear ops and embedding lookups widen bf16 weights. `CpuWeights::load_graph` keeps every
+    /// other weight f32, so this means the weights were loaded for other graphs than the one run (or
+    /// inserted as bf16 by hand).
+    #[error("weight {part:?} `{name}` is held as bf16, which `{op}` cannot read (only a linear weight or an embedding table can be)")]
+    WeightStorage {
+        part: Part,
+        name: String,
+        op: String,
+    },
     #[error("weight {part:?} `{name}`: the checkpoint has no {part:?} part")]
     MissingPart { part: Part, name: String },
     #[error("malformed graph at `{label}`: {problem}")]

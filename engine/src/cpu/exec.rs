@@ -5,6 +5,7 @@
 use super::arena::ArenaSplit;
 use super::dispatch::{self, Inputs};
 use super::error::Result;
+use super::ops::bf16::widen_into;
 use super::tensor::HostTensor;
 use super::validate::{resolve, Loc, View};
 use super::weights::CpuWeights;
@@ -76,6 +77,11 @@ impl Executor {
                 ),
                 Loc::Host(View::F32(v)) => HostTensor::f32(shape, v.to_vec()),
                 Loc::Host(View::I32(v)) => HostTensor::i32(shape, v.to_vec()),
+                Loc::Host(View::Bf16(v)) => {
+                    let mut f = vec![0.0; v.len()];
+                    widen_into(v, &mut f);
+                    HostTensor::f32(shape, f)
+                }
                 Loc::Unwritten => unreachable!("validated: every output is written"),
             };
             outputs.insert(name.clone(), t);
@@ -89,7 +95,7 @@ impl Executor {
         match src {
             Loc::Arena(off) => self.arena.copy_within(off..off + len, out_off),
             Loc::Host(View::F32(v)) => self.arena[out_off..out_off + len].copy_from_slice(v),
-            Loc::Host(View::I32(_)) | Loc::Unwritten => {
+            Loc::Host(View::I32(_) | View::Bf16(_)) | Loc::Unwritten => {
                 unreachable!("validated: reshape reads a written F32 tensor")
             }
         }

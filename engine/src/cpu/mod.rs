@@ -1,5 +1,6 @@
-//! The f32 CPU backend: weights converted to f32 once per engine, and an executor that runs a graph's
-//! nodes in order over one activation arena placed by the graph's memory plan.
+//! The f32 CPU backend: weights converted once per engine (to f32, or the large matrices to bf16 that
+//! kernels widen as they read them), and an executor that runs a graph's nodes in order over one
+//! activation arena placed by the graph's memory plan.
 
 mod arena;
 mod dispatch;
@@ -8,9 +9,11 @@ mod exec;
 pub(crate) mod ops;
 mod tensor;
 pub(crate) mod validate;
+mod weight_data;
 mod weights;
 
 pub use error::EngineError;
 pub use exec::{execute, Executor};
 pub use tensor::{HostData, HostTensor};
+pub use weight_data::{WeightData, WeightStorage};
 pub use weights::{CpuWeights, WeightTensor};

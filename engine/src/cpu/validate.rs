@@ -5,7 +5,9 @@
 
 use super::error::{EngineError, Result};
 use super::tensor::{HostData, HostTensor};
+use super::weight_data::WeightData;
 use super::weights::CpuWeights;
+use half::bf16;
 use hbridge_graph::plan::MemoryPlan;
 use hbridge_graph::{infer_shape, DataType, Graph, Op, RopeKind, Source, TensorId};
 use hbridge_loader::Part;
@@ -16,6 +18,18 @@ use std::collections::HashMap;
 pub(crate) enum View<'a> {
     F32(&'a [f32]),
     I32(&'a [i32]),
+    /// A weight held as bf16; only the ops [`widens_bf16`] names read it.
+    Bf16(&'a [bf16]),
+}
+
+/// Whether `op` reads its input `id` through a kernel that widens bf16 (the weight of a linear, the
+/// table of an embedding) and reads it nowhere else.
+pub(crate) fn widens_bf16(op: &Op, id: TensorId) -> bool {
+    match op {
+        Op::Linear { x, w, bias } => *w == id && *x != id && *bias != Some(id),
+        Op::Embed { table, ids } => *table == id && *ids != id,
+        _ => false,
+    }
 }
 
 /// Where each tensor's values are during execution.
@@ -85,13 +99,16 @@ pub(crate) fn resolve<'a>(
     let places = check(graph, plan, inputs, |part, name, shape| {
         weights.require(part, name, shape).map(|_| ())
     })?;
-    places
+    let locs = places
         .iter()
         .zip(&graph.tensors)
         .map(|(place, t)| {
             Ok(match (place, &t.source) {
                 (Place::Weight, Source::Weight { part, name }) => {
-                    Loc::Host(View::F32(&weights.require(*part, name, &t.shape)?.data))
+                    Loc::Host(match &weights.require(*part, name, &t.shape)?.data {
+                        WeightData::F32(v) => View::F32(v),
+                        WeightData::Bf16(v) => View::Bf16(v),
+                    })
                 }
                 (Place::Input, Source::Input(name)) => Loc::Host(match &inputs[name].data {
                     HostData::F32(v) => View::F32(v),
@@ -101,7 +118,38 @@ pub(crate) fn resolve<'a>(
                 _ => Loc::Unwritten,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    check_bf16_readers(graph, &locs)?;
+    Ok(locs)
+}
+
+/// A bf16 weight read by an op without a widening kernel is an error before any compute rather than a
+/// failure halfway through. (A graph output that is a bf16 weight is widened when returned.)
+fn check_bf16_readers(graph: &Graph, locs: &[Loc<'_>]) -> Result<()> {
+    let is_bf16 = |id: TensorId| matches!(locs.get(id.index()), Some(Loc::Host(View::Bf16(_))));
+    // Graphs run many times over f32 weights; they skip the walk over every node's inputs.
+    if !locs.iter().any(|l| matches!(l, Loc::Host(View::Bf16(_)))) {
+        return Ok(());
+    }
+    let storage_err = |id: TensorId, op: &str| match &graph.tensor(id).source {
+        Source::Weight { part, name } => EngineError::WeightStorage {
+            part: *part,
+            name: name.clone(),
+            op: op.to_string(),
+        },
+        _ => graph_err(&graph.tensor(id).label, "bf16 data outside the weights"),
+    };
+    for node in &graph.nodes {
+        if let Some(id) = node
+            .op
+            .inputs()
+            .into_iter()
+            .find(|&id| is_bf16(id) && !widens_bf16(&node.op, id))
+        {
+            return Err(storage_err(id, node.op.name()));
+        }
+    }
+    Ok(())
 }
 
 /// Checks everything a backend relies on before any compute, in a fixed order (weights and inputs in

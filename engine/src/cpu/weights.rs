@@ -1,31 +1,50 @@
-//! Checkpoint weights as f32, converted once per engine and shared by every graph and execution.
+//! Checkpoint weights, converted once per engine and shared by every graph and execution: as f32, or
+//! with [`WeightStorage::Bf16`] the large matrices as bf16 (half the memory), widened where they are used.
 //!
-//! Converting up front (instead of per op) keeps the executor's inner loops free of dtype dispatch; the
-//! cost is f32 memory for what bf16 stores in half, which the CPU reference backend accepts.
+//! Converting up front (instead of per op) keeps the executor's inner loops free of dtype dispatch
+//! except in the two kernels that read bf16 (linear and embedding), which widen it block by block.
 
 use super::error::{EngineError, Result};
+use super::validate::widens_bf16;
+use super::weight_data::{from_view, WeightData, WeightStorage};
 use crate::weight_table::{check_shape, slot, Shaped, WeightTable};
+use half::bf16;
 use hbridge_graph::{Graph, Source};
 use hbridge_loader::{Checkpoint, Part};
 use rayon::prelude::*;
-use std::sync::Arc;
 
-/// One weight as f32, with its shape.
+/// One weight with its shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightTensor {
     pub shape: Vec<usize>,
-    pub data: Arc<[f32]>,
+    pub data: WeightData,
 }
 
-/// f32 weights keyed by (part, stored name).
+/// Weights keyed by (part, stored name).
 #[derive(Debug, Clone, Default)]
 pub struct CpuWeights {
     parts: WeightTable<WeightTensor>,
+    storage: WeightStorage,
 }
 
 impl CpuWeights {
+    /// Empty, loading checkpoint weights as f32.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Empty, loading checkpoint weights in `storage` (see [`WeightStorage`] for which weights and
+    /// what it does to results). Weights given directly (`insert`, `insert_bf16`) keep their own dtype.
+    pub fn with_storage(storage: WeightStorage) -> Self {
+        CpuWeights {
+            storage,
+            ..Self::default()
+        }
+    }
+
+    /// The storage checkpoint weights are loaded in.
+    pub fn storage(&self) -> WeightStorage {
+        self.storage
     }
 
     /// Every weight `graph` references, converted from the checkpoint.
@@ -37,38 +56,81 @@ impl CpuWeights {
 
     /// Adds the weights `graph` references that are not loaded yet (so one `CpuWeights` can serve the
     /// prefill, decode, gen-step and VAE graphs of an engine). Already loaded weights are checked against
-    /// the graph's declared shape.
+    /// the graph's declared shape; one held as bf16 that `graph` reads other than as a linear weight or
+    /// an embedding table is loaded again as f32.
     pub fn load_graph(&mut self, ckpt: &Checkpoint, graph: &Graph) -> Result<()> {
-        let list: Vec<(Part, &str, &[usize])> = graph
+        let mut widens = vec![true; graph.tensors.len()];
+        for node in &graph.nodes {
+            for id in node.op.inputs() {
+                if !widens_bf16(&node.op, id) {
+                    if let Some(f) = widens.get_mut(id.index()) {
+                        *f = false;
+                    }
+                }
+            }
+        }
+        let list = graph
             .tensors
             .iter()
-            .filter_map(|t| match &t.source {
-                Source::Weight { part, name } => Some((*part, name.as_str(), t.shape.as_slice())),
+            .zip(widens)
+            .filter_map(|(t, widens)| match &t.source {
+                Source::Weight { part, name } => {
+                    let bf16 = self.storage == WeightStorage::Bf16 && widens && t.shape.len() == 2;
+                    let want = if bf16 {
+                        WeightStorage::Bf16
+                    } else {
+                        WeightStorage::F32
+                    };
+                    Some((*part, name.as_str(), t.shape.as_slice(), want))
+                }
                 _ => None,
             })
             .collect();
-        self.load_list(ckpt, list)
+        self.load_wanted(ckpt, list)
     }
 
-    /// Adds the listed weights `(part, stored name, expected shape)`, converting in parallel.
+    /// Adds the listed weights `(part, stored name, expected shape)`, converting in parallel. They are
+    /// loaded as f32 whatever the storage, since nothing here says which ops read them.
     pub fn load_list<'a>(
         &mut self,
         ckpt: &Checkpoint,
         list: impl IntoIterator<Item = (Part, &'a str, &'a [usize])>,
     ) -> Result<()> {
+        let list = list
+            .into_iter()
+            .map(|(p, n, s)| (p, n, s, WeightStorage::F32))
+            .collect();
+        self.load_wanted(ckpt, list)
+    }
+
+    fn load_wanted(
+        &mut self,
+        ckpt: &Checkpoint,
+        list: Vec<(Part, &str, &[usize], WeightStorage)>,
+    ) -> Result<()> {
         let mut todo = Vec::new();
-        for (part, name, shape) in list {
+        for (part, name, shape, want) in list {
             match self.get(part, name) {
-                Some(w) => check_shape(part, name, shape, &w.shape)?,
-                None => todo.push((part, name, shape)),
+                Some(w) => {
+                    check_shape(part, name, shape, &w.shape)?;
+                    if want == WeightStorage::F32 && w.data.storage() != want {
+                        todo.push((part, name, shape, want));
+                    }
+                }
+                None => todo.push((part, name, shape, want)),
             }
         }
-        todo.sort_unstable_by_key(|(p, n, _)| (slot(*p), *n));
-        todo.dedup_by_key(|(p, n, _)| (slot(*p), *n));
+        // F32 sorts first, so a weight wanted both ways is loaded as f32.
+        todo.sort_unstable_by_key(|(p, n, _, s)| (slot(*p), *n, *s));
+        todo.dedup_by_key(|(p, n, _, _)| (slot(*p), *n));
         let loaded: Vec<(Part, String, WeightTensor)> = todo
             .into_par_iter()
-            .map(|(part, name, shape)| {
-                Ok((part, name.to_string(), convert(ckpt, part, name, shape)?))
+            .map(|(part, name, shape, want)| {
+                Ok((
+                    part,
+                    name.to_string(),
+                    convert(ckpt, part, name, shape, want)?,
+                ))
             })
             .collect::<Result<_>>()?;
         for (part, name, w) in loaded {
@@ -100,7 +162,37 @@ impl CpuWeights {
             name,
             WeightTensor {
                 shape: shape.to_vec(),
-                data: data.into(),
+                data: WeightData::F32(data.into()),
+            },
+        );
+        Ok(())
+    }
+
+    /// Adds one weight given as bf16 values, held as bf16 whatever the storage (tests, synthetic
+    /// weights). Only a linear op (as its weight) or an embedding (as its table) can read it.
+    pub fn insert_bf16(
+        &mut self,
+        part: Part,
+        name: impl Into<String>,
+        shape: &[usize],
+        data: Vec<bf16>,
+    ) -> Result<()> {
+        let name = name.into();
+        let expected: usize = shape.iter().product();
+        if data.len() != expected {
+            return Err(EngineError::DataLength {
+                name,
+                shape: shape.to_vec(),
+                expected,
+                found: data.len(),
+            });
+        }
+        self.parts.insert(
+            part,
+            name,
+            WeightTensor {
+                shape: shape.to_vec(),
+                data: WeightData::Bf16(data.into()),
             },
         );
         Ok(())
@@ -139,13 +231,19 @@ impl CpuWeights {
         self.len() == 0
     }
 
-    /// Bytes of f32 data held.
+    /// Bytes of weight values held (4 per f32 value, 2 per bf16 value).
     pub fn bytes(&self) -> usize {
-        self.parts.values().map(|w| w.data.len() * 4).sum()
+        self.parts.values().map(|w| w.data.bytes()).sum()
     }
 }
 
-fn convert(ckpt: &Checkpoint, part: Part, name: &str, shape: &[usize]) -> Result<WeightTensor> {
+fn convert(
+    ckpt: &Checkpoint,
+    part: Part,
+    name: &str,
+    shape: &[usize],
+    storage: WeightStorage,
+) -> Result<WeightTensor> {
     let store = ckpt.part(part).ok_or_else(|| EngineError::MissingPart {
         part,
         name: name.to_string(),
@@ -155,23 +253,9 @@ fn convert(ckpt: &Checkpoint, part: Part, name: &str, shape: &[usize]) -> Result
         name: name.to_string(),
     })?;
     check_shape(part, name, shape, view.shape)?;
-    let data = view.to_f32().ok_or_else(|| EngineError::WeightDtype {
-        part,
-        name: name.to_string(),
-        file: view.file.to_string(),
-        dtype: view.dtype.to_string(),
-    })?;
-    if data.len() != view.numel() {
-        return Err(EngineError::DataLength {
-            name: name.to_string(),
-            shape: view.shape.to_vec(),
-            expected: view.numel(),
-            found: data.len(),
-        });
-    }
     Ok(WeightTensor {
         shape: view.shape.to_vec(),
-        data: data.into(),
+        data: from_view(part, name, &view, storage)?,
     })
 }
 

@@ -90,7 +90,7 @@ fn missing_or_misshapen_weight() {
                     part,
                     name,
                     &g.tensor(id).shape,
-                    w.get(part, name).unwrap().data.to_vec(),
+                    w.get(part, name).unwrap().data.to_f32_vec(),
                 )
                 .unwrap();
         }

@@ -295,7 +295,10 @@ fn chained(
             Source::Input(name) => drop(values.insert(TensorId(i as u32), inputs[name].clone())),
             Source::Weight { part, name } => drop(values.insert(
                 TensorId(i as u32),
-                HostTensor::f32(t.shape.clone(), w.get(*part, name).unwrap().data.to_vec()),
+                HostTensor::f32(
+                    t.shape.clone(),
+                    w.get(*part, name).unwrap().data.to_f32_vec(),
+                ),
             )),
             Source::Activation => {}
         }
@@ -467,12 +470,20 @@ fn block_matches_f64_math_for_a_short_chain() {
     let got = execute(&small, &plan_memory(&small), &w, &inputs).unwrap();
     let ids = inputs["ids"].as_i32().unwrap();
     let (table, nw) = (
-        &w.get(Part::Und, "embed_tokens.weight").unwrap().data,
-        &w.get(Part::Und, "norm.weight").unwrap().data,
+        w.get(Part::Und, "embed_tokens.weight")
+            .unwrap()
+            .data
+            .as_f32()
+            .unwrap(),
+        w.get(Part::Und, "norm.weight")
+            .unwrap()
+            .data
+            .as_f32()
+            .unwrap(),
     );
     let (wq, bq) = (
-        &w.get(Part::Und, "q.weight").unwrap().data,
-        &w.get(Part::Und, "q.bias").unwrap().data,
+        w.get(Part::Und, "q.weight").unwrap().data.as_f32().unwrap(),
+        w.get(Part::Und, "q.bias").unwrap().data.as_f32().unwrap(),
     );
     let mut want = Vec::new();
     for &id in ids {

@@ -29,7 +29,10 @@ fn loads_converts_and_checks_shapes() {
     let mut w = CpuWeights::from_graph(&ck, &g1).unwrap();
     let got = w.get(Part::Gen, "layers.0.attn.to_k.weight").unwrap();
     assert_eq!(got.shape, [24, 72]);
-    assert_eq!(&got.data[..], view.to_f32().unwrap().as_slice());
+    assert_eq!(
+        got.data.as_f32().unwrap(),
+        view.to_f32().unwrap().as_slice()
+    );
     w.check_graph(&g1).unwrap();
 
     // A second graph adds its weights to the same store; the first stays loaded.

@@ -1,11 +1,12 @@
 //! Token embedding lookup.
 
+use super::bf16::Widen;
 use super::for_rows;
 
 /// `out[i] = table[ids[i]]` for a `[vocab, d]` table; `Err((position, id))` for the first id outside
-/// `[0, vocab)`, checked before anything is written.
-pub(crate) fn embed(
-    table: &[f32],
+/// `[0, vocab)`, checked before anything is written. A bf16 table is widened row by row, exactly.
+pub(crate) fn embed<T: Widen>(
+    table: &[T],
     vocab: usize,
     d: usize,
     ids: &[i32],
@@ -20,7 +21,7 @@ pub(crate) fn embed(
     }
     for_rows(out, d, 1, |r, o| {
         let id = ids[r] as usize;
-        o.copy_from_slice(&table[id * d..(id + 1) * d]);
+        T::widen_row(&table[id * d..(id + 1) * d], o);
     });
     Ok(())
 }

@@ -2,11 +2,13 @@
 //! executor's validation, so a kernel only asserts its internal invariants.
 
 pub(crate) mod attention;
+pub(crate) mod bf16;
 pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod embed;
 pub(crate) mod layout;
 pub(crate) mod linear;
+pub(crate) mod linear_bf16;
 pub(crate) mod matmul;
 pub(crate) mod norm;
 pub(crate) mod rope;
