@@ -293,3 +293,71 @@ fn bf16_weights_on_the_cpu_give_the_same_results_on_a_bf16_checkpoint() {
         "bf16 storage holds {a} bytes of weights, f32 {b}"
     );
 }
+
+fn vision_image(name: &str) -> hbridge::image::RgbImage {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/vision")
+        .join(name);
+    hbridge::image::load_rgb(&path, &hbridge::image::ImageLimits::default()).unwrap()
+}
+
+/// Chat about images through the engine gives the pipeline's answer (the CLI's `chat -i` path).
+#[test]
+fn chat_with_images_matches_the_pipeline() {
+    let engine = Engine::load(tiny(), &EngineOptions::cpu()).unwrap();
+    let pipeline = ChatPipeline::open(&tiny()).unwrap();
+    let images = [vision_image("a.png"), vision_image("e.jpg")];
+    let req = ChatRequest::new().max_tokens(4).no_stop();
+    let go = |_: u32, _: &str| ControlFlow::Continue(());
+    let a = engine
+        .chat_with_images("What is in these images?", &images, &req, go)
+        .unwrap();
+    let prepared: Vec<_> = images
+        .iter()
+        .map(|img| {
+            pipeline
+                .image_setup()
+                .unwrap()
+                .prepare(std::path::Path::new("image"), img)
+                .unwrap()
+        })
+        .collect();
+    let b = pipeline
+        .chat_stream_with_images("What is in these images?", &prepared, &req, go)
+        .unwrap();
+    assert_eq!(a.tokens, b.tokens);
+    assert_eq!(a.prompt_tokens, b.prompt_tokens);
+    assert!(a.prompt_tokens > 30, "the images' tokens are in the prompt");
+}
+
+/// An edit's estimate counts its three branches and references: over the limit it is refused before any
+/// compute, under it the edit runs.
+#[test]
+fn edit_requests_respect_the_memory_limit() {
+    let reference = vision_image("a.png");
+    let req = hbridge::edit::EditRequest::new("make it blue", vec![reference]);
+    let mut req = req;
+    req.steps = 2;
+    let probe = Engine::load(tiny(), &EngineOptions::cpu()).unwrap();
+    let tok = ChatPipeline::open(&tiny()).unwrap();
+    let needed = hbridge::edit::state_bytes(probe.model(), tok.tokenizer().unwrap(), &req).unwrap();
+    let text_only = hbridge::t2i::state_bytes(
+        probe.model(),
+        tok.tokenizer().unwrap(),
+        &ImageRequest::new("make it blue").size(32, 32),
+    )
+    .unwrap();
+    assert!(
+        needed > text_only,
+        "edit {needed} vs text-to-image {text_only}"
+    );
+    let go = |_: usize, _: usize| ControlFlow::Continue(());
+    let tight = Engine::load(tiny(), &EngineOptions::cpu().memory_limit(needed - 1)).unwrap();
+    match tight.edit_image(&req, go) {
+        Err(RunError::Memory(BudgetError::TooLarge { needed: n, .. })) => assert_eq!(n, needed),
+        other => panic!("expected TooLarge, got {:?}", other.map(|o| o.width)),
+    }
+    let fits = Engine::load(tiny(), &EngineOptions::cpu().memory_limit(needed)).unwrap();
+    let out = fits.edit_image(&req, go).unwrap();
+    assert_eq!(out.rgb, probe.edit_image(&req, go).unwrap().rgb);
+}
