@@ -228,10 +228,8 @@ impl Engine {
         };
         let ids = self.pipeline.encode_prompt_with_images(prompt, &prepared)?;
         validate::chat_prompt(self.model(), &ids, request)?;
-        let _held = self.reserve(
-            self.model()
-                .chat_state_bytes(ids.len(), request.max_tokens)?,
-        )?;
+        let _held =
+            self.reserve(|| self.model().chat_state_bytes(ids.len(), request.max_tokens))?;
         generate_with_images(
             self.model(),
             &ids,
@@ -255,7 +253,7 @@ impl Engine {
     ) -> Result<ImageOutput, RunError> {
         validate::image(self.model(), request)?;
         let tokenizer = self.text_tokenizer()?;
-        let _held = self.reserve(crate::t2i::state_bytes(self.model(), tokenizer, request)?)?;
+        let _held = self.reserve(|| crate::t2i::state_bytes(self.model(), tokenizer, request))?;
         crate::t2i::generate(self.model(), tokenizer, request, progress)
     }
 
@@ -268,7 +266,7 @@ impl Engine {
     ) -> Result<EditOutput, RunError> {
         validate::edit(self.model(), request)?;
         let tokenizer = self.text_tokenizer()?;
-        let _held = self.reserve(crate::edit::state_bytes(self.model(), tokenizer, request)?)?;
+        let _held = self.reserve(|| crate::edit::state_bytes(self.model(), tokenizer, request))?;
         crate::edit::edit(self.model(), tokenizer, request, progress)
     }
 
@@ -278,7 +276,16 @@ impl Engine {
         crate::forward::forward(self.model(), inputs)
     }
 
-    fn reserve(&self, bytes: u64) -> Result<Reservation<'_>, RunError> {
+    /// Reserves the request's `estimate` under the memory limit; without a limit the estimate (which
+    /// builds and plans graphs) is not computed at all.
+    fn reserve(
+        &self,
+        estimate: impl FnOnce() -> Result<u64, RunError>,
+    ) -> Result<Reservation<'_>, RunError> {
+        let bytes = match self.budget.limit() {
+            Some(_) => estimate()?,
+            None => 0,
+        };
         Ok(self.budget.reserve(bytes)?)
     }
 

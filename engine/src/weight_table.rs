@@ -40,6 +40,20 @@ pub fn check_shape(
     Ok(())
 }
 
+/// Values given for a weight (tests, synthetic weights) must fill its `shape`.
+pub fn check_len(name: &str, shape: &[usize], found: usize) -> Result<(), EngineError> {
+    let expected: usize = shape.iter().product();
+    if found != expected {
+        return Err(EngineError::DataLength {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            expected,
+            found,
+        });
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 pub struct WeightTable<T> {
     parts: [HashMap<String, T>; 4],

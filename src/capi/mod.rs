@@ -52,6 +52,16 @@ unsafe fn text<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Failure> {
         .map_err(|e| invalid(format!("{what}: not UTF-8 ({e})")))
 }
 
+/// `ptr` as an engine reference.
+///
+/// # Safety
+/// `ptr` is null or comes from `hbridge_engine_create` and is not yet destroyed.
+unsafe fn engine_ref<'a>(ptr: *const HbridgeEngine) -> Result<&'a Engine, Failure> {
+    ptr.as_ref()
+        .map(|e| &e.engine)
+        .ok_or_else(|| invalid("engine: null pointer"))
+}
+
 /// The hbridge version, e.g. "0.1.0" (a static string).
 #[no_mangle]
 pub extern "C" fn hbridge_version() -> *const c_char {
@@ -158,9 +168,7 @@ pub unsafe extern "C" fn hbridge_chat(
     out_tokens: *mut u32,
 ) -> HbridgeStatus {
     guard(|| {
-        let engine = engine
-            .as_ref()
-            .ok_or_else(|| invalid("engine: null pointer"))?;
+        let engine = engine_ref(engine)?;
         let prompt = text(prompt, "prompt")?;
         let request = options
             .as_ref()
@@ -168,7 +176,6 @@ pub unsafe extern "C" fn hbridge_chat(
             .unwrap_or_else(HbridgeChatOptions::defaults)
             .to_rust();
         let answer = engine
-            .engine
             .chat(prompt, &request, |id, piece| {
                 let Some(cb) = on_token else {
                     return ControlFlow::Continue(());
@@ -207,9 +214,7 @@ pub unsafe extern "C" fn hbridge_generate_image(
     rgb_len: usize,
 ) -> HbridgeStatus {
     guard(|| {
-        let engine = engine
-            .as_ref()
-            .ok_or_else(|| invalid("engine: null pointer"))?;
+        let engine = engine_ref(engine)?;
         let prompt = text(prompt, "prompt")?;
         let negative = if negative_prompt.is_null() {
             ""
@@ -237,7 +242,6 @@ pub unsafe extern "C" fn hbridge_generate_image(
         }
         let request = o.to_rust(prompt.to_string(), negative.to_string());
         let image = engine
-            .engine
             .generate_image(&request, |step, steps| match on_progress {
                 Some(cb) if cb(user_data, step as u32, steps as u32) != 0 => ControlFlow::Break(()),
                 _ => ControlFlow::Continue(()),

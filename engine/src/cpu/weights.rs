@@ -7,7 +7,7 @@
 use super::error::{EngineError, Result};
 use super::validate::widens_bf16;
 use super::weight_data::{from_view, WeightData, WeightStorage};
-use crate::weight_table::{check_shape, slot, Shaped, WeightTable};
+use crate::weight_table::{check_len, check_shape, slot, Shaped, WeightTable};
 use half::bf16;
 use hbridge_graph::{Graph, Source};
 use hbridge_loader::{Checkpoint, Part};
@@ -147,25 +147,7 @@ impl CpuWeights {
         shape: &[usize],
         data: Vec<f32>,
     ) -> Result<()> {
-        let name = name.into();
-        let expected: usize = shape.iter().product();
-        if data.len() != expected {
-            return Err(EngineError::DataLength {
-                name,
-                shape: shape.to_vec(),
-                expected,
-                found: data.len(),
-            });
-        }
-        self.parts.insert(
-            part,
-            name,
-            WeightTensor {
-                shape: shape.to_vec(),
-                data: WeightData::F32(data.into()),
-            },
-        );
-        Ok(())
+        self.insert_data(part, name.into(), shape, WeightData::F32(data.into()))
     }
 
     /// Adds one weight given as bf16 values, held as bf16 whatever the storage (tests, synthetic
@@ -177,22 +159,23 @@ impl CpuWeights {
         shape: &[usize],
         data: Vec<bf16>,
     ) -> Result<()> {
-        let name = name.into();
-        let expected: usize = shape.iter().product();
-        if data.len() != expected {
-            return Err(EngineError::DataLength {
-                name,
-                shape: shape.to_vec(),
-                expected,
-                found: data.len(),
-            });
-        }
+        self.insert_data(part, name.into(), shape, WeightData::Bf16(data.into()))
+    }
+
+    fn insert_data(
+        &mut self,
+        part: Part,
+        name: String,
+        shape: &[usize],
+        data: WeightData,
+    ) -> Result<()> {
+        check_len(&name, shape, data.len())?;
         self.parts.insert(
             part,
             name,
             WeightTensor {
                 shape: shape.to_vec(),
-                data: WeightData::Bf16(data.into()),
+                data,
             },
         );
         Ok(())

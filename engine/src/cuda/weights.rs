@@ -10,7 +10,7 @@ use super::context::{dev_ptr, DevPtr, Gpu};
 use super::error::CudaError;
 use super::staging::{upload_pageable, Staging};
 use crate::cpu::EngineError;
-use crate::weight_table::{check_shape, slot, Shaped, WeightTable};
+use crate::weight_table::{check_len, check_shape, slot, Shaped, WeightTable};
 use half::{bf16, f16};
 use hbridge_graph::{Graph, Source};
 use hbridge_loader::{Checkpoint, DType, Part, TensorView};
@@ -256,15 +256,7 @@ impl CudaWeights {
         data: &[f32],
     ) -> Result<()> {
         let name = name.into();
-        let expected: usize = shape.iter().product();
-        if data.len() != expected {
-            return Err(EngineError::DataLength {
-                name,
-                shape: shape.to_vec(),
-                expected,
-                found: data.len(),
-            });
-        }
+        check_len(&name, shape, data.len())?;
         let _exclusive = self.gpu.exclusive();
         let buf = upload_bits(&self.gpu, &f32_to_bf16_bits(data))?;
         self.gpu.synchronize()?;
