@@ -63,7 +63,26 @@ fn chat_matches_the_pipeline_and_can_be_cancelled() {
 /// the bytes the same request gets alone (issue 7 item 3).
 #[test]
 fn concurrent_requests_equal_serial_ones_bit_for_bit() {
-    let engine = std::sync::Arc::new(Engine::load(tiny(), &EngineOptions::cpu()).unwrap());
+    concurrent_matches_serial(EngineOptions::cpu());
+}
+
+/// The same on the CUDA backend (executors pooled per thread, CUDA graph replays): skipped without a
+/// GPU, a failure instead with HBRIDGE_REQUIRE_GPU=1 (scripts/gpu-check.sh runs it on the GPU machine).
+#[test]
+fn concurrent_requests_equal_serial_ones_on_cuda() {
+    if let Err(why) = cuda_probe() {
+        assert!(
+            std::env::var("HBRIDGE_REQUIRE_GPU").as_deref() != Ok("1"),
+            "HBRIDGE_REQUIRE_GPU=1 but {why}"
+        );
+        println!("SKIPPED (no GPU: {why}); runs on the GPU machine via scripts/gpu-check.sh");
+        return;
+    }
+    concurrent_matches_serial(EngineOptions::default().device(DeviceRequest::Cuda));
+}
+
+fn concurrent_matches_serial(options: EngineOptions) {
+    let engine = std::sync::Arc::new(Engine::load(tiny(), &options).unwrap());
     let run = |e: &Engine, i: usize| -> Vec<u8> {
         if i % 2 == 0 {
             let req = ChatRequest::new()
