@@ -354,9 +354,10 @@ fn chat_with_images_matches_the_pipeline() {
 #[test]
 fn edit_requests_respect_the_memory_limit() {
     let reference = vision_image("a.png");
-    let req = hbridge::edit::EditRequest::new("make it blue", vec![reference]);
-    let mut req = req;
-    req.steps = 2;
+    let req = hbridge::edit::EditRequest::new("make it blue", vec![reference])
+        .steps(2)
+        .guidance_scales(5.0, 2.0)
+        .seed(1);
     let probe = Engine::load(tiny(), &EngineOptions::cpu()).unwrap();
     let tok = ChatPipeline::open(&tiny()).unwrap();
     let needed = hbridge::edit::state_bytes(probe.model(), tok.tokenizer().unwrap(), &req).unwrap();

@@ -107,6 +107,37 @@ impl EditRequest {
             max_side: 4096,
         }
     }
+    /// Sets the negative prompt (the r and u branches' text).
+    pub fn negative(mut self, text: impl Into<String>) -> Self {
+        self.negative_prompt = text.into();
+        self
+    }
+
+    /// Sets the number of denoising steps.
+    pub fn steps(mut self, steps: usize) -> Self {
+        self.steps = steps;
+        self
+    }
+
+    /// Sets the text and image guidance scales.
+    pub fn guidance_scales(mut self, text: f32, image: f32) -> Self {
+        self.text_guidance = text;
+        self.image_guidance = image;
+        self
+    }
+
+    /// Sets the seed of the initial noise.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets the output size in pixels (default: the first reference's size after its resize).
+    pub fn size(mut self, width: usize, height: usize) -> Self {
+        self.size = Some((width, height));
+        self
+    }
+
     /// The request's two guidance scales, which decide the branches that run.
     pub fn guidance(&self) -> EditGuidance {
         EditGuidance {
