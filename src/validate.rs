@@ -4,6 +4,7 @@
 
 use crate::chat::{ChatError, ChatRequest};
 use crate::edit::EditRequest;
+use crate::image::RgbImage;
 use crate::model::Model;
 use crate::t2i::ImageRequest;
 use hbridge_engine::cpu::HostTensor;
@@ -95,6 +96,9 @@ pub fn edit(model: &Model, req: &EditRequest) -> Result<(), RequestError> {
             ),
         );
     }
+    for (j, img) in req.images.iter().enumerate() {
+        reference_size(model, j, img, req.max_input_pixels, req.max_input_side)?;
+    }
     steps(req.steps)?;
     guidance("guidance", req.text_guidance)?;
     guidance("image-guidance", req.image_guidance)?;
@@ -111,6 +115,32 @@ pub fn edit(model: &Model, req: &EditRequest) -> Result<(), RequestError> {
         output_size(model, w, h, req.max_side)?;
     }
     Ok(())
+}
+
+/// The `(height, width)` reference image `index` is resized to for the VAE (OmniGen2's rule, see
+/// [`crate::edit::resize::target_size`]), or why it is too small for one.
+pub fn reference_size(
+    model: &Model,
+    index: usize,
+    img: &RgbImage,
+    max_pixels: usize,
+    max_side: usize,
+) -> Result<(usize, usize), RequestError> {
+    let c = &model.checkpoint.config;
+    let multiple = c.vae.downscale() * c.gen.patch_size;
+    let (h, w) =
+        crate::edit::resize::target_size(img.height, img.width, multiple, max_pixels, max_side);
+    if h == 0 || w == 0 {
+        return invalid(
+            "images",
+            format!(
+                "reference image {index}: {}x{} is too small; each side must reach {multiple} pixels after \
+                 fitting {max_pixels} pixels and a longest side of {max_side}",
+                img.width, img.height
+            ),
+        );
+    }
+    Ok((h, w))
 }
 
 /// An output image size: positive multiples of the VAE factor times the patch size, at most `max_side`.

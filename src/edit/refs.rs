@@ -1,6 +1,6 @@
 //! Reference images to model-space latents: OmniGen2's resize, pixels to [-1, 1], the VAE encoder.
 
-use super::resize::{resize_lanczos, target_size};
+use super::resize::resize_lanczos;
 use crate::image::RgbImage;
 use crate::model::{Model, RunError};
 use hbridge_engine::cpu::HostTensor;
@@ -39,16 +39,7 @@ pub fn encode_reference(
     max_pixels: usize,
     max_side: usize,
 ) -> Result<ReferenceLatent, RunError> {
-    let c = &model.checkpoint.config;
-    let multiple = c.vae.downscale() * c.gen.patch_size;
-    let (h, w) = target_size(img.height, img.width, multiple, max_pixels, max_side);
-    if h == 0 || w == 0 {
-        return Err(RunError::Request(format!(
-            "reference image {index}: {}x{} is too small; each side must reach {multiple} pixels after \
-             fitting {max_pixels} pixels and a longest side of {max_side}",
-            img.width, img.height
-        )));
-    }
+    let (h, w) = crate::validate::reference_size(model, index, img, max_pixels, max_side)?;
     let resized;
     let img = if (w, h) == (img.width, img.height) {
         img
