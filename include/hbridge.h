@@ -180,6 +180,54 @@ typedef int32_t (*HbridgeTokenCallback)(void *user_data,
  */
 typedef int32_t (*HbridgeProgressCallback)(void *user_data, uint32_t step, uint32_t steps);
 
+/**
+ * Parameters of `hbridge_edit_image`.
+ */
+typedef struct HbridgeEditOptions {
+  /**
+   * Output width in pixels; 0 (with `height` 0) = the first reference's size after its resize.
+   */
+  uint32_t width;
+  /**
+   * Output height in pixels; 0 = as `width` says.
+   */
+  uint32_t height;
+  /**
+   * Denoising steps.
+   */
+  uint32_t steps;
+  /**
+   * Text guidance scale (the c branch against r).
+   */
+  float text_guidance;
+  /**
+   * Image guidance scale (the r branch against u).
+   */
+  float image_guidance;
+  /**
+   * Seed of the initial noise.
+   */
+  uint64_t seed;
+} HbridgeEditOptions;
+
+/**
+ * A reference image the caller owns: `width * height * 3` bytes of row-major RGB at `rgb`.
+ */
+typedef struct HbridgeImageView {
+  /**
+   * Width in pixels.
+   */
+  uint32_t width;
+  /**
+   * Height in pixels.
+   */
+  uint32_t height;
+  /**
+   * Row-major RGB bytes.
+   */
+  const uint8_t *rgb;
+} HbridgeImageView;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -270,6 +318,40 @@ enum HbridgeStatus hbridge_generate_image(const struct HbridgeEngine *engine,
                                           void *user_data,
                                           uint8_t *rgb_out,
                                           size_t rgb_len);
+
+/**
+ * Fills `out` with the default edit options (the first reference's size, 50 steps, text guidance 5,
+ * image guidance 2, seed 0).
+ *
+ * # Safety
+ * `out` is null (then nothing happens) or points to writable `HbridgeEditOptions`.
+ */
+void hbridge_edit_options_default(struct HbridgeEditOptions *out);
+
+/**
+ * Edits `images` (1 to 5 reference images) following `prompt` (`negative_prompt` may be null: empty)
+ * into `rgb_out` (`rgb_len` bytes). The output size is `options`' or, when that is 0x0, the first
+ * reference's after its resize; it is stored in `*out_width` / `*out_height` (when not null) before
+ * anything runs, so a `HBRIDGE_STATUS_BUFFER_TOO_SMALL` answer tells the size to allocate.
+ *
+ * # Safety
+ * `engine` comes from `hbridge_engine_create`; the strings are NUL-terminated; `images` points to
+ * `n_images` views whose `rgb` hold `width * height * 3` bytes; `options`, `out_width` and
+ * `out_height` are null or valid; `rgb_out` points to `rgb_len` writable bytes; `on_progress` is safe to
+ * call with `user_data`.
+ */
+enum HbridgeStatus hbridge_edit_image(const struct HbridgeEngine *engine,
+                                      const char *prompt,
+                                      const char *negative_prompt,
+                                      const struct HbridgeImageView *images,
+                                      size_t n_images,
+                                      const struct HbridgeEditOptions *options,
+                                      HbridgeProgressCallback on_progress,
+                                      void *user_data,
+                                      uint8_t *rgb_out,
+                                      size_t rgb_len,
+                                      uint32_t *out_width,
+                                      uint32_t *out_height);
 
 #ifdef __cplusplus
 }  // extern "C"

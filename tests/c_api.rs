@@ -66,6 +66,7 @@ fn committed_header_is_current() {
         "hbridge_engine_destroy",
         "hbridge_chat",
         "hbridge_generate_image",
+        "hbridge_edit_image",
         "hbridge_last_error",
         "HBRIDGE_STATUS_OK = 0",
         "HBRIDGE_DEVICE_CPU",
@@ -304,5 +305,97 @@ fn memory_limit_from_c_refuses_an_oversized_request() {
     };
     assert_eq!(status, HbridgeStatus::Memory);
     assert!(last_error().contains("memory limit"), "{}", last_error());
+    unsafe { hbridge_engine_destroy(engine) };
+}
+
+#[test]
+fn edit_from_c_matches_the_rust_api_and_reports_the_size_to_allocate() {
+    let (status, engine) = create(tiny_dir().to_str().unwrap(), Some(cpu_options()));
+    assert_eq!(status, HbridgeStatus::Ok, "{}", last_error());
+    // A 40x24 gradient as the reference image.
+    let (w, h) = (40usize, 24usize);
+    let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
+    let view = HbridgeImageView {
+        width: w as u32,
+        height: h as u32,
+        rgb: rgb.as_ptr(),
+    };
+    let prompt = CString::new("make it blue").unwrap();
+    let mut opts = std::mem::MaybeUninit::uninit();
+    let mut opts = unsafe {
+        hbridge_edit_options_default(opts.as_mut_ptr());
+        opts.assume_init()
+    };
+    opts.steps = 2;
+    let (mut ow, mut oh) = (0u32, 0u32);
+    let mut tiny_buf = [0u8; 3];
+    let status = unsafe {
+        hbridge_edit_image(
+            engine,
+            prompt.as_ptr(),
+            ptr::null(),
+            &view,
+            1,
+            &opts,
+            None,
+            ptr::null_mut(),
+            tiny_buf.as_mut_ptr(),
+            tiny_buf.len(),
+            &mut ow,
+            &mut oh,
+        )
+    };
+    assert_eq!(status, HbridgeStatus::BufferTooSmall, "{}", last_error());
+    assert!(
+        ow > 0 && oh > 0,
+        "the size to allocate is reported: {ow}x{oh}"
+    );
+    let mut out = vec![0u8; (ow * oh * 3) as usize];
+    let status = unsafe {
+        hbridge_edit_image(
+            engine,
+            prompt.as_ptr(),
+            ptr::null(),
+            &view,
+            1,
+            &opts,
+            None,
+            ptr::null_mut(),
+            out.as_mut_ptr(),
+            out.len(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    };
+    assert_eq!(status, HbridgeStatus::Ok, "{}", last_error());
+
+    let rust = Engine::load(tiny_dir(), &EngineOptions::cpu()).unwrap();
+    let image = hbridge::image::RgbImage::new(w, h, rgb.clone()).unwrap();
+    let req = hbridge::edit::EditRequest::new("make it blue", vec![image]).steps(2);
+    let want = rust
+        .edit_image(&req, |_, _| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!((want.width, want.height), (ow as usize, oh as usize));
+    assert_eq!(out, want.rgb);
+
+    // No reference images: refused, naming the argument.
+    let status = unsafe {
+        hbridge_edit_image(
+            engine,
+            prompt.as_ptr(),
+            ptr::null(),
+            ptr::null(),
+            0,
+            &opts,
+            None,
+            ptr::null_mut(),
+            out.as_mut_ptr(),
+            out.len(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    };
+    assert_eq!(status, HbridgeStatus::InvalidArgument);
+    assert!(last_error().contains("images: 0 given"), "{}", last_error());
     unsafe { hbridge_engine_destroy(engine) };
 }

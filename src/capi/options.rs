@@ -4,7 +4,9 @@
 
 use crate::budget::OverLimit;
 use crate::chat::ChatRequest;
+use crate::edit::EditRequest;
 use crate::engine::{DType, EngineOptions};
+use crate::image::RgbImage;
 use crate::t2i::ImageRequest;
 use hbridge_engine::device::DeviceRequest;
 
@@ -68,6 +70,67 @@ pub struct HbridgeImageOptions {
     pub guidance: f32,
     /// Seed of the initial noise.
     pub seed: u64,
+}
+
+/// Parameters of `hbridge_edit_image`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct HbridgeEditOptions {
+    /// Output width in pixels; 0 (with `height` 0) = the first reference's size after its resize.
+    pub width: u32,
+    /// Output height in pixels; 0 = as `width` says.
+    pub height: u32,
+    /// Denoising steps.
+    pub steps: u32,
+    /// Text guidance scale (the c branch against r).
+    pub text_guidance: f32,
+    /// Image guidance scale (the r branch against u).
+    pub image_guidance: f32,
+    /// Seed of the initial noise.
+    pub seed: u64,
+}
+
+/// A reference image the caller owns: `width * height * 3` bytes of row-major RGB at `rgb`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct HbridgeImageView {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Row-major RGB bytes.
+    pub rgb: *const u8,
+}
+
+impl HbridgeEditOptions {
+    pub(crate) fn defaults() -> Self {
+        let d = EditRequest::new("", Vec::new());
+        HbridgeEditOptions {
+            width: 0,
+            height: 0,
+            steps: d.steps as u32,
+            text_guidance: d.text_guidance,
+            image_guidance: d.image_guidance,
+            seed: d.seed,
+        }
+    }
+
+    pub(crate) fn to_rust(
+        self,
+        prompt: String,
+        negative: String,
+        images: Vec<RgbImage>,
+    ) -> EditRequest {
+        let mut r = EditRequest::new(prompt, images)
+            .negative(negative)
+            .steps(self.steps as usize)
+            .guidance_scales(self.text_guidance, self.image_guidance)
+            .seed(self.seed);
+        if self.width != 0 || self.height != 0 {
+            r = r.size(self.width as usize, self.height as usize);
+        }
+        r
+    }
 }
 
 impl HbridgeEngineOptions {
