@@ -1,0 +1,198 @@
+//! Image requests through the C ABI: text to image and editing, each into a caller-provided RGB buffer
+//! with a progress callback that can cancel.
+
+use super::error::{guard, run_status, HbridgeStatus};
+use super::options::{HbridgeEditOptions, HbridgeImageOptions, HbridgeImageView};
+use super::{engine_ref, invalid, text, HbridgeEngine, HbridgeProgressCallback};
+use crate::image::RgbImage;
+use std::ffi::{c_char, c_void};
+use std::ops::ControlFlow;
+
+/// Generates an image for `prompt` (`negative_prompt` may be null: empty) into `rgb_out`, row-major RGB
+/// bytes, which must hold at least `width * height * 3` bytes (`rgb_len`). `on_progress` may be null.
+///
+/// # Safety
+/// `engine` comes from `hbridge_engine_create`; the strings are NUL-terminated; `options` is null or
+/// valid; `rgb_out` points to `rgb_len` writable bytes; `on_progress` is safe to call with `user_data`.
+#[no_mangle]
+pub unsafe extern "C" fn hbridge_generate_image(
+    engine: *const HbridgeEngine,
+    prompt: *const c_char,
+    negative_prompt: *const c_char,
+    options: *const HbridgeImageOptions,
+    on_progress: HbridgeProgressCallback,
+    user_data: *mut c_void,
+    rgb_out: *mut u8,
+    rgb_len: usize,
+) -> HbridgeStatus {
+    guard(|| {
+        let engine = engine_ref(engine)?;
+        let prompt = text(prompt, "prompt")?;
+        let negative = if negative_prompt.is_null() {
+            ""
+        } else {
+            text(negative_prompt, "negative_prompt")?
+        };
+        let o = options
+            .as_ref()
+            .copied()
+            .unwrap_or_else(HbridgeImageOptions::defaults);
+        let need = (o.width as usize)
+            .saturating_mul(o.height as usize)
+            .saturating_mul(3);
+        if rgb_out.is_null() {
+            return Err(invalid("rgb_out: null pointer"));
+        }
+        if rgb_len < need {
+            return Err((
+                HbridgeStatus::BufferTooSmall,
+                format!(
+                    "rgb_len: {rgb_len} bytes, a {}x{} RGB image needs {need}",
+                    o.width, o.height
+                ),
+            ));
+        }
+        let request = o.to_rust(prompt.to_string(), negative.to_string());
+        let image = engine
+            .generate_image(&request, |step, steps| match on_progress {
+                Some(cb) if cb(user_data, step as u32, steps as u32) != 0 => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            })
+            .map_err(|e| (run_status(&e), e.to_string()))?;
+        if image.rgb.len() > rgb_len {
+            return Err((
+                HbridgeStatus::Internal,
+                format!(
+                    "the image has {} bytes, over rgb_len {rgb_len}",
+                    image.rgb.len()
+                ),
+            ));
+        }
+        std::slice::from_raw_parts_mut(rgb_out, image.rgb.len()).copy_from_slice(&image.rgb);
+        Ok(())
+    })
+}
+
+/// Fills `out` with the default edit options (the first reference's size, 50 steps, text guidance 5,
+/// image guidance 2, seed 0).
+///
+/// # Safety
+/// `out` is null (then nothing happens) or points to writable `HbridgeEditOptions`.
+#[no_mangle]
+pub unsafe extern "C" fn hbridge_edit_options_default(out: *mut HbridgeEditOptions) {
+    if !out.is_null() {
+        out.write(HbridgeEditOptions::defaults());
+    }
+}
+
+/// Edits `images` (1 to 5 reference images) following `prompt` (`negative_prompt` may be null: empty)
+/// into `rgb_out` (`rgb_len` bytes). The output size is `options`' or, when that is 0x0, the first
+/// reference's after its resize; it is stored in `*out_width` / `*out_height` (when not null) before
+/// anything runs, so a `HBRIDGE_STATUS_BUFFER_TOO_SMALL` answer tells the size to allocate.
+///
+/// # Safety
+/// `engine` comes from `hbridge_engine_create`; the strings are NUL-terminated; `images` points to
+/// `n_images` views whose `rgb` hold `width * height * 3` bytes; `options`, `out_width` and
+/// `out_height` are null or valid; `rgb_out` points to `rgb_len` writable bytes; `on_progress` is safe to
+/// call with `user_data`.
+#[no_mangle]
+pub unsafe extern "C" fn hbridge_edit_image(
+    engine: *const HbridgeEngine,
+    prompt: *const c_char,
+    negative_prompt: *const c_char,
+    images: *const HbridgeImageView,
+    n_images: usize,
+    options: *const HbridgeEditOptions,
+    on_progress: HbridgeProgressCallback,
+    user_data: *mut c_void,
+    rgb_out: *mut u8,
+    rgb_len: usize,
+    out_width: *mut u32,
+    out_height: *mut u32,
+) -> HbridgeStatus {
+    guard(|| {
+        let engine = engine_ref(engine)?;
+        let prompt = text(prompt, "prompt")?;
+        let negative = if negative_prompt.is_null() {
+            ""
+        } else {
+            text(negative_prompt, "negative_prompt")?
+        };
+        if images.is_null() && n_images > 0 {
+            return Err(invalid("images: null pointer"));
+        }
+        let views: &[HbridgeImageView] = if n_images == 0 {
+            &[]
+        } else {
+            std::slice::from_raw_parts(images, n_images)
+        };
+        let refs = views
+            .iter()
+            .enumerate()
+            .map(|(j, v)| {
+                let (w, h) = (v.width as usize, v.height as usize);
+                if v.rgb.is_null() {
+                    return Err(invalid(format!("images[{j}].rgb: null pointer")));
+                }
+                let bytes =
+                    std::slice::from_raw_parts(v.rgb, w.saturating_mul(h).saturating_mul(3));
+                RgbImage::new(w, h, bytes.to_vec()).ok_or_else(|| {
+                    invalid(format!("images[{j}]: {w}x{h} is not a non-empty RGB image"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let o = options
+            .as_ref()
+            .copied()
+            .unwrap_or_else(HbridgeEditOptions::defaults);
+        let request = o.to_rust(prompt.to_string(), negative.to_string(), refs);
+        crate::validate::edit(engine.model(), &request).map_err(|e| invalid(e.to_string()))?;
+        let (width, height) = match request.size {
+            Some(s) => s,
+            None => {
+                let (h, w) = crate::validate::reference_size(
+                    engine.model(),
+                    0,
+                    &request.images[0],
+                    request.max_input_pixels,
+                    request.max_input_side,
+                )
+                .map_err(|e| invalid(e.to_string()))?;
+                (w, h)
+            }
+        };
+        if let Some(w) = out_width.as_mut() {
+            *w = width as u32;
+        }
+        if let Some(h) = out_height.as_mut() {
+            *h = height as u32;
+        }
+        let need = width.saturating_mul(height).saturating_mul(3);
+        if rgb_out.is_null() {
+            return Err(invalid("rgb_out: null pointer"));
+        }
+        if rgb_len < need {
+            return Err((
+                HbridgeStatus::BufferTooSmall,
+                format!("rgb_len: {rgb_len} bytes, a {width}x{height} RGB image needs {need}"),
+            ));
+        }
+        let image = engine
+            .edit_image(&request, |step, steps| match on_progress {
+                Some(cb) if cb(user_data, step as u32, steps as u32) != 0 => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            })
+            .map_err(|e| (run_status(&e), e.to_string()))?;
+        if image.rgb.len() > rgb_len {
+            return Err((
+                HbridgeStatus::Internal,
+                format!(
+                    "the image has {} bytes, over rgb_len {rgb_len}",
+                    image.rgb.len()
+                ),
+            ));
+        }
+        std::slice::from_raw_parts_mut(rgb_out, image.rgb.len()).copy_from_slice(&image.rgb);
+        Ok(())
+    })
+}
