@@ -3,10 +3,72 @@
 
 use super::error::{guard, run_status, HbridgeStatus};
 use super::options::{HbridgeEditOptions, HbridgeImageOptions, HbridgeImageView};
-use super::{engine_ref, invalid, text, HbridgeEngine, HbridgeProgressCallback};
+use super::{engine_ref, invalid, text, Failure, HbridgeEngine, HbridgeProgressCallback};
 use crate::image::RgbImage;
 use std::ffi::{c_char, c_void};
 use std::ops::ControlFlow;
+
+/// `ptr` as UTF-8 text, or "" when null.
+///
+/// # Safety
+/// As [`text`].
+unsafe fn optional_text<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Failure> {
+    if ptr.is_null() {
+        Ok("")
+    } else {
+        text(ptr, what)
+    }
+}
+
+/// `rgb_out` must be non-null and hold a `width` x `height` RGB image.
+fn check_buffer(
+    rgb_out: *mut u8,
+    rgb_len: usize,
+    width: usize,
+    height: usize,
+) -> Result<(), Failure> {
+    let need = width.saturating_mul(height).saturating_mul(3);
+    if rgb_out.is_null() {
+        return Err(invalid("rgb_out: null pointer"));
+    }
+    if rgb_len < need {
+        return Err((
+            HbridgeStatus::BufferTooSmall,
+            format!("rgb_len: {rgb_len} bytes, a {width}x{height} RGB image needs {need}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The Rust progress callback over the C one: nonzero from C cancels.
+fn progress(
+    on_progress: HbridgeProgressCallback,
+    user_data: *mut c_void,
+) -> impl FnMut(usize, usize) -> ControlFlow<()> {
+    move |step, steps| match on_progress {
+        // SAFETY: the caller of the entry point vouches that `on_progress` is safe to call with
+        // `user_data`.
+        Some(cb) if unsafe { cb(user_data, step as u32, steps as u32) } != 0 => {
+            ControlFlow::Break(())
+        }
+        _ => ControlFlow::Continue(()),
+    }
+}
+
+/// Copies the image into the caller's buffer (checked by [`check_buffer`] before the run).
+///
+/// # Safety
+/// `rgb_out` points to `rgb_len` writable bytes.
+unsafe fn copy_out(rgb: &[u8], rgb_out: *mut u8, rgb_len: usize) -> Result<(), Failure> {
+    if rgb.len() > rgb_len {
+        return Err((
+            HbridgeStatus::Internal,
+            format!("the image has {} bytes, over rgb_len {rgb_len}", rgb.len()),
+        ));
+    }
+    std::slice::from_raw_parts_mut(rgb_out, rgb.len()).copy_from_slice(rgb);
+    Ok(())
+}
 
 /// Generates an image for `prompt` (`negative_prompt` may be null: empty) into `rgb_out`, row-major RGB
 /// bytes, which must hold at least `width * height * 3` bytes (`rgb_len`). `on_progress` may be null.
@@ -28,48 +90,17 @@ pub unsafe extern "C" fn hbridge_generate_image(
     guard(|| {
         let engine = engine_ref(engine)?;
         let prompt = text(prompt, "prompt")?;
-        let negative = if negative_prompt.is_null() {
-            ""
-        } else {
-            text(negative_prompt, "negative_prompt")?
-        };
+        let negative = optional_text(negative_prompt, "negative_prompt")?;
         let o = options
             .as_ref()
             .copied()
             .unwrap_or_else(HbridgeImageOptions::defaults);
-        let need = (o.width as usize)
-            .saturating_mul(o.height as usize)
-            .saturating_mul(3);
-        if rgb_out.is_null() {
-            return Err(invalid("rgb_out: null pointer"));
-        }
-        if rgb_len < need {
-            return Err((
-                HbridgeStatus::BufferTooSmall,
-                format!(
-                    "rgb_len: {rgb_len} bytes, a {}x{} RGB image needs {need}",
-                    o.width, o.height
-                ),
-            ));
-        }
+        check_buffer(rgb_out, rgb_len, o.width as usize, o.height as usize)?;
         let request = o.to_rust(prompt.to_string(), negative.to_string());
         let image = engine
-            .generate_image(&request, |step, steps| match on_progress {
-                Some(cb) if cb(user_data, step as u32, steps as u32) != 0 => ControlFlow::Break(()),
-                _ => ControlFlow::Continue(()),
-            })
+            .generate_image(&request, progress(on_progress, user_data))
             .map_err(|e| (run_status(&e), e.to_string()))?;
-        if image.rgb.len() > rgb_len {
-            return Err((
-                HbridgeStatus::Internal,
-                format!(
-                    "the image has {} bytes, over rgb_len {rgb_len}",
-                    image.rgb.len()
-                ),
-            ));
-        }
-        std::slice::from_raw_parts_mut(rgb_out, image.rgb.len()).copy_from_slice(&image.rgb);
-        Ok(())
+        copy_out(&image.rgb, rgb_out, rgb_len)
     })
 }
 
@@ -113,11 +144,7 @@ pub unsafe extern "C" fn hbridge_edit_image(
     guard(|| {
         let engine = engine_ref(engine)?;
         let prompt = text(prompt, "prompt")?;
-        let negative = if negative_prompt.is_null() {
-            ""
-        } else {
-            text(negative_prompt, "negative_prompt")?
-        };
+        let negative = optional_text(negative_prompt, "negative_prompt")?;
         if images.is_null() && n_images > 0 {
             return Err(invalid("images: null pointer"));
         }
@@ -147,52 +174,18 @@ pub unsafe extern "C" fn hbridge_edit_image(
             .unwrap_or_else(HbridgeEditOptions::defaults);
         let request = o.to_rust(prompt.to_string(), negative.to_string(), refs);
         crate::validate::edit(engine.model(), &request).map_err(|e| invalid(e.to_string()))?;
-        let (width, height) = match request.size {
-            Some(s) => s,
-            None => {
-                let (h, w) = crate::validate::reference_size(
-                    engine.model(),
-                    0,
-                    &request.images[0],
-                    request.max_input_pixels,
-                    request.max_input_side,
-                )
-                .map_err(|e| invalid(e.to_string()))?;
-                (w, h)
-            }
-        };
+        let (width, height) = crate::edit::output_size(engine.model(), &request)
+            .map_err(|e| (run_status(&e), e.to_string()))?;
         if let Some(w) = out_width.as_mut() {
             *w = width as u32;
         }
         if let Some(h) = out_height.as_mut() {
             *h = height as u32;
         }
-        let need = width.saturating_mul(height).saturating_mul(3);
-        if rgb_out.is_null() {
-            return Err(invalid("rgb_out: null pointer"));
-        }
-        if rgb_len < need {
-            return Err((
-                HbridgeStatus::BufferTooSmall,
-                format!("rgb_len: {rgb_len} bytes, a {width}x{height} RGB image needs {need}"),
-            ));
-        }
+        check_buffer(rgb_out, rgb_len, width, height)?;
         let image = engine
-            .edit_image(&request, |step, steps| match on_progress {
-                Some(cb) if cb(user_data, step as u32, steps as u32) != 0 => ControlFlow::Break(()),
-                _ => ControlFlow::Continue(()),
-            })
+            .edit_image(&request, progress(on_progress, user_data))
             .map_err(|e| (run_status(&e), e.to_string()))?;
-        if image.rgb.len() > rgb_len {
-            return Err((
-                HbridgeStatus::Internal,
-                format!(
-                    "the image has {} bytes, over rgb_len {rgb_len}",
-                    image.rgb.len()
-                ),
-            ));
-        }
-        std::slice::from_raw_parts_mut(rgb_out, image.rgb.len()).copy_from_slice(&image.rgb);
-        Ok(())
+        copy_out(&image.rgb, rgb_out, rgb_len)
     })
 }

@@ -225,11 +225,35 @@ pub fn state_bytes(
     let prompt = crate::t2i::context_tokens(tokenizer, &req.prompt)?;
     let negative = crate::t2i::context_tokens(tokenizer, &req.negative_prompt)?;
     let lens = [prompt + image_tokens, negative + image_tokens, negative];
-    let (w, h) = req.size.unwrap_or_else(|| {
-        let r = ref_shapes.first().copied().unwrap_or([0, 1, 1]);
-        (r[2] * f, r[1] * f)
-    });
+    let (w, h) = output_size(model, req)?;
     model.image_state_bytes(w, h, &lens, &ref_shapes)
+}
+
+/// The output `(width, height)` of `req`: its `size`, or the first reference's size after its resize,
+/// checked as an output size. Known before anything runs (the C ABI reports it for the caller's buffer).
+pub fn output_size(model: &Model, req: &EditRequest) -> Result<(usize, usize), RunError> {
+    let (w, h) = match (req.size, req.images.first()) {
+        (Some(s), _) => s,
+        (None, Some(first)) => {
+            let (h, w) = crate::validate::reference_size(
+                model,
+                0,
+                first,
+                req.max_input_pixels,
+                req.max_input_side,
+            )?;
+            (w, h)
+        }
+        (None, None) => {
+            return Err(RunError::Invalid(crate::validate::RequestError {
+                argument: "images",
+                problem: "none given, so no output size; an edit takes 1 to 5 reference images"
+                    .into(),
+            }))
+        }
+    };
+    crate::validate::output_size(model, w, h, req.max_side)?;
+    Ok((w, h))
 }
 
 /// The reference images as the und expert sees them (DESIGN.md 6): prepared by the Qwen2.5-VL image
@@ -362,14 +386,7 @@ pub fn edit(
         .map(|(j, img)| encode_reference(model, j, img, req.max_input_pixels, req.max_input_side))
         .collect::<Result<Vec<_>, _>>()?;
     let encode = start.elapsed();
-    let (width, height) = match req.size {
-        Some(s) => s,
-        None => {
-            let (w, h) = (references[0].width, references[0].height);
-            crate::validate::output_size(model, w, h, req.max_side)?;
-            (w, h)
-        }
-    };
+    let (width, height) = output_size(model, req)?;
     let shape = vec![c.vae.latent_channels, height / f, width / f];
     let noise = match &req.noise {
         Some(n) => {
