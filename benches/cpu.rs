@@ -70,9 +70,11 @@ fn build(op: &Op) -> Built {
             let segs = segments
                 .iter()
                 .enumerate()
-                .map(|(i, &len)| KvSegment {
-                    k: input(&mut b, &format!("k{i}"), &[len, kv_heads * d]),
-                    v: input(&mut b, &format!("v{i}"), &[len, kv_heads * d]),
+                .map(|(i, &len)| {
+                    KvSegment::new(
+                        input(&mut b, &format!("k{i}"), &[len, kv_heads * d]),
+                        input(&mut b, &format!("v{i}"), &[len, kv_heads * d]),
+                    )
                 })
                 .collect();
             let scale = (d as f32).powf(-0.5);

@@ -2,14 +2,18 @@
 //! concurrent requests each take an executor (and its arena) without allocating per run.
 
 use crate::model::{Outputs, RunError};
+use hbridge_engine::cpu::HostTensor;
 use hbridge_engine::cuda::ceilings::Ceilings;
-use hbridge_engine::cuda::{CudaExecutor, CudaWeights, Gpu, ReplayTiming, UploadProgress};
+use hbridge_engine::cuda::{
+    CudaExecutor, CudaStates, CudaWeights, Gpu, ReplayTiming, UploadProgress,
+};
 use hbridge_engine::device::Device;
 use hbridge_engine::EngineError;
 use hbridge_engine::{CpuWeights, Executor, WeightStorage};
 use hbridge_graph::plan::MemoryPlan;
 use hbridge_graph::Graph;
 use hbridge_loader::Checkpoint;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -225,4 +229,150 @@ impl Backend {
             }
         }
     }
+
+    /// Empty request states for this backend.
+    pub fn new_states(&self) -> States {
+        match self {
+            Backend::Cpu { .. } => States::Cpu(HashMap::new()),
+            Backend::Cuda { .. } => States::Cuda(CudaStates::new()),
+        }
+    }
+
+    /// Adds zero-filled state `name` of `shape` to `states`.
+    pub fn alloc_state(
+        &self,
+        states: &mut States,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<(), RunError> {
+        match (self, states) {
+            (Backend::Cpu { .. }, States::Cpu(map)) => {
+                let n = shape.iter().product();
+                map.insert(
+                    name.to_string(),
+                    HostTensor::f32(shape.to_vec(), vec![0.0; n]),
+                );
+            }
+            (Backend::Cuda { gpu, peak, .. }, States::Cuda(s)) => {
+                s.alloc(gpu, name, shape).map_err(EngineError::from)?;
+                Self::sample_memory(gpu, peak);
+            }
+            _ => return Err(mismatch()),
+        }
+        Ok(())
+    }
+
+    /// Copies whole rows of `values` into state `name` from row `row` on.
+    pub fn write_state_rows(
+        &self,
+        states: &mut States,
+        name: &str,
+        row: usize,
+        values: &[f32],
+    ) -> Result<(), RunError> {
+        match (self, states) {
+            (Backend::Cpu { .. }, States::Cpu(map)) => {
+                let t = map.get_mut(name).ok_or_else(|| EngineError::MissingState {
+                    name: name.to_string(),
+                })?;
+                let cols = t.shape.get(1).copied().unwrap_or(1).max(1);
+                let capacity = t.shape.first().copied().unwrap_or(0);
+                let dst = t.as_f32_mut().unwrap_or_default();
+                let start = row * cols;
+                if values.len() % cols != 0 || start + values.len() > dst.len() {
+                    return Err(EngineError::StateRow {
+                        state: name.to_string(),
+                        input: "host write".into(),
+                        row: row as i64,
+                        rows: values.len().div_ceil(cols),
+                        capacity,
+                    }
+                    .into());
+                }
+                dst[start..start + values.len()].copy_from_slice(values);
+            }
+            (Backend::Cuda { gpu, .. }, States::Cuda(s)) => {
+                s.write_rows(gpu, name, row, values)?;
+            }
+            _ => return Err(mismatch()),
+        }
+        Ok(())
+    }
+
+    /// State `name` as f32 on the host.
+    pub fn read_state(&self, states: &States, name: &str) -> Result<HostTensor, RunError> {
+        match (self, states) {
+            (Backend::Cpu { .. }, States::Cpu(map)) => map.get(name).cloned().ok_or_else(|| {
+                EngineError::MissingState {
+                    name: name.to_string(),
+                }
+                .into()
+            }),
+            (Backend::Cuda { gpu, .. }, States::Cuda(s)) => Ok(s.read(gpu, name)?),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// [`execute`](Self::execute) for a graph with state tensors, read from and written into `states`.
+    pub fn execute_with_states(
+        &self,
+        graph: &Graph,
+        plan: &MemoryPlan,
+        inputs: &Outputs,
+        states: &mut States,
+        replay: bool,
+    ) -> Result<Outputs, RunError> {
+        match (self, states) {
+            (Backend::Cpu { weights, executors }, States::Cpu(map)) => {
+                let weights = weights.read().unwrap_or_else(|e| e.into_inner());
+                let mut exec = executors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pop()
+                    .unwrap_or_default();
+                let out = exec.run_with_states(graph, plan, &weights, inputs, map);
+                executors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(exec);
+                Ok(out?)
+            }
+            (
+                Backend::Cuda {
+                    gpu,
+                    weights,
+                    executors,
+                    peak,
+                },
+                States::Cuda(s),
+            ) => {
+                let weights = weights.read().unwrap_or_else(|e| e.into_inner());
+                let pooled = executors.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let mut exec = pooled.unwrap_or_else(|| CudaExecutor::new(gpu.clone()));
+                let out = if replay {
+                    exec.run_captured_with_states(graph, plan, &weights, inputs, s)
+                } else {
+                    exec.run_with_states(graph, plan, &weights, inputs, s)
+                };
+                executors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(exec);
+                Self::sample_memory(gpu, peak);
+                Ok(out?)
+            }
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+/// Tensors a request keeps on its model's backend across graph runs (a chat's und K/V cache), made by
+/// [`Backend::new_states`]: host vectors on the CPU, device buffers on CUDA.
+pub enum States {
+    Cpu(HashMap<String, HostTensor>),
+    Cuda(CudaStates),
+}
+
+fn mismatch() -> RunError {
+    RunError::Request("request states were made for another backend".into())
 }

@@ -1,7 +1,7 @@
 //! A checkpoint ready to run on a backend (CPU or CUDA): validated tensors, their backend copies (made
 //! once, as graphs first need them), and the runs of the three graph families.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, States};
 use hbridge_engine::cpu::{EngineError, HostTensor};
 use hbridge_engine::device::Device;
 use hbridge_graph::build::{self, names, positions, GenStepSpec, UndPrefillSpec};
@@ -142,6 +142,52 @@ impl Model {
         self.backend.load_weights(&self.checkpoint, graph)?;
         self.backend
             .execute(graph, &plan_memory(graph), inputs, false)
+    }
+
+    /// Empty request states on this model's backend (see [`crate::backend::States`]).
+    pub(crate) fn new_states(&self) -> States {
+        self.backend.new_states()
+    }
+
+    pub(crate) fn alloc_state(
+        &self,
+        states: &mut States,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<(), RunError> {
+        self.backend.alloc_state(states, name, shape)
+    }
+
+    pub(crate) fn write_state_rows(
+        &self,
+        states: &mut States,
+        name: &str,
+        row: usize,
+        values: &[f32],
+    ) -> Result<(), RunError> {
+        self.backend.write_state_rows(states, name, row, values)
+    }
+
+    pub(crate) fn read_state(&self, states: &States, name: &str) -> Result<HostTensor, RunError> {
+        self.backend.read_state(states, name)
+    }
+
+    /// One und decode step against a K/V cache of `capacity` rows in `states` (graph
+    /// [`build::und_decode_step`], built once per capacity). On CUDA it is captured as a CUDA graph on
+    /// its first run over these states and replayed for every later token (unless CUDA graphs are off).
+    pub(crate) fn und_decode_step(
+        &self,
+        capacity: usize,
+        inputs: &Outputs,
+        states: &mut States,
+    ) -> Result<Outputs, RunError> {
+        let c = &self.checkpoint.config.und;
+        let p = self.prepared(format!("und_decode/{capacity}"), || {
+            build::und_decode_step(c, &self.checkpoint.und_names, capacity)
+        })?;
+        let replay = self.cuda_graphs.load(Ordering::Relaxed);
+        self.backend
+            .execute_with_states(&p.0, &p.1, inputs, states, replay)
     }
 
     /// The graph of `key`, built by `build` (and its weights converted) the first time only.

@@ -14,7 +14,7 @@ mod gpu_common;
 
 use fixture::{f32s, fixture, i64s_as_i32, Fixture, Tensors};
 use gpu_common::{gpu, rel_l2};
-use hbridge_engine::cuda::{CudaError, CudaExecutor, CudaWeights, Gpu};
+use hbridge_engine::cuda::{CudaError, CudaExecutor, CudaStates, CudaWeights, Gpu};
 use hbridge_engine::{EngineError, HostTensor};
 use hbridge_graph::build::names;
 use hbridge_graph::plan::plan_memory;
@@ -138,8 +138,27 @@ fn fixture_on_cuda(name: &str) {
     );
 
     if fx.has_chat() {
-        let mut greedy_run = |g: &Graph, inputs: &Tensors| r.run(&fx, g, inputs);
+        // Decode steps run through one CUDA graph captured over the device K/V cache (made from the
+        // prefill's host copy at the first step) and replayed with the cache length in a device buffer.
+        let before = r.ex.stats();
+        let mut cache: Option<CudaStates> = None;
+        let mut greedy_run = |g: &Graph, inputs: &Tensors, states: &mut Tensors| {
+            if g.states().next().is_none() {
+                return r.run(&fx, g, inputs);
+            }
+            r.weights.load_graph(&fx.ckpt, g, |_| {}).unwrap();
+            let dev = cache.get_or_insert_with(|| {
+                CudaStates::from_host(r.ex.gpu(), states).expect("uploading the K/V cache")
+            });
+            r.ex.run_captured_with_states(g, &plan_memory(g), &r.weights, inputs, dev)
+                .unwrap_or_else(|e| panic!("{}: decode step: {e}", fx.name))
+        };
         let (logits, tokens) = fx.greedy(8, &mut greedy_run);
+        let after = r.ex.stats();
+        assert!(
+            after.captures > before.captures && after.replays >= before.replays + 5,
+            "{name}: decode steps should be captured once and replayed: {before:?} -> {after:?}"
+        );
         let got = HostTensor::f32([logits.len()], logits);
         r.check(
             "chat.logits",
@@ -404,4 +423,96 @@ fn ceilings_are_plausible() {
     );
     assert!((50e12..2500e12).contains(&c.gemm_flops_per_s), "{c:?}");
     assert!((0.5e12..10e12).contains(&c.copy_bytes_per_s), "{c:?}");
+}
+
+/// The und decode step over a device K/V cache (state tensors): an eager run and a captured one over
+/// two copies of the same cache give the same logits and the same cache afterwards, bit for bit, also
+/// when the replay runs at the next cache length (read from a device buffer by the attention and by the
+/// cache write); and both agree with the CPU backend within DESIGN.md 8's tolerance.
+#[test]
+fn decode_step_replay_over_a_device_cache_equals_eager() {
+    let Some(gpu) = gpu("decode_step_replay_over_a_device_cache_equals_eager") else {
+        return;
+    };
+    let fx = fixture("tiny");
+    let c = &fx.ckpt.config.und;
+    let (capacity, len, kv) = (16, 5, c.kv_dim());
+    let g = hbridge_graph::build::und_decode_step(c, &fx.ckpt.und_names, capacity).unwrap();
+    let plan = plan_memory(&g);
+    let mut rng = gpu_common::Rng::fresh("decode_step_replay_over_a_device_cache_equals_eager");
+    let mut host = Tensors::new();
+    for i in 0..c.num_layers {
+        for name in [names::cache_k(i), names::cache_v(i)] {
+            let mut v = rng.normal_bf16(capacity * kv, 1.0);
+            v[len * kv..].fill(f32::NAN);
+            host.insert(name, HostTensor::f32([capacity, kv], v));
+        }
+    }
+    let step = |token: i32, at: usize| {
+        Tensors::from([
+            (
+                names::UND_IDS.to_string(),
+                HostTensor::i32([1], vec![token]),
+            ),
+            (
+                names::UND_POSITIONS.to_string(),
+                HostTensor::i32([3, 1], vec![at as i32; 3]),
+            ),
+            (
+                names::UND_CACHE_LEN.to_string(),
+                HostTensor::i32([1], vec![at as i32]),
+            ),
+        ])
+    };
+    let mut r = Runner::new(gpu.clone());
+    r.weights.load_graph(&fx.ckpt, &g, |_| {}).unwrap();
+    let mut eager_cache = CudaStates::from_host(&gpu, &host).unwrap();
+    let mut captured_cache = CudaStates::from_host(&gpu, &host).unwrap();
+    let mut cpu_weights = hbridge_engine::CpuWeights::new();
+    cpu_weights.load_graph(&fx.ckpt, &g).unwrap();
+    let mut cpu_cache = host.clone();
+    for (token, at) in [(3, len), (7, len + 1), (1, len + 2)] {
+        let inputs = step(token, at);
+        let eager =
+            r.ex.run_with_states(&g, &plan, &r.weights, &inputs, &mut eager_cache)
+                .unwrap();
+        let captured =
+            r.ex.run_captured_with_states(&g, &plan, &r.weights, &inputs, &mut captured_cache)
+                .unwrap();
+        assert_identical(&format!("decode step at {at}"), &eager, &captured);
+        let cpu = hbridge_engine::Executor::new()
+            .run_with_states(&g, &plan, &cpu_weights, &inputs, &mut cpu_cache)
+            .unwrap();
+        let want: Vec<f64> = cpu["und.logits"]
+            .as_f32()
+            .unwrap()
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let e = rel_l2(eager["und.logits"].as_f32().unwrap(), &want);
+        println!("decode step at {at}: logits rel L2 vs CPU {e:.2e}");
+        assert!(
+            e <= 2e-2,
+            "decode step at {at}: logits rel L2 {e} vs the CPU"
+        );
+    }
+    let stats = r.ex.stats();
+    assert!(stats.captures == 1 && stats.replays == 2, "{stats:?}");
+    for i in 0..c.num_layers {
+        for name in [names::cache_k(i), names::cache_v(i)] {
+            let a = eager_cache.read(&gpu, &name).unwrap();
+            let b = captured_cache.read(&gpu, &name).unwrap();
+            assert!(bits(&a) == bits(&b), "{name}: caches differ");
+            // The three written rows match the CPU's; the rows past them are still the NaN filler.
+            let (dev, cpu) = (a.as_f32().unwrap(), cpu_cache[&name].as_f32().unwrap());
+            let rows = len * kv..(len + 3) * kv;
+            let want: Vec<f64> = cpu[rows.clone()].iter().map(|&v| v as f64).collect();
+            let e = rel_l2(&dev[rows], &want);
+            assert!(e <= 2e-2, "{name}: written rows rel L2 {e} vs the CPU");
+            assert!(
+                dev[(len + 3) * kv..].iter().all(|v| v.is_nan()),
+                "{name}: tail"
+            );
+        }
+    }
 }

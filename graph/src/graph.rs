@@ -27,6 +27,10 @@ pub enum Source {
     Weight { part: Part, name: String },
     /// Fed by the caller before execution, by name.
     Input(String),
+    /// Owned by the caller across runs, by name (a request's K/V cache): read like an input, and
+    /// updated in place by the graph's [`StateWrite`]s after every node has run. Keeping it out of the
+    /// inputs is what lets a backend hold it where the compute is (device memory) for a whole request.
+    State(String),
     /// Written by a node.
     Activation,
 }
@@ -52,12 +56,24 @@ pub struct Node {
     pub out: TensorId,
 }
 
+/// After every node has run, `src` `[n, C]` is copied into rows `[row[0], row[0] + n)` of `state`
+/// `[capacity, C]` (`row` an I32 `[1]`; a row range past the capacity is an error, and nothing is
+/// written). A write happens after all reads, so a node never sees a half-updated state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateWrite {
+    pub state: TensorId,
+    pub src: TensorId,
+    pub row: TensorId,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Graph {
     pub tensors: Vec<TensorDesc>,
     pub nodes: Vec<Node>,
     /// Named results the caller reads after execution.
     pub outputs: Vec<(String, TensorId)>,
+    /// In-place updates of state tensors, applied in order after the last node.
+    pub state_writes: Vec<StateWrite>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -91,6 +107,17 @@ impl Graph {
             .enumerate()
             .filter_map(|(i, t)| match &t.source {
                 Source::Input(name) => Some((TensorId(i as u32), name.as_str())),
+                _ => None,
+            })
+    }
+
+    /// Tensors owned by the caller across runs, with their names.
+    pub fn states(&self) -> impl Iterator<Item = (TensorId, &str)> {
+        self.tensors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match &t.source {
+                Source::State(name) => Some((TensorId(i as u32), name.as_str())),
                 _ => None,
             })
     }
@@ -130,6 +157,58 @@ impl Graph {
             source: Source::Input(name.clone()),
             label: name,
         })
+    }
+
+    /// Declares a caller-owned state tensor (F32), e.g. one layer's K cache `[capacity, kv_dim]`.
+    pub fn state(&mut self, name: impl Into<String>, shape: &[usize]) -> TensorId {
+        let name = name.into();
+        self.add_tensor(TensorDesc {
+            shape: shape.to_vec(),
+            dtype: DataType::F32,
+            source: Source::State(name.clone()),
+            label: name,
+        })
+    }
+
+    /// Adds a [`StateWrite`] of `src` into `state` at row `row[0]`, checking the shapes.
+    pub fn write_state(
+        &mut self,
+        state: TensorId,
+        src: TensorId,
+        row: TensorId,
+    ) -> Result<(), GraphError> {
+        let t = |id: TensorId| self.tensors.get(id.index());
+        let (Some(st), Some(sr), Some(rw)) = (t(state), t(src), t(row)) else {
+            return Err(GraphError::Request(
+                "a state write names a tensor that does not exist".into(),
+            ));
+        };
+        let problem = if !matches!(st.source, Source::State(_)) {
+            Some(format!("`{}` is not a state tensor", st.label))
+        } else if st.shape.len() != 2 || sr.shape.len() != 2 || st.shape[1] != sr.shape[1] {
+            Some(format!(
+                "`{}` {:?} into state {:?}: both must be [rows, C] with the same C",
+                sr.label, sr.shape, st.shape
+            ))
+        } else if sr.shape[0] > st.shape[0] {
+            Some(format!(
+                "`{}` has {} rows, more than the state's capacity {}",
+                sr.label, sr.shape[0], st.shape[0]
+            ))
+        } else if rw.shape != [1] || rw.dtype != DataType::I32 {
+            Some(format!("row `{}` must be I32 [1]", rw.label))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(GraphError::Shape {
+                label: st.label.clone(),
+                op: "state_write",
+                problem,
+            });
+        }
+        self.state_writes.push(StateWrite { state, src, row });
+        Ok(())
     }
 
     fn add_tensor(&mut self, desc: TensorDesc) -> TensorId {

@@ -10,7 +10,7 @@ pub mod plan;
 pub mod prune;
 mod shape;
 
-pub use graph::{DataType, Graph, GraphError, Node, Source, TensorDesc, TensorId};
+pub use graph::{DataType, Graph, GraphError, Node, Source, StateWrite, TensorDesc, TensorId};
 pub use op::{KvSegment, Op, RopeKind};
 pub use plan::{plan_memory, MemoryPlan};
 pub use prune::{prune, PruneStats};

@@ -26,11 +26,31 @@ pub enum RopeKind {
     Vision2d { theta: f64 },
 }
 
-/// One K/V segment of an attention: keys and values of `len` tokens, `[len, kv_heads*head_dim]`.
+/// One K/V segment of an attention: keys and values of `rows` tokens, `[rows, kv_heads*head_dim]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KvSegment {
     pub k: TensorId,
     pub v: TensorId,
+    /// I32 `[1]`: only the first `len[0]` rows are keys (`0 <= len[0] <= rows`), the rest is room (a
+    /// K/V cache allocated for the whole answer). The masked rows still count in key positions: the
+    /// causal limit is taken over the concatenation of the full segments. `None`: every row is a key.
+    pub len: Option<TensorId>,
+}
+
+impl KvSegment {
+    /// Every row of `k` / `v` is a key.
+    pub fn new(k: TensorId, v: TensorId) -> KvSegment {
+        KvSegment { k, v, len: None }
+    }
+
+    /// Only the first `len[0]` rows are keys (see [`KvSegment::len`]).
+    pub fn with_len(k: TensorId, v: TensorId, len: TensorId) -> KvSegment {
+        KvSegment {
+            k,
+            v,
+            len: Some(len),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +104,8 @@ pub enum Op {
     /// (each `[len_s, kv_heads*head_dim]`), without materializing it. GQA: kv head `j` serves q heads
     /// `j*g .. j*g+g-1`, `g = heads/kv_heads`. `causal`: query i sees keys `0..=i + (Nk - Nq)` (queries are
     /// the last Nq positions of the keys). Scores `q.k * scale`; softmax in f32. -> `[Nq, heads*head_dim]`.
+    /// A segment with a `len` masks its rows past `len[0]` (they keep their positions); a query that
+    /// sees no key gets zeros.
     Attention {
         q: TensorId,
         segments: Vec<KvSegment>,
@@ -194,7 +216,11 @@ impl Op {
             SwiGlu { gate, up } => vec![*gate, *up],
             Rope { x, positions, .. } => vec![*x, *positions],
             Attention { q, segments, .. } => std::iter::once(*q)
-                .chain(segments.iter().flat_map(|s| [s.k, s.v]))
+                .chain(
+                    segments
+                        .iter()
+                        .flat_map(|s| [s.k, s.v].into_iter().chain(s.len)),
+                )
                 .collect(),
             ConcatRows { parts } => parts.clone(),
             TimestepFeatures { t, .. } => vec![*t],

@@ -55,7 +55,9 @@ pub fn live_ranges(graph: &Graph) -> Vec<Option<LiveRange>> {
         }
     }
     let end = graph.nodes.len();
-    for (_, id) in &graph.outputs {
+    // A state write's source is read after the last node, like an output.
+    let written = graph.state_writes.iter().map(|w| w.src);
+    for id in graph.outputs.iter().map(|(_, id)| *id).chain(written) {
         if let Some(r) = &mut ranges[id.index()] {
             r.last = end;
         }

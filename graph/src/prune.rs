@@ -3,7 +3,7 @@
 //! und prefill thereby loses every layer after the last bridged one and the lm_head.
 
 use crate::op::{KvSegment, Op};
-use crate::{Graph, Node, Source, TensorId};
+use crate::{Graph, Node, Source, StateWrite, TensorId};
 
 /// What `prune_with_stats` removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,6 +25,7 @@ pub fn prune_with_stats(graph: Graph) -> (Graph, PruneStats) {
         tensors,
         nodes,
         outputs,
+        state_writes,
     } = graph;
     let n_tensors = tensors.len();
 
@@ -35,7 +36,12 @@ pub fn prune_with_stats(graph: Graph) -> (Graph, PruneStats) {
     }
     let mut needed = vec![false; n_tensors];
     let mut keep_node = vec![false; nodes.len()];
-    let mut stack: Vec<TensorId> = outputs.iter().map(|(_, id)| *id).collect();
+    // State writes are roots like outputs: they are what a decode step is run for.
+    let mut stack: Vec<TensorId> = outputs
+        .iter()
+        .map(|(_, id)| *id)
+        .chain(state_writes.iter().flat_map(|w| [w.state, w.src, w.row]))
+        .collect();
     while let Some(id) = stack.pop() {
         if std::mem::replace(&mut needed[id.index()], true) {
             continue;
@@ -64,7 +70,7 @@ pub fn prune_with_stats(graph: Graph) -> (Graph, PruneStats) {
             match desc.source {
                 Source::Weight { .. } => stats.weights_removed += 1,
                 Source::Input(_) => stats.inputs_removed += 1,
-                Source::Activation => {}
+                Source::State(_) | Source::Activation => {}
             }
         }
     }
@@ -85,11 +91,20 @@ pub fn prune_with_stats(graph: Graph) -> (Graph, PruneStats) {
         .into_iter()
         .map(|(name, id)| (name, remap(id)))
         .collect();
+    let state_writes = state_writes
+        .into_iter()
+        .map(|w| StateWrite {
+            state: remap(w.state),
+            src: remap(w.src),
+            row: remap(w.row),
+        })
+        .collect();
     (
         Graph {
             tensors: kept,
             nodes,
             outputs,
+            state_writes,
         },
         stats,
     )
@@ -175,6 +190,7 @@ pub fn map_ids(op: &Op, f: impl Fn(TensorId) -> TensorId) -> Op {
                 .map(|s| KvSegment {
                     k: f(s.k),
                     v: f(s.v),
+                    len: opt(&s.len),
                 })
                 .collect(),
             heads: *heads,
@@ -352,10 +368,7 @@ mod tests {
             },
             Op::Attention {
                 q: t(1),
-                segments: vec![
-                    KvSegment { k: t(2), v: t(3) },
-                    KvSegment { k: t(4), v: t(5) },
-                ],
+                segments: vec![KvSegment::new(t(2), t(3)), KvSegment::new(t(4), t(5))],
                 heads: 2,
                 kv_heads: 1,
                 head_dim: 4,

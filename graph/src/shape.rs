@@ -165,6 +165,14 @@ pub fn infer_shape<'a>(
                         kv_heads * head_dim
                     ));
                 }
+                if let Some(l) = s.len {
+                    if shape(l) != [1] {
+                        return Err(format!(
+                            "segment length {:?} must be [1] (an I32 row count)",
+                            shape(l)
+                        ));
+                    }
+                }
                 nk += len;
             }
             if nk == 0 {

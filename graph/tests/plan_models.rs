@@ -179,11 +179,20 @@ fn image_only_und_prefill_is_pruned_and_planned() {
 #[test]
 fn und_decode_step_is_planned() {
     let config = tiny_config();
-    for past in [0, 7] {
-        let g = und_decode_step(&config.und, &UndNames::FLAT, past).unwrap();
-        let (arena, _, total) = planned(&format!("und decode step after {past}"), &g);
+    for capacity in [1, 7] {
+        let g = und_decode_step(&config.und, &UndNames::FLAT, capacity).unwrap();
+        let (arena, _, total) = planned(&format!("und decode step, cache of {capacity}"), &g);
         assert!(arena < total);
+        // Every layer's K and V go into its cache; their sources outlive the last node.
+        assert_eq!(g.state_writes.len(), 2 * config.und.num_layers);
+        assert_eq!(g.states().count(), 2 * config.und.num_layers);
+        let ranges = hbridge_graph::plan::live_ranges(&g);
+        for w in &g.state_writes {
+            assert_eq!(ranges[w.src.index()].unwrap().last, g.nodes.len());
+        }
+        assert_eq!(g.outputs.len(), 1, "only the logits come back");
     }
+    assert!(und_decode_step(&config.und, &UndNames::FLAT, 0).is_err());
 }
 
 #[test]

@@ -122,3 +122,42 @@ fn a_graph_without_outputs_prunes_to_nothing() {
     let p = prune(g);
     assert_eq!(p, Graph::default());
 }
+
+#[test]
+fn state_writes_keep_what_they_write_and_are_remapped() {
+    let mut g = Graph::default();
+    let dead_in = g.input("unused", &[1, 4], DataType::F32);
+    let _ = g.push(Op::Silu { x: dead_in }, "dead").unwrap();
+    let x = g.input("x", &[1, 4], DataType::F32);
+    let row = g.input("row", &[1], DataType::I32);
+    let cache = g.state("cache", &[8, 4]);
+    let y = g.push(Op::Silu { x }, "y").unwrap();
+    g.write_state(cache, y, row).unwrap();
+    let p = prune(g);
+    assert_eq!(p.nodes.len(), 1, "the written value's node survives");
+    assert_eq!(p.state_writes.len(), 1);
+    let w = p.state_writes[0];
+    assert_eq!(p.tensor(w.state).source, Source::State("cache".into()));
+    assert_eq!(p.tensor(w.src).label, "y");
+    assert_eq!(p.tensor(w.row).source, Source::Input("row".into()));
+    assert!(p.inputs().all(|(_, n)| n != "unused"));
+}
+
+#[test]
+fn state_writes_check_their_shapes() {
+    let mut g = Graph::default();
+    let x = g.input("x", &[2, 4], DataType::F32);
+    let row = g.input("row", &[1], DataType::I32);
+    let bad_row = g.input("bad_row", &[2], DataType::I32);
+    let cache = g.state("cache", &[8, 4]);
+    let small = g.state("small", &[1, 4]);
+    let wide = g.state("wide", &[8, 5]);
+    let problem = |r: Result<(), hbridge_graph::GraphError>| r.unwrap_err().to_string();
+    assert!(problem(g.write_state(wide, x, row)).contains("same C"));
+    assert!(problem(g.write_state(small, x, row)).contains("capacity 1"));
+    assert!(problem(g.write_state(cache, x, bad_row)).contains("I32 [1]"));
+    assert!(problem(g.write_state(x, x, row)).contains("not a state"));
+    assert!(g.state_writes.is_empty(), "nothing is recorded on error");
+    g.write_state(cache, x, row).unwrap();
+    assert_eq!(g.state_writes.len(), 1);
+}

@@ -8,6 +8,10 @@
 //   threads = rpb rows x tpr threads (tpr = 1 << tpr_log2), grid.y strips of tpr column units, grid.x
 //   blocks striding over rows; a unit is 8 elements (vec: cols and both strides multiples of 8, pointers
 //   16-byte aligned, host-checked) or 1.
+// write_rows: state[row0 + r, :cols] = src[r, :cols] for r < rows, row0 = *row read on the device (a
+//   captured decode step writes its K/V wherever the host's latest cache length says); nothing is
+//   written when row0 < 0 or row0 + rows > capacity (the host validates first, so this is a guard, not
+//   a path). Same tiling and units as copy_rows; rows is small (one token per decode step).
 // transpose2d: [a, b] -> [b, a] through a 32x32 tile in shared memory (32-bit cells, rows padded to 33, so
 //   neither the row-wise writes nor the column-wise reads of the tile conflict); block 32x8, each
 //   thread moves 4 elements; grid (ceil(b/32), min(ceil(a/32), 65535)), looping over tile rows beyond.
@@ -74,6 +78,16 @@ extern "C" __global__ void __launch_bounds__(256)
               const int* ids, long long vocab, int tpr_log2, int vec) {
     if (vec) copy_rows_impl<8>(src, src_stride, dst, dst_stride, rows, cols, ids, vocab, tpr_log2);
     else copy_rows_impl<1>(src, src_stride, dst, dst_stride, rows, cols, ids, vocab, tpr_log2);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    write_rows(const bf16* src, bf16* state, const int* row, long long rows, long long cols, long long capacity,
+               int tpr_log2, int vec) {
+    const long long r0 = *row;
+    if (r0 < 0 || r0 + rows > capacity) return;
+    bf16* dst = state + r0 * cols;
+    if (vec) copy_rows_impl<8>(src, cols, dst, cols, rows, cols, nullptr, 0, tpr_log2);
+    else copy_rows_impl<1>(src, cols, dst, cols, rows, cols, nullptr, 0, tpr_log2);
 }
 
 extern "C" __global__ void __launch_bounds__(256) transpose2d(const bf16* x, bf16* out, long long a, long long b) {

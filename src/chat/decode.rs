@@ -1,11 +1,12 @@
 //! The decode loop: prefill into a per-layer K/V cache, then one step per token until a stop.
 
 use super::*;
+use crate::backend::States;
 use crate::image::context::prefill_with_images;
 use crate::image::{ImageSetup, PreparedImage};
 use crate::model::{Model, Outputs, RunError};
 use hbridge_engine::cpu::HostTensor;
-use hbridge_graph::build::{self, names, positions, UndPrefillSpec};
+use hbridge_graph::build::{names, positions, UndPrefillSpec};
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -22,96 +23,120 @@ fn take_f32(out: &mut Outputs, name: &str) -> Result<Vec<f32>, RunError> {
         .ok_or_else(|| RunError::Request(format!("graph output `{name}` is not f32")))
 }
 
-/// The und expert's K/V cache: post-RoPE K and V `[len, K*D]` per layer, appended to at each step.
+/// Cache rows are allocated in multiples of this: requests of nearby lengths share one decode graph
+/// (and its plan), and the rounding wastes at most this many rows per layer.
+const CACHE_ROWS: usize = 256;
+
+/// The und expert's K/V cache: post-RoPE K and V `[capacity, K*D]` per layer, held by the model's
+/// backend for the whole request (device memory on CUDA), of which the first `len` rows are filled.
+/// Decode steps write their own rows in place, so no step moves the cache.
 struct KvCache {
-    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    states: States,
+    capacity: usize,
     len: usize,
     kv_dim: usize,
+    layers: usize,
     /// Position of the next token minus its index (HF's `rope_deltas`): 0 for text, negative once an
     /// image's tokens share positions (an image of h x w merged tokens advances positions by max(h, w)).
     pos_delta: i64,
 }
 
 impl KvCache {
-    fn new(num_layers: usize, kv_dim: usize, capacity: usize) -> Self {
-        KvCache {
-            layers: (0..num_layers)
-                .map(|_| {
-                    (
-                        Vec::with_capacity(capacity * kv_dim),
-                        Vec::with_capacity(capacity * kv_dim),
-                    )
-                })
-                .collect(),
+    fn new(model: &Model, layers: usize, kv_dim: usize, rows: usize) -> Result<Self, RunError> {
+        let mut cache = KvCache {
+            states: model.new_states(),
+            capacity: 0,
             len: 0,
             kv_dim,
+            layers,
             pos_delta: 0,
-        }
+        };
+        cache.alloc(model, rows.max(1).next_multiple_of(CACHE_ROWS))?;
+        Ok(cache)
     }
 
-    /// Appends `n` positions' K/V of every layer from a graph's `und.k.{i}` / `und.v.{i}` outputs.
-    fn append(&mut self, out: &mut Outputs, n: usize) -> Result<(), RunError> {
-        for (i, (k, v)) in self.layers.iter_mut().enumerate() {
-            let nk = take_f32(out, &names::und_k(i))?;
-            let nv = take_f32(out, &names::und_v(i))?;
-            if nk.len() != n * self.kv_dim || nv.len() != n * self.kv_dim {
-                return Err(RunError::Request(format!(
-                    "und layer {i}: K/V of {} / {} values, expected {}",
-                    nk.len(),
-                    nv.len(),
-                    n * self.kv_dim
-                )));
+    /// (Re)allocates every layer's cache with `capacity` rows, keeping the filled rows.
+    fn alloc(&mut self, model: &Model, capacity: usize) -> Result<(), RunError> {
+        let mut states = model.new_states();
+        for i in 0..self.layers {
+            for name in [names::cache_k(i), names::cache_v(i)] {
+                model.alloc_state(&mut states, &name, &[capacity, self.kv_dim])?;
+                if self.len > 0 {
+                    let old = model.read_state(&self.states, &name)?;
+                    let old = old.as_f32().unwrap_or_default();
+                    model.write_state_rows(
+                        &mut states,
+                        &name,
+                        0,
+                        &old[..self.len * self.kv_dim],
+                    )?;
+                }
             }
-            k.extend_from_slice(&nk);
-            v.extend_from_slice(&nv);
+        }
+        self.states = states;
+        self.capacity = capacity;
+        Ok(())
+    }
+
+    /// Room for `n` more rows: grows (doubling) when full, which only happens for answers longer than
+    /// the room reserved up front.
+    fn reserve(&mut self, model: &Model, n: usize) -> Result<(), RunError> {
+        if self.len + n > self.capacity {
+            let want = (self.len + n).max(2 * self.capacity);
+            self.alloc(model, want.next_multiple_of(CACHE_ROWS))?;
+        }
+        Ok(())
+    }
+
+    /// Appends `n` positions' K/V of every layer from a prefill's `und.k.{i}` / `und.v.{i}` outputs.
+    fn append(&mut self, model: &Model, out: &mut Outputs, n: usize) -> Result<(), RunError> {
+        self.reserve(model, n)?;
+        for i in 0..self.layers {
+            for (name, state) in [
+                (names::und_k(i), names::cache_k(i)),
+                (names::und_v(i), names::cache_v(i)),
+            ] {
+                let values = take_f32(out, &name)?;
+                if values.len() != n * self.kv_dim {
+                    return Err(RunError::Request(format!(
+                        "und layer {i}: `{name}` has {} values, expected {}",
+                        values.len(),
+                        n * self.kv_dim
+                    )));
+                }
+                model.write_state_rows(&mut self.states, &state, self.len, &values)?;
+            }
         }
         self.len += n;
         Ok(())
     }
 }
 
-/// One decode step of `token` at position `cache.len`: returns its logits `[V]` and appends its K/V.
-/// The cache's vectors are lent to the step's inputs (moved, not copied) and taken back afterwards.
+/// One decode step of `token` at position `cache.len`: returns its logits `[V]`; the step's K/V land in
+/// the cache on the backend.
 fn decode_step(model: &Model, cache: &mut KvCache, token: u32) -> Result<Vec<f32>, RunError> {
-    let c = &model.checkpoint.config.und;
     let pos = cache.len;
     let rope_pos = i32::try_from(pos as i64 + cache.pos_delta)
         .map_err(|_| RunError::Request(format!("position of token {pos} is out of range")))?;
-    let graph = build::und_decode_step(c, &model.checkpoint.und_names, pos)?;
-    let mut inputs: Outputs = HashMap::with_capacity(2 + 2 * cache.layers.len());
-    inputs.insert(
-        names::UND_IDS.to_string(),
-        HostTensor::i32(vec![1], vec![token as i32]),
-    );
-    inputs.insert(
-        names::UND_POSITIONS.to_string(),
-        HostTensor::i32(vec![3, 1], vec![rope_pos; 3]),
-    );
-    if pos > 0 {
-        for (i, (k, v)) in cache.layers.iter_mut().enumerate() {
-            let shape = vec![pos, cache.kv_dim];
-            inputs.insert(
-                names::past_k(i),
-                HostTensor::f32(shape.clone(), std::mem::take(k)),
-            );
-            inputs.insert(names::past_v(i), HostTensor::f32(shape, std::mem::take(v)));
-        }
-    }
-    let result = model.run(&graph, &inputs);
-    if pos > 0 {
-        for (i, (k, v)) in cache.layers.iter_mut().enumerate() {
-            *k = inputs
-                .remove(&names::past_k(i))
-                .and_then(HostTensor::into_f32)
-                .unwrap_or_default();
-            *v = inputs
-                .remove(&names::past_v(i))
-                .and_then(HostTensor::into_f32)
-                .unwrap_or_default();
-        }
-    }
-    let mut out = result?;
-    cache.append(&mut out, 1)?;
+    let cache_len = i32::try_from(pos)
+        .map_err(|_| RunError::Request(format!("cache length {pos} is out of range")))?;
+    cache.reserve(model, 1)?;
+    let inputs: Outputs = HashMap::from([
+        (
+            names::UND_IDS.to_string(),
+            HostTensor::i32(vec![1], vec![token as i32]),
+        ),
+        (
+            names::UND_POSITIONS.to_string(),
+            HostTensor::i32(vec![3, 1], vec![rope_pos; 3]),
+        ),
+        (
+            names::UND_CACHE_LEN.to_string(),
+            HostTensor::i32(vec![1], vec![cache_len]),
+        ),
+    ]);
+    let mut out = model.und_decode_step(cache.capacity, &inputs, &mut cache.states)?;
+    cache.len += 1;
     take_f32(&mut out, "und.logits")
 }
 
@@ -205,7 +230,12 @@ pub fn generate_with_images(
         Some(_) => request.max_tokens,
         None => request.max_tokens.min(1024),
     };
-    let mut cache = KvCache::new(c.num_layers, c.kv_dim(), prompt.len().saturating_add(room));
+    let mut cache = KvCache::new(
+        model,
+        c.num_layers,
+        c.kv_dim(),
+        prompt.len().saturating_add(room),
+    )?;
     let ids: Vec<i32> = prompt.iter().map(|&id| id as i32).collect();
     let (head, last) = ids.split_at(ids.len() - 1);
     if !head.is_empty() {
@@ -225,7 +255,7 @@ pub fn generate_with_images(
             }
             None => model.und_prefill(head, positions::text_positions(head.len()), &spec)?,
         };
-        cache.append(&mut o, head.len())?;
+        cache.append(model, &mut o, head.len())?;
     } else if images.is_some_and(|i| !i.images.is_empty()) {
         return Err(ChatError::Model(RunError::Request(
             "the prompt's last token cannot be an image".into(),

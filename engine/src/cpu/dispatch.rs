@@ -131,10 +131,17 @@ pub(crate) fn run(
             let segs = segments
                 .iter()
                 .map(|s| {
+                    let rows = shape(s.k)[0];
+                    // Validated to lie in [0, rows] before any compute.
+                    let len = match s.len {
+                        Some(l) => (inp.i32(l)?[0].max(0) as usize).min(rows),
+                        None => rows,
+                    };
                     Ok(Segment {
                         k: inp.f32(s.k)?,
                         v: inp.f32(s.v)?,
-                        len: shape(s.k)[0],
+                        len,
+                        rows,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;

@@ -61,6 +61,31 @@ pub enum EngineError {
     },
     #[error("weight {part:?} `{name}`: the checkpoint has no {part:?} part")]
     MissingPart { part: Part, name: String },
+    #[error("graph state `{name}` was not given")]
+    MissingState { name: String },
+    #[error("graph state `{name}`: expected shape {expected:?}, found {found:?}")]
+    StateShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// A state write whose rows would not fit (`row` from the caller's input of that name).
+    #[error("state `{state}`: writing {rows} row(s) at row {row} (input `{input}`) overruns its capacity of {capacity}")]
+    StateRow {
+        state: String,
+        input: String,
+        row: i64,
+        rows: usize,
+        capacity: usize,
+    },
+    /// An attention segment's filled length (the caller's input `input`) outside `[0, rows]`.
+    #[error("attention `{label}`: segment length {len} (input `{input}`) is outside [0, {rows}]")]
+    SegmentLength {
+        label: String,
+        input: String,
+        len: i64,
+        rows: usize,
+    },
     #[error("malformed graph at `{label}`: {problem}")]
     Graph { label: String, problem: String },
     #[error("memory plan does not fit the graph: {0}")]

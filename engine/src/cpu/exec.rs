@@ -10,7 +10,7 @@ use super::tensor::HostTensor;
 use super::validate::{resolve, Loc, View};
 use super::weights::CpuWeights;
 use hbridge_graph::plan::MemoryPlan;
-use hbridge_graph::{Graph, Op};
+use hbridge_graph::{Graph, Op, Source};
 use std::collections::HashMap;
 
 /// Runs graphs on the CPU, owning the activation arena across runs.
@@ -49,7 +49,21 @@ impl Executor {
         weights: &CpuWeights,
         inputs: &HashMap<String, HostTensor>,
     ) -> Result<HashMap<String, HostTensor>> {
-        let locs = resolve(graph, plan, weights, inputs)?;
+        self.run_with_states(graph, plan, weights, inputs, &mut HashMap::new())
+    }
+
+    /// [`run`](Self::run) for a graph with state tensors: they are read from `states` (by name, each
+    /// F32 with the declared shape) and the graph's state writes update them in place after the last
+    /// node. Nothing is computed or written unless everything, the write rows included, checks out.
+    pub fn run_with_states(
+        &mut self,
+        graph: &Graph,
+        plan: &MemoryPlan,
+        weights: &CpuWeights,
+        inputs: &HashMap<String, HostTensor>,
+        states: &mut HashMap<String, HostTensor>,
+    ) -> Result<HashMap<String, HostTensor>> {
+        let locs = resolve(graph, plan, weights, inputs, states)?;
         if self.arena.len() < plan.arena_len {
             self.arena.resize(plan.arena_len, 0.0);
         }
@@ -85,6 +99,35 @@ impl Executor {
                 Loc::Unwritten => unreachable!("validated: every output is written"),
             };
             outputs.insert(name.clone(), t);
+        }
+        // Sources are copied out first: a state may be written from a state (or itself).
+        let writes: Vec<(String, usize, Vec<f32>)> = graph
+            .state_writes
+            .iter()
+            .map(|w| {
+                let n = graph.tensor(w.src).numel();
+                let values = match locs[w.src.index()] {
+                    Loc::Arena(off) => self.arena[off..off + n].to_vec(),
+                    Loc::Host(View::F32(v)) => v.to_vec(),
+                    _ => unreachable!("validated: a state write reads a written F32 tensor"),
+                };
+                let Source::State(name) = &graph.tensor(w.state).source else {
+                    unreachable!("validated: a state write targets a state")
+                };
+                let Loc::Host(View::I32(row)) = locs[w.row.index()] else {
+                    unreachable!("validated: the row is an I32 input")
+                };
+                let start = row[0] as usize * graph.tensor(w.state).shape[1];
+                (name.clone(), start, values)
+            })
+            .collect();
+        drop(locs);
+        for (name, start, values) in writes {
+            let dst = states
+                .get_mut(&name)
+                .and_then(HostTensor::as_f32_mut)
+                .expect("validated: the state exists as F32");
+            dst[start..start + values.len()].copy_from_slice(&values);
         }
         Ok(outputs)
     }

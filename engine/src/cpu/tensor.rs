@@ -61,6 +61,13 @@ impl HostTensor {
         }
     }
 
+    pub fn as_f32_mut(&mut self) -> Option<&mut [f32]> {
+        match &mut self.data {
+            HostData::F32(v) => Some(v),
+            HostData::I32(_) => None,
+        }
+    }
+
     pub fn as_i32(&self) -> Option<&[i32]> {
         match &self.data {
             HostData::I32(v) => Some(v),

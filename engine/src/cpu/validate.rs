@@ -55,6 +55,17 @@ fn input_dtypes(op: &Op) -> Vec<DataType> {
     let mut d = vec![DataType::F32; op.inputs().len()];
     match op {
         Op::Embed { .. } | Op::Rope { .. } => d[1] = DataType::I32,
+        Op::Attention { segments, .. } => {
+            // Inputs are q, then each segment's k, v and (optional) length.
+            let mut i = 1;
+            for s in segments {
+                i += 2;
+                if s.len.is_some() {
+                    d[i] = DataType::I32;
+                    i += 1;
+                }
+            }
+        }
         _ => {}
     }
     d
@@ -83,6 +94,8 @@ pub(crate) enum Place {
     Weight,
     /// A caller's input, present with the declared shape, dtype and length.
     Input,
+    /// A caller's state, present with the declared shape.
+    State,
     /// An activation at this offset (in elements) of the arena.
     Arena(usize),
     /// An activation no node writes (left behind by pruning); nothing may read it.
@@ -95,10 +108,15 @@ pub(crate) fn resolve<'a>(
     plan: &MemoryPlan,
     weights: &'a CpuWeights,
     inputs: &'a HashMap<String, HostTensor>,
+    states: &'a HashMap<String, HostTensor>,
 ) -> Result<Vec<Loc<'a>>> {
-    let places = check(graph, plan, inputs, |part, name, shape| {
-        weights.require(part, name, shape).map(|_| ())
-    })?;
+    let places = check(
+        graph,
+        plan,
+        inputs,
+        |part, name, shape| weights.require(part, name, shape).map(|_| ()),
+        |name, shape| host_state(states, name, shape).map(|_| ()),
+    )?;
     let locs = places
         .iter()
         .zip(&graph.tensors)
@@ -114,6 +132,9 @@ pub(crate) fn resolve<'a>(
                     HostData::F32(v) => View::F32(v),
                     HostData::I32(v) => View::I32(v),
                 }),
+                (Place::State, Source::State(name)) => {
+                    Loc::Host(View::F32(host_state(states, name, &t.shape)?))
+                }
                 (Place::Arena(off), _) => Loc::Arena(*off),
                 _ => Loc::Unwritten,
             })
@@ -121,6 +142,30 @@ pub(crate) fn resolve<'a>(
         .collect::<Result<Vec<_>>>()?;
     check_bf16_readers(graph, &locs)?;
     Ok(locs)
+}
+
+/// The f32 values of state `name`, checked to have `shape`.
+pub(crate) fn host_state<'a>(
+    states: &'a HashMap<String, HostTensor>,
+    name: &str,
+    shape: &[usize],
+) -> Result<&'a [f32]> {
+    let s = states.get(name).ok_or_else(|| EngineError::MissingState {
+        name: name.to_string(),
+    })?;
+    if s.shape != shape {
+        return Err(EngineError::StateShape {
+            name: name.to_string(),
+            expected: shape.to_vec(),
+            found: s.shape.clone(),
+        });
+    }
+    s.check_len(name)?;
+    s.as_f32().ok_or_else(|| EngineError::InputDtype {
+        name: name.to_string(),
+        expected: DataType::F32,
+        found: s.dtype(),
+    })
 }
 
 /// A bf16 weight read by an op without a widening kernel is an error before any compute rather than a
@@ -153,13 +198,15 @@ fn check_bf16_readers(graph: &Graph, locs: &[Loc<'_>]) -> Result<()> {
 }
 
 /// Checks everything a backend relies on before any compute, in a fixed order (weights and inputs in
-/// tensor order, then every node in execution order, then the outputs), and returns each tensor's place.
-/// `weight` checks that the backend holds `(part, name)` with the given shape.
+/// tensor order, then every node in execution order, then the outputs and state writes), and returns
+/// each tensor's place. `weight` checks that the backend holds `(part, name)` with the given shape,
+/// `state` that the caller's state `name` has the given shape.
 pub(crate) fn check(
     graph: &Graph,
     plan: &MemoryPlan,
     inputs: &HashMap<String, HostTensor>,
     mut weight: impl FnMut(Part, &str, &[usize]) -> Result<()>,
+    mut state: impl FnMut(&str, &[usize]) -> Result<()>,
 ) -> Result<Vec<Place>> {
     let nt = graph.tensors.len();
     if plan.offsets.len() != nt {
@@ -198,6 +245,13 @@ pub(crate) fn check(
                 }
                 h.check_len(name)?;
                 Place::Input
+            }
+            Source::State(name) => {
+                if t.dtype != DataType::F32 {
+                    return Err(graph_err(&t.label, "states must be F32"));
+                }
+                state(name, &t.shape)?;
+                Place::State
             }
             Source::Activation => Place::Unwritten,
         });
@@ -267,6 +321,22 @@ pub(crate) fn check(
         if let Op::Embed { table, ids } = &node.op {
             check_ids(graph, inputs, *table, *ids)?;
         }
+        if let Op::Attention { segments, .. } = &node.op {
+            for s in segments {
+                if let Some(len) = s.len {
+                    let rows = graph.tensor(s.k).shape[0];
+                    let (input, v) = i32_value(graph, inputs, len, label)?;
+                    if v < 0 || v as usize > rows {
+                        return Err(EngineError::SegmentLength {
+                            label: label.to_string(),
+                            input,
+                            len: v.into(),
+                            rows,
+                        });
+                    }
+                }
+            }
+        }
         let off = plan.offsets[out.index()]
             .ok_or_else(|| EngineError::Plan(format!("`{label}` has no offset")))?;
         if off
@@ -289,7 +359,83 @@ pub(crate) fn check(
             _ => {}
         }
     }
+    for w in &graph.state_writes {
+        check_state_write(graph, inputs, &places, w)?;
+    }
     Ok(places)
+}
+
+/// The single value of an I32 `[1]` tensor, which (I32 tensors being caller inputs) is known before any
+/// compute; with the input's name.
+fn i32_value(
+    graph: &Graph,
+    inputs: &HashMap<String, HostTensor>,
+    id: TensorId,
+    label: &str,
+) -> Result<(String, i32)> {
+    let t = graph.tensor(id);
+    let value = match &t.source {
+        Source::Input(name) if t.shape == [1] && t.dtype == DataType::I32 => inputs
+            .get(name)
+            .and_then(HostTensor::as_i32)
+            .and_then(|v| v.first())
+            .map(|v| (name.clone(), *v)),
+        _ => None,
+    };
+    value.ok_or_else(|| {
+        graph_err(
+            label,
+            format!("`{}` must be a caller's I32 [1] input", t.label),
+        )
+    })
+}
+
+/// A state write reads a written F32 `[n, C]` and an I32 row, into a state `[capacity, C]` with room.
+fn check_state_write(
+    graph: &Graph,
+    inputs: &HashMap<String, HostTensor>,
+    places: &[Place],
+    w: &hbridge_graph::StateWrite,
+) -> Result<()> {
+    let exists = |id: TensorId| id.index() < graph.tensors.len();
+    if !(exists(w.state) && exists(w.src) && exists(w.row)) {
+        return Err(graph_err(
+            "state write",
+            "names a tensor that does not exist",
+        ));
+    }
+    let (st, src) = (graph.tensor(w.state), graph.tensor(w.src));
+    let label = st.label.as_str();
+    if places[w.state.index()] != Place::State {
+        return Err(graph_err(label, "a state write must target a state tensor"));
+    }
+    if places[w.src.index()] == Place::Unwritten || src.dtype != DataType::F32 {
+        return Err(graph_err(
+            label,
+            format!("writes `{}`, which is not a written F32 tensor", src.label),
+        ));
+    }
+    if st.shape.len() != 2 || src.shape.len() != 2 || st.shape[1] != src.shape[1] {
+        return Err(graph_err(
+            label,
+            format!(
+                "writes `{}` {:?} into {:?}: both must be [rows, C] with the same C",
+                src.label, src.shape, st.shape
+            ),
+        ));
+    }
+    let (input, row) = i32_value(graph, inputs, w.row, label)?;
+    let (rows, capacity) = (src.shape[0], st.shape[0]);
+    if row < 0 || row as usize + rows > capacity {
+        return Err(EngineError::StateRow {
+            state: label.to_string(),
+            input,
+            row: row.into(),
+            rows,
+            capacity,
+        });
+    }
+    Ok(())
 }
 
 /// Token ids are always caller inputs (activations are F32), so they are checked before any compute.

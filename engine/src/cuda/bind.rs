@@ -6,6 +6,7 @@
 use super::context::{dev_ptr, DevPtr, Gpu};
 use super::error::{CudaError, CudaResult};
 use super::prepare::{InputRepr, Needs};
+use super::state::CudaStates;
 use super::weights::CudaWeights;
 use crate::cpu::validate::Place;
 use crate::cpu::{EngineError, HostData, HostTensor};
@@ -198,14 +199,15 @@ fn unbound(graph: &Graph, id: TensorId, what: &str) -> CudaError {
 }
 
 impl Bindings {
-    /// Addresses from the validated `places`: weights from `weights`, inputs from `inputs`, activations
-    /// at their plan offsets (bf16 elements) in the arena.
+    /// Addresses from the validated `places`: weights from `weights`, inputs from `inputs`, states from
+    /// `states`, activations at their plan offsets (bf16 elements) in the arena.
     pub fn new(
         gpu: &Gpu,
         graph: &Graph,
         places: &[Place],
         weights: &CudaWeights,
         inputs: &InputBuffers,
+        states: &CudaStates,
         scratch: &Scratch,
     ) -> Result<Bindings, EngineError> {
         let arena = scratch.arena_ptr(gpu);
@@ -221,6 +223,11 @@ impl Bindings {
                 (Place::Weight, Source::Weight { part, name }) => {
                     Some(weights.require(*part, name, &t.shape)?.ptr(gpu))
                 }
+                (Place::State, Source::State(name)) => Some(
+                    states
+                        .ptr(gpu, name)
+                        .ok_or_else(|| EngineError::MissingState { name: name.clone() })?,
+                ),
                 (Place::Arena(off), _) => Some(arena.offset(*off, 2)),
                 _ => None,
             };

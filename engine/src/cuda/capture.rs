@@ -25,6 +25,8 @@ pub struct CaptureKey {
     tensors: usize,
     arena_len: usize,
     weights: u64,
+    /// The addresses of the graph's state tensors (0 without states).
+    states: u64,
 }
 
 /// Feeds formatted text into a hasher without building the string.
@@ -62,6 +64,15 @@ impl CaptureKey {
             tensors: graph.tensors.len(),
             arena_len: plan.arena_len,
             weights: weights_id,
+            states: 0,
+        }
+    }
+
+    /// The key of the same run over state tensors at the addresses `states_fingerprint` hashes.
+    pub fn with_states(self, states_fingerprint: u64) -> CaptureKey {
+        CaptureKey {
+            states: states_fingerprint,
+            ..self
         }
     }
 }
@@ -220,6 +231,8 @@ mod tests {
         let mut g2 = graph(8, 2.0, "y");
         g2.outputs[0].0 = "other".into();
         assert_ne!(base, key(&g2, 1), "output names");
+        assert_ne!(base, base.with_states(7), "state addresses");
+        assert_eq!(base.with_states(7), base.with_states(7));
     }
 
     #[test]

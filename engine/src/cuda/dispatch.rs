@@ -45,6 +45,20 @@ pub fn launch_all(gpu: &Gpu, graph: &Graph, b: &Bindings) -> CudaResult<()> {
     for (i, node) in graph.nodes.iter().enumerate() {
         launch(gpu, graph, b, i, node).map_err(|e| at_node(e, &graph.tensor(node.out).label))?;
     }
+    // After every node: no launch above reads a state row these overwrite.
+    for w in &graph.state_writes {
+        let (st, src) = (graph.tensor(w.state), graph.tensor(w.src));
+        layout::write_rows(
+            gpu,
+            b.get(graph, w.src)?,
+            b.get(graph, w.state)?,
+            b.get(graph, w.row)?,
+            src.shape[0],
+            src.shape[1],
+            st.shape[0],
+        )
+        .map_err(|e| at_node(e, &st.label))?;
+    }
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use super::context::{DevPtr, Gpu};
 use super::dispatch::launch_all;
 use super::error::CudaError;
 use super::prepare::Needs;
+use super::state::CudaStates;
 use super::weights::CudaWeights;
 use crate::cpu::validate::{check, Place};
 use crate::cpu::{EngineError, HostTensor};
@@ -137,6 +138,7 @@ impl CudaExecutor {
         plan: &MemoryPlan,
         weights: &CudaWeights,
         inputs: &HashMap<String, HostTensor>,
+        states: &CudaStates,
     ) -> Result<Checked> {
         if !Arc::ptr_eq(&self.gpu, weights.gpu()) {
             return Err(CudaError::Unsupported {
@@ -146,9 +148,13 @@ impl CudaExecutor {
             }
             .into());
         }
-        let places = check(graph, plan, inputs, |part, name, shape| {
-            weights.require(part, name, shape).map(|_| ())
-        })?;
+        let places = check(
+            graph,
+            plan,
+            inputs,
+            |part, name, shape| weights.require(part, name, shape).map(|_| ()),
+            |name, shape| states.require(name, shape),
+        )?;
         let needs = Needs::of(graph)?;
         Ok(Checked { places, needs })
     }
@@ -186,13 +192,34 @@ impl CudaExecutor {
         weights: &CudaWeights,
         inputs: &HashMap<String, HostTensor>,
     ) -> Result<HashMap<String, HostTensor>> {
-        let c = self.check(graph, plan, weights, inputs)?;
+        self.run_with_states(graph, plan, weights, inputs, &mut CudaStates::new())
+    }
+
+    /// [`run`](Self::run) for a graph with state tensors, read from `states` in place and updated by
+    /// the graph's state writes on the device (the CPU executor's `run_with_states` contract).
+    pub fn run_with_states(
+        &mut self,
+        graph: &Graph,
+        plan: &MemoryPlan,
+        weights: &CudaWeights,
+        inputs: &HashMap<String, HostTensor>,
+        states: &mut CudaStates,
+    ) -> Result<HashMap<String, HostTensor>> {
+        let c = self.check(graph, plan, weights, inputs, states)?;
         let gpu = self.gpu.clone();
         let _exclusive = gpu.exclusive();
         self.reserve(plan, &c.needs)?;
         let mut buffers = InputBuffers::new(&gpu, graph, &c.needs)?;
         buffers.upload(&gpu, graph, inputs)?;
-        let bindings = Bindings::new(&gpu, graph, &c.places, weights, &buffers, &self.scratch)?;
+        let bindings = Bindings::new(
+            &gpu,
+            graph,
+            &c.places,
+            weights,
+            &buffers,
+            states,
+            &self.scratch,
+        )?;
         self.poison_arena()?;
         launch_all(&gpu, graph, &bindings)?;
         self.stats.eager_runs += 1;
@@ -213,11 +240,26 @@ impl CudaExecutor {
         weights: &CudaWeights,
         inputs: &HashMap<String, HostTensor>,
     ) -> Result<HashMap<String, HostTensor>> {
-        let key = CaptureKey::new(graph, plan, weights.id());
+        self.run_captured_with_states(graph, plan, weights, inputs, &mut CudaStates::new())
+    }
+
+    /// [`run_captured`](Self::run_captured) over state tensors. A capture bakes in the states'
+    /// addresses, so it is keyed by them too: one capture per request (its K/V cache), replayed for
+    /// every later step, with the state writes and the segment lengths reading their rows from the
+    /// device input buffers the host refills.
+    pub fn run_captured_with_states(
+        &mut self,
+        graph: &Graph,
+        plan: &MemoryPlan,
+        weights: &CudaWeights,
+        inputs: &HashMap<String, HostTensor>,
+        states: &mut CudaStates,
+    ) -> Result<HashMap<String, HostTensor>> {
+        let key = self.key(graph, plan, weights, states);
         if self.eager_only || graph.nodes.is_empty() || self.failed.contains(&key) {
-            return self.run(graph, plan, weights, inputs);
+            return self.run_with_states(graph, plan, weights, inputs, states);
         }
-        let c = self.check(graph, plan, weights, inputs)?;
+        let c = self.check(graph, plan, weights, inputs, states)?;
         let gpu = self.gpu.clone();
         let _exclusive = gpu.exclusive();
         self.reserve(plan, &c.needs)?;
@@ -233,7 +275,15 @@ impl CudaExecutor {
 
         let mut buffers = InputBuffers::new(&gpu, graph, &c.needs)?;
         buffers.upload(&gpu, graph, inputs)?;
-        let bindings = Bindings::new(&gpu, graph, &c.places, weights, &buffers, &self.scratch)?;
+        let bindings = Bindings::new(
+            &gpu,
+            graph,
+            &c.places,
+            weights,
+            &buffers,
+            states,
+            &self.scratch,
+        )?;
         self.poison_arena()?;
         // Warm-up: compiles and loads every kernel module, plans every cuBLASLt shape (none of which may
         // happen inside a capture) and computes this call's outputs.
@@ -258,6 +308,21 @@ impl CudaExecutor {
             }
         }
         Ok(out)
+    }
+
+    fn key(
+        &self,
+        graph: &Graph,
+        plan: &MemoryPlan,
+        weights: &CudaWeights,
+        states: &CudaStates,
+    ) -> CaptureKey {
+        let key = CaptureKey::new(graph, plan, weights.id());
+        if graph.states().next().is_some() {
+            key.with_states(states.fingerprint(&self.gpu, graph))
+        } else {
+            key
+        }
     }
 
     /// Reads every graph output back as f32 (synchronizes the stream, so launch errors surface here).

@@ -14,6 +14,7 @@ mod exec;
 pub mod ops;
 pub mod prepare;
 mod staging;
+mod state;
 mod timing;
 mod weights;
 
@@ -21,5 +22,6 @@ pub use capture::CaptureKey;
 pub use context::{dev_ptr, DevPtr, Gpu};
 pub use error::{CudaError, CudaResult};
 pub use exec::{CudaExecutor, ExecStats, MAX_CAPTURES};
+pub use state::CudaStates;
 pub use timing::{median, ReplayTiming};
 pub use weights::{CudaWeight, CudaWeights, UploadProgress, UploadReport};

@@ -210,7 +210,7 @@ pub fn attention_launches(
                     row_stride: kv_row,
                     batch_stride: 0,
                     kv_heads: *kv_heads,
-                    valid_len: None,
+                    valid_len: s.len.map(&ptr),
                 })
                 .collect();
             vec![AttentionLaunch {
@@ -353,6 +353,15 @@ impl Needs {
                 }
             }
         }
+        // A state write reads its source (bf16) and its row (i32) after the last node.
+        for w in &graph.state_writes {
+            if is_input(w.src) {
+                repr[w.src.index()][0] = true;
+            }
+            if is_input(w.row) {
+                repr[w.row.index()][2] = true;
+            }
+        }
         for (i, r) in repr.iter().enumerate() {
             for (j, kind) in [InputRepr::Bf16, InputRepr::F32, InputRepr::I32]
                 .into_iter()
@@ -489,7 +498,7 @@ mod tests {
         let k1 = g.input("k1", &[7, 4], DataType::F32);
         let op = Op::Attention {
             q,
-            segments: vec![KvSegment { k: k0, v: k0 }, KvSegment { k: k1, v: k1 }],
+            segments: vec![KvSegment::new(k0, k0), KvSegment::new(k1, k1)],
             heads: 2,
             kv_heads: 1,
             head_dim: 4,

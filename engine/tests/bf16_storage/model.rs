@@ -6,7 +6,7 @@ use crate::assert_bits_equal;
 use crate::common::rel_l2;
 use crate::fixture::{fixture, Fixture, Tensors};
 use half::bf16;
-use hbridge_engine::{execute, CpuWeights, WeightStorage};
+use hbridge_engine::{execute, CpuWeights, Executor, WeightStorage};
 use hbridge_graph::plan::plan_memory;
 use hbridge_graph::{Graph, Op, Source, TensorId};
 use hbridge_loader::{Checkpoint, Part};
@@ -69,7 +69,15 @@ fn bf16_checkpoint_gives_bit_identical_results() {
     both(&fx, "gen step", fx.gen_cond(&und));
     both(&fx, "vae decode", fx.vae());
     assert!(fx.has_chat(), "tiny has a chat prompt");
-    let greedy = |storage| fx.greedy(4, |g, inputs| run(&fx.ckpt, storage, g, inputs).0);
+    let greedy = |storage| {
+        fx.greedy(4, |g, inputs, states| {
+            let mut w = CpuWeights::with_storage(storage);
+            w.load_graph(&fx.ckpt, g).unwrap();
+            Executor::new()
+                .run_with_states(g, &plan_memory(g), &w, inputs, states)
+                .unwrap()
+        })
+    };
     let ((fl, ft), (hl, ht)) = (greedy(WeightStorage::F32), greedy(WeightStorage::Bf16));
     assert_eq!(ft, ht, "greedy tokens");
     assert!(fl.iter().zip(&hl).all(|(a, b)| a.to_bits() == b.to_bits()));

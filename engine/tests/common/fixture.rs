@@ -190,12 +190,15 @@ impl Fixture {
     }
 
     /// Greedy decoding of `n` tokens after the chat prompt, no stop: a prefill that returns every
-    /// layer's K/V, then one decode-step graph per further token against the growing cache. Returns the
-    /// prefill's logits `[L, V]` and the tokens.
+    /// layer's K/V, copied into host state tensors (the K/V cache, `[capacity, K*D]` per layer), then
+    /// the decode-step graph (one graph for every token) writing each token's K/V into them. `run`
+    /// gets the graph, its inputs and the states (empty for the prefill; a backend may keep its own
+    /// copy of them from their first decode step on). Returns the prefill's logits `[L, V]` and the
+    /// tokens.
     pub fn greedy(
         &self,
         n: usize,
-        mut run: impl FnMut(&Graph, &Tensors) -> Tensors,
+        mut run: impl FnMut(&Graph, &Tensors, &mut Tensors) -> Tensors,
     ) -> (Vec<f32>, Vec<i32>) {
         let c = &self.ckpt.config.und;
         let (_, ids) = i64s_as_i32(&self.inputs, "chat.input_ids");
@@ -216,23 +219,28 @@ impl Fixture {
                 HostTensor::i32([3, len], positions::text_positions(len)),
             ),
         ]);
-        let mut out = run(&g, &inputs);
+        let mut out = run(&g, &inputs, &mut HashMap::new());
         let logits = out["und.logits"].as_f32().unwrap().to_vec();
         let vocab = c.vocab_size;
-        let mut cache: Vec<(Vec<f32>, Vec<f32>)> = layers
-            .iter()
-            .map(|&i| {
-                (
-                    out.remove(&names::und_k(i)).unwrap().into_f32().unwrap(),
-                    out.remove(&names::und_v(i)).unwrap().into_f32().unwrap(),
-                )
-            })
-            .collect();
+        // Room for every token plus a few unused rows, so the masked tail is exercised too.
+        let capacity = len + n + 3;
+        let kv = c.kv_dim();
+        let mut states = Tensors::new();
+        for &i in &layers {
+            for (from, to) in [
+                (names::und_k(i), names::cache_k(i)),
+                (names::und_v(i), names::cache_v(i)),
+            ] {
+                let mut cache = out.remove(&from).unwrap().into_f32().unwrap();
+                cache.resize(capacity * kv, f32::NAN);
+                states.insert(to, HostTensor::f32([capacity, kv], cache));
+            }
+        }
+        let g = und_decode_step(c, &self.ckpt.und_names, capacity).unwrap();
         let mut tokens = vec![argmax(&logits[(len - 1) * vocab..])];
         while tokens.len() < n {
             let past = len + tokens.len() - 1;
-            let g = und_decode_step(c, &self.ckpt.und_names, past).unwrap();
-            let mut inputs = HashMap::from([
+            let inputs = HashMap::from([
                 (
                     names::UND_IDS.to_string(),
                     HostTensor::i32([1], vec![*tokens.last().unwrap()]),
@@ -241,17 +249,12 @@ impl Fixture {
                     names::UND_POSITIONS.to_string(),
                     HostTensor::i32([3, 1], vec![past as i32; 3]),
                 ),
+                (
+                    names::UND_CACHE_LEN.to_string(),
+                    HostTensor::i32([1], vec![past as i32]),
+                ),
             ]);
-            for (i, (k, v)) in cache.iter().enumerate() {
-                let shape = [past, c.kv_dim()];
-                inputs.insert(names::past_k(i), HostTensor::f32(shape, k.clone()));
-                inputs.insert(names::past_v(i), HostTensor::f32(shape, v.clone()));
-            }
-            let out = run(&g, &inputs);
-            for (i, (k, v)) in cache.iter_mut().enumerate() {
-                k.extend_from_slice(out[&names::und_k(i)].as_f32().unwrap());
-                v.extend_from_slice(out[&names::und_v(i)].as_f32().unwrap());
-            }
+            let out = run(&g, &inputs, &mut states);
             tokens.push(argmax(out["und.logits"].as_f32().unwrap()));
         }
         (logits, tokens)

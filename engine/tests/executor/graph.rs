@@ -109,13 +109,7 @@ pub fn block() -> (Graph, CpuWeights) {
         },
         "k_rope",
     );
-    let segments = vec![
-        KvSegment {
-            k: past_k,
-            v: past_v,
-        },
-        KvSegment { k, v },
-    ];
+    let segments = vec![KvSegment::new(past_k, past_v), KvSegment::new(k, v)];
     let a = push(
         &mut g,
         Op::Attention {
@@ -293,6 +287,7 @@ fn chained(
     for (i, t) in g.tensors.iter().enumerate() {
         match &t.source {
             Source::Input(name) => drop(values.insert(TensorId(i as u32), inputs[name].clone())),
+            Source::State(name) => panic!("state `{name}`: this graph has none"),
             Source::Weight { part, name } => drop(values.insert(
                 TensorId(i as u32),
                 HostTensor::f32(
@@ -376,6 +371,7 @@ fn remap(op: &Op, m: &HashMap<TensorId, TensorId>) -> Op {
                 .map(|s| KvSegment {
                     k: f(&s.k),
                     v: f(&s.v),
+                    len: s.len.as_ref().map(f),
                 })
                 .collect(),
             heads,

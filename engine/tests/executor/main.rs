@@ -5,4 +5,5 @@ mod common;
 
 mod errors;
 mod graph;
+mod states;
 mod weights;

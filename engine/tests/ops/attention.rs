@@ -66,7 +66,7 @@ fn run_case(seed: u64, c: &Case) {
                 &[len, kd],
                 v[start * kd..(start + len) * kd].to_vec(),
             );
-            segments.push(KvSegment { k: ki, v: vi });
+            segments.push(KvSegment::new(ki, vi));
             start += len;
         }
         let op = Op::Attention {
@@ -215,7 +215,7 @@ fn large_scores_are_stable() {
     let (ki, vi) = (t.f32("k", &[12, 16], k), t.f32("v", &[12, 16], v));
     let got = t.run(Op::Attention {
         q: qi,
-        segments: vec![KvSegment { k: ki, v: vi }],
+        segments: vec![KvSegment::new(ki, vi)],
         heads: 2,
         kv_heads: 1,
         head_dim: 16,

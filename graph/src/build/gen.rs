@@ -96,7 +96,7 @@ pub fn gen_step_with_refs(
                 &[spec.context_len, u.kv_dim()],
                 DataType::F32,
             );
-            KvSegment { k, v }
+            KvSegment::new(k, v)
         });
     }
     for i in 0..c.num_layers {
@@ -163,7 +163,7 @@ pub fn gen_step_with_refs(
                 let a = cx.g.push(
                     Op::Attention {
                         q: qs,
-                        segments: vec![und_segment, KvSegment { k: ks, v: vs }],
+                        segments: vec![und_segment, KvSegment::new(ks, vs)],
                         heads: u.num_heads,
                         kv_heads: u.num_kv_heads,
                         head_dim: u.head_dim,

@@ -159,7 +159,7 @@ impl Ctx<'_> {
         let a = self.g.push(
             Op::Attention {
                 q,
-                segments: vec![KvSegment { k, v }],
+                segments: vec![KvSegment::new(k, v)],
                 heads: c.num_heads,
                 kv_heads: c.num_kv_heads,
                 head_dim: c.head_dim,

@@ -24,6 +24,8 @@ pub use vae_encoder::vae_encode;
 pub mod names {
     pub const UND_IDS: &str = "und.input_ids";
     pub const UND_POSITIONS: &str = "und.position_ids";
+    /// I32 `[1]`: the K/V cache rows filled before this decode step (where its K/V go).
+    pub const UND_CACHE_LEN: &str = "und.cache_len";
     pub const GEN_X: &str = "gen.x";
     pub const GEN_T: &str = "gen.t";
     pub const GEN_POSITIONS: &str = "gen.positions";
@@ -36,10 +38,12 @@ pub mod names {
     pub fn und_v(layer: usize) -> String {
         format!("und.v.{layer}")
     }
-    pub fn past_k(layer: usize) -> String {
-        format!("und.past_k.{layer}")
+    /// State: one layer's K cache `[capacity, K*D]` (post-RoPE keys, rows past the filled length unused).
+    pub fn cache_k(layer: usize) -> String {
+        format!("und.cache_k.{layer}")
     }
-    pub fn past_v(layer: usize) -> String {
-        format!("und.past_v.{layer}")
+    /// State: one layer's V cache `[capacity, K*D]`.
+    pub fn cache_v(layer: usize) -> String {
+        format!("und.cache_v.{layer}")
     }
 }

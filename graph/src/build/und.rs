@@ -146,7 +146,7 @@ impl Ctx<'_> {
             },
             format!("{l}k"),
         )?;
-        let segments: Vec<KvSegment> = past.into_iter().chain([KvSegment { k, v }]).collect();
+        let segments: Vec<KvSegment> = past.into_iter().chain([KvSegment::new(k, v)]).collect();
         let a = self.push(
             Op::Attention {
                 q,
@@ -283,14 +283,22 @@ pub(crate) fn und_prefill_spliced(
     Ok(crate::prune::prune(cx.g))
 }
 
-/// One decode step of a single token after `past_len` cached tokens. Inputs: `und.input_ids` `[1]`,
-/// `und.position_ids` `[3, 1]`, `und.past_k.{i}` / `und.past_v.{i}` `[past_len, K*D]` for every layer.
-/// Outputs: `und.logits` `[1, V]` and this token's `und.k.{i}` / `und.v.{i}` to append to the cache.
+/// One decode step of a single token against a K/V cache of `capacity` rows per layer, of which the
+/// first `und.cache_len` are filled. Inputs: `und.input_ids` `[1]`, `und.position_ids` `[3, 1]`,
+/// `und.cache_len` I32 `[1]`; states `und.cache_k.{i}` / `und.cache_v.{i}` `[capacity, K*D]` for every
+/// layer. The token's K/V are written into the cache at row `und.cache_len` (after attention has read
+/// the rows before it); output: `und.logits` `[1, V]`. The graph depends only on `capacity`, so one
+/// graph (and one CUDA graph capture) serves every token of a request.
 pub fn und_decode_step(
     c: &UndConfig,
     names: &UndNames,
-    past_len: usize,
+    capacity: usize,
 ) -> Result<Graph, GraphError> {
+    if capacity == 0 {
+        return Err(GraphError::Request(
+            "a decode step needs a K/V cache of at least one row".into(),
+        ));
+    }
     let mut cx = Ctx {
         g: Graph::default(),
         c,
@@ -298,22 +306,17 @@ pub fn und_decode_step(
     };
     let ids = cx.g.input(names::UND_IDS, &[1], DataType::I32);
     let positions = cx.g.input(names::UND_POSITIONS, &[3, 1], DataType::I32);
+    let cache_len = cx.g.input(names::UND_CACHE_LEN, &[1], DataType::I32);
     let table = cx.w("embed_tokens.weight", &[c.vocab_size, c.hidden_size]);
     let mut x = cx.push(Op::Embed { table, ids }, "und.hs.0")?;
     for i in 0..c.num_layers {
-        let past = if past_len > 0 {
-            let k =
-                cx.g.input(names::past_k(i), &[past_len, c.kv_dim()], DataType::F32);
-            let v =
-                cx.g.input(names::past_v(i), &[past_len, c.kv_dim()], DataType::F32);
-            Some(KvSegment { k, v })
-        } else {
-            None
-        };
-        let (nx, k, v) = cx.layer(i, x, positions, past)?;
+        let ck = cx.g.state(names::cache_k(i), &[capacity, c.kv_dim()]);
+        let cv = cx.g.state(names::cache_v(i), &[capacity, c.kv_dim()]);
+        let past = KvSegment::with_len(ck, cv, cache_len);
+        let (nx, k, v) = cx.layer(i, x, positions, Some(past))?;
         x = nx;
-        cx.g.mark_output(names::und_k(i), k);
-        cx.g.mark_output(names::und_v(i), v);
+        cx.g.write_state(ck, k, cache_len)?;
+        cx.g.write_state(cv, v, cache_len)?;
     }
     cx.head(x, true, false)?;
     Ok(crate::prune::prune(cx.g))

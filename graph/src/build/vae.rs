@@ -121,7 +121,7 @@ impl Ctx<'_> {
         let a = self.g.push(
             Op::Attention {
                 q,
-                segments: vec![crate::KvSegment { k, v }],
+                segments: vec![crate::KvSegment::new(k, v)],
                 heads: 1,
                 kv_heads: 1,
                 head_dim: ch,

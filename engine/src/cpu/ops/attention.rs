@@ -4,11 +4,25 @@
 use super::matmul::{matmul, Mat, MatMut};
 use rayon::prelude::*;
 
-/// One K/V segment: `len` rows of `[kv_heads*head_dim]` each.
+/// One K/V segment: `rows` rows of `[kv_heads*head_dim]` each, of which the first `len` are keys (the
+/// rest keep their positions for the causal limit but are never read).
 pub(crate) struct Segment<'a> {
     pub k: &'a [f32],
     pub v: &'a [f32],
     pub len: usize,
+    pub rows: usize,
+}
+
+/// How many keys (score columns: each segment's first `len`) lie at key positions below `limit`, key
+/// positions running over the full `rows` of the segments one after the other.
+fn keys_before(segments: &[Segment<'_>], limit: usize) -> usize {
+    let mut off = 0;
+    let mut n = 0;
+    for s in segments {
+        n += s.len.min(limit.saturating_sub(off));
+        off += s.rows;
+    }
+    n
 }
 
 pub(crate) struct AttnShape {
@@ -27,10 +41,12 @@ fn band_rows(nq: usize) -> usize {
     nq.div_ceil(4 * threads).clamp(8, 64).min(nq.max(1))
 }
 
-/// q `[nq, heads*head_dim]` -> out `[nq, heads*head_dim]`. Causal: query i sees keys `0..=i + nk - nq`.
+/// q `[nq, heads*head_dim]` -> out `[nq, heads*head_dim]`. Causal: query i sees key positions
+/// `0..=i + nk - nq` (`nk` the total rows); keys are compacted into score columns, segment by segment.
 pub(crate) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut [f32]) {
     let (hd, kd) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
-    let nk: usize = segments.iter().map(|g| g.len).sum();
+    let nk: usize = segments.iter().map(|g| g.rows).sum();
+    let ncols: usize = segments.iter().map(|g| g.len).sum();
     if s.nq == 0 || hd == 0 {
         return;
     }
@@ -42,9 +58,9 @@ pub(crate) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out:
             let rows = o.len() / hd;
             // Keys past the band's last visible one are never needed.
             let kmax = if s.causal {
-                (r0 + rows + nk - s.nq).min(nk)
+                keys_before(segments, r0 + rows + nk - s.nq)
             } else {
-                nk
+                ncols
             };
             if kmax == 0 {
                 o.fill(0.0);
@@ -84,7 +100,7 @@ pub(crate) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out:
                 }
                 for (r, row) in sc.chunks_mut(kmax).enumerate() {
                     let visible = if s.causal {
-                        (r0 + r + nk - s.nq + 1).min(kmax)
+                        keys_before(segments, r0 + r + nk - s.nq + 1).min(kmax)
                     } else {
                         kmax
                     };
@@ -166,6 +182,7 @@ pub(crate) fn block_attention(
             k: &k[start * kd..(start + len) * kd],
             v: &v[start * kd..(start + len) * kd],
             len,
+            rows: len,
         };
         let shape = AttnShape {
             nq: len,

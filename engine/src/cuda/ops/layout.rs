@@ -58,6 +58,41 @@ fn copy_rows(
     )
 }
 
+/// `state[row[0] + r] = src[r]` for `r < rows`, `cols` elements per row, `row` an i32 on the device (read
+/// when the kernel runs, so a CUDA graph replays it at the current value). A row range past `capacity`
+/// writes nothing.
+pub fn write_rows(
+    gpu: &Gpu,
+    src: DevPtr,
+    state: DevPtr,
+    row: DevPtr,
+    rows: usize,
+    cols: usize,
+    capacity: usize,
+) -> CudaResult<()> {
+    let op = "state_write";
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    mul(op, capacity, cols)?;
+    let vec = cols % 8 == 0 && aligned16(&[src, state]);
+    let t = row_tiling(rows, if vec { cols / 8 } else { cols });
+    let (sp, dp, rp) = (src.0, state.0, row.0);
+    let (rows_, cols_, cap_) = (
+        to_i64(op, "rows", rows)?,
+        to_i64(op, "cols", cols)?,
+        to_i64(op, "capacity", capacity)?,
+    );
+    let vec = vec as i32;
+    launch!(
+        gpu,
+        "layout",
+        "write_rows",
+        t.cfg,
+        [&sp, &dp, &rp, &rows_, &cols_, &cap_, &t.tpr_log2, &vec]
+    )
+}
+
 /// `out[i] = table[ids[i]]`, ids i32 `[n]` (validated on the host), table `[vocab, d]`.
 pub fn embed(
     gpu: &Gpu,

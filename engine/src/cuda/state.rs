@@ -1,0 +1,171 @@
+//! Request-owned device tensors (a graph's `Source::State`): a decode request's K/V cache lives here, in
+//! bf16 like every activation, for the whole request. A graph reads them in place and its state writes
+//! update them on the device, so a decode step moves no cache bytes over PCIe and, its addresses being
+//! fixed for the request, can be captured once and replayed for every token.
+
+use super::buffer::{download_bf16, f32_to_bf16_bits};
+use super::context::{dev_ptr, DevPtr, Gpu};
+use super::error::{CudaError, CudaResult};
+use crate::cpu::{EngineError, HostTensor};
+use cudarc::driver::{result, CudaSlice};
+use hbridge_graph::{Graph, Source};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+struct StateBuffer {
+    shape: Vec<usize>,
+    data: CudaSlice<u16>,
+}
+
+/// Named device tensors `[rows, cols]` (bf16) kept across runs. Dropping it frees them.
+#[derive(Default)]
+pub struct CudaStates {
+    buffers: HashMap<String, StateBuffer>,
+}
+
+impl std::fmt::Debug for CudaStates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.buffers.keys().collect();
+        names.sort();
+        f.debug_struct("CudaStates")
+            .field("names", &names)
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+impl CudaStates {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) state `name` of `shape`, zero-filled.
+    pub fn alloc(&mut self, gpu: &Gpu, name: &str, shape: &[usize]) -> CudaResult<()> {
+        let n: usize = shape.iter().product();
+        let data = gpu.alloc_zeros::<u16>(n.max(1))?;
+        self.buffers.insert(
+            name.to_string(),
+            StateBuffer {
+                shape: shape.to_vec(),
+                data,
+            },
+        );
+        Ok(())
+    }
+
+    /// A copy of host tensors (F32, rounded to bf16), e.g. a test's states.
+    pub fn from_host(gpu: &Gpu, states: &HashMap<String, HostTensor>) -> Result<Self, EngineError> {
+        let mut s = CudaStates::new();
+        for (name, t) in states {
+            s.alloc(gpu, name, &t.shape)?;
+            let values = t.as_f32().ok_or_else(|| EngineError::InputDtype {
+                name: name.clone(),
+                expected: hbridge_graph::DataType::F32,
+                found: t.dtype(),
+            })?;
+            t.check_len(name)?;
+            s.write_rows(gpu, name, 0, values)?;
+        }
+        Ok(s)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.buffers.get(name).map(|b| b.shape.as_slice())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.buffers.keys().map(String::as_str)
+    }
+
+    /// Device bytes held.
+    pub fn bytes(&self) -> usize {
+        self.buffers.values().map(|b| b.data.len() * 2).sum()
+    }
+
+    pub(crate) fn ptr(&self, gpu: &Gpu, name: &str) -> Option<DevPtr> {
+        self.buffers
+            .get(name)
+            .map(|b| dev_ptr(&b.data, gpu.stream()))
+    }
+
+    /// Copies `values` (whole rows of f32, rounded to bf16) into state `name` from row `row` on
+    /// (stream-ordered, so it lands before any later launch reads it).
+    pub fn write_rows(
+        &mut self,
+        gpu: &Gpu,
+        name: &str,
+        row: usize,
+        values: &[f32],
+    ) -> Result<(), EngineError> {
+        let b = self
+            .buffers
+            .get(name)
+            .ok_or_else(|| EngineError::MissingState {
+                name: name.to_string(),
+            })?;
+        let cols = b.shape.get(1).copied().unwrap_or(1).max(1);
+        let capacity = b.shape.first().copied().unwrap_or(0);
+        let rows = values.len() / cols;
+        if values.len() % cols != 0 || row + rows > capacity {
+            return Err(EngineError::StateRow {
+                state: name.to_string(),
+                input: "host write".into(),
+                row: row as i64,
+                rows: values.len().div_ceil(cols),
+                capacity,
+            });
+        }
+        if values.is_empty() {
+            return Ok(());
+        }
+        let bits = f32_to_bf16_bits(values);
+        let dst = dev_ptr(&b.data, gpu.stream()).offset(row * cols, 2);
+        // SAFETY: rows [row, row + rows) lie inside the buffer (checked above); a pageable async copy
+        // returns once the host data is staged, so `bits` may drop right after.
+        unsafe { result::memcpy_htod_async(dst.0, &bits, gpu.stream().cu_stream()) }
+            .map_err(|e| CudaError::driver(format!("writing state `{name}`"), e))?;
+        Ok(())
+    }
+
+    /// State `name` as f32 on the host (synchronizes).
+    pub fn read(&self, gpu: &Gpu, name: &str) -> Result<HostTensor, EngineError> {
+        let b = self
+            .buffers
+            .get(name)
+            .ok_or_else(|| EngineError::MissingState {
+                name: name.to_string(),
+            })?;
+        let n: usize = b.shape.iter().product();
+        let values = download_bf16(gpu, dev_ptr(&b.data, gpu.stream()), n)?;
+        Ok(HostTensor::f32(b.shape.clone(), values))
+    }
+
+    /// Checks that state `name` exists with `shape` (the executor's validation hook).
+    pub(crate) fn require(&self, name: &str, shape: &[usize]) -> Result<(), EngineError> {
+        match self.shape(name) {
+            None => Err(EngineError::MissingState {
+                name: name.to_string(),
+            }),
+            Some(s) if s != shape => Err(EngineError::StateShape {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: s.to_vec(),
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The addresses `graph`'s states are bound to, hashed: a capture over them is only valid for
+    /// states at the same addresses.
+    pub(crate) fn fingerprint(&self, gpu: &Gpu, graph: &Graph) -> u64 {
+        let mut h = DefaultHasher::new();
+        for t in &graph.tensors {
+            if let Source::State(name) = &t.source {
+                name.hash(&mut h);
+                self.ptr(gpu, name).map(|p| p.0).hash(&mut h);
+            }
+        }
+        h.finish()
+    }
+}
