@@ -182,6 +182,42 @@ impl Backend {
         }
     }
 
+    /// CUDA: [`time_replay_vs_eager`](Self::time_replay_vs_eager) of a graph over request states.
+    pub fn time_replay_vs_eager_with_states(
+        &self,
+        graph: &Graph,
+        plan: &MemoryPlan,
+        inputs: &Outputs,
+        states: &mut States,
+        iters: usize,
+    ) -> Result<Option<ReplayTiming>, RunError> {
+        match (self, states) {
+            (Backend::Cpu { .. }, _) => Ok(None),
+            (
+                Backend::Cuda {
+                    gpu,
+                    weights,
+                    executors,
+                    peak,
+                },
+                States::Cuda(s),
+            ) => {
+                let weights = weights.read().unwrap_or_else(|e| e.into_inner());
+                let pooled = executors.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let mut exec = pooled.unwrap_or_else(|| CudaExecutor::new(gpu.clone()));
+                let out =
+                    exec.time_replay_vs_eager_with_states(graph, plan, &weights, inputs, s, iters);
+                executors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(exec);
+                Self::sample_memory(gpu, peak);
+                Ok(Some(out?))
+            }
+            _ => Err(mismatch()),
+        }
+    }
+
     /// Runs `graph` with an idle executor (a new one when all are busy). `replay`: capture the run as a
     /// CUDA graph and replay it on later calls of the same graph (the denoising loop); ignored on the CPU.
     pub fn execute(

@@ -201,17 +201,27 @@ pub fn run(
     let step_bytes = cost(&decode_graph, 2).weight_bytes
         + (opts.context * u.num_kv_heads * u.head_dim * 2 * 2 * u.num_layers) as f64;
     let rate = step_bytes * tps;
+    let mut note = format!(
+        "batch 1; {} steps; weights + K/V read per token {:.2} GB (bandwidth % against the copy ceiling's read half)",
+        answer.timings.decode_steps,
+        step_bytes / 1e9
+    );
+    if let Some(t) = crate::chat::time_decode_step(model, opts.context, runs.max(3) * 4)? {
+        note += &format!(
+            "; step device time at {} cached tokens: eager {:.3} ms, CUDA graph replay {:.3} ms ({} nodes)",
+            opts.context,
+            t.eager_median_ms(),
+            t.replay_median_ms(),
+            t.nodes
+        );
+    }
     rows.push(BenchRow {
         name: "und_decode_tokens_per_s",
         value: tps,
         unit: "tokens/s",
         achieved: Some((rate / 1e9, "GB/s")),
         of_ceiling: ceil(rate, |c| c.copy_bytes_per_s / 2.0, &ceilings),
-        note: format!(
-            "batch 1; {} steps; weights + K/V read per token {:.2} GB (bandwidth % against the copy ceiling's read half)",
-            answer.timings.decode_steps,
-            step_bytes / 1e9
-        ),
+        note,
     });
 
     let branches = if opts.guidance > 1.0 { 2 } else { 1 };

@@ -190,6 +190,23 @@ impl Model {
             .execute_with_states(&p.0, &p.1, inputs, states, replay)
     }
 
+    /// CUDA only: eager launches vs CUDA graph replays of the und decode step over `states` (see
+    /// [`Model::time_gen_step`]); `None` on the CPU.
+    pub(crate) fn time_und_decode_step(
+        &self,
+        capacity: usize,
+        inputs: &Outputs,
+        states: &mut States,
+        iters: usize,
+    ) -> Result<Option<hbridge_engine::cuda::ReplayTiming>, RunError> {
+        let c = &self.checkpoint.config.und;
+        let p = self.prepared(format!("und_decode/{capacity}"), || {
+            build::und_decode_step(c, &self.checkpoint.und_names, capacity)
+        })?;
+        self.backend
+            .time_replay_vs_eager_with_states(&p.0, &p.1, inputs, states, iters)
+    }
+
     /// The graph of `key`, built by `build` (and its weights converted) the first time only.
     fn prepared(
         &self,

@@ -358,13 +358,14 @@ impl CudaExecutor {
         plan: &MemoryPlan,
         weights: &CudaWeights,
         inputs: &HashMap<String, HostTensor>,
+        states: &mut CudaStates,
     ) -> Result<(Arc<Gpu>, Option<CaptureHandle>)> {
         let eager = self.eager_only;
         self.eager_only = false;
-        let r = self.run_captured(graph, plan, weights, inputs);
+        let r = self.run_captured_with_states(graph, plan, weights, inputs, states);
         self.eager_only = eager;
         r?;
-        let key = CaptureKey::new(graph, plan, weights.id());
+        let key = self.key(graph, plan, weights, states);
         Ok((
             self.gpu.clone(),
             self.captures.get(&key).map(|c| (c.bindings.clone(), key)),

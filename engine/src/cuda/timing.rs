@@ -6,6 +6,7 @@ use super::context::Gpu;
 use super::dispatch::launch_all;
 use super::error::CudaError;
 use super::exec::CudaExecutor;
+use super::state::CudaStates;
 use super::weights::CudaWeights;
 use crate::cpu::{EngineError, HostTensor};
 use cudarc::driver::sys::CUevent_flags;
@@ -93,7 +94,28 @@ impl CudaExecutor {
         inputs: &HashMap<String, HostTensor>,
         iters: usize,
     ) -> Result<ReplayTiming, EngineError> {
-        let (gpu, captured) = self.captured_parts(graph, plan, weights, inputs)?;
+        self.time_replay_vs_eager_with_states(
+            graph,
+            plan,
+            weights,
+            inputs,
+            &mut CudaStates::new(),
+            iters,
+        )
+    }
+
+    /// [`time_replay_vs_eager`](Self::time_replay_vs_eager) of a graph over state tensors (a decode
+    /// step over its K/V cache; every iteration writes the same cache rows).
+    pub fn time_replay_vs_eager_with_states(
+        &mut self,
+        graph: &Graph,
+        plan: &MemoryPlan,
+        weights: &CudaWeights,
+        inputs: &HashMap<String, HostTensor>,
+        states: &mut CudaStates,
+        iters: usize,
+    ) -> Result<ReplayTiming, EngineError> {
+        let (gpu, captured) = self.captured_parts(graph, plan, weights, inputs, states)?;
         let mut t = ReplayTiming {
             nodes: graph.nodes.len(),
             ..Default::default()
@@ -117,7 +139,7 @@ impl CudaExecutor {
                 // (uploads and downloads included).
                 for _ in 0..iters {
                     let s = std::time::Instant::now();
-                    self.run(graph, plan, weights, inputs)?;
+                    self.run_with_states(graph, plan, weights, inputs, states)?;
                     t.eager_ms.push(s.elapsed().as_secs_f32() * 1e3);
                 }
             }
