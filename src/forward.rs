@@ -75,6 +75,7 @@ pub fn forward(model: &Model, inputs: &Outputs) -> Result<Outputs, RunError> {
             logits: true,
             hidden_states: false,
             final_hidden: false,
+            kv_cache: None,
         };
         let mut o = model.und_prefill(&chat, positions::text_positions(chat.len()), &spec)?;
         out.insert("chat.logits".into(), take(&mut o, "und.logits")?);
@@ -96,6 +97,7 @@ pub fn forward(model: &Model, inputs: &Outputs) -> Result<Outputs, RunError> {
         hidden_states: true,
         // omnigen2: the caption features are an output too (no bridge K/V then: `layers` is empty)
         final_hidden: model.is_omnigen2(),
+        kv_cache: None,
     };
     let mut o = model.und_prefill(&cond_ids, cond_pos.clone(), &spec)?;
     if model.is_omnigen2() {

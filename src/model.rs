@@ -254,6 +254,18 @@ impl Model {
         positions: Vec<i32>,
         spec: &UndPrefillSpec,
     ) -> Result<Outputs, RunError> {
+        self.und_prefill_into(ids, positions, spec, None)
+    }
+
+    /// [`Model::und_prefill`] of a spec with a `kv_cache`: its K/V go into `cache`'s states from row
+    /// `cache.1` on, on the backend.
+    pub(crate) fn und_prefill_into(
+        &self,
+        ids: &[i32],
+        positions: Vec<i32>,
+        spec: &UndPrefillSpec,
+        cache: Option<(&mut States, usize)>,
+    ) -> Result<Outputs, RunError> {
         let c = &self.checkpoint.config.und;
         if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= c.vocab_size) {
             return Err(RunError::Request(format!(
@@ -272,7 +284,28 @@ impl Model {
                 HostTensor::i32(vec![3, ids.len()], positions),
             ),
         ]);
-        self.run(&graph, &inputs)
+        self.run_into(&graph, inputs, cache)
+    }
+
+    /// Runs `graph`; with `cache`, over its states, `und.cache_len` being `cache.1`.
+    pub(crate) fn run_into(
+        &self,
+        graph: &Graph,
+        mut inputs: Outputs,
+        cache: Option<(&mut States, usize)>,
+    ) -> Result<Outputs, RunError> {
+        let Some((states, row)) = cache else {
+            return self.run(graph, &inputs);
+        };
+        let row = i32::try_from(row)
+            .map_err(|_| RunError::Request(format!("cache row {row} is out of range")))?;
+        inputs.insert(
+            names::UND_CACHE_LEN.to_string(),
+            HostTensor::i32(vec![1], vec![row]),
+        );
+        self.backend.load_weights(&self.checkpoint, graph)?;
+        self.backend
+            .execute_with_states(graph, &plan_memory(graph), &inputs, states, false)
     }
 
     /// The gen expert's context of one branch: K/V of the bridged und layers (hbridge topology), or the
@@ -292,6 +325,7 @@ impl Model {
             logits: false,
             hidden_states: false,
             final_hidden: self.is_omnigen2(),
+            kv_cache: None,
         }
     }
 

@@ -150,6 +150,7 @@ fn tower_and_context(device: Device, tol: f64) {
         logits: true,
         hidden_states: false,
         final_hidden: false,
+        kv_cache: None,
     };
     let (mut o, _) = prefill_with_images(model, &setup, &ids, &images, &spec).unwrap();
     let logits = o.remove("und.logits").unwrap();

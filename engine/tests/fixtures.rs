@@ -62,6 +62,7 @@ fn fixture_matches(name: &str) {
         logits: true,
         hidden_states: true,
         final_hidden: false,
+        kv_cache: None,
     };
     let g = und_prefill(&c.und, &fx.ckpt.und_names, &spec).unwrap();
     let mut inputs = HashMap::new();

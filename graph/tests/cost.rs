@@ -24,6 +24,7 @@ fn prefill_cost_matches_the_parameter_count() {
         logits: true,
         hidden_states: false,
         final_hidden: false,
+        kv_cache: None,
     };
     let g = und_prefill(u, &UndNames::FLAT, &spec).unwrap();
     let c = cost(&g, 2);

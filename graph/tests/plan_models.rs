@@ -143,6 +143,7 @@ fn image_only_und_prefill_is_pruned_and_planned() {
         logits: false,
         hidden_states: false,
         final_hidden: false,
+        kv_cache: None,
     };
     let image_only = und_prefill(und, &UndNames::FLAT, &spec).unwrap();
     assert_eq!(
@@ -196,6 +197,30 @@ fn und_decode_step_is_planned() {
 }
 
 #[test]
+fn a_chat_prefill_writes_its_cache_instead_of_returning_it() {
+    let config = tiny_config();
+    let und = &config.und;
+    let spec = |kv_cache| UndPrefillSpec {
+        len: 9,
+        kv_layers: (0..und.num_layers).collect(),
+        logits: false,
+        hidden_states: false,
+        final_hidden: false,
+        kv_cache,
+    };
+    let g = und_prefill(und, &UndNames::FLAT, &spec(Some(12))).unwrap();
+    planned("und prefill into a cache", &g);
+    assert!(g.outputs.is_empty());
+    assert_eq!(g.state_writes.len(), 2 * und.num_layers);
+    assert!(g
+        .states()
+        .all(|(id, _)| g.tensor(id).shape == [12, und.kv_dim()]));
+    let same = und_prefill(und, &UndNames::FLAT, &spec(None)).unwrap();
+    assert_eq!(same.nodes.len(), g.nodes.len(), "the same work either way");
+    assert!(und_prefill(und, &UndNames::FLAT, &spec(Some(8))).is_err());
+}
+
+#[test]
 fn gen_step_is_planned() {
     let config = tiny_config();
     let latent = [config.gen.in_channels, 8, 12];
@@ -246,6 +271,7 @@ fn full_size_und_prefill_arena() {
         logits: false,
         hidden_states: false,
         final_hidden: false,
+        kv_cache: None,
     };
     let g = und_prefill(&und, &UndNames::FLAT, &spec).unwrap();
     assert_eq!(und_layers(&g).len(), 30);

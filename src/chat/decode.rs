@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::backend::States;
-use crate::image::context::prefill_with_images;
+use crate::image::context::prefill_with_images_into;
 use crate::image::{ImageSetup, PreparedImage};
 use crate::model::{Model, Outputs, RunError};
 use hbridge_engine::cpu::HostTensor;
@@ -85,29 +85,6 @@ impl KvCache {
             let want = (self.len + n).max(2 * self.capacity);
             self.alloc(model, want.next_multiple_of(CACHE_ROWS))?;
         }
-        Ok(())
-    }
-
-    /// Appends `n` positions' K/V of every layer from a prefill's `und.k.{i}` / `und.v.{i}` outputs.
-    fn append(&mut self, model: &Model, out: &mut Outputs, n: usize) -> Result<(), RunError> {
-        self.reserve(model, n)?;
-        for i in 0..self.layers {
-            for (name, state) in [
-                (names::und_k(i), names::cache_k(i)),
-                (names::und_v(i), names::cache_v(i)),
-            ] {
-                let values = take_f32(out, &name)?;
-                if values.len() != n * self.kv_dim {
-                    return Err(RunError::Request(format!(
-                        "und layer {i}: `{name}` has {} values, expected {}",
-                        values.len(),
-                        n * self.kv_dim
-                    )));
-                }
-                model.write_state_rows(&mut self.states, &state, self.len, &values)?;
-            }
-        }
-        self.len += n;
         Ok(())
     }
 }
@@ -292,17 +269,23 @@ pub fn generate_with_images(
             logits: false,
             hidden_states: false,
             final_hidden: false,
+            // The prefill writes every layer's K/V straight into the cache on the backend.
+            kv_cache: Some(cache.capacity),
         };
-        let mut o = match images.filter(|i| !i.images.is_empty()) {
+        let into = Some((&mut cache.states, 0));
+        match images.filter(|i| !i.images.is_empty()) {
             Some(im) => {
-                let (o, pos) = prefill_with_images(model, im.setup, head, im.images, &spec)?;
+                let (_, pos) =
+                    prefill_with_images_into(model, im.setup, head, im.images, &spec, into)?;
                 let next = pos.iter().copied().max().map_or(0, |m| i64::from(m) + 1);
                 cache.pos_delta = next - head.len() as i64;
-                o
             }
-            None => model.und_prefill(head, positions::text_positions(head.len()), &spec)?,
-        };
-        cache.append(model, &mut o, head.len())?;
+            None => {
+                let pos = positions::text_positions(head.len());
+                model.und_prefill_into(head, pos, &spec, into)?;
+            }
+        }
+        cache.len = head.len();
     } else if images.is_some_and(|i| !i.images.is_empty()) {
         return Err(ChatError::Model(RunError::Request(
             "the prompt's last token cannot be an image".into(),
@@ -339,4 +322,90 @@ pub fn generate_with_images(
         out.text = t.decode(&out.tokens, true).unwrap_or_default();
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn tiny() -> Model {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/model");
+        Model::open(&dir).expect("the tiny fixture model")
+    }
+
+    /// A prefill into the K/V cache leaves there, bit for bit, the K/V a prefill returns as outputs;
+    /// the rows past it stay as they were.
+    #[test]
+    fn prefill_into_the_cache_equals_its_outputs() {
+        let model = tiny();
+        let c = &model.checkpoint.config.und;
+        let ids: Vec<i32> = (0..11).map(|i| (i * 7 + 3) % c.vocab_size as i32).collect();
+        let mut spec = UndPrefillSpec {
+            len: ids.len(),
+            kv_layers: (0..c.num_layers).collect(),
+            logits: false,
+            hidden_states: false,
+            final_hidden: false,
+            kv_cache: None,
+        };
+        let pos = positions::text_positions(ids.len());
+        let mut out = model.und_prefill(&ids, pos.clone(), &spec).unwrap();
+        let mut cache = KvCache::new(&model, c.num_layers, c.kv_dim(), ids.len() + 4).unwrap();
+        spec.kv_cache = Some(cache.capacity);
+        let none = model
+            .und_prefill_into(&ids, pos, &spec, Some((&mut cache.states, 2)))
+            .unwrap();
+        assert!(none.is_empty(), "nothing comes back: {:?}", none.keys());
+        let kd = c.kv_dim();
+        for i in 0..c.num_layers {
+            for (o, s) in [
+                (names::und_k(i), names::cache_k(i)),
+                (names::und_v(i), names::cache_v(i)),
+            ] {
+                let want = out.remove(&o).unwrap().into_f32().unwrap();
+                let got = model.read_state(&cache.states, &s).unwrap();
+                let got = got.as_f32().unwrap();
+                let rows = 2 * kd..(2 + ids.len()) * kd;
+                assert!(got[rows.clone()]
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+                assert!(got[..rows.start].iter().all(|&v| v == 0.0), "{s}: head");
+                assert!(got[rows.end..].iter().all(|&v| v == 0.0), "{s}: tail");
+            }
+        }
+        // A cache too small for the prompt is refused when the graph is built.
+        spec.kv_cache = Some(ids.len() - 1);
+        let e = model
+            .und_prefill_into(&ids, positions::text_positions(ids.len()), &spec, None)
+            .unwrap_err();
+        assert!(e.to_string().contains("cannot take"), "{e}");
+    }
+
+    /// Decoding past the room reserved up front grows the cache and keeps every filled row.
+    #[test]
+    fn a_full_cache_grows_and_keeps_its_rows() {
+        let model = tiny();
+        let c = &model.checkpoint.config.und;
+        let mut cache = KvCache::new(&model, c.num_layers, c.kv_dim(), 3).unwrap();
+        assert_eq!(cache.capacity, CACHE_ROWS);
+        let mut tokens = Vec::new();
+        for t in 0..3u32 {
+            tokens.push(decode_step(&model, &mut cache, t).unwrap());
+        }
+        let before = model.read_state(&cache.states, &names::cache_k(0)).unwrap();
+        cache.len = CACHE_ROWS; // as if full: the next step must grow it
+        cache.reserve(&model, 1).unwrap();
+        assert_eq!(cache.capacity, 2 * CACHE_ROWS);
+        let after = model.read_state(&cache.states, &names::cache_k(0)).unwrap();
+        let n = CACHE_ROWS * c.kv_dim();
+        assert_eq!(
+            before.as_f32().unwrap()[..n],
+            after.as_f32().unwrap()[..n],
+            "filled rows survive the move"
+        );
+        assert!(after.as_f32().unwrap()[n..].iter().all(|&v| v == 0.0));
+        assert!(tokens.iter().all(|l| l.len() == c.vocab_size));
+    }
 }

@@ -4,6 +4,7 @@
 
 use super::decode::{load_rgb, ImageError, ImageLimits, RgbImage};
 use super::preprocess::{preprocess, PreparedImage, PreprocessError, ProcessorConfig};
+use crate::backend::States;
 use crate::model::{Model, Outputs, RunError};
 use hbridge_engine::cpu::HostTensor;
 use hbridge_graph::build::vision::{self, VisionGrid};
@@ -155,7 +156,20 @@ pub fn prefill_with_images(
     images: &[PreparedImage],
     spec: &UndPrefillSpec,
 ) -> Result<(Outputs, Vec<i32>), RunError> {
-    prefill(model, setup, ids, images, None, spec)
+    prefill(model, setup, ids, images, None, spec, None)
+}
+
+/// [`prefill_with_images`] of a spec with a `kv_cache`: the K/V go into `cache`'s states from row
+/// `cache.1` on.
+pub(crate) fn prefill_with_images_into(
+    model: &Model,
+    setup: &ImageSetup,
+    ids: &[i32],
+    images: &[PreparedImage],
+    spec: &UndPrefillSpec,
+    cache: Option<(&mut States, usize)>,
+) -> Result<(Outputs, Vec<i32>), RunError> {
+    prefill(model, setup, ids, images, None, spec, cache)
 }
 
 /// [`prefill_with_images`] with the images already encoded (`embeds` from [`encode_images`] of the same
@@ -168,7 +182,7 @@ pub fn prefill_with_image_embeds(
     embeds: &HostTensor,
     spec: &UndPrefillSpec,
 ) -> Result<(Outputs, Vec<i32>), RunError> {
-    prefill(model, setup, ids, images, Some(embeds), spec)
+    prefill(model, setup, ids, images, Some(embeds), spec, None)
 }
 
 fn prefill(
@@ -178,6 +192,7 @@ fn prefill(
     images: &[PreparedImage],
     embeds: Option<&HostTensor>,
     spec: &UndPrefillSpec,
+    cache: Option<(&mut States, usize)>,
 ) -> Result<(Outputs, Vec<i32>), RunError> {
     let ck = &model.checkpoint;
     let c = &ck.config.und;
@@ -210,7 +225,7 @@ fn prefill(
         None if !images.is_empty() => inputs.extend(tower_inputs(model, images)?),
         _ => {}
     }
-    Ok((model.run(&graph, &inputs)?, positions))
+    Ok((model.run_into(&graph, inputs, cache)?, positions))
 }
 
 /// The vision tower alone: `[sum merged tokens, out_hidden_size]` for `images`, concatenated.

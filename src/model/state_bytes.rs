@@ -38,6 +38,7 @@ impl Model {
             logits: false,
             hidden_states: false,
             final_hidden: false,
+            kv_cache: None,
         };
         let prefill = build::und_prefill(c, &self.checkpoint.und_names, &spec)?;
         Ok(cache + self.arena_bytes(&prefill))

@@ -103,6 +103,7 @@ impl Fixture {
             logits: true,
             hidden_states: true,
             final_hidden: self.is_omnigen2(),
+            kv_cache: None,
         };
         let g = und_prefill(&self.ckpt.config.und, &self.ckpt.und_names, &spec).unwrap();
         let inputs = HashMap::from([
@@ -210,6 +211,7 @@ impl Fixture {
             logits: true,
             hidden_states: false,
             final_hidden: false,
+            kv_cache: None,
         };
         let g = und_prefill(c, &self.ckpt.und_names, &spec).unwrap();
         let inputs = HashMap::from([

@@ -20,6 +20,10 @@ pub struct UndPrefillSpec {
     pub hidden_states: bool,
     /// `und.final_hidden`: the post-norm last hidden states (the omnigen2 topology's caption features).
     pub final_hidden: bool,
+    /// `Some(capacity)`: the `kv_layers`' K/V are written into the K/V cache states
+    /// `und.cache_k.{i}` / `und.cache_v.{i}` `[capacity, K*D]` from row `und.cache_len` (an I32 `[1]`
+    /// input) instead of being outputs, so a chat's cache never leaves the backend.
+    pub kv_cache: Option<usize>,
 }
 
 struct Ctx<'a> {
@@ -262,6 +266,16 @@ pub(crate) fn und_prefill_spliced(
     let ids = cx.g.input(names::UND_IDS, &[spec.len], DataType::I32);
     let positions =
         cx.g.input(names::UND_POSITIONS, &[3, spec.len], DataType::I32);
+    let cache_len = match spec.kv_cache {
+        Some(capacity) if capacity < spec.len => {
+            return Err(GraphError::Request(format!(
+                "a K/V cache of {capacity} rows cannot take a {}-token prefill",
+                spec.len
+            )))
+        }
+        Some(_) => Some(cx.g.input(names::UND_CACHE_LEN, &[1], DataType::I32)),
+        None => None,
+    };
     let table = cx.w("embed_tokens.weight", &[c.vocab_size, c.hidden_size]);
     let mut x = cx.push(Op::Embed { table, ids }, "und.hs.0")?;
     x = splice(&mut cx.g, x)?;
@@ -271,9 +285,18 @@ pub(crate) fn und_prefill_spliced(
     for i in 0..c.num_layers {
         let (nx, k, v) = cx.layer(i, x, positions, None)?;
         x = nx;
-        if spec.kv_layers.contains(&i) {
-            cx.g.mark_output(names::und_k(i), k);
-            cx.g.mark_output(names::und_v(i), v);
+        match (spec.kv_layers.contains(&i), spec.kv_cache.zip(cache_len)) {
+            (true, Some((capacity, row))) => {
+                let ck = cx.g.state(names::cache_k(i), &[capacity, c.kv_dim()]);
+                let cv = cx.g.state(names::cache_v(i), &[capacity, c.kv_dim()]);
+                cx.g.write_state(ck, k, row)?;
+                cx.g.write_state(cv, v, row)?;
+            }
+            (true, None) => {
+                cx.g.mark_output(names::und_k(i), k);
+                cx.g.mark_output(names::und_v(i), v);
+            }
+            (false, _) => {}
         }
         if spec.hidden_states {
             cx.g.mark_output(format!("und.hs.{}", i + 1), x);

@@ -256,6 +256,14 @@ pub fn check_ids(g: &Graph, all_referenced: bool) -> Result<(), String> {
         }
         referenced[id.index()] = true;
     }
+    for w in &g.state_writes {
+        for id in [w.state, w.src, w.row] {
+            if id.index() >= n {
+                return Err(format!("a state write names {id:?} of {n} tensors"));
+            }
+            referenced[id.index()] = true;
+        }
+    }
     if let Some(i) = referenced.iter().position(|r| all_referenced && !r) {
         return Err(format!(
             "tensor {} is referenced by nothing",
