@@ -49,7 +49,7 @@ if [ "$mode" != bench ]; then
     # The root crate's fixture tests: only their CUDA variants (the rest ran on CI; the CLI ones need
     # target/release/hbridge, which is not in the bundle).
     filter=()
-    case "$name" in test-vision|test-edit) filter=(on_cuda) ;; esac
+    case "$name" in test-vision|test-edit|test-t2i) filter=(on_cuda) ;; esac
     "$exe" --test-threads=1 --nocapture "${filter[@]}" "$@" > "$logs/$name.log" 2>&1
     rc=$?
     passed=$(grep -c '\.\.\. ok$' "$logs/$name.log")

@@ -13,7 +13,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod resident;
 mod state_bytes;
+
+pub use resident::ResidentContext;
 
 pub use hbridge_engine::WeightStorage;
 
@@ -381,29 +384,6 @@ impl Model {
         self.gen_step_with_refs(x, t, ctx, &[], trace)
     }
 
-    /// Untraced gen steps of several guidance branches (`contexts`) at the same latent and time, outputs
-    /// in order. On the CPU the branches run side by side: at gen-step sizes one op split over all cores
-    /// synchronizes more than whole branches on their own cores do. On CUDA they run one after the other
-    /// (one stream, each step a replayed graph).
-    pub fn gen_step_branches(
-        &self,
-        x: &HostTensor,
-        t: f32,
-        contexts: &[&UndContext],
-    ) -> Result<Vec<Outputs>, RunError> {
-        use rayon::prelude::*;
-        match self.device() {
-            Device::Cpu => contexts
-                .par_iter()
-                .map(|ctx| self.gen_step(x, t, ctx, false))
-                .collect(),
-            Device::Cuda => contexts
-                .iter()
-                .map(|ctx| self.gen_step(x, t, ctx, false))
-                .collect(),
-        }
-    }
-
     /// `gen_step` with reference latents `refs` (each `[C, H_j, W_j]`, model space) in the gen sequence
     /// between the SRT tokens (hbridge) or the caption (omnigen2) and the noisy latent (DESIGN.md 3).
     /// Traced steps also return `gen.ref_tokens.{j}`.
@@ -415,7 +395,7 @@ impl Model {
         refs: &[HostTensor],
         trace: bool,
     ) -> Result<Outputs, RunError> {
-        let (prepared, inputs) = self.gen_step_inputs(x, t, ctx, refs, trace)?;
+        let (prepared, inputs) = self.gen_step_inputs(x, t, ctx, refs, trace, false)?;
         self.backend.execute(
             &prepared.0,
             &prepared.1,
@@ -433,7 +413,7 @@ impl Model {
         ctx: &UndContext,
         iters: usize,
     ) -> Result<Option<hbridge_engine::cuda::ReplayTiming>, RunError> {
-        let (prepared, inputs) = self.gen_step_inputs(x, t, ctx, &[], false)?;
+        let (prepared, inputs) = self.gen_step_inputs(x, t, ctx, &[], false, false)?;
         self.backend
             .time_replay_vs_eager(&prepared.0, &prepared.1, &inputs, iters)
     }
@@ -458,6 +438,7 @@ impl Model {
         ctx: &UndContext,
         refs: &[HostTensor],
         trace: bool,
+        resident: bool,
     ) -> Result<(Arc<(Graph, MemoryPlan)>, Outputs), RunError> {
         let config = &self.checkpoint.config;
         let [c, h, w] = match x.shape.as_slice() {
@@ -473,6 +454,7 @@ impl Model {
             context_len: ctx.len,
             hidden_states: trace,
             srt: true,
+            und_kv_states: resident && !self.is_omnigen2(),
         };
         let ref_shapes = ref_shapes(refs)?;
         let prepared = self.gen_step_graph(&spec, &ref_shapes)?;
@@ -540,9 +522,11 @@ impl Model {
                 HostTensor::i32(vec![3, n], shared),
             ),
         ]);
-        for (u, (k, v)) in &ctx.kv {
-            inputs.insert(names::und_k(*u), k.clone());
-            inputs.insert(names::und_v(*u), v.clone());
+        if !resident {
+            for (u, (k, v)) in &ctx.kv {
+                inputs.insert(names::und_k(*u), k.clone());
+                inputs.insert(names::und_v(*u), v.clone());
+            }
         }
         Ok((prepared, inputs))
     }

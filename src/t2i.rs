@@ -217,10 +217,16 @@ pub fn generate(
     };
     let ts = sampler::schedule(req.steps, lh, lw);
     let mut srt = None;
+    // The branches' und K/V go to the backend once; every step reads them there.
+    let mut branches = std::iter::once(&cond)
+        .chain(uncond.as_ref())
+        .map(|ctx| model.resident_context(ctx))
+        .collect::<Result<Vec<_>, _>>()?;
     for (i, w) in ts.windows(2).enumerate() {
         let xt = HostTensor::f32(shape.clone(), x.clone());
-        let contexts: Vec<&UndContext> = std::iter::once(&cond).chain(uncond.as_ref()).collect();
-        let mut outs = model.gen_step_branches(&xt, w[0], &contexts)?.into_iter();
+        let mut outs = model
+            .gen_step_branches(&xt, w[0], &mut branches)?
+            .into_iter();
         // The conditional branch (the first) keeps its SRT output at the step asked for.
         let mut velocity = |out: Option<crate::model::Outputs>, cond: bool| {
             out.and_then(|mut o| {

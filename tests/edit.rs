@@ -573,6 +573,7 @@ fn reference_graph_shapes_and_limits() {
         context_len: 10,
         hidden_states: false,
         srt: false,
+        und_kv_states: false,
     };
     let refs = [[4, 8, 12], [4, 12, 8]];
     let g = hbridge_graph::build::gen_step_with_refs(config, &spec, &refs).unwrap();

@@ -101,6 +101,7 @@ fn fixture_matches(name: &str) {
         context_len: len,
         hidden_states: true,
         srt: true,
+        und_kv_states: false,
     };
     let g = gen_step(c, &spec).unwrap();
     let p = c.gen.patch_size;

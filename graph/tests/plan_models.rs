@@ -232,6 +232,7 @@ fn gen_step_is_planned() {
                 context_len: 24,
                 hidden_states: false,
                 srt,
+                und_kv_states: false,
             },
         )
         .unwrap();

@@ -80,6 +80,7 @@ impl Model {
             context_len: longest,
             hidden_states: false,
             srt: true,
+            und_kv_states: false,
         };
         let gen_step = self.gen_step_graph(&spec, ref_shapes)?;
         let gen_arena = gen_step.1.arena_len as u64 * self.activation_elem_bytes();

@@ -130,6 +130,7 @@ impl Fixture {
             context_len: ids.len(),
             hidden_states: true,
             srt: true,
+            und_kv_states: false,
         };
         let g = gen_step(c, &spec).unwrap();
         let p = c.gen.patch_size;

@@ -18,6 +18,9 @@ pub struct GenStepSpec {
     pub hidden_states: bool,
     /// `gen.srt` output.
     pub srt: bool,
+    /// The bridged und layers' K/V as state tensors (same names and shapes) instead of inputs: a
+    /// request makes them resident on the backend once and every denoising step reads them in place.
+    pub und_kv_states: bool,
 }
 
 /// One gen step of one branch. Inputs: `gen.x` `[C, H, W]`, `gen.t` `[1]`, `gen.positions` I32 `[N, 3]`,
@@ -86,16 +89,18 @@ pub fn gen_step_with_refs(
     let mut und_kv = std::collections::BTreeMap::new();
     for &(_, ul) in &bridge.pairs {
         und_kv.entry(ul).or_insert_with(|| {
-            let k = cx.g.input(
-                names::und_k(ul),
-                &[spec.context_len, u.kv_dim()],
-                DataType::F32,
-            );
-            let v = cx.g.input(
-                names::und_v(ul),
-                &[spec.context_len, u.kv_dim()],
-                DataType::F32,
-            );
+            let shape = [spec.context_len, u.kv_dim()];
+            let (k, v) = if spec.und_kv_states {
+                (
+                    cx.g.state(names::und_k(ul), &shape),
+                    cx.g.state(names::und_v(ul), &shape),
+                )
+            } else {
+                (
+                    cx.g.input(names::und_k(ul), &shape, DataType::F32),
+                    cx.g.input(names::und_v(ul), &shape, DataType::F32),
+                )
+            };
             KvSegment::new(k, v)
         });
     }
