@@ -335,3 +335,49 @@ fn im2col_is_exact() {
     let g = ConvGeometry { k: 1, ..g };
     assert!(layout::im2col_rows(&gpu, x.ptr, x.ptr, &g, 1, 2).is_err());
 }
+
+/// `write_rows`: the rows land at the row the device-side index says (re-read at every launch), the
+/// rest of the state keeps its bits, and a range past the capacity writes nothing.
+#[test]
+fn write_rows_lands_at_the_device_row() {
+    let Some(gpu) = common::gpu("layout::write_rows_lands_at_the_device_row") else {
+        return;
+    };
+    let mut rng = Rng::fresh("layout::write_rows_lands_at_the_device_row");
+    // (capacity, cols, rows): vectorized (cols % 8 == 0) and scalar, one row (a decode step) and many.
+    for &(capacity, cols, rows) in &[
+        (17usize, 512usize, 1usize),
+        (9, 13, 3),
+        (300, 128, 257),
+        (5, 8, 5),
+    ] {
+        for shift in [0usize, 1] {
+            let state0 = rng.normal_bf16(capacity * cols, 1.0);
+            let src = rng.normal_bf16(rows * cols, 1.0);
+            let ps = place(&gpu, &src, shift);
+            for at in [
+                0i32,
+                (capacity - rows) as i32,
+                capacity as i32 - rows as i32 + 1,
+                -1,
+            ] {
+                let st = place(&gpu, &state0, shift);
+                let (_row_buf, rp) = ints(&gpu, &[at]);
+                layout::write_rows(&gpu, ps.ptr, st.ptr, rp, rows, cols, capacity).unwrap();
+                let mut want = state0.clone();
+                let fits = at >= 0 && at as usize + rows <= capacity;
+                if fits {
+                    let r0 = at as usize * cols;
+                    want[r0..r0 + rows * cols].copy_from_slice(&src);
+                }
+                exact(
+                    &format!(
+                        "write_rows capacity={capacity} cols={cols} rows={rows} at={at} shift={shift} (fits {fits})"
+                    ),
+                    &common::down(&gpu, st.ptr, capacity * cols),
+                    &want,
+                );
+            }
+        }
+    }
+}
