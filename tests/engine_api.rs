@@ -179,7 +179,7 @@ fn invalid_requests_are_refused_naming_the_argument() {
 
 #[test]
 fn a_request_over_the_memory_limit_gets_a_clear_error_and_the_engine_stays_usable() {
-    let engine = Engine::load(tiny(), &EngineOptions::cpu().memory_limit(160 << 10)).unwrap();
+    let engine = Engine::load(tiny(), &EngineOptions::cpu().memory_limit(192 << 10)).unwrap();
     let go = |_: usize, _: usize| ControlFlow::Continue(());
     let needed = {
         let tok = ChatPipeline::open(&tiny()).unwrap();
@@ -187,12 +187,12 @@ fn a_request_over_the_memory_limit_gets_a_clear_error_and_the_engine_stays_usabl
             .unwrap()
     };
     assert!(
-        needed > 160 << 10,
+        needed > 192 << 10,
         "the tiny image request needs {needed} bytes"
     );
     match engine.generate_image(&image_request(0), go) {
         Err(RunError::Memory(BudgetError::TooLarge { needed: n, limit })) => {
-            assert_eq!((n, limit), (needed, 160 << 10));
+            assert_eq!((n, limit), (needed, 192 << 10));
         }
         other => panic!("expected TooLarge, got {other:?}"),
     }

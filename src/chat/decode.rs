@@ -24,8 +24,8 @@ fn take_f32(out: &mut Outputs, name: &str) -> Result<Vec<f32>, RunError> {
 }
 
 /// Cache rows are allocated in multiples of this: requests of nearby lengths share one decode graph
-/// (and its plan), and the rounding wastes at most this many rows per layer.
-const CACHE_ROWS: usize = 256;
+/// (built and planned once per capacity), and the rounding wastes fewer than this many rows per layer.
+pub(crate) const CACHE_ROWS: usize = 64;
 
 /// The und expert's K/V cache: post-RoPE K and V `[capacity, K*D]` per layer, held by the model's
 /// backend for the whole request (device memory on CUDA), of which the first `len` rows are filled.

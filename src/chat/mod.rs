@@ -26,6 +26,7 @@ mod pipeline;
 mod sampling;
 mod stream;
 
+pub(crate) use decode::CACHE_ROWS;
 pub use decode::{default_stop_ids, generate, generate_with_images, time_decode_step, ChatImages};
 pub use pipeline::ChatPipeline;
 pub use sampling::{argmax, sample, Rng};

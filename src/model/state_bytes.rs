@@ -1,7 +1,8 @@
 //! How much memory a request's state takes, estimated before it runs, for the engine's memory limit
-//! ([`crate::budget`]). The state is what a request holds beyond the weights: its K/V cache or und
-//! contexts (host f32 on both backends) and the activation arena of its largest graph (f32 on the CPU,
-//! bf16 on CUDA, laid out by the graph's memory plan). Graph arenas come from the same memory plans the
+//! ([`crate::budget`]). The state is what a request holds beyond the weights: its K/V cache (in the
+//! backend's activation type, rounded up to whole cache blocks) or und contexts (host f32, plus their
+//! resident copy on the backend) and the activation arena of its largest graph (f32 on the CPU, bf16
+//! on CUDA, laid out by the graph's memory plan). Graph arenas come from the same memory plans the
 //! runs use, so the estimate follows the model's real shapes; small buffers (logits, the latent, host
 //! copies of outputs) are left out.
 
@@ -30,8 +31,12 @@ impl Model {
     /// every und layer at full length, plus the prompt prefill's arena.
     pub fn chat_state_bytes(&self, prompt_len: usize, max_tokens: usize) -> Result<u64, RunError> {
         let c = &self.checkpoint.config.und;
-        let tokens = prompt_len.saturating_add(max_tokens) as u64;
-        let cache = 2 * c.num_layers as u64 * tokens * c.kv_dim() as u64 * F32;
+        let rows = prompt_len
+            .saturating_add(max_tokens)
+            .max(1)
+            .next_multiple_of(crate::chat::CACHE_ROWS) as u64;
+        let cache =
+            2 * c.num_layers as u64 * rows * c.kv_dim() as u64 * self.activation_elem_bytes();
         let spec = UndPrefillSpec {
             len: prompt_len.max(1),
             kv_layers: (0..c.num_layers).collect(),
@@ -44,15 +49,15 @@ impl Model {
         Ok(cache + self.arena_bytes(&prefill))
     }
 
-    /// The gen expert's context of one branch of `len` tokens (bridged K/V or caption features).
+    /// The gen expert's context of one branch of `len` tokens: caption features, or bridged K/V on the
+    /// host and resident on the backend (see [`Model::resident_context`]).
     pub fn context_bytes(&self, len: usize) -> u64 {
         let c = &self.checkpoint.config.und;
-        let per_token = if self.is_omnigen2() {
-            c.hidden_size
-        } else {
-            2 * self.bridged_und_layers().len() * c.kv_dim()
-        };
-        (len * per_token) as u64 * F32
+        if self.is_omnigen2() {
+            return (len * c.hidden_size) as u64 * F32;
+        }
+        let values = (len * 2 * self.bridged_und_layers().len() * c.kv_dim()) as u64;
+        values * (F32 + self.activation_elem_bytes())
     }
 
     /// An image request of `width` x `height` whose guidance branches have und contexts of
