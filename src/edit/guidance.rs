@@ -5,7 +5,7 @@
 //! - text > 1 only: `v = u + s_txt (c - u)` with u = (negative, no refs);
 //! - otherwise only c runs.
 
-use crate::model::{Model, RunError, UndContext};
+use crate::model::{Model, ResidentContext, RunError, UndContext};
 use crate::sampler;
 use hbridge_engine::cpu::HostTensor;
 use std::ops::ControlFlow;
@@ -64,11 +64,11 @@ fn velocity(
     model: &Model,
     x: &HostTensor,
     t: f32,
-    ctx: &UndContext,
+    branch: &mut ResidentContext<'_>,
     refs: &[HostTensor],
     trace: bool,
 ) -> Result<(Vec<f32>, crate::model::Outputs), RunError> {
-    let mut out = model.gen_step_with_refs(x, t, ctx, refs, trace)?;
+    let mut out = model.gen_step_resident_with_refs(x, t, branch, refs, trace)?;
     let v = out
         .remove("gen.velocity")
         .and_then(HostTensor::into_f32)
@@ -82,6 +82,46 @@ fn missing(branch: &str) -> RunError {
     ))
 }
 
+/// The branches a guidance setting needs, made resident on the backend (see
+/// [`Model::resident_context`]).
+struct Resident<'a> {
+    cond: ResidentContext<'a>,
+    refonly: Option<ResidentContext<'a>>,
+    uncond: Option<ResidentContext<'a>>,
+}
+
+impl<'a> Resident<'a> {
+    fn new(
+        model: &Model,
+        branches: &'a EditBranches,
+        guidance: EditGuidance,
+    ) -> Result<Self, RunError> {
+        let refonly = match guidance.needs_refonly() {
+            true => Some(
+                branches
+                    .refonly
+                    .as_ref()
+                    .ok_or_else(|| missing("ref-only"))?,
+            ),
+            false => None,
+        };
+        let uncond = match guidance.needs_uncond() {
+            true => Some(
+                branches
+                    .uncond
+                    .as_ref()
+                    .ok_or_else(|| missing("unconditional"))?,
+            ),
+            false => None,
+        };
+        Ok(Resident {
+            cond: model.resident_context(&branches.cond)?,
+            refonly: refonly.map(|c| model.resident_context(c)).transpose()?,
+            uncond: uncond.map(|c| model.resident_context(c)).transpose()?,
+        })
+    }
+}
+
 /// The guided velocity at latent `x` and time `t`. With `trace`, also the refined reference tokens.
 pub fn step_velocity(
     model: &Model,
@@ -92,27 +132,30 @@ pub fn step_velocity(
     guidance: EditGuidance,
     trace: bool,
 ) -> Result<StepVelocities, RunError> {
-    let (cond, mut traced) = velocity(model, x, t, &branches.cond, refs, trace)?;
+    let mut resident = Resident::new(model, branches, guidance)?;
+    resident_step(model, x, t, &mut resident, refs, guidance, trace)
+}
+
+fn resident_step(
+    model: &Model,
+    x: &HostTensor,
+    t: f32,
+    branches: &mut Resident<'_>,
+    refs: &[HostTensor],
+    guidance: EditGuidance,
+    trace: bool,
+) -> Result<StepVelocities, RunError> {
+    let (cond, mut traced) = velocity(model, x, t, &mut branches.cond, refs, trace)?;
     let ref_tokens = (0..refs.len())
         .filter_map(|j| traced.remove(&hbridge_graph::build::gen_refs::ref_tokens_output(j)))
         .collect();
-    let refonly = if guidance.needs_refonly() {
-        let ctx = branches
-            .refonly
-            .as_ref()
-            .ok_or_else(|| missing("ref-only"))?;
-        Some(velocity(model, x, t, ctx, refs, false)?.0)
-    } else {
-        None
+    let refonly = match &mut branches.refonly {
+        Some(b) => Some(velocity(model, x, t, b, refs, false)?.0),
+        None => None,
     };
-    let uncond = if guidance.needs_uncond() {
-        let ctx = branches
-            .uncond
-            .as_ref()
-            .ok_or_else(|| missing("unconditional"))?;
-        Some(velocity(model, x, t, ctx, &[], false)?.0)
-    } else {
-        None
+    let uncond = match &mut branches.uncond {
+        Some(b) => Some(velocity(model, x, t, b, &[], false)?.0),
+        None => None,
     };
     let mut guided = cond.clone();
     match (&refonly, &uncond) {
@@ -148,9 +191,11 @@ pub fn sample(
         .ok_or_else(|| RunError::Request("noise must be f32".into()))?
         .to_vec();
     let steps = timesteps.len().saturating_sub(1);
+    // The branches' und K/V go to the backend once; every step reads them there.
+    let mut resident = Resident::new(model, branches, guidance)?;
     for (i, w) in timesteps.windows(2).enumerate() {
         let xt = HostTensor::f32(noise.shape.clone(), x.clone());
-        let v = step_velocity(model, &xt, w[0], branches, refs, guidance, false)?;
+        let v = resident_step(model, &xt, w[0], &mut resident, refs, guidance, false)?;
         sampler::euler_step(&mut x, &v.guided, w[1] - w[0]);
         if progress(i + 1, steps).is_break() {
             return Err(RunError::Cancelled { step: i + 1, steps });

@@ -52,7 +52,19 @@ impl Model {
         t: f32,
         branch: &mut ResidentContext<'_>,
     ) -> Result<Outputs, RunError> {
-        let (prepared, inputs) = self.gen_step_inputs(x, t, branch.ctx, &[], false, true)?;
+        self.gen_step_resident_with_refs(x, t, branch, &[], false)
+    }
+
+    /// [`Model::gen_step_with_refs`] over a resident context.
+    pub fn gen_step_resident_with_refs(
+        &self,
+        x: &HostTensor,
+        t: f32,
+        branch: &mut ResidentContext<'_>,
+        refs: &[HostTensor],
+        trace: bool,
+    ) -> Result<Outputs, RunError> {
+        let (prepared, inputs) = self.gen_step_inputs(x, t, branch.ctx, refs, trace, true)?;
         let replay = self.cuda_graphs.load(Ordering::Relaxed);
         self.backend.execute_with_states(
             &prepared.0,
