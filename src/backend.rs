@@ -2,7 +2,7 @@
 //! concurrent requests each take an executor (and its arena) without allocating per run.
 
 use crate::model::{Outputs, RunError};
-use hbridge_engine::cpu::HostTensor;
+use hbridge_engine::cpu::{state_rows, HostTensor};
 use hbridge_engine::cuda::ceilings::Ceilings;
 use hbridge_engine::cuda::{
     CudaExecutor, CudaStates, CudaWeights, Gpu, ReplayTiming, UploadProgress,
@@ -160,26 +160,7 @@ impl Backend {
         inputs: &Outputs,
         iters: usize,
     ) -> Result<Option<ReplayTiming>, RunError> {
-        match self {
-            Backend::Cpu { .. } => Ok(None),
-            Backend::Cuda {
-                gpu,
-                weights,
-                executors,
-                peak,
-            } => {
-                let weights = weights.read().unwrap_or_else(|e| e.into_inner());
-                let pooled = executors.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                let mut exec = pooled.unwrap_or_else(|| CudaExecutor::new(gpu.clone()));
-                let out = exec.time_replay_vs_eager(graph, plan, &weights, inputs, iters);
-                executors
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(exec);
-                Self::sample_memory(gpu, peak);
-                Ok(Some(out?))
-            }
-        }
+        self.time_replay_vs_eager_with_states(graph, plan, inputs, &mut self.new_states(), iters)
     }
 
     /// CUDA: [`time_replay_vs_eager`](Self::time_replay_vs_eager) of a graph over request states.
@@ -227,43 +208,7 @@ impl Backend {
         inputs: &Outputs,
         replay: bool,
     ) -> Result<Outputs, RunError> {
-        match self {
-            Backend::Cpu { weights, executors } => {
-                let weights = weights.read().unwrap_or_else(|e| e.into_inner());
-                let mut exec = executors
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .pop()
-                    .unwrap_or_default();
-                let out = exec.run(graph, plan, &weights, inputs);
-                executors
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(exec);
-                Ok(out?)
-            }
-            Backend::Cuda {
-                gpu,
-                weights,
-                executors,
-                peak,
-            } => {
-                let weights = weights.read().unwrap_or_else(|e| e.into_inner());
-                let pooled = executors.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                let mut exec = pooled.unwrap_or_else(|| CudaExecutor::new(gpu.clone()));
-                let out = if replay {
-                    exec.run_captured(graph, plan, &weights, inputs)
-                } else {
-                    exec.run(graph, plan, &weights, inputs)
-                };
-                executors
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(exec);
-                Self::sample_memory(gpu, peak);
-                Ok(out?)
-            }
-        }
+        self.execute_with_states(graph, plan, inputs, &mut self.new_states(), replay)
     }
 
     /// Empty request states for this backend.
@@ -311,21 +256,13 @@ impl Backend {
                 let t = map.get_mut(name).ok_or_else(|| EngineError::MissingState {
                     name: name.to_string(),
                 })?;
-                let cols = t.shape.get(1).copied().unwrap_or(1).max(1);
-                let capacity = t.shape.first().copied().unwrap_or(0);
-                let dst = t.as_f32_mut().unwrap_or_default();
-                let start = row * cols;
-                if values.len() % cols != 0 || start + values.len() > dst.len() {
-                    return Err(EngineError::StateRow {
-                        state: name.to_string(),
-                        input: "host write".into(),
-                        row: row as i64,
-                        rows: values.len().div_ceil(cols),
-                        capacity,
-                    }
-                    .into());
-                }
-                dst[start..start + values.len()].copy_from_slice(values);
+                let range = state_rows(name, &t.shape, row, values.len())?;
+                let dst = t.as_f32_mut().ok_or_else(|| EngineError::InputDtype {
+                    name: name.to_string(),
+                    expected: hbridge_graph::DataType::F32,
+                    found: hbridge_graph::DataType::I32,
+                })?;
+                dst[range].copy_from_slice(values);
             }
             (Backend::Cuda { gpu, .. }, States::Cuda(s)) => {
                 s.write_rows(gpu, name, row, values)?;

@@ -14,6 +14,6 @@ mod weights;
 
 pub use error::EngineError;
 pub use exec::{execute, Executor};
-pub use tensor::{HostData, HostTensor};
+pub use tensor::{state_rows, HostData, HostTensor};
 pub use weight_data::{WeightData, WeightStorage};
 pub use weights::{CpuWeights, WeightTensor};

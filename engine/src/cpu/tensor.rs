@@ -95,3 +95,27 @@ impl HostTensor {
         Ok(())
     }
 }
+
+/// The element range that `len` values (whole rows) take in state `name` of `shape` (`[capacity,
+/// cols]`) from row `row` on, or the error naming the state when they are not whole rows or overrun
+/// its capacity. Host writes into a state (either backend) go through this check.
+pub fn state_rows(
+    name: &str,
+    shape: &[usize],
+    row: usize,
+    len: usize,
+) -> Result<std::ops::Range<usize>> {
+    let cols = shape.get(1).copied().unwrap_or(1).max(1);
+    let capacity = shape.first().copied().unwrap_or(0);
+    let rows = len.div_ceil(cols);
+    if len % cols != 0 || row.saturating_add(rows) > capacity {
+        return Err(EngineError::StateRow {
+            state: name.to_string(),
+            input: "host write".into(),
+            row: row as i64,
+            rows,
+            capacity,
+        });
+    }
+    Ok(row * cols..row * cols + len)
+}

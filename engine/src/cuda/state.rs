@@ -6,7 +6,7 @@
 use super::buffer::{download_bf16, f32_to_bf16_bits};
 use super::context::{dev_ptr, DevPtr, Gpu};
 use super::error::{CudaError, CudaResult};
-use crate::cpu::{EngineError, HostTensor};
+use crate::cpu::{state_rows, EngineError, HostTensor};
 use cudarc::driver::{result, CudaSlice};
 use hbridge_graph::{Graph, Source};
 use std::collections::hash_map::DefaultHasher;
@@ -98,29 +98,13 @@ impl CudaStates {
         row: usize,
         values: &[f32],
     ) -> Result<(), EngineError> {
-        let b = self
-            .buffers
-            .get(name)
-            .ok_or_else(|| EngineError::MissingState {
-                name: name.to_string(),
-            })?;
-        let cols = b.shape.get(1).copied().unwrap_or(1).max(1);
-        let capacity = b.shape.first().copied().unwrap_or(0);
-        let rows = values.len() / cols;
-        if values.len() % cols != 0 || row + rows > capacity {
-            return Err(EngineError::StateRow {
-                state: name.to_string(),
-                input: "host write".into(),
-                row: row as i64,
-                rows: values.len().div_ceil(cols),
-                capacity,
-            });
-        }
+        let b = self.buffer(name)?;
+        let range = state_rows(name, &b.shape, row, values.len())?;
         if values.is_empty() {
             return Ok(());
         }
         let bits = f32_to_bf16_bits(values);
-        let dst = dev_ptr(&b.data, gpu.stream()).offset(row * cols, 2);
+        let dst = dev_ptr(&b.data, gpu.stream()).offset(range.start, 2);
         // SAFETY: rows [row, row + rows) lie inside the buffer (checked above); a pageable async copy
         // returns once the host data is staged, so `bits` may drop right after.
         unsafe { result::memcpy_htod_async(dst.0, &bits, gpu.stream().cu_stream()) }
@@ -130,30 +114,31 @@ impl CudaStates {
 
     /// State `name` as f32 on the host (synchronizes).
     pub fn read(&self, gpu: &Gpu, name: &str) -> Result<HostTensor, EngineError> {
-        let b = self
-            .buffers
-            .get(name)
-            .ok_or_else(|| EngineError::MissingState {
-                name: name.to_string(),
-            })?;
+        let b = self.buffer(name)?;
         let n: usize = b.shape.iter().product();
         let values = download_bf16(gpu, dev_ptr(&b.data, gpu.stream()), n)?;
         Ok(HostTensor::f32(b.shape.clone(), values))
     }
 
+    fn buffer(&self, name: &str) -> Result<&StateBuffer, EngineError> {
+        self.buffers
+            .get(name)
+            .ok_or_else(|| EngineError::MissingState {
+                name: name.to_string(),
+            })
+    }
+
     /// Checks that state `name` exists with `shape` (the executor's validation hook).
     pub(crate) fn require(&self, name: &str, shape: &[usize]) -> Result<(), EngineError> {
-        match self.shape(name) {
-            None => Err(EngineError::MissingState {
-                name: name.to_string(),
-            }),
-            Some(s) if s != shape => Err(EngineError::StateShape {
+        let found = &self.buffer(name)?.shape;
+        if found != shape {
+            return Err(EngineError::StateShape {
                 name: name.to_string(),
                 expected: shape.to_vec(),
-                found: s.to_vec(),
-            }),
-            Some(_) => Ok(()),
+                found: found.clone(),
+            });
         }
+        Ok(())
     }
 
     /// The addresses `graph`'s states are bound to, hashed: a capture over them is only valid for
