@@ -87,6 +87,7 @@ pub(crate) fn run(
             let (xs, out_features) = (inp.f32(*x)?, shape(*w)[0]);
             match inp.view(*w) {
                 Some(View::Bf16(ws)) => linear_bf16(xs, n, k, ws, out_features, b, out),
+                Some(View::Packed(p)) => linear::linear_packed(xs, n, k, p, b, out),
                 _ => linear::linear(xs, n, k, inp.f32(*w)?, out_features, b, out),
             }
         }

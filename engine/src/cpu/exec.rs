@@ -96,6 +96,8 @@ impl Executor {
                     widen_into(v, &mut f);
                     HostTensor::f32(shape, f)
                 }
+                // Not produced: `resolve` gives a weight that is a graph output row-major.
+                Loc::Host(View::Packed(p)) => HostTensor::f32(shape, p.to_rows()),
                 Loc::Unwritten => unreachable!("validated: every output is written"),
             };
             outputs.insert(name.clone(), t);
@@ -138,7 +140,7 @@ impl Executor {
         match src {
             Loc::Arena(off) => self.arena.copy_within(off..off + len, out_off),
             Loc::Host(View::F32(v)) => self.arena[out_off..out_off + len].copy_from_slice(v),
-            Loc::Host(View::I32(_) | View::Bf16(_)) | Loc::Unwritten => {
+            Loc::Host(View::I32(_) | View::Bf16(_) | View::Packed(_)) | Loc::Unwritten => {
                 unreachable!("validated: reshape reads a written F32 tensor")
             }
         }

@@ -4,9 +4,10 @@
 //! consistent shapes, so index arithmetic cannot go out of bounds.
 
 use super::error::{EngineError, Result};
+use super::ops::packed_gemm::PackedB;
 use super::tensor::{HostData, HostTensor};
 use super::weight_data::WeightData;
-use super::weights::CpuWeights;
+use super::weights::{linear_only, CpuWeights};
 use half::bf16;
 use hbridge_graph::plan::MemoryPlan;
 use hbridge_graph::{infer_shape, DataType, Graph, Op, RopeKind, Source, TensorId};
@@ -20,6 +21,8 @@ pub(crate) enum View<'a> {
     I32(&'a [i32]),
     /// A weight held as bf16; only the ops [`widens_bf16`] names read it.
     Bf16(&'a [bf16]),
+    /// A linear weight held packed for the CPU GEMM; only linear ops read it (as their weight).
+    Packed(&'a PackedB),
 }
 
 /// Whether `op` reads its input `id` through a kernel that widens bf16 (the weight of a linear, the
@@ -117,15 +120,20 @@ pub(crate) fn resolve<'a>(
         |part, name, shape| weights.require(part, name, shape).map(|_| ()),
         |name, shape| host_state(states, name, shape).map(|_| ()),
     )?;
+    let linear_only = linear_only(graph);
     let locs = places
         .iter()
         .zip(&graph.tensors)
-        .map(|(place, t)| {
+        .zip(linear_only)
+        .map(|((place, t), linear_only)| {
             Ok(match (place, &t.source) {
                 (Place::Weight, Source::Weight { part, name }) => {
                     Loc::Host(match &weights.require(*part, name, &t.shape)?.data {
                         WeightData::F32(v) => View::F32(v),
                         WeightData::Bf16(v) => View::Bf16(v),
+                        // Read otherwise by this graph (loaded packed for another): row-major.
+                        WeightData::PackedF32(p) if !linear_only => View::F32(p.rows()),
+                        WeightData::PackedF32(p) => View::Packed(p.packed()),
                     })
                 }
                 (Place::Input, Source::Input(name)) => Loc::Host(match &inputs[name].data {

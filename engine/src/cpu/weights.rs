@@ -3,15 +3,57 @@
 //!
 //! Converting up front (instead of per op) keeps the executor's inner loops free of dtype dispatch
 //! except in the two kernels that read bf16 (linear and embedding), which widen it block by block.
+//!
+//! Under f32 storage, on x86_64 with AVX2 and FMA, a matrix that only linear ops read (as their
+//! weight) is held packed for the CPU GEMM ([`WeightData::PackedF32`]) instead of row-major: the same
+//! values and bytes, packed once here instead of on every product. A matrix any other op reads stays
+//! row-major, and one held packed that a later graph reads otherwise is unpacked (exactly) again.
 
 use super::error::{EngineError, Result};
+use super::ops::packed_gemm;
 use super::validate::widens_bf16;
-use super::weight_data::{from_view, WeightData, WeightStorage};
+use super::weight_data::{from_view, packed_from_view, PackedWeight, WeightData, WeightStorage};
 use crate::weight_table::{check_len, check_shape, slot, Shaped, WeightTable};
 use half::bf16;
-use hbridge_graph::{Graph, Source};
+use hbridge_graph::{Graph, Op, Source, TensorId};
 use hbridge_loader::{Checkpoint, Part};
 use rayon::prelude::*;
+use std::sync::Arc;
+
+/// The form a graph wants a weight in. Row-major f32 sorts first, so a weight wanted two ways is
+/// loaded row-major.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Want {
+    F32,
+    Packed,
+    Bf16,
+}
+
+/// Whether `op` reads its input `id` as a linear op's weight and nowhere else.
+fn linear_weight(op: &Op, id: TensorId) -> bool {
+    matches!(op, Op::Linear { x, w, bias } if *w == id && *x != id && *bias != Some(id))
+}
+
+/// For each tensor of `graph`: whether every node that reads it reads it only as a linear weight
+/// (and it is not a graph output), i.e. whether it may be held packed.
+pub(crate) fn linear_only(graph: &Graph) -> Vec<bool> {
+    let mut only = vec![true; graph.tensors.len()];
+    for node in &graph.nodes {
+        for id in node.op.inputs() {
+            if !linear_weight(&node.op, id) {
+                if let Some(f) = only.get_mut(id.index()) {
+                    *f = false;
+                }
+            }
+        }
+    }
+    for (_, id) in &graph.outputs {
+        if let Some(f) = only.get_mut(id.index()) {
+            *f = false;
+        }
+    }
+    only
+}
 
 /// One weight with its shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,7 +99,8 @@ impl CpuWeights {
     /// Adds the weights `graph` references that are not loaded yet (so one `CpuWeights` can serve the
     /// prefill, decode, gen-step and VAE graphs of an engine). Already loaded weights are checked against
     /// the graph's declared shape; one held as bf16 that `graph` reads other than as a linear weight or
-    /// an embedding table is loaded again as f32.
+    /// an embedding table is loaded again as f32, and one held packed that `graph` reads other than as
+    /// a linear weight is unpacked.
     pub fn load_graph(&mut self, ckpt: &Checkpoint, graph: &Graph) -> Result<()> {
         let mut widens = vec![true; graph.tensors.len()];
         for node in &graph.nodes {
@@ -69,17 +112,21 @@ impl CpuWeights {
                 }
             }
         }
+        let pack = self.storage == WeightStorage::F32 && packed_gemm::available();
         let list = graph
             .tensors
             .iter()
             .zip(widens)
-            .filter_map(|(t, widens)| match &t.source {
+            .zip(linear_only(graph))
+            .filter_map(|((t, widens), linear_only)| match &t.source {
                 Source::Weight { part, name } => {
-                    let bf16 = self.storage == WeightStorage::Bf16 && widens && t.shape.len() == 2;
-                    let want = if bf16 {
-                        WeightStorage::Bf16
+                    let matrix = t.shape.len() == 2;
+                    let want = if self.storage == WeightStorage::Bf16 && widens && matrix {
+                        Want::Bf16
+                    } else if pack && linear_only && matrix {
+                        Want::Packed
                     } else {
-                        WeightStorage::F32
+                        Want::F32
                     };
                     Some((*part, name.as_str(), t.shape.as_slice(), want))
                 }
@@ -90,7 +137,7 @@ impl CpuWeights {
     }
 
     /// Adds the listed weights `(part, stored name, expected shape)`, converting in parallel. They are
-    /// loaded as f32 whatever the storage, since nothing here says which ops read them.
+    /// loaded as row-major f32 whatever the storage, since nothing here says which ops read them.
     pub fn load_list<'a>(
         &mut self,
         ckpt: &Checkpoint,
@@ -98,30 +145,74 @@ impl CpuWeights {
     ) -> Result<()> {
         let list = list
             .into_iter()
-            .map(|(p, n, s)| (p, n, s, WeightStorage::F32))
+            .map(|(p, n, s)| (p, n, s, Want::F32))
             .collect();
         self.load_wanted(ckpt, list)
+    }
+
+    /// Packs the row-major f32 matrices held that `graph` reads only as linear weights, as
+    /// `load_graph` does for checkpoint weights under f32 storage (for weights given with `insert`).
+    /// Does nothing where the packed CPU GEMM does not run (not x86_64 with AVX2 and FMA). Returns how
+    /// many it packed.
+    pub fn pack_linear_weights(&mut self, graph: &Graph) -> usize {
+        if !packed_gemm::available() {
+            return 0;
+        }
+        let mut packed = 0;
+        for (t, only) in graph.tensors.iter().zip(linear_only(graph)) {
+            let Source::Weight { part, name } = &t.source else {
+                continue;
+            };
+            let Some(w) = self.parts.get(*part, name) else {
+                continue;
+            };
+            let (WeightData::F32(v), [out, inp]) = (&w.data, w.shape.as_slice()) else {
+                continue;
+            };
+            if only && t.shape == w.shape {
+                let data = WeightData::PackedF32(Arc::new(PackedWeight::from_rows(v, *out, *inp)));
+                let shape = w.shape.clone();
+                self.parts
+                    .insert(*part, name.clone(), WeightTensor { shape, data });
+                packed += 1;
+            }
+        }
+        packed
     }
 
     fn load_wanted(
         &mut self,
         ckpt: &Checkpoint,
-        list: Vec<(Part, &str, &[usize], WeightStorage)>,
+        list: Vec<(Part, &str, &[usize], Want)>,
     ) -> Result<()> {
         let mut todo = Vec::new();
+        let mut unpack = Vec::new();
         for (part, name, shape, want) in list {
             match self.get(part, name) {
                 Some(w) => {
                     check_shape(part, name, shape, &w.shape)?;
-                    if want == WeightStorage::F32 && w.data.storage() != want {
-                        todo.push((part, name, shape, want));
+                    match (want, &w.data) {
+                        (Want::F32 | Want::Packed, WeightData::Bf16(_)) => {
+                            todo.push((part, name, shape, want))
+                        }
+                        (Want::F32, WeightData::PackedF32(_)) => unpack.push((part, name)),
+                        _ => {}
                     }
                 }
                 None => todo.push((part, name, shape, want)),
             }
         }
-        // F32 sorts first, so a weight wanted both ways is loaded as f32.
-        todo.sort_unstable_by_key(|(p, n, _, s)| (slot(*p), *n, *s));
+        for (part, name) in unpack {
+            if let Some(w) = self.get(part, name) {
+                let w = WeightTensor {
+                    shape: w.shape.clone(),
+                    data: w.data.unpacked(),
+                };
+                self.parts.insert(part, name.to_string(), w);
+            }
+        }
+        // Row-major f32 sorts first, so a weight wanted two ways is loaded row-major.
+        todo.sort_unstable_by_key(|(p, n, _, w)| (slot(*p), *n, *w));
         todo.dedup_by_key(|(p, n, _, _)| (slot(*p), *n));
         let loaded: Vec<(Part, String, WeightTensor)> = todo
             .into_par_iter()
@@ -214,7 +305,7 @@ impl CpuWeights {
         self.len() == 0
     }
 
-    /// Bytes of weight values held (4 per f32 value, 2 per bf16 value).
+    /// Bytes of weight values held (4 per f32 value, packed or not, 2 per bf16 value).
     pub fn bytes(&self) -> usize {
         self.parts.values().map(|w| w.data.bytes()).sum()
     }
@@ -225,7 +316,7 @@ fn convert(
     part: Part,
     name: &str,
     shape: &[usize],
-    storage: WeightStorage,
+    want: Want,
 ) -> Result<WeightTensor> {
     let store = ckpt.part(part).ok_or_else(|| EngineError::MissingPart {
         part,
@@ -236,9 +327,14 @@ fn convert(
         name: name.to_string(),
     })?;
     check_shape(part, name, shape, view.shape)?;
+    let data = match want {
+        Want::F32 => from_view(part, name, &view, WeightStorage::F32)?,
+        Want::Bf16 => from_view(part, name, &view, WeightStorage::Bf16)?,
+        Want::Packed => packed_from_view(part, name, &view)?,
+    };
     Ok(WeightTensor {
         shape: view.shape.to_vec(),
-        data: from_view(part, name, &view, storage)?,
+        data,
     })
 }
 

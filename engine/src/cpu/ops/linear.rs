@@ -1,6 +1,12 @@
 //! nn.Linear: `y = x @ w^T + b`.
+//!
+//! On x86_64 with AVX2 and FMA both entry points go through [`packed_gemm`]: `linear_packed` with a
+//! weight packed when it was loaded, `linear` packing each call's weight panels as it goes. Both
+//! sum each output as one FMA chain from the bias in the same order, so they give the same bits
+//! (and so does the bf16 linear, which calls `linear` on widened panels). Elsewhere the `gemm` crate.
 
 use super::matmul::{matmul, Mat, MatMut};
+use super::packed_gemm::{self, BSource, PackedB};
 
 /// x `[n, k]`, w `[out, k]`, bias `[out]` -> y `[n, out]`.
 pub(crate) fn linear(
@@ -12,6 +18,11 @@ pub(crate) fn linear(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
+    let w_t = Mat::rm_t(w, k, out_features);
+    let dst = MatMut::rm(y, n, out_features);
+    if packed_gemm::gemm(dst, Mat::rm(x, n, k), BSource::View(w_t), bias, None) {
+        return;
+    }
     if let Some(b) = bias {
         // Seeding y with the bias lets gemm add it in the same pass (accumulate), as torch's addmm does.
         for row in y.chunks_mut(out_features.max(1)) {
@@ -21,9 +32,33 @@ pub(crate) fn linear(
     matmul(
         MatMut::rm(y, n, out_features),
         Mat::rm(x, n, k),
-        Mat::rm_t(w, k, out_features),
+        w_t,
         1.0,
         bias.is_some(),
         None,
     );
+}
+
+/// x `[n, k]`, w packed from `[out, k]`, bias `[out]` -> y `[n, out]`; the same bits as `linear` on
+/// the unpacked weight.
+pub(crate) fn linear_packed(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    w: &PackedB,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let out_features = w.n();
+    assert_eq!(
+        w.k(),
+        k,
+        "linear_packed: weight depth {} for {k} inputs",
+        w.k()
+    );
+    let dst = MatMut::rm(y, n, out_features);
+    if !packed_gemm::gemm(dst, Mat::rm(x, n, k), BSource::Packed(w), bias, None) {
+        // Weights are only packed where the packed GEMM runs; this is for completeness.
+        linear(x, n, k, &w.to_rows(), out_features, bias, y);
+    }
 }

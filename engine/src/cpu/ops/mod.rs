@@ -11,6 +11,7 @@ pub(crate) mod linear;
 pub(crate) mod linear_bf16;
 pub(crate) mod matmul;
 pub(crate) mod norm;
+pub(crate) mod packed_gemm;
 pub(crate) mod rope;
 pub(crate) mod timestep;
 

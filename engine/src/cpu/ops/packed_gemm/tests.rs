@@ -1,0 +1,215 @@
+//! The packed GEMM against f64 sums on seeded values: every shape class (edge tiles in rows, columns
+//! and depth passes; one row; empty depth), strided views (A packed per block, a destination with
+//! wider rows or transposed), with and without bias, both B sources, with and without threads; and
+//! the bit-level promises (B packed ahead or per call, column panels, thread splits: the same bits).
+
+use super::*;
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Each `got[i, j]` (at `i*rs + j*cs`) within `(k + 2) * 2^-24 * (|bias| + sum_p |a b|)` of the f64
+/// value: at most one rounding per multiply-add (a bound for any order of f32 accumulation).
+#[track_caller]
+fn check(
+    what: &str,
+    got: &[f32],
+    (a, b): (&Mat<'_>, &Mat<'_>),
+    bias: Option<&[f32]>,
+    (rs, cs): (usize, usize),
+) {
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    for i in 0..m {
+        for j in 0..n {
+            let b0 = bias.map_or(0.0, |b| b[j] as f64);
+            let (mut sum, mut mag) = (b0, b0.abs());
+            for p in 0..k {
+                let t = a.data[i * a.rs + p * a.cs] as f64 * b.data[p * b.rs + j * b.cs] as f64;
+                sum += t;
+                mag += t.abs();
+            }
+            let bound = (k + 2) as f64 * 2f64.powi(-24) * mag;
+            let g = got[i * rs + j * cs] as f64;
+            assert!(
+                (g - sum).abs() <= bound,
+                "{what}: ({i}, {j}) got {g}, want {sum} (bound {bound:.3e})"
+            );
+        }
+    }
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+#[test]
+fn matches_f64_on_edge_shapes() {
+    if !available() {
+        return;
+    }
+    let mut seed = 1;
+    for &m in &[1, 2, 5, 6, 7, 13, 300] {
+        for &n in &[1, 15, 16, 17, 33, 64, 65, 100] {
+            for &k in &[1, 3, 257, 300, 769] {
+                seed += 1;
+                let x = values(m * k, seed);
+                let w = values(n * k, seed + 1000);
+                let bias = values(n, seed + 2000);
+                let a = Mat::rm(&x, m, k);
+                let bt = Mat::rm_t(&w, k, n);
+                let packed = PackedB::from_rows(&w, n, k);
+                let mut prev: Option<Vec<f32>> = None;
+                for src in [BSource::View(bt), BSource::Packed(&packed)] {
+                    for par in [Some(false), Some(true)] {
+                        let mut y = vec![f32::NAN; m * n];
+                        assert!(gemm(MatMut::rm(&mut y, m, n), a, src, Some(&bias), par));
+                        let what = format!("{m}x{k}->{n} {par:?}");
+                        check(&what, &y, (&a, &bt), Some(&bias), (n, 1));
+                        if let Some(p) = &prev {
+                            assert!(same_bits(p, &y), "{what}: B sources or splits differ");
+                        }
+                        prev = Some(y);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn strided_views() {
+    if !available() {
+        return;
+    }
+    for &(m, n, k) in &[(1, 70, 40), (7, 33, 300), (20, 17, 5), (64, 130, 520)] {
+        // A column-major (packed per block), B row-major (no transposes) inside wider buffers.
+        let ab = values(k * (m + 3), 7);
+        let a = Mat {
+            data: &ab,
+            rows: m,
+            cols: k,
+            rs: 1,
+            cs: m + 3,
+        };
+        let bb = values(k * (n + 5), 8);
+        let b = Mat {
+            data: &bb,
+            rows: k,
+            cols: n,
+            rs: n + 5,
+            cs: 1,
+        };
+        // A destination with rows wider than n: the padding stays untouched.
+        let ld = n + 2;
+        let mut y = vec![f32::NAN; m * ld];
+        let dst = MatMut {
+            data: &mut y,
+            rows: m,
+            cols: n,
+            rs: ld,
+            cs: 1,
+        };
+        assert!(gemm(dst, a, BSource::View(b), None, Some(false)));
+        check("wide rows", &y, (&a, &b), None, (ld, 1));
+        assert!((0..m).all(|i| y[i * ld + n..(i + 1) * ld].iter().all(|v| v.is_nan())));
+        // A transposed destination.
+        let bias = values(n, 10);
+        let mut y = vec![f32::NAN; m * n];
+        let dst = MatMut {
+            data: &mut y,
+            rows: m,
+            cols: n,
+            rs: 1,
+            cs: m,
+        };
+        assert!(gemm(dst, a, BSource::View(b), Some(&bias), Some(true)));
+        check("transposed dst", &y, (&a, &b), Some(&bias), (1, m));
+    }
+}
+
+#[test]
+fn empty_depth_gives_the_bias() {
+    if !available() {
+        return;
+    }
+    let bias = [1.0f32, 2.0, 3.0];
+    let packed = PackedB::from_rows(&[], 3, 0);
+    let mut y = vec![f32::NAN; 6];
+    let x: [f32; 0] = [];
+    let dst = MatMut::rm(&mut y, 2, 3);
+    assert!(gemm(
+        dst,
+        Mat::rm(&x, 2, 0),
+        BSource::Packed(&packed),
+        Some(&bias),
+        None
+    ));
+    assert_eq!(y, [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+    let dst = MatMut::rm(&mut y, 2, 3);
+    assert!(gemm(
+        dst,
+        Mat::rm(&x, 2, 0),
+        BSource::Packed(&packed),
+        None,
+        None
+    ));
+    assert_eq!(y, [0.0; 6]);
+}
+
+#[test]
+fn column_panels_are_bit_identical() {
+    if !available() {
+        return;
+    }
+    // The bf16 linear computes a weight's output columns panel by panel: each panel alone must give
+    // the same bits as the whole product, for one row (the wide kernel) and many.
+    for m in [1, 9] {
+        let (n, k) = (200, 700);
+        let x = values(m * k, 3);
+        let w = values(n * k, 4);
+        let mut whole = vec![0f32; m * n];
+        let dst = MatMut::rm(&mut whole, m, n);
+        let bt = Mat::rm_t(&w, k, n);
+        assert!(gemm(dst, Mat::rm(&x, m, k), BSource::View(bt), None, None));
+        for (lo, hi) in [(0, 37), (37, 101), (101, 200)] {
+            let p = hi - lo;
+            let mut part = vec![0f32; m * p];
+            let dst = MatMut::rm(&mut part, m, p);
+            let bt = Mat::rm_t(&w[lo * k..hi * k], k, p);
+            assert!(gemm(dst, Mat::rm(&x, m, k), BSource::View(bt), None, None));
+            for i in 0..m {
+                assert!(same_bits(
+                    &part[i * p..(i + 1) * p],
+                    &whole[i * n + lo..i * n + hi]
+                ));
+            }
+        }
+    }
+}
+
+#[test]
+fn packing_round_trips() {
+    for &(n, k) in &[
+        (1, 1),
+        (17, 3),
+        (16, 256),
+        (33, 257),
+        (5, 0),
+        (0, 5),
+        (40, 1000),
+    ] {
+        let w = values(n * k, 11);
+        let p = PackedB::from_rows(&w, n, k);
+        assert_eq!(p.len(), n * k);
+        assert_eq!(p.to_rows(), w);
+    }
+}

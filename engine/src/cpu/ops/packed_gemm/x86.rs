@@ -1,0 +1,462 @@
+//! The AVX2+FMA micro-kernel, the packing routines and the blocking loops around them.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use super::super::matmul::Mat;
+use super::{passes, BSource, Buf, Job, Out, MC, MR, NC, NR};
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::ops::Range;
+
+thread_local! {
+    /// Per-thread buffer for B packed from a view, reused across calls.
+    static PACKED_B: RefCell<Buf> = RefCell::new(Buf::default());
+}
+
+/// Packs depths `k0 .. k0 + kc` and columns `j0 .. j0 + nc` of a strided `b` into panels of `NR`
+/// columns: panel `t`, depth `p`, column `j` at `t*NR*kc + p*NR + j`; columns past `nc` are zero.
+///
+/// # Safety
+/// The CPU must support AVX2.
+pub(super) unsafe fn pack_b(
+    b: &Mat<'_>,
+    k0: usize,
+    kc: usize,
+    j0: usize,
+    nc: usize,
+    buf: &mut [f32],
+) {
+    for (t, panel) in buf[..nc.div_ceil(NR) * NR * kc]
+        .chunks_exact_mut(NR * kc)
+        .enumerate()
+    {
+        let jp = j0 + t * NR;
+        let w = NR.min(j0 + nc - jp);
+        if b.cs == 1 {
+            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                let src = &b.data[(k0 + p) * b.rs + jp..][..w];
+                dst[..w].copy_from_slice(src);
+                dst[w..].fill(0.0);
+            }
+            continue;
+        }
+        let mut j = 0;
+        if b.rs == 1 {
+            // Columns of b are contiguous (an nn.Linear weight's rows): 8x8 blocks transposed in
+            // registers.
+            let p8 = kc / 8 * 8;
+            while j + 8 <= w {
+                let first = (jp + j) * b.cs + k0;
+                // The last of the 8 columns' last element read.
+                let end = first + 7 * b.cs + p8;
+                if p8 > 0 {
+                    let src = &b.data[first..end];
+                    // SAFETY: AVX2 (the caller's promise); `src` holds the 8 columns' `p8` values
+                    // `b.cs` apart, `panel[j..]` the `kc` rows of 16 written.
+                    unsafe { transpose_8_columns(src, b.cs, p8, &mut panel[j..]) };
+                }
+                for c in j..j + 8 {
+                    let col = &b.data[(jp + c) * b.cs + k0..];
+                    for p in p8..kc {
+                        panel[p * NR + c] = col[p];
+                    }
+                }
+                j += 8;
+            }
+        }
+        for c in j..NR {
+            if c < w {
+                let col = &b.data[k0 * b.rs + (jp + c) * b.cs..];
+                for p in 0..kc {
+                    panel[p * NR + c] = col[p * b.rs];
+                }
+            } else {
+                for p in 0..kc {
+                    panel[p * NR + c] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `dst[p*16 + j] = src[j*ld + p]` for 8 columns `j` and `p < p8` (a multiple of 8).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_8_columns(src: &[f32], ld: usize, p8: usize, dst: &mut [f32]) {
+    assert!(p8 % 8 == 0 && src.len() >= 7 * ld + p8 && dst.len() + NR >= p8 * NR + 8);
+    // SAFETY: AVX2 (the caller's promise); the assert keeps every load inside `src` (column `j`
+    // reads `j*ld .. j*ld + p8`) and every store inside `dst` (row `p` writes `p*16 .. p*16 + 8`).
+    unsafe {
+        let s = src.as_ptr();
+        let d = dst.as_mut_ptr();
+        for p in (0..p8).step_by(8) {
+            let r0 = _mm256_loadu_ps(s.add(p));
+            let r1 = _mm256_loadu_ps(s.add(ld + p));
+            let r2 = _mm256_loadu_ps(s.add(2 * ld + p));
+            let r3 = _mm256_loadu_ps(s.add(3 * ld + p));
+            let r4 = _mm256_loadu_ps(s.add(4 * ld + p));
+            let r5 = _mm256_loadu_ps(s.add(5 * ld + p));
+            let r6 = _mm256_loadu_ps(s.add(6 * ld + p));
+            let r7 = _mm256_loadu_ps(s.add(7 * ld + p));
+            let t0 = _mm256_unpacklo_ps(r0, r1);
+            let t1 = _mm256_unpackhi_ps(r0, r1);
+            let t2 = _mm256_unpacklo_ps(r2, r3);
+            let t3 = _mm256_unpackhi_ps(r2, r3);
+            let t4 = _mm256_unpacklo_ps(r4, r5);
+            let t5 = _mm256_unpackhi_ps(r4, r5);
+            let t6 = _mm256_unpacklo_ps(r6, r7);
+            let t7 = _mm256_unpackhi_ps(r6, r7);
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let out = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (q, v) in out.into_iter().enumerate() {
+                _mm256_storeu_ps(d.add((p + q) * NR), v);
+            }
+        }
+    }
+}
+
+/// Copies a packed panel of width `w < NR` (`kc` rows of `w`) into full-width rows, zero-padded.
+fn widen_panel(src: &[f32], w: usize, kc: usize, buf: &mut [f32]) {
+    for (dst, src) in buf[..kc * NR].chunks_exact_mut(NR).zip(src.chunks_exact(w)) {
+        dst[..w].copy_from_slice(src);
+        dst[w..].fill(0.0);
+    }
+}
+
+/// The blocking loops for the destination's columns `cols` (see `Job::columns`).
+///
+/// # Safety
+/// As `Job::columns`, and the CPU must support AVX2 and FMA.
+pub(super) unsafe fn columns(job: &Job<'_>, cols: Range<usize>) {
+    PACKED_B.with(|cell| {
+        let mut bbuf = cell.borrow_mut();
+        let m = job.m;
+        let mc_step = m.div_ceil(m.div_ceil(MC)).next_multiple_of(MR);
+        let kstep = passes(job.k).1;
+        // Packed B is read where it lies. From a view, B is packed NC columns at a time when the
+        // block is reused by several row blocks, else a few panels at a time (used from L1/L2).
+        let nc_step = match job.b {
+            BSource::Packed(_) => cols.len(),
+            BSource::View(_) if m > mc_step => NC,
+            BSource::View(_) => 4 * NR,
+        };
+        let mut blk = Block {
+            job,
+            mc_step,
+            bpack: bbuf.get(nc_step.next_multiple_of(NR) * kstep),
+        };
+        let ks = (0..job.k).step_by(kstep);
+        let js = cols.clone().step_by(nc_step);
+        let run = |blk: &mut Block<'_, '_, '_>, k0: usize, j0: usize| {
+            let (kc, nc) = (kstep.min(job.k - k0), nc_step.min(cols.end - j0));
+            // SAFETY: the caller's promises, and `j0 .. j0 + nc` lies within `cols`.
+            unsafe { blk.run(k0, kc, j0, nc) }
+        };
+        if m <= MR {
+            // One tile of rows does not reuse B: all depth passes of a few columns, then the next
+            // ones, so that each column of a strided B is read as one stream.
+            for j0 in js {
+                for k0 in ks.clone() {
+                    run(&mut blk, k0, j0);
+                }
+            }
+        } else {
+            for k0 in ks {
+                for j0 in js.clone() {
+                    run(&mut blk, k0, j0);
+                }
+            }
+        }
+    });
+}
+
+struct Block<'j, 'a, 's> {
+    job: &'j Job<'a>,
+    mc_step: usize,
+    bpack: &'s mut [f32],
+}
+
+impl Block<'_, '_, '_> {
+    /// Depths `k0 .. k0 + kc` (one pass) of columns `j0 .. j0 + nc` (`j0` a multiple of 16), all
+    /// rows.
+    ///
+    /// # Safety
+    /// As [`columns`], with `j0 .. j0 + nc` within its columns.
+    unsafe fn run(&mut self, k0: usize, kc: usize, j0: usize, nc: usize) {
+        let job = self.job;
+        let (m, out) = (job.m, job.out);
+        let first = k0 == 0;
+        // This pass of packed A: micro-panel `t` (rows `6t ..`) at `t*MR*kc`.
+        let mp = m.next_multiple_of(MR);
+        let apass = &job.apack[k0 * mp..][..mp * kc];
+        if let BSource::View(b) = &job.b {
+            // SAFETY: AVX2 (the caller's promise).
+            unsafe { pack_b(b, k0, kc, j0, nc, self.bpack) };
+        }
+        let mut tile = [0f32; MR * NR];
+        let mut bias_pad = [0f32; NR];
+        for i0 in (0..m).step_by(self.mc_step) {
+            let mc = self.mc_step.min(m - i0);
+            let mut jp = j0;
+            while jp < j0 + nc {
+                // One row, four full panels, destination contiguous: the wide kernel.
+                if mc == 1 && jp + 4 * NR <= j0 + nc && out.cs == 1 {
+                    let bp = match &job.b {
+                        BSource::Packed(p) => p.full_panels(jp, k0, kc, 4).as_ptr(),
+                        BSource::View(_) => self.bpack[(jp - j0) * kc..][..4 * NR * kc].as_ptr(),
+                    };
+                    let c = out.ptr.wrapping_add(i0 * out.rs + jp);
+                    let init = match job.bias {
+                        Some(b) if first => b[jp..jp + 4 * NR].as_ptr(),
+                        None if first => std::ptr::null(),
+                        _ => c.cast_const(),
+                    };
+                    let ap = apass[i0 * kc..][..MR * kc].as_ptr();
+                    // SAFETY: AVX2+FMA; `ap` is a micro-panel of `kc` steps of MR values; four full
+                    // panels of `kc` rows of 16 follow each other from `bp` (one pass of packed B, or
+                    // `bpack`); the bias has 64 values from `jp`; the destination row `i0` has 64
+                    // contiguous columns from `jp`, inside it and ours alone (`Job::columns`).
+                    unsafe { wide1(kc, ap, bp, NR * kc, init, c) };
+                    jp += 4 * NR;
+                    continue;
+                }
+                let (bp, w) = match &job.b {
+                    BSource::Packed(p) => match p.panel(jp, k0, kc) {
+                        (panel, NR) => (panel.as_ptr(), NR),
+                        (panel, w) => {
+                            widen_panel(panel, w, kc, self.bpack);
+                            (self.bpack.as_ptr(), w)
+                        }
+                    },
+                    BSource::View(_) => (
+                        self.bpack[(jp - j0) * kc..][..kc * NR].as_ptr(),
+                        NR.min(j0 + nc - jp),
+                    ),
+                };
+                // Where this panel's chains start: the bias (padded to 16 when the panel is
+                // narrower), zero, or (None) the destination.
+                let init: Option<*const f32> = match job.bias {
+                    Some(b) if first => Some(if w == NR {
+                        b[jp..jp + NR].as_ptr()
+                    } else {
+                        bias_pad[..w].copy_from_slice(&b[jp..jp + w]);
+                        bias_pad.as_ptr()
+                    }),
+                    None if first => Some(std::ptr::null()),
+                    _ => None,
+                };
+                for ir in (0..mc).step_by(MR) {
+                    let (i, r) = (i0 + ir, MR.min(mc - ir));
+                    let t = Tile {
+                        kc,
+                        a: apass[i * kc..][..MR * kc].as_ptr(),
+                        b: bp,
+                    };
+                    let c = out.ptr.wrapping_add(i * out.rs + jp * out.cs);
+                    if w == NR && out.cs == 1 {
+                        if init.is_none() {
+                            prefetch_next(out, (i, jp), (i0, i0 + mc), j0 + nc);
+                        }
+                        let (ip, ild) = init.map_or((c.cast_const(), out.rs), |p| (p, 0));
+                        // SAFETY: AVX2+FMA; `t.a` is a micro-panel of `kc` steps of MR values, `t.b`
+                        // a full panel of `kc` rows of 16; the destination's rows `i .. i + r`,
+                        // columns `jp .. jp + 16`, are inside it (`gemm` asserted its span) and ours
+                        // alone (`Job::columns`); a bias has 16 values from `jp`.
+                        unsafe { kernel(r, &t, ip, ild, c, out.rs) };
+                    } else {
+                        // Edge or strided destination: through a 6x16 buffer.
+                        let (ip, ild) = match init {
+                            Some(p) => (p, 0),
+                            None => {
+                                // SAFETY: rows `i .. i + r`, columns `jp .. jp + w` are inside the
+                                // destination and ours alone.
+                                unsafe { copy_tile(out, (i, jp), (r, w), &mut tile, true) };
+                                (tile.as_ptr(), NR)
+                            }
+                        };
+                        // SAFETY: as above for A and B (a narrow panel is widened to 16 with
+                        // zeros); `tile` holds 6 rows of 16, the bias `bias_pad` 16 values.
+                        unsafe { kernel(r, &t, ip, ild, tile.as_mut_ptr(), NR) };
+                        // SAFETY: as for the copy in.
+                        unsafe { copy_tile(out, (i, jp), (r, w), &mut tile, false) };
+                    }
+                }
+                jp += NR;
+            }
+        }
+    }
+}
+
+/// Prefetches the destination rows of the tile after `(i, j)` in a block of rows `i0 .. i_end`:
+/// the next rows of this panel, or the block's first rows of the next panel (below `j_end`).
+fn prefetch_next(out: Out, (i, j): (usize, usize), (i0, i_end): (usize, usize), j_end: usize) {
+    let (ni, nj) = if i + MR < i_end {
+        (i + MR, j)
+    } else {
+        (i0, j + NR)
+    };
+    if nj >= j_end {
+        return;
+    }
+    for row in ni..i_end.min(ni + MR) {
+        let p = out.ptr.wrapping_add(row * out.rs + nj);
+        // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p.cast());
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(15).cast());
+        }
+    }
+}
+
+/// Copies rows `i .. i + r`, columns `j .. j + w` of the destination into `tile` (6 rows of 16),
+/// or back with `to_tile` false.
+///
+/// # Safety
+/// Those rows and columns must be inside the destination and not accessed by another thread.
+unsafe fn copy_tile(
+    out: Out,
+    (i, j): (usize, usize),
+    (r, w): (usize, usize),
+    tile: &mut [f32; MR * NR],
+    to_tile: bool,
+) {
+    for di in 0..r {
+        for dj in 0..w {
+            // SAFETY: the caller's promise.
+            let p = unsafe { out.ptr.add((i + di) * out.rs + (j + dj) * out.cs) };
+            if to_tile {
+                // SAFETY: as above.
+                tile[di * NR + dj] = unsafe { *p };
+            } else {
+                // SAFETY: as above.
+                unsafe { *p = tile[di * NR + dj] };
+            }
+        }
+    }
+}
+
+/// One row by 64 columns (four panels `b_ld` apart): `c = (init or 0) + sum_p a[p] b[p, :]`, then
+/// Eight independent chains, so decode-sized products are not bound by FMA latency.
+///
+/// # Safety
+/// AVX2 and FMA; `a` readable at `p*MR` for `p < kc`; `b + t*b_ld` readable for `16*kc` values
+/// (`t < 4`); `init` null or readable for 64 values; `c` writable for 64 values.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn wide1(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    b_ld: usize,
+    init: *const f32,
+    c: *mut f32,
+) {
+    // SAFETY: the function's contract: AVX2+FMA, and every access inside the promised ranges.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        if !init.is_null() {
+            for (q, v) in acc.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(init.add(8 * q));
+            }
+        }
+        let bs = [b, b.add(b_ld), b.add(2 * b_ld), b.add(3 * b_ld)];
+        for p in 0..kc {
+            let x = _mm256_broadcast_ss(&*a.add(p * MR));
+            for t in 0..4 {
+                let bt = bs[t].add(p * NR);
+                acc[2 * t] = _mm256_fmadd_ps(x, _mm256_loadu_ps(bt), acc[2 * t]);
+                acc[2 * t + 1] = _mm256_fmadd_ps(x, _mm256_loadu_ps(bt.add(8)), acc[2 * t + 1]);
+            }
+        }
+        for (q, v) in acc.iter().enumerate() {
+            _mm256_storeu_ps(c.add(8 * q), *v);
+        }
+    }
+}
+
+/// One micro-tile's operands: `kc` depth steps; A's step `p` is the MR values at `a + MR*p` (a
+/// packed micro-panel), B's the 16 values at `b + 16p`.
+struct Tile {
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+}
+
+/// `r` rows (1..=MR) by 16 columns.
+///
+/// # Safety
+/// AVX2 and FMA; `t`'s A and B readable for `r` rows and `t.kc` steps; `init` null or readable for
+/// `r` rows of 16 values `init_ld` apart; `c` writable for `r` rows of 16 values `ldc` apart.
+#[inline]
+unsafe fn kernel(r: usize, t: &Tile, init: *const f32, init_ld: usize, c: *mut f32, ldc: usize) {
+    // SAFETY: the function's contract, forwarded.
+    unsafe {
+        match r {
+            6 => tile::<6>(t, init, init_ld, c, ldc),
+            5 => tile::<5>(t, init, init_ld, c, ldc),
+            4 => tile::<4>(t, init, init_ld, c, ldc),
+            3 => tile::<3>(t, init, init_ld, c, ldc),
+            2 => tile::<2>(t, init, init_ld, c, ldc),
+            _ => tile::<1>(t, init, init_ld, c, ldc),
+        }
+    }
+}
+
+/// `c = (init or 0) + sum_p a[p, :R]^T b[p, :]`, one FMA per step and output.
+///
+/// # Safety
+/// As [`kernel`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile<const R: usize>(
+    t: &Tile,
+    init: *const f32,
+    init_ld: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: the function's contract: AVX2+FMA, and every access inside the promised ranges.
+    unsafe {
+        let mut c0 = [_mm256_setzero_ps(); R];
+        let mut c1 = [_mm256_setzero_ps(); R];
+        if !init.is_null() {
+            for i in 0..R {
+                c0[i] = _mm256_loadu_ps(init.add(i * init_ld));
+                c1[i] = _mm256_loadu_ps(init.add(i * init_ld + 8));
+            }
+        }
+        let (mut a, mut b) = (t.a, t.b);
+        for _ in 0..t.kc {
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for i in 0..R {
+                let ai = _mm256_broadcast_ss(&*a.add(i));
+                c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
+                c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        for i in 0..R {
+            _mm256_storeu_ps(c.add(i * ldc), c0[i]);
+            _mm256_storeu_ps(c.add(i * ldc + 8), c1[i]);
+        }
+    }
+}
