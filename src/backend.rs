@@ -183,16 +183,9 @@ impl Backend {
                 },
                 States::Cuda(s),
             ) => {
-                let weights = weights.read().unwrap_or_else(|e| e.into_inner());
-                let pooled = executors.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                let mut exec = pooled.unwrap_or_else(|| CudaExecutor::new(gpu.clone()));
-                let out =
-                    exec.time_replay_vs_eager_with_states(graph, plan, &weights, inputs, s, iters);
-                executors
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(exec);
-                Self::sample_memory(gpu, peak);
+                let out = with_cuda_executor(gpu, weights, executors, peak, |exec, w| {
+                    exec.time_replay_vs_eager_with_states(graph, plan, w, inputs, s, iters)
+                });
                 Ok(Some(out?))
             }
             _ => Err(mismatch()),
@@ -319,19 +312,13 @@ impl Backend {
                 },
                 States::Cuda(s),
             ) => {
-                let weights = weights.read().unwrap_or_else(|e| e.into_inner());
-                let pooled = executors.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                let mut exec = pooled.unwrap_or_else(|| CudaExecutor::new(gpu.clone()));
-                let out = if replay {
-                    exec.run_captured_with_states(graph, plan, &weights, inputs, s)
-                } else {
-                    exec.run_with_states(graph, plan, &weights, inputs, s)
-                };
-                executors
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(exec);
-                Self::sample_memory(gpu, peak);
+                let out = with_cuda_executor(gpu, weights, executors, peak, |exec, w| {
+                    if replay {
+                        exec.run_captured_with_states(graph, plan, w, inputs, s)
+                    } else {
+                        exec.run_with_states(graph, plan, w, inputs, s)
+                    }
+                });
                 Ok(out?)
             }
             _ => Err(mismatch()),
@@ -344,6 +331,27 @@ impl Backend {
 pub enum States {
     Cpu(HashMap<String, HostTensor>),
     Cuda(CudaStates),
+}
+
+/// Runs `f` with an idle CUDA executor (a new one when all are busy) and the weights, then pools the
+/// executor again and samples the device memory in use.
+fn with_cuda_executor<T>(
+    gpu: &Arc<Gpu>,
+    weights: &RwLock<CudaWeights>,
+    executors: &Mutex<Vec<CudaExecutor>>,
+    peak: &AtomicU64,
+    f: impl FnOnce(&mut CudaExecutor, &CudaWeights) -> T,
+) -> T {
+    let weights = weights.read().unwrap_or_else(|e| e.into_inner());
+    let pooled = executors.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    let mut exec = pooled.unwrap_or_else(|| CudaExecutor::new(gpu.clone()));
+    let out = f(&mut exec, &weights);
+    executors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(exec);
+    Backend::sample_memory(gpu, peak);
+    out
 }
 
 fn mismatch() -> RunError {

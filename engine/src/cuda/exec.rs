@@ -209,21 +209,11 @@ impl CudaExecutor {
         let gpu = self.gpu.clone();
         let _exclusive = gpu.exclusive();
         self.reserve(plan, &c.needs)?;
-        let mut buffers = InputBuffers::new(&gpu, graph, &c.needs)?;
-        buffers.upload(&gpu, graph, inputs)?;
-        let bindings = Bindings::new(
-            &gpu,
-            graph,
-            &c.places,
-            weights,
-            &buffers,
-            states,
-            &self.scratch,
-        )?;
+        let (_buffers, bindings) = self.bind(graph, &c, weights, inputs, states)?;
         self.poison_arena()?;
         launch_all(&gpu, graph, &bindings)?;
         self.stats.eager_runs += 1;
-        // `buffers` drops after the downloads, when no launch reads it any more.
+        // `_buffers` drops after the downloads, when no launch reads it any more.
         self.download(graph, &c.places, &bindings, inputs)
     }
 
@@ -273,17 +263,7 @@ impl CudaExecutor {
             return self.download(graph, &c.places, &cap.bindings, inputs);
         }
 
-        let mut buffers = InputBuffers::new(&gpu, graph, &c.needs)?;
-        buffers.upload(&gpu, graph, inputs)?;
-        let bindings = Bindings::new(
-            &gpu,
-            graph,
-            &c.places,
-            weights,
-            &buffers,
-            states,
-            &self.scratch,
-        )?;
+        let (buffers, bindings) = self.bind(graph, &c, weights, inputs, states)?;
         self.poison_arena()?;
         // Warm-up: compiles and loads every kernel module, plans every cuBLASLt shape (none of which may
         // happen inside a capture) and computes this call's outputs.
@@ -308,6 +288,29 @@ impl CudaExecutor {
             }
         }
         Ok(out)
+    }
+
+    /// Fresh input buffers holding `inputs`, and every tensor's address for a run over them.
+    fn bind(
+        &self,
+        graph: &Graph,
+        c: &Checked,
+        weights: &CudaWeights,
+        inputs: &HashMap<String, HostTensor>,
+        states: &CudaStates,
+    ) -> Result<(InputBuffers, Bindings)> {
+        let mut buffers = InputBuffers::new(&self.gpu, graph, &c.needs)?;
+        buffers.upload(&self.gpu, graph, inputs)?;
+        let bindings = Bindings::new(
+            &self.gpu,
+            graph,
+            &c.places,
+            weights,
+            &buffers,
+            states,
+            &self.scratch,
+        )?;
+        Ok((buffers, bindings))
     }
 
     fn key(
