@@ -184,10 +184,7 @@ impl Model {
         inputs: &Outputs,
         states: &mut States,
     ) -> Result<Outputs, RunError> {
-        let c = &self.checkpoint.config.und;
-        let p = self.prepared(format!("und_decode/{capacity}"), || {
-            build::und_decode_step(c, &self.checkpoint.und_names, capacity)
-        })?;
+        let p = self.und_decode_graph(capacity)?;
         let replay = self.cuda_graphs.load(Ordering::Relaxed);
         self.backend
             .execute_with_states(&p.0, &p.1, inputs, states, replay)
@@ -202,12 +199,17 @@ impl Model {
         states: &mut States,
         iters: usize,
     ) -> Result<Option<hbridge_engine::cuda::ReplayTiming>, RunError> {
-        let c = &self.checkpoint.config.und;
-        let p = self.prepared(format!("und_decode/{capacity}"), || {
-            build::und_decode_step(c, &self.checkpoint.und_names, capacity)
-        })?;
+        let p = self.und_decode_graph(capacity)?;
         self.backend
             .time_replay_vs_eager_with_states(&p.0, &p.1, inputs, states, iters)
+    }
+
+    /// The und decode step over a cache of `capacity` rows, built and planned once per capacity.
+    fn und_decode_graph(&self, capacity: usize) -> Result<Arc<(Graph, MemoryPlan)>, RunError> {
+        let c = &self.checkpoint.config.und;
+        self.prepared(format!("und_decode/{capacity}"), || {
+            build::und_decode_step(c, &self.checkpoint.und_names, capacity)
+        })
     }
 
     /// The graph of `key`, built by `build` (and its weights converted) the first time only.
