@@ -19,6 +19,8 @@ pub enum Op {
         kv_heads: usize,
         d: usize,
         causal: bool,
+        /// GPU: the flash kernel's v2 (attention_sm90.cu, wgmma) instead of the default choice.
+        sm90: bool,
     },
     /// RMSNorm over `rows x dim` with weight, optionally `(1 + scale)` modulation and a residual add.
     RmsNorm {
@@ -110,9 +112,10 @@ impl Op {
 }
 
 impl Case {
-    /// Too slow for the CPU backend to sample (minutes per iteration on a few cores): GPU only.
+    /// Too slow for the CPU backend to sample (minutes per iteration on a few cores), or a GPU kernel
+    /// version the CPU has no counterpart of: GPU only.
     pub fn gpu_only(&self) -> bool {
-        matches!(self.op, Op::Attention { nq, d, .. } if d > 128 && nq > 4096)
+        matches!(self.op, Op::Attention { nq, d, sm90, .. } if sm90 || (d > 128 && nq > 4096))
     }
 }
 
@@ -123,6 +126,36 @@ pub enum Work {
 }
 
 pub fn all() -> Vec<Case> {
+    let mut cases = base();
+    // The three long flash shapes again on v2, named apart so criterion reports them side by side.
+    let sm90_names = [
+        (
+            "und_prefill_512_causal_d128_gqa7",
+            "und_prefill_512_causal_d128_gqa7_sm90",
+        ),
+        ("gen_self_4112_d120_gqa3", "gen_self_4112_d120_gqa3_sm90"),
+        (
+            "bridge_4112q_512und_4112gen_d128_gqa7",
+            "bridge_4112q_512und_4112gen_d128_gqa7_sm90",
+        ),
+    ];
+    let extra: Vec<Case> = cases
+        .iter()
+        .filter_map(|c| {
+            let (_, name) = sm90_names.iter().find(|(n, _)| *n == c.name)?;
+            let mut c = c.clone();
+            c.name = name;
+            if let Op::Attention { sm90, .. } = &mut c.op {
+                *sm90 = true;
+            }
+            Some(c)
+        })
+        .collect();
+    cases.extend(extra);
+    cases
+}
+
+fn base() -> Vec<Case> {
     let gen_tokens = 16 + 64 * 64; // SRT + a 1024x1024 image's latent tokens (128x128 latent, patch 2)
     vec![
         Case {
@@ -135,6 +168,7 @@ pub fn all() -> Vec<Case> {
                 kv_heads: 4,
                 d: 128,
                 causal: true,
+                sm90: false,
             },
         },
         Case {
@@ -147,6 +181,7 @@ pub fn all() -> Vec<Case> {
                 kv_heads: 7,
                 d: 120,
                 causal: false,
+                sm90: false,
             },
         },
         Case {
@@ -159,6 +194,7 @@ pub fn all() -> Vec<Case> {
                 kv_heads: 4,
                 d: 128,
                 causal: false,
+                sm90: false,
             },
         },
         Case {
@@ -171,6 +207,7 @@ pub fn all() -> Vec<Case> {
                 kv_heads: 4,
                 d: 128,
                 causal: true,
+                sm90: false,
             },
         },
         // The VAE decoder's mid-block at 1024x1024: one 512-wide head over the 128x128 latent, the
@@ -185,6 +222,7 @@ pub fn all() -> Vec<Case> {
                 kv_heads: 1,
                 d: 512,
                 causal: false,
+                sm90: false,
             },
         },
         Case {

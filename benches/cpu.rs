@@ -65,6 +65,7 @@ fn build(op: &Op) -> Built {
             kv_heads,
             d,
             causal,
+            ..
         } => {
             let q = input(&mut b, "q", &[nq, heads * d]);
             let segs = segments

@@ -91,6 +91,7 @@ impl GpuBench {
                     kv_heads,
                     d,
                     causal,
+                    sm90,
                 } => {
                     let q = s.bf16(gpu, nq * heads * d);
                     let out = s.bf16(gpu, nq * heads * d);
@@ -141,7 +142,12 @@ impl GpuBench {
                             causal,
                             scale: (d as f32).powf(-0.5),
                         };
-                        attention::attention(g, &args, ws)
+                        let kernel = if sm90 {
+                            attention::FlashKernel::Sm90
+                        } else {
+                            attention::FlashKernel::Auto
+                        };
+                        attention::attention_with(g, &args, ws, kernel)
                     })
                 }
                 Op::RmsNorm {

@@ -8,9 +8,10 @@
 //   is computed), online softmax in f32 in the log2 domain (exp2 of scores pre-multiplied by
 //   scale*log2(e)). Chosen first because its fragment layouts are fixed by the PTX ISA and it runs on
 //   every sm_80+ GPU, so correctness can be established before the Hopper-specific version.
-// - next (v2): wgmma (sm_90a) with a producer warpgroup feeding K/V through TMA + mbarriers (FA3
-//   style); the Hopper tensor cores are only fully used through wgmma, so v1 tops out around half
-//   of the dense bf16 rate at long sequences.
+// - v2 (attention_sm90.cu): wgmma (sm_90a) for the long flash launches on Hopper; v1 measured 185-211
+//   TFLOP/s there (23-27% of the bf16 peak), since only wgmma reaches the Hopper tensor cores' full rate.
+//   v1 stays the decode path, the other GPUs' path and the reference v2 is checked beside.
+// Shared with v2 (attention_common.cuh): the parameters, the semantics, the chunk loader, the segments.
 //
 // Kernels (one instantiation per padded head dim D in {16, 32, 64, 80, 128}; head_dim <= D, the columns
 // past head_dim are zero-filled on load and never stored)
@@ -32,139 +33,6 @@
 //   [batch][nsplit][nq][heads], after the outputs) into the caller's workspace; the combine kernel
 //   (grid (nq*heads, batch), block 128) merges the splits and writes bf16. Memory-bound: every K/V byte
 //   is read once, the flops per byte are ~4*g*nq/2.
-//
-// Semantics (graph Op::Attention): keys are segment 0's then segment 1's, global key index = position in
-// that concatenation of the full segment lengths; key j of segment s is masked for batch row b when
-// j >= valid_len_s[b]; causal: query i sees global keys <= i + (total_keys - nq). A query row that sees
-// no key gets zeros. Scores q.k*scale, softmax in f32.
-
-#define ATT_NEG_INF __int_as_float(0xff800000u)
-
-// Kernel parameters, passed by value (mirrored by `#[repr(C)]` structs in engine/src/cuda/ops/attention.rs;
-// the sizes are asserted on both sides).
-struct AttnSeg {
-    const bf16* k;          // element 0 of batch row 0, key 0, kv head 0
-    const bf16* v;
-    const int* valid_len;   // [batch] or null
-    long long row_stride;   // elements between consecutive keys
-    long long batch_stride; // elements between batch rows
-    int len;                // keys (global index space, padding included)
-    int kv_heads;
-    int group;              // heads / kv_heads
-    int vec;                // 1: every row start is 16-byte aligned, so cp.async can be used
-};
-static_assert(sizeof(AttnSeg) == 56, "AttnSeg layout is mirrored on the host");
-
-struct AttnParams {
-    const bf16* q;
-    bf16* out;
-    float* ws;  // decode path: partial outputs then log2-sum-exps
-    long long q_row_stride, q_batch_stride, out_row_stride, out_batch_stride;
-    AttnSeg seg[2];
-    int nseg, batch, nq, heads, head_dim, total_keys, causal, q_vec, out_vec, nsplit, split_len;
-    float scale_log2;  // scale * log2(e)
-};
-static_assert(sizeof(AttnParams) == 216, "AttnParams layout is mirrored on the host");
-
-__device__ __forceinline__ float att_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));  // ex2(-inf) = +0
-    return y;
-}
-
-__device__ __forceinline__ unsigned att_dynamic_smem() {
-    unsigned r;
-    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
-    return r;
-}
-
-__device__ __forceinline__ void att_st_shared_v4(void* smem, unsigned a, unsigned b, unsigned c, unsigned d) {
-    asm volatile("st.shared.v4.b32 [%0], {%1,%2,%3,%4};\n" ::"r"(smem_addr(smem)), "r"(a), "r"(b), "r"(c), "r"(d)
-                 : "memory");
-}
-
-__device__ __forceinline__ void att_st_shared_b32(void* smem, unsigned a) {
-    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(smem_addr(smem)), "r"(a) : "memory");
-}
-
-__device__ __forceinline__ void att_copy_16_shared_to_global(void* gmem, const void* smem) {
-    unsigned a, b, c, d;
-    asm volatile("ld.shared.v4.b32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(a), "=r"(b), "=r"(c), "=r"(d)
-                 : "r"(smem_addr(smem))
-                 : "memory");
-    asm volatile("st.global.v4.b32 [%0], {%1,%2,%3,%4};\n" ::"l"(gmem), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
-}
-
-// One 16-byte chunk (8 bf16 columns d0..d0+7) of a row into shared memory: columns >= head_dim and
-// rows that are not `valid` become zeros (V rows of masked keys must be finite: P=0 times garbage NaN
-// would poison the output). `vec`: the row start is 16-byte aligned, so one cp.async (its source-size
-// operand zero-fills the tail of a partial chunk); otherwise element loads (head dims like 12 and 24
-// whose head offsets are not 16-byte aligned, odd strides, unaligned pointers). `safe` is a valid
-// 16-byte-aligned global address used as the source when nothing is read.
-__device__ __forceinline__ void att_load_chunk(bf16* dst, const bf16* row, bool valid, int d0, int head_dim, bool vec,
-                                               const bf16* safe) {
-    if (vec) {
-        int n = head_dim - d0;
-        n = n < 0 ? 0 : (n > 8 ? 8 : n);
-        const int bytes = valid ? 2 * n : 0;
-        cp_async_16(dst, bytes > 0 ? (const void*)(row + d0) : (const void*)safe, bytes);
-    } else {
-        unsigned w[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int d = d0 + 2 * e;
-            const unsigned lo = (valid && d < head_dim) ? (unsigned)row[d] : 0u;
-            const unsigned hi = (valid && d + 1 < head_dim) ? (unsigned)row[d + 1] : 0u;
-            w[e] = lo | (hi << 16);
-        }
-        att_st_shared_v4(dst, w[0], w[1], w[2], w[3]);
-    }
-}
-
-// One segment as a block (or warp) walks it: base pointers already at its batch row and kv head, and
-// the local key range [lo, hi) it must visit (valid length, split chunk and causal limit applied).
-struct AttnSegCtx {
-    const bf16* k;
-    const bf16* v;
-    long long stride;
-    int off;     // global index of the segment's key 0
-    int lo, hi;  // local key range
-    int ntiles;
-    int vec;
-};
-
-template <int BN>
-__device__ __forceinline__ AttnSegCtx att_seg_ctx(const AttnParams& p, int s, int b, int kvh, int c0, int c1) {
-    AttnSegCtx c;
-    const AttnSeg& sg = p.seg[s];
-    c.off = s == 0 ? 0 : p.seg[0].len;
-    c.stride = sg.row_stride;
-    c.vec = sg.vec;
-    c.k = sg.k;
-    c.v = sg.v;
-    c.lo = 0;
-    c.hi = 0;
-    c.ntiles = 0;
-    if (s < p.nseg && sg.len > 0) {
-        const long long base = (long long)b * sg.batch_stride + (long long)kvh * p.head_dim;
-        c.k = sg.k + base;
-        c.v = sg.v + base;
-        int eff = sg.len;
-        if (sg.valid_len != nullptr) {
-            const int vl = sg.valid_len[b];
-            eff = vl < 0 ? 0 : (vl < eff ? vl : eff);
-        }
-        const int lo = c0 - c.off > 0 ? c0 - c.off : 0;
-        const int hi = c1 - c.off < eff ? c1 - c.off : eff;
-        if (hi > lo) {
-            c.lo = lo;
-            c.hi = hi;
-            c.ntiles = (hi - lo + BN - 1) / BN;
-        }
-    }
-    return c;
-}
 
 template <bool CTA>
 __device__ __forceinline__ void att_sync() {
@@ -190,21 +58,8 @@ __device__ __forceinline__ void att_mainloop(const AttnSegCtx& s0, const AttnSeg
     const int T = s0.ntiles + s1.ntiles;
 
     auto load_tile = [&](int t, int stage) {
-        const bool second = t >= s0.ntiles;
-        const AttnSegCtx sg = second ? s1 : s0;
-        const int j0 = sg.lo + (t - (second ? s0.ntiles : 0)) * BN;
-        bf16* dk = sK + stage * BN * PITCH;
-        bf16* dv = sV + stage * BN * PITCH;
-#pragma unroll
-        for (int it = 0; it < (BN * CH) / NT; ++it) {
-            const int c = tid + it * NT;
-            const int r = c / CH, ch = c % CH;
-            const int j = j0 + r;
-            const bool valid = j < sg.hi;
-            const long long ro = valid ? (long long)j * sg.stride : 0;
-            att_load_chunk(dk + r * PITCH + ch * 8, sg.k + ro, valid, ch * 8, head_dim, sg.vec != 0, sg.k);
-            att_load_chunk(dv + r * PITCH + ch * 8, sg.v + ro, valid, ch * 8, head_dim, sg.vec != 0, sg.v);
-        }
+        att_load_kv_tile<BN, CH, NT>(s0, s1, t, tid, head_dim, sK + stage * BN * PITCH, sV + stage * BN * PITCH,
+                                     [](int r, int ch) { return r * PITCH + ch * 8; });
     };
 
     if (T > 0) load_tile(0, 0);
@@ -252,54 +107,14 @@ __device__ __forceinline__ void att_mainloop(const AttnSegCtx& s0, const AttnSeg
             }
         }
 
-        // Mask: accumulator element e of key block nb is row lane/4 + 8*(e>>1), key 8nb + 2(lane%4) + (e&1).
+        // Mask and softmax (attention_common.cuh): s[nb][e] and o[nd][e] are the flat layouts' 4nb+e.
         const bool second = t >= s0.ntiles;
         const AttnSegCtx sg = second ? s1 : s0;
         const int j0 = sg.lo + (t - (second ? s0.ntiles : 0)) * BN;
-        int kmax0 = sg.hi, kmax1 = sg.hi;
-        if (causal) {
-            const int c0 = qi0 + offset - sg.off + 1, c1 = qi1 + offset - sg.off + 1;
-            kmax0 = c0 < kmax0 ? c0 : kmax0;
-            kmax1 = c1 < kmax1 ? c1 : kmax1;
-        }
-        const int jt = j0 + (lane & 3) * 2;
-#pragma unroll
-        for (int nb = 0; nb < NB; ++nb) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int j = jt + nb * 8 + (e & 1);
-                const float v = s[nb][e] * scale_log2;
-                s[nb][e] = j < (e < 2 ? kmax0 : kmax1) ? v : ATT_NEG_INF;
-            }
-        }
-
-        // Online softmax per row; the 4 lanes of a quad share a row.
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float mx = ATT_NEG_INF;
-#pragma unroll
-            for (int nb = 0; nb < NB; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * r], s[nb][2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mnew = fmaxf(m[r], mx);
-            // Nothing visible yet: subtract 0 so -inf - -inf never makes a NaN (all p and alpha are 0).
-            const float muse = mnew == ATT_NEG_INF ? 0.0f : mnew;
-            const float alpha = att_exp2(m[r] - muse);
-            m[r] = mnew;
-            float sum = 0.0f;
-#pragma unroll
-            for (int nb = 0; nb < NB; ++nb) {
-                s[nb][2 * r] = att_exp2(s[nb][2 * r] - muse);
-                s[nb][2 * r + 1] = att_exp2(s[nb][2 * r + 1] - muse);
-                sum += s[nb][2 * r] + s[nb][2 * r + 1];
-            }
-            l[r] = l[r] * alpha + sum;
-#pragma unroll
-            for (int nd = 0; nd < D / 8; ++nd) {
-                o[nd][2 * r] *= alpha;
-                o[nd][2 * r + 1] *= alpha;
-            }
-        }
+        int kmax0, kmax1;
+        att_row_limits(sg, causal, qi0, qi1, offset, kmax0, kmax1);
+        att_mask_scale<NB>(reinterpret_cast<float(&)[4 * NB]>(s), j0 + (lane & 3) * 2, kmax0, kmax1, scale_log2);
+        att_online_softmax<NB, D / 8>(reinterpret_cast<float(&)[4 * NB]>(s), reinterpret_cast<float(&)[D / 2]>(o), m, l);
 
         // O += P V. P's A fragment for keys 16kt..16kt+15 comes straight from the S accumulators of key
         // blocks 2kt and 2kt+1 (a0 = row g keys 2(lane%4)+{0,1} = s[2kt][0..1], a1 = row g+8 = s[2kt][2..3],
@@ -349,32 +164,12 @@ __device__ __forceinline__ void attn_fwd(const AttnParams& p) {
     bf16* sV = sK + 2 * BN * PITCH;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int b = blockIdx.z, h = blockIdx.y;
-    const int mblk = p.causal ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
-    const int m0 = mblk * BM;
+    const AttnBlock blk = att_block<BM, BN>(p);
+    const int b = blk.b, h = blk.h, m0 = blk.m0, offset = blk.offset;
     const int hd = p.head_dim;
-    const int offset = p.total_keys - p.nq;
+    const AttnSegCtx s0 = blk.s0, s1 = blk.s1;
 
-    // Keys past the block's last row's causal limit are never visible to any of its rows.
-    int kend = p.total_keys;
-    if (p.causal) {
-        const int last = (m0 + BM < p.nq ? m0 + BM : p.nq) - 1;
-        const int lim = last + offset + 1;
-        kend = lim < kend ? (lim > 0 ? lim : 0) : kend;
-    }
-    const AttnSegCtx s0 = att_seg_ctx<BN>(p, 0, b, h / p.seg[0].group, 0, kend);
-    const AttnSegCtx s1 = att_seg_ctx<BN>(p, 1, b, p.nseg > 1 ? h / p.seg[1].group : 0, 0, kend);
-
-    const bf16* qb = p.q + (long long)b * p.q_batch_stride + (long long)h * hd;
-#pragma unroll
-    for (int it = 0; it < (BM * CH) / NT; ++it) {
-        const int c = tid + it * NT;
-        const int r = c / CH, ch = c % CH;
-        const int i = m0 + r;
-        const bool valid = i < p.nq;
-        att_load_chunk(sQ + r * PITCH + ch * 8, qb + (valid ? (long long)i * p.q_row_stride : 0), valid, ch * 8, hd,
-                       p.q_vec != 0, p.q);
-    }
+    att_load_q_rows<BM, CH, NT>(p, b, h, m0, tid, [&](int r, int ch) { return sQ + r * PITCH + ch * 8; });
 
     const int g = lane >> 2;
     const int qi0 = m0 + warp * 16 + g, qi1 = qi0 + 8;

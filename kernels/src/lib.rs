@@ -17,24 +17,32 @@ pub use ptxas::{find_ptxas, ptxas_report, KernelResources, PtxasError};
 pub struct KernelFile {
     /// File stem, e.g. `attention`; also the module name the engine caches it under.
     pub name: &'static str,
-    /// The file's text (without `common.cuh`; see [`KernelFile::full_source`]).
+    /// The file's text (without `common.cuh` and its headers; see [`KernelFile::full_source`]).
     pub source: &'static str,
+    /// Headers of its op family (`attention_common.cuh`: the parameter struct and tile loaders the
+    /// attention versions share), as (file name, text), prepended after `common.cuh`.
+    pub headers: &'static [(&'static str, &'static str)],
 }
 
 /// Device helpers shared by every kernel file (bf16 storage, conversions, reductions, MMA wrappers).
 pub const COMMON: &str = include_str!("../cuda/common.cuh");
 
 macro_rules! kernel_files {
-    ($($name:literal),* $(,)?) => {
+    ($($name:literal $([$($header:literal),*])?),* $(,)?) => {
         /// Every kernel file, in a fixed order.
         pub const FILES: &[KernelFile] = &[
-            $(KernelFile { name: $name, source: include_str!(concat!("../cuda/", $name, ".cu")) },)*
+            $(KernelFile {
+                name: $name,
+                source: include_str!(concat!("../cuda/", $name, ".cu")),
+                headers: &[$($(($header, include_str!(concat!("../cuda/", $header)))),*)?],
+            },)*
         ];
     };
 }
 
 kernel_files!(
-    "attention",
+    "attention" ["attention_common.cuh"],
+    "attention_sm90" ["attention_common.cuh", "wgmma.cuh"],
     "norm",
     "rope",
     "bridge",
@@ -52,7 +60,12 @@ impl KernelFile {
     /// What NVRTC compiles: `common.cuh`, then the file under a `#line` directive so compiler messages
     /// name the file and line the developer edits.
     pub fn full_source(&self) -> String {
-        format!("{COMMON}\n#line 1 \"{}.cu\"\n{}", self.name, self.source)
+        let mut s = format!("{COMMON}\n");
+        for (name, text) in self.headers {
+            s.push_str(&format!("#line 1 \"{name}\"\n{text}\n"));
+        }
+        s.push_str(&format!("#line 1 \"{}.cu\"\n{}", self.name, self.source));
+        s
     }
 
     /// Names of the file's `extern "C" __global__` functions.

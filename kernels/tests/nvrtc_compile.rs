@@ -49,6 +49,15 @@ fn every_kernel_compiles_for_hopper_without_spills() {
                 file.name
             )),
         }
+        // The wgmma paths sit behind `__CUDA_ARCH_FEAT_SM90_ALL` (so other GPUs still build the file): for
+        // compute_90a they must really be there, not the `__trap()` fallback.
+        if file.headers.iter().any(|(h, _)| *h == "wgmma.cuh") && !text.contains("wgmma.mma_async")
+        {
+            failures.push(format!(
+                "{}.cu: no wgmma.mma_async in the compute_90a PTX (arch feature macro not seen?)",
+                file.name
+            ));
+        }
         for entry in file.entry_points() {
             if !text.contains(&format!(".entry {entry}(")) {
                 failures.push(format!(

@@ -8,31 +8,33 @@
 use super::common::{self, Rng, BF16_TOL};
 use hbridge_engine::cuda::buffer::{poison_bf16, upload};
 use hbridge_engine::cuda::ops::attention::{
-    attention, decode_workspace_len, workspace_len, AttentionArgs, KvSegmentArgs,
+    attention, attention_with, decode_workspace_len, workspace_len, AttentionArgs, FlashKernel,
+    KvSegmentArgs,
 };
 use hbridge_engine::cuda::ops::attention_wide;
 use hbridge_engine::cuda::{dev_ptr, Gpu};
+use hbridge_kernels::Arch;
 
 /// How one segment is laid out in memory.
 #[derive(Clone)]
-struct Seg {
-    len: usize,
-    kv_heads: usize,
+pub(super) struct Seg {
+    pub(super) len: usize,
+    pub(super) kv_heads: usize,
     /// K and V share one buffer `[len, 2*kv_heads*d + pad]` (V at column kv_heads*d), like a fused
     /// projection output; otherwise separate buffers `[len, kv_heads*d + pad]`.
-    fused: bool,
+    pub(super) fused: bool,
     /// Extra elements per row.
-    pad: usize,
+    pub(super) pad: usize,
     /// Extra elements between batch rows.
-    batch_gap: usize,
+    pub(super) batch_gap: usize,
     /// Per-batch valid key counts (key padding).
-    valid: Option<Vec<i32>>,
+    pub(super) valid: Option<Vec<i32>>,
     /// Start K (and V) one element past a 16-byte boundary (element-load path).
-    misalign: bool,
+    pub(super) misalign: bool,
 }
 
 impl Seg {
-    fn plain(len: usize, kv_heads: usize) -> Seg {
+    pub(super) fn plain(len: usize, kv_heads: usize) -> Seg {
         Seg {
             len,
             kv_heads,
@@ -44,7 +46,7 @@ impl Seg {
         }
     }
 
-    fn fused(len: usize, kv_heads: usize) -> Seg {
+    pub(super) fn fused(len: usize, kv_heads: usize) -> Seg {
         Seg {
             fused: true,
             ..Seg::plain(len, kv_heads)
@@ -53,21 +55,21 @@ impl Seg {
 }
 
 #[derive(Clone)]
-struct Case {
-    name: String,
-    batch: usize,
-    nq: usize,
-    heads: usize,
-    d: usize,
-    segs: Vec<Seg>,
-    causal: bool,
-    q_pad: usize,
-    out_pad: usize,
-    q_misalign: bool,
+pub(super) struct Case {
+    pub(super) name: String,
+    pub(super) batch: usize,
+    pub(super) nq: usize,
+    pub(super) heads: usize,
+    pub(super) d: usize,
+    pub(super) segs: Vec<Seg>,
+    pub(super) causal: bool,
+    pub(super) q_pad: usize,
+    pub(super) out_pad: usize,
+    pub(super) q_misalign: bool,
 }
 
 impl Case {
-    fn new(
+    pub(super) fn new(
         name: impl Into<String>,
         nq: usize,
         heads: usize,
@@ -190,8 +192,10 @@ fn reference(
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Want {
+pub(super) enum Want {
     Flash,
+    /// The flash kernel's v2 (attention_sm90.cu, wgmma); skipped with a note on a GPU that is not Hopper.
+    Sm90,
     Decode,
     /// The wide-head path with this many query rows per block.
     Wide(usize),
@@ -202,7 +206,7 @@ enum Want {
 
 /// Runs `c` once per path in `paths` on fresh inputs and checks each result against the reference, and
 /// that nothing outside the output's columns was written.
-fn run(gpu: &Gpu, rng: &mut Rng, c: &Case, paths: &[Want]) {
+pub(super) fn run(gpu: &Gpu, rng: &mut Rng, c: &Case, paths: &[Want]) {
     let (hd, d) = (c.heads * c.d, c.d);
     let q_rs = hd + c.q_pad;
     let q_bs = c.nq * q_rs + 8;
@@ -252,6 +256,10 @@ fn run(gpu: &Gpu, rng: &mut Rng, c: &Case, paths: &[Want]) {
     let o_bs = c.nq * o_rs;
     let n_out = c.batch * o_bs;
     for &path in paths {
+        if path == Want::Sm90 && gpu.arch() != Arch::HOPPER {
+            eprintln!("{}: sm90 path skipped: this GPU is not Hopper", c.name);
+            continue;
+        }
         let out = common::out_buffer(gpu, n_out);
         let args = AttentionArgs {
             q: dq.ptr(gpu).offset(q_off, 2),
@@ -274,7 +282,7 @@ fn run(gpu: &Gpu, rng: &mut Rng, c: &Case, paths: &[Want]) {
             _ => decode_workspace_len(&args),
         };
         let ws = match path {
-            Want::Flash => None,
+            Want::Flash | Want::Sm90 => None,
             Want::Wide(_) | Want::WideDefault => {
                 assert!(ws_len > 0, "{}: the wide path wants no workspace", c.name);
                 let buf = gpu.alloc_zeros::<f32>(ws_len).expect("workspace");
@@ -294,6 +302,8 @@ fn run(gpu: &Gpu, rng: &mut Rng, c: &Case, paths: &[Want]) {
         let ws_arg = ws.as_ref().map(|b| (dev_ptr(b, gpu.stream()), ws_len));
         match path {
             Want::Wide(qb) => attention_wide::attention_wide_blocked(gpu, &args, ws_arg, qb),
+            Want::Flash => attention_with(gpu, &args, ws_arg, FlashKernel::V1),
+            Want::Sm90 => attention_with(gpu, &args, ws_arg, FlashKernel::Sm90),
             _ => attention(gpu, &args, ws_arg),
         }
         .unwrap_or_else(|e| panic!("{}: {e}", c.name));

@@ -6,6 +6,7 @@
 mod common;
 
 mod attention;
+mod attention_sm90;
 mod bridge;
 mod elementwise;
 mod layout;

@@ -11,6 +11,8 @@
 
 use super::super::context::{DevPtr, Gpu};
 use super::super::error::{CudaError, CudaResult};
+use super::attention_sm90;
+pub use super::attention_sm90::FlashKernel;
 use super::unsupported;
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -109,7 +111,7 @@ struct SegParams {
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Params {
+pub(super) struct Params {
     q: u64,
     out: u64,
     ws: u64,
@@ -444,7 +446,7 @@ fn plan(a: &AttentionArgs<'_>, workspace: Option<(DevPtr, usize)>) -> CudaResult
 
 /// Lets `f` take `bytes` of dynamic shared memory (the default cap is 48 KB). Reads first, so the set
 /// happens once per loaded module.
-fn allow_dynamic_smem(f: &CudaFunction, entry: &str, bytes: usize) -> CudaResult<()> {
+pub(super) fn allow_dynamic_smem(f: &CudaFunction, entry: &str, bytes: usize) -> CudaResult<()> {
     if bytes <= 48 * 1024 {
         return Ok(());
     }
@@ -461,7 +463,18 @@ fn allow_dynamic_smem(f: &CudaFunction, entry: &str, bytes: usize) -> CudaResult
 }
 
 fn launch(gpu: &Gpu, entry: &str, params: &Params, cfg: LaunchConfig) -> CudaResult<()> {
-    let f = gpu.function("attention", entry)?;
+    launch_in(gpu, "attention", entry, params, cfg)
+}
+
+/// Launches `entry` of kernel file `file` with the single `AttnParams` parameter.
+pub(super) fn launch_in(
+    gpu: &Gpu,
+    file: &'static str,
+    entry: &str,
+    params: &Params,
+    cfg: LaunchConfig,
+) -> CudaResult<()> {
+    let f = gpu.function(file, entry)?;
     allow_dynamic_smem(&f, entry, cfg.shared_mem_bytes as usize)?;
     let mut b = gpu.stream().launch_builder(&f);
     b.arg(params);
@@ -489,7 +502,25 @@ pub fn attention(
     args: &AttentionArgs<'_>,
     workspace: Option<(DevPtr, usize)>,
 ) -> CudaResult<()> {
+    attention_with(gpu, args, workspace, FlashKernel::Auto)
+}
+
+/// [`attention`] with the flash kernel version chosen by the caller (tests and benchmarks compare
+/// them); `FlashKernel::Sm90` is an error where v2 cannot run (not Hopper, head_dim over 128). The
+/// decode and wide-head paths do not depend on it.
+pub fn attention_with(
+    gpu: &Gpu,
+    args: &AttentionArgs<'_>,
+    workspace: Option<(DevPtr, usize)>,
+    kernel: FlashKernel,
+) -> CudaResult<()> {
     if args.head_dim > MAX_HEAD_DIM {
+        if kernel == FlashKernel::Sm90 {
+            return Err(bad(format!(
+                "head_dim {} with the sm90 flash kernel (it takes 1 to {MAX_HEAD_DIM})",
+                args.head_dim
+            )));
+        }
         return super::attention_wide::attention_wide(gpu, args, workspace);
     }
     let Some(plan) = plan(args, workspace)? else {
@@ -497,6 +528,9 @@ pub fn attention(
     };
     let d = plan.d_pad;
     match plan.path {
+        Path::Flash if attention_sm90::chosen(gpu.arch(), args.head_dim, kernel)? => {
+            attention_sm90::launch(gpu, args, &plan.params)
+        }
         Path::Flash => {
             let cfg = LaunchConfig {
                 grid_dim: (
