@@ -62,6 +62,14 @@ pub enum Op {
         hw: usize,
         groups: usize,
     },
+    /// `y [n, out] = x [n, inp] @ w [out, inp]^T + bias`, few rows: the decode step's linears, through
+    /// gemv.cu or (`cublaslt`) through cuBLASLt for comparison. GPU only.
+    Gemv {
+        n: usize,
+        inp: usize,
+        out: usize,
+        cublaslt: bool,
+    },
 }
 
 const BF16: u64 = 2;
@@ -107,6 +115,10 @@ impl Op {
             ),
             Op::Patchify { c, h, w, .. } => (Work::Bytes, BF16 * 2 * (c * h * w) as u64),
             Op::GroupNorm { c, hw, .. } => (Work::Bytes, BF16 * 2 * (c * hw) as u64 + 4 * c as u64),
+            // The weights, read once, are the floor; x, bias and y are noise at decode shapes.
+            Op::Gemv { n, inp, out, .. } => {
+                (Work::Bytes, BF16 * (out * inp + n * (inp + 2 * out)) as u64)
+            }
         }
     }
 }
@@ -116,6 +128,7 @@ impl Case {
     /// version the CPU has no counterpart of: GPU only.
     pub fn gpu_only(&self) -> bool {
         matches!(self.op, Op::Attention { nq, d, sm90, .. } if sm90 || (d > 128 && nq > 4096))
+            || matches!(self.op, Op::Gemv { .. })
     }
 }
 
@@ -157,7 +170,22 @@ pub fn all() -> Vec<Case> {
 
 fn base() -> Vec<Case> {
     let gen_tokens = 16 + 64 * 64; // SRT + a 1024x1024 image's latent tokens (128x128 latent, patch 2)
+    let gemv = |name: &'static str, inp: usize, out: usize, cublaslt: bool| Case {
+        group: "gemv",
+        name,
+        op: Op::Gemv {
+            n: 1,
+            inp,
+            out,
+            cublaslt,
+        },
+    };
     vec![
+        // The und decode step's largest linears at batch 1: the FFN down projection and the lm_head.
+        gemv("und_down_18944_to_3584", 18944, 3584, false),
+        gemv("und_down_18944_to_3584_cublaslt", 18944, 3584, true),
+        gemv("lm_head_3584_to_152064", 3584, 152064, false),
+        gemv("lm_head_3584_to_152064_cublaslt", 3584, 152064, true),
         Case {
             group: "attention",
             name: "und_prefill_512_causal_d128_gqa7",

@@ -202,6 +202,20 @@ fn build(op: &Op) -> Built {
                 },
             )
         }
+        // The CPU backend's linear (its packed GEMM for weights it loaded; a plain input here).
+        Op::Gemv { n, inp, out, .. } => {
+            let x = input(&mut b, "x", &[n, inp]);
+            let w = input(&mut b, "w", &[out, inp]);
+            let bias = input(&mut b, "bias", &[out]);
+            push(
+                &mut b,
+                GOp::Linear {
+                    x,
+                    w,
+                    bias: Some(bias),
+                },
+            )
+        }
     };
     b.graph.outputs.push(("out".into(), out));
     b

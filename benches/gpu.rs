@@ -4,7 +4,7 @@
 use crate::cases::{Case, Op, Work};
 use criterion::{Criterion, Throughput};
 use hbridge_engine::cuda::buffer::{upload, upload_bf16, DeviceBf16};
-use hbridge_engine::cuda::ops::{attention, bridge, elementwise, layout, norm, rope};
+use hbridge_engine::cuda::ops::{attention, bridge, elementwise, gemm, gemv, layout, norm, rope};
 use hbridge_engine::cuda::{CudaResult, DevPtr, Gpu};
 use std::sync::Arc;
 use std::time::Duration;
@@ -233,6 +233,48 @@ impl GpuBench {
                 Op::Patchify { c, h, w, p } => {
                     let (x, out) = (s.bf16(gpu, c * h * w), s.bf16(gpu, c * h * w));
                     Box::new(move |g: &Gpu| layout::patchify(g, x, out, c, h, w, p))
+                }
+                Op::Gemv {
+                    n,
+                    inp,
+                    out,
+                    cublaslt,
+                } => {
+                    let args = gemm::LinearArgs {
+                        x: s.bf16(gpu, n * inp),
+                        w: s.bf16(gpu, out * inp),
+                        bias: Some(s.bf16(gpu, out)),
+                        y: s.bf16(gpu, n * out),
+                        n,
+                        in_features: inp,
+                        out_features: out,
+                    };
+                    Box::new(move |g: &Gpu| {
+                        if cublaslt {
+                            gemm::gemm(
+                                g,
+                                &gemm::GemmArgs {
+                                    shape: gemm::GemmShape {
+                                        m: n,
+                                        n: out,
+                                        k: inp,
+                                        a_trans: false,
+                                        lda: inp,
+                                        b_trans: true,
+                                        ldb: inp,
+                                        ldc: out,
+                                    },
+                                    a: args.x,
+                                    b: args.w,
+                                    c: args.y,
+                                    bias: args.bias,
+                                    accumulate: false,
+                                },
+                            )
+                        } else {
+                            gemv::gemv(g, &args)
+                        }
+                    })
                 }
                 Op::GroupNorm { c, hw, groups } => {
                     let (x, out) = (s.bf16(gpu, c * hw), s.bf16(gpu, c * hw));

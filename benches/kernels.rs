@@ -27,7 +27,7 @@ fn kernels(c: &mut Criterion) {
             for case in cases::all() {
                 if case.gpu_only() {
                     eprintln!(
-                        "kernels: {}/{} is GPU only (minutes per CPU iteration)",
+                        "kernels: {}/{} is GPU only (minutes per CPU iteration, or a GPU kernel version)",
                         case.group, case.name
                     );
                     continue;

@@ -50,6 +50,7 @@ kernel_files!(
     "layout",
     "timestep",
     "softmax",
+    "gemv",
 );
 
 impl KernelFile {

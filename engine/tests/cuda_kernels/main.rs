@@ -9,6 +9,7 @@ mod attention;
 mod attention_sm90;
 mod bridge;
 mod elementwise;
+mod gemv;
 mod layout;
 mod norm;
 mod rope;

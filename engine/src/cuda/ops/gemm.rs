@@ -152,8 +152,12 @@ pub fn alignment(ptr: DevPtr, ld: usize, elem_bytes: usize) -> u32 {
     pow2(ptr.0).min(pow2((ld * elem_bytes) as u64)) as u32
 }
 
-/// `y = x @ w^T (+ bias)`.
+/// `y = x @ w^T (+ bias)`: cuBLASLt, or the streaming few-row kernel of `gemv` when `HBRIDGE_GEMV=1`
+/// and it applies.
 pub fn linear(gpu: &Gpu, args: &LinearArgs) -> CudaResult<()> {
+    if super::gemv::enabled() && super::gemv::applies(args) {
+        return super::gemv::gemv(gpu, args);
+    }
     gemm(
         gpu,
         &GemmArgs {

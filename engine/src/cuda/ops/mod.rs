@@ -9,6 +9,7 @@ pub mod attention_wide;
 pub mod bridge;
 pub mod elementwise;
 pub mod gemm;
+pub mod gemv;
 pub mod layout;
 pub mod norm;
 pub mod rope;
