@@ -147,11 +147,7 @@ fn softmax_prefix(row: &mut [f32], visible: usize) {
     masked.fill(0.0);
     let m = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     // The sum is f64 so a long row (thousands of keys) adds no error beyond the f32 exponentials.
-    let mut sum = 0f64;
-    for v in live.iter_mut() {
-        *v = (*v - m).exp();
-        sum += *v as f64;
-    }
+    let sum = super::fast_exp::exp_shifted_sum(live, m);
     let inv = (1.0 / sum) as f32;
     live.iter_mut().for_each(|v| *v *= inv);
 }

@@ -66,5 +66,10 @@ pub(crate) fn gelu(x: &[f32], out: &mut [f32]) {
 }
 
 pub(crate) fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    map_indexed(out, |i| silu1(gate[i]) * up[i]);
+    // Chunks of a vectorized exp (fast_exp), in parallel when large.
+    const CHUNK: usize = 1 << 14;
+    for_rows(out, CHUNK.min(out.len()), 4, |c, o| {
+        let r = c * CHUNK..c * CHUNK + o.len();
+        super::fast_exp::swiglu(&gate[r.clone()], &up[r], o);
+    });
 }

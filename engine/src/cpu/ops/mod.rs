@@ -6,6 +6,7 @@ pub(crate) mod bf16;
 pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod embed;
+pub(crate) mod fast_exp;
 pub(crate) mod layout;
 pub(crate) mod linear;
 pub(crate) mod linear_bf16;
