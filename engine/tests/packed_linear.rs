@@ -1,13 +1,16 @@
-//! nn.Linear over weights packed for the CPU GEMM (f32 storage on x86_64 with AVX2+FMA): against f64
-//! sums on fresh random values, shapes that are not multiples of the 6x16 tiles or the depth passes,
-//! with and without bias, the output poisoned with NaN before each run; packed and row-major weights
-//! give the same bits; which checkpoint weights `load_graph` packs, and that every other reader still
-//! sees `[out, in]`. Where the packed GEMM does not run, the same checks cover the fallback.
+//! nn.Linear over weights packed for the CPU GEMM (x86_64 with AVX2+FMA; f32, or bf16 under bf16
+//! storage): against f64 sums on fresh random values, shapes that are not multiples of the 6x16
+//! tiles or the depth passes, with and without bias, the output poisoned with NaN before each run;
+//! packed and row-major weights give the same bits, and so do bf16 packed and f32 packed on the same
+//! bf16 values; which checkpoint weights `load_graph` packs under either storage, and that every
+//! other reader still sees `[out, in]`. Where the packed GEMM does not run, the same checks cover the
+//! fallback.
 
 #[path = "common/mod.rs"]
 mod common;
 
 use common::Rng;
+use half::bf16;
 use hbridge_engine::{CpuWeights, Executor, HostTensor, WeightStorage};
 use hbridge_graph::plan::plan_memory;
 use hbridge_graph::{DataType, Graph, Op};
@@ -222,13 +225,147 @@ fn load_graph_packs_only_weights_read_as_linear_weights() {
     // Once row-major it stays so, even for a graph that only reads it as a linear weight.
     w.load_graph(&ck, &linear).unwrap();
     assert!(!w.get(Part::Gen, TO_K).unwrap().data.is_packed());
+}
 
-    // bf16 storage never packs.
+/// Bit patterns equal (NaN-safe, unlike `==` on floats).
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// bf16 weights packed (widened in the micro-kernels) against the same values packed as f32 and
+/// held row-major as bf16 (widened per call): the same bits at shapes off every tile, pass and
+/// 64-column boundary, with and without bias.
+#[test]
+fn bf16_packed_linear_is_bit_identical_to_f32_packed() {
+    let mut r = Rng::new(0xb16);
+    for &n in &[1usize, 5, 7, 13] {
+        for &out in &[1usize, 15, 17, 33, 100] {
+            for &k in &[1usize, 3, 257, 769] {
+                for bias in [false, true] {
+                    let x = r.vec(n * k, 1.0);
+                    let w: Vec<bf16> = r
+                        .vec(out * k, 0.2)
+                        .into_iter()
+                        .map(bf16::from_f32)
+                        .collect();
+                    let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+                    let b = bias.then(|| r.vec(out, 1.0));
+                    let g = linear_graph(n, k, out, bias);
+                    let what = format!("{n}x{k}->{out} bias {bias}");
+
+                    let mut f = CpuWeights::new();
+                    f.insert(Part::Gen, "w", &[out, k], wf.clone()).unwrap();
+                    assert_eq!(f.pack_linear_weights(&g), usize::from(packs()));
+                    let want = run_poisoned(&g, &f, &x, [n, k], b.as_deref());
+                    check(&what, &want, &x, &wf, b.as_deref(), [n, k, out]);
+
+                    let mut h = CpuWeights::new();
+                    h.insert_bf16(Part::Gen, "w", &[out, k], w.clone()).unwrap();
+                    let rows = run_poisoned(&g, &h, &x, [n, k], b.as_deref());
+                    assert!(same_bits(&want, &rows), "{what}: row-major bf16 differs");
+                    assert_eq!(h.pack_linear_weights(&g), usize::from(packs()));
+                    let held = &h.get(Part::Gen, "w").unwrap().data;
+                    assert_eq!(held.is_packed(), packs(), "{what}: packed");
+                    assert_eq!(held.storage(), WeightStorage::Bf16);
+                    assert_eq!(h.bytes(), 2 * out * k, "{what}: bf16 packed bytes");
+                    let got = run_poisoned(&g, &h, &x, [n, k], b.as_deref());
+                    assert!(same_bits(&want, &got), "{what}: packed bf16 differs");
+                }
+            }
+        }
+    }
+}
+
+const EMBED: &str = "model.language_model.embed_tokens.weight";
+
+/// `y = x @ embed^T`, and (with `lookup`) also an embedding lookup in the same table.
+fn embed_graph(lookup: bool) -> Graph {
+    let mut g = Graph::default();
+    let e = g.weight(Part::Und, EMBED, &[512, 64]);
+    let x = g.input("x", &[3, 64], DataType::F32);
+    let y = g
+        .push(
+            Op::Linear {
+                x,
+                w: e,
+                bias: None,
+            },
+            "y",
+        )
+        .unwrap();
+    g.mark_output("y", y);
+    if lookup {
+        let ids = g.input("ids", &[2], DataType::I32);
+        let t = g.push(Op::Embed { table: e, ids }, "rows").unwrap();
+        g.mark_output("rows", t);
+    }
+    g
+}
+
+/// Under bf16 storage the tiny checkpoint (stored as BF16) gives the same bits as under f32 storage,
+/// with its linear-only matrices packed as bf16 (half the bytes); a table an embedding lookup also
+/// reads stays row-major bf16, one any other op reads is loaded as f32.
+#[test]
+fn bf16_storage_packs_linear_only_weights_as_bf16() {
+    let ck = tiny();
+    let want = ck.tensor(Part::Gen, TO_K).unwrap().to_f32().unwrap();
+    let mut r = Rng::new(4);
+    let x = r.vec(3 * 72, 1.0);
+    let ins = inputs(&x, [3, 72], None);
+    let linear = to_k_graph(false);
+    let mut f = CpuWeights::with_storage(WeightStorage::F32);
+    f.load_graph(&ck, &linear).unwrap();
+    let mut ex = Executor::new();
+    let y_f32 = ex.run(&linear, &plan_memory(&linear), &f, &ins).unwrap()["y"].clone();
+
     let mut h = CpuWeights::with_storage(WeightStorage::Bf16);
     h.load_graph(&ck, &linear).unwrap();
-    assert!(!h.get(Part::Gen, TO_K).unwrap().data.is_packed());
-    assert_eq!(
-        h.get(Part::Gen, TO_K).unwrap().data.storage(),
-        WeightStorage::Bf16
-    );
+    let held = &h.get(Part::Gen, TO_K).unwrap().data;
+    assert_eq!(held.is_packed(), packs());
+    assert_eq!(held.storage(), WeightStorage::Bf16);
+    assert_eq!(h.bytes(), 24 * 72 * 2);
+    assert_eq!(held.to_f32_vec(), want);
+    let y_bf16 = ex.run(&linear, &plan_memory(&linear), &h, &ins).unwrap()["y"].clone();
+    let (a, b) = (y_f32.as_f32().unwrap(), y_bf16.as_f32().unwrap());
+    assert!(same_bits(a, b), "bf16 storage differs from f32 storage");
+
+    // Read also by a transpose: loaded again as f32, row-major; the same results.
+    let both = to_k_graph(true);
+    h.load_graph(&ck, &both).unwrap();
+    let held = &h.get(Part::Gen, TO_K).unwrap().data;
+    assert!(!held.is_packed());
+    assert_eq!(held.as_f32().unwrap(), want);
+    let out = ex.run(&both, &plan_memory(&both), &h, &ins).unwrap();
+    assert!(same_bits(out["y"].as_f32().unwrap(), a));
+
+    // A table read as a linear weight only: packed bf16; once an embedding lookup reads it too,
+    // row-major bf16 (unpacked exactly, the same bytes), and the linear gives the same bits.
+    let table: Vec<bf16> = ck
+        .tensor(Part::Und, EMBED)
+        .unwrap()
+        .to_f32()
+        .unwrap()
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
+    let mut h = CpuWeights::with_storage(WeightStorage::Bf16);
+    let lin = embed_graph(false);
+    h.load_graph(&ck, &lin).unwrap();
+    assert_eq!(h.get(Part::Und, EMBED).unwrap().data.is_packed(), packs());
+    assert_eq!(h.bytes(), 512 * 64 * 2);
+    let x = r.vec(3 * 64, 1.0);
+    let mut ins = inputs(&x, [3, 64], None);
+    let y = ex.run(&lin, &plan_memory(&lin), &h, &ins).unwrap()["y"].clone();
+    let look = embed_graph(true);
+    h.load_graph(&ck, &look).unwrap();
+    let held = &h.get(Part::Und, EMBED).unwrap().data;
+    assert!(!held.is_packed());
+    assert_eq!(held.as_bf16().unwrap(), table.as_slice());
+    assert_eq!(h.bytes(), 512 * 64 * 2);
+    ins.insert("ids".to_string(), HostTensor::i32([2], vec![7, 300]));
+    let out = ex.run(&look, &plan_memory(&look), &h, &ins).unwrap();
+    assert!(same_bits(out["y"].as_f32().unwrap(), y.as_f32().unwrap()));
+    // Once row-major it stays so, even for a graph that only reads it as a linear weight.
+    h.load_graph(&ck, &lin).unwrap();
+    assert!(!h.get(Part::Und, EMBED).unwrap().data.is_packed());
 }

@@ -97,7 +97,7 @@ impl Executor {
                     HostTensor::f32(shape, f)
                 }
                 // Not produced: `resolve` gives a weight that is a graph output row-major.
-                Loc::Host(View::Packed(p)) => HostTensor::f32(shape, p.to_rows()),
+                Loc::Host(View::Packed(p)) => HostTensor::f32(shape, p.to_f32_rows()),
                 Loc::Unwritten => unreachable!("validated: every output is written"),
             };
             outputs.insert(name.clone(), t);

@@ -4,7 +4,7 @@
 //! consistent shapes, so index arithmetic cannot go out of bounds.
 
 use super::error::{EngineError, Result};
-use super::ops::packed_gemm::PackedB;
+use super::ops::packed_gemm::PackedRef;
 use super::tensor::{HostData, HostTensor};
 use super::weight_data::WeightData;
 use super::weights::{linear_only, CpuWeights};
@@ -21,8 +21,9 @@ pub(crate) enum View<'a> {
     I32(&'a [i32]),
     /// A weight held as bf16; only the ops [`widens_bf16`] names read it.
     Bf16(&'a [bf16]),
-    /// A linear weight held packed for the CPU GEMM; only linear ops read it (as their weight).
-    Packed(&'a PackedB),
+    /// A linear weight held packed for the CPU GEMM (f32 or bf16); only linear ops read it (as their
+    /// weight).
+    Packed(PackedRef<'a>),
 }
 
 /// Whether `op` reads its input `id` through a kernel that widens bf16 (the weight of a linear, the
@@ -133,7 +134,9 @@ pub(crate) fn resolve<'a>(
                         WeightData::Bf16(v) => View::Bf16(v),
                         // Read otherwise by this graph (loaded packed for another): row-major.
                         WeightData::PackedF32(p) if !linear_only => View::F32(p.rows()),
-                        WeightData::PackedF32(p) => View::Packed(p.packed()),
+                        WeightData::PackedBf16(p) if !linear_only => View::Bf16(p.rows()),
+                        WeightData::PackedF32(p) => View::Packed(p.packed().packed_ref()),
+                        WeightData::PackedBf16(p) => View::Packed(p.packed().packed_ref()),
                     })
                 }
                 (Place::Input, Source::Input(name)) => Loc::Host(match &inputs[name].data {

@@ -1,11 +1,13 @@
 //! How the CPU backend holds one weight's values: f32, or bf16 for the large matrices linear ops and
-//! embedding lookups read, which widen them to f32 block by block as they compute, or (f32 storage,
-//! x86_64 with AVX2+FMA) f32 packed for the CPU GEMM when only linear ops read the matrix.
+//! embedding lookups read, which widen them to f32 block by block as they compute; and (x86_64 with
+//! AVX2+FMA) a matrix that only linear ops read packed for the CPU GEMM, as f32 or, under bf16
+//! storage, as bf16 that the GEMM's micro-kernels widen as they load it.
 
 use super::error::{EngineError, Result};
 use super::ops::bf16::widen_into;
-use super::ops::packed_gemm::PackedB;
+use super::ops::packed_gemm::{Elem, PackedB};
 use half::bf16;
+use half::slice::HalfBitsSliceExt;
 use hbridge_loader::{DType, Part, TensorView};
 use std::sync::{Arc, OnceLock};
 
@@ -32,31 +34,40 @@ pub enum WeightData {
     /// A matrix `[out, in]` that only linear ops read (as their weight), held as f32 packed in
     /// 16-column panels of its transpose, so the CPU GEMM reads it without repacking it per call.
     /// Held instead of the row-major copy: [`WeightData::as_f32`] rebuilds that on request.
-    PackedF32(Arc<PackedWeight>),
+    PackedF32(Arc<PackedWeight<f32>>),
+    /// The same under bf16 storage: bf16 in the same panels (half the bytes), widened to f32 by the
+    /// GEMM's micro-kernels as they load it, so results equal `PackedF32` on the same values. Held
+    /// instead of the row-major copy: [`WeightData::as_bf16`] rebuilds that on request.
+    PackedBf16(Arc<PackedWeight<bf16>>),
 }
 
-/// A linear weight packed for the CPU GEMM (see [`WeightData::PackedF32`]).
-pub struct PackedWeight {
-    packed: PackedB,
+/// A linear weight packed for the CPU GEMM (see [`WeightData::PackedF32`],
+/// [`WeightData::PackedBf16`]).
+// `Elem` is the GEMM's own (crate-private) trait: f32 and bf16 are the only value types, and
+// callers outside the crate only see `PackedWeight<f32>` and `PackedWeight<bf16>` through `WeightData`.
+#[allow(private_bounds)]
+pub struct PackedWeight<T: Elem> {
+    packed: PackedB<T>,
     /// The row-major values, rebuilt only if someone asks for them as a slice.
-    rows: OnceLock<Arc<[f32]>>,
+    rows: OnceLock<Arc<[T]>>,
 }
 
-impl PackedWeight {
+#[allow(private_bounds)]
+impl<T: Elem> PackedWeight<T> {
     /// Packs a row-major `[out, in]` matrix.
-    pub(crate) fn from_rows(w: &[f32], out: usize, inp: usize) -> Self {
+    pub(crate) fn from_rows(w: &[T], out: usize, inp: usize) -> Self {
         PackedWeight {
             packed: PackedB::from_rows(w, out, inp),
             rows: OnceLock::new(),
         }
     }
 
-    pub(crate) fn packed(&self) -> &PackedB {
+    pub(crate) fn packed(&self) -> &PackedB<T> {
         &self.packed
     }
 
     /// The row-major values (rebuilt once and kept, so they count in [`WeightData::bytes`] from then).
-    pub fn rows(&self) -> &[f32] {
+    pub fn rows(&self) -> &[T] {
         self.rows.get_or_init(|| self.packed.to_rows().into())
     }
 
@@ -73,18 +84,20 @@ impl PackedWeight {
         let rows = self
             .rows
             .get()
-            .map_or(0, |r| std::mem::size_of_val::<[f32]>(r));
-        4 * self.packed.len() + rows
+            .map_or(0, |r| std::mem::size_of_val::<[T]>(r));
+        std::mem::size_of::<T>() * self.packed.len() + rows
     }
 }
 
-impl PartialEq for PackedWeight {
+#[allow(private_bounds)]
+impl<T: Elem> PartialEq for PackedWeight<T> {
     fn eq(&self, other: &Self) -> bool {
         self.packed == other.packed
     }
 }
 
-impl std::fmt::Debug for PackedWeight {
+#[allow(private_bounds)]
+impl<T: Elem> std::fmt::Debug for PackedWeight<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PackedWeight")
             .field("out", &self.packed.n())
@@ -99,6 +112,7 @@ impl WeightData {
             WeightData::F32(v) => v.len(),
             WeightData::Bf16(v) => v.len(),
             WeightData::PackedF32(p) => p.len(),
+            WeightData::PackedBf16(p) => p.len(),
         }
     }
 
@@ -109,7 +123,7 @@ impl WeightData {
     pub fn storage(&self) -> WeightStorage {
         match self {
             WeightData::F32(_) | WeightData::PackedF32(_) => WeightStorage::F32,
-            WeightData::Bf16(_) => WeightStorage::Bf16,
+            WeightData::Bf16(_) | WeightData::PackedBf16(_) => WeightStorage::Bf16,
         }
     }
 
@@ -119,12 +133,13 @@ impl WeightData {
             WeightData::F32(v) => std::mem::size_of_val::<[f32]>(v),
             WeightData::Bf16(v) => std::mem::size_of_val::<[bf16]>(v),
             WeightData::PackedF32(p) => p.bytes(),
+            WeightData::PackedBf16(p) => p.bytes(),
         }
     }
 
     /// Whether the values are held packed for the CPU GEMM.
     pub fn is_packed(&self) -> bool {
-        matches!(self, WeightData::PackedF32(_))
+        matches!(self, WeightData::PackedF32(_) | WeightData::PackedBf16(_))
     }
 
     /// The values row-major, when held as f32. A packed matrix is unpacked on the first call and the
@@ -133,14 +148,16 @@ impl WeightData {
         match self {
             WeightData::F32(v) => Some(v),
             WeightData::PackedF32(p) => Some(p.rows()),
-            WeightData::Bf16(_) => None,
+            WeightData::Bf16(_) | WeightData::PackedBf16(_) => None,
         }
     }
 
-    /// The values, when held as bf16.
+    /// The values row-major, when held as bf16. A packed matrix is unpacked on the first call and
+    /// the copy kept alongside, as in `as_f32`.
     pub fn as_bf16(&self) -> Option<&[bf16]> {
         match self {
             WeightData::Bf16(v) => Some(v),
+            WeightData::PackedBf16(p) => Some(p.rows()),
             WeightData::F32(_) | WeightData::PackedF32(_) => None,
         }
     }
@@ -155,6 +172,7 @@ impl WeightData {
                 out
             }
             WeightData::PackedF32(p) => p.packed().to_rows(),
+            WeightData::PackedBf16(p) => p.packed().packed_ref().to_f32_rows(),
         }
     }
 
@@ -162,6 +180,7 @@ impl WeightData {
     pub(crate) fn unpacked(&self) -> WeightData {
         match self {
             WeightData::PackedF32(p) => WeightData::F32(p.packed().to_rows().into()),
+            WeightData::PackedBf16(p) => WeightData::Bf16(p.packed().to_rows().into()),
             other => other.clone(),
         }
     }
@@ -196,21 +215,82 @@ pub(crate) fn from_view(
     Ok(data)
 }
 
-/// A 2-D checkpoint matrix `[out, in]` that only linear ops read, as f32 packed for the CPU GEMM.
+/// A 2-D checkpoint matrix `[out, in]` that only linear ops read, in `storage` packed for the CPU
+/// GEMM. Values are converted as [`from_view`] converts them; when the checkpoint already holds the
+/// storage's dtype (aligned in the map) they are packed straight from the map, so no row-major copy
+/// exists even while loading (the largest matrices are tens of MB, and several convert at once).
 pub(crate) fn packed_from_view(
     part: Part,
     name: &str,
     view: &TensorView<'_>,
+    storage: WeightStorage,
 ) -> Result<WeightData> {
-    let f = to_f32(part, name, view)?;
-    check_numel(name, view, f.len())?;
-    let (out, inp) = match view.shape {
-        &[out, inp] => (out, inp),
-        _ => return Ok(WeightData::F32(f.into())),
+    let &[out, inp] = view.shape else {
+        return from_view(part, name, view, storage);
     };
-    Ok(WeightData::PackedF32(Arc::new(PackedWeight::from_rows(
-        &f, out, inp,
-    ))))
+    Ok(match storage {
+        WeightStorage::F32 => {
+            let owned;
+            let v = match view.as_f32() {
+                Some(v) => v,
+                None => {
+                    owned = to_f32(part, name, view)?;
+                    &owned
+                }
+            };
+            check_numel(name, view, v.len())?;
+            WeightData::PackedF32(Arc::new(PackedWeight::from_rows(v, out, inp)))
+        }
+        WeightStorage::Bf16 => {
+            let owned;
+            let v = match bf16_in_place(view) {
+                Some(v) => v,
+                None => {
+                    owned = to_bf16(part, name, view)?;
+                    &owned
+                }
+            };
+            check_numel(name, view, v.len())?;
+            WeightData::PackedBf16(Arc::new(PackedWeight::from_rows(v, out, inp)))
+        }
+    })
+}
+
+/// The values of a BF16 view without a copy, when 2-byte aligned in the map (little-endian hosts).
+fn bf16_in_place<'a>(view: &TensorView<'a>) -> Option<&'a [bf16]> {
+    if *view.dtype != DType::BF16 || cfg!(target_endian = "big") {
+        return None;
+    }
+    // SAFETY: every bit pattern is a valid u16; `align_to` puts only aligned whole values in `mid`.
+    let (pre, mid, post) = unsafe { view.bytes.align_to::<u16>() };
+    (pre.is_empty() && post.is_empty()).then(|| mid.reinterpret_cast::<bf16>())
+}
+
+/// The values as bf16: BF16 bytes copied, other dtypes through f32 (exact) and rounded once.
+fn to_bf16(part: Part, name: &str, view: &TensorView<'_>) -> Result<Vec<bf16>> {
+    Ok(match view.dtype {
+        DType::BF16 => view
+            .bytes
+            .chunks_exact(2)
+            .map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
+        _ => to_f32(part, name, view)?
+            .into_iter()
+            .map(bf16::from_f32)
+            .collect(),
+    })
+}
+
+/// `data` (a row-major `[out, in]` matrix) packed for the CPU GEMM in its own dtype; None when
+/// already packed.
+pub(crate) fn pack(data: &WeightData, out: usize, inp: usize) -> Option<WeightData> {
+    Some(match data {
+        WeightData::F32(v) => WeightData::PackedF32(Arc::new(PackedWeight::from_rows(v, out, inp))),
+        WeightData::Bf16(v) => {
+            WeightData::PackedBf16(Arc::new(PackedWeight::from_rows(v, out, inp)))
+        }
+        WeightData::PackedF32(_) | WeightData::PackedBf16(_) => return None,
+    })
 }
 
 fn to_f32(part: Part, name: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {

@@ -4,29 +4,31 @@
 //! Converting up front (instead of per op) keeps the executor's inner loops free of dtype dispatch
 //! except in the two kernels that read bf16 (linear and embedding), which widen it block by block.
 //!
-//! Under f32 storage, on x86_64 with AVX2 and FMA, a matrix that only linear ops read (as their
-//! weight) is held packed for the CPU GEMM ([`WeightData::PackedF32`]) instead of row-major: the same
+//! On x86_64 with AVX2 and FMA, a matrix that only linear ops read (as their weight) is held packed
+//! for the CPU GEMM instead of row-major: [`WeightData::PackedF32`] under f32 storage,
+//! [`WeightData::PackedBf16`] under bf16 storage (the kernels widen it as they load it). The same
 //! values and bytes, packed once here instead of on every product. A matrix any other op reads stays
-//! row-major, and one held packed that a later graph reads otherwise is unpacked (exactly) again.
+//! row-major (under bf16 storage an embedding table stays row-major bf16), and one held packed that a
+//! later graph reads otherwise is unpacked (exactly) again.
 
 use super::error::{EngineError, Result};
 use super::ops::packed_gemm;
 use super::validate::widens_bf16;
-use super::weight_data::{from_view, packed_from_view, PackedWeight, WeightData, WeightStorage};
+use super::weight_data::{from_view, pack, packed_from_view, WeightData, WeightStorage};
 use crate::weight_table::{check_len, check_shape, slot, Shaped, WeightTable};
 use half::bf16;
 use hbridge_graph::{Graph, Op, Source, TensorId};
 use hbridge_loader::{Checkpoint, Part};
 use rayon::prelude::*;
-use std::sync::Arc;
 
-/// The form a graph wants a weight in. Row-major f32 sorts first, so a weight wanted two ways is
-/// loaded row-major.
+/// The form a graph wants a weight in. Row-major f32 sorts first and row-major bf16 before packed
+/// bf16, so a weight wanted two ways is loaded row-major.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Want {
     F32,
     Packed,
     Bf16,
+    PackedBf16,
 }
 
 /// Whether `op` reads its input `id` as a linear op's weight and nowhere else.
@@ -112,7 +114,8 @@ impl CpuWeights {
                 }
             }
         }
-        let pack = self.storage == WeightStorage::F32 && packed_gemm::available();
+        let pack = packed_gemm::available();
+        let bf16 = self.storage == WeightStorage::Bf16;
         let list = graph
             .tensors
             .iter()
@@ -121,12 +124,12 @@ impl CpuWeights {
             .filter_map(|((t, widens), linear_only)| match &t.source {
                 Source::Weight { part, name } => {
                     let matrix = t.shape.len() == 2;
-                    let want = if self.storage == WeightStorage::Bf16 && widens && matrix {
-                        Want::Bf16
-                    } else if pack && linear_only && matrix {
-                        Want::Packed
-                    } else {
-                        Want::F32
+                    // Read only as a linear weight implies read only by widening kernels.
+                    let want = match (pack && linear_only && matrix, bf16 && widens && matrix) {
+                        (true, true) => Want::PackedBf16,
+                        (true, false) => Want::Packed,
+                        (false, true) => Want::Bf16,
+                        (false, false) => Want::F32,
                     };
                     Some((*part, name.as_str(), t.shape.as_slice(), want))
                 }
@@ -150,10 +153,10 @@ impl CpuWeights {
         self.load_wanted(ckpt, list)
     }
 
-    /// Packs the row-major f32 matrices held that `graph` reads only as linear weights, as
-    /// `load_graph` does for checkpoint weights under f32 storage (for weights given with `insert`).
-    /// Does nothing where the packed CPU GEMM does not run (not x86_64 with AVX2 and FMA). Returns how
-    /// many it packed.
+    /// Packs the row-major matrices held that `graph` reads only as linear weights, in their own
+    /// dtype (f32 or bf16), as `load_graph` does for checkpoint weights (for weights given with
+    /// `insert` or `insert_bf16`). Does nothing where the packed CPU GEMM does not run (not x86_64
+    /// with AVX2 and FMA). Returns how many it packed.
     pub fn pack_linear_weights(&mut self, graph: &Graph) -> usize {
         if !packed_gemm::available() {
             return 0;
@@ -166,11 +169,13 @@ impl CpuWeights {
             let Some(w) = self.parts.get(*part, name) else {
                 continue;
             };
-            let (WeightData::F32(v), [out, inp]) = (&w.data, w.shape.as_slice()) else {
+            let &[out, inp] = w.shape.as_slice() else {
                 continue;
             };
-            if only && t.shape == w.shape {
-                let data = WeightData::PackedF32(Arc::new(PackedWeight::from_rows(v, *out, *inp)));
+            if !only || t.shape != w.shape {
+                continue;
+            }
+            if let Some(data) = pack(&w.data, out, inp) {
                 let shape = w.shape.clone();
                 self.parts
                     .insert(*part, name.clone(), WeightTensor { shape, data });
@@ -192,10 +197,12 @@ impl CpuWeights {
                 Some(w) => {
                     check_shape(part, name, shape, &w.shape)?;
                     match (want, &w.data) {
-                        (Want::F32 | Want::Packed, WeightData::Bf16(_)) => {
-                            todo.push((part, name, shape, want))
-                        }
-                        (Want::F32, WeightData::PackedF32(_)) => unpack.push((part, name)),
+                        (
+                            Want::F32 | Want::Packed,
+                            WeightData::Bf16(_) | WeightData::PackedBf16(_),
+                        ) => todo.push((part, name, shape, want)),
+                        (Want::F32, WeightData::PackedF32(_))
+                        | (Want::Bf16, WeightData::PackedBf16(_)) => unpack.push((part, name)),
                         _ => {}
                     }
                 }
@@ -211,7 +218,7 @@ impl CpuWeights {
                 self.parts.insert(part, name.to_string(), w);
             }
         }
-        // Row-major f32 sorts first, so a weight wanted two ways is loaded row-major.
+        // Row-major sorts first, so a weight wanted two ways is loaded row-major.
         todo.sort_unstable_by_key(|(p, n, _, w)| (slot(*p), *n, *w));
         todo.dedup_by_key(|(p, n, _, _)| (slot(*p), *n));
         let loaded: Vec<(Part, String, WeightTensor)> = todo
@@ -305,7 +312,7 @@ impl CpuWeights {
         self.len() == 0
     }
 
-    /// Bytes of weight values held (4 per f32 value, packed or not, 2 per bf16 value).
+    /// Bytes of weight values held (4 per f32 value, 2 per bf16 value, packed or not).
     pub fn bytes(&self) -> usize {
         self.parts.values().map(|w| w.data.bytes()).sum()
     }
@@ -330,7 +337,8 @@ fn convert(
     let data = match want {
         Want::F32 => from_view(part, name, &view, WeightStorage::F32)?,
         Want::Bf16 => from_view(part, name, &view, WeightStorage::Bf16)?,
-        Want::Packed => packed_from_view(part, name, &view)?,
+        Want::Packed => packed_from_view(part, name, &view, WeightStorage::F32)?,
+        Want::PackedBf16 => packed_from_view(part, name, &view, WeightStorage::Bf16)?,
     };
     Ok(WeightTensor {
         shape: view.shape.to_vec(),

@@ -1,12 +1,13 @@
 //! nn.Linear: `y = x @ w^T + b`.
 //!
 //! On x86_64 with AVX2 and FMA both entry points go through [`packed_gemm`]: `linear_packed` with a
-//! weight packed when it was loaded, `linear` packing each call's weight panels as it goes. Both
-//! sum each output as one FMA chain from the bias in the same order, so they give the same bits
-//! (and so does the bf16 linear, which calls `linear` on widened panels). Elsewhere the `gemm` crate.
+//! weight packed when it was loaded (f32, or bf16 widened in the micro-kernels), `linear` packing
+//! each call's weight panels as it goes. Both sum each output as one FMA chain from the bias in the
+//! same order, so they give the same bits (and so does the row-major bf16 linear, which calls
+//! `linear` on widened panels). Elsewhere the `gemm` crate.
 
 use super::matmul::{matmul, Mat, MatMut};
-use super::packed_gemm::{self, BSource, PackedB};
+use super::packed_gemm::{self, BSource, PackedRef};
 
 /// x `[n, k]`, w `[out, k]`, bias `[out]` -> y `[n, out]`.
 pub(crate) fn linear(
@@ -39,13 +40,13 @@ pub(crate) fn linear(
     );
 }
 
-/// x `[n, k]`, w packed from `[out, k]`, bias `[out]` -> y `[n, out]`; the same bits as `linear` on
-/// the unpacked weight.
+/// x `[n, k]`, w packed from `[out, k]` (f32 or bf16), bias `[out]` -> y `[n, out]`; the same bits
+/// as `linear` on the unpacked (widened) weight.
 pub(crate) fn linear_packed(
     x: &[f32],
     n: usize,
     k: usize,
-    w: &PackedB,
+    w: PackedRef<'_>,
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
@@ -59,6 +60,6 @@ pub(crate) fn linear_packed(
     let dst = MatMut::rm(y, n, out_features);
     if !packed_gemm::gemm(dst, Mat::rm(x, n, k), BSource::Packed(w), bias, None) {
         // Weights are only packed where the packed GEMM runs; this is for completeness.
-        linear(x, n, k, &w.to_rows(), out_features, bias, y);
+        linear(x, n, k, &w.to_f32_rows(), out_features, bias, y);
     }
 }

@@ -1,6 +1,11 @@
-//! nn.Linear over a bf16 weight: the weight is widened a panel of output rows at a time into a
-//! per-thread buffer, and each panel goes through the f32 `linear` (the same gemm), panels in parallel.
-//! Only one panel per thread is ever f32, never the whole matrix.
+//! nn.Linear over a row-major bf16 weight: the weight is widened a panel of output rows at a time
+//! into a per-thread buffer, and each panel goes through the f32 `linear` (the same gemm), panels in
+//! parallel. Only one panel per thread is ever f32, never the whole matrix.
+//!
+//! Where the packed GEMM runs (x86_64 with AVX2+FMA), a bf16 matrix that only linear ops read is
+//! packed at load instead ([`WeightData::PackedBf16`](crate::WeightData::PackedBf16)) and never
+//! comes here: this path widens and repacks per call. It serves the rest: a table an embedding
+//! lookup also reads, weights given row-major, other CPUs.
 
 use super::bf16::{widen_into, with_scratch, Scratch};
 use super::linear::linear;

@@ -1,14 +1,15 @@
 //! An f32 GEMM for x86_64 CPUs with AVX2 and FMA (detected at run time): cache blocking around a
 //! 6x16 FMA micro-kernel. B is either packed once ahead of time ([`PackedB`]: nn.Linear weights,
-//! packed when they are loaded, so no call repacks them) or packed per call from a strided view; A
-//! (the activations, few rows) is packed once per call and shared by the call's tasks.
+//! packed when they are loaded, so no call repacks them; f32, or bf16 under bf16 weight storage,
+//! widened to f32 in the kernels) or packed per call from a strided view; A (the activations, few
+//! rows) is packed once per call and shared by the call's tasks.
 //!
 //! Numerics: every output element is one FMA chain. It starts from the bias (or zero), adds
 //! `a[i,k] * b[k,j]` for `k = 0, 1, .., K-1` in that order with one rounding per step. The order
 //! depends on nothing else: not the blocking, not the tile an element falls in, not the thread
 //! count or how the columns are split among threads. So a product computed in column panels (the
-//! bf16 linear widens its weight panel by panel) equals the whole product bit for bit, and B packed
-//! ahead or per call give the same bits.
+//! row-major bf16 linear widens its weight panel by panel) equals the whole product bit for bit,
+//! and B packed ahead (f32 or bf16: widening is exact) or per call give the same bits.
 
 use super::matmul::{Mat, MatMut};
 use rayon::prelude::*;
@@ -16,8 +17,12 @@ use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::OnceLock;
 
+mod packed_b;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+use packed_b::lines_as_mut;
+pub(crate) use packed_b::{Elem, PackedB, PackedRef};
 
 /// Micro-tile columns: two 8-lane vectors. Packed B is stored in panels this wide.
 const NR: usize = 16;
@@ -81,21 +86,8 @@ impl Buf {
         if self.0.len() < lines {
             self.0.resize(lines, Line([0.0; 16]));
         }
-        &mut lines_as_f32_mut(&mut self.0)[..len]
+        &mut lines_as_mut::<f32>(&mut self.0)[..len]
     }
-}
-
-/// The values of `lines`, in order.
-fn lines_as_f32(lines: &[Line]) -> &[f32] {
-    // SAFETY: `Line` is `repr(C)` over `[f32; 16]` with no padding (64 bytes, align 64), so `lines`
-    // is `16 * lines.len()` initialized f32s, borrowed for as long as `lines`.
-    unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), 16 * lines.len()) }
-}
-
-/// The values of `lines`, in order, mutably.
-fn lines_as_f32_mut(lines: &mut [Line]) -> &mut [f32] {
-    // SAFETY: as in `lines_as_f32`, borrowed mutably for as long as `lines`.
-    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<f32>(), 16 * lines.len()) }
 }
 
 thread_local! {
@@ -152,174 +144,24 @@ fn pack_a(a: &Mat<'_>, buf: &mut [f32]) {
     }
 }
 
-/// A `k x n` matrix B packed for [`gemm`]: for each depth pass (see [`passes`]) `k0 .. k0 + kc`, at
-/// offset `k0 * n`, the pass's rows of each 16-column panel one panel after the other, panel `p`
-/// (columns `16p .. 16p + w`, `w` = 16 or what is left) as `kc` rows of `w` values: element
-/// `(k0 + kk, 16p + j)` at `k0*n + 16p*kc + kk*w + j`. Exactly `k * n` values, no padding, and one
-/// pass of a run of panels is one contiguous stretch of memory.
-pub(crate) struct PackedB {
-    k: usize,
-    n: usize,
-    /// The values from a cache-line boundary (so the kernel's 32-byte loads of a 64-byte panel row
-    /// never straddle two lines), padded to whole lines.
-    lines: Vec<Line>,
-}
-
-impl PartialEq for PackedB {
-    fn eq(&self, other: &Self) -> bool {
-        (self.k, self.n) == (other.k, other.n) && self.data() == other.data()
-    }
-}
-
-impl std::fmt::Debug for PackedB {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PackedB")
-            .field("k", &self.k)
-            .field("n", &self.n)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PackedB {
-    /// B = `w^T` for `w` row-major `[n, k]` (an nn.Linear weight `[out, in]`: `k` in, `n` out).
-    pub(crate) fn from_rows(w: &[f32], n: usize, k: usize) -> Self {
-        assert_eq!(
-            w.len(),
-            n * k,
-            "PackedB::from_rows: {n} x {k} from {} values",
-            w.len()
-        );
-        let mut lines = vec![Line([0.0; 16]); (n * k).div_ceil(16)];
-        let data = &mut lines_as_f32_mut(&mut lines)[..n * k];
-        let (_, step) = passes(k);
-        if n > 0 && k > 0 {
-            // One task per depth pass.
-            data.par_chunks_mut(step * n)
-                .enumerate()
-                .for_each(|(pass, block)| {
-                    let k0 = pass * step;
-                    let kc = block.len() / n;
-                    let first = pack_full_panels(w, (n, k), (k0, kc), block);
-                    for (p, panel) in block.chunks_mut(NR * kc).enumerate().skip(first) {
-                        let width = panel.len() / kc;
-                        for j in 0..width {
-                            let row = &w[(p * NR + j) * k + k0..][..kc];
-                            for (kk, &v) in row.iter().enumerate() {
-                                panel[kk * width + j] = v;
-                            }
-                        }
-                    }
-                });
-        }
-        PackedB { k, n, lines }
-    }
-
-    /// The row-major `[n, k]` matrix it was packed from (exact).
-    pub(crate) fn to_rows(&self) -> Vec<f32> {
-        let (n, k) = (self.n, self.k);
-        let mut w = vec![0f32; n * k];
-        let (_, step) = passes(k);
-        if n > 0 && k > 0 {
-            for (pass, block) in self.data().chunks(step * n).enumerate() {
-                let k0 = pass * step;
-                let kc = block.len() / n;
-                for (p, panel) in block.chunks(NR * kc).enumerate() {
-                    let width = panel.len() / kc;
-                    for j in 0..width {
-                        let row = &mut w[(p * NR + j) * k + k0..][..kc];
-                        for (kk, v) in row.iter_mut().enumerate() {
-                            *v = panel[kk * width + j];
-                        }
-                    }
-                }
-            }
-        }
-        w
-    }
-
-    /// The `k * n` values.
-    fn data(&self) -> &[f32] {
-        &lines_as_f32(&self.lines)[..self.n * self.k]
-    }
-
-    /// Rows of B (the linear's input features).
-    pub(crate) fn k(&self) -> usize {
-        self.k
-    }
-
-    /// Columns of B (the linear's output features).
-    pub(crate) fn n(&self) -> usize {
-        self.n
-    }
-
-    /// Values held (`k * n`).
-    pub(crate) fn len(&self) -> usize {
-        self.n * self.k
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Rows `k0 .. k0 + kc` (one depth pass) of `count` full panels from column `j` (a multiple of
-    /// 16), one after the other.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86_64 kernels only
-    fn full_panels(&self, j: usize, k0: usize, kc: usize, count: usize) -> &[f32] {
-        assert!(
-            j + count * NR <= self.n,
-            "full_panels: columns {j}.. past {}",
-            self.n
-        );
-        &self.data()[k0 * self.n + j * kc..][..count * NR * kc]
-    }
-
-    /// Rows `k0 .. k0 + kc` (one depth pass) of the panel starting at column `j` (a multiple of 16),
-    /// and its width.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86_64 kernels only
-    fn panel(&self, j: usize, k0: usize, kc: usize) -> (&[f32], usize) {
-        let width = NR.min(self.n - j);
-        (&self.data()[k0 * self.n + j * kc..][..kc * width], width)
-    }
-}
-
-/// Packs the full 16-column panels of one depth pass of `w^T` (`w` row-major `[n, k]`) into
-/// `block` with the per-call packing's in-register transposes (their layout is the same); returns
-/// how many it packed (none without AVX2).
-fn pack_full_panels(
-    w: &[f32],
-    (n, k): (usize, usize),
-    (k0, kc): (usize, usize),
-    block: &mut [f32],
-) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    if available() {
-        let full = n / NR;
-        // SAFETY: `available` found AVX2.
-        unsafe { x86::pack_b(&Mat::rm_t(w, k, n), k0, kc, 0, full * NR, block) };
-        return full;
-    }
-    let _ = (w, n, k, k0, kc, block);
-    0
-}
-
 /// Where B's values come from.
 #[derive(Clone, Copy)]
 pub(crate) enum BSource<'a> {
-    Packed(&'a PackedB),
+    Packed(PackedRef<'a>),
     View(Mat<'a>),
 }
 
 impl BSource<'_> {
     fn rows(&self) -> usize {
         match self {
-            BSource::Packed(p) => p.k,
+            BSource::Packed(p) => p.k(),
             BSource::View(v) => v.rows,
         }
     }
 
     fn cols(&self) -> usize {
         match self {
-            BSource::Packed(p) => p.n,
+            BSource::Packed(p) => p.n(),
             BSource::View(v) => v.cols,
         }
     }

@@ -1,9 +1,11 @@
 //! The packed GEMM against f64 sums on seeded values: every shape class (edge tiles in rows, columns
 //! and depth passes; one row; empty depth), strided views (A packed per block, a destination with
 //! wider rows or transposed), with and without bias, both B sources, with and without threads; and
-//! the bit-level promises (B packed ahead or per call, column panels, thread splits: the same bits).
+//! the bit-level promises (B packed ahead or per call, column panels, thread splits: the same bits;
+//! B packed as bf16 and as f32 on the same values: the same bits).
 
 use super::*;
+use half::bf16;
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -68,7 +70,7 @@ fn matches_f64_on_edge_shapes() {
                 let bt = Mat::rm_t(&w, k, n);
                 let packed = PackedB::from_rows(&w, n, k);
                 let mut prev: Option<Vec<f32>> = None;
-                for src in [BSource::View(bt), BSource::Packed(&packed)] {
+                for src in [BSource::View(bt), BSource::Packed(packed.packed_ref())] {
                     for par in [Some(false), Some(true)] {
                         let mut y = vec![f32::NAN; m * n];
                         assert!(gemm(MatMut::rm(&mut y, m, n), a, src, Some(&bias), par));
@@ -142,14 +144,14 @@ fn empty_depth_gives_the_bias() {
         return;
     }
     let bias = [1.0f32, 2.0, 3.0];
-    let packed = PackedB::from_rows(&[], 3, 0);
+    let packed = PackedB::<f32>::from_rows(&[], 3, 0);
     let mut y = vec![f32::NAN; 6];
     let x: [f32; 0] = [];
     let dst = MatMut::rm(&mut y, 2, 3);
     assert!(gemm(
         dst,
         Mat::rm(&x, 2, 0),
-        BSource::Packed(&packed),
+        BSource::Packed(packed.packed_ref()),
         Some(&bias),
         None
     ));
@@ -158,7 +160,7 @@ fn empty_depth_gives_the_bias() {
     assert!(gemm(
         dst,
         Mat::rm(&x, 2, 0),
-        BSource::Packed(&packed),
+        BSource::Packed(packed.packed_ref()),
         None,
         None
     ));
@@ -211,5 +213,72 @@ fn packing_round_trips() {
         let p = PackedB::from_rows(&w, n, k);
         assert_eq!(p.len(), n * k);
         assert_eq!(p.to_rows(), w);
+    }
+}
+
+#[test]
+fn bf16_packing_round_trips_in_half_the_bytes() {
+    for &(n, k) in &[
+        (1, 1),
+        (17, 3),
+        (16, 256),
+        (33, 257),
+        (5, 0),
+        (0, 5),
+        (40, 1000),
+    ] {
+        let w: Vec<bf16> = values(n * k, 12).into_iter().map(bf16::from_f32).collect();
+        let p = PackedB::from_rows(&w, n, k);
+        assert_eq!(p.len(), n * k);
+        assert_eq!(p.to_rows(), w);
+        assert!(p.bytes() < 2 * n * k + 64, "{n}x{k}: {} bytes", p.bytes());
+        let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        assert_eq!(p.packed_ref().to_f32_rows(), wf);
+    }
+}
+
+/// B packed as bf16 (widened in the kernels) against B packed as f32 and B packed per call, on the
+/// same bf16-rounded values: the same bits, at every shape class (one row through the 1x64 kernel
+/// and its narrower tail, edge rows, edge panels, odd depths over one and several passes), with and
+/// without bias and threads.
+#[test]
+fn bf16_packed_is_bit_identical_to_f32() {
+    if !available() {
+        return;
+    }
+    let mut seed = 500;
+    for &m in &[1, 2, 5, 7, 13, 40] {
+        for &n in &[1, 15, 17, 33, 64, 65, 100, 130] {
+            for &k in &[1, 3, 255, 257, 769] {
+                seed += 1;
+                let x = values(m * k, seed);
+                let w: Vec<bf16> = values(n * k, seed + 1000)
+                    .into_iter()
+                    .map(bf16::from_f32)
+                    .collect();
+                let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+                let bias = values(n, seed + 2000);
+                let a = Mat::rm(&x, m, k);
+                let (pf, ph) = (PackedB::from_rows(&wf, n, k), PackedB::from_rows(&w, n, k));
+                for bias in [None, Some(bias.as_slice())] {
+                    for par in [Some(false), Some(true)] {
+                        let run = |src| {
+                            let mut y = vec![f32::NAN; m * n];
+                            assert!(gemm(MatMut::rm(&mut y, m, n), a, src, bias, par));
+                            y
+                        };
+                        let want = run(BSource::Packed(pf.packed_ref()));
+                        let got = run(BSource::Packed(ph.packed_ref()));
+                        let what = format!("{m}x{k}->{n} bias {} {par:?}", bias.is_some());
+                        assert!(same_bits(&want, &got), "{what}: bf16 and f32 packed differ");
+                        let view = run(BSource::View(Mat::rm_t(&wf, k, n)));
+                        assert!(same_bits(&want, &view), "{what}: per-call packing differs");
+                        if bias.is_some() && par == Some(false) {
+                            check(&what, &got, (&a, &Mat::rm_t(&wf, k, n)), bias, (n, 1));
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,9 +1,12 @@
-//! The AVX2+FMA micro-kernel, the packing routines and the blocking loops around them.
+//! The AVX2+FMA micro-kernel, the packing routines and the blocking loops around them. B packed
+//! ahead may hold bf16 ([`Lanes`]): the kernels widen it as they load it, in the same FMA order.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use super::super::matmul::Mat;
-use super::{passes, BSource, Buf, Job, Out, MC, MR, NC, NR};
+use super::packed_b::Values;
+use super::{passes, BSource, Buf, Elem, Job, Out, MC, MR, NC, NR};
+use half::bf16;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -133,14 +136,6 @@ unsafe fn transpose_8_columns(src: &[f32], ld: usize, p8: usize, dst: &mut [f32]
     }
 }
 
-/// Copies a packed panel of width `w < NR` (`kc` rows of `w`) into full-width rows, zero-padded.
-fn widen_panel(src: &[f32], w: usize, kc: usize, buf: &mut [f32]) {
-    for (dst, src) in buf[..kc * NR].chunks_exact_mut(NR).zip(src.chunks_exact(w)) {
-        dst[..w].copy_from_slice(src);
-        dst[w..].fill(0.0);
-    }
-}
-
 /// The blocking loops for the destination's columns `cols` (see `Job::columns`).
 ///
 /// # Safety
@@ -220,8 +215,10 @@ impl Block<'_, '_, '_> {
                 // One row, four full panels, destination contiguous: the wide kernel.
                 if mc == 1 && jp + 4 * NR <= j0 + nc && out.cs == 1 {
                     let bp = match &job.b {
-                        BSource::Packed(p) => p.full_panels(jp, k0, kc, 4).as_ptr(),
-                        BSource::View(_) => self.bpack[(jp - j0) * kc..][..4 * NR * kc].as_ptr(),
+                        BSource::Packed(p) => p.full_panels(jp, k0, kc, 4),
+                        BSource::View(_) => {
+                            Values::F32(&self.bpack[(jp - j0) * kc..][..4 * NR * kc])
+                        }
                     };
                     let c = out.ptr.wrapping_add(i0 * out.rs + jp);
                     let init = match job.bias {
@@ -230,24 +227,25 @@ impl Block<'_, '_, '_> {
                         _ => c.cast_const(),
                     };
                     let ap = apass[i0 * kc..][..MR * kc].as_ptr();
-                    // SAFETY: AVX2+FMA; `ap` is a micro-panel of `kc` steps of MR values; four full
-                    // panels of `kc` rows of 16 follow each other from `bp` (one pass of packed B, or
+                    // SAFETY: AVX2+FMA; `ap` is a micro-panel of `kc` steps of MR values; `bp` is four
+                    // full panels of `kc` rows of 16, one after the other (one pass of packed B, or
                     // `bpack`); the bias has 64 values from `jp`; the destination row `i0` has 64
                     // contiguous columns from `jp`, inside it and ours alone (`Job::columns`).
-                    unsafe { wide1(kc, ap, bp, NR * kc, init, c) };
+                    unsafe { wide1(kc, ap, bp, init, c) };
                     jp += 4 * NR;
                     continue;
                 }
                 let (bp, w) = match &job.b {
                     BSource::Packed(p) => match p.panel(jp, k0, kc) {
-                        (panel, NR) => (panel.as_ptr(), NR),
+                        (panel, NR) => (panel, NR),
                         (panel, w) => {
-                            widen_panel(panel, w, kc, self.bpack);
-                            (self.bpack.as_ptr(), w)
+                            // Edge panels are few: widened to f32 here, run by the f32 kernel.
+                            panel.widen_panel(w, kc, self.bpack);
+                            (Values::F32(&self.bpack[..kc * NR]), w)
                         }
                     },
                     BSource::View(_) => (
-                        self.bpack[(jp - j0) * kc..][..kc * NR].as_ptr(),
+                        Values::F32(&self.bpack[(jp - j0) * kc..][..kc * NR]),
                         NR.min(j0 + nc - jp),
                     ),
                 };
@@ -265,22 +263,18 @@ impl Block<'_, '_, '_> {
                 };
                 for ir in (0..mc).step_by(MR) {
                     let (i, r) = (i0 + ir, MR.min(mc - ir));
-                    let t = Tile {
-                        kc,
-                        a: apass[i * kc..][..MR * kc].as_ptr(),
-                        b: bp,
-                    };
+                    let a = apass[i * kc..][..MR * kc].as_ptr();
                     let c = out.ptr.wrapping_add(i * out.rs + jp * out.cs);
                     if w == NR && out.cs == 1 {
                         if init.is_none() {
                             prefetch_next(out, (i, jp), (i0, i0 + mc), j0 + nc);
                         }
                         let (ip, ild) = init.map_or((c.cast_const(), out.rs), |p| (p, 0));
-                        // SAFETY: AVX2+FMA; `t.a` is a micro-panel of `kc` steps of MR values, `t.b`
-                        // a full panel of `kc` rows of 16; the destination's rows `i .. i + r`,
+                        // SAFETY: AVX2+FMA; `a` is a micro-panel of `kc` steps of MR values, `bp` a
+                        // full panel of `kc` rows of 16; the destination's rows `i .. i + r`,
                         // columns `jp .. jp + 16`, are inside it (`gemm` asserted its span) and ours
                         // alone (`Job::columns`); a bias has 16 values from `jp`.
-                        unsafe { kernel(r, &t, ip, ild, c, out.rs) };
+                        unsafe { kernel(r, (kc, a, bp), ip, ild, c, out.rs) };
                     } else {
                         // Edge or strided destination: through a 6x16 buffer.
                         let (ip, ild) = match init {
@@ -294,7 +288,7 @@ impl Block<'_, '_, '_> {
                         };
                         // SAFETY: as above for A and B (a narrow panel is widened to 16 with
                         // zeros); `tile` holds 6 rows of 16, the bias `bias_pad` 16 values.
-                        unsafe { kernel(r, &t, ip, ild, tile.as_mut_ptr(), NR) };
+                        unsafe { kernel(r, (kc, a, bp), ip, ild, tile.as_mut_ptr(), NR) };
                         // SAFETY: as for the copy in.
                         unsafe { copy_tile(out, (i, jp), (r, w), &mut tile, false) };
                     }
@@ -353,22 +347,67 @@ unsafe fn copy_tile(
     }
 }
 
-/// One row by 64 columns (four panels `b_ld` apart): `c = (init or 0) + sum_p a[p] b[p, :]`, then
-/// Eight independent chains, so decode-sized products are not bound by FMA latency.
+/// B values the kernels can load eight at a time as f32.
+trait Lanes: Elem {
+    /// The 8 values at `p`, as f32.
+    ///
+    /// # Safety
+    /// AVX2; `p` readable for 8 values.
+    unsafe fn load8(p: *const Self) -> __m256;
+}
+
+impl Lanes for f32 {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        // SAFETY: the caller's promise.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+}
+
+impl Lanes for bf16 {
+    /// A bf16 is the top half of the f32 of equal value: zero-extend to 32 bits and shift left 16
+    /// (exact, two instructions, so the FMA chain sees the same f32 as f32 storage; a NaN weight stays
+    /// a NaN, only its quiet bit is not forced as `widen1` forces it).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load8(p: *const bf16) -> __m256 {
+        // SAFETY: the caller's promise: 16 readable bytes at `p`.
+        unsafe {
+            let h = _mm_loadu_si128(p.cast());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+    }
+}
+
+/// One row by 64 columns: four full panels of `kc` rows of 16, one after the other, in `b`.
 ///
 /// # Safety
-/// AVX2 and FMA; `a` readable at `p*MR` for `p < kc`; `b + t*b_ld` readable for `16*kc` values
-/// (`t < 4`); `init` null or readable for 64 values; `c` writable for 64 values.
-#[allow(clippy::too_many_arguments)]
+/// AVX2 and FMA; `a` readable at `p*MR` for `p < kc`; `b` holds at least `64*kc` values; `init`
+/// null or readable for 64 values; `c` writable for 64 values.
+unsafe fn wide1(kc: usize, a: *const f32, b: Values<'_>, init: *const f32, c: *mut f32) {
+    // SAFETY: forwarded; the asserts give the length the kernel reads.
+    unsafe {
+        match b {
+            Values::F32(b) => {
+                assert!(b.len() >= 4 * NR * kc);
+                wide1_of(kc, a, b.as_ptr(), init, c)
+            }
+            Values::Bf16(b) => {
+                assert!(b.len() >= 4 * NR * kc);
+                wide1_of(kc, a, b.as_ptr(), init, c)
+            }
+        }
+    }
+}
+
+/// `c = (init or 0) + sum_p a[p] b[p, :]` over four panels `16*kc` apart from `b`. Eight independent
+/// chains, so decode-sized products are not bound by FMA latency.
+///
+/// # Safety
+/// As [`wide1`], `b` readable for `64*kc` values.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn wide1(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    b_ld: usize,
-    init: *const f32,
-    c: *mut f32,
-) {
+unsafe fn wide1_of<T: Lanes>(kc: usize, a: *const f32, b: *const T, init: *const f32, c: *mut f32) {
     // SAFETY: the function's contract: AVX2+FMA, and every access inside the promised ranges.
     unsafe {
         let mut acc = [_mm256_setzero_ps(); 8];
@@ -377,13 +416,14 @@ unsafe fn wide1(
                 *v = _mm256_loadu_ps(init.add(8 * q));
             }
         }
+        let b_ld = NR * kc;
         let bs = [b, b.add(b_ld), b.add(2 * b_ld), b.add(3 * b_ld)];
         for p in 0..kc {
             let x = _mm256_broadcast_ss(&*a.add(p * MR));
             for t in 0..4 {
                 let bt = bs[t].add(p * NR);
-                acc[2 * t] = _mm256_fmadd_ps(x, _mm256_loadu_ps(bt), acc[2 * t]);
-                acc[2 * t + 1] = _mm256_fmadd_ps(x, _mm256_loadu_ps(bt.add(8)), acc[2 * t + 1]);
+                acc[2 * t] = _mm256_fmadd_ps(x, T::load8(bt), acc[2 * t]);
+                acc[2 * t + 1] = _mm256_fmadd_ps(x, T::load8(bt.add(8)), acc[2 * t + 1]);
             }
         }
         for (q, v) in acc.iter().enumerate() {
@@ -394,28 +434,75 @@ unsafe fn wide1(
 
 /// One micro-tile's operands: `kc` depth steps; A's step `p` is the MR values at `a + MR*p` (a
 /// packed micro-panel), B's the 16 values at `b + 16p`.
-struct Tile {
+struct Tile<T> {
     kc: usize,
     a: *const f32,
-    b: *const f32,
+    b: *const T,
 }
 
-/// `r` rows (1..=MR) by 16 columns.
+/// `r` rows (1..=MR) by 16 columns; `(kc, a, b)`: `kc` depth steps of a packed micro-panel of A
+/// and of a full panel of B.
 ///
 /// # Safety
-/// AVX2 and FMA; `t`'s A and B readable for `r` rows and `t.kc` steps; `init` null or readable for
-/// `r` rows of 16 values `init_ld` apart; `c` writable for `r` rows of 16 values `ldc` apart.
+/// AVX2 and FMA; `a` readable for `kc` steps of MR values; `b` holds at least `16*kc` values;
+/// `init` null or readable for `r` rows of 16 values `init_ld` apart; `c` writable for `r` rows of
+/// 16 values `ldc` apart.
 #[inline]
-unsafe fn kernel(r: usize, t: &Tile, init: *const f32, init_ld: usize, c: *mut f32, ldc: usize) {
+unsafe fn kernel(
+    r: usize,
+    (kc, a, b): (usize, *const f32, Values<'_>),
+    init: *const f32,
+    init_ld: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: forwarded; the asserts give the length the kernel reads.
+    unsafe {
+        match b {
+            Values::F32(b) => {
+                assert!(b.len() >= NR * kc);
+                let t = Tile {
+                    kc,
+                    a,
+                    b: b.as_ptr(),
+                };
+                rows(r, &t, init, init_ld, c, ldc)
+            }
+            Values::Bf16(b) => {
+                assert!(b.len() >= NR * kc);
+                let t = Tile {
+                    kc,
+                    a,
+                    b: b.as_ptr(),
+                };
+                rows(r, &t, init, init_ld, c, ldc)
+            }
+        }
+    }
+}
+
+/// [`tile`] for `r` rows.
+///
+/// # Safety
+/// As [`kernel`].
+#[inline]
+unsafe fn rows<T: Lanes>(
+    r: usize,
+    t: &Tile<T>,
+    init: *const f32,
+    init_ld: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
     // SAFETY: the function's contract, forwarded.
     unsafe {
         match r {
-            6 => tile::<6>(t, init, init_ld, c, ldc),
-            5 => tile::<5>(t, init, init_ld, c, ldc),
-            4 => tile::<4>(t, init, init_ld, c, ldc),
-            3 => tile::<3>(t, init, init_ld, c, ldc),
-            2 => tile::<2>(t, init, init_ld, c, ldc),
-            _ => tile::<1>(t, init, init_ld, c, ldc),
+            6 => tile::<6, T>(t, init, init_ld, c, ldc),
+            5 => tile::<5, T>(t, init, init_ld, c, ldc),
+            4 => tile::<4, T>(t, init, init_ld, c, ldc),
+            3 => tile::<3, T>(t, init, init_ld, c, ldc),
+            2 => tile::<2, T>(t, init, init_ld, c, ldc),
+            _ => tile::<1, T>(t, init, init_ld, c, ldc),
         }
     }
 }
@@ -425,8 +512,8 @@ unsafe fn kernel(r: usize, t: &Tile, init: *const f32, init_ld: usize, c: *mut f
 /// # Safety
 /// As [`kernel`].
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const R: usize>(
-    t: &Tile,
+unsafe fn tile<const R: usize, T: Lanes>(
+    t: &Tile<T>,
     init: *const f32,
     init_ld: usize,
     c: *mut f32,
@@ -444,8 +531,8 @@ unsafe fn tile<const R: usize>(
         }
         let (mut a, mut b) = (t.a, t.b);
         for _ in 0..t.kc {
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
+            let b0 = T::load8(b);
+            let b1 = T::load8(b.add(8));
             for i in 0..R {
                 let ai = _mm256_broadcast_ss(&*a.add(i));
                 c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
