@@ -17,6 +17,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+mod profile;
+
+pub use profile::ElemBytes;
+
 pub enum Backend {
     /// f32 weights converted once per tensor as graphs first need them.
     Cpu {
@@ -290,17 +294,9 @@ impl Backend {
     ) -> Result<Outputs, RunError> {
         match (self, states) {
             (Backend::Cpu { weights, executors }, States::Cpu(map)) => {
-                let weights = weights.read().unwrap_or_else(|e| e.into_inner());
-                let mut exec = executors
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .pop()
-                    .unwrap_or_default();
-                let out = exec.run_with_states(graph, plan, &weights, inputs, map);
-                executors
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(exec);
+                let out = with_cpu_executor(weights, executors, |exec, w| {
+                    exec.run_with_states(graph, plan, w, inputs, map)
+                });
                 Ok(out?)
             }
             (
@@ -331,6 +327,24 @@ impl Backend {
 pub enum States {
     Cpu(HashMap<String, HostTensor>),
     Cuda(CudaStates),
+}
+
+/// Runs `f` with an idle CPU executor (a new one when all are busy) and the weights, then pools the
+/// executor again.
+fn with_cpu_executor<T>(
+    weights: &RwLock<CpuWeights>,
+    executors: &Mutex<Vec<Executor>>,
+    f: impl FnOnce(&mut Executor, &CpuWeights) -> T,
+) -> T {
+    let weights = weights.read().unwrap_or_else(|e| e.into_inner());
+    let pooled = executors.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    let mut exec = pooled.unwrap_or_default();
+    let out = f(&mut exec, &weights);
+    executors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(exec);
+    out
 }
 
 /// Runs `f` with an idle CUDA executor (a new one when all are busy) and the weights, then pools the

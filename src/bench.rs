@@ -4,6 +4,8 @@
 //! measured in the same run. Inputs are random token ids and latents, never zeros.
 //!
 //! Row names are shared with `reference/bench_torch.py` so the two can be printed side by side.
+//! With `profile`, the prefill, the decode step and the gen step's cond branch are also profiled node by
+//! node ([`profile`]).
 
 use crate::chat::{ChatPipeline, ChatRequest};
 use crate::model::{Model, RunError};
@@ -17,6 +19,10 @@ use hbridge_graph::cost::{cost, Cost};
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+pub mod profile;
+
+pub use profile::StepProfile;
 
 /// What to measure; the defaults are issue 5's hbridge-7b4b workloads.
 #[derive(Debug, Clone)]
@@ -37,6 +43,9 @@ pub struct BenchOptions {
     pub runs: usize,
     /// Text guidance scale of the gen step and the image request (default 4.0: two branches; <= 1: one).
     pub guidance: f32,
+    /// Also profile one run of the und prefill, the decode step and the gen step's cond branch node by
+    /// node (default off).
+    pub profile: bool,
 }
 
 impl Default for BenchOptions {
@@ -50,6 +59,7 @@ impl Default for BenchOptions {
             steps: 50,
             runs: 5,
             guidance: 4.0,
+            profile: false,
         }
     }
 }
@@ -80,6 +90,8 @@ pub struct BenchReport {
     pub ceilings: Option<Ceilings>,
     /// One row per workload, in the order they ran.
     pub rows: Vec<BenchRow>,
+    /// Per-node profiles, with [`BenchOptions::profile`] (else empty).
+    pub profiles: Vec<StepProfile>,
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -104,6 +116,7 @@ pub fn run(
     let runs = opts.runs.max(1);
     let mut rng = NormalRng::new(0x5eed);
     let mut rows = Vec::new();
+    let mut profiles = Vec::new();
     let ceil = |rate: f64, pick: fn(&Ceilings) -> f64, c: &Option<Ceilings>| {
         c.as_ref().map(|c| rate / pick(c))
     };
@@ -177,6 +190,12 @@ pub fn run(
         }
     }
     let prefill = median(times).as_secs_f64();
+    if opts.profile {
+        progress("profiling the und prefill");
+        let p =
+            model.profile_und_prefill(&ids, pos.clone(), &prefill_spec, Some((&mut cache, 0)))?;
+        profiles.push(StepProfile::new("und_prefill", &p));
+    }
     let c: Cost = cost(&prefill_graph, 2);
     let rate = c.flops() / prefill;
     rows.push(BenchRow {
@@ -224,6 +243,11 @@ pub fn run(
             t.nodes
         );
     }
+    if opts.profile {
+        progress("profiling the und decode step");
+        let p = crate::chat::profile_decode_step(model, opts.context)?;
+        profiles.push(StepProfile::new("und_decode_step", &p));
+    }
     rows.push(BenchRow {
         name: "und_decode_tokens_per_s",
         value: tps,
@@ -266,6 +290,11 @@ pub fn run(
         }
     }
     let step = median(times).as_secs_f64();
+    if opts.profile {
+        progress("profiling the gen step's cond branch");
+        let p = model.profile_gen_step(&x, 0.5, &mut resident[0])?;
+        profiles.push(StepProfile::new("gen_step_cond", &p));
+    }
     let uncond_graph = build::gen_step_with_refs(
         config,
         &GenStepSpec {
@@ -354,5 +383,6 @@ pub fn run(
         device,
         ceilings,
         rows,
+        profiles,
     })
 }

@@ -13,9 +13,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod profile;
 mod resident;
 mod state_bytes;
 
+pub use crate::backend::ElemBytes;
+pub use profile::GraphProfile;
 pub use resident::ResidentContext;
 
 pub use hbridge_engine::WeightStorage;
@@ -271,6 +274,17 @@ impl Model {
         spec: &UndPrefillSpec,
         cache: Option<(&mut States, usize)>,
     ) -> Result<Outputs, RunError> {
+        let (graph, inputs) = self.und_prefill_graph(ids, positions, spec)?;
+        self.run_into(&graph, inputs, cache)
+    }
+
+    /// The graph of an und prefill of `spec` and its inputs, the ids checked against the vocabulary.
+    fn und_prefill_graph(
+        &self,
+        ids: &[i32],
+        positions: Vec<i32>,
+        spec: &UndPrefillSpec,
+    ) -> Result<(Graph, Outputs), RunError> {
         let c = &self.checkpoint.config.und;
         if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= c.vocab_size) {
             return Err(RunError::Request(format!(
@@ -289,7 +303,7 @@ impl Model {
                 HostTensor::i32(vec![3, ids.len()], positions),
             ),
         ]);
-        self.run_into(&graph, inputs, cache)
+        Ok((graph, inputs))
     }
 
     /// Runs `graph`; with `cache`, over its states, `und.cache_len` being `cache.1`.
@@ -302,12 +316,7 @@ impl Model {
         let Some((states, row)) = cache else {
             return self.run(graph, &inputs);
         };
-        let row = i32::try_from(row)
-            .map_err(|_| RunError::Request(format!("cache row {row} is out of range")))?;
-        inputs.insert(
-            names::UND_CACHE_LEN.to_string(),
-            HostTensor::i32(vec![1], vec![row]),
-        );
+        insert_cache_len(&mut inputs, row)?;
         self.backend.load_weights(&self.checkpoint, graph)?;
         self.backend
             .execute_with_states(graph, &plan_memory(graph), &inputs, states, false)
@@ -573,6 +582,17 @@ impl Model {
         out.remove("vae.pixels")
             .ok_or_else(|| RunError::Request("VAE graph produced no pixels".into()))
     }
+}
+
+/// Adds the `und.cache_len` input: a graph over a K/V cache writes its rows from `row` on.
+fn insert_cache_len(inputs: &mut Outputs, row: usize) -> Result<(), RunError> {
+    let row = i32::try_from(row)
+        .map_err(|_| RunError::Request(format!("cache row {row} is out of range")))?;
+    inputs.insert(
+        names::UND_CACHE_LEN.to_string(),
+        HostTensor::i32(vec![1], vec![row]),
+    );
+    Ok(())
 }
 
 /// The position after the largest of `positions` (where text after a context continues; 0 when empty).

@@ -45,11 +45,109 @@ fn bench_reports_every_workload_as_json() {
         assert!(v.is_finite() && v > 0.0, "{name} = {v}");
         assert!(stdout.contains(name), "the table lacks {name}:\n{stdout}");
     }
+    assert!(
+        report.get("profiles").is_none(),
+        "profiles only with --profile"
+    );
     // Prefill and gen step report achieved FLOP rates from their graphs' cost.
     for name in ["und_prefill_ms", "gen_step_ms"] {
         let row = rows.iter().find(|r| r["name"] == name).unwrap();
         assert_eq!(row["achieved"]["unit"], "TFLOP/s");
         assert!(row["achieved"]["value"].as_f64().unwrap() > 0.0);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `--profile` prints a table by op kind for each profiled workload (kinds adding up to the workload's
+/// total) and the slowest nodes, and puts the same in the JSON; without it the JSON has no `profiles`.
+#[test]
+fn bench_profile_prints_the_table_by_op_kind() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/model");
+    let dir = std::env::temp_dir().join(format!("hbridge-bench-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_hbridge"))
+        .args(["--device", "cpu", "bench"])
+        .arg(&model)
+        .args([
+            "--prompt-len",
+            "8",
+            "--context",
+            "16",
+            "--decode-tokens",
+            "2",
+        ])
+        .args([
+            "--size",
+            "32",
+            "--steps",
+            "1",
+            "--runs",
+            "1",
+            "--profile",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "hbridge bench --profile failed: {stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for workload in ["und_prefill", "und_decode_step", "gen_step_cond"] {
+        assert!(
+            stdout.contains(&format!("profile {workload}: ")),
+            "no {workload} profile:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("op kind") && stdout.contains("slowest nodes:"),
+        "{stdout}"
+    );
+    // The gen step's table has its GEMMs, attention, norms, RoPE and elementwise kinds.
+    let gen = &stdout[stdout.find("profile gen_step_cond").unwrap()..];
+    for kind in [
+        "linear",
+        "attention",
+        "rmsnorm",
+        "rope",
+        "swiglu",
+        "gate_residual",
+    ] {
+        assert!(
+            gen.lines().any(|l| l.trim_start().starts_with(kind)),
+            "no {kind} row:\n{gen}"
+        );
+    }
+    assert!(
+        gen.contains("gen.layers.") || gen.contains("gen.noise_refiner."),
+        "{gen}"
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let profiles = report["profiles"].as_array().unwrap();
+    assert_eq!(profiles.len(), 3);
+    for p in profiles {
+        let total = p["total_ms"].as_f64().unwrap();
+        let kinds = p["kinds"].as_array().unwrap();
+        let ms: f64 = kinds.iter().map(|k| k["ms"].as_f64().unwrap()).sum();
+        assert!(total > 0.0 && (ms - total).abs() <= 1e-9 * total, "{p}");
+        let share: f64 = kinds.iter().map(|k| k["share"].as_f64().unwrap()).sum();
+        assert!((share - 1.0).abs() < 1e-9, "{p}");
+        let nodes: u64 = kinds
+            .iter()
+            .filter(|k| k["kind"] != "state_write")
+            .map(|k| k["nodes"].as_u64().unwrap())
+            .sum();
+        assert_eq!(nodes, p["nodes"].as_u64().unwrap(), "{p}");
+        let slowest = p["slowest"].as_array().unwrap();
+        assert_eq!(slowest.len(), 10);
+        assert!(slowest
+            .iter()
+            .all(|n| n["label"].as_str().is_some_and(|l| !l.is_empty())));
     }
     std::fs::remove_dir_all(&dir).ok();
 }

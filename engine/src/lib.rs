@@ -6,6 +6,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod device;
+pub mod profile;
 pub mod weight_table;
 
 pub use cpu::{

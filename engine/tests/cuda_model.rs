@@ -301,6 +301,48 @@ fn replay_vs_eager_timing_on_tiny() {
         .all(|v| v.is_finite() && *v > 0.0));
 }
 
+/// The per-node profile on the tiny gen step: one entry per node with finite, non-negative device times
+/// and a positive sum (printed by op kind; `hbridge bench --profile` does the same on hbridge-7b4b).
+#[test]
+fn profile_on_tiny() {
+    let Some(gpu) = gpu("profile_on_tiny") else {
+        return;
+    };
+    let fx = fixture("tiny");
+    let mut r = Runner::new(gpu);
+    r.ex.set_poison(false);
+    let (ug, uin) = fx.und_cond();
+    let und = r.run(&fx, &ug, &uin);
+    let (g, inputs) = fx.gen_cond(&und);
+    r.weights.load_graph(&fx.ckpt, &g, |_| {}).unwrap();
+    let t =
+        r.ex.profile(
+            &g,
+            &plan_memory(&g),
+            &r.weights,
+            &inputs,
+            &mut CudaStates::new(),
+        )
+        .unwrap();
+    assert_eq!(t.per_node.len(), g.nodes.len());
+    for (k, &(i, ms)) in t.per_node.iter().enumerate() {
+        assert_eq!(i, k);
+        assert!(ms.is_finite() && ms >= 0.0, "node {i}: {ms} ms");
+    }
+    let total = t.total_ms();
+    assert!(total.is_finite() && total > 0.0, "total {total} ms");
+    let kinds = t.by_kind(&g, 2, 2);
+    println!(
+        "tiny gen step profile, {} nodes, {total:.3} ms:",
+        g.nodes.len()
+    );
+    for k in &kinds {
+        println!("  {:<18} {:>4} nodes {:>8.3} ms", k.kind, k.nodes, k.ms);
+    }
+    let sum: f64 = kinds.iter().map(|k| k.ms).sum();
+    assert!((sum - total).abs() <= 1e-6 * total.max(1.0));
+}
+
 /// Weight validation names the tensor at fault with the CPU backend's error variants, before uploading
 /// anything.
 #[test]

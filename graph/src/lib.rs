@@ -5,6 +5,7 @@
 pub mod build;
 pub mod cost;
 mod graph;
+pub mod node_cost;
 pub mod op;
 pub mod plan;
 pub mod prune;

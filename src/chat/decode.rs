@@ -12,6 +12,9 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 use tokenizers::Tokenizer;
 
+mod step_timing;
+pub use step_timing::{profile_decode_step, time_decode_step};
+
 fn take(out: &mut Outputs, name: &str) -> Result<HostTensor, RunError> {
     out.remove(name)
         .ok_or_else(|| RunError::Request(format!("graph produced no `{name}`")))
@@ -115,53 +118,6 @@ fn decode_step(model: &Model, cache: &mut KvCache, token: u32) -> Result<Vec<f32
     let mut out = model.und_decode_step(cache.capacity, &inputs, &mut cache.states)?;
     cache.len += 1;
     take_f32(&mut out, "und.logits")
-}
-
-/// CUDA only: device time of one und decode step after `context` cached tokens, `iters` eager launches
-/// against `iters` CUDA graph replays (the K/V cache filled with random values, never zeros); `None`
-/// on the CPU.
-pub fn time_decode_step(
-    model: &Model,
-    context: usize,
-    iters: usize,
-) -> Result<Option<hbridge_engine::cuda::ReplayTiming>, RunError> {
-    if model.device() != hbridge_engine::device::Device::Cuda {
-        return Ok(None);
-    }
-    let c = &model.checkpoint.config.und;
-    let mut cache = KvCache::new(model, c.num_layers, c.kv_dim(), context + 1)?;
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut rows = vec![0f32; context * c.kv_dim()];
-    for i in 0..c.num_layers {
-        for name in [names::cache_k(i), names::cache_v(i)] {
-            // Uniform in [-1, 1): what matters is nonzero data of a plausible scale.
-            for v in rows.iter_mut() {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                *v = (seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
-            }
-            model.write_state_rows(&mut cache.states, &name, 0, &rows)?;
-        }
-    }
-    cache.len = context;
-    let at = i32::try_from(context)
-        .map_err(|_| RunError::Request(format!("context {context} is out of range")))?;
-    let inputs: Outputs = HashMap::from([
-        (
-            names::UND_IDS.to_string(),
-            HostTensor::i32(vec![1], vec![(c.vocab_size / 2) as i32]),
-        ),
-        (
-            names::UND_POSITIONS.to_string(),
-            HostTensor::i32(vec![3, 1], vec![at; 3]),
-        ),
-        (
-            names::UND_CACHE_LEN.to_string(),
-            HostTensor::i32(vec![1], vec![at]),
-        ),
-    ]);
-    model.time_und_decode_step(cache.capacity, &inputs, &mut cache.states, iters)
 }
 
 /// The model's default stop tokens: `<|im_end|>` and `<|endoftext|>` from the tokenizer, or the und

@@ -27,7 +27,10 @@ mod sampling;
 mod stream;
 
 pub(crate) use decode::CACHE_ROWS;
-pub use decode::{default_stop_ids, generate, generate_with_images, time_decode_step, ChatImages};
+pub use decode::{
+    default_stop_ids, generate, generate_with_images, profile_decode_step, time_decode_step,
+    ChatImages,
+};
 pub use pipeline::ChatPipeline;
 pub use sampling::{argmax, sample, Rng};
 use std::path::PathBuf;

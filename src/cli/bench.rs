@@ -30,6 +30,11 @@ pub struct BenchArgs {
     /// Also write the rows as JSON (the format `reference/bench_torch.py --compare` reads).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also time one run of the und prefill, the decode step and the gen step's cond branch node by
+    /// node: a table by op kind (time, share, achieved rate, % of the ceilings on CUDA) and the
+    /// slowest nodes; in the JSON under `profiles`.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 fn model_dir(name: &str) -> Result<PathBuf, String> {
@@ -66,6 +71,7 @@ pub fn run_cli(a: BenchArgs, device: Device) -> Result<(), String> {
         steps: a.steps,
         runs: a.runs,
         guidance: a.guidance,
+        profile: a.profile,
     };
     if opts.prompt_len == 0 || a.size == 0 {
         return Err("--prompt-len and --size must be positive".into());
@@ -106,10 +112,14 @@ fn print_report(r: &BenchReport, dir: &std::path::Path) {
             row.name, row.value, row.unit, achieved, pct, row.note
         );
     }
+    for p in &r.profiles {
+        println!();
+        print!("{}", p.table(r.ceilings.as_ref()));
+    }
 }
 
 fn to_json(r: &BenchReport, dir: &std::path::Path) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "engine": "hbridge",
         "model": dir.display().to_string(),
         "device": r.device.to_string(),
@@ -125,5 +135,14 @@ fn to_json(r: &BenchReport, dir: &std::path::Path) -> serde_json::Value {
             "of_ceiling": row.of_ceiling,
             "note": row.note,
         })).collect::<Vec<_>>(),
-    })
+    });
+    // Only with --profile: the default report keeps its keys.
+    if !r.profiles.is_empty() {
+        v["profiles"] = r
+            .profiles
+            .iter()
+            .map(|p| p.to_json(r.ceilings.as_ref()))
+            .collect();
+    }
+    v
 }

@@ -75,6 +75,18 @@ impl Model {
         )
     }
 
+    /// [`Model::gen_step_resident`]'s run, profiled node by node (always eager, see
+    /// `Backend::profile_with_states`).
+    pub fn profile_gen_step(
+        &self,
+        x: &HostTensor,
+        t: f32,
+        branch: &mut ResidentContext<'_>,
+    ) -> Result<super::GraphProfile, RunError> {
+        let (prepared, inputs) = self.gen_step_inputs(x, t, branch.ctx, &[], false, true)?;
+        self.profile_graph(&prepared.0, &prepared.1, &inputs, &mut branch.states)
+    }
+
     /// Untraced gen steps of several guidance branches at the same latent and time, outputs in order.
     /// On the CPU the branches run side by side: at gen-step sizes one op split over all cores
     /// synchronizes more than whole branches on their own cores do. On CUDA they run one after the

@@ -9,9 +9,15 @@ use super::ops::bf16::widen_into;
 use super::tensor::HostTensor;
 use super::validate::{resolve, Loc, View};
 use super::weights::CpuWeights;
+use crate::profile::NodeTimes;
 use hbridge_graph::plan::MemoryPlan;
 use hbridge_graph::{Graph, Op, Source};
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn ms(d: Duration) -> f32 {
+    d.as_secs_f32() * 1e3
+}
 
 /// Runs graphs on the CPU, owning the activation arena across runs.
 #[derive(Debug, Default)]
@@ -63,23 +69,64 @@ impl Executor {
         inputs: &HashMap<String, HostTensor>,
         states: &mut HashMap<String, HostTensor>,
     ) -> Result<HashMap<String, HostTensor>> {
+        self.run_timed(graph, plan, weights, inputs, states, None)
+    }
+
+    /// [`run_with_states`](Self::run_with_states), timing each node's wall time (and the state writes)
+    /// instead of returning the outputs: a per-node profile of one run, through the same dispatch. The
+    /// states are updated as by a run.
+    pub fn profile(
+        &mut self,
+        graph: &Graph,
+        plan: &MemoryPlan,
+        weights: &CpuWeights,
+        inputs: &HashMap<String, HostTensor>,
+        states: &mut HashMap<String, HostTensor>,
+    ) -> Result<NodeTimes> {
+        let mut times = NodeTimes {
+            per_node: Vec::with_capacity(graph.nodes.len()),
+            state_writes_ms: 0.0,
+        };
+        self.run_timed(graph, plan, weights, inputs, states, Some(&mut times))?;
+        Ok(times)
+    }
+
+    /// The run; with `times`, each node's wall time and the state writes' are recorded there.
+    fn run_timed(
+        &mut self,
+        graph: &Graph,
+        plan: &MemoryPlan,
+        weights: &CpuWeights,
+        inputs: &HashMap<String, HostTensor>,
+        states: &mut HashMap<String, HostTensor>,
+        mut times: Option<&mut NodeTimes>,
+    ) -> Result<HashMap<String, HostTensor>> {
         let locs = resolve(graph, plan, weights, inputs, states)?;
         if self.arena.len() < plan.arena_len {
             self.arena.resize(plan.arena_len, 0.0);
         }
-        for node in &graph.nodes {
+        // The clock is read only when profiling: a normal run does nothing extra per node.
+        let now = |on: bool| on.then(Instant::now);
+        let mut last = now(times.is_some());
+        for (i, node) in graph.nodes.iter().enumerate() {
             let out_len = graph.tensor(node.out).numel();
             let Loc::Arena(out_off) = locs[node.out.index()] else {
                 unreachable!("validated: every node output is in the arena")
             };
             if let Op::Reshape { x, .. } = &node.op {
                 self.reshape(locs[x.index()], out_off, out_len);
-                continue;
+            } else {
+                let ins = node.op.inputs();
+                let mut split =
+                    ArenaSplit::new(&mut self.arena, graph, &locs, &ins, out_off, out_len);
+                let (out, items) = split.split(&ins, out_off, out_len);
+                dispatch::run(graph, &node.op, node.out, &Inputs { items }, out)?;
             }
-            let ins = node.op.inputs();
-            let mut split = ArenaSplit::new(&mut self.arena, graph, &locs, &ins, out_off, out_len);
-            let (out, items) = split.split(&ins, out_off, out_len);
-            dispatch::run(graph, &node.op, node.out, &Inputs { items }, out)?;
+            if let (Some(t), Some(start)) = (times.as_deref_mut(), last) {
+                let end = Instant::now();
+                t.per_node.push((i, ms(end - start)));
+                last = Some(end);
+            }
         }
         let mut outputs = HashMap::with_capacity(graph.outputs.len());
         for (name, id) in &graph.outputs {
@@ -103,6 +150,7 @@ impl Executor {
             outputs.insert(name.clone(), t);
         }
         // Sources are copied out first: a state may be written from a state (or itself).
+        let writes_start = now(times.is_some());
         let writes: Vec<(String, usize, Vec<f32>)> = graph
             .state_writes
             .iter()
@@ -123,13 +171,21 @@ impl Executor {
                 (name.clone(), start, values)
             })
             .collect();
+        let copied = writes_start.map(|s| s.elapsed());
         drop(locs);
+        let apply_start = now(times.is_some());
         for (name, start, values) in writes {
             let dst = states
                 .get_mut(&name)
                 .and_then(HostTensor::as_f32_mut)
                 .expect("validated: the state exists as F32");
             dst[start..start + values.len()].copy_from_slice(&values);
+        }
+        if let (Some(t), Some(copied), Some(apply)) = (times, copied, apply_start) {
+            // Zero without state writes, so the kinds of `NodeTimes::by_kind` add up to the total.
+            if !graph.state_writes.is_empty() {
+                t.state_writes_ms = ms(copied + apply.elapsed());
+            }
         }
         Ok(outputs)
     }

@@ -42,9 +42,23 @@ pub fn at_node(e: CudaError, label: &str) -> CudaError {
 
 /// Enqueues every node of `graph` in order.
 pub fn launch_all(gpu: &Gpu, graph: &Graph, b: &Bindings) -> CudaResult<()> {
+    launch_all_marked(gpu, graph, b, &mut |_| Ok(()))
+}
+
+/// [`launch_all`], calling `mark(k)` between launches: before node `k` for `k < n` (`n` nodes), with
+/// `k = n` after the last node and `k = n + 1` after the state writes. A profile records a CUDA event
+/// at each mark.
+pub fn launch_all_marked(
+    gpu: &Gpu,
+    graph: &Graph,
+    b: &Bindings,
+    mark: &mut dyn FnMut(usize) -> CudaResult<()>,
+) -> CudaResult<()> {
     for (i, node) in graph.nodes.iter().enumerate() {
+        mark(i)?;
         launch(gpu, graph, b, i, node).map_err(|e| at_node(e, &graph.tensor(node.out).label))?;
     }
+    mark(graph.nodes.len())?;
     // After every node: no launch above reads a state row these overwrite.
     for w in &graph.state_writes {
         let (st, src) = (graph.tensor(w.state), graph.tensor(w.src));
@@ -59,7 +73,7 @@ pub fn launch_all(gpu: &Gpu, graph: &Graph, b: &Bindings) -> CudaResult<()> {
         )
         .map_err(|e| at_node(e, &st.label))?;
     }
-    Ok(())
+    mark(graph.nodes.len() + 1)
 }
 
 fn internal(op: &'static str, problem: impl Into<String>) -> CudaError {

@@ -205,16 +205,41 @@ impl CudaExecutor {
         inputs: &HashMap<String, HostTensor>,
         states: &mut CudaStates,
     ) -> Result<HashMap<String, HostTensor>> {
+        self.eager(
+            graph,
+            plan,
+            weights,
+            inputs,
+            states,
+            |gpu, bindings| launch_all(gpu, graph, bindings),
+            |exec, places, bindings| exec.download(graph, places, bindings, inputs),
+        )
+    }
+
+    /// One eager run: validates, binds `inputs` and `states`, enqueues `launch` on the bindings, then
+    /// calls `finish` (which synchronizes before it reads anything back) while the run's input buffers
+    /// are still alive. A normal run downloads its outputs there; a profile reads its events.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn eager<T>(
+        &mut self,
+        graph: &Graph,
+        plan: &MemoryPlan,
+        weights: &CudaWeights,
+        inputs: &HashMap<String, HostTensor>,
+        states: &CudaStates,
+        launch: impl FnOnce(&Gpu, &Bindings) -> Result<(), CudaError>,
+        finish: impl FnOnce(&Self, &[Place], &Bindings) -> Result<T>,
+    ) -> Result<T> {
         let c = self.check(graph, plan, weights, inputs, states)?;
         let gpu = self.gpu.clone();
         let _exclusive = gpu.exclusive();
         self.reserve(plan, &c.needs)?;
         let (_buffers, bindings) = self.bind(graph, &c, weights, inputs, states)?;
         self.poison_arena()?;
-        launch_all(&gpu, graph, &bindings)?;
+        launch(&gpu, &bindings)?;
         self.stats.eager_runs += 1;
-        // `_buffers` drops after the downloads, when no launch reads it any more.
-        self.download(graph, &c.places, &bindings, inputs)
+        // `_buffers` drops after `finish`, when no launch reads it any more.
+        finish(self, &c.places, &bindings)
     }
 
     /// [`run`](Self::run), through a CUDA graph: the first call for a graph (same ops, shapes, plan and

@@ -13,6 +13,7 @@ mod error;
 mod exec;
 pub mod ops;
 pub mod prepare;
+mod profile;
 mod staging;
 mod state;
 mod timing;

@@ -1,0 +1,144 @@
+//! A per-node time profile of one run of a graph, the same on every backend (the CPU's wall time per
+//! node, CUDA's event time per node), and its totals by op kind with the work the graph says each kind
+//! did, so a step's time can be ranked by op kind in one call instead of under an external profiler.
+
+use hbridge_graph::node_cost::{node_costs, state_write_bytes};
+use hbridge_graph::Graph;
+
+/// Op kind name of the graph's state writes in [`NodeTimes::by_kind`] (they run after every node).
+pub const STATE_WRITE_KIND: &str = "state_write";
+
+/// Time of each node of one run, in execution order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeTimes {
+    /// `(node index, milliseconds)`, one entry per node of the graph, in node order.
+    pub per_node: Vec<(usize, f32)>,
+    /// The graph's state writes, applied after the last node, in milliseconds (0 when the graph has
+    /// none).
+    pub state_writes_ms: f32,
+}
+
+/// One op kind's share of a profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KindTime {
+    /// [`hbridge_graph::Op::name`], or [`STATE_WRITE_KIND`].
+    pub kind: &'static str,
+    /// Nodes of this kind (1 for the state writes).
+    pub nodes: usize,
+    pub ms: f64,
+    /// FLOPs of these nodes (0 for memory-bound kinds).
+    pub flops: f64,
+    /// Bytes these nodes read and wrote (see `hbridge_graph::node_cost::NodeCost::bytes`).
+    pub bytes: f64,
+}
+
+impl KindTime {
+    /// Whether the kind's work is counted in FLOPs (GEMMs, attention, convolutions).
+    pub fn is_compute(&self) -> bool {
+        self.flops > 0.0
+    }
+
+    /// FLOP/s achieved (0 when no time was measured).
+    pub fn flops_per_s(&self) -> f64 {
+        rate(self.flops, self.ms)
+    }
+
+    /// Bytes per second moved (read + written).
+    pub fn bytes_per_s(&self) -> f64 {
+        rate(self.bytes, self.ms)
+    }
+}
+
+fn rate(work: f64, ms: f64) -> f64 {
+    if ms > 0.0 {
+        work / (ms * 1e-3)
+    } else {
+        0.0
+    }
+}
+
+impl NodeTimes {
+    /// Per-node times from `n + 2` monotone timestamps in milliseconds: before node 0, after each of the
+    /// `n` nodes, and after the state writes.
+    pub(crate) fn from_marks(marks: &[f64]) -> NodeTimes {
+        let span = |i: usize| (marks[i + 1] - marks[i]).max(0.0) as f32;
+        let n = marks.len().saturating_sub(2);
+        NodeTimes {
+            per_node: (0..n).map(|i| (i, span(i))).collect(),
+            state_writes_ms: if marks.len() >= 2 { span(n) } else { 0.0 },
+        }
+    }
+
+    /// Every node and the state writes, in milliseconds.
+    pub fn total_ms(&self) -> f64 {
+        self.per_node.iter().map(|&(_, t)| t as f64).sum::<f64>() + self.state_writes_ms as f64
+    }
+
+    /// Totals by op kind of the `graph` this profile ran, slowest first, with the state writes as kind
+    /// [`STATE_WRITE_KIND`] when the graph has any. Work is counted with activations at
+    /// `act_elem_bytes` per element and weights at `weight_elem_bytes` (the backend's storage).
+    pub fn by_kind(
+        &self,
+        graph: &Graph,
+        act_elem_bytes: usize,
+        weight_elem_bytes: usize,
+    ) -> Vec<KindTime> {
+        let costs = node_costs(graph, act_elem_bytes, weight_elem_bytes);
+        let mut kinds: Vec<KindTime> = Vec::new();
+        for &(i, ms) in &self.per_node {
+            let Some(c) = costs.get(i) else { continue };
+            let k = match kinds.iter().position(|k| k.kind == c.kind) {
+                Some(k) => k,
+                None => {
+                    kinds.push(KindTime {
+                        kind: c.kind,
+                        nodes: 0,
+                        ms: 0.0,
+                        flops: 0.0,
+                        bytes: 0.0,
+                    });
+                    kinds.len() - 1
+                }
+            };
+            let k = &mut kinds[k];
+            k.nodes += 1;
+            k.ms += ms as f64;
+            k.flops += c.work.flops();
+            k.bytes += c.bytes;
+        }
+        if !graph.state_writes.is_empty() {
+            kinds.push(KindTime {
+                kind: STATE_WRITE_KIND,
+                nodes: 1,
+                ms: self.state_writes_ms as f64,
+                flops: 0.0,
+                bytes: state_write_bytes(graph, act_elem_bytes),
+            });
+        }
+        kinds.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        kinds
+    }
+
+    /// The `n` slowest nodes, slowest first: `(node index, milliseconds)`.
+    pub fn slowest(&self, n: usize) -> Vec<(usize, f32)> {
+        let mut v = self.per_node.clone();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v.truncate(n);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_become_spans_and_the_slowest_come_first() {
+        let t = NodeTimes::from_marks(&[1.0, 1.5, 4.0, 4.25, 5.0]);
+        assert_eq!(t.per_node, vec![(0, 0.5), (1, 2.5), (2, 0.25)]);
+        assert_eq!(t.state_writes_ms, 0.75);
+        assert_eq!(t.total_ms(), 4.0);
+        assert_eq!(t.slowest(2), vec![(1, 2.5), (0, 0.5)]);
+        assert_eq!(NodeTimes::from_marks(&[]), NodeTimes::default());
+    }
+}
