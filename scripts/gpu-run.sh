@@ -59,6 +59,23 @@ if [ "$mode" != bench ]; then
     [ "$rc" = 0 ] || status=1
     grep -E 'FAILED|panicked|rel L2' "$logs/$name.log" | grep -v '\.\.\. ok' | head -40
   done
+  # The whole-model checks again with the opt-in kernels (attention v2 on wgmma, the decode GEMV) chosen
+  # wherever they apply, so a model-level difference shows up beside the kernel tests' own checks.
+  for name in test-cuda_model test-t2i; do
+    exe="$bundle/bin/$name"
+    [ -e "$exe" ] || continue
+    filter=()
+    [ "$name" = test-t2i ] && filter=(on_cuda)
+    start=$(date +%s)
+    HBRIDGE_ATTENTION=sm90 HBRIDGE_GEMV=1 "$exe" --test-threads=1 --nocapture "${filter[@]}" "$@" \
+      > "$logs/$name+sm90+gemv.log" 2>&1
+    rc=$?
+    passed=$(grep -c '\.\.\. ok$' "$logs/$name+sm90+gemv.log")
+    failed=$(grep -c '\.\.\. FAILED$' "$logs/$name+sm90+gemv.log")
+    summary+=("$(printf '%-28s rc %-3s passed %-4s failed %-4s %4ss' "$name+sm90+gemv" "$rc" "$passed" "$failed" "$(( $(date +%s) - start ))")")
+    [ "$rc" = 0 ] || status=1
+    grep -E 'FAILED|panicked' "$logs/$name+sm90+gemv.log" | head -20
+  done
 fi
 if [ "$mode" != tests ]; then
   for exe in "$bundle"/bin/bench-*; do
