@@ -28,6 +28,8 @@ pub enum Op {
         dim: usize,
         modulate: bool,
         residual: bool,
+        /// GPU: cap the block-per-row grid at this many blocks (each walks several rows); GPU only.
+        row_blocks: Option<usize>,
     },
     MRope {
         n: usize,
@@ -97,6 +99,7 @@ impl Op {
                 dim,
                 modulate,
                 residual,
+                ..
             } => {
                 let (r, d) = (rows as u64, dim as u64);
                 let streams = 2 + if residual { 2 } else { 0 };
@@ -129,6 +132,13 @@ impl Case {
     pub fn gpu_only(&self) -> bool {
         matches!(self.op, Op::Attention { nq, d, sm90, .. } if sm90 || (d > 128 && nq > 4096))
             || matches!(self.op, Op::Gemv { .. })
+            || matches!(
+                self.op,
+                Op::RmsNorm {
+                    row_blocks: Some(_),
+                    ..
+                }
+            )
     }
 }
 
@@ -165,6 +175,25 @@ pub fn all() -> Vec<Case> {
         })
         .collect();
     cases.extend(extra);
+    // The gen-shape RMSNorm with fewer, longer-lived blocks (H100: 132 SMs x 4, 8, 16 blocks), beside
+    // the default block per row, to measure whether block turnover holds it under the copy bandwidth.
+    for (name, blocks) in [
+        ("gen_modulated_8224x2520_grid528", 528),
+        ("gen_modulated_8224x2520_grid1056", 1056),
+        ("gen_modulated_8224x2520_grid2112", 2112),
+    ] {
+        cases.push(Case {
+            group: "rmsnorm",
+            name,
+            op: Op::RmsNorm {
+                rows: 2 * (16 + 64 * 64),
+                dim: 2520,
+                modulate: true,
+                residual: false,
+                row_blocks: Some(blocks),
+            },
+        });
+    }
     cases
 }
 
@@ -261,6 +290,7 @@ fn base() -> Vec<Case> {
                 dim: 2520,
                 modulate: true,
                 residual: false,
+                row_blocks: None,
             },
         },
         Case {
@@ -271,6 +301,7 @@ fn base() -> Vec<Case> {
                 dim: 3584,
                 modulate: false,
                 residual: true,
+                row_blocks: None,
             },
         },
         Case {
@@ -281,6 +312,7 @@ fn base() -> Vec<Case> {
                 dim: 120,
                 modulate: false,
                 residual: false,
+                row_blocks: None,
             },
         },
         Case {

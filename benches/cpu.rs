@@ -97,6 +97,7 @@ fn build(op: &Op) -> Built {
             dim,
             modulate,
             residual,
+            ..
         } => {
             let mut x = input(&mut b, "x", &[rows, dim]);
             if residual {

@@ -155,6 +155,7 @@ impl GpuBench {
                     dim,
                     modulate,
                     residual,
+                    row_blocks,
                 } => {
                     let x = s.bf16(gpu, rows * dim);
                     let out = s.bf16(gpu, rows * dim);
@@ -176,7 +177,10 @@ impl GpuBench {
                         dim,
                         eps: 1e-6,
                     };
-                    Box::new(move |g: &Gpu| norm::rmsnorm(g, &a))
+                    Box::new(move |g: &Gpu| match row_blocks {
+                        Some(cap) => norm::rmsnorm_with_row_blocks(g, &a, cap),
+                        None => norm::rmsnorm(g, &a),
+                    })
                 }
                 Op::MRope { n, heads, d } => {
                     let x = s.bf16(gpu, n * heads * d);

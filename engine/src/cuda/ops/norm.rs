@@ -70,6 +70,7 @@ fn rownorm_launch(
     rows: usize,
     dim: usize,
     vec: bool,
+    max_row_blocks: usize,
 ) -> CudaResult<(&'static str, LaunchConfig, i32)> {
     let (chunks, team_chunks, block_chunks) = if vec {
         (dim / 8, TEAM_V8_CHUNKS, BLOCK_V8_CHUNKS)
@@ -107,7 +108,7 @@ fn rownorm_launch(
         ));
     }
     let cfg = LaunchConfig {
-        grid_dim: (rows.clamp(1, MAX_ROW_BLOCKS) as u32, 1, 1),
+        grid_dim: (rows.clamp(1, max_row_blocks.max(1)) as u32, 1, 1),
         block_dim: (threads as u32, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -119,7 +120,7 @@ fn rownorm_launch(
     Ok((entry, cfg, 0))
 }
 
-fn rownorm(gpu: &Gpu, op: &'static str, a: &RowNorm) -> CudaResult<()> {
+fn rownorm(gpu: &Gpu, op: &'static str, a: &RowNorm, max_row_blocks: usize) -> CudaResult<()> {
     if a.rows == 0 || a.dim == 0 {
         return Ok(());
     }
@@ -131,7 +132,7 @@ fn rownorm(gpu: &Gpu, op: &'static str, a: &RowNorm) -> CudaResult<()> {
             .flatten(),
     );
     let vec = a.dim % 8 == 0 && aligned16(&ptrs);
-    let (entry, cfg, team) = rownorm_launch(op, a.rows, a.dim, vec)?;
+    let (entry, cfg, team) = rownorm_launch(op, a.rows, a.dim, vec, max_row_blocks)?;
     let ptr = |p: Option<DevPtr>| p.map_or(0u64, |p| p.0);
     let (x, res, res_out, w, s, out) = (
         a.x.0,
@@ -153,6 +154,17 @@ fn rownorm(gpu: &Gpu, op: &'static str, a: &RowNorm) -> CudaResult<()> {
 }
 
 pub fn rmsnorm(gpu: &Gpu, args: &RmsNormArgs) -> CudaResult<()> {
+    rmsnorm_with_row_blocks(gpu, args, MAX_ROW_BLOCKS)
+}
+
+/// [`rmsnorm`] with the block-per-row kernels' grid capped at `max_row_blocks` (each block then walks
+/// several rows): the kernel benches sweep it, since a block per row measured 70% of the copy
+/// bandwidth at the gen shape and whether fewer, longer-lived blocks do better is a measurement.
+pub fn rmsnorm_with_row_blocks(
+    gpu: &Gpu,
+    args: &RmsNormArgs,
+    max_row_blocks: usize,
+) -> CudaResult<()> {
     rownorm(
         gpu,
         "rmsnorm",
@@ -168,6 +180,7 @@ pub fn rmsnorm(gpu: &Gpu, args: &RmsNormArgs) -> CudaResult<()> {
             dim: args.dim,
             eps: args.eps,
         },
+        max_row_blocks,
     )
 }
 
@@ -210,6 +223,7 @@ pub fn layernorm_modulated(gpu: &Gpu, args: &LayerNormArgs) -> CudaResult<()> {
             dim: args.dim,
             eps: args.eps,
         },
+        MAX_ROW_BLOCKS,
     )
 }
 
@@ -328,8 +342,8 @@ mod tests {
                 if (vec && dim % 8 != 0) || (!vec && dim > 16384) {
                     continue;
                 }
-                let (entry, cfg, team) =
-                    rownorm_launch("t", 7, dim, vec).unwrap_or_else(|e| panic!("{dim}: {e}"));
+                let (entry, cfg, team) = rownorm_launch("t", 7, dim, vec, MAX_ROW_BLOCKS)
+                    .unwrap_or_else(|e| panic!("{dim}: {e}"));
                 let chunks = if vec { dim / 8 } else { dim };
                 let cap = match entry {
                     "rownorm_team_v8" => team as usize * TEAM_V8_CHUNKS,
@@ -345,7 +359,7 @@ mod tests {
                 }
             }
         }
-        assert!(rownorm_launch("t", 1, 16385, false).is_err());
-        assert!(rownorm_launch("t", 1, 32776, true).is_err());
+        assert!(rownorm_launch("t", 1, 16385, false, MAX_ROW_BLOCKS).is_err());
+        assert!(rownorm_launch("t", 1, 32776, true, MAX_ROW_BLOCKS).is_err());
     }
 }
