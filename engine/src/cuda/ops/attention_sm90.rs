@@ -3,7 +3,8 @@
 //! tiles, head dims padded to 64 or 128.
 //!
 //! v2 is chosen by [`FlashKernel`]: `Auto` takes it only on Hopper and only when `HBRIDGE_ATTENTION=sm90`
-//! is set, because it has been compiled and assembled (ptxas, sm_90a: HGMMA in the SASS, no spills) but
+//! (head dims 33-128) or `sm90-all` (every head dim, for whole-model checks on the tiny models) is set,
+//! because it has been compiled and assembled (ptxas, sm_90a: HGMMA in the SASS, no spills) but
 //! not yet run against the f64 reference on a GPU. Once the GPU tests pass and the kernel benchmarks
 //! show it faster, `Auto` turns it on by default.
 
@@ -51,9 +52,31 @@ pub fn smem_bytes(d_pad: usize) -> usize {
     2 * 64 * d_pad * 2 + 4 * BN * d_pad * 2 + 1024
 }
 
-fn env_wants_sm90() -> bool {
-    static WANT: OnceLock<bool> = OnceLock::new();
-    *WANT.get_or_init(|| std::env::var(ENV).is_ok_and(|v| v.eq_ignore_ascii_case("sm90")))
+/// What `HBRIDGE_ATTENTION` asks of `Auto`: `sm90` (v2 for head dims 33-128), `sm90-all` (v2 for every
+/// head dim up to 128: the tiny test models' heads are 12-24 wide, so whole-model checks need it), else
+/// nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnvChoice {
+    Off,
+    Sm90,
+    Sm90All,
+}
+
+fn env_choice() -> EnvChoice {
+    static CHOICE: OnceLock<EnvChoice> = OnceLock::new();
+    *CHOICE.get_or_init(|| match std::env::var(ENV).as_deref() {
+        Ok(v) if v.eq_ignore_ascii_case("sm90") => EnvChoice::Sm90,
+        Ok(v) if v.eq_ignore_ascii_case("sm90-all") => EnvChoice::Sm90All,
+        _ => EnvChoice::Off,
+    })
+}
+
+fn auto_takes_sm90(choice: EnvChoice, head_dim: usize) -> bool {
+    match choice {
+        EnvChoice::Off => false,
+        EnvChoice::Sm90 => (AUTO_MIN_HEAD_DIM..=MAX_HEAD_DIM).contains(&head_dim),
+        EnvChoice::Sm90All => (1..=MAX_HEAD_DIM).contains(&head_dim),
+    }
 }
 
 /// Whether a flash launch of `head_dim` on a GPU of `arch` runs v2 under `kernel`; asking for v2
@@ -62,9 +85,7 @@ pub(super) fn chosen(arch: Arch, head_dim: usize, kernel: FlashKernel) -> CudaRe
     let hopper = arch == Arch::HOPPER;
     match kernel {
         FlashKernel::V1 => Ok(false),
-        FlashKernel::Auto => Ok(hopper
-            && env_wants_sm90()
-            && (AUTO_MIN_HEAD_DIM..=MAX_HEAD_DIM).contains(&head_dim)),
+        FlashKernel::Auto => Ok(hopper && auto_takes_sm90(env_choice(), head_dim)),
         FlashKernel::Sm90 if !hopper => Err(bad(format!(
             "the sm90 flash kernel needs a Hopper GPU (compute capability 9.0), this one is {}.{}",
             arch.major, arch.minor
@@ -169,12 +190,16 @@ mod tests {
         assert_eq!(chosen(Arch::HOPPER, 128, FlashKernel::Sm90), Ok(true));
         assert!(chosen(ampere, 128, FlashKernel::Sm90).is_err());
         assert_eq!(chosen(ampere, 128, FlashKernel::Auto), Ok(false));
-        // Auto follows the environment on Hopper, and never takes small heads.
-        assert_eq!(chosen(Arch::HOPPER, 16, FlashKernel::Auto), Ok(false));
+        // Auto follows the environment on Hopper; `sm90` leaves small heads to v1, `sm90-all` does not.
         assert_eq!(
             chosen(Arch::HOPPER, 120, FlashKernel::Auto),
-            Ok(env_wants_sm90())
+            Ok(auto_takes_sm90(env_choice(), 120))
         );
+        assert!(!auto_takes_sm90(EnvChoice::Off, 120));
+        assert!(auto_takes_sm90(EnvChoice::Sm90, 120));
+        assert!(!auto_takes_sm90(EnvChoice::Sm90, 16));
+        assert!(auto_takes_sm90(EnvChoice::Sm90All, 16));
+        assert!(!auto_takes_sm90(EnvChoice::Sm90All, 129));
         assert_eq!(padded_head_dim(120), Some(128));
         assert_eq!(padded_head_dim(40), Some(64));
         assert_eq!(padded_head_dim(129), None);
