@@ -176,24 +176,17 @@ impl Backend {
         states: &mut States,
         iters: usize,
     ) -> Result<Option<ReplayTiming>, RunError> {
-        match (self, states) {
-            (Backend::Cpu { .. }, _) => Ok(None),
-            (
-                Backend::Cuda {
-                    gpu,
-                    weights,
-                    executors,
-                    peak,
-                },
-                States::Cuda(s),
-            ) => {
-                let out = with_cuda_executor(gpu, weights, executors, peak, |exec, w| {
-                    exec.time_replay_vs_eager_with_states(graph, plan, w, inputs, s, iters)
-                });
-                Ok(Some(out?))
-            }
-            _ => Err(mismatch()),
+        if matches!(self, Backend::Cpu { .. }) {
+            return Ok(None);
         }
+        self.with_executor(
+            states,
+            |_, _, _| Ok(None),
+            |exec, w, s| {
+                exec.time_replay_vs_eager_with_states(graph, plan, w, inputs, s, iters)
+                    .map(Some)
+            },
+        )
     }
 
     /// Runs `graph` with an idle executor (a new one when all are busy). `replay`: capture the run as a
@@ -292,12 +285,36 @@ impl Backend {
         states: &mut States,
         replay: bool,
     ) -> Result<Outputs, RunError> {
+        self.with_executor(
+            states,
+            |exec, w, map| exec.run_with_states(graph, plan, w, inputs, map),
+            |exec, w, s| {
+                if replay {
+                    exec.run_captured_with_states(graph, plan, w, inputs, s)
+                } else {
+                    exec.run_with_states(graph, plan, w, inputs, s)
+                }
+            },
+        )
+    }
+
+    /// Runs `cpu` or `cuda` (whichever this backend is) with a pooled executor, the weights and the
+    /// matching request states; states made for the other backend are an error.
+    fn with_executor<T>(
+        &self,
+        states: &mut States,
+        cpu: impl FnOnce(
+            &mut Executor,
+            &CpuWeights,
+            &mut HashMap<String, HostTensor>,
+        ) -> Result<T, EngineError>,
+        cuda: impl FnOnce(&mut CudaExecutor, &CudaWeights, &mut CudaStates) -> Result<T, EngineError>,
+    ) -> Result<T, RunError> {
         match (self, states) {
             (Backend::Cpu { weights, executors }, States::Cpu(map)) => {
-                let out = with_cpu_executor(weights, executors, |exec, w| {
-                    exec.run_with_states(graph, plan, w, inputs, map)
-                });
-                Ok(out?)
+                Ok(with_cpu_executor(weights, executors, |exec, w| {
+                    cpu(exec, w, map)
+                })?)
             }
             (
                 Backend::Cuda {
@@ -307,16 +324,13 @@ impl Backend {
                     peak,
                 },
                 States::Cuda(s),
-            ) => {
-                let out = with_cuda_executor(gpu, weights, executors, peak, |exec, w| {
-                    if replay {
-                        exec.run_captured_with_states(graph, plan, w, inputs, s)
-                    } else {
-                        exec.run_with_states(graph, plan, w, inputs, s)
-                    }
-                });
-                Ok(out?)
-            }
+            ) => Ok(with_cuda_executor(
+                gpu,
+                weights,
+                executors,
+                peak,
+                |exec, w| cuda(exec, w, s),
+            )?),
             _ => Err(mismatch()),
         }
     }

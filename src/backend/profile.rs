@@ -2,7 +2,7 @@
 //! element sizes the backend keeps activations and weights in, so the work per node is counted as the
 //! backend moves it.
 
-use super::{mismatch, with_cpu_executor, with_cuda_executor, Backend, States};
+use super::{Backend, States};
 use crate::model::{Outputs, RunError};
 use hbridge_engine::profile::NodeTimes;
 use hbridge_engine::WeightStorage;
@@ -46,28 +46,10 @@ impl Backend {
         inputs: &Outputs,
         states: &mut States,
     ) -> Result<NodeTimes, RunError> {
-        match (self, states) {
-            (Backend::Cpu { weights, executors }, States::Cpu(map)) => {
-                let out = with_cpu_executor(weights, executors, |exec, w| {
-                    exec.profile(graph, plan, w, inputs, map)
-                });
-                Ok(out?)
-            }
-            (
-                Backend::Cuda {
-                    gpu,
-                    weights,
-                    executors,
-                    peak,
-                },
-                States::Cuda(s),
-            ) => {
-                let out = with_cuda_executor(gpu, weights, executors, peak, |exec, w| {
-                    exec.profile(graph, plan, w, inputs, s)
-                });
-                Ok(out?)
-            }
-            _ => Err(mismatch()),
-        }
+        self.with_executor(
+            states,
+            |exec, w, map| exec.profile(graph, plan, w, inputs, map),
+            |exec, w, s| exec.profile(graph, plan, w, inputs, s),
+        )
     }
 }
