@@ -43,6 +43,17 @@ impl Runner {
         }
     }
 
+    /// The cond gen step of `fx` with its und context computed and its weights resident, outputs not
+    /// poisoned (the timing and profiling tests measure runs, not what they write).
+    fn gen_step_ready(&mut self, fx: &Fixture) -> (Graph, Tensors) {
+        self.ex.set_poison(false);
+        let (ug, uin) = fx.und_cond();
+        let und = self.run(fx, &ug, &uin);
+        let (g, inputs) = fx.gen_cond(&und);
+        self.weights.load_graph(&fx.ckpt, &g, |_| {}).unwrap();
+        (g, inputs)
+    }
+
     fn run(&mut self, fx: &Fixture, g: &Graph, inputs: &Tensors) -> Tensors {
         self.weights
             .load_graph(&fx.ckpt, g, |_| {})
@@ -277,11 +288,7 @@ fn replay_vs_eager_timing_on_tiny() {
     };
     let fx = fixture("tiny");
     let mut r = Runner::new(gpu);
-    r.ex.set_poison(false);
-    let (ug, uin) = fx.und_cond();
-    let und = r.run(&fx, &ug, &uin);
-    let (g, inputs) = fx.gen_cond(&und);
-    r.weights.load_graph(&fx.ckpt, &g, |_| {}).unwrap();
+    let (g, inputs) = r.gen_step_ready(&fx);
     let t =
         r.ex.time_replay_vs_eager(&g, &plan_memory(&g), &r.weights, &inputs, 20)
             .unwrap();
@@ -310,11 +317,7 @@ fn profile_on_tiny() {
     };
     let fx = fixture("tiny");
     let mut r = Runner::new(gpu);
-    r.ex.set_poison(false);
-    let (ug, uin) = fx.und_cond();
-    let und = r.run(&fx, &ug, &uin);
-    let (g, inputs) = fx.gen_cond(&und);
-    r.weights.load_graph(&fx.ckpt, &g, |_| {}).unwrap();
+    let (g, inputs) = r.gen_step_ready(&fx);
     let t =
         r.ex.profile(
             &g,

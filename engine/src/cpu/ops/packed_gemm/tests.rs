@@ -198,17 +198,20 @@ fn column_panels_are_bit_identical() {
     }
 }
 
+/// (columns, depth): partial panels, empty matrices, depths past a cache block.
+const ROUND_TRIP_SHAPES: &[(usize, usize)] = &[
+    (1, 1),
+    (17, 3),
+    (16, 256),
+    (33, 257),
+    (5, 0),
+    (0, 5),
+    (40, 1000),
+];
+
 #[test]
 fn packing_round_trips() {
-    for &(n, k) in &[
-        (1, 1),
-        (17, 3),
-        (16, 256),
-        (33, 257),
-        (5, 0),
-        (0, 5),
-        (40, 1000),
-    ] {
+    for &(n, k) in ROUND_TRIP_SHAPES {
         let w = values(n * k, 11);
         let p = PackedB::from_rows(&w, n, k);
         assert_eq!(p.len(), n * k);
@@ -218,15 +221,7 @@ fn packing_round_trips() {
 
 #[test]
 fn bf16_packing_round_trips_in_half_the_bytes() {
-    for &(n, k) in &[
-        (1, 1),
-        (17, 3),
-        (16, 256),
-        (33, 257),
-        (5, 0),
-        (0, 5),
-        (40, 1000),
-    ] {
+    for &(n, k) in ROUND_TRIP_SHAPES {
         let w: Vec<bf16> = values(n * k, 12).into_iter().map(bf16::from_f32).collect();
         let p = PackedB::from_rows(&w, n, k);
         assert_eq!(p.len(), n * k);
