@@ -262,6 +262,25 @@ impl Backend {
         Ok(())
     }
 
+    /// Makes state `name` of `to` a copy of `from`'s (allocated as needed), on the backend: a device
+    /// copy on CUDA, never through the host.
+    pub fn copy_state(&self, from: &States, to: &mut States, name: &str) -> Result<(), RunError> {
+        match (self, from, to) {
+            (Backend::Cpu { .. }, States::Cpu(src), States::Cpu(dst)) => {
+                let t = src.get(name).ok_or_else(|| EngineError::MissingState {
+                    name: name.to_string(),
+                })?;
+                dst.insert(name.to_string(), t.clone());
+            }
+            (Backend::Cuda { gpu, peak, .. }, States::Cuda(src), States::Cuda(dst)) => {
+                dst.copy_from(gpu, src, name)?;
+                Self::sample_memory(gpu, peak);
+            }
+            _ => return Err(mismatch()),
+        }
+        Ok(())
+    }
+
     /// State `name` as f32 on the host.
     pub fn read_state(&self, states: &States, name: &str) -> Result<HostTensor, RunError> {
         match (self, states) {
@@ -341,6 +360,16 @@ impl Backend {
 pub enum States {
     Cpu(HashMap<String, HostTensor>),
     Cuda(CudaStates),
+}
+
+impl States {
+    /// The shape of state `name`, if it exists.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        match self {
+            States::Cpu(map) => map.get(name).map(|t| t.shape.as_slice()),
+            States::Cuda(s) => s.shape(name),
+        }
+    }
 }
 
 /// Runs `f` with an idle CPU executor (a new one when all are busy) and the weights, then pools the

@@ -14,7 +14,7 @@ use crate::t2i::{generate, ImageRequest};
 use hbridge_engine::cpu::HostTensor;
 use hbridge_engine::cuda::ceilings::Ceilings;
 use hbridge_engine::device::Device;
-use hbridge_graph::build::{self, names, positions, GenStepSpec, UndPrefillSpec};
+use hbridge_graph::build::{self, names, positions, GenPart, GenStepSpec, UndPrefillSpec};
 use hbridge_graph::cost::{cost, Cost};
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -295,26 +295,45 @@ pub fn run(
         let p = model.profile_gen_step(&x, 0.5, &mut resident[0])?;
         profiles.push(StepProfile::new("gen_step_cond", &p));
     }
-    let uncond_graph = build::gen_step_with_refs(
-        config,
-        &GenStepSpec {
-            context_len: short.len(),
-            ..gen_spec
-        },
-        &[],
-    )?;
-    let flops = cost(&gen_graph, 2).flops()
-        + if branches == 2 {
-            cost(&uncond_graph, 2).flops()
-        } else {
-            0.0
-        };
+    // The work the step ran: with two branches on the hbridge topology, the shared prefix once and
+    // each branch's suffix (see `Model::gen_step_branches`).
+    let part = |context_len: usize, part: GenPart| {
+        build::gen_step_part(
+            config,
+            &GenStepSpec {
+                context_len,
+                ..gen_spec.clone()
+            },
+            &[],
+            part,
+        )
+        .map(|g| cost(&g, 2).flops())
+    };
+    let shared = branches == 2 && !model.is_omnigen2();
+    let flops = if shared {
+        part(opts.prompt_len, GenPart::Prefix)?
+            + part(opts.prompt_len, GenPart::Suffix)?
+            + part(short.len(), GenPart::Suffix)?
+    } else {
+        cost(&gen_graph, 2).flops()
+            + if branches == 2 {
+                part(short.len(), GenPart::Whole)?
+            } else {
+                0.0
+            }
+    };
     let rate = flops / step;
     let mut note = format!(
         "cond context {} tokens, uncond {}; host wall time incl. transfers; median of {runs}",
         opts.prompt_len,
         short.len()
     );
+    if shared {
+        note += &format!(
+            "; the branches share the first {} gen layers (run once)",
+            build::prefix_layers(config)
+        );
+    }
     if let Some(t) = model.time_gen_step(&x, 0.5, &cond, runs.max(3))? {
         note += &format!(
             "; cond branch device time: eager {:.2} ms, CUDA graph replay {:.2} ms ({} nodes)",

@@ -4,7 +4,7 @@
 use crate::backend::{Backend, States};
 use hbridge_engine::cpu::{EngineError, HostTensor};
 use hbridge_engine::device::Device;
-use hbridge_graph::build::{self, names, positions, GenStepSpec, UndPrefillSpec};
+use hbridge_graph::build::{self, names, positions, GenPart, GenStepSpec, UndPrefillSpec};
 use hbridge_graph::plan::{plan_memory, MemoryPlan};
 use hbridge_graph::{Graph, GraphError};
 use hbridge_loader::{Checkpoint, LoadError};
@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod branches;
 mod profile;
 mod resident;
 mod state_bytes;
@@ -406,7 +407,11 @@ impl Model {
         refs: &[HostTensor],
         trace: bool,
     ) -> Result<Outputs, RunError> {
-        let (prepared, inputs) = self.gen_step_inputs(x, t, ctx, refs, trace, false)?;
+        let kind = StepGraph {
+            trace,
+            ..StepGraph::HOST
+        };
+        let (prepared, inputs) = self.gen_step_inputs(x, t, ctx, refs, kind)?;
         self.backend.execute(
             &prepared.0,
             &prepared.1,
@@ -424,7 +429,7 @@ impl Model {
         ctx: &UndContext,
         iters: usize,
     ) -> Result<Option<hbridge_engine::cuda::ReplayTiming>, RunError> {
-        let (prepared, inputs) = self.gen_step_inputs(x, t, ctx, &[], false, false)?;
+        let (prepared, inputs) = self.gen_step_inputs(x, t, ctx, &[], StepGraph::HOST)?;
         self.backend
             .time_replay_vs_eager(&prepared.0, &prepared.1, &inputs, iters)
     }
@@ -435,10 +440,12 @@ impl Model {
         &self,
         spec: &GenStepSpec,
         ref_shapes: &[[usize; 3]],
+        part: GenPart,
     ) -> Result<Arc<(Graph, MemoryPlan)>, RunError> {
-        self.prepared(format!("gen_step {spec:?} refs {ref_shapes:?}"), || {
-            build::gen_step_with_refs(&self.checkpoint.config, spec, ref_shapes)
-        })
+        self.prepared(
+            format!("gen_step {part:?} {spec:?} refs {ref_shapes:?}"),
+            || build::gen_step_part(&self.checkpoint.config, spec, ref_shapes, part),
+        )
     }
 
     /// The built gen step graph (cached by request shape) and its inputs.
@@ -448,9 +455,13 @@ impl Model {
         t: f32,
         ctx: &UndContext,
         refs: &[HostTensor],
-        trace: bool,
-        resident: bool,
+        kind: StepGraph,
     ) -> Result<(Arc<(Graph, MemoryPlan)>, Outputs), RunError> {
+        let StepGraph {
+            trace,
+            resident,
+            part,
+        } = kind;
         let config = &self.checkpoint.config;
         let [c, h, w] = match x.shape.as_slice() {
             [c, h, w] => [*c, *h, *w],
@@ -468,7 +479,7 @@ impl Model {
             und_kv_states: resident && !self.is_omnigen2(),
         };
         let ref_shapes = ref_shapes(refs)?;
-        let prepared = self.gen_step_graph(&spec, &ref_shapes)?;
+        let prepared = self.gen_step_graph(&spec, &ref_shapes, part)?;
         let p = config.gen.patch_size;
         // Patch grids of the images in sequence order: the references, then the noisy latent.
         let grids: Vec<(usize, usize)> = ref_shapes
@@ -585,6 +596,31 @@ impl Model {
 }
 
 /// Adds the `und.cache_len` input: a graph over a K/V cache writes its rows from `row` on.
+/// Which gen step graph [`Model::gen_step_inputs`] prepares.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepGraph {
+    /// `gen.hs.{i}` outputs.
+    pub trace: bool,
+    /// The und K/V as states (a [`ResidentContext`]'s) instead of inputs.
+    pub resident: bool,
+    pub part: GenPart,
+}
+
+impl StepGraph {
+    /// The whole untraced step, K/V as inputs.
+    pub const HOST: StepGraph = StepGraph {
+        trace: false,
+        resident: false,
+        part: GenPart::Whole,
+    };
+    /// The whole untraced step over resident K/V.
+    pub const RESIDENT: StepGraph = StepGraph {
+        trace: false,
+        resident: true,
+        part: GenPart::Whole,
+    };
+}
+
 fn insert_cache_len(inputs: &mut Outputs, row: usize) -> Result<(), RunError> {
     let row = i32::try_from(row)
         .map_err(|_| RunError::Request(format!("cache row {row} is out of range")))?;

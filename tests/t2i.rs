@@ -286,9 +286,10 @@ fn cli_device_selection_falls_back_without_panicking() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// On CUDA, a gen step over resident K/V (state tensors written once per request) gives the bits of
-/// the gen step fed the same K/V as inputs, replay after replay, and agrees with the CPU backend within
-/// DESIGN.md 8's bf16 tolerance. Skips (and says so) without a GPU; fails then with
+/// On CUDA, gen steps over resident K/V (state tensors written once per request) give the bits of
+/// the gen step fed the same K/V as inputs, replay after replay, and agree with the CPU backend within
+/// DESIGN.md 8's bf16 tolerance. Two guidance branches, so the shared prefix (run once, its sequence
+/// copied on the device into the other branch's states) is checked too. Skips (and says so) without a GPU; fails then with
 /// HBRIDGE_REQUIRE_GPU=1.
 #[test]
 fn resident_gen_steps_on_cuda_equal_input_ones() {
@@ -308,21 +309,36 @@ fn resident_gen_steps_on_cuda_equal_input_ones() {
     let vocab = c.und.vocab_size as i32;
     let ids: Vec<i32> = (0..13).map(|i| (i * 11 + 2) % vocab).collect();
     let pos = hbridge_graph::build::positions::text_positions(ids.len());
-    // One host context for both backends, so only the gen step differs.
-    let ctx = cpu.und_context(&ids, pos).unwrap();
+    // One host context per branch for both backends, so only the gen step differs.
+    let cond = cpu.und_context(&ids, pos).unwrap();
+    let uncond = cpu
+        .und_context(
+            &ids[..4],
+            hbridge_graph::build::positions::text_positions(4),
+        )
+        .unwrap();
     let shape = vec![c.vae.latent_channels, 8, 8];
     let n: usize = shape.iter().product();
     let x = HostTensor::f32(shape, (0..n).map(|i| (i as f32 * 0.11).cos()).collect());
-    let mut branches = vec![gpu.resident_context(&ctx).unwrap()];
+    let mut branches = vec![
+        gpu.resident_context(&cond).unwrap(),
+        gpu.resident_context(&uncond).unwrap(),
+    ];
     for t in [0.8, 0.5, 0.2] {
         let resident = gpu.gen_step_branches(&x, t, &mut branches).unwrap();
-        let inputs = gpu.gen_step(&x, t, &ctx, false).unwrap();
-        let host = cpu.gen_step(&x, t, &ctx, false).unwrap();
-        let v = |o: &hbridge::model::Outputs| o["gen.velocity"].as_f32().unwrap().to_vec();
-        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
-        assert_eq!(bits(v(&resident[0])), bits(v(&inputs)), "t = {t}");
-        let e = rel_l2(&v(&resident[0]), &v(&host));
-        println!("t = {t}: resident gen step vs CPU rel L2 {e:.2e}");
-        assert!(e <= 2e-2, "t = {t}: rel L2 {e} against the CPU");
+        for (b, ctx) in [&cond, &uncond].into_iter().enumerate() {
+            let inputs = gpu.gen_step(&x, t, ctx, false).unwrap();
+            let host = cpu.gen_step(&x, t, ctx, false).unwrap();
+            let v = |o: &hbridge::model::Outputs| o["gen.velocity"].as_f32().unwrap().to_vec();
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            assert_eq!(
+                bits(v(&resident[b])),
+                bits(v(&inputs)),
+                "t = {t}, branch {b}"
+            );
+            let e = rel_l2(&v(&resident[b]), &v(&host));
+            println!("t = {t}, branch {b}: resident gen step vs CPU rel L2 {e:.2e}");
+            assert!(e <= 2e-2, "t = {t}, branch {b}: rel L2 {e} against the CPU");
+        }
     }
 }

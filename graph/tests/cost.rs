@@ -1,5 +1,7 @@
 //! The work count a benchmark divides by: checked against the parameter count of a real graph.
 
+mod common;
+
 use hbridge_graph::build::{
     gen_step, und_decode_step, und_prefill, vae_decode, GenStepSpec, UndPrefillSpec,
 };
@@ -8,14 +10,9 @@ use hbridge_graph::node_cost::{node_costs, state_write_bytes};
 use hbridge_graph::{Graph, Source};
 use hbridge_loader::config::ModelConfig;
 use hbridge_loader::UndNames;
-use std::path::Path;
 
 fn config(fixture: &str) -> ModelConfig {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(fixture)
-        .join("model");
-    ModelConfig::read(&root).expect("the fixture's configs")
+    common::fixture_config(fixture)
 }
 
 fn tiny_config() -> ModelConfig {

@@ -12,7 +12,6 @@ use hbridge_graph::plan::{peak_live_elements, plan_memory, total_activation_elem
 use hbridge_graph::{DataType, Graph, Op};
 use hbridge_loader::config::ModelConfig;
 use hbridge_loader::{Part, UndNames};
-use std::path::Path;
 
 /// Plans `g`, checks the plan, and returns (arena, peak, total).
 fn planned(what: &str, g: &Graph) -> (usize, usize, usize) {
@@ -97,8 +96,7 @@ fn a_chain_of_layers_reuses_memory() {
 }
 
 fn tiny_config() -> ModelConfig {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/model");
-    ModelConfig::read(&root).expect("the tiny fixture's configs")
+    common::fixture_config("tiny")
 }
 
 fn und_layers(g: &Graph) -> Vec<usize> {

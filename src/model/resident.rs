@@ -3,18 +3,17 @@
 //! steps reads them in place instead of receiving them as inputs (a host conversion and upload of
 //! every bridged layer's K/V per step and branch).
 
-use super::{Model, Outputs, RunError, UndContext};
+use super::{Model, Outputs, RunError, StepGraph, UndContext};
 use crate::backend::States;
 use hbridge_engine::cpu::HostTensor;
-use hbridge_engine::device::Device;
 use hbridge_graph::build::names;
 use std::sync::atomic::Ordering;
 
 /// One guidance branch's context with its K/V resident on the model's backend (see
 /// [`Model::resident_context`]).
 pub struct ResidentContext<'a> {
-    ctx: &'a UndContext,
-    states: States,
+    pub(super) ctx: &'a UndContext,
+    pub(super) states: States,
 }
 
 impl ResidentContext<'_> {
@@ -64,7 +63,23 @@ impl Model {
         refs: &[HostTensor],
         trace: bool,
     ) -> Result<Outputs, RunError> {
-        let (prepared, inputs) = self.gen_step_inputs(x, t, branch.ctx, refs, trace, true)?;
+        let kind = StepGraph {
+            trace,
+            ..StepGraph::RESIDENT
+        };
+        self.gen_step_resident_part(x, t, branch, refs, kind)
+    }
+
+    /// The gen step graph `kind` of one branch over its resident context.
+    pub(super) fn gen_step_resident_part(
+        &self,
+        x: &HostTensor,
+        t: f32,
+        branch: &mut ResidentContext<'_>,
+        refs: &[HostTensor],
+        kind: StepGraph,
+    ) -> Result<Outputs, RunError> {
+        let (prepared, inputs) = self.gen_step_inputs(x, t, branch.ctx, refs, kind)?;
         let replay = self.cuda_graphs.load(Ordering::Relaxed);
         self.backend.execute_with_states(
             &prepared.0,
@@ -83,31 +98,9 @@ impl Model {
         t: f32,
         branch: &mut ResidentContext<'_>,
     ) -> Result<super::GraphProfile, RunError> {
-        let (prepared, inputs) = self.gen_step_inputs(x, t, branch.ctx, &[], false, true)?;
+        let (prepared, inputs) =
+            self.gen_step_inputs(x, t, branch.ctx, &[], StepGraph::RESIDENT)?;
         self.profile_graph(&prepared.0, &prepared.1, &inputs, &mut branch.states)
-    }
-
-    /// Untraced gen steps of several guidance branches at the same latent and time, outputs in order.
-    /// On the CPU the branches run side by side: at gen-step sizes one op split over all cores
-    /// synchronizes more than whole branches on their own cores do. On CUDA they run one after the
-    /// other (one stream, each step a replayed graph).
-    pub fn gen_step_branches(
-        &self,
-        x: &HostTensor,
-        t: f32,
-        branches: &mut [ResidentContext<'_>],
-    ) -> Result<Vec<Outputs>, RunError> {
-        use rayon::prelude::*;
-        match self.device() {
-            Device::Cpu => branches
-                .par_iter_mut()
-                .map(|b| self.gen_step_resident(x, t, b))
-                .collect(),
-            Device::Cuda => branches
-                .iter_mut()
-                .map(|b| self.gen_step_resident(x, t, b))
-                .collect(),
-        }
     }
 }
 

@@ -8,7 +8,7 @@
 
 use super::{Model, RunError};
 use hbridge_engine::device::Device;
-use hbridge_graph::build::{self, GenStepSpec, UndPrefillSpec};
+use hbridge_graph::build::{self, names, GenPart, GenStepSpec, UndPrefillSpec};
 use hbridge_graph::plan::plan_memory;
 use hbridge_graph::Graph;
 
@@ -62,7 +62,7 @@ impl Model {
 
     /// An image request of `width` x `height` whose guidance branches have und contexts of
     /// `context_lens` tokens, with reference latents of `ref_shapes` (`[C, h, w]`, editing): the contexts
-    /// plus the largest of the context prefill's, the gen step's and the VAE decoder's arenas.
+    /// (and the shared gen prefix each branch holds) plus the largest of the context prefill's, the gen step's and the VAE decoder's arenas.
     pub fn image_state_bytes(
         &self,
         width: usize,
@@ -87,14 +87,25 @@ impl Model {
             srt: true,
             und_kv_states: false,
         };
-        let gen_step = self.gen_step_graph(&spec, ref_shapes)?;
+        let gen_step = self.gen_step_graph(&spec, ref_shapes, GenPart::Whole)?;
         let gen_arena = gen_step.1.arena_len as u64 * self.activation_elem_bytes();
+        // Several branches share a prefix: each holds the sequence it ends with (`gen.prefix`).
+        let prefix = if context_lens.len() > 1 && !self.is_omnigen2() {
+            let (g, hid) = (&gen_step.0, config.gen.hidden_size);
+            let rows = g
+                .inputs()
+                .find(|(_, name)| *name == names::GEN_POSITIONS)
+                .map_or(0, |(id, _)| g.tensor(id).shape[0]);
+            context_lens.len() as u64 * (rows * hid) as u64 * self.activation_elem_bytes()
+        } else {
+            0
+        };
         let vae = self.arena_bytes(&build::vae_decode(&config.vae, (lh, lw))?);
         let mut largest = self.arena_bytes(&prefill).max(gen_arena).max(vae);
         for r in ref_shapes {
             let encode = build::vae_encode(&config.vae, (r[1] * f, r[2] * f))?;
             largest = largest.max(self.arena_bytes(&encode));
         }
-        Ok(contexts + largest)
+        Ok(contexts + prefix + largest)
     }
 }

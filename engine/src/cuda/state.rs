@@ -112,6 +112,34 @@ impl CudaStates {
         Ok(())
     }
 
+    /// Makes state `name` here a copy of `from`'s (allocated or reshaped as needed): a stream-ordered
+    /// device-to-device copy, so work launched after it reads the copy.
+    pub fn copy_from(
+        &mut self,
+        gpu: &Gpu,
+        from: &CudaStates,
+        name: &str,
+    ) -> Result<(), EngineError> {
+        let src = from.buffer(name)?;
+        if self.shape(name) != Some(src.shape.as_slice()) {
+            self.alloc(gpu, name, &src.shape)?;
+        }
+        let n: usize = src.shape.iter().product();
+        if n == 0 {
+            return Ok(());
+        }
+        let dst = self.buffer(name)?;
+        let (d, s) = (
+            dev_ptr(&dst.data, gpu.stream()),
+            dev_ptr(&src.data, gpu.stream()),
+        );
+        // SAFETY: both buffers hold `n` bf16 values (same shape, checked above) and are distinct
+        // allocations (two states objects never share one).
+        unsafe { result::memcpy_dtod_async(d.0, s.0, n * 2, gpu.stream().cu_stream()) }
+            .map_err(|e| CudaError::driver(format!("copying state `{name}`"), e))?;
+        Ok(())
+    }
+
     /// State `name` as f32 on the host (synchronizes).
     pub fn read(&self, gpu: &Gpu, name: &str) -> Result<HostTensor, EngineError> {
         let b = self.buffer(name)?;

@@ -12,7 +12,7 @@ mod vae;
 pub mod vae_encoder;
 pub mod vision;
 
-pub use gen::{gen_step, gen_step_with_refs, GenStepSpec};
+pub use gen::{gen_step, gen_step_part, gen_step_with_refs, prefix_layers, GenPart, GenStepSpec};
 pub use gen_omnigen2::{
     gen_step_omnigen2, gen_step_omnigen2_with_refs, GEN_CAPTION, GEN_POSITIONS_CAPTION,
 };
@@ -30,6 +30,11 @@ pub mod names {
     pub const GEN_T: &str = "gen.t";
     pub const GEN_POSITIONS: &str = "gen.positions";
     pub const SHARED_POSITIONS: &str = "gen.shared_positions";
+    /// State `[N, hidden]`: the gen sequence after the layers every guidance branch shares (see
+    /// `GenPart::Prefix`).
+    pub const GEN_PREFIX: &str = "gen.prefix";
+    /// I32 `[1]`, always 0: the row a prefix graph writes `GEN_PREFIX` from.
+    pub const GEN_PREFIX_ROW: &str = "gen.prefix.row";
     pub const VAE_LATENT: &str = "vae.latent";
 
     pub fn und_k(layer: usize) -> String {

@@ -1,5 +1,5 @@
-//! Shared by the graph tests: a random DAG builder, an independent liveness oracle, plan and graph
-//! validity checks, and a structural hash of what an output computes.
+//! Shared by the graph tests: the fixtures' model configs, a random DAG builder, an independent liveness
+//! oracle, plan and graph validity checks, and a structural hash of what an output computes.
 #![allow(dead_code)]
 
 use hbridge_graph::plan::{self, MemoryPlan, ALIGN};
@@ -8,6 +8,16 @@ use hbridge_graph::{DataType, Graph, Op, Source, TensorId};
 use hbridge_loader::Part;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+
+/// The model config of fixture `name` (`tests/fixtures/{name}/model`).
+pub fn fixture_config(name: &str) -> hbridge_loader::config::ModelConfig {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+        .join("model");
+    hbridge_loader::config::ModelConfig::read(&root)
+        .unwrap_or_else(|e| panic!("the {name} fixture's configs: {e}"))
+}
 
 /// One construction step of a random graph; the numbers pick the op, its operands and its parameters.
 pub type Step = (u8, u32, u32, u32);
