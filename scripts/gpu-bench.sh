@@ -34,6 +34,12 @@ echo "== hbridge bench hbridge-7b4b (cuda)"
 echo "== hbridge bench hbridge-7b4b (cuda, HBRIDGE_ATTENTION=sm90 HBRIDGE_GEMV=1)"
 HBRIDGE_ATTENTION=sm90 HBRIDGE_GEMV=1 "$bin" --device cuda bench "$model" --steps 5 --profile \
   --json "$logs/bench-7b4b-sm90-gemv.json" "$@" 2>&1 | tee "$logs/bench-7b4b-sm90-gemv.log" | grep -v '^uploading'
+# The gen step with every guidance branch running its whole step (no shared prefix), for the A/B of
+# the prefix the branches share (the default).
+echo "== hbridge bench hbridge-7b4b (cuda, HBRIDGE_SHARED_PREFIX=0)"
+HBRIDGE_SHARED_PREFIX=0 "$bin" --device cuda bench "$model" --steps 2 --runs 3 \
+  --json "$logs/bench-7b4b-no-shared-prefix.json" "$@" 2>&1 | tee "$logs/bench-7b4b-no-shared-prefix.log" \
+  | grep -v '^uploading'
 if [ "$with_torch" = 1 ]; then
   bash "$bundle/run-torch.sh"
 fi

@@ -309,7 +309,7 @@ pub fn run(
         )
         .map(|g| cost(&g, 2).flops())
     };
-    let shared = branches == 2 && !model.is_omnigen2();
+    let shared = model.shares_gen_prefix(branches);
     let flops = if shared {
         part(opts.prompt_len, GenPart::Prefix)?
             + part(opts.prompt_len, GenPart::Suffix)?

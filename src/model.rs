@@ -19,6 +19,7 @@ mod resident;
 mod state_bytes;
 
 pub use crate::backend::ElemBytes;
+pub use branches::SHARED_PREFIX_ENV;
 pub use profile::GraphProfile;
 pub use resident::ResidentContext;
 

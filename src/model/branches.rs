@@ -11,7 +11,17 @@ use hbridge_engine::device::Device;
 use hbridge_graph::build::{names, GenPart};
 use std::sync::atomic::Ordering;
 
+/// `HBRIDGE_SHARED_PREFIX=0` runs every branch's whole step instead (for A/B measurements).
+pub const SHARED_PREFIX_ENV: &str = "HBRIDGE_SHARED_PREFIX";
+
 impl Model {
+    /// Whether [`Model::gen_step_branches`] runs `branches` branches with one shared prefix.
+    pub fn shares_gen_prefix(&self, branches: usize) -> bool {
+        branches > 1
+            && !self.is_omnigen2()
+            && std::env::var(SHARED_PREFIX_ENV).as_deref() != Ok("0")
+    }
+
     /// Untraced gen steps of several guidance branches at the same latent and time, outputs in order.
     /// With two or more branches on the hbridge topology the shared prefix runs once (see the module
     /// documentation); the outputs are those of [`Model::gen_step_resident`] on each branch. On the
@@ -36,7 +46,7 @@ impl Model {
         branches: &mut [ResidentContext<'_>],
         refs: &[HostTensor],
     ) -> Result<Vec<Outputs>, RunError> {
-        let part = if branches.len() > 1 && !self.is_omnigen2() {
+        let part = if self.shares_gen_prefix(branches.len()) {
             self.gen_step_prefix(x, t, branches, refs)?;
             GenPart::Suffix
         } else {
