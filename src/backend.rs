@@ -317,6 +317,47 @@ impl Backend {
         )
     }
 
+    /// [`execute_with_states`](Self::execute_with_states) for several graphs at once (a request's
+    /// guidance branches), outputs in order. On the CPU they run side by side on the rayon pool under
+    /// one read of the weights: a job never locks the weights inside another's rayon task, where a
+    /// writer queued in between (another request loading weights) would deadlock it. On CUDA they run
+    /// one after the other on the stream.
+    pub fn execute_each_with_states(
+        &self,
+        jobs: Vec<StatesJob<'_>>,
+        replay: bool,
+    ) -> Result<Vec<Outputs>, RunError> {
+        match self {
+            Backend::Cpu { weights, executors } => {
+                use rayon::prelude::*;
+                let mut maps = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    match job.states {
+                        States::Cpu(map) => maps.push((job.graph, job.plan, job.inputs, map)),
+                        States::Cuda(_) => return Err(mismatch()),
+                    }
+                }
+                let w = weights.read().unwrap_or_else(|e| e.into_inner());
+                maps.into_par_iter()
+                    .map(|(graph, plan, inputs, map)| {
+                        let pooled = executors.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                        let mut exec = pooled.unwrap_or_default();
+                        let out = exec.run_with_states(graph, plan, &w, inputs, map);
+                        executors
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(exec);
+                        Ok(out?)
+                    })
+                    .collect()
+            }
+            Backend::Cuda { .. } => jobs
+                .into_iter()
+                .map(|j| self.execute_with_states(j.graph, j.plan, j.inputs, j.states, replay))
+                .collect(),
+        }
+    }
+
     /// Runs `cpu` or `cuda` (whichever this backend is) with a pooled executor, the weights and the
     /// matching request states; states made for the other backend are an error.
     fn with_executor<T>(
@@ -353,6 +394,14 @@ impl Backend {
             _ => Err(mismatch()),
         }
     }
+}
+
+/// One graph run of [`Backend::execute_each_with_states`].
+pub struct StatesJob<'a> {
+    pub graph: &'a Graph,
+    pub plan: &'a MemoryPlan,
+    pub inputs: &'a Outputs,
+    pub states: &'a mut States,
 }
 
 /// Tensors a request keeps on its model's backend across graph runs (a chat's und K/V cache), made by

@@ -234,6 +234,28 @@ fn three_branches_at_one_step() {
         assert_eq!(tokens.shape, f.outputs[&name].shape, "{name}");
         check(&name, tokens.as_f32().unwrap(), &f.outputs[&name]);
     }
+    // Untraced, c and r share their gen prefix (run once): the same bits as the traced whole steps.
+    let shared = edit::step_velocity(
+        &f.model,
+        &f.inputs["step.x"],
+        t,
+        &branches,
+        &fixture_refs(f),
+        guidance(f),
+        false,
+    )
+    .unwrap();
+    assert!(f.model.shares_gen_prefix(2), "the edit fixture is bridged");
+    let same = |a: &[f32], b: &[f32]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    };
+    let refonly = |s: &edit::StepVelocities| s.refonly.clone().unwrap_or_default();
+    assert!(same(&shared.cond, &v.cond), "cond over the shared prefix");
+    assert!(
+        same(&refonly(&shared), &refonly(&v)),
+        "refonly over the shared prefix"
+    );
+    assert!(same(&shared.guided, &v.guided), "the guided velocity");
     // The references matter: dropping one changes the cond branch well beyond the tolerance.
     let one = edit::step_velocity(
         &f.model,

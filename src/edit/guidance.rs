@@ -68,7 +68,12 @@ fn velocity(
     refs: &[HostTensor],
     trace: bool,
 ) -> Result<(Vec<f32>, crate::model::Outputs), RunError> {
-    let mut out = model.gen_step_resident_with_refs(x, t, branch, refs, trace)?;
+    take_velocity(model.gen_step_resident_with_refs(x, t, branch, refs, trace)?)
+}
+
+fn take_velocity(
+    mut out: crate::model::Outputs,
+) -> Result<(Vec<f32>, crate::model::Outputs), RunError> {
     let v = out
         .remove("gen.velocity")
         .and_then(HostTensor::into_f32)
@@ -85,8 +90,9 @@ fn missing(branch: &str) -> RunError {
 /// The branches a guidance setting needs, made resident on the backend (see
 /// [`Model::resident_context`]).
 struct Resident<'a> {
-    cond: ResidentContext<'a>,
-    refonly: Option<ResidentContext<'a>>,
+    /// c, then r when it runs: the branches with the references in their gen sequence, which share
+    /// the gen step's prefix (see [`Model::gen_step_branches_with_refs`]).
+    with_refs: Vec<ResidentContext<'a>>,
     uncond: Option<ResidentContext<'a>>,
 }
 
@@ -114,9 +120,12 @@ impl<'a> Resident<'a> {
             ),
             false => None,
         };
+        let with_refs = std::iter::once(&branches.cond)
+            .chain(refonly)
+            .map(|c| model.resident_context(c))
+            .collect::<Result<_, _>>()?;
         Ok(Resident {
-            cond: model.resident_context(&branches.cond)?,
-            refonly: refonly.map(|c| model.resident_context(c)).transpose()?,
+            with_refs,
             uncond: uncond.map(|c| model.resident_context(c)).transpose()?,
         })
     }
@@ -145,14 +154,34 @@ fn resident_step(
     guidance: EditGuidance,
     trace: bool,
 ) -> Result<StepVelocities, RunError> {
-    let (cond, mut traced) = velocity(model, x, t, &mut branches.cond, refs, trace)?;
+    let (cond, refonly, mut traced) = match branches.with_refs.as_mut_slice() {
+        // Untraced c and r: one shared prefix, then each branch's suffix.
+        [_, _] if !trace => {
+            let mut outs = model
+                .gen_step_branches_with_refs(x, t, &mut branches.with_refs, refs)?
+                .into_iter()
+                .map(take_velocity);
+            let mut next = || {
+                outs.next().unwrap_or_else(|| {
+                    Err(RunError::Request("a guidance branch is missing".into()))
+                })
+            };
+            let (c, r) = (next()?.0, next()?.0);
+            (c, Some(r), crate::model::Outputs::new())
+        }
+        [c, rest @ ..] => {
+            let (cond, traced) = velocity(model, x, t, c, refs, trace)?;
+            let refonly = match rest.first_mut() {
+                Some(b) => Some(velocity(model, x, t, b, refs, false)?.0),
+                None => None,
+            };
+            (cond, refonly, traced)
+        }
+        [] => return Err(missing("conditional")),
+    };
     let ref_tokens = (0..refs.len())
         .filter_map(|j| traced.remove(&hbridge_graph::build::gen_refs::ref_tokens_output(j)))
         .collect();
-    let refonly = match &mut branches.refonly {
-        Some(b) => Some(velocity(model, x, t, b, refs, false)?.0),
-        None => None,
-    };
     let uncond = match &mut branches.uncond {
         Some(b) => Some(velocity(model, x, t, b, &[], false)?.0),
         None => None,

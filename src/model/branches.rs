@@ -6,8 +6,8 @@
 //! fifth of a branch's work, a tenth of a two-branch step.
 
 use super::{Model, Outputs, ResidentContext, RunError, StepGraph};
+use crate::backend::StatesJob;
 use hbridge_engine::cpu::HostTensor;
-use hbridge_engine::device::Device;
 use hbridge_graph::build::{names, GenPart};
 use std::sync::atomic::Ordering;
 
@@ -56,14 +56,23 @@ impl Model {
             part,
             ..StepGraph::RESIDENT
         };
-        let run = |b: &mut ResidentContext<'_>| self.gen_step_resident_part(x, t, b, refs, kind);
-        match self.device() {
-            Device::Cpu => {
-                use rayon::prelude::*;
-                branches.par_iter_mut().map(run).collect()
-            }
-            Device::Cuda => branches.iter_mut().map(run).collect(),
-        }
+        // Every graph is built (and its weights loaded) before any runs.
+        let prepared = branches
+            .iter()
+            .map(|b| self.gen_step_inputs(x, t, b.ctx, refs, kind))
+            .collect::<Result<Vec<_>, _>>()?;
+        let jobs = prepared
+            .iter()
+            .zip(branches.iter_mut())
+            .map(|((p, inputs), b)| StatesJob {
+                graph: &p.0,
+                plan: &p.1,
+                inputs,
+                states: &mut b.states,
+            })
+            .collect();
+        let replay = self.cuda_graphs.load(Ordering::Relaxed);
+        self.backend.execute_each_with_states(jobs, replay)
     }
 
     /// Runs the shared prefix over the first branch's context (the prefix reads none of it) into its

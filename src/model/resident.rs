@@ -67,18 +67,6 @@ impl Model {
             trace,
             ..StepGraph::RESIDENT
         };
-        self.gen_step_resident_part(x, t, branch, refs, kind)
-    }
-
-    /// The gen step graph `kind` of one branch over its resident context.
-    pub(super) fn gen_step_resident_part(
-        &self,
-        x: &HostTensor,
-        t: f32,
-        branch: &mut ResidentContext<'_>,
-        refs: &[HostTensor],
-        kind: StepGraph,
-    ) -> Result<Outputs, RunError> {
         let (prepared, inputs) = self.gen_step_inputs(x, t, branch.ctx, refs, kind)?;
         let replay = self.cuda_graphs.load(Ordering::Relaxed);
         self.backend.execute_with_states(
