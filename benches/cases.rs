@@ -28,6 +28,8 @@ pub enum Op {
         dim: usize,
         modulate: bool,
         residual: bool,
+        /// `x + tanh(gate) * norm` (the gated epilogue the CUDA backend fuses RMSNorm + GateResidual into).
+        gated: bool,
         /// GPU: cap the block-per-row grid at this many blocks (each walks several rows); GPU only.
         row_blocks: Option<usize>,
     },
@@ -99,11 +101,12 @@ impl Op {
                 dim,
                 modulate,
                 residual,
+                gated,
                 ..
             } => {
                 let (r, d) = (rows as u64, dim as u64);
-                let streams = 2 + if residual { 2 } else { 0 };
-                let rows_of_params = 1 + u64::from(modulate);
+                let streams = 2 + if residual { 2 } else { 0 } + u64::from(gated);
+                let rows_of_params = 1 + u64::from(modulate) + u64::from(gated);
                 (Work::Bytes, BF16 * (streams * r * d + rows_of_params * d))
             }
             Op::MRope { n, heads, d } | Op::Interleaved3 { n, heads, d } => (
@@ -190,6 +193,7 @@ pub fn all() -> Vec<Case> {
                 dim: 2520,
                 modulate: true,
                 residual: false,
+                gated: false,
                 row_blocks: Some(blocks),
             },
         });
@@ -290,6 +294,19 @@ fn base() -> Vec<Case> {
                 dim: 2520,
                 modulate: true,
                 residual: false,
+                gated: false,
+                row_blocks: None,
+            },
+        },
+        Case {
+            group: "rmsnorm",
+            name: "gen_gated_residual_4112x2520",
+            op: Op::RmsNorm {
+                rows: gen_tokens,
+                dim: 2520,
+                modulate: false,
+                residual: false,
+                gated: true,
                 row_blocks: None,
             },
         },
@@ -301,6 +318,7 @@ fn base() -> Vec<Case> {
                 dim: 3584,
                 modulate: false,
                 residual: true,
+                gated: false,
                 row_blocks: None,
             },
         },
@@ -312,6 +330,7 @@ fn base() -> Vec<Case> {
                 dim: 120,
                 modulate: false,
                 residual: false,
+                gated: false,
                 row_blocks: None,
             },
         },

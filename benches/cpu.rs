@@ -97,6 +97,7 @@ fn build(op: &Op) -> Built {
             dim,
             modulate,
             residual,
+            gated,
             ..
         } => {
             let mut x = input(&mut b, "x", &[rows, dim]);
@@ -114,9 +115,16 @@ fn build(op: &Op) -> Built {
                     eps: 1e-6,
                 },
             );
-            if modulate {
+            let y = if modulate {
                 let scale = input(&mut b, "scale", &[dim]);
                 push(&mut b, GOp::Modulate { x: y, scale })
+            } else {
+                y
+            };
+            if gated {
+                let x = input(&mut b, "gres", &[rows, dim]);
+                let gate = input(&mut b, "gate", &[dim]);
+                push(&mut b, GOp::GateResidual { x, gate, y })
             } else {
                 y
             }

@@ -155,6 +155,7 @@ impl GpuBench {
                     dim,
                     modulate,
                     residual,
+                    gated,
                     row_blocks,
                 } => {
                     let x = s.bf16(gpu, rows * dim);
@@ -172,6 +173,10 @@ impl GpuBench {
                         residual_out: res_out,
                         weight,
                         scale,
+                        gated: gated.then(|| norm::Gated {
+                            x: s.bf16(gpu, rows * dim),
+                            gate: s.bf16(gpu, dim),
+                        }),
                         out,
                         rows,
                         dim,

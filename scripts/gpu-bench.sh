@@ -40,6 +40,10 @@ echo "== hbridge bench hbridge-7b4b (cuda, HBRIDGE_SHARED_PREFIX=0)"
 HBRIDGE_SHARED_PREFIX=0 "$bin" --device cuda bench "$model" --steps 2 --runs 3 \
   --json "$logs/bench-7b4b-no-shared-prefix.json" "$@" 2>&1 | tee "$logs/bench-7b4b-no-shared-prefix.log" \
   | grep -v '^uploading'
+# Every node launched on its own (no norm + modulation / gated-residual fusion), for its A/B.
+echo "== hbridge bench hbridge-7b4b (cuda, HBRIDGE_FUSE=0)"
+HBRIDGE_FUSE=0 "$bin" --device cuda bench "$model" --steps 2 --runs 3 \
+  --json "$logs/bench-7b4b-no-fuse.json" "$@" 2>&1 | tee "$logs/bench-7b4b-no-fuse.log" | grep -v '^uploading'
 if [ "$with_torch" = 1 ]; then
   bash "$bundle/run-torch.sh"
 fi

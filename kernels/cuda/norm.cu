@@ -1,11 +1,16 @@
 // norm.cu: row norms (RMSNorm with fused residual add and modulation; LayerNorm) and GroupNorm.
 //
 // Row norms, `rownorm_{team,block}_{v8,s}` (mode 0 = RMSNorm, 1 = LayerNorm without affine):
-//   reads  x [rows, dim], optional residual [rows, dim], weight [dim], scale [dim] (bf16);
+//   reads  x [rows, dim], optional residual [rows, dim], weight [dim], scale [dim], and for the gated
+//   epilogue gate [dim] and gres [rows, dim] (bf16);
 //   writes out [rows, dim] and optional residual_out [rows, dim] (bf16).
 //   h = round_bf16(x + residual) (the residual stream is stored in bf16, so the norm sees exactly what
-//   residual_out holds, as an unfused add followed by a norm would); out = (h - mean) * rsqrt(stat + eps)
-//   * weight * (1 + scale), mean = 0 for RMSNorm; statistics in f32.
+//   residual_out holds, as an unfused add followed by a norm would); y = (h - mean) * rsqrt(stat + eps)
+//   * weight * (1 + scale), mean = 0 for RMSNorm; statistics in f32. out = y, or with the gated epilogue
+//   (gres given) out = gres + tanh(gate) * y: the DiT's norm-then-gated-residual in one pass (y is not
+//   rounded to bf16 in between, as the unfused pair would; tanh is the MUFU approximation). Gated: +2 B
+//   read per element; v8 kernels only (compiled out of the scalar ones, where its two extra pointers
+//   made rownorm_block_s spill at its 64-register budget).
 //   - team kernels: 256 threads per block, `team` lanes (a power of two <= 32) per row, 256/team rows per
 //     block, grid-stride over row groups. For the per-head QK-norm (rows = tokens * heads, dim 12..128)
 //     where a block per row would leave most threads idle. Reduction: xor-shuffles within the team.
@@ -16,8 +21,8 @@
 //   Each thread keeps its chunks of the row in registers (at most 4 x 8 or 8/16 x 1 values) from the
 //   statistics to the output, so x and residual are read once: per element 2 B (x) + 2 B (residual)
 //   read, 2 B (out) + 2 B (residual_out) written, weight/scale from L1/L2. Memory-bound.
-//   Aliasing: every element is read and written by one thread, reads first, so out may alias x and
-//   residual_out may alias x or residual.
+//   Aliasing: every element is read and written by one thread, reads first, so out may alias x or gres
+//   and residual_out may alias x or residual.
 //
 // GroupNorm of [C, HW] (bf16, affine weight/bias [C], statistics in f64 from f32 partial sums):
 //   a group is C/G consecutive channels, i.e. one contiguous run of (C/G)*HW elements; at VAE sizes
@@ -34,9 +39,19 @@
 //   every launch on one stream, so two GroupNorms never run at once.
 //
 // History: v1 (this file) replaces the placeholder; register-cached rows, team/block split by dim.
+//   v1.1: the gated epilogue, so the CUDA backend runs RMSNorm + GateResidual as one launch
+//   (engine/src/cuda/fuse.rs).
 
 #define NORM_RMS 0
 #define NORM_LAYER 1
+
+// MUFU tanh (sm_75+), relative error about 2^-11: under half a bf16 ulp of the gated output, and one
+// instruction where the accurate tanhf would be ~20 per element of a memory-bound pass.
+__device__ __forceinline__ float tanh_approx(float v) {
+    float r;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(r) : "f"(v));
+    return r;
+}
 
 // Sum over the `team` lanes (a power of two) containing this lane; every lane of the warp must call it.
 __device__ __forceinline__ float team_sum(float v, int team) {
@@ -45,10 +60,12 @@ __device__ __forceinline__ float team_sum(float v, int team) {
 }
 
 // VEC: elements per chunk (8: 16-byte accesses, 1: scalar); C: chunks a thread caches; BLOCK: a block
-// per row (else a team of `team` lanes per row). The launcher guarantees dim / VEC <= C * threads-per-row.
-template <int VEC, int C, bool BLOCK>
+// per row (else a team of `team` lanes per row); GATED: whether the gated epilogue is compiled in (gate
+// and gres are ignored otherwise). The launcher guarantees dim / VEC <= C * threads-per-row.
+template <int VEC, int C, bool BLOCK, bool GATED>
 __device__ __forceinline__ void rownorm(int mode, const bf16* x, const bf16* res, bf16* res_out, const bf16* w,
-                                        const bf16* s, bf16* out, long long rows, int dim, float eps, int team) {
+                                        const bf16* s, const bf16* gate, const bf16* gres, bf16* out,
+                                        long long rows, int dim, float eps, int team) {
     __shared__ float scratch[32];
     const int per_row = BLOCK ? (int)blockDim.x : team;
     const int lane = BLOCK ? (int)threadIdx.x : (int)(threadIdx.x & (unsigned)(team - 1));
@@ -126,6 +143,13 @@ __device__ __forceinline__ void rownorm(int mode, const bf16* x, const bf16* res
 #pragma unroll
                     for (int j = 0; j < VEC; ++j) y[j] *= 1.0f + sv[j];
                 }
+                if (GATED && gres != nullptr) {
+                    float gv[VEC], rv[VEC];
+                    load_f32<VEC>(gate + col, gv);
+                    load_f32<VEC>(gres + base + col, rv);
+#pragma unroll
+                    for (int j = 0; j < VEC; ++j) y[j] = rv[j] + tanh_approx(gv[j]) * y[j];
+                }
                 store_f32<VEC>(out + base + col, y);
             }
         }
@@ -133,24 +157,24 @@ __device__ __forceinline__ void rownorm(int mode, const bf16* x, const bf16* res
 }
 
 #define ROWNORM_PARAMS                                                                                   \
-    int mode, const bf16 *x, const bf16 *res, bf16 *res_out, const bf16 *w, const bf16 *s, bf16 *out,     \
-        long long rows, int dim, float eps, int team
-#define ROWNORM_ARGS mode, x, res, res_out, w, s, out, rows, dim, eps, team
+    int mode, const bf16 *x, const bf16 *res, bf16 *res_out, const bf16 *w, const bf16 *s,                \
+        const bf16 *gate, const bf16 *gres, bf16 *out, long long rows, int dim, float eps, int team
+#define ROWNORM_ARGS mode, x, res, res_out, w, s, gate, gres, out, rows, dim, eps, team
 
 extern "C" __global__ void __launch_bounds__(256) rownorm_team_v8(ROWNORM_PARAMS) {
-    rownorm<8, 4, false>(ROWNORM_ARGS);
+    rownorm<8, 4, false, true>(ROWNORM_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(256) rownorm_team_s(ROWNORM_PARAMS) {
-    rownorm<1, 8, false>(ROWNORM_ARGS);
+    rownorm<1, 8, false, false>(ROWNORM_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(1024) rownorm_block_v8(ROWNORM_PARAMS) {
-    rownorm<8, 4, true>(ROWNORM_ARGS);
+    rownorm<8, 4, true, true>(ROWNORM_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(1024) rownorm_block_s(ROWNORM_PARAMS) {
-    rownorm<1, 16, true>(ROWNORM_ARGS);
+    rownorm<1, 16, true, false>(ROWNORM_ARGS);
 }
 
 // ---------------------------------------------------------------------------------------------------

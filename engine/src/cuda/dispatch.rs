@@ -6,6 +6,7 @@
 use super::bind::Bindings;
 use super::context::{DevPtr, Gpu};
 use super::error::{CudaError, CudaResult};
+use super::fuse::{self, Launch};
 use super::ops::gemm::{self, GemmArgs, GemmShape, LinearArgs};
 use super::ops::norm::RmsNormArgs;
 use super::ops::{attention, elementwise as ew, layout, norm, rope, timestep};
@@ -40,7 +41,7 @@ pub fn at_node(e: CudaError, label: &str) -> CudaError {
     }
 }
 
-/// Enqueues every node of `graph` in order.
+/// Enqueues every node of `graph` in order, adjacent pairs fused where [`fuse::plan`] says.
 pub fn launch_all(gpu: &Gpu, graph: &Graph, b: &Bindings) -> CudaResult<()> {
     launch_all_marked(gpu, graph, b, &mut |_| Ok(()))
 }
@@ -54,9 +55,14 @@ pub fn launch_all_marked(
     b: &Bindings,
     mark: &mut dyn FnMut(usize) -> CudaResult<()>,
 ) -> CudaResult<()> {
-    for (i, node) in graph.nodes.iter().enumerate() {
+    for ((i, node), fused) in graph.nodes.iter().enumerate().zip(fuse::plan(graph)) {
         mark(i)?;
-        launch(gpu, graph, b, i, node).map_err(|e| at_node(e, &graph.tensor(node.out).label))?;
+        match fused {
+            Launch::Node => launch(gpu, graph, b, i, node),
+            Launch::Skip => Ok(()),
+            _ => fuse::launch_fused(gpu, graph, b, i, fused),
+        }
+        .map_err(|e| at_node(e, &graph.tensor(node.out).label))?;
     }
     mark(graph.nodes.len())?;
     // After every node: no launch above reads a state row these overwrite.
@@ -126,6 +132,7 @@ pub fn launch(gpu: &Gpu, graph: &Graph, b: &Bindings, index: usize, node: &Node)
                 residual_out: None,
                 weight: weight.map(p).transpose()?,
                 scale: None,
+                gated: None,
                 out,
                 rows: numel(*x) / dim,
                 dim: *dim,

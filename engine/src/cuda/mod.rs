@@ -11,6 +11,7 @@ mod context;
 mod dispatch;
 mod error;
 mod exec;
+mod fuse;
 pub mod ops;
 pub mod prepare;
 mod profile;

@@ -1,5 +1,6 @@
-//! GPU tests of kernels/cuda/norm.cu: RMSNorm with every combination of its fused options over the
-//! team-per-row and block-per-row kernels (vector and scalar paths), LayerNorm, GroupNorm.
+//! GPU tests of kernels/cuda/norm.cu: RMSNorm with every combination of its fused options (residual,
+//! modulation, the gated-residual epilogue) over the team-per-row and block-per-row kernels (vector and
+//! scalar paths), LayerNorm, GroupNorm.
 
 use super::common::{self, round_bf16, Rng, BF16_TOL};
 use super::elementwise::{exact, place, poisoned};
@@ -12,44 +13,66 @@ struct Opts {
     residual_out: bool,
     weight: bool,
     scale: bool,
+    /// `out = gres + tanh(gate) * norm` (the fused RMSNorm + GateResidual).
+    gated: bool,
 }
 
-const OPTS: [Opts; 6] = [
+const OPTS: [Opts; 8] = [
     Opts {
         residual: false,
         residual_out: false,
         weight: true,
         scale: false,
+        gated: false,
     },
     Opts {
         residual: true,
         residual_out: true,
         weight: true,
         scale: false,
+        gated: false,
     },
     Opts {
         residual: false,
         residual_out: false,
         weight: true,
         scale: true,
+        gated: false,
     },
     Opts {
         residual: false,
         residual_out: false,
         weight: false,
         scale: false,
+        gated: false,
     },
     Opts {
         residual: true,
         residual_out: false,
         weight: false,
         scale: true,
+        gated: false,
     },
     Opts {
         residual: false,
         residual_out: true,
         weight: true,
         scale: true,
+        gated: false,
+    },
+    Opts {
+        residual: false,
+        residual_out: false,
+        weight: true,
+        scale: false,
+        gated: true,
+    },
+    Opts {
+        residual: true,
+        residual_out: true,
+        weight: false,
+        scale: true,
+        gated: true,
     },
 ];
 
@@ -103,7 +126,11 @@ fn run_rms(
     let res = rng.normal_bf16(n, 1.0);
     let w = rng.normal_bf16(dim, 1.0);
     let s = rng.normal_bf16(dim, 0.5);
+    let gres = rng.normal_bf16(n, 1.0);
+    let gate = rng.normal_bf16(dim, 1.0);
     let px = place(gpu, &x, shift);
+    let pgres = place(gpu, &gres, shift);
+    let pgate = place(gpu, &gate, shift);
     let pres = place(gpu, &res, shift);
     let pw = place(gpu, &w, shift);
     let ps = place(gpu, &s, shift);
@@ -112,7 +139,7 @@ fn run_rms(
     let out_ptr = if in_place { px.ptr } else { out.ptr };
     // In place also writes the residual sum over the residual input, as the executor does.
     let rout_ptr = if in_place { pres.ptr } else { rout.ptr };
-    norm::rmsnorm_with_row_blocks(
+    let launched = norm::rmsnorm_with_row_blocks(
         gpu,
         &RmsNormArgs {
             x: px.ptr,
@@ -120,15 +147,28 @@ fn run_rms(
             residual_out: o.residual_out.then_some(rout_ptr),
             weight: o.weight.then_some(pw.ptr),
             scale: o.scale.then_some(ps.ptr),
+            gated: o.gated.then_some(norm::Gated {
+                x: pgres.ptr,
+                gate: pgate.ptr,
+            }),
             out: out_ptr,
             rows,
             dim,
             eps,
         },
         max_row_blocks,
-    )
-    .unwrap();
-    let (want, h) = rms_ref(
+    );
+    if o.gated && (dim % 8 != 0 || shift != 0) {
+        // The gated epilogue is v8-only: refused, never run on the scalar path (the executor then
+        // runs the pair unfused).
+        assert!(
+            launched.is_err(),
+            "gated dim={dim} shift={shift} must be refused"
+        );
+        return;
+    }
+    launched.unwrap();
+    let (mut want, h) = rms_ref(
         &x,
         o.residual.then_some(&res[..]),
         o.weight.then_some(&w[..]),
@@ -137,6 +177,11 @@ fn run_rms(
         dim,
         eps,
     );
+    if o.gated {
+        for (i, y) in want.iter_mut().enumerate() {
+            *y = gres[i] as f64 + (gate[i % dim] as f64).tanh() * *y;
+        }
+    }
     let case = format!(
         "rmsnorm rows={rows} dim={dim} {o:?} shift={shift} in_place={in_place} max_row_blocks={max_row_blocks}"
     );
@@ -332,6 +377,7 @@ fn launchers_validate() {
         residual_out: None,
         weight: None,
         scale: None,
+        gated: None,
         out: x.ptr,
         rows: 0,
         dim: 64,

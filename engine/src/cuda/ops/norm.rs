@@ -14,6 +14,10 @@ use cudarc::driver::LaunchConfig;
 /// With a residual, `h` is rounded to bf16 before the statistics (it is the bf16 residual stream that
 /// `residual_out` stores), so fused and unfused execution agree. `residual_out` may alias `x` or
 /// `residual`.
+///
+/// With `gated`, `out = gated.x + tanh(gated.gate) * y` where `y` is the norm above (unrounded): the
+/// DiT's norm followed by its gated residual in one pass. `out` may alias `gated.x`. Needs
+/// `dim % 8 == 0` and 16-byte aligned pointers (refused otherwise; see [`gated_fits`]).
 #[derive(Debug, Clone, Copy)]
 pub struct RmsNormArgs {
     pub x: DevPtr,
@@ -21,10 +25,24 @@ pub struct RmsNormArgs {
     pub residual_out: Option<DevPtr>,
     pub weight: Option<DevPtr>,
     pub scale: Option<DevPtr>,
+    pub gated: Option<Gated>,
     pub out: DevPtr,
     pub rows: usize,
     pub dim: usize,
     pub eps: f32,
+}
+
+/// Whether [`rmsnorm`] takes `gated` with these pointers and row length.
+pub fn gated_fits(dim: usize, ptrs: &[DevPtr]) -> bool {
+    dim % 8 == 0 && aligned16(ptrs)
+}
+
+/// The gated-residual epilogue of a row norm: `x` `[rows, dim]` plus `tanh(gate)` (`gate` one row
+/// `[dim]`) times the norm.
+#[derive(Debug, Clone, Copy)]
+pub struct Gated {
+    pub x: DevPtr,
+    pub gate: DevPtr,
 }
 
 /// LayerNorm without affine, optionally modulated: `out = (x - mean) * rsqrt(var + eps) * (1 + scale)`
@@ -57,6 +75,7 @@ struct RowNorm {
     residual_out: Option<DevPtr>,
     weight: Option<DevPtr>,
     scale: Option<DevPtr>,
+    gated: Option<Gated>,
     out: DevPtr,
     rows: usize,
     dim: usize,
@@ -125,13 +144,23 @@ fn rownorm(gpu: &Gpu, op: &'static str, a: &RowNorm, max_row_blocks: usize) -> C
         return Ok(());
     }
     mul(op, a.rows, a.dim)?;
+    let (gate, gres) = (a.gated.map(|g| g.gate), a.gated.map(|g| g.x));
     let mut ptrs = vec![a.x, a.out];
     ptrs.extend(
-        [a.residual, a.residual_out, a.weight, a.scale]
+        [a.residual, a.residual_out, a.weight, a.scale, gate, gres]
             .into_iter()
             .flatten(),
     );
     let vec = a.dim % 8 == 0 && aligned16(&ptrs);
+    if a.gated.is_some() && !vec {
+        return Err(unsupported(
+            op,
+            format!(
+                "the gated epilogue needs dim % 8 == 0 and 16-byte aligned pointers (dim {})",
+                a.dim
+            ),
+        ));
+    }
     let (entry, cfg, team) = rownorm_launch(op, a.rows, a.dim, vec, max_row_blocks)?;
     let ptr = |p: Option<DevPtr>| p.map_or(0u64, |p| p.0);
     let (x, res, res_out, w, s, out) = (
@@ -142,6 +171,7 @@ fn rownorm(gpu: &Gpu, op: &'static str, a: &RowNorm, max_row_blocks: usize) -> C
         ptr(a.scale),
         a.out.0,
     );
+    let (gate, gres) = (ptr(gate), ptr(gres));
     let rows = to_i64(op, "rows", a.rows)?;
     let dim = to_i32(op, "dim", a.dim)?;
     launch!(
@@ -149,7 +179,7 @@ fn rownorm(gpu: &Gpu, op: &'static str, a: &RowNorm, max_row_blocks: usize) -> C
         "norm",
         entry,
         cfg,
-        [&a.mode, &x, &res, &res_out, &w, &s, &out, &rows, &dim, &a.eps, &team]
+        [&a.mode, &x, &res, &res_out, &w, &s, &gate, &gres, &out, &rows, &dim, &a.eps, &team]
     )
 }
 
@@ -175,6 +205,7 @@ pub fn rmsnorm_with_row_blocks(
             residual_out: args.residual_out,
             weight: args.weight,
             scale: args.scale,
+            gated: args.gated,
             out: args.out,
             rows: args.rows,
             dim: args.dim,
@@ -218,6 +249,7 @@ pub fn layernorm_modulated(gpu: &Gpu, args: &LayerNormArgs) -> CudaResult<()> {
             residual_out: None,
             weight: None,
             scale: args.scale,
+            gated: None,
             out: args.out,
             rows: args.rows,
             dim: args.dim,
