@@ -6,7 +6,6 @@ use crate::presets::{PresetConfigs, TINY_TOKENIZER_JSON};
 use hbridge_loader::config::{ModelConfig, CONFIG_FILE, LAYOUT_FILE};
 use hbridge_loader::manifest::{Expected, Manifest, UndNames};
 use hbridge_loader::{BRIDGE_WEIGHTS, GEN_WEIGHTS, UND_WEIGHTS, VAE_WEIGHTS};
-use safetensors::Dtype;
 use std::path::{Path, PathBuf};
 
 /// Storage dtype of written weights.
@@ -46,26 +45,19 @@ impl WeightDType {
         }
     }
 
-    fn encode(self, values: &[f32]) -> (Dtype, Vec<u8>) {
+    /// Encodes each value `next()` yields into `out`, little-endian, until `out` is full.
+    fn encode(self, out: &mut [u8], mut next: impl FnMut() -> f32) {
+        // One loop per dtype: the match stays out of the per-value path.
         match self {
-            WeightDType::F32 => (
-                Dtype::F32,
-                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ),
-            WeightDType::BF16 => (
-                Dtype::BF16,
-                values
-                    .iter()
-                    .flat_map(|v| half::bf16::from_f32(*v).to_bits().to_le_bytes())
-                    .collect(),
-            ),
-            WeightDType::F16 => (
-                Dtype::F16,
-                values
-                    .iter()
-                    .flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes())
-                    .collect(),
-            ),
+            WeightDType::F32 => out
+                .chunks_exact_mut(4)
+                .for_each(|b| b.copy_from_slice(&next().to_le_bytes())),
+            WeightDType::BF16 => out.chunks_exact_mut(2).for_each(|b| {
+                b.copy_from_slice(&half::bf16::from_f32(next()).to_bits().to_le_bytes())
+            }),
+            WeightDType::F16 => out.chunks_exact_mut(2).for_each(|b| {
+                b.copy_from_slice(&half::f16::from_f32(next()).to_bits().to_le_bytes())
+            }),
         }
     }
 }
@@ -96,7 +88,12 @@ pub enum InitError {
 }
 
 /// SplitMix64: a tiny, well-mixed generator, so that weights depend only on the seed and the tensor name.
+/// Its state after `i` draws is `start + i * GAMMA`, so any stretch of a tensor's stream can be made
+/// on its own: the big parts are generated on every core.
+#[derive(Clone, Copy)]
 struct Rng(u64);
+
+const GAMMA: u64 = 0x9e3779b97f4a7c15;
 
 impl Rng {
     fn new(seed: u64, name: &str) -> Self {
@@ -107,8 +104,12 @@ impl Rng {
         }
         Rng(seed ^ h)
     }
+    /// The generator after `n` draws.
+    fn skip(self, n: u64) -> Self {
+        Rng(self.0.wrapping_add(n.wrapping_mul(GAMMA)))
+    }
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
+        self.0 = self.0.wrapping_add(GAMMA);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
@@ -120,30 +121,52 @@ impl Rng {
     }
 }
 
-/// Values for one tensor: norms near 1, biases and embeddings small, matrices scaled by fan-in so that
-/// activations stay O(1) through the layers.
-fn init_values(e: &Expected, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed, &e.name);
-    let shape = e.shape();
-    let n: usize = shape.iter().product();
-    let is_norm = e.name.contains("norm") && e.name.ends_with(".weight") && shape.len() == 1;
-    let is_bias = e.name.ends_with(".bias");
-    let scale = if is_norm {
-        0.1
-    } else if is_bias {
-        0.02
-    } else if e.name.contains("embed_tokens")
-        || e.name == "srt.tokens"
-        || e.name == "image_index_embedding"
-    {
-        0.5
-    } else {
-        let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
-        (3.0 / fan_in as f32).sqrt()
-    };
-    (0..n)
-        .map(|_| if is_norm { 1.0 } else { 0.0 } + scale * rng.symmetric())
-        .collect()
+/// How one tensor's values are drawn: `center + scale * uniform[-1, 1)` from its own stream. Norms near
+/// 1, biases and embeddings small, matrices scaled by fan-in so that activations stay O(1) through the
+/// layers.
+struct Init {
+    rng: Rng,
+    center: f32,
+    scale: f32,
+}
+
+impl Init {
+    fn new(e: &Expected, seed: u64) -> Self {
+        let shape = e.shape();
+        let is_norm = e.name.contains("norm") && e.name.ends_with(".weight") && shape.len() == 1;
+        let is_bias = e.name.ends_with(".bias");
+        let scale = if is_norm {
+            0.1
+        } else if is_bias {
+            0.02
+        } else if e.name.contains("embed_tokens")
+            || e.name == "srt.tokens"
+            || e.name == "image_index_embedding"
+        {
+            0.5
+        } else {
+            let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
+            (3.0 / fan_in as f32).sqrt()
+        };
+        Init {
+            rng: Rng::new(seed, &e.name),
+            center: if is_norm { 1.0 } else { 0.0 },
+            scale,
+        }
+    }
+
+    /// Encodes values `first..` of the stream into `out` (whole values of `dtype`), in parallel stretches.
+    fn fill(&self, first: usize, dtype: WeightDType, out: &mut [u8]) {
+        use rayon::prelude::*;
+        const STRETCH: usize = 1 << 16;
+        let elem = dtype.bytes();
+        out.par_chunks_mut(STRETCH * elem)
+            .enumerate()
+            .for_each(|(i, bytes)| {
+                let mut rng = self.rng.skip((first + i * STRETCH) as u64);
+                dtype.encode(bytes, || self.center + self.scale * rng.symmetric());
+            });
+    }
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), InitError> {
@@ -197,25 +220,46 @@ fn write_tensors(
         .map_err(io)?;
     out.write_all(text.as_bytes()).map_err(io)?;
     let total = offset;
-    let mut written = 0usize;
-    let mut reported = 0usize;
-    for e in expected {
-        let (_, bytes) = dtype.encode(&init_values(e, seed));
-        out.write_all(&bytes).map_err(io)?;
-        written += bytes.len();
-        // Big parts take a while: a line per GB so the user sees progress.
-        if total > 1 << 30 && written - reported >= 1 << 30 {
-            reported = written;
-            eprintln!(
-                "  {}: {:.1} / {:.1} GB",
-                path.display(),
-                written as f64 / 1e9,
-                total as f64 / 1e9
-            );
+    // Pieces of at most 64 MB are generated on every core while the previous one is written, so memory
+    // stays bounded and the disk, not one core's RNG, sets the pace.
+    const PIECE: usize = 64 << 20;
+    let (send, receive) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> std::io::Result<()> {
+            let (mut written, mut reported) = (0usize, 0usize);
+            for piece in receive {
+                out.write_all(&piece)?;
+                written += piece.len();
+                // Big parts take a while: a line per GB so the user sees progress.
+                if total > 1 << 30 && written - reported >= 1 << 30 {
+                    reported = written;
+                    eprintln!(
+                        "  {}: {:.1} / {:.1} GB",
+                        path.display(),
+                        written as f64 / 1e9,
+                        total as f64 / 1e9
+                    );
+                }
+            }
+            out.flush()
+        });
+        'tensors: for e in expected {
+            let init = Init::new(e, seed);
+            let n: usize = e.shape().iter().product();
+            let per_piece = (PIECE / elem).max(1);
+            for first in (0..n).step_by(per_piece) {
+                let mut piece = vec![0u8; (n - first).min(per_piece) * elem];
+                init.fill(first, dtype, &mut piece);
+                // A closed channel means the writer failed; its error is returned below.
+                if send.send(piece).is_err() {
+                    break 'tensors;
+                }
+            }
         }
-    }
-    out.flush().map_err(io)?;
-    Ok(())
+        drop(send);
+        writer.join().expect("the writer thread does not panic")
+    })
+    .map_err(io)
 }
 
 /// Writes the preset's config files and tokenizer under `dir` (created if absent) and returns the manifest
@@ -283,4 +327,33 @@ pub fn write_checkpoint(
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pieces made from any offset equal the one sequential stream, in every dtype: the checkpoint's
+    /// bytes do not depend on how the work was split.
+    #[test]
+    fn pieces_from_any_offset_equal_the_sequential_stream() {
+        let init = Init {
+            rng: Rng::new(7, "w"),
+            center: 0.0,
+            scale: 0.5,
+        };
+        let n = 200_003;
+        for dtype in [WeightDType::F32, WeightDType::BF16, WeightDType::F16] {
+            let elem = dtype.bytes();
+            let mut rng = init.rng;
+            let mut sequential = vec![0u8; n * elem];
+            dtype.encode(&mut sequential, || init.scale * rng.symmetric());
+            let mut pieces = vec![0u8; n * elem];
+            let cut = 70_001;
+            init.fill(0, dtype, &mut pieces[..cut * elem]);
+            init.fill(cut, dtype, &mut pieces[cut * elem..]);
+            assert!(sequential == pieces, "{dtype:?}");
+            assert!(sequential.iter().any(|b| *b != 0));
+        }
+    }
 }
