@@ -7,20 +7,20 @@
 //! With `profile`, the prefill, the decode step and the gen step's cond branch are also profiled node by
 //! node ([`profile`]).
 
-use crate::chat::{ChatPipeline, ChatRequest};
+use crate::chat::ChatPipeline;
 use crate::model::{Model, RunError};
-use crate::noise::{normal_noise, NormalRng};
-use crate::t2i::{generate, ImageRequest};
-use hbridge_engine::cpu::HostTensor;
+use crate::noise::NormalRng;
 use hbridge_engine::cuda::ceilings::Ceilings;
 use hbridge_engine::device::Device;
-use hbridge_graph::build::{self, names, positions, GenPart, GenStepSpec, UndPrefillSpec};
-use hbridge_graph::cost::{cost, Cost};
-use std::ops::ControlFlow;
+use hbridge_graph::build::{self, GenStepSpec, UndPrefillSpec};
+use hbridge_graph::cost::cost;
+use hbridge_graph::Graph;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod gen;
 pub mod profile;
+mod und;
 
 pub use profile::StepProfile;
 
@@ -46,6 +46,46 @@ pub struct BenchOptions {
     /// Also profile one run of the und prefill, the decode step and the gen step's cond branch node by
     /// node (default off).
     pub profile: bool,
+    /// The workloads to run, in their fixed order (default: all). The load and the ceilings always run.
+    pub workloads: Vec<Workload>,
+}
+
+/// One of the timed workloads after the load; `--only` picks among them by [`Workload::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// The und prefill of `prompt_len` tokens into a K/V cache.
+    Prefill,
+    /// Decode throughput after `context` cached tokens, with the step's eager vs replay device time.
+    Decode,
+    /// One gen step with every guidance branch.
+    GenStep,
+    /// A whole text-to-image request (`steps` denoising steps + VAE decode).
+    Image,
+}
+
+impl Workload {
+    /// Every workload, in the order a run takes them.
+    pub const ALL: [Workload; 4] = [
+        Workload::Prefill,
+        Workload::Decode,
+        Workload::GenStep,
+        Workload::Image,
+    ];
+
+    /// The name `--only` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Prefill => "prefill",
+            Workload::Decode => "decode",
+            Workload::GenStep => "gen-step",
+            Workload::Image => "image",
+        }
+    }
+
+    /// The workload called `name`, or `None`.
+    pub fn parse(name: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == name)
+    }
 }
 
 impl Default for BenchOptions {
@@ -60,6 +100,7 @@ impl Default for BenchOptions {
             runs: 5,
             guidance: 4.0,
             profile: false,
+            workloads: Workload::ALL.to_vec(),
         }
     }
 }
@@ -99,28 +140,42 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
-/// `n` reproducible random token ids below `vocab`.
-fn random_ids(rng: &mut NormalRng, n: usize, vocab: usize) -> Vec<i32> {
-    (0..n)
-        .map(|_| (rng.next_u64() % vocab as u64) as i32)
-        .collect()
+/// What every workload reads: the model, its resident graphs, the ceilings of this run, and where the
+/// rows go.
+struct Session<'a> {
+    chat: &'a ChatPipeline,
+    dir: &'a Path,
+    opts: &'a BenchOptions,
+    /// Timed repetitions (at least 1).
+    runs: usize,
+    ceilings: Option<Ceilings>,
+    /// The random prompt of the prefill and of the gen step's cond branch.
+    ids: Vec<i32>,
+    rng: NormalRng,
+    prefill_spec: UndPrefillSpec,
+    prefill_graph: Graph,
+    gen_spec: GenStepSpec,
+    gen_graph: Graph,
+    rows: Vec<BenchRow>,
+    profiles: Vec<StepProfile>,
+    progress: &'a mut dyn FnMut(&str),
 }
 
-/// Runs every workload on the model in `dir`; `progress` receives a line before each one.
+impl Session<'_> {
+    /// `rate` as a fraction of the ceiling `pick` chooses (CUDA only).
+    fn of_ceiling(&self, rate: f64, pick: fn(&Ceilings) -> f64) -> Option<f64> {
+        self.ceilings.as_ref().map(|c| rate / pick(c))
+    }
+}
+
+/// Runs the load, the ceilings and the chosen workloads on the model in `dir`; `progress` receives a
+/// line before each one.
 pub fn run(
     dir: &Path,
     device: Device,
     opts: &BenchOptions,
     mut progress: impl FnMut(&str),
 ) -> Result<BenchReport, RunError> {
-    let runs = opts.runs.max(1);
-    let mut rng = NormalRng::new(0x5eed);
-    let mut rows = Vec::new();
-    let mut profiles = Vec::new();
-    let ceil = |rate: f64, pick: fn(&Ceilings) -> f64, c: &Option<Ceilings>| {
-        c.as_ref().map(|c| rate / pick(c))
-    };
-
     progress("loading the model and making its weights resident");
     let t = Instant::now();
     // One model serves every workload (a chat pipeline owns it), so the weights are resident once and
@@ -128,18 +183,22 @@ pub fn run(
     let chat = ChatPipeline::new(Model::open_on(dir, device)?, None);
     let model = chat.model();
     let config = &model.checkpoint.config;
-    let (u, f) = (&config.und, config.vae.downscale());
-    let latent = [config.vae.latent_channels, opts.height / f, opts.width / f];
+    let latent = [
+        config.vae.latent_channels,
+        opts.height / config.vae.downscale(),
+        opts.width / config.vae.downscale(),
+    ];
     let prefill_spec = UndPrefillSpec {
         len: opts.prompt_len,
-        kv_layers: (0..u.num_layers).collect(),
+        kv_layers: (0..config.und.num_layers).collect(),
         logits: false,
         hidden_states: false,
         final_hidden: model.is_omnigen2(),
         // As a chat prefills: every layer's K/V into a cache that stays on the backend.
         kv_cache: Some(opts.prompt_len),
     };
-    let prefill_graph = build::und_prefill(u, &model.checkpoint.und_names, &prefill_spec)?;
+    let prefill_graph =
+        build::und_prefill(&config.und, &model.checkpoint.und_names, &prefill_spec)?;
     let gen_spec = GenStepSpec {
         latent,
         context_len: opts.prompt_len,
@@ -160,7 +219,25 @@ pub fn run(
 
     progress("measuring the GEMM and copy ceilings");
     let ceilings = model.measure_ceilings()?;
-    rows.push(BenchRow {
+    let mut rng = NormalRng::new(0x5eed);
+    let ids = und::random_ids(&mut rng, opts.prompt_len, config.und.vocab_size);
+    let mut s = Session {
+        chat: &chat,
+        dir,
+        opts,
+        runs: opts.runs.max(1),
+        ceilings,
+        ids,
+        rng,
+        prefill_spec,
+        prefill_graph,
+        gen_spec,
+        gen_graph,
+        rows: Vec::new(),
+        profiles: Vec::new(),
+        progress: &mut progress,
+    };
+    s.rows.push(BenchRow {
         name: "load_s",
         value: load,
         unit: "s",
@@ -171,220 +248,19 @@ pub fn run(
             weight_bytes / 1e9
         ),
     });
-
-    progress(&format!("und prefill, {} tokens", opts.prompt_len));
-    let ids = random_ids(&mut rng, opts.prompt_len, u.vocab_size);
-    let pos = positions::text_positions(opts.prompt_len);
-    let mut cache = model.new_states();
-    for i in 0..u.num_layers {
-        for name in [names::cache_k(i), names::cache_v(i)] {
-            model.alloc_state(&mut cache, &name, &[opts.prompt_len, u.kv_dim()])?;
+    for w in Workload::ALL {
+        if !opts.workloads.contains(&w) {
+            continue;
+        }
+        match w {
+            Workload::Prefill => und::prefill(&mut s)?,
+            Workload::Decode => und::decode(&mut s)?,
+            Workload::GenStep => gen::step(&mut s)?,
+            Workload::Image => gen::image(&mut s)?,
         }
     }
-    let mut times = Vec::new();
-    for i in 0..=runs {
-        let t = Instant::now();
-        model.und_prefill_into(&ids, pos.clone(), &prefill_spec, Some((&mut cache, 0)))?;
-        if i > 0 {
-            times.push(t.elapsed());
-        }
-    }
-    let prefill = median(times).as_secs_f64();
-    if opts.profile {
-        progress("profiling the und prefill");
-        let p =
-            model.profile_und_prefill(&ids, pos.clone(), &prefill_spec, Some((&mut cache, 0)))?;
-        profiles.push(StepProfile::new("und_prefill", &p));
-    }
-    let c: Cost = cost(&prefill_graph, 2);
-    let rate = c.flops() / prefill;
-    rows.push(BenchRow {
-        name: "und_prefill_ms",
-        value: prefill * 1e3,
-        unit: "ms",
-        achieved: Some((rate / 1e12, "TFLOP/s")),
-        of_ceiling: ceil(rate, |c| c.gemm_flops_per_s, &ceilings),
-        note: format!(
-            "K/V of all {} layers into a K/V cache on the backend, no logits; median of {runs}",
-            u.num_layers
-        ),
-    });
 
-    progress(&format!(
-        "und decode, {} tokens after a {}-token context",
-        opts.decode_tokens, opts.context
-    ));
-    let prompt: Vec<u32> = random_ids(&mut rng, opts.context.max(1), u.vocab_size)
-        .into_iter()
-        .map(|i| i as u32)
-        .collect();
-    let req = ChatRequest::new()
-        .max_tokens(opts.decode_tokens.max(2))
-        .no_stop();
-    let answer = chat
-        .generate_from_ids(&prompt, &req, |_, _| std::ops::ControlFlow::Continue(()))
-        .map_err(|e| RunError::Request(e.to_string()))?;
-    let tps = answer.timings.decode_tokens_per_s();
-    let decode_graph = build::und_decode_step(u, &model.checkpoint.und_names, opts.context)?;
-    let step_bytes = cost(&decode_graph, 2).weight_bytes
-        + (opts.context * u.num_kv_heads * u.head_dim * 2 * 2 * u.num_layers) as f64;
-    let rate = step_bytes * tps;
-    let mut note = format!(
-        "batch 1; {} steps; weights + K/V read per token {:.2} GB (bandwidth % against the copy ceiling's read half)",
-        answer.timings.decode_steps,
-        step_bytes / 1e9
-    );
-    if let Some(t) = crate::chat::time_decode_step(model, opts.context, runs.max(3) * 4)? {
-        note += &format!(
-            "; step device time at {} cached tokens: eager {:.3} ms, CUDA graph replay {:.3} ms ({} nodes)",
-            opts.context,
-            t.eager_median_ms(),
-            t.replay_median_ms(),
-            t.nodes
-        );
-    }
-    if opts.profile {
-        progress("profiling the und decode step");
-        let p = crate::chat::profile_decode_step(model, opts.context)?;
-        profiles.push(StepProfile::new("und_decode_step", &p));
-    }
-    rows.push(BenchRow {
-        name: "und_decode_tokens_per_s",
-        value: tps,
-        unit: "tokens/s",
-        achieved: Some((rate / 1e9, "GB/s")),
-        of_ceiling: ceil(rate, |c| c.copy_bytes_per_s / 2.0, &ceilings),
-        note,
-    });
-
-    let branches = if opts.guidance > 1.0 { 2 } else { 1 };
-    progress(&format!(
-        "gen step, {}x{} ({} latent tokens), {branches} branch(es)",
-        opts.width,
-        opts.height,
-        latent[1] * latent[2] / (config.gen.patch_size * config.gen.patch_size)
-    ));
-    let cond = model.und_context(&ids, pos.clone())?;
-    let short = random_ids(&mut rng, opts.prompt_len.clamp(1, 8), u.vocab_size);
-    let uncond = model.und_context(&short, positions::text_positions(short.len()))?;
-    let x = HostTensor::f32(
-        latent.to_vec(),
-        normal_noise(0x1a7e, latent.iter().product()),
-    );
-    // Per request, as a denoising loop does: the branches' K/V are made resident once.
-    let contexts = if branches == 2 {
-        vec![&cond, &uncond]
-    } else {
-        vec![&cond]
-    };
-    let mut resident = contexts
-        .iter()
-        .map(|ctx| model.resident_context(ctx))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut times = Vec::new();
-    for i in 0..=runs {
-        let t = Instant::now();
-        model.gen_step_branches(&x, 0.5, &mut resident)?;
-        if i > 0 {
-            times.push(t.elapsed());
-        }
-    }
-    let step = median(times).as_secs_f64();
-    if opts.profile {
-        progress("profiling the gen step's cond branch");
-        let p = model.profile_gen_step(&x, 0.5, &mut resident[0])?;
-        profiles.push(StepProfile::new("gen_step_cond", &p));
-    }
-    // The work the step ran: with two branches on the hbridge topology, the shared prefix once and
-    // each branch's suffix (see `Model::gen_step_branches`).
-    let part = |context_len: usize, part: GenPart| {
-        build::gen_step_part(
-            config,
-            &GenStepSpec {
-                context_len,
-                ..gen_spec.clone()
-            },
-            &[],
-            part,
-        )
-        .map(|g| cost(&g, 2).flops())
-    };
-    let shared = model.shares_gen_prefix(branches);
-    let flops = if shared {
-        part(opts.prompt_len, GenPart::Prefix)?
-            + part(opts.prompt_len, GenPart::Suffix)?
-            + part(short.len(), GenPart::Suffix)?
-    } else {
-        cost(&gen_graph, 2).flops()
-            + if branches == 2 {
-                part(short.len(), GenPart::Whole)?
-            } else {
-                0.0
-            }
-    };
-    let rate = flops / step;
-    let mut note = format!(
-        "cond context {} tokens, uncond {}; host wall time incl. transfers; median of {runs}",
-        opts.prompt_len,
-        short.len()
-    );
-    if shared {
-        note += &format!(
-            "; the branches share the first {} gen layers (run once)",
-            build::prefix_layers(config)
-        );
-    }
-    if let Some(t) = model.time_gen_step(&x, 0.5, &cond, runs.max(3))? {
-        note += &format!(
-            "; cond branch device time: eager {:.2} ms, CUDA graph replay {:.2} ms ({} nodes)",
-            t.eager_median_ms(),
-            t.replay_median_ms(),
-            t.nodes
-        );
-    }
-    rows.push(BenchRow {
-        name: "gen_step_ms",
-        value: step * 1e3,
-        unit: "ms",
-        achieved: Some((rate / 1e12, "TFLOP/s")),
-        of_ceiling: ceil(rate, |c| c.gemm_flops_per_s, &ceilings),
-        note,
-    });
-
-    progress(&format!("time to image, {} steps + VAE decode", opts.steps));
-    let tokenizer = crate::prompt::load_tokenizer(dir, &config.layout.und_dir)
-        .map_err(|e| RunError::Request(e.to_string()))?;
-    let req = ImageRequest::new("a red fox in the snow")
-        .steps(opts.steps)
-        .guidance(opts.guidance)
-        .size(opts.width, opts.height)
-        .seed(1);
-    let t = Instant::now();
-    // The last workload: a failure here (an op the backend lacks) still leaves the rows above reported.
-    let (value, note) = match generate(model, &tokenizer, &req, |_, _| ControlFlow::Continue(())) {
-        Ok(out) => (
-            t.elapsed().as_secs_f64() * 1e3,
-            format!(
-                "prefill {:.1} ms, denoising {:.1} ms, VAE decode {:.1} ms",
-                out.timings.prefill.as_secs_f64() * 1e3,
-                out.timings.denoise.as_secs_f64() * 1e3,
-                out.timings.vae.as_secs_f64() * 1e3
-            ),
-        ),
-        Err(e) => (
-            f64::NAN,
-            format!("FAILED after {:.1} s: {e}", t.elapsed().as_secs_f64()),
-        ),
-    };
-    rows.push(BenchRow {
-        name: "time_to_image_ms",
-        value,
-        unit: "ms",
-        achieved: None,
-        of_ceiling: None,
-        note,
-    });
-
+    let mut rows = s.rows;
     if let Some(peak) = model.peak_device_memory() {
         rows.push(BenchRow {
             name: "peak_gpu_bytes",
@@ -400,8 +276,8 @@ pub fn run(
     }
     Ok(BenchReport {
         device,
-        ceilings,
+        ceilings: s.ceilings,
         rows,
-        profiles,
+        profiles: s.profiles,
     })
 }

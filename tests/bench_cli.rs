@@ -165,3 +165,44 @@ fn bench_names_a_bad_model_argument() {
         "{stderr}"
     );
 }
+
+/// `--only` runs the named workloads and no others (the load always); an unknown name is refused with
+/// the list of valid ones.
+#[test]
+fn bench_only_runs_the_named_workloads() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/model");
+    let dir = std::env::temp_dir().join(format!("hbridge-bench-only-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bench.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_hbridge"))
+        .args(["--device", "cpu", "bench"])
+        .arg(&model)
+        .args(["--prompt-len", "8", "--size", "32", "--runs", "1"])
+        .args(["--only", "gen-step,prefill", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "hbridge bench --only failed: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let names: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["load_s", "und_prefill_ms", "gen_step_ms"], "{report}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_hbridge"))
+        .args(["bench", "tiny", "--only", "gen-step,warp-drive"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warp-drive") && stderr.contains("gen-step, image"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,6 +1,6 @@
 //! `hbridge bench MODEL_OR_CONFIG`: the end-to-end workloads of `hbridge::bench` as a table (and JSON).
 
-use hbridge::bench::{run, BenchOptions, BenchReport};
+use hbridge::bench::{run, BenchOptions, BenchReport, Workload};
 use hbridge::presets::{preset, PRESET_NAMES};
 use hbridge_engine::device::Device;
 use std::path::PathBuf;
@@ -35,6 +35,17 @@ pub struct BenchArgs {
     /// slowest nodes; in the JSON under `profiles`.
     #[arg(long)]
     pub profile: bool,
+    /// Run only these workloads (comma-separated: prefill, decode, gen-step, image); the load and the
+    /// ceilings always run.
+    #[arg(long, value_delimiter = ',', value_parser = parse_workload)]
+    pub only: Vec<Workload>,
+}
+
+fn parse_workload(s: &str) -> Result<Workload, String> {
+    Workload::parse(s).ok_or_else(|| {
+        let names: Vec<_> = Workload::ALL.iter().map(|w| w.name()).collect();
+        format!("{s}: not a workload (expected one of {})", names.join(", "))
+    })
 }
 
 fn model_dir(name: &str) -> Result<PathBuf, String> {
@@ -72,6 +83,11 @@ pub fn run_cli(a: BenchArgs, device: Device) -> Result<(), String> {
         runs: a.runs,
         guidance: a.guidance,
         profile: a.profile,
+        workloads: if a.only.is_empty() {
+            Workload::ALL.to_vec()
+        } else {
+            a.only
+        },
     };
     if opts.prompt_len == 0 || a.size == 0 {
         return Err("--prompt-len and --size must be positive".into());
