@@ -55,12 +55,15 @@ cp scripts/gpu-7b4b.sh "$bundle/run-7b4b.sh"
 cp scripts/gpu-bench.sh "$bundle/run-bench.sh"
 cp scripts/gpu-torch.sh "$bundle/run-torch.sh"
 cp scripts/gpu-ncu.sh "$bundle/run-ncu.sh"
-chmod +x "$bundle/run.sh"
+cp scripts/gpu-session.sh "$bundle/session.sh"
+chmod +x "$bundle"/*.sh
 git rev-parse --short HEAD > "$bundle/commit.txt" 2>/dev/null || echo unknown > "$bundle/commit.txt"
 git diff --quiet 2>/dev/null || echo "(with uncommitted changes)" >> "$bundle/commit.txt"
 
 du -sh "$bundle" >&2
 ls -1 "$bundle/bin" >&2
 echo
-echo "On the GPU machine (device tool: carry [\"$bundle\"]), run:"
-echo "  bash $bundle/run.sh"
+echo "On the GPU machine (device tool: carry [\"$bundle\"], timeout_s 600), one call runs a whole session's"
+echo "checks, most important first, under a deadline (logs in \$OUT/logs.tgz, table in \$OUT/summary.txt):"
+echo "  bash $bundle/session.sh 560"
+echo "or a part of them: bash $bundle/run.sh [--tests-only|--bench-only], run-bench.sh, run-ncu.sh, run-torch.sh"
