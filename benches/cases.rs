@@ -9,6 +9,17 @@ pub struct Case {
     pub op: Op,
 }
 
+/// The flash attention version a GPU attention case runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flash {
+    /// What `attention()` chooses (v1 unless `HBRIDGE_ATTENTION` says otherwise).
+    Default,
+    /// v2: attention_sm90.cu's `attn_fwd_sm90_d*` (wgmma).
+    Sm90,
+    /// v3: attention_sm90.cu's `attn_fwd_sm90_pipe_d*` (the softmax under the P V MMAs).
+    Sm90Pipe,
+}
+
 #[derive(Debug, Clone)]
 pub enum Op {
     /// `nq` queries over `segments` (key counts), `heads`/`kv_heads`, head dim `d`.
@@ -19,8 +30,8 @@ pub enum Op {
         kv_heads: usize,
         d: usize,
         causal: bool,
-        /// GPU: the flash kernel's v2 (attention_sm90.cu, wgmma) instead of the default choice.
-        sm90: bool,
+        /// GPU: which flash kernel version (the default choice, or one of attention_sm90.cu's).
+        flash: Flash,
     },
     /// RMSNorm over `rows x dim` with weight, optionally `(1 + scale)` modulation and a residual add.
     RmsNorm {
@@ -133,7 +144,7 @@ impl Case {
     /// Too slow for the CPU backend to sample (minutes per iteration on a few cores), or a GPU kernel
     /// version the CPU has no counterpart of: GPU only.
     pub fn gpu_only(&self) -> bool {
-        matches!(self.op, Op::Attention { nq, d, sm90, .. } if sm90 || (d > 128 && nq > 4096))
+        matches!(self.op, Op::Attention { nq, d, flash, .. } if flash != Flash::Default || (d > 128 && nq > 4096))
             || matches!(self.op, Op::Gemv { .. })
             || matches!(
                 self.op,
@@ -153,28 +164,38 @@ pub enum Work {
 
 pub fn all() -> Vec<Case> {
     let mut cases = base();
-    // The three long flash shapes again on v2, named apart so criterion reports them side by side.
-    let sm90_names = [
+    // The three long flash shapes again on v2 and v3, named apart so criterion reports them side by side.
+    let wgmma_names = [
         (
             "und_prefill_512_causal_d128_gqa7",
             "und_prefill_512_causal_d128_gqa7_sm90",
+            "und_prefill_512_causal_d128_gqa7_sm90pipe",
         ),
-        ("gen_self_4112_d120_gqa3", "gen_self_4112_d120_gqa3_sm90"),
+        (
+            "gen_self_4112_d120_gqa3",
+            "gen_self_4112_d120_gqa3_sm90",
+            "gen_self_4112_d120_gqa3_sm90pipe",
+        ),
         (
             "bridge_4112q_512und_4112gen_d128_gqa7",
             "bridge_4112q_512und_4112gen_d128_gqa7_sm90",
+            "bridge_4112q_512und_4112gen_d128_gqa7_sm90pipe",
         ),
     ];
     let extra: Vec<Case> = cases
         .iter()
-        .filter_map(|c| {
-            let (_, name) = sm90_names.iter().find(|(n, _)| *n == c.name)?;
-            let mut c = c.clone();
-            c.name = name;
-            if let Op::Attention { sm90, .. } = &mut c.op {
-                *sm90 = true;
-            }
-            Some(c)
+        .flat_map(|c| {
+            let names = wgmma_names.iter().find(|(n, _, _)| *n == c.name);
+            names.into_iter().flat_map(move |(_, v2, v3)| {
+                [(*v2, Flash::Sm90), (*v3, Flash::Sm90Pipe)].map(|(name, version)| {
+                    let mut c = c.clone();
+                    c.name = name;
+                    if let Op::Attention { flash, .. } = &mut c.op {
+                        *flash = version;
+                    }
+                    c
+                })
+            })
         })
         .collect();
     cases.extend(extra);
@@ -229,7 +250,7 @@ fn base() -> Vec<Case> {
                 kv_heads: 4,
                 d: 128,
                 causal: true,
-                sm90: false,
+                flash: Flash::Default,
             },
         },
         Case {
@@ -242,7 +263,7 @@ fn base() -> Vec<Case> {
                 kv_heads: 7,
                 d: 120,
                 causal: false,
-                sm90: false,
+                flash: Flash::Default,
             },
         },
         Case {
@@ -255,7 +276,7 @@ fn base() -> Vec<Case> {
                 kv_heads: 4,
                 d: 128,
                 causal: false,
-                sm90: false,
+                flash: Flash::Default,
             },
         },
         Case {
@@ -268,7 +289,7 @@ fn base() -> Vec<Case> {
                 kv_heads: 4,
                 d: 128,
                 causal: true,
-                sm90: false,
+                flash: Flash::Default,
             },
         },
         // The VAE decoder's mid-block at 1024x1024: one 512-wide head over the 128x128 latent, the
@@ -283,7 +304,7 @@ fn base() -> Vec<Case> {
                 kv_heads: 1,
                 d: 512,
                 causal: false,
-                sm90: false,
+                flash: Flash::Default,
             },
         },
         Case {

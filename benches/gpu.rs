@@ -1,7 +1,7 @@
 //! Each case on the GPU through its launcher, timed with CUDA events around `iters` launches that rotate
 //! over several input/output sets (together larger than L2), so no iteration reads another's cached data.
 
-use crate::cases::{Case, Op, Work};
+use crate::cases::{Case, Flash, Op, Work};
 use criterion::{Criterion, Throughput};
 use hbridge_engine::cuda::buffer::{upload, upload_bf16, DeviceBf16};
 use hbridge_engine::cuda::ops::{attention, bridge, elementwise, gemm, gemv, layout, norm, rope};
@@ -91,7 +91,7 @@ impl GpuBench {
                     kv_heads,
                     d,
                     causal,
-                    sm90,
+                    flash,
                 } => {
                     let q = s.bf16(gpu, nq * heads * d);
                     let out = s.bf16(gpu, nq * heads * d);
@@ -142,10 +142,10 @@ impl GpuBench {
                             causal,
                             scale: (d as f32).powf(-0.5),
                         };
-                        let kernel = if sm90 {
-                            attention::FlashKernel::Sm90
-                        } else {
-                            attention::FlashKernel::Auto
+                        let kernel = match flash {
+                            Flash::Default => attention::FlashKernel::Auto,
+                            Flash::Sm90 => attention::FlashKernel::Sm90,
+                            Flash::Sm90Pipe => attention::FlashKernel::Sm90Pipe,
                         };
                         attention::attention_with(g, &args, ws, kernel)
                     })

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (copied into gpu-bundle/run-ncu.sh by scripts/gpu-check.sh): Nsight Compute on
-# one launch of each kernel issue 5 asks to explain (attention v1 and v2 at the gen and bridge shapes,
+# one launch of each kernel issue 5 asks to explain (attention v1, v2 and v3 at the gen and bridge shapes,
 # the modulated RMSNorm, the decode GEMV beside cuBLASLt at the lm_head shape), driven by the kernel
 # benches at their hbridge-7b4b shapes. Each report goes to $OUT/ncu-<case>.txt; the headline metrics
 # (duration, SM and memory throughput, occupancy, registers, the top stall reasons) are printed.
@@ -20,6 +20,7 @@ only="${1:-.}"
 cases=(
   "attn_fwd_d128|gpu/attention/bridge_4112q_512und_4112gen_d128_gqa7$"
   "attn_fwd_sm90_d128|gpu/attention/bridge_4112q_512und_4112gen_d128_gqa7_sm90$"
+  "attn_fwd_sm90_pipe_d128|gpu/attention/bridge_4112q_512und_4112gen_d128_gqa7_sm90pipe$"
   "attn_fwd_d128|gpu/attention/gen_self_4112_d120_gqa3$"
   "attn_fwd_sm90_d128|gpu/attention/gen_self_4112_d120_gqa3_sm90$"
   "rownorm_block_v8|gpu/rmsnorm/gen_modulated_8224x2520$"

@@ -8,7 +8,7 @@
 # Order: the hbridge-7b4b checkpoint is written in the background from t = 0 (CPU and disk only); the
 # tests of every kernel and model path that has never run on a GPU; the tiny model's bench (replay vs
 # eager of the decode and gen steps); hbridge-7b4b's bench with --profile; the A/B passes (opt-in
-# kernels, no shared prefix, no fusion: gen step only); the kernel microbenches at short criterion
+# kernels: attention v2 + GEMV, attention v3; no shared prefix; no fusion: gen step only); the kernel microbenches at short criterion
 # times; torch SDPA at the same attention shapes; ncu on the new kernels; torch eager on the gen step.
 #   bash gpu-bundle/session.sh [DEADLINE_S]     (default 560: the device tool's 600 s limit, less margin)
 set -uo pipefail
@@ -91,10 +91,13 @@ stage cuda_kernels 150 "$bin/test-cuda_kernels" --test-threads=1 --nocapture
 kernels_rc=$rc
 stage cuda_model 90 "$bin/test-cuda_model" --test-threads=1 --nocapture
 stage t2i_edit_on_cuda 60 bash -c "'$bin/test-t2i' --test-threads=1 --nocapture on_cuda && '$bin/test-edit' --test-threads=1 --nocapture on_cuda"
-# sm90-all: the tiny models' heads (12-24 wide) would otherwise stay on v1.
+# -all: the tiny models' heads (12-24 wide) would otherwise stay on v1.
 stage model_sm90_gemv 90 env HBRIDGE_ATTENTION=sm90-all HBRIDGE_GEMV=1 bash -c \
   "'$bin/test-cuda_model' --test-threads=1 --nocapture && '$bin/test-t2i' --test-threads=1 --nocapture on_cuda"
 opt_in_rc=$rc
+stage model_sm90pipe 60 env HBRIDGE_ATTENTION=sm90-pipe-all bash -c \
+  "'$bin/test-cuda_model' --test-threads=1 --nocapture && '$bin/test-t2i' --test-threads=1 --nocapture on_cuda"
+pipe_rc=$rc
 
 # 2. Issue 4 item 5 on the tiny model: decode and gen step replay vs eager.
 stage bench_tiny 40 "$bin/hbridge" --device cuda bench "$repo/tests/fixtures/tiny/model" --prompt-len 32 \
@@ -117,6 +120,9 @@ if [ "$kernels_rc" = 0 ] && [ "$opt_in_rc" = 0 ]; then
 else
   note "bench_7b4b_sm90_gemv               not run: a kernel or opt-in model test failed"
 fi
+if [ "$kernels_rc" = 0 ] && [ "$pipe_rc" = 0 ]; then
+  ab bench_7b4b_sm90pipe 45 gen-step HBRIDGE_ATTENTION=sm90-pipe
+fi
 ab bench_7b4b_no_fuse 45 gen-step HBRIDGE_FUSE=0
 ab bench_7b4b_no_shared_prefix 45 gen-step HBRIDGE_SHARED_PREFIX=0
 
@@ -125,7 +131,7 @@ stage bench_kernels 100 "$bin/bench-kernels" --bench --warm-up-time 0.5 --measur
 stage sdpa 40 bash -c "cd '$repo' && PYTHONUNBUFFERED=1 python3 reference/bench_sdpa.py --json '$logs/sdpa.json'"
 
 # 5. Whatever time is left: ncu on the new attention kernel, then torch eager on the gen step.
-stage ncu_attention_sm90 60 bash "$bundle/run-ncu.sh" "bridge.*sm90"
+stage ncu_attention_sm90 90 bash "$bundle/run-ncu.sh" "bridge.*sm90"
 cp "$out"/ncu-*.txt "$logs/" 2>/dev/null && rm -f "$out"/ncu-*.txt
 stage torch_eager_gen_step 120 bash -c "cd '$repo' && PYTHONUNBUFFERED=1 python3 reference/bench_torch.py '$model' \
   --device cuda --mode eager --only gen_step_ms --json '$logs/torch-eager.json' --compare '$logs/bench-7b4b.json'"

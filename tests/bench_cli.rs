@@ -183,7 +183,10 @@ fn bench_only_runs_the_named_workloads() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "hbridge bench --only failed: {stderr}");
+    assert!(
+        out.status.success(),
+        "hbridge bench --only failed: {stderr}"
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let names: Vec<&str> = report["rows"]
@@ -192,7 +195,11 @@ fn bench_only_runs_the_named_workloads() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["load_s", "und_prefill_ms", "gen_step_ms"], "{report}");
+    assert_eq!(
+        names,
+        ["load_s", "und_prefill_ms", "gen_step_ms"],
+        "{report}"
+    );
 
     let out = Command::new(env!("CARGO_BIN_EXE_hbridge"))
         .args(["bench", "tiny", "--only", "gen-step,warp-drive"])

@@ -145,21 +145,25 @@ __device__ __forceinline__ AttnSegCtx att_seg_ctx(const AttnParams& p, int s, in
 // is the tile-local index of the thread's first key column.
 template <int NB>
 __device__ __forceinline__ void att_mask_scale(float (&s)[4 * NB], int jt, int kmax0, int kmax1, float scale_log2) {
+    // Limits relative to the thread's first column, so each test is against a constant (no per-column
+    // index registers, which the pipelined v3 cannot spare).
+    const int lim0 = kmax0 - jt, lim1 = kmax1 - jt;
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            const int j = jt + nb * 8 + (e & 1);
             const float v = s[4 * nb + e] * scale_log2;
-            s[4 * nb + e] = j < (e < 2 ? kmax0 : kmax1) ? v : ATT_NEG_INF;
+            s[4 * nb + e] = nb * 8 + (e & 1) < (e < 2 ? lim0 : lim1) ? v : ATT_NEG_INF;
         }
     }
 }
 
-// Online softmax per row (the 4 lanes of a quad share a row): turns s into unnormalized probabilities,
-// updates the running max m (log2 domain) and the thread's partial row sum l, and rescales o.
-template <int NB, int ND>
-__device__ __forceinline__ void att_online_softmax(float (&s)[4 * NB], float (&o)[4 * ND], float (&m)[2], float (&l)[2]) {
+// Online softmax per row (the 4 lanes of a quad share a row), without touching o: turns s into
+// unnormalized probabilities, updates the running max m (log2 domain) and the thread's partial row sum l,
+// and returns in alpha the factor o must be rescaled by (the pipelined v3 applies it once its previous
+// P V has landed).
+template <int NB>
+__device__ __forceinline__ void att_softmax_tile(float (&s)[4 * NB], float (&m)[2], float (&l)[2], float (&alpha)[2]) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         float mx = ATT_NEG_INF;
@@ -170,7 +174,7 @@ __device__ __forceinline__ void att_online_softmax(float (&s)[4 * NB], float (&o
         const float mnew = fmaxf(m[r], mx);
         // Nothing visible yet: subtract 0 so -inf - -inf never makes a NaN (all p and alpha are 0).
         const float muse = mnew == ATT_NEG_INF ? 0.0f : mnew;
-        const float alpha = att_exp2(m[r] - muse);
+        alpha[r] = att_exp2(m[r] - muse);
         m[r] = mnew;
         float sum = 0.0f;
 #pragma unroll
@@ -179,13 +183,26 @@ __device__ __forceinline__ void att_online_softmax(float (&s)[4 * NB], float (&o
             s[4 * nb + 2 * r + 1] = att_exp2(s[4 * nb + 2 * r + 1] - muse);
             sum += s[4 * nb + 2 * r] + s[4 * nb + 2 * r + 1];
         }
-        l[r] = l[r] * alpha + sum;
-#pragma unroll
-        for (int nd = 0; nd < ND; ++nd) {
-            o[4 * nd + 2 * r] *= alpha;
-            o[4 * nd + 2 * r + 1] *= alpha;
-        }
+        l[r] = l[r] * alpha[r] + sum;
     }
+}
+
+// o *= alpha per row (the accumulator layout: o[4 nd + 2 r + {0, 1}] belong to row r).
+template <int ND>
+__device__ __forceinline__ void att_rescale(float (&o)[4 * ND], const float (&alpha)[2]) {
+#pragma unroll
+    for (int nd = 0; nd < ND; ++nd) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[4 * nd + e] *= alpha[e >> 1];
+    }
+}
+
+// att_softmax_tile, then the rescale of o.
+template <int NB, int ND>
+__device__ __forceinline__ void att_online_softmax(float (&s)[4 * NB], float (&o)[4 * ND], float (&m)[2], float (&l)[2]) {
+    float alpha[2];
+    att_softmax_tile<NB>(s, m, l, alpha);
+    att_rescale<ND>(o, alpha);
 }
 
 // The causal and segment limits of the thread's two rows (qi0, qi1) in tile-local key indices.

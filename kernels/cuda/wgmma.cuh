@@ -44,6 +44,16 @@ __device__ __forceinline__ void wgmma_fence_regs(float (&r)[N]) {
 #pragma unroll
     for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
+// The same for A fragments in registers: an MMA still in flight reads them, so they stay put (and
+// unreused) until its wait.
+template <int N, int M>
+__device__ __forceinline__ void wgmma_fence_regs(unsigned (&r)[N][M]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+#pragma unroll
+        for (int j = 0; j < M; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
+    }
+}
 
 // d (64 x 128 f32 per warpgroup) = A B + (scale_d ? d : 0), A (64 x 16) and B (16 x 128) from shared memory,
 // both K-major (imm-trans 0).

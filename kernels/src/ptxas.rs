@@ -13,6 +13,9 @@ pub struct KernelResources {
     pub spill_load_bytes: u32,
     pub stack_frame_bytes: u32,
     pub shared_bytes: u32,
+    /// ptxas's "Potential Performance Loss" notes naming this entry (e.g. wgmma serialized because
+    /// ordinary code touches an MMA's registers while it may be in flight), verbatim.
+    pub performance_notes: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +83,12 @@ pub fn ptxas_report(
 /// `bytes stack frame`, `Used N registers` and `smem` lines fill it.
 pub fn parse_report(text: &str) -> Vec<KernelResources> {
     let mut out: Vec<KernelResources> = Vec::new();
+    let mut notes = Vec::new();
     for line in text.lines() {
+        if line.contains("Potential Performance Loss") {
+            notes.push(line.trim().to_string());
+            continue;
+        }
         if let Some(rest) = line.split("Compiling entry function '").nth(1) {
             let name = rest.split('\'').next().unwrap_or_default().to_string();
             out.push(KernelResources {
@@ -98,6 +106,19 @@ pub fn parse_report(text: &str) -> Vec<KernelResources> {
         if line.contains("Used ") && line.contains("registers") {
             cur.registers = number_before(line, "registers");
             cur.shared_bytes = number_before(line, "bytes smem");
+        }
+    }
+    // The notes name their function ("... in the function 'NAME'") and may come before or after its
+    // entry's lines.
+    for note in notes {
+        let named = note
+            .split("in the function '")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next());
+        if let Some(k) = out.iter_mut().find(|k| Some(k.name.as_str()) == named) {
+            k.performance_notes.push(note);
+        } else if let Some(k) = out.last_mut() {
+            k.performance_notes.push(note);
         }
     }
     out
@@ -135,10 +156,25 @@ ptxas info    : Used 12 registers, used 0 barriers, 372 bytes cmem[0]\n";
                 spill_store_bytes: 4,
                 spill_load_bytes: 12,
                 stack_frame_bytes: 8,
-                shared_bytes: 128
+                shared_bytes: 128,
+                performance_notes: Vec::new(),
             }
         );
         assert_eq!(r[1].registers, 12);
         assert_eq!(r[1].spill_store_bytes, 0);
+    }
+
+    #[test]
+    fn performance_notes_go_to_the_function_they_name() {
+        let text = "ptxas info    : (C7514) Potential Performance Loss: wgmma.mma_async instructions are serialized due to non wgmma instructions reading accumulator registers of  a wgmma between start and end of the pipeline stage in the function 'attn_a'\n\
+ptxas info    : Compiling entry function 'attn_a' for 'sm_90a'\n\
+ptxas info    : Used 200 registers, used 1 barriers, 380 bytes cmem[0]\n\
+ptxas info    : Compiling entry function 'attn_b' for 'sm_90a'\n\
+ptxas info    : Used 100 registers, used 1 barriers, 380 bytes cmem[0]\n";
+        let r = parse_report(text);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].performance_notes.len(), 1);
+        assert!(r[0].performance_notes[0].contains("serialized"));
+        assert!(r[1].performance_notes.is_empty());
     }
 }

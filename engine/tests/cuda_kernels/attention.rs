@@ -31,6 +31,9 @@ pub(super) struct Seg {
     pub(super) valid: Option<Vec<i32>>,
     /// Start K (and V) one element past a 16-byte boundary (element-load path).
     pub(super) misalign: bool,
+    /// Key row j is scaled by 1 + ramp * j / len: with ramp > 0 each tile's scores outgrow the last
+    /// tile's (the running max keeps moving), with ramp < 0 they shrink.
+    pub(super) ramp: f32,
 }
 
 impl Seg {
@@ -43,6 +46,7 @@ impl Seg {
             batch_gap: 0,
             valid: None,
             misalign: false,
+            ramp: 0.0,
         }
     }
 
@@ -110,7 +114,18 @@ impl HostSeg {
         let mis = s.misalign as usize;
         // Never empty: an empty segment still needs a valid (unused) pointer.
         let n = (batch * batch_stride + mis).max(8);
-        let k = rng.normal_bf16(n, 1.0);
+        let mut k = rng.normal_bf16(n, 1.0);
+        if s.ramp != 0.0 {
+            for b in 0..batch {
+                for j in 0..s.len {
+                    let f = 1.0 + s.ramp * j as f32 / s.len as f32;
+                    let row = mis + b * batch_stride + j * row_stride;
+                    for x in &mut k[row..row + width] {
+                        *x = common::round_bf16(*x * f);
+                    }
+                }
+            }
+        }
         let (v, v_off) = if s.fused {
             (Vec::new(), mis + width)
         } else {
@@ -200,6 +215,8 @@ pub(super) enum Want {
     Flash,
     /// The flash kernel's v2 (attention_sm90.cu, wgmma); skipped with a note on a GPU that is not Hopper.
     Sm90,
+    /// v3 (attention_sm90.cu's pipelined mainloop), likewise Hopper only.
+    Sm90Pipe,
     Decode,
     /// The wide-head path with this many query rows per block.
     Wide(usize),
@@ -260,7 +277,7 @@ pub(super) fn run(gpu: &Gpu, rng: &mut Rng, c: &Case, paths: &[Want]) {
     let o_bs = c.nq * o_rs;
     let n_out = c.batch * o_bs;
     for &path in paths {
-        if path == Want::Sm90 && gpu.arch() != Arch::HOPPER {
+        if matches!(path, Want::Sm90 | Want::Sm90Pipe) && gpu.arch() != Arch::HOPPER {
             eprintln!("{}: sm90 path skipped: this GPU is not Hopper", c.name);
             continue;
         }
@@ -286,7 +303,7 @@ pub(super) fn run(gpu: &Gpu, rng: &mut Rng, c: &Case, paths: &[Want]) {
             _ => decode_workspace_len(&args),
         };
         let ws = match path {
-            Want::Flash | Want::Sm90 => None,
+            Want::Flash | Want::Sm90 | Want::Sm90Pipe => None,
             Want::Wide(_) | Want::WideDefault => {
                 assert!(ws_len > 0, "{}: the wide path wants no workspace", c.name);
                 let buf = gpu.alloc_zeros::<f32>(ws_len).expect("workspace");
@@ -308,6 +325,7 @@ pub(super) fn run(gpu: &Gpu, rng: &mut Rng, c: &Case, paths: &[Want]) {
             Want::Wide(qb) => attention_wide::attention_wide_blocked(gpu, &args, ws_arg, qb),
             Want::Flash => attention_with(gpu, &args, ws_arg, FlashKernel::V1),
             Want::Sm90 => attention_with(gpu, &args, ws_arg, FlashKernel::Sm90),
+            Want::Sm90Pipe => attention_with(gpu, &args, ws_arg, FlashKernel::Sm90Pipe),
             _ => attention(gpu, &args, ws_arg),
         }
         .unwrap_or_else(|e| panic!("{}: {e}", c.name));

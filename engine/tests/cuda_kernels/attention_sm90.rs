@@ -2,7 +2,9 @@
 //! probe (Q K^T and P V of one tile against the CPU, so a descriptor or fragment mistake is named
 //! apart from the softmax), then the whole kernel against the same f64 reference as v1 (attention.rs):
 //! every head dim up to 128, two segments with their own GQA groups and strides, key padding, rows that
-//! see no key, unaligned pointers, and the hbridge-7b4b shapes cut to a test's size.
+//! see no key, unaligned pointers, and the hbridge-7b4b shapes cut to a test's size. Each case runs v2
+//! and v3 (the pipelined mainloop, whose lazy rescale gets its own cases: scores that keep growing
+//! tile after tile, and shrinking ones).
 
 use super::attention::{run, Case, Seg, Want};
 use super::common::{self, Rng};
@@ -10,6 +12,9 @@ use hbridge_engine::cuda::buffer::{download, poison_bf16};
 use hbridge_engine::cuda::ops::attention_sm90::probe;
 use hbridge_engine::cuda::{dev_ptr, Gpu};
 use hbridge_kernels::Arch;
+
+/// Both wgmma versions: v2 and the pipelined v3.
+const SM90: &[Want] = &[Want::Sm90, Want::Sm90Pipe];
 
 fn hopper(gpu: &Gpu, test: &str) -> bool {
     let ok = gpu.arch() == Arch::HOPPER;
@@ -92,13 +97,13 @@ fn attention_sm90_every_head_dim() {
             vec![Seg::plain(45, 2), s1],
             n % 2 == 1,
         );
-        run(&gpu, &mut rng, &c, &[Want::Sm90]);
+        run(&gpu, &mut rng, &c, SM90);
         let c = Case {
             causal: !c.causal,
             name: format!("sm90 d{d} causal={}", !c.causal),
             ..c
         };
-        run(&gpu, &mut rng, &c, &[Want::Sm90]);
+        run(&gpu, &mut rng, &c, SM90);
     }
 }
 
@@ -117,7 +122,7 @@ fn attention_sm90_padding_gqa_and_empty_rows() {
             vec![Seg::plain(300, kv)],
             true,
         );
-        run(&gpu, &mut rng, &c, &[Want::Sm90]);
+        run(&gpu, &mut rng, &c, SM90);
     }
     for (d, causal) in [(128, false), (120, true)] {
         let mut s0 = Seg::plain(45, 2);
@@ -136,7 +141,7 @@ fn attention_sm90_padding_gqa_and_empty_rows() {
         c.batch = 2;
         c.q_pad = 8;
         c.out_pad = 16;
-        run(&gpu, &mut rng, &c, &[Want::Sm90]);
+        run(&gpu, &mut rng, &c, SM90);
     }
     // Causal with more queries than keys: the first queries see nothing and must be zeros.
     let c = Case::new(
@@ -147,13 +152,13 @@ fn attention_sm90_padding_gqa_and_empty_rows() {
         vec![Seg::plain(20, 1)],
         true,
     );
-    run(&gpu, &mut rng, &c, &[Want::Sm90]);
+    run(&gpu, &mut rng, &c, SM90);
     // Batch row 1 with every key padded away.
     let mut s0 = Seg::plain(30, 2);
     s0.valid = Some(vec![17, 0]);
     let mut c = Case::new("sm90 all keys padded", 21, 4, 128, vec![s0], false);
     c.batch = 2;
-    run(&gpu, &mut rng, &c, &[Want::Sm90]);
+    run(&gpu, &mut rng, &c, SM90);
     // Pointers one element past 16 bytes and odd strides: the element-load and element-store paths.
     let mut s0 = Seg::plain(70, 2);
     s0.misalign = true;
@@ -162,7 +167,7 @@ fn attention_sm90_padding_gqa_and_empty_rows() {
     let mut c = Case::new("sm90 unaligned d64", 45, 4, 64, vec![s0, s1], true);
     c.q_misalign = true;
     c.out_pad = 1;
-    run(&gpu, &mut rng, &c, &[Want::Sm90]);
+    run(&gpu, &mut rng, &c, SM90);
 }
 
 /// The hbridge-7b4b attention shapes at a test's size, v2 beside v1 on the same inputs: gen
@@ -182,7 +187,12 @@ fn attention_sm90_model_shapes() {
         vec![Seg::plain(1040, 2)],
         false,
     );
-    run(&gpu, &mut rng, &c, &[Want::Sm90, Want::Flash]);
+    run(
+        &gpu,
+        &mut rng,
+        &c,
+        &[Want::Sm90, Want::Sm90Pipe, Want::Flash],
+    );
     let c = Case::new(
         "sm90 bridge 1040 q over 200 + 1040 keys d128 gqa7",
         1040,
@@ -191,7 +201,12 @@ fn attention_sm90_model_shapes() {
         vec![Seg::plain(200, 1), Seg::fused(1040, 1)],
         false,
     );
-    run(&gpu, &mut rng, &c, &[Want::Sm90, Want::Flash]);
+    run(
+        &gpu,
+        &mut rng,
+        &c,
+        &[Want::Sm90, Want::Sm90Pipe, Want::Flash],
+    );
     let c = Case::new(
         "sm90 und prefill 515 causal d128 gqa7",
         515,
@@ -200,5 +215,49 @@ fn attention_sm90_model_shapes() {
         vec![Seg::plain(515, 1)],
         true,
     );
-    run(&gpu, &mut rng, &c, &[Want::Sm90, Want::Flash]);
+    run(
+        &gpu,
+        &mut rng,
+        &c,
+        &[Want::Sm90, Want::Sm90Pipe, Want::Flash],
+    );
+}
+
+/// v3 keeps O relative to a reference max that moves only when a row's max grows by 2^8: keys whose
+/// scores grow along the sequence move it in many tiles (each move waits for the MMAs in flight and
+/// rescales), shrinking ones never after the first tile; both against the f64 reference, with v2
+/// beside it.
+#[test]
+fn attention_sm90_pipe_moving_max() {
+    let Some(gpu) = common::gpu("attention_sm90_pipe_moving_max") else {
+        return;
+    };
+    let mut rng = Rng::fresh("attention_sm90_pipe_moving_max");
+    for (ramp, d, causal) in [(6.0, 128, false), (6.0, 64, true), (-0.9, 128, false)] {
+        let mut s0 = Seg::plain(1100, 2);
+        s0.ramp = ramp;
+        let c = Case::new(
+            format!("sm90 ramp {ramp} d{d} causal={causal}"),
+            300,
+            4,
+            d,
+            vec![s0],
+            causal,
+        );
+        run(&gpu, &mut rng, &c, SM90);
+    }
+    // A ramp across two segments: the max moves at the segment switch too.
+    let mut s0 = Seg::plain(260, 1);
+    s0.ramp = 2.0;
+    let mut s1 = Seg::fused(700, 1);
+    s1.ramp = 8.0;
+    let c = Case::new(
+        "sm90 ramp two segments d120",
+        190,
+        7,
+        120,
+        vec![s0, s1],
+        false,
+    );
+    run(&gpu, &mut rng, &c, SM90);
 }

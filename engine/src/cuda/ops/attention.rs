@@ -506,7 +506,7 @@ pub fn attention(
 }
 
 /// [`attention`] with the flash kernel version chosen by the caller (tests and benchmarks compare
-/// them); `FlashKernel::Sm90` is an error where v2 cannot run (not Hopper, head_dim over 128). The
+/// them); `FlashKernel::Sm90` / `Sm90Pipe` are errors where they cannot run (not Hopper, head_dim over 128). The
 /// decode and wide-head paths do not depend on it.
 pub fn attention_with(
     gpu: &Gpu,
@@ -515,7 +515,7 @@ pub fn attention_with(
     kernel: FlashKernel,
 ) -> CudaResult<()> {
     if args.head_dim > MAX_HEAD_DIM {
-        if kernel == FlashKernel::Sm90 {
+        if matches!(kernel, FlashKernel::Sm90 | FlashKernel::Sm90Pipe) {
             return Err(bad(format!(
                 "head_dim {} with the sm90 flash kernel (it takes 1 to {MAX_HEAD_DIM})",
                 args.head_dim
@@ -528,21 +528,21 @@ pub fn attention_with(
     };
     let d = plan.d_pad;
     match plan.path {
-        Path::Flash if attention_sm90::chosen(gpu.arch(), args.head_dim, kernel)? => {
-            attention_sm90::launch(gpu, args, &plan.params)
-        }
-        Path::Flash => {
-            let cfg = LaunchConfig {
-                grid_dim: (
-                    args.nq.div_ceil(FLASH_BM) as u32,
-                    args.heads as u32,
-                    args.batch as u32,
-                ),
-                block_dim: (FLASH_THREADS, 1, 1),
-                shared_mem_bytes: flash_smem_bytes(d) as u32,
-            };
-            launch(gpu, &format!("attn_fwd_d{d}"), &plan.params, cfg)
-        }
+        Path::Flash => match attention_sm90::chosen(gpu.arch(), args.head_dim, kernel)? {
+            Some(version) => attention_sm90::launch(gpu, version, args, &plan.params),
+            None => {
+                let cfg = LaunchConfig {
+                    grid_dim: (
+                        args.nq.div_ceil(FLASH_BM) as u32,
+                        args.heads as u32,
+                        args.batch as u32,
+                    ),
+                    block_dim: (FLASH_THREADS, 1, 1),
+                    shared_mem_bytes: flash_smem_bytes(d) as u32,
+                };
+                launch(gpu, &format!("attn_fwd_d{d}"), &plan.params, cfg)
+            }
+        },
         Path::Decode(split) => {
             let kv_heads = args.segments[0].kv_heads;
             let cfg = LaunchConfig {
