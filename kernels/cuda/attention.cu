@@ -286,20 +286,31 @@ __device__ __forceinline__ void attn_decode(const AttnParams& p) {
 // Entry points
 
 // Spelled out (no macro): hbridge-kernels finds entry points by scanning this text.
-extern "C" __global__ void __launch_bounds__(128) attn_fwd_d16(const __grid_constant__ AttnParams p) { attn_fwd<16>(p); }
-extern "C" __global__ void __launch_bounds__(128) attn_fwd_d32(const __grid_constant__ AttnParams p) { attn_fwd<32>(p); }
-extern "C" __global__ void __launch_bounds__(128) attn_fwd_d64(const __grid_constant__ AttnParams p) { attn_fwd<64>(p); }
-extern "C" __global__ void __launch_bounds__(128) attn_fwd_d80(const __grid_constant__ AttnParams p) { attn_fwd<80>(p); }
-extern "C" __global__ void __launch_bounds__(128) attn_fwd_d128(const __grid_constant__ AttnParams p) { attn_fwd<128>(p); }
-extern "C" __global__ void __launch_bounds__(64) attn_decode_d16(const __grid_constant__ AttnParams p) { attn_decode<16>(p); }
-extern "C" __global__ void __launch_bounds__(64) attn_decode_d32(const __grid_constant__ AttnParams p) { attn_decode<32>(p); }
-extern "C" __global__ void __launch_bounds__(64) attn_decode_d64(const __grid_constant__ AttnParams p) { attn_decode<64>(p); }
-extern "C" __global__ void __launch_bounds__(64) attn_decode_d80(const __grid_constant__ AttnParams p) { attn_decode<80>(p); }
-extern "C" __global__ void __launch_bounds__(64) attn_decode_d128(const __grid_constant__ AttnParams p) { attn_decode<128>(p); }
+extern "C" __global__ void __launch_bounds__(128) attn_fwd_d16(const __grid_constant__ AttnParams p) {
+    hb_pdl_entry(); attn_fwd<16>(p); }
+extern "C" __global__ void __launch_bounds__(128) attn_fwd_d32(const __grid_constant__ AttnParams p) {
+    hb_pdl_entry(); attn_fwd<32>(p); }
+extern "C" __global__ void __launch_bounds__(128) attn_fwd_d64(const __grid_constant__ AttnParams p) {
+    hb_pdl_entry(); attn_fwd<64>(p); }
+extern "C" __global__ void __launch_bounds__(128) attn_fwd_d80(const __grid_constant__ AttnParams p) {
+    hb_pdl_entry(); attn_fwd<80>(p); }
+extern "C" __global__ void __launch_bounds__(128) attn_fwd_d128(const __grid_constant__ AttnParams p) {
+    hb_pdl_entry(); attn_fwd<128>(p); }
+extern "C" __global__ void __launch_bounds__(64) attn_decode_d16(const __grid_constant__ AttnParams p) {
+    hb_pdl_entry(); attn_decode<16>(p); }
+extern "C" __global__ void __launch_bounds__(64) attn_decode_d32(const __grid_constant__ AttnParams p) {
+    hb_pdl_entry(); attn_decode<32>(p); }
+extern "C" __global__ void __launch_bounds__(64) attn_decode_d64(const __grid_constant__ AttnParams p) {
+    hb_pdl_entry(); attn_decode<64>(p); }
+extern "C" __global__ void __launch_bounds__(64) attn_decode_d80(const __grid_constant__ AttnParams p) {
+    hb_pdl_entry(); attn_decode<80>(p); }
+extern "C" __global__ void __launch_bounds__(64) attn_decode_d128(const __grid_constant__ AttnParams p) {
+    hb_pdl_entry(); attn_decode<128>(p); }
 
 // Merges the decode splits of one (batch row, query, head): out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M).
 // grid (nq*heads, batch), block 128 (one thread per head-dim column).
 extern "C" __global__ void __launch_bounds__(128) attn_decode_combine(const __grid_constant__ AttnParams p) {
+    hb_pdl_entry();
     const int idx = blockIdx.x;  // i * heads + h
     const int b = blockIdx.y;
     const int i = idx / p.heads, h = idx - i * p.heads;

@@ -86,6 +86,8 @@ __device__ __forceinline__ void bridge_kv_impl(const bf16* k_in, const bf16* v_i
         long long out_stride, int n, int heads, int head_dim, int s0, int s01, BridgeRopeTable tab
 #define BRIDGE_ARGS k_in, v_in, in_stride, pos, k_out, v_out, out_stride, n, heads, head_dim, s0, s01, tab
 
-extern "C" __global__ void __launch_bounds__(256) bridge_kv_v8(BRIDGE_PARAMS) { bridge_kv_impl<8>(BRIDGE_ARGS); }
+extern "C" __global__ void __launch_bounds__(256) bridge_kv_v8(BRIDGE_PARAMS) {
+    hb_pdl_entry(); bridge_kv_impl<8>(BRIDGE_ARGS); }
 
-extern "C" __global__ void __launch_bounds__(256) bridge_kv_s(BRIDGE_PARAMS) { bridge_kv_impl<1>(BRIDGE_ARGS); }
+extern "C" __global__ void __launch_bounds__(256) bridge_kv_s(BRIDGE_PARAMS) {
+    hb_pdl_entry(); bridge_kv_impl<1>(BRIDGE_ARGS); }

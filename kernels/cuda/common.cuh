@@ -6,7 +6,20 @@
 // - activations and weights are bf16 (`bf16`, row-major); arithmetic, norm statistics and softmax
 //   statistics are f32; token ids and positions are int32;
 // - every element count or index that can exceed 2^31 is a `long long`;
-// - a kernel writes every element of its output (tests poison outputs before each run).
+// - a kernel writes every element of its output (tests poison outputs before each run);
+// - every entry point starts with hb_pdl_entry() (the NVRTC test checks the PTX of each).
+
+// Programmatic dependent launch (engine/src/cuda/launch.rs, opt-in with HBRIDGE_PDL=1): a kernel
+// launched with it may be scheduled before the kernel ahead of it on the stream has finished. So the
+// first thing every kernel does: allow the kernel after it to be scheduled (it only runs once all of
+// this grid's blocks have started), then wait until the kernel before it has finished and its writes
+// are visible. Nothing is read or written before the wait. Without the launch attribute both are no-ops.
+__device__ __forceinline__ void hb_pdl_entry() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 
 typedef unsigned short bf16;  // the upper 16 bits of an IEEE-754 f32
 typedef unsigned int bf16x2;  // two bf16, the first element in the low half

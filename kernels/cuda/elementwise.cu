@@ -69,6 +69,7 @@ __device__ __forceinline__ void unary_loop(const bf16* x, bf16* out, long long n
 
 extern "C" __global__ void __launch_bounds__(256)
     ew_unary(const bf16* x, bf16* out, long long n, int op, float a, float b, int vec) {
+    hb_pdl_entry();
     switch (op) {
         case EW_SILU: unary_loop<EW_SILU>(x, out, n, a, b, vec); break;
         case EW_GELU: unary_loop<EW_GELU>(x, out, n, a, b, vec); break;
@@ -99,6 +100,7 @@ __device__ __forceinline__ void binary_loop(const bf16* x, const bf16* y, bf16* 
 
 extern "C" __global__ void __launch_bounds__(256)
     ew_binary(const bf16* x, const bf16* y, bf16* out, long long n, int op, int vec) {
+    hb_pdl_entry();
     if (op == EW_ADD) binary_loop<EW_ADD>(x, y, out, n, vec);
     else binary_loop<EW_SWIGLU>(x, y, out, n, vec);
 }
@@ -160,11 +162,13 @@ __device__ __forceinline__ void bcast_dispatch(const bf16* x, const bf16* v, con
 extern "C" __global__ void __launch_bounds__(256) ew_bcast(const bf16* x, const bf16* v, const bf16* y, bf16* out,
                                                            long long rows, long long cols, int tpr_log2, int op,
                                                            int vec) {
+    hb_pdl_entry();
     if (vec) bcast_dispatch<8>(x, v, y, out, rows, cols, tpr_log2, op);
     else bcast_dispatch<1>(x, v, y, out, rows, cols, tpr_log2, op);
 }
 
 extern "C" __global__ void __launch_bounds__(256) cast_f32_to_bf16(const float* src, bf16* dst, long long n, int vec) {
+    hb_pdl_entry();
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long done = 0;
@@ -182,6 +186,7 @@ extern "C" __global__ void __launch_bounds__(256) cast_f32_to_bf16(const float* 
 }
 
 extern "C" __global__ void __launch_bounds__(256) cast_bf16_to_f32(const bf16* src, float* dst, long long n, int vec) {
+    hb_pdl_entry();
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long done = 0;

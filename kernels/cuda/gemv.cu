@@ -94,17 +94,21 @@ __device__ __forceinline__ void gemv(const bf16* x, const bf16* w, const bf16* b
 // Spelled out (no macro): hbridge-kernels finds entry points by scanning this text.
 extern "C" __global__ void __launch_bounds__(256) gemv_n1(const bf16* x, const bf16* w, const bf16* bias, bf16* y, int in,
                                                           int out) {
+    hb_pdl_entry();
     gemv<1>(x, w, bias, y, in, out);
 }
 extern "C" __global__ void __launch_bounds__(256) gemv_n2(const bf16* x, const bf16* w, const bf16* bias, bf16* y, int in,
                                                           int out) {
+    hb_pdl_entry();
     gemv<2>(x, w, bias, y, in, out);
 }
 extern "C" __global__ void __launch_bounds__(256) gemv_n3(const bf16* x, const bf16* w, const bf16* bias, bf16* y, int in,
                                                           int out) {
+    hb_pdl_entry();
     gemv<3>(x, w, bias, y, in, out);
 }
 extern "C" __global__ void __launch_bounds__(256) gemv_n4(const bf16* x, const bf16* w, const bf16* bias, bf16* y, int in,
                                                           int out) {
+    hb_pdl_entry();
     gemv<4>(x, w, bias, y, in, out);
 }

@@ -76,6 +76,7 @@ __device__ __forceinline__ void copy_rows_impl(const bf16* src, long long src_st
 extern "C" __global__ void __launch_bounds__(256)
     copy_rows(const bf16* src, long long src_stride, bf16* dst, long long dst_stride, long long rows, long long cols,
               const int* ids, long long vocab, int tpr_log2, int vec) {
+    hb_pdl_entry();
     if (vec) copy_rows_impl<8>(src, src_stride, dst, dst_stride, rows, cols, ids, vocab, tpr_log2);
     else copy_rows_impl<1>(src, src_stride, dst, dst_stride, rows, cols, ids, vocab, tpr_log2);
 }
@@ -83,6 +84,7 @@ extern "C" __global__ void __launch_bounds__(256)
 extern "C" __global__ void __launch_bounds__(256)
     write_rows(const bf16* src, bf16* state, const int* row, long long rows, long long cols, long long capacity,
                int tpr_log2, int vec) {
+    hb_pdl_entry();
     const long long r0 = *row;
     if (r0 < 0 || r0 + rows > capacity) return;
     bf16* dst = state + r0 * cols;
@@ -91,6 +93,7 @@ extern "C" __global__ void __launch_bounds__(256)
 }
 
 extern "C" __global__ void __launch_bounds__(256) transpose2d(const bf16* x, bf16* out, long long a, long long b) {
+    hb_pdl_entry();
     __shared__ unsigned tile[32][33];
     const long long tiles_a = (a + 31) >> 5;
     const long long j0 = (long long)blockIdx.x * 32;
@@ -115,6 +118,7 @@ extern "C" __global__ void __launch_bounds__(256) transpose2d(const bf16* x, bf1
 // out [(h/p)*(w/p), p*p*c]: token (ti, tj) row-major, feature (p1*p + p2)*c + ch.
 extern "C" __global__ void __launch_bounds__(256)
     patchify(const bf16* x, bf16* out, long long c, long long h, long long w, long long p) {
+    hb_pdl_entry();
     const long long wt = w / p, f = p * p * c, total = (h / p) * wt * f;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride) {
@@ -129,6 +133,7 @@ extern "C" __global__ void __launch_bounds__(256)
 // out [c, h, w] from tokens [(h/p)*(w/p), p*p*c].
 extern "C" __global__ void __launch_bounds__(256)
     unpatchify(const bf16* x, bf16* out, long long c, long long h, long long w, long long p) {
+    hb_pdl_entry();
     const long long wt = w / p, f = p * p * c, total = c * h * w;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride) {
@@ -148,6 +153,7 @@ __device__ __forceinline__ unsigned dup_hi(unsigned v) { return (v >> 16) | (v &
 // widened, since channel ch's row y lands on output rows ch*2h + 2y + dy = 2(ch*h + y) + dy.
 extern "C" __global__ void __launch_bounds__(256)
     upsample2x(const bf16* x, bf16* out, long long rows, long long w, int tpr_log2, int vec) {
+    hb_pdl_entry();
     const RowTile t(tpr_log2);
     const long long w2 = 2 * w;
     if (vec) {
@@ -227,6 +233,7 @@ __device__ __forceinline__ void im2col_impl(const bf16* x, bf16* cols, int cin, 
 extern "C" __global__ void __launch_bounds__(256)
     im2col(const bf16* x, bf16* cols, int cin, int h, int w, int k, int stride, int pad, int out_w, long long pix0,
            long long npix, int tpr_log2, int vec) {
+    hb_pdl_entry();
     if (vec) im2col_impl<8>(x, cols, cin, h, w, k, stride, pad, out_w, pix0, npix, tpr_log2);
     else im2col_impl<1>(x, cols, cin, h, w, k, stride, pad, out_w, pix0, npix, tpr_log2);
 }

@@ -162,18 +162,22 @@ __device__ __forceinline__ void rownorm(int mode, const bf16* x, const bf16* res
 #define ROWNORM_ARGS mode, x, res, res_out, w, s, gate, gres, out, rows, dim, eps, team
 
 extern "C" __global__ void __launch_bounds__(256) rownorm_team_v8(ROWNORM_PARAMS) {
+    hb_pdl_entry();
     rownorm<8, 4, false, true>(ROWNORM_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(256) rownorm_team_s(ROWNORM_PARAMS) {
+    hb_pdl_entry();
     rownorm<1, 8, false, false>(ROWNORM_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(1024) rownorm_block_v8(ROWNORM_PARAMS) {
+    hb_pdl_entry();
     rownorm<8, 4, true, true>(ROWNORM_ARGS);
 }
 
 extern "C" __global__ void __launch_bounds__(1024) rownorm_block_s(ROWNORM_PARAMS) {
+    hb_pdl_entry();
     rownorm<1, 16, true, false>(ROWNORM_ARGS);
 }
 
@@ -205,6 +209,7 @@ __device__ __forceinline__ double block_sum_f64(double v, double* sh) {
 // Scratch layout (doubles): partial sums [groups][parts][2], then (mean, rstd) [groups][2].
 extern "C" __global__ void __launch_bounds__(256)
     group_norm_stats(const bf16* x, long long group_len, int parts, int vec, double* ws) {
+    hb_pdl_entry();
     __shared__ double sh[32];
     if (ws == nullptr) ws = gn_scratch;
     const int p = blockIdx.x, g = blockIdx.y;
@@ -247,6 +252,7 @@ extern "C" __global__ void __launch_bounds__(256)
 // grid = groups blocks.
 extern "C" __global__ void __launch_bounds__(256)
     group_norm_finalize(const bf16* x, long long group_len, int parts, float eps, double* ws) {
+    hb_pdl_entry();
     __shared__ double sh[32];
     if (ws == nullptr) ws = gn_scratch;
     const int g = blockIdx.x, groups = gridDim.x;
@@ -284,6 +290,7 @@ __device__ __forceinline__ void group_norm_row(const bf16* xr, bf16* orow, long 
 extern "C" __global__ void __launch_bounds__(256)
     group_norm_apply(const bf16* x, const bf16* w, const bf16* b, bf16* out, int channels, long long hw, int cpg,
                      int parts, int vec, double* ws) {
+    hb_pdl_entry();
     if (ws == nullptr) ws = gn_scratch;
     const int groups = channels / cpg;
     const double* st = ws + 2 * (long long)groups * parts;

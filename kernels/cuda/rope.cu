@@ -95,9 +95,11 @@ __device__ __forceinline__ void mrope_impl(const bf16* x, long long in_stride, c
         int head_dim, int s0, int s01, RopeF32Table tab
 #define MROPE_ARGS x, in_stride, pos, out, out_stride, n, heads, head_dim, s0, s01, tab
 
-extern "C" __global__ void __launch_bounds__(256) mrope_v8(MROPE_PARAMS) { mrope_impl<8>(MROPE_ARGS); }
+extern "C" __global__ void __launch_bounds__(256) mrope_v8(MROPE_PARAMS) {
+    hb_pdl_entry(); mrope_impl<8>(MROPE_ARGS); }
 
-extern "C" __global__ void __launch_bounds__(256) mrope_s(MROPE_PARAMS) { mrope_impl<1>(MROPE_ARGS); }
+extern "C" __global__ void __launch_bounds__(256) mrope_s(MROPE_PARAMS) {
+    hb_pdl_entry(); mrope_impl<1>(MROPE_ARGS); }
 
 // cos/sin of a f64 angle through a f64 reduction to [-pi, pi] and f32 sincosf.
 __device__ __forceinline__ void sincos_reduced(double angle, float* s, float* c) {
@@ -161,6 +163,8 @@ __device__ __forceinline__ void interleaved3_impl(const bf16* x, const int* pos,
     const bf16 *x, const int *pos, bf16 *out, int n, int heads, int head_dim, int b0, int b01, RopeF64Table tab
 #define IL3_ARGS x, pos, out, n, heads, head_dim, b0, b01, tab
 
-extern "C" __global__ void __launch_bounds__(256) interleaved3_v8(IL3_PARAMS) { interleaved3_impl<8>(IL3_ARGS); }
+extern "C" __global__ void __launch_bounds__(256) interleaved3_v8(IL3_PARAMS) {
+    hb_pdl_entry(); interleaved3_impl<8>(IL3_ARGS); }
 
-extern "C" __global__ void __launch_bounds__(256) interleaved3_s(IL3_PARAMS) { interleaved3_impl<2>(IL3_ARGS); }
+extern "C" __global__ void __launch_bounds__(256) interleaved3_s(IL3_PARAMS) {
+    hb_pdl_entry(); interleaved3_impl<2>(IL3_ARGS); }

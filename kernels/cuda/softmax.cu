@@ -37,6 +37,7 @@ __device__ __forceinline__ void sm_merge(float& m, float& l, float m2, float l2)
 extern "C" __global__ void __launch_bounds__(256)
     softmax_rows(const float* s, bf16* p, long long ld, int ncols, int len0, const int* valid0, int off1, int len1,
                  const int* valid1, int batch_row, long long q0, int nq, int total, int causal, float scale_log2) {
+    hb_pdl_entry();
     __shared__ float wm[32], wl[32];
     const long long row = blockIdx.x;
     const float* srow = s + row * ld;

@@ -10,6 +10,7 @@
 // History: v1 (this file) replaces the placeholder.
 
 extern "C" __global__ void __launch_bounds__(128) timestep_features(const float* t, bf16* out, int half, double scale) {
+    hb_pdl_entry();
     const double st = scale * (double)t[0];
     const double ln = log(10000.0);
     for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < half; k += gridDim.x * blockDim.x) {

@@ -60,11 +60,17 @@ fn every_kernel_compiles_for_hopper_without_spills() {
             ));
         }
         for entry in file.entry_points() {
-            if !text.contains(&format!(".entry {entry}(")) {
-                failures.push(format!(
+            match entry_body(&text, entry) {
+                None => failures.push(format!(
                     "{}.cu: entry point {entry} missing from the PTX",
                     file.name
-                ));
+                )),
+                // Programmatic dependent launch relies on every kernel waiting for the one before it.
+                Some(body) if !body.contains("griddepcontrol.wait") => failures.push(format!(
+                    "{}.cu: {entry} does not start with hb_pdl_entry() (no griddepcontrol.wait)",
+                    file.name
+                )),
+                Some(_) => {}
             }
         }
         let Some(ptxas) = &ptxas else { continue };
@@ -97,6 +103,14 @@ fn every_kernel_compiles_for_hopper_without_spills() {
         "kernel build failures:\n{}",
         failures.join("\n")
     );
+}
+
+/// The PTX text of entry point `entry`: from its `.entry` line to the next entry (or the end).
+fn entry_body<'a>(ptx: &'a str, entry: &str) -> Option<&'a str> {
+    let start = ptx.find(&format!(".entry {entry}("))?;
+    let rest = &ptx[start + 1..];
+    let end = rest.find(".entry ").map_or(rest.len(), |i| i + 1);
+    Some(&ptx[start..start + end])
 }
 
 /// `(major, minor)` of the PTX's `.version` directive.

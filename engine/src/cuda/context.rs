@@ -34,6 +34,8 @@ pub struct Gpu {
     /// Held by whoever needs the stream to itself for a while (an executor's run, a capture, a weight
     /// upload): launches from another thread must not land inside a stream capture.
     exclusive: Mutex<()>,
+    /// Hand-written kernels launch with programmatic dependent launch (see `launch.rs`).
+    pdl: bool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -82,6 +84,7 @@ impl Gpu {
             modules: Mutex::new(HashMap::new()),
             blas: OnceLock::new(),
             exclusive: Mutex::new(()),
+            pdl: major >= 9 && super::launch::pdl_requested(),
         }))
     }
 
@@ -95,6 +98,12 @@ impl Gpu {
 
     pub fn arch(&self) -> Arch {
         self.arch
+    }
+
+    /// Whether hand-written kernels launch with programmatic dependent launch (`HBRIDGE_PDL=1` on
+    /// sm_90 or newer).
+    pub fn pdl(&self) -> bool {
+        self.pdl
     }
 
     pub fn name(&self) -> &str {

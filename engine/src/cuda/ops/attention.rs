@@ -15,7 +15,7 @@ use super::attention_sm90;
 pub use super::attention_sm90::FlashKernel;
 use super::unsupported;
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig};
 
 /// Most K/V segments one launch walks (und cache + gen tokens).
 pub const MAX_SEGMENTS: usize = 2;
@@ -476,12 +476,11 @@ pub(super) fn launch_in(
 ) -> CudaResult<()> {
     let f = gpu.function(file, entry)?;
     allow_dynamic_smem(&f, entry, cfg.shared_mem_bytes as usize)?;
-    let mut b = gpu.stream().launch_builder(&f);
-    b.arg(params);
+    let mut args = [super::elementwise::param(params)];
     // SAFETY: `params` matches the kernel's single `AttnParams` parameter; every pointer in it was checked
     // non-null where it is read, and the caller guarantees the buffers cover the strides and sizes given.
-    unsafe { b.launch(cfg) }.map_err(|e| CudaError::driver(format!("launching {entry}"), e))?;
-    Ok(())
+    unsafe { crate::cuda::launch::launch_kernel(gpu, &f, cfg, &mut args) }
+        .map_err(|e| CudaError::driver(format!("launching {entry}"), e))
 }
 
 /// f32 elements of workspace [`attention`] needs for `args`: split-KV partials on the decode path, the

@@ -14,7 +14,7 @@ use super::super::context::{DevPtr, Gpu};
 use super::super::error::{CudaError, CudaResult};
 use super::attention::{allow_dynamic_smem, launch_in, AttentionArgs, Params, MAX_HEAD_DIM};
 use super::unsupported;
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 use hbridge_kernels::Arch;
 use std::sync::OnceLock;
 
@@ -222,13 +222,12 @@ pub fn probe(
         block_dim: (128, 1, 1),
         shared_mem_bytes: bytes as u32,
     };
-    let mut b = gpu.stream().launch_builder(&f);
     let (q, k, v, s_out, o_out) = (q.0, k.0, v.0, s_out.0, o_out.0);
-    b.arg(&q).arg(&k).arg(&v).arg(&s_out).arg(&o_out);
+    let mut args = [&q, &k, &v, &s_out, &o_out].map(super::elementwise::param);
     // SAFETY: five pointers as the kernel declares them, checked non-null and aligned; the caller
     // guarantees the sizes above.
-    unsafe { b.launch(cfg) }.map_err(|e| CudaError::driver(format!("launching {entry}"), e))?;
-    Ok(())
+    unsafe { crate::cuda::launch::launch_kernel(gpu, &f, cfg, &mut args) }
+        .map_err(|e| CudaError::driver(format!("launching {entry}"), e))
 }
 
 #[cfg(test)]

@@ -14,19 +14,20 @@ use cudarc::driver::LaunchConfig;
 /// `long long`, `i32` for `int`, `f32`, `f64`, or a `#[repr(C)]` struct the kernel takes by value.
 macro_rules! launch {
     ($gpu:expr, $file:literal, $entry:expr, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
-        use cudarc::driver::PushKernelArg as _;
         let entry: &str = $entry;
         let func = $gpu.function($file, entry)?;
-        let stream = $gpu.stream();
-        let mut builder = stream.launch_builder(&func);
-        $( builder.arg($arg); )*
+        let mut params = [$( $crate::cuda::ops::elementwise::param($arg) ),*];
         // SAFETY: the launcher validated the sizes against the kernel's contract, every pointer comes from
         // the caller as the address of a live allocation of the documented size, and the argument list
         // matches the kernel's parameter list in order and type.
-        unsafe { builder.launch($cfg) }
-            .map(|_| ())
+        unsafe { $crate::cuda::launch::launch_kernel($gpu, &func, $cfg, &mut params) }
             .map_err(|e| $crate::cuda::CudaError::driver(format!("launching {entry} ({})", $file), e))
     }};
+}
+
+/// The kernel-parameter pointer of one launch argument (a reference to a local of the parameter's type).
+pub(crate) fn param<T>(arg: &T) -> *mut std::ffi::c_void {
+    arg as *const T as *mut std::ffi::c_void
 }
 pub(super) use launch;
 

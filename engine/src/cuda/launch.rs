@@ -1,0 +1,65 @@
+//! Every hand-written kernel launch goes through [`launch_kernel`], so one place decides how kernels
+//! follow each other on the stream. With programmatic dependent launch (PDL, Hopper; opt-in with
+//! `HBRIDGE_PDL=1` until a GPU run has measured it) a kernel is launched with the
+//! programmatic-stream-serialization attribute: its blocks may be scheduled while the kernel ahead of
+//! it drains, and wait in `hb_pdl_entry()` (kernels/cuda/common.cuh, the first statement of every
+//! kernel) until that kernel has finished and its writes are visible. A step of hundreds of small
+//! kernels (the und decode step: ~480 launches per token) then pays less than one launch latency per
+//! kernel. cuBLASLt's kernels are launched by cuBLASLt, without the attribute: the kernel after one of
+//! them still waits for it in `hb_pdl_entry()`, and the GEMM after one of ours waits as usual.
+
+use super::context::Gpu;
+use cudarc::driver::{sys, CudaFunction, DriverError, LaunchConfig};
+use std::ffi::c_void;
+use std::sync::OnceLock;
+
+/// Environment variable that turns programmatic dependent launch on (`1`) on Hopper or newer.
+pub const PDL_ENV: &str = "HBRIDGE_PDL";
+
+/// Whether the environment asks for programmatic dependent launch.
+pub(crate) fn pdl_requested() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var(PDL_ENV).as_deref() == Ok("1"))
+}
+
+/// Launches `func` on the GPU's stream; `params` holds a pointer to each kernel argument, in order.
+///
+/// # Safety
+/// `params` must match the kernel's parameter list in number, order and type, and every device pointer
+/// among the arguments must cover what the kernel reads and writes at this launch configuration.
+pub(crate) unsafe fn launch_kernel(
+    gpu: &Gpu,
+    func: &CudaFunction,
+    cfg: LaunchConfig,
+    params: &mut [*mut c_void],
+) -> Result<(), DriverError> {
+    gpu.context().bind_to_thread()?;
+    // SAFETY: a zeroed launch-attribute value is a valid (all-padding) union; the one field read for
+    // this attribute id is set below.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let pdl = gpu.pdl();
+    let config = sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: gpu.stream().cu_stream(),
+        attrs: if pdl { &mut attr } else { std::ptr::null_mut() },
+        numAttrs: pdl as u32,
+    };
+    // SAFETY: the caller guarantees the parameters; the config and attribute outlive the call.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            func.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()
+}
