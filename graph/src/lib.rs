@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod cost;
+pub mod fusion;
 mod graph;
 pub mod node_cost;
 pub mod op;

@@ -2,7 +2,8 @@
 //! tensors whose lifetimes do not overlap.
 //!
 //! Liveness is counted in node indices (execution order). An activation is live from the node that writes
-//! it to the last node that reads it; a graph output stays live to the end (`nodes.len()`: the caller reads
+//! it (one node earlier for the second node of a pair a backend may fuse, `crate::fusion`) to the last
+//! node that reads it; a graph output stays live to the end (`nodes.len()`: the caller reads
 //! it after execution); an activation nothing reads is live at its own node only (the op still writes it).
 //! Ranges are closed, so a node's output (starting at that node) overlaps every one of its inputs (ending at
 //! that node or later): an op never writes over what it reads. Reshape outputs get their own storage like
@@ -42,10 +43,18 @@ impl LiveRange {
 }
 
 /// The live range of every tensor a node writes (`None` for weights, inputs, and anything no node writes).
+/// The second node of a pair a backend may fuse ([`crate::fusion::pairs`]) writes its output one node
+/// early, so that output's range starts there.
 pub fn live_ranges(graph: &Graph) -> Vec<Option<LiveRange>> {
     let mut ranges: Vec<Option<LiveRange>> = vec![None; graph.tensors.len()];
+    let fused = crate::fusion::pairs(graph);
     for (i, node) in graph.nodes.iter().enumerate() {
-        ranges[node.out.index()] = Some(LiveRange { first: i, last: i });
+        let first = if i > 0 && fused[i - 1].is_some() {
+            i - 1
+        } else {
+            i
+        };
+        ranges[node.out.index()] = Some(LiveRange { first, last: i });
     }
     for (i, node) in graph.nodes.iter().enumerate() {
         for id in node.op.inputs() {

@@ -1,18 +1,23 @@
-//! Launch-time fusion of adjacent nodes into one kernel pass. The graph stays op-by-op (the CPU backend
-//! runs it as written); here a row norm whose only reader is the next node folds that node in:
+//! Launch-time fusion: the adjacent node pairs `hbridge_graph::fusion` names (the memory plan already
+//! keeps each pair's second output clear of what the first node reads) run as one kernel pass:
 //! - `RmsNorm` / `LayerNorm` then `Modulate` (the DiT's `norm(x) * (1 + scale)`): the norm kernel's
 //!   modulation;
-//! - `RmsNorm` then `GateResidual` (the DiT's `x + tanh(gate) * norm(y)`): its gated epilogue.
+//! - `RmsNorm` then `GateResidual` (the DiT's `x + tanh(gate) * norm(y)`): its gated epilogue;
+//! - `Add` then `RmsNorm` of the sum (the und expert's residual stream): the norm kernel's residual
+//!   input, writing the sum too (still read by the next residual add), bit for bit what the two kernels
+//!   write (the kernel rounds the sum to bf16 before its statistics).
 //!
-//! Each fusion saves a read and a write of the activation (on hbridge-7b4b's gen step 41 MB, ~14 us at
-//! the copy ceiling, four times per block) and a launch. The fused launch writes the second node's
-//! output; the norm's own output is never written, which is safe because nothing else reads it.
+//! The norm pairs save a read and a write of the activation (on hbridge-7b4b's gen step 41 MB, ~14 us at
+//! the copy ceiling, four times per block) and a launch; their fused launch writes the second node's
+//! output and never the norm's own, which nothing else reads. The add pairs save a launch and a pass,
+//! twice per und layer: 56 of the ~450 launches of hbridge-7b4b's decode step.
 
 use super::bind::Bindings;
 use super::context::Gpu;
 use super::dispatch;
 use super::error::{CudaError, CudaResult};
 use super::ops::norm::{self, Gated, LayerNormArgs, RmsNormArgs};
+use hbridge_graph::fusion::{self, Pair};
 use hbridge_graph::{Graph, Op, TensorId};
 
 /// What the executor launches for each node.
@@ -30,6 +35,8 @@ pub enum Launch {
         gate: TensorId,
         out: TensorId,
     },
+    /// This `Add` and the RMSNorm after it (of the sum, `out`) as one residual-norm launch.
+    AddNorm { out: TensorId },
 }
 
 /// `HBRIDGE_FUSE=0` launches every node on its own (for A/B measurements).
@@ -37,55 +44,26 @@ pub const ENV: &str = "HBRIDGE_FUSE";
 
 /// The launch of every node of `graph`, in node order.
 pub fn plan(graph: &Graph) -> Vec<Launch> {
-    if std::env::var(ENV).as_deref() == Ok("0") {
-        return vec![Launch::Node; graph.nodes.len()];
-    }
-    let mut readers = vec![0usize; graph.tensors.len()];
-    for node in &graph.nodes {
-        for id in node.op.inputs() {
-            readers[id.index()] += 1;
-        }
-    }
-    for (_, id) in &graph.outputs {
-        readers[id.index()] += 1;
-    }
-    for w in &graph.state_writes {
-        readers[w.src.index()] += 1;
-    }
-    let numel = |id: TensorId| graph.tensor(id).numel();
     let mut plan = vec![Launch::Node; graph.nodes.len()];
-    for i in 0..graph.nodes.len().saturating_sub(1) {
-        if plan[i] != Launch::Node {
-            continue;
-        }
-        let (node, next) = (&graph.nodes[i], &graph.nodes[i + 1]);
-        let (dim, rms) = match node.op {
-            Op::RmsNorm { dim, .. } => (dim, true),
-            Op::LayerNorm { dim, .. } => (dim, false),
-            _ => continue,
-        };
-        let y = node.out;
-        if readers[y.index()] != 1 {
-            continue;
-        }
-        let fused = match next.op {
-            // The modulation row must be the norm's row (not a per-head norm).
-            Op::Modulate { x, scale } if x == y && numel(scale) == dim => Launch::NormModulate {
-                scale,
+    if std::env::var(ENV).as_deref() == Ok("0") {
+        return plan;
+    }
+    for (i, pair) in fusion::pairs(graph).into_iter().enumerate() {
+        let Some(pair) = pair else { continue };
+        let next = &graph.nodes[i + 1];
+        plan[i] = match (pair, &next.op) {
+            (Pair::NormModulate, Op::Modulate { scale, .. }) => Launch::NormModulate {
+                scale: *scale,
                 out: next.out,
             },
-            Op::GateResidual { x, gate, y: gy }
-                if rms && gy == y && x != y && numel(gate) == dim =>
-            {
-                Launch::NormGate {
-                    x,
-                    gate,
-                    out: next.out,
-                }
-            }
+            (Pair::NormGate, Op::GateResidual { x, gate, .. }) => Launch::NormGate {
+                x: *x,
+                gate: *gate,
+                out: next.out,
+            },
+            (Pair::AddNorm, _) => Launch::AddNorm { out: next.out },
             _ => continue,
         };
-        plan[i] = fused;
         plan[i + 1] = Launch::Skip;
     }
     plan
@@ -103,6 +81,9 @@ pub fn launch_fused(
 ) -> CudaResult<()> {
     let node = &graph.nodes[index];
     let p = |id: TensorId| b.get(graph, id);
+    if let Launch::AddNorm { out } = launch {
+        return launch_add_norm(gpu, graph, b, index, out);
+    }
     let (scale, gated, out) = match launch {
         Launch::NormModulate { scale, out } => (Some(p(scale)?), None, out),
         Launch::NormGate { x, gate, out } => (
@@ -113,7 +94,7 @@ pub fn launch_fused(
             }),
             out,
         ),
-        Launch::Node | Launch::Skip => return Ok(()),
+        Launch::Node | Launch::Skip | Launch::AddNorm { .. } => return Ok(()),
     };
     if graph.tensor(out).numel() == 0 {
         return Ok(());
@@ -168,6 +149,51 @@ pub fn launch_fused(
             problem: format!("no fused launch {launch:?} for this op"),
         }),
     }
+}
+
+/// [`Launch::AddNorm`]: `Add` node `index` (`sum = a + b`) and the RMSNorm after it (`out = norm(sum)`)
+/// as one residual-norm launch writing both.
+fn launch_add_norm(
+    gpu: &Gpu,
+    graph: &Graph,
+    b: &Bindings,
+    index: usize,
+    out: TensorId,
+) -> CudaResult<()> {
+    let (add, norm_node) = (&graph.nodes[index], &graph.nodes[index + 1]);
+    let (
+        Op::Add { a, b: rhs },
+        Op::RmsNorm {
+            weight, dim, eps, ..
+        },
+    ) = (&add.op, &norm_node.op)
+    else {
+        return Err(CudaError::Unsupported {
+            op: add.op.name(),
+            label: String::new(),
+            problem: "an add-norm launch needs an Add followed by an RmsNorm".into(),
+        });
+    };
+    let n = graph.tensor(add.out).numel();
+    if n == 0 {
+        return Ok(());
+    }
+    let p = |id: TensorId| b.get(graph, id);
+    norm::rmsnorm(
+        gpu,
+        &RmsNormArgs {
+            x: p(*a)?,
+            residual: Some(p(*rhs)?),
+            residual_out: Some(p(add.out)?),
+            weight: weight.map(p).transpose()?,
+            scale: None,
+            gated: None,
+            out: p(out)?,
+            rows: n / dim,
+            dim: *dim,
+            eps: *eps,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -253,6 +279,67 @@ mod tests {
         );
         assert_eq!(count(|l| matches!(l, Launch::NormGate { .. })), 2 * blocks);
         assert_eq!(count(|l| *l == Launch::Skip), 4 * blocks + 1);
+    }
+
+    /// The und layer's residual stream: each add feeds the next norm and the next add; both adds fold
+    /// into their norms, a broadcast add or an add followed by something else does not.
+    #[test]
+    fn residual_adds_fold_into_the_next_norm() {
+        let d = 8;
+        let mut g = Graph::default();
+        let x = g.input("x", &[3, d], DataType::F32);
+        let y = g.input("y", &[3, d], DataType::F32);
+        let row = g.input("row", &[d], DataType::F32);
+        let w = g.weight(Part::Und, "w", &[d]);
+        let norm = |g: &mut Graph, x: TensorId, label: &str| {
+            g.push(
+                Op::RmsNorm {
+                    x,
+                    weight: Some(w),
+                    dim: d,
+                    eps: 1e-6,
+                },
+                label,
+            )
+            .unwrap()
+        };
+        let h = g.push(Op::Add { a: x, b: y }, "h").unwrap();
+        let n1 = norm(&mut g, h, "n1");
+        let h2 = g.push(Op::Add { a: h, b: n1 }, "h2").unwrap();
+        let n2 = norm(&mut g, h2, "n2");
+        let h3 = g.push(Op::Add { a: h2, b: row }, "h3").unwrap();
+        let n3 = norm(&mut g, h3, "n3");
+        let h4 = g.push(Op::Add { a: n3, b: n2 }, "h4").unwrap();
+        g.mark_output("h4", h4);
+        assert_eq!(
+            plan(&g),
+            vec![
+                Launch::AddNorm { out: n1 },
+                Launch::Skip,
+                Launch::AddNorm { out: n2 },
+                Launch::Skip,
+                Launch::Node,
+                Launch::Node,
+                Launch::Node
+            ]
+        );
+    }
+
+    /// The decode step of the tiny und config: two residual adds per layer fold, the final norm too.
+    #[test]
+    fn every_und_layer_folds_two_adds() {
+        use hbridge_graph::build::und_decode_step;
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/model");
+        let config = hbridge_loader::config::ModelConfig::read(&dir).unwrap();
+        let names = hbridge_loader::manifest::UndNames::NESTED;
+        let g = und_decode_step(&config.und, &names, 16).unwrap();
+        let p = plan(&g);
+        let folded = p
+            .iter()
+            .filter(|l| matches!(l, Launch::AddNorm { .. }))
+            .count();
+        assert_eq!(folded, 2 * config.und.num_layers);
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub fn random_graph(inputs: &[(u8, u8)], steps: &[Step], outs: &[u32]) -> Graph 
                 .collect();
             fits[pick as usize % fits.len()]
         };
-        let op = match kind % 9 {
+        let op = match kind % 11 {
             0 => Op::Add {
                 a: x,
                 b: same(&g, b),
@@ -107,6 +107,25 @@ pub fn random_graph(inputs: &[(u8, u8)], steps: &[Step], outs: &[u32]) -> Graph 
                 x,
                 shape: vec![sx[1], sx[0]],
             },
+            // A row norm, and a modulation by a row: with an Add before or a Modulate after, the
+            // pairs a backend may fuse (their second outputs start one node early).
+            9 => Op::RmsNorm {
+                x,
+                weight: None,
+                dim: sx[1],
+                eps: 1e-6,
+            },
+            10 => {
+                let rows: Vec<TensorId> = candidates
+                    .iter()
+                    .copied()
+                    .filter(|&id| g.tensor(id).shape == [1, sx[1]])
+                    .collect();
+                match rows.get(b as usize % rows.len().max(1)) {
+                    Some(&scale) => Op::Modulate { x, scale },
+                    None => Op::Silu { x },
+                }
+            }
             _ => Op::Transpose { x },
         };
         let label = format!("n{}", g.nodes.len());
@@ -137,10 +156,16 @@ pub fn live_at(g: &Graph, t: TensorId, i: usize) -> bool {
     let Some(def) = g.nodes.iter().position(|n| n.out == t) else {
         return false;
     };
-    if def > i {
+    // The second node of a pair a backend may fuse is written while the first runs.
+    let first = if def > 0 && hbridge_graph::fusion::pairs(g)[def - 1].is_some() {
+        def - 1
+    } else {
+        def
+    };
+    if first > i {
         return false;
     }
-    def == i
+    i <= def
         || g.outputs.iter().any(|(_, o)| *o == t)
         || g.nodes[i.min(g.nodes.len())..]
             .iter()
