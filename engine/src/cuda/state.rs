@@ -133,6 +133,10 @@ impl CudaStates {
             dev_ptr(&dst.data, gpu.stream()),
             dev_ptr(&src.data, gpu.stream()),
         );
+        // A raw driver call: the context must be current on this thread (cudarc's own calls bind it).
+        gpu.context()
+            .bind_to_thread()
+            .map_err(|e| CudaError::driver("binding the context", e))?;
         // SAFETY: both buffers hold `n` bf16 values (same shape, checked above) and are distinct
         // allocations (two states objects never share one).
         unsafe { result::memcpy_dtod_async(d.0, s.0, n * 2, gpu.stream().cu_stream()) }
