@@ -125,6 +125,15 @@ fn bench_profile_prints_the_table_by_op_kind() {
         gen.contains("gen.layers.") || gen.contains("gen.noise_refiner."),
         "{gen}"
     );
+    // Its compute nodes by shape: GEMMs as M x N x K, attention by queries and keys.
+    assert!(gen.contains("compute by shape"), "{gen}");
+    assert!(
+        gen.lines().any(|l| l.trim_start().starts_with("linear")
+            && l.split_whitespace()
+                .nth(1)
+                .is_some_and(|s| s.split('x').count() == 3)),
+        "{gen}"
+    );
 
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -143,6 +152,15 @@ fn bench_profile_prints_the_table_by_op_kind() {
             .map(|k| k["nodes"].as_u64().unwrap())
             .sum();
         assert_eq!(nodes, p["nodes"].as_u64().unwrap(), "{p}");
+        let shapes = p["shapes"].as_array().unwrap();
+        assert!(!shapes.is_empty() && shapes.len() <= 12, "{p}");
+        let shape_ms: f64 = shapes.iter().map(|s| s["ms"].as_f64().unwrap()).sum();
+        let compute_ms: f64 = kinds
+            .iter()
+            .filter(|k| k["kind"] == "linear" || k["kind"] == "attention")
+            .map(|k| k["ms"].as_f64().unwrap())
+            .sum();
+        assert!(shape_ms <= compute_ms * (1.0 + 1e-9), "{p}");
         let slowest = p["slowest"].as_array().unwrap();
         assert_eq!(slowest.len(), 10);
         assert!(slowest

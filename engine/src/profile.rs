@@ -3,7 +3,7 @@
 //! did, so a step's time can be ranked by op kind in one call instead of under an external profiler.
 
 use hbridge_graph::node_cost::{node_costs, state_write_bytes};
-use hbridge_graph::Graph;
+use hbridge_graph::{Graph, Op};
 
 /// Op kind name of the graph's state writes in [`NodeTimes::by_kind`] (they run after every node).
 pub const STATE_WRITE_KIND: &str = "state_write";
@@ -30,6 +30,58 @@ pub struct KindTime {
     pub flops: f64,
     /// Bytes these nodes read and wrote (see `hbridge_graph::node_cost::NodeCost::bytes`).
     pub bytes: f64,
+}
+
+/// The compute nodes of one shape: a GEMM's `M x N x K`, an attention's queries, keys, heads and head
+/// dim. Where a kind's rate is low, this says which shapes of it are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShapeTime {
+    /// The op kind (`linear`, `attention`).
+    pub kind: &'static str,
+    /// The shape, e.g. `4112x2520x10240` (M x N x K) or `4112q 4624k 28h d128 causal`.
+    pub shape: String,
+    pub nodes: usize,
+    pub ms: f64,
+    pub flops: f64,
+    pub bytes: f64,
+}
+
+impl ShapeTime {
+    /// FLOP/s achieved (0 when no time was measured).
+    pub fn flops_per_s(&self) -> f64 {
+        rate(self.flops, self.ms)
+    }
+}
+
+/// The shape key of a compute node, `None` for the other ops.
+fn shape_key(graph: &Graph, op: &Op) -> Option<String> {
+    match op {
+        Op::Linear { x, w, .. } => {
+            let ws = &graph.tensor(*w).shape;
+            let (n, k) = (ws[0], ws[1]);
+            Some(format!("{}x{n}x{k}", graph.tensor(*x).numel() / k.max(1)))
+        }
+        Op::Attention {
+            q,
+            segments,
+            heads,
+            head_dim,
+            causal,
+            ..
+        } => {
+            let nq = graph.tensor(*q).numel() / (heads * head_dim).max(1);
+            let keys: Vec<String> = segments
+                .iter()
+                .map(|s| graph.tensor(s.k).shape[0].to_string())
+                .collect();
+            Some(format!(
+                "{nq}q {}k {heads}h d{head_dim}{}",
+                keys.join("+"),
+                if *causal { " causal" } else { "" }
+            ))
+        }
+        _ => None,
+    }
 }
 
 impl KindTime {
@@ -72,6 +124,50 @@ impl NodeTimes {
     /// Every node and the state writes, in milliseconds.
     pub fn total_ms(&self) -> f64 {
         self.per_node.iter().map(|&(_, t)| t as f64).sum::<f64>() + self.state_writes_ms as f64
+    }
+
+    /// Totals of the compute nodes (GEMMs, attention) by shape, slowest first; work counted as in
+    /// [`NodeTimes::by_kind`].
+    pub fn by_shape(
+        &self,
+        graph: &Graph,
+        act_elem_bytes: usize,
+        weight_elem_bytes: usize,
+    ) -> Vec<ShapeTime> {
+        let costs = node_costs(graph, act_elem_bytes, weight_elem_bytes);
+        let mut shapes: Vec<ShapeTime> = Vec::new();
+        for &(i, ms) in &self.per_node {
+            let (Some(c), Some(node)) = (costs.get(i), graph.nodes.get(i)) else {
+                continue;
+            };
+            let Some(shape) = shape_key(graph, &node.op) else {
+                continue;
+            };
+            let at = match shapes
+                .iter()
+                .position(|s| s.kind == c.kind && s.shape == shape)
+            {
+                Some(at) => at,
+                None => {
+                    shapes.push(ShapeTime {
+                        kind: c.kind,
+                        shape,
+                        nodes: 0,
+                        ms: 0.0,
+                        flops: 0.0,
+                        bytes: 0.0,
+                    });
+                    shapes.len() - 1
+                }
+            };
+            let s = &mut shapes[at];
+            s.nodes += 1;
+            s.ms += ms as f64;
+            s.flops += c.work.flops();
+            s.bytes += c.bytes;
+        }
+        shapes.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        shapes
     }
 
     /// Totals by op kind of the `graph` this profile ran, slowest first, with the state writes as kind
@@ -140,5 +236,72 @@ mod tests {
         assert_eq!(t.total_ms(), 4.0);
         assert_eq!(t.slowest(2), vec![(1, 2.5), (0, 0.5)]);
         assert_eq!(NodeTimes::from_marks(&[]), NodeTimes::default());
+    }
+
+    /// Linears group by M x N x K and attentions by their shape; other ops are left out; the work adds up.
+    #[test]
+    fn compute_nodes_group_by_shape() {
+        use hbridge_graph::{DataType, KvSegment};
+        use hbridge_loader::Part;
+        let mut g = Graph::default();
+        let x = g.input("x", &[6, 8], DataType::F32);
+        let w1 = g.weight(Part::Gen, "w1", &[16, 8]);
+        let w2 = g.weight(Part::Gen, "w2", &[16, 8]);
+        let a = g
+            .push(
+                Op::Linear {
+                    x,
+                    w: w1,
+                    bias: None,
+                },
+                "a",
+            )
+            .unwrap();
+        let b = g
+            .push(
+                Op::Linear {
+                    x,
+                    w: w2,
+                    bias: None,
+                },
+                "b",
+            )
+            .unwrap();
+        let s = g.push(Op::Silu { x: a }, "s").unwrap();
+        let q = g.push(Op::Add { a: s, b }, "q").unwrap();
+        let att = g
+            .push(
+                Op::Attention {
+                    q,
+                    segments: vec![KvSegment::new(a, b)],
+                    heads: 2,
+                    kv_heads: 2,
+                    head_dim: 8,
+                    causal: true,
+                    scale: 0.35,
+                },
+                "att",
+            )
+            .unwrap();
+        g.mark_output("att", att);
+        let t = NodeTimes {
+            per_node: vec![(0, 1.0), (1, 2.0), (2, 0.5), (3, 0.5), (4, 4.0)],
+            state_writes_ms: 0.0,
+        };
+        let shapes = t.by_shape(&g, 2, 2);
+        assert_eq!(shapes.len(), 2);
+        assert_eq!(
+            (shapes[0].kind, shapes[0].shape.as_str()),
+            ("attention", "6q 6k 2h d8 causal")
+        );
+        assert_eq!(
+            (shapes[1].kind, shapes[1].shape.as_str(), shapes[1].nodes),
+            ("linear", "6x16x8", 2)
+        );
+        assert_eq!(shapes[1].ms, 3.0);
+        assert_eq!(shapes[1].flops, 2.0 * 2.0 * 6.0 * 16.0 * 8.0);
+        let kinds = t.by_kind(&g, 2, 2);
+        let linear = kinds.iter().find(|k| k.kind == "linear").unwrap();
+        assert_eq!(linear.flops, shapes[1].flops);
     }
 }

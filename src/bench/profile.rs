@@ -5,11 +5,13 @@
 
 use crate::model::GraphProfile;
 use hbridge_engine::cuda::ceilings::Ceilings;
-use hbridge_engine::profile::KindTime;
+use hbridge_engine::profile::{KindTime, ShapeTime};
 use std::fmt::Write;
 
 /// Slowest single nodes kept per profile.
 pub const SLOWEST: usize = 10;
+/// Slowest compute shapes kept per profile.
+pub const SHAPES: usize = 12;
 
 /// One node among a profile's slowest.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +37,8 @@ pub struct StepProfile {
     pub total_ms: f64,
     /// By op kind, slowest first.
     pub kinds: Vec<KindTime>,
+    /// The [`SHAPES`] slowest shapes of the compute nodes (GEMMs by M x N x K, attention), slowest first.
+    pub shapes: Vec<ShapeTime>,
     /// The [`SLOWEST`] slowest nodes, slowest first.
     pub slowest: Vec<SlowNode>,
 }
@@ -70,6 +74,8 @@ impl StepProfile {
     /// The summary of `p` under the name `workload`.
     pub fn new(workload: &'static str, p: &GraphProfile) -> StepProfile {
         let kinds = p.times.by_kind(&p.graph, p.elem.activation, p.elem.weight);
+        let mut shapes = p.times.by_shape(&p.graph, p.elem.activation, p.elem.weight);
+        shapes.truncate(SHAPES);
         let slowest = p
             .times
             .slowest(SLOWEST)
@@ -89,6 +95,7 @@ impl StepProfile {
             nodes: p.graph.nodes.len(),
             total_ms: p.times.total_ms(),
             kinds,
+            shapes,
             slowest,
         }
     }
@@ -146,6 +153,37 @@ impl StepProfile {
             }
             s.push('\n');
         }
+        if !self.shapes.is_empty() {
+            let _ = writeln!(
+                s,
+                "  compute by shape (GEMM M x N x K):{}",
+                if ceilings.is_some() {
+                    "  % of the GEMM ceiling"
+                } else {
+                    ""
+                }
+            );
+            for sh in &self.shapes {
+                let _ = write!(
+                    s,
+                    "  {:<10} {:<34} {:>4} x {:>10.3} ms {:>6.1}% {:>9.3} TFLOP/s",
+                    sh.kind,
+                    sh.shape,
+                    sh.nodes,
+                    sh.ms,
+                    self.share(sh.ms) * 100.0,
+                    sh.flops_per_s() / 1e12
+                );
+                if let Some(c) = ceilings {
+                    let _ = write!(
+                        s,
+                        " {:>5.0}%",
+                        sh.flops_per_s() / c.gemm_flops_per_s * 100.0
+                    );
+                }
+                s.push('\n');
+            }
+        }
         let _ = writeln!(s, "  slowest nodes:");
         for n in &self.slowest {
             let _ = writeln!(
@@ -191,11 +229,27 @@ impl StepProfile {
                 })
             })
             .collect();
+        let shapes: Vec<serde_json::Value> = self
+            .shapes
+            .iter()
+            .map(|sh| {
+                serde_json::json!({
+                    "kind": sh.kind,
+                    "shape": sh.shape,
+                    "nodes": sh.nodes,
+                    "ms": sh.ms,
+                    "flops": sh.flops,
+                    "tflop_per_s": sh.flops_per_s() / 1e12,
+                    "of_gemm_ceiling": ceilings.map(|c| sh.flops_per_s() / c.gemm_flops_per_s),
+                })
+            })
+            .collect();
         serde_json::json!({
             "workload": self.workload,
             "nodes": self.nodes,
             "total_ms": self.total_ms,
             "kinds": kinds,
+            "shapes": shapes,
             "slowest": slowest,
         })
     }
