@@ -12,9 +12,8 @@ logs="${OUT:-$bundle/logs}"
 mkdir -p "$logs"
 bin="$bundle/bin/hbridge"
 model="${HBRIDGE_7B4B_DIR:-/tmp/hbridge-7b4b}"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-  [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+repo="$(dirname "$bundle")"
+source "$bundle/env.sh"
 df -h "$(dirname "$model")" | tail -1
 if [ ! -f "$model/hbridge.json" ]; then
   /usr/bin/time -v "$bin" init "$model" --config hbridge-7b4b --force 2>&1 | tee "$logs/7b4b-init.log" \

@@ -16,9 +16,7 @@ logs="${OUT:-$bundle/logs}"
 mkdir -p "$logs"
 bin="$bundle/bin/hbridge"
 model="${HBRIDGE_7B4B_DIR:-/tmp/hbridge-7b4b}"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-  [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+source "$bundle/env.sh"
 echo "== hbridge bench tiny (cuda)"
 "$bin" --device cuda bench "$repo/tests/fixtures/tiny/model" --prompt-len 32 --context 256 --decode-tokens 16 \
   --size 256 --steps 10 --json "$logs/bench-tiny.json" 2>&1 | tee "$logs/bench-tiny.log" | grep -v '^bench:'

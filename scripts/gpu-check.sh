@@ -56,6 +56,7 @@ cp scripts/gpu-bench.sh "$bundle/run-bench.sh"
 cp scripts/gpu-torch.sh "$bundle/run-torch.sh"
 cp scripts/gpu-ncu.sh "$bundle/run-ncu.sh"
 cp scripts/gpu-session.sh "$bundle/session.sh"
+cp scripts/gpu-env.sh "$bundle/env.sh"
 chmod +x "$bundle"/*.sh
 git rev-parse --short HEAD > "$bundle/commit.txt" 2>/dev/null || echo unknown > "$bundle/commit.txt"
 git diff --quiet 2>/dev/null || echo "(with uncommitted changes)" >> "$bundle/commit.txt"

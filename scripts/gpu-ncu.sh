@@ -12,9 +12,8 @@ mkdir -p "$logs"
 ncu=$(command -v ncu || true)
 [ -z "$ncu" ] && [ -x /usr/local/cuda/bin/ncu ] && ncu=/usr/local/cuda/bin/ncu
 [ -z "$ncu" ] && { echo "no ncu on this machine"; exit 1; }
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-  [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-done
+repo="$(dirname "$bundle")"
+source "$bundle/env.sh"
 only="${1:-.}"
 # kernel-name regex | criterion benchmark filter
 cases=(

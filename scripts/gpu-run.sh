@@ -13,25 +13,8 @@ logs="$bundle/logs"
 rm -rf "$logs"
 mkdir -p "$logs"
 
-# The executables were built at /work/main and find fixtures through that path.
-if [ ! -e /work/main ]; then
-  mkdir -p /work 2>/dev/null && ln -s "$repo" /work/main 2>/dev/null || echo "note: cannot link /work/main -> $repo"
-fi
-
-# The machine's own CUDA libraries (libcuda comes with the driver; libnvrtc and libcublasLt from the
-# toolkit or the PyTorch wheels).
-libdirs=()
-for lib in libnvrtc.so libcublasLt.so libcublas.so; do
-  d=$(ldconfig -p 2>/dev/null | awk -v l="$lib" '$1 ~ "^"l {print $NF; exit}' | xargs -r dirname)
-  [ -n "$d" ] && libdirs+=("$d")
-done
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d "$d" ] && libdirs+=("$d"); done
-for d in $(python3 -c 'import nvidia, os; [print(os.path.join(p, s, "lib")) for p in nvidia.__path__ for s in os.listdir(p)]' 2>/dev/null); do
-  [ -d "$d" ] && libdirs+=("$d")
-done
-export LD_LIBRARY_PATH="$(IFS=:; echo "${libdirs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+source "$bundle/env.sh"
 export HBRIDGE_REQUIRE_GPU=1
-command -v ptxas >/dev/null || { [ -x /usr/local/cuda/bin/ptxas ] && export HBRIDGE_PTXAS=/usr/local/cuda/bin/ptxas; }
 
 {
   echo "commit: $(cat "$bundle/commit.txt" 2>/dev/null)"

@@ -24,20 +24,8 @@ mkdir -p "$logs" "$out"
 bin="$bundle/bin"
 model="${HBRIDGE_7B4B_DIR:-/tmp/hbridge-7b4b}"
 
-# The executables were built at /work/main and find fixtures through that path.
-[ -e /work/main ] || { mkdir -p /work && ln -s "$repo" /work/main; } 2>/dev/null
-libdirs=()
-for lib in libnvrtc.so libcublasLt.so libcublas.so; do
-  d=$(ldconfig -p 2>/dev/null | awk -v l="$lib" '$1 ~ "^"l {print $NF; exit}' | xargs -r dirname)
-  [ -n "$d" ] && libdirs+=("$d")
-done
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d "$d" ] && libdirs+=("$d"); done
-for d in $(python3 -c 'import nvidia, os; [print(os.path.join(p, s, "lib")) for p in nvidia.__path__ for s in os.listdir(p)]' 2>/dev/null); do
-  [ -d "$d" ] && libdirs+=("$d")
-done
-export LD_LIBRARY_PATH="$(IFS=:; echo "${libdirs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+source "$bundle/env.sh"
 export HBRIDGE_REQUIRE_GPU=1
-command -v ptxas >/dev/null || { [ -x /usr/local/cuda/bin/ptxas ] && export HBRIDGE_PTXAS=/usr/local/cuda/bin/ptxas; }
 
 elapsed() { echo $(( $(date +%s) - t0 )); }
 pack() {

@@ -2,7 +2,7 @@
 //! node, CUDA's event time per node), and its totals by op kind with the work the graph says each kind
 //! did, so a step's time can be ranked by op kind in one call instead of under an external profiler.
 
-use hbridge_graph::node_cost::{node_costs, state_write_bytes};
+use hbridge_graph::node_cost::{node_costs, state_write_bytes, NodeCost};
 use hbridge_graph::{Graph, Op};
 
 /// Op kind name of the graph's state writes in [`NodeTimes::by_kind`] (they run after every node).
@@ -36,21 +36,10 @@ pub struct KindTime {
 /// dim. Where a kind's rate is low, this says which shapes of it are.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShapeTime {
-    /// The op kind (`linear`, `attention`).
-    pub kind: &'static str,
-    /// The shape, e.g. `4112x2520x10240` (M x N x K) or `4112q 4624k 28h d128 causal`.
+    /// The shape, e.g. `4112x2520x10240` (M x N x K) or `4112q 512+4112k 28h d128`.
     pub shape: String,
-    pub nodes: usize,
-    pub ms: f64,
-    pub flops: f64,
-    pub bytes: f64,
-}
-
-impl ShapeTime {
-    /// FLOP/s achieved (0 when no time was measured).
-    pub fn flops_per_s(&self) -> f64 {
-        rate(self.flops, self.ms)
-    }
+    /// The totals of this shape's nodes (their kind: `linear` or `attention`).
+    pub time: KindTime,
 }
 
 /// The shape key of a compute node, `None` for the other ops.
@@ -135,39 +124,52 @@ impl NodeTimes {
         weight_elem_bytes: usize,
     ) -> Vec<ShapeTime> {
         let costs = node_costs(graph, act_elem_bytes, weight_elem_bytes);
-        let mut shapes: Vec<ShapeTime> = Vec::new();
+        let mut shapes: Vec<ShapeTime> = self
+            .group(&costs, |i, c| {
+                let key = shape_key(graph, &graph.nodes.get(i)?.op)?;
+                Some((c.kind, key))
+            })
+            .into_iter()
+            .map(|((_, shape), time)| ShapeTime { shape, time })
+            .collect();
+        shapes.sort_by(|a, b| b.time.ms.total_cmp(&a.time.ms));
+        shapes
+    }
+
+    /// The nodes summed per group, in the order groups first appear; `key` names a node's group (`None`:
+    /// left out).
+    fn group<K: PartialEq>(
+        &self,
+        costs: &[NodeCost],
+        key: impl Fn(usize, &NodeCost) -> Option<K>,
+    ) -> Vec<(K, KindTime)> {
+        let mut groups: Vec<(K, KindTime)> = Vec::new();
         for &(i, ms) in &self.per_node {
-            let (Some(c), Some(node)) = (costs.get(i), graph.nodes.get(i)) else {
-                continue;
-            };
-            let Some(shape) = shape_key(graph, &node.op) else {
-                continue;
-            };
-            let at = match shapes
-                .iter()
-                .position(|s| s.kind == c.kind && s.shape == shape)
-            {
+            let Some(c) = costs.get(i) else { continue };
+            let Some(k) = key(i, c) else { continue };
+            let at = match groups.iter().position(|(g, _)| *g == k) {
                 Some(at) => at,
                 None => {
-                    shapes.push(ShapeTime {
-                        kind: c.kind,
-                        shape,
-                        nodes: 0,
-                        ms: 0.0,
-                        flops: 0.0,
-                        bytes: 0.0,
-                    });
-                    shapes.len() - 1
+                    groups.push((
+                        k,
+                        KindTime {
+                            kind: c.kind,
+                            nodes: 0,
+                            ms: 0.0,
+                            flops: 0.0,
+                            bytes: 0.0,
+                        },
+                    ));
+                    groups.len() - 1
                 }
             };
-            let s = &mut shapes[at];
-            s.nodes += 1;
-            s.ms += ms as f64;
-            s.flops += c.work.flops();
-            s.bytes += c.bytes;
+            let g = &mut groups[at].1;
+            g.nodes += 1;
+            g.ms += ms as f64;
+            g.flops += c.work.flops();
+            g.bytes += c.bytes;
         }
-        shapes.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-        shapes
+        groups
     }
 
     /// Totals by op kind of the `graph` this profile ran, slowest first, with the state writes as kind
@@ -180,28 +182,11 @@ impl NodeTimes {
         weight_elem_bytes: usize,
     ) -> Vec<KindTime> {
         let costs = node_costs(graph, act_elem_bytes, weight_elem_bytes);
-        let mut kinds: Vec<KindTime> = Vec::new();
-        for &(i, ms) in &self.per_node {
-            let Some(c) = costs.get(i) else { continue };
-            let k = match kinds.iter().position(|k| k.kind == c.kind) {
-                Some(k) => k,
-                None => {
-                    kinds.push(KindTime {
-                        kind: c.kind,
-                        nodes: 0,
-                        ms: 0.0,
-                        flops: 0.0,
-                        bytes: 0.0,
-                    });
-                    kinds.len() - 1
-                }
-            };
-            let k = &mut kinds[k];
-            k.nodes += 1;
-            k.ms += ms as f64;
-            k.flops += c.work.flops();
-            k.bytes += c.bytes;
-        }
+        let mut kinds: Vec<KindTime> = self
+            .group(&costs, |_, c| Some(c.kind))
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect();
         if !graph.state_writes.is_empty() {
             kinds.push(KindTime {
                 kind: STATE_WRITE_KIND,
@@ -291,17 +276,21 @@ mod tests {
         let shapes = t.by_shape(&g, 2, 2);
         assert_eq!(shapes.len(), 2);
         assert_eq!(
-            (shapes[0].kind, shapes[0].shape.as_str()),
+            (shapes[0].time.kind, shapes[0].shape.as_str()),
             ("attention", "6q 6k 2h d8 causal")
         );
         assert_eq!(
-            (shapes[1].kind, shapes[1].shape.as_str(), shapes[1].nodes),
+            (
+                shapes[1].time.kind,
+                shapes[1].shape.as_str(),
+                shapes[1].time.nodes
+            ),
             ("linear", "6x16x8", 2)
         );
-        assert_eq!(shapes[1].ms, 3.0);
-        assert_eq!(shapes[1].flops, 2.0 * 2.0 * 6.0 * 16.0 * 8.0);
+        assert_eq!(shapes[1].time.ms, 3.0);
+        assert_eq!(shapes[1].time.flops, 2.0 * 2.0 * 6.0 * 16.0 * 8.0);
         let kinds = t.by_kind(&g, 2, 2);
         let linear = kinds.iter().find(|k| k.kind == "linear").unwrap();
-        assert_eq!(linear.flops, shapes[1].flops);
+        assert_eq!(linear, &shapes[1].time);
     }
 }

@@ -164,22 +164,19 @@ impl StepProfile {
                 }
             );
             for sh in &self.shapes {
+                let k = &sh.time;
                 let _ = write!(
                     s,
                     "  {:<10} {:<34} {:>4} x {:>10.3} ms {:>6.1}% {:>9.3} TFLOP/s",
-                    sh.kind,
+                    k.kind,
                     sh.shape,
-                    sh.nodes,
-                    sh.ms,
-                    self.share(sh.ms) * 100.0,
-                    sh.flops_per_s() / 1e12
+                    k.nodes,
+                    k.ms,
+                    self.share(k.ms) * 100.0,
+                    k.flops_per_s() / 1e12
                 );
                 if let Some(c) = ceilings {
-                    let _ = write!(
-                        s,
-                        " {:>5.0}%",
-                        sh.flops_per_s() / c.gemm_flops_per_s * 100.0
-                    );
+                    let _ = write!(s, " {:>5.0}%", k.flops_per_s() / c.gemm_flops_per_s * 100.0);
                 }
                 s.push('\n');
             }
@@ -233,14 +230,15 @@ impl StepProfile {
             .shapes
             .iter()
             .map(|sh| {
+                let k = &sh.time;
                 serde_json::json!({
-                    "kind": sh.kind,
+                    "kind": k.kind,
                     "shape": sh.shape,
-                    "nodes": sh.nodes,
-                    "ms": sh.ms,
-                    "flops": sh.flops,
-                    "tflop_per_s": sh.flops_per_s() / 1e12,
-                    "of_gemm_ceiling": ceilings.map(|c| sh.flops_per_s() / c.gemm_flops_per_s),
+                    "nodes": k.nodes,
+                    "ms": k.ms,
+                    "flops": k.flops,
+                    "tflop_per_s": k.flops_per_s() / 1e12,
+                    "of_gemm_ceiling": ceilings.map(|c| k.flops_per_s() / c.gemm_flops_per_s),
                 })
             })
             .collect();
