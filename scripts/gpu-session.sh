@@ -8,8 +8,8 @@
 # Order: the hbridge-7b4b checkpoint is written in the background from t = 0 (CPU and disk only); the
 # tests of every kernel and model path that has never run on a GPU; the tiny model's bench (replay vs
 # eager of the decode and gen steps); hbridge-7b4b's bench with --profile; the A/B passes (opt-in
-# kernels: attention v2 + GEMV, attention v3; programmatic dependent launch; no shared prefix; no
-# fusion: gen step and decode only); the kernel microbenches at short criterion
+# kernels: attention v2 + GEMV, attention v3; programmatic dependent launch; timed cuBLASLt
+# algorithms; no shared prefix; no fusion: the workloads each compares only); the kernel microbenches at short criterion
 # times; torch SDPA at the same attention shapes; ncu on the new kernels; torch eager on the gen step.
 #   bash gpu-bundle/session.sh [DEADLINE_S]     (default 560: the device tool's 600 s limit, less margin)
 set -uo pipefail
@@ -90,8 +90,9 @@ opt_in_rc=$rc
 stage model_sm90pipe 60 env HBRIDGE_ATTENTION=sm90-pipe-all bash -c \
   "'$bin/test-cuda_model' --test-threads=1 --nocapture && '$bin/test-t2i' --test-threads=1 --nocapture on_cuda"
 pipe_rc=$rc
-# Programmatic dependent launch on every hand-written kernel (the CUDA graphs capture it too).
-stage model_pdl 60 env HBRIDGE_PDL=1 bash -c \
+# Programmatic dependent launch on every hand-written kernel (the CUDA graphs capture it too), and
+# cuBLASLt algorithms timed on each shape's first call.
+stage model_pdl_tune 60 env HBRIDGE_PDL=1 HBRIDGE_GEMM_TUNE=1 bash -c \
   "'$bin/test-cuda_model' --test-threads=1 --nocapture && '$bin/test-t2i' --test-threads=1 --nocapture on_cuda"
 pdl_rc=$rc
 
@@ -121,6 +122,7 @@ if [ "$kernels_rc" = 0 ] && [ "$pipe_rc" = 0 ]; then
 fi
 if [ "$pdl_rc" = 0 ]; then
   ab bench_7b4b_pdl 60 decode,gen-step HBRIDGE_PDL=1
+  ab bench_7b4b_gemm_tune 60 prefill,gen-step HBRIDGE_GEMM_TUNE=1
 fi
 ab bench_7b4b_no_fuse 45 gen-step HBRIDGE_FUSE=0
 ab bench_7b4b_no_shared_prefix 45 gen-step HBRIDGE_SHARED_PREFIX=0

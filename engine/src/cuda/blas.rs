@@ -50,6 +50,8 @@ struct Plan {
     b: sys::cublasLtMatrixLayout_t,
     d: sys::cublasLtMatrixLayout_t,
     algo: sys::cublasLtMatmulAlgo_t,
+    /// The heuristic's other candidates, timed on the first call and then dropped (`blas_algo`).
+    untimed: Vec<sys::cublasLtMatmulAlgo_t>,
 }
 
 impl Drop for Plan {
@@ -162,6 +164,27 @@ impl Blas {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(v) => v.insert(self.plan(&key)?),
         };
+        if !plan.untimed.is_empty() && super::blas_algo::may_time(gpu, mm) {
+            let candidates: Vec<_> = std::iter::once(plan.algo)
+                .chain(std::mem::take(&mut plan.untimed))
+                .collect();
+            plan.algo = super::blas_algo::fastest(gpu, &candidates, |algo| {
+                self.enqueue(gpu, plan, algo, mm)
+            })?;
+        }
+        plan.untimed.clear();
+        self.enqueue(gpu, plan, &plan.algo, mm)
+    }
+
+    /// Enqueues `mm` with `plan`'s objects and algorithm `algo`.
+    fn enqueue(
+        &self,
+        gpu: &Gpu,
+        plan: &Plan,
+        algo: &sys::cublasLtMatmulAlgo_t,
+        mm: &Matmul,
+    ) -> CudaResult<()> {
+        let stream = gpu.stream();
         let alpha = mm.alpha;
         let ws = super::context::dev_ptr(&self.workspace, stream);
         // SAFETY: the plan's objects are alive (owned by the locked cache); the caller guarantees that the
@@ -191,7 +214,7 @@ impl Blas {
                 plan.d,
                 mm.d.0 as *mut c_void,
                 plan.d,
-                &plan.algo,
+                algo,
                 ws.0 as *mut c_void,
                 WORKSPACE_BYTES,
                 stream.cu_stream() as sys::cudaStream_t,
@@ -217,6 +240,7 @@ impl Blas {
             b: std::ptr::null_mut(),
             d: std::ptr::null_mut(),
             algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
+            untimed: Vec::new(),
         };
         let during = format!("planning a {}x{}x{} bf16 matmul", p.m, p.n, p.k);
         let err = |e| CudaError::blas(during.clone(), e);
@@ -283,19 +307,17 @@ impl Blas {
                     lt::set_matmul_pref_attribute(pref, attr, &v as *const u32 as _, 4)
                 });
             }
-            let heuristic = r.and_then(|_| {
-                lt::get_matmul_algo_heuristic(
+            let found = r.and_then(|_| {
+                super::blas_algo::heuristics(
                     self.handle,
                     plan.desc,
-                    plan.a,
-                    plan.b,
-                    plan.d,
-                    plan.d,
+                    [plan.a, plan.b, plan.d],
                     pref,
+                    WORKSPACE_BYTES,
                 )
             });
             let _ = lt::destroy_matmul_pref(pref);
-            let heuristic = heuristic.map_err(|e| {
+            let mut found = found.map_err(|e| {
                 CudaError::blas(
                     format!(
                         "{during} (A {:?}, B {:?}, D {:?}, bias {}, alignments {:?}): no algorithm",
@@ -304,16 +326,17 @@ impl Blas {
                     e,
                 )
             })?;
-            if heuristic.workspaceSize > WORKSPACE_BYTES {
+            if found.is_empty() {
                 return Err(CudaError::Blas {
                     during,
                     message: format!(
-                        "the chosen algorithm wants {} bytes of workspace",
-                        heuristic.workspaceSize
+                        "no algorithm within the {WORKSPACE_BYTES}-byte workspace (A {:?}, B {:?}, D {:?})",
+                        p.a, p.b, p.d
                     ),
                 });
             }
-            plan.algo = heuristic.algo;
+            plan.algo = found.remove(0);
+            plan.untimed = found;
         }
         Ok(plan)
     }

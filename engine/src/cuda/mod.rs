@@ -4,6 +4,7 @@
 
 mod bind;
 pub mod blas;
+mod blas_algo;
 pub mod buffer;
 mod capture;
 pub mod ceilings;
@@ -21,6 +22,7 @@ mod state;
 mod timing;
 mod weights;
 
+pub use blas_algo::TUNE_ENV as GEMM_TUNE_ENV;
 pub use capture::CaptureKey;
 pub use context::{dev_ptr, DevPtr, Gpu};
 pub use error::{CudaError, CudaResult};
