@@ -52,7 +52,10 @@ fn model_graphs_keep_fused_outputs_clear_of_what_the_first_node_reads() {
     let g = gen_step(&config, &spec).unwrap();
     let blocks = config.gen.num_layers + config.gen.num_refiner_layers;
     // Four norm pairs per modulated block, and norm_out's modulation.
-    assert_eq!(check_fused_outputs_are_clear("gen step", &g), 4 * blocks + 1);
+    assert_eq!(
+        check_fused_outputs_are_clear("gen step", &g),
+        4 * blocks + 1
+    );
 
     let decode = und_decode_step(&config.und, &UndNames::NESTED, 16).unwrap();
     let p = pairs(&decode);
