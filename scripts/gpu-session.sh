@@ -6,11 +6,12 @@
 # limit still returns what finished).
 #
 # Order: the hbridge-7b4b checkpoint is written in the background from t = 0 (CPU and disk only); the
-# tests of every kernel and model path that has never run on a GPU; the tiny model's bench (replay vs
-# eager of the decode and gen steps); hbridge-7b4b's bench with --profile; the A/B passes (opt-in
-# kernels: attention v2 + GEMV, attention v3; programmatic dependent launch; timed cuBLASLt
-# algorithms; no shared prefix; no fusion: the workloads each compares only); the kernel microbenches at short criterion
-# times; torch SDPA at the same attention shapes; ncu on the new kernels; torch eager on the gen step.
+# tests of every kernel and model path that has never run on a GPU (the opt-in ones too); the tiny
+# model's bench (replay vs eager of the decode and gen steps); hbridge-7b4b's bench with --profile; the
+# kernel microbenches issue 5 sets targets for (attention, RMSNorm, GEMV) at short criterion windows and
+# torch SDPA at the same shapes; the A/B passes (attention v2 + GEMV, attention v3, programmatic
+# dependent launch, timed cuBLASLt algorithms, no fusion, no shared prefix; each only the workloads it
+# changes); then, with what time is left, ncu on the wgmma attention and torch eager on the gen step.
 #   bash gpu-bundle/session.sh [DEADLINE_S]     (default 560: the device tool's 600 s limit, less margin)
 set -uo pipefail
 deadline=${1:-560}
@@ -106,6 +107,13 @@ if [ -n "$init_pid" ]; then
   note "7b4b init: $(grep -E 'wrote|Elapsed' "$logs/7b4b-init.log" | tr '\n' ' ') (done at $(elapsed)s)"
 fi
 stage bench_7b4b 150 "$bin/hbridge" --device cuda bench "$model" --profile --json "$logs/bench-7b4b.json"
+# 4. The kernels issue 5 sets targets for (short criterion windows), torch SDPA at the same shapes.
+stage bench_kernels 90 "$bin/bench-kernels" --bench --warm-up-time 0.5 --measurement-time 1.5 \
+  'gpu/(attention|rmsnorm|gemv)/'
+
+stage sdpa 40 bash -c "cd '$repo' && PYTHONUNBUFFERED=1 python3 reference/bench_sdpa.py --json '$logs/sdpa.json'"
+
+# 5. The A/B passes.
 ab() { # ab NAME CAP ENV...: the gen step (and decode for the GEMV) under other settings
   local name=$1 cap=$2 only=$3
   shift 3
@@ -127,11 +135,7 @@ fi
 ab bench_7b4b_no_fuse 45 gen-step HBRIDGE_FUSE=0
 ab bench_7b4b_no_shared_prefix 45 gen-step HBRIDGE_SHARED_PREFIX=0
 
-# 4. Kernel microbenches (short criterion windows), torch SDPA at the same shapes.
-stage bench_kernels 100 "$bin/bench-kernels" --bench --warm-up-time 0.5 --measurement-time 1.5 gpu/
-stage sdpa 40 bash -c "cd '$repo' && PYTHONUNBUFFERED=1 python3 reference/bench_sdpa.py --json '$logs/sdpa.json'"
-
-# 5. Whatever time is left: ncu on the new attention kernel, then torch eager on the gen step.
+# 6. Whatever time is left: ncu on the new attention kernel, then torch eager on the gen step.
 stage ncu_attention_sm90 90 bash "$bundle/run-ncu.sh" "bridge.*sm90"
 cp "$out"/ncu-*.txt "$logs/" 2>/dev/null && rm -f "$out"/ncu-*.txt
 stage torch_eager_gen_step 120 bash -c "cd '$repo' && PYTHONUNBUFFERED=1 python3 reference/bench_torch.py '$model' \
