@@ -22,6 +22,40 @@ pub(crate) fn pdl_requested() -> bool {
     *ON.get_or_init(|| std::env::var(PDL_ENV).as_deref() == Ok("1"))
 }
 
+/// The programmatic-stream-serialization launch attribute, allowed.
+fn pdl_attribute() -> sys::CUlaunchAttribute {
+    // SAFETY: a zeroed launch attribute is a valid value (an all-padding union); the id and the one
+    // field read for it are set below.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    attr
+}
+
+/// `cuLaunchKernelEx`'s configuration for `cfg` on `stream`, with `attr` as its one attribute if given.
+fn launch_config(
+    cfg: LaunchConfig,
+    stream: sys::CUstream,
+    attr: Option<&mut sys::CUlaunchAttribute>,
+) -> sys::CUlaunchConfig {
+    let (attrs, num_attrs) = match attr {
+        Some(a) => (a as *mut sys::CUlaunchAttribute, 1),
+        None => (std::ptr::null_mut(), 0),
+    };
+    sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: stream,
+        attrs,
+        numAttrs: num_attrs,
+    }
+}
+
 /// Launches `func` on the GPU's stream; `params` holds a pointer to each kernel argument, in order.
 ///
 /// # Safety
@@ -34,24 +68,12 @@ pub(crate) unsafe fn launch_kernel(
     params: &mut [*mut c_void],
 ) -> Result<(), DriverError> {
     gpu.context().bind_to_thread()?;
-    // SAFETY: a zeroed launch-attribute value is a valid (all-padding) union; the one field read for
-    // this attribute id is set below.
-    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-    attr.value.programmaticStreamSerializationAllowed = 1;
-    let pdl = gpu.pdl();
-    let config = sys::CUlaunchConfig {
-        gridDimX: cfg.grid_dim.0,
-        gridDimY: cfg.grid_dim.1,
-        gridDimZ: cfg.grid_dim.2,
-        blockDimX: cfg.block_dim.0,
-        blockDimY: cfg.block_dim.1,
-        blockDimZ: cfg.block_dim.2,
-        sharedMemBytes: cfg.shared_mem_bytes,
-        hStream: gpu.stream().cu_stream(),
-        attrs: if pdl { &mut attr } else { std::ptr::null_mut() },
-        numAttrs: pdl as u32,
-    };
+    let mut attr = pdl_attribute();
+    let config = launch_config(
+        cfg,
+        gpu.stream().cu_stream(),
+        gpu.pdl().then_some(&mut attr),
+    );
     // SAFETY: the caller guarantees the parameters; the config and attribute outlive the call.
     unsafe {
         sys::cuLaunchKernelEx(
@@ -62,4 +84,39 @@ pub(crate) unsafe fn launch_kernel(
         )
     }
     .result()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_carries_the_attribute_only_with_pdl() {
+        let cfg = LaunchConfig {
+            grid_dim: (3, 4, 5),
+            block_dim: (256, 1, 2),
+            shared_mem_bytes: 1234,
+        };
+        let plain = launch_config(cfg, std::ptr::null_mut(), None);
+        assert_eq!((plain.gridDimX, plain.gridDimY, plain.gridDimZ), (3, 4, 5));
+        assert_eq!(
+            (plain.blockDimX, plain.blockDimY, plain.blockDimZ),
+            (256, 1, 2)
+        );
+        assert_eq!(plain.sharedMemBytes, 1234);
+        assert_eq!(plain.numAttrs, 0);
+        assert!(plain.attrs.is_null());
+
+        let mut attr = pdl_attribute();
+        let with = launch_config(cfg, std::ptr::null_mut(), Some(&mut attr));
+        assert_eq!(with.numAttrs, 1);
+        // SAFETY: `attrs` points at `attr`, alive here.
+        let a = unsafe { &*with.attrs };
+        assert_eq!(
+            a.id,
+            sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+        );
+        // SAFETY: the field this attribute id defines.
+        assert_eq!(unsafe { a.value.programmaticStreamSerializationAllowed }, 1);
+    }
 }
