@@ -372,10 +372,11 @@ __device__ __forceinline__ void attn_fwd_sm90_pipe(const AttnParams& p) {
         sm90_exp_to_p(s, m, l, p_next);
     };
 
+    // Q's copies commit here even without keys: none may still be in flight when the block exits.
+    if (T > 0) load_tile(0);
+    cp_async_commit();
     if (T > 0) {
         // Tile 0 (with Q) in, tile 1 on its way; S_0 and P_0 before the loop (O is zero).
-        load_tile(0);
-        cp_async_commit();
         cp_async_wait<0>();
         fence_proxy_async_smem();
         __syncthreads();
