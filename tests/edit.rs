@@ -273,6 +273,70 @@ fn three_branches_at_one_step() {
     assert!(rel_l2(&one.cond, &v.cond) > 1e-2);
 }
 
+/// The same step on CUDA: every branch against the fixture within DESIGN.md 8's bf16 tolerance, traced
+/// (each branch's whole step) and untraced (c and r over one shared prefix, copied on the device into
+/// r's states). The two paths may round differently (a traced graph keeps some norm outputs, so fewer
+/// norm pairs fuse), so they are held to each other within 1e-2 rather than bit for bit. Skips (and
+/// says so) without a GPU; fails then with HBRIDGE_REQUIRE_GPU=1.
+#[test]
+fn three_branches_at_one_step_on_cuda() {
+    if let Err(why) = hbridge_engine::device::cuda_probe() {
+        assert!(
+            std::env::var("HBRIDGE_REQUIRE_GPU").as_deref() != Ok("1"),
+            "HBRIDGE_REQUIRE_GPU=1 but {why}"
+        );
+        println!("SKIPPED (no GPU: {why})");
+        return;
+    }
+    let f = fx();
+    let model_dir = fixture().join(f.meta["model"].as_str().unwrap());
+    let gpu = Model::open_on(&model_dir, hbridge_engine::device::Device::Cuda).unwrap();
+    let branches = EditBranches {
+        cond: context(f, "cond"),
+        refonly: Some(context(f, "refonly")),
+        uncond: Some(context(f, "uncond")),
+    };
+    let t = f.inputs["step.t"].as_f32().unwrap()[0];
+    let run = |traced| {
+        edit::step_velocity(
+            &gpu,
+            &f.inputs["step.x"],
+            t,
+            &branches,
+            &fixture_refs(f),
+            guidance(f),
+            traced,
+        )
+        .unwrap()
+    };
+    let (traced, shared) = (run(true), run(false));
+    let refonly = |s: &edit::StepVelocities| s.refonly.clone().unwrap_or_default();
+    let uncond = |s: &edit::StepVelocities| s.uncond.clone().unwrap_or_default();
+    for (name, v) in [("traced", &traced), ("shared prefix", &shared)] {
+        for (out, got) in [
+            ("gen.velocity.cond", v.cond.clone()),
+            ("gen.velocity.refonly", refonly(v)),
+            ("gen.velocity.uncond", uncond(v)),
+            ("gen.velocity", v.guided.clone()),
+        ] {
+            let e = rel_l2(&got, f.outputs[out].as_f32().unwrap());
+            println!("{out} ({name}, cuda): rel L2 {e:.3e}");
+            assert!(e <= 2e-2, "{out} ({name}) on CUDA: rel L2 {e:.3e} > 2e-2");
+        }
+    }
+    for (what, a, b) in [
+        ("cond", shared.cond.clone(), traced.cond.clone()),
+        ("refonly", refonly(&shared), refonly(&traced)),
+        ("guided", shared.guided.clone(), traced.guided.clone()),
+    ] {
+        let e = rel_l2(&a, &b);
+        assert!(
+            e <= 1e-2,
+            "{what}: shared prefix vs traced on CUDA rel L2 {e:.3e}"
+        );
+    }
+}
+
 #[test]
 fn omnigen2_topology_three_branches() {
     // [caption | ref | noise] with each branch's caption features; the ref is 16x24 (grid 6x4), the
