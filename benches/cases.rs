@@ -78,13 +78,26 @@ pub enum Op {
         groups: usize,
     },
     /// `y [n, out] = x [n, inp] @ w [out, inp]^T + bias`, few rows: the decode step's linears, through
-    /// gemv.cu or (`cublaslt`) through cuBLASLt for comparison. GPU only.
+    /// gemv.cu in the given form. GPU only.
     Gemv {
         n: usize,
         inp: usize,
         out: usize,
-        cublaslt: bool,
+        form: GemvForm,
     },
+}
+
+/// How a [`Op::Gemv`] case runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvForm {
+    /// One product, gemv.cu.
+    Single,
+    /// One product through cuBLASLt, for comparison.
+    CublasLt,
+    /// Three products of one x (`out` and two of `kv` features: q, k and v) in one grouped launch.
+    Qkv { kv: usize },
+    /// Gate and up (`out` features each) with the SwiGLU in the epilogue.
+    SwiGlu,
 }
 
 const BF16: u64 = 2;
@@ -133,8 +146,17 @@ impl Op {
             Op::Patchify { c, h, w, .. } => (Work::Bytes, BF16 * 2 * (c * h * w) as u64),
             Op::GroupNorm { c, hw, .. } => (Work::Bytes, BF16 * 2 * (c * hw) as u64 + 4 * c as u64),
             // The weights, read once, are the floor; x, bias and y are noise at decode shapes.
-            Op::Gemv { n, inp, out, .. } => {
-                (Work::Bytes, BF16 * (out * inp + n * (inp + 2 * out)) as u64)
+            Op::Gemv { n, inp, out, form } => {
+                // Output features across the launch's weights, and the outputs it writes.
+                let (rows, written) = match form {
+                    GemvForm::Single | GemvForm::CublasLt => (out, out),
+                    GemvForm::Qkv { kv } => (out + 2 * kv, out + 2 * kv),
+                    GemvForm::SwiGlu => (2 * out, out),
+                };
+                (
+                    Work::Bytes,
+                    BF16 * (rows * inp + n * (inp + 2 * written)) as u64,
+                )
             }
         }
     }
@@ -224,22 +246,45 @@ pub fn all() -> Vec<Case> {
 
 fn base() -> Vec<Case> {
     let gen_tokens = 16 + 64 * 64; // SRT + a 1024x1024 image's latent tokens (128x128 latent, patch 2)
-    let gemv = |name: &'static str, inp: usize, out: usize, cublaslt: bool| Case {
+    let gemv = |name: &'static str, inp: usize, out: usize, form: GemvForm| Case {
         group: "gemv",
         name,
         op: Op::Gemv {
             n: 1,
             inp,
             out,
-            cublaslt,
+            form,
         },
     };
     vec![
-        // The und decode step's largest linears at batch 1: the FFN down projection and the lm_head.
-        gemv("und_down_18944_to_3584", 18944, 3584, false),
-        gemv("und_down_18944_to_3584_cublaslt", 18944, 3584, true),
-        gemv("lm_head_3584_to_152064", 3584, 152064, false),
-        gemv("lm_head_3584_to_152064_cublaslt", 3584, 152064, true),
+        // The und decode step's largest linears at batch 1: the FFN down projection and the lm_head;
+        // then its q/k/v and gate/up/SwiGLU as the fused launches run them.
+        gemv("und_down_18944_to_3584", 18944, 3584, GemvForm::Single),
+        gemv(
+            "und_down_18944_to_3584_cublaslt",
+            18944,
+            3584,
+            GemvForm::CublasLt,
+        ),
+        gemv("lm_head_3584_to_152064", 3584, 152064, GemvForm::Single),
+        gemv(
+            "lm_head_3584_to_152064_cublaslt",
+            3584,
+            152064,
+            GemvForm::CublasLt,
+        ),
+        gemv(
+            "und_qkv_3584_to_3584_512_512",
+            3584,
+            3584,
+            GemvForm::Qkv { kv: 512 },
+        ),
+        gemv(
+            "und_gate_up_swiglu_3584_to_18944",
+            3584,
+            18944,
+            GemvForm::SwiGlu,
+        ),
         Case {
             group: "attention",
             name: "und_prefill_512_causal_d128_gqa7",

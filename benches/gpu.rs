@@ -1,7 +1,7 @@
 //! Each case on the GPU through its launcher, timed with CUDA events around `iters` launches that rotate
 //! over several input/output sets (together larger than L2), so no iteration reads another's cached data.
 
-use crate::cases::{Case, Flash, Op, Work};
+use crate::cases::{Case, Flash, GemvForm, Op, Work};
 use criterion::{Criterion, Throughput};
 use hbridge_engine::cuda::buffer::{upload, upload_bf16, DeviceBf16};
 use hbridge_engine::cuda::ops::{attention, bridge, elementwise, gemm, gemv, layout, norm, rope};
@@ -243,13 +243,8 @@ impl GpuBench {
                     let (x, out) = (s.bf16(gpu, c * h * w), s.bf16(gpu, c * h * w));
                     Box::new(move |g: &Gpu| layout::patchify(g, x, out, c, h, w, p))
                 }
-                Op::Gemv {
-                    n,
-                    inp,
-                    out,
-                    cublaslt,
-                } => {
-                    let args = gemm::LinearArgs {
+                Op::Gemv { n, inp, out, form } => {
+                    let linear = |s: &mut Set, out: usize| gemm::LinearArgs {
                         x: s.bf16(gpu, n * inp),
                         w: s.bf16(gpu, out * inp),
                         bias: Some(s.bf16(gpu, out)),
@@ -258,8 +253,10 @@ impl GpuBench {
                         in_features: inp,
                         out_features: out,
                     };
-                    Box::new(move |g: &Gpu| {
-                        if cublaslt {
+                    let args = linear(&mut s, out);
+                    match form {
+                        GemvForm::Single => Box::new(move |g: &Gpu| gemv::gemv(g, &args)),
+                        GemvForm::CublasLt => Box::new(move |g: &Gpu| {
                             gemm::gemm(
                                 g,
                                 &gemm::GemmArgs {
@@ -280,10 +277,24 @@ impl GpuBench {
                                     accumulate: false,
                                 },
                             )
-                        } else {
-                            gemv::gemv(g, &args)
+                        }),
+                        GemvForm::Qkv { kv } => {
+                            let (k, v) = (linear(&mut s, kv), linear(&mut s, kv));
+                            let group = [
+                                args,
+                                gemm::LinearArgs { x: args.x, ..k },
+                                gemm::LinearArgs { x: args.x, ..v },
+                            ];
+                            Box::new(move |g: &Gpu| gemv::gemv_group(g, &group))
                         }
-                    })
+                        GemvForm::SwiGlu => {
+                            let up = gemm::LinearArgs {
+                                x: args.x,
+                                ..linear(&mut s, out)
+                            };
+                            Box::new(move |g: &Gpu| gemv::gemv_swiglu(g, &args, &up, args.y))
+                        }
+                    }
                 }
                 Op::GroupNorm { c, hw, groups } => {
                     let (x, out) = (s.bf16(gpu, c * hw), s.bf16(gpu, c * hw));

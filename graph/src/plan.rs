@@ -2,7 +2,7 @@
 //! tensors whose lifetimes do not overlap.
 //!
 //! Liveness is counted in node indices (execution order). An activation is live from the node that writes
-//! it (one node earlier for the second node of a pair a backend may fuse, `crate::fusion`) to the last
+//! it (for a node of a group a backend may fuse, `crate::fusion`, the group's first node) to the last
 //! node that reads it; a graph output stays live to the end (`nodes.len()`: the caller reads
 //! it after execution); an activation nothing reads is live at its own node only (the op still writes it).
 //! Ranges are closed, so a node's output (starting at that node) overlaps every one of its inputs (ending at
@@ -43,18 +43,16 @@ impl LiveRange {
 }
 
 /// The live range of every tensor a node writes (`None` for weights, inputs, and anything no node writes).
-/// The second node of a pair a backend may fuse ([`crate::fusion::pairs`]) writes its output one node
-/// early, so that output's range starts there.
+/// A node in a group a backend may fuse ([`crate::fusion::groups`]) may have its output written at the
+/// group's first node, so that output's range starts there.
 pub fn live_ranges(graph: &Graph) -> Vec<Option<LiveRange>> {
     let mut ranges: Vec<Option<LiveRange>> = vec![None; graph.tensors.len()];
-    let fused = crate::fusion::pairs(graph);
+    let written = crate::fusion::written_at(graph);
     for (i, node) in graph.nodes.iter().enumerate() {
-        let first = if i > 0 && fused[i - 1].is_some() {
-            i - 1
-        } else {
-            i
-        };
-        ranges[node.out.index()] = Some(LiveRange { first, last: i });
+        ranges[node.out.index()] = Some(LiveRange {
+            first: written[i],
+            last: i,
+        });
     }
     for (i, node) in graph.nodes.iter().enumerate() {
         for id in node.op.inputs() {

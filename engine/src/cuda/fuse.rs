@@ -1,23 +1,28 @@
-//! Launch-time fusion: the adjacent node pairs `hbridge_graph::fusion` names (the memory plan already
-//! keeps each pair's second output clear of what the first node reads) run as one kernel pass:
+//! Launch-time fusion: the groups of adjacent nodes `hbridge_graph::fusion` names (the memory plan
+//! already keeps every member's output clear of what the group reads) run as one kernel pass:
 //! - `RmsNorm` / `LayerNorm` then `Modulate` (the DiT's `norm(x) * (1 + scale)`): the norm kernel's
 //!   modulation;
 //! - `RmsNorm` then `GateResidual` (the DiT's `x + tanh(gate) * norm(y)`): its gated epilogue;
 //! - `Add` then `RmsNorm` of the sum (the und expert's residual stream): the norm kernel's residual
 //!   input, writing the sum too (still read by the next residual add), bit for bit what the two kernels
-//!   write (the kernel rounds the sum to bf16 before its statistics).
+//!   write (the kernel rounds the sum to bf16 before its statistics);
+//! - with the decode GEMV on (`HBRIDGE_GEMV=1`) and few rows: q/k/v as one grouped GEMV, and gate, up
+//!   and the SwiGLU as one GEMV with the SwiGLU in its epilogue (gate and up never stored).
 //!
 //! The norm pairs save a read and a write of the activation (on hbridge-7b4b's gen step 41 MB, ~14 us at
 //! the copy ceiling, four times per block) and a launch; their fused launch writes the second node's
-//! output and never the norm's own, which nothing else reads. The add pairs save a launch and a pass,
-//! twice per und layer: 56 of the ~450 launches of hbridge-7b4b's decode step.
+//! output and never the norm's own, which nothing else reads. The add pairs and the GEMV groups save
+//! launches: per und layer 2 + 2 + 2 of the 16 kernels of hbridge-7b4b's decode step. A group the kernels
+//! cannot take as it is (alignment, GEMV off, too many rows) runs node by node.
 
 use super::bind::Bindings;
 use super::context::Gpu;
 use super::dispatch;
 use super::error::{CudaError, CudaResult};
+use super::ops::gemm::LinearArgs;
+use super::ops::gemv;
 use super::ops::norm::{self, Gated, LayerNormArgs, RmsNormArgs};
-use hbridge_graph::fusion::{self, Pair};
+use hbridge_graph::fusion::{self, Kind};
 use hbridge_graph::{Graph, Op, TensorId};
 
 /// What the executor launches for each node.
@@ -37,6 +42,10 @@ pub enum Launch {
     },
     /// This `Add` and the RMSNorm after it (of the sum, `out`) as one residual-norm launch.
     AddNorm { out: TensorId },
+    /// This `Linear` and the `len - 1` after it, of the same input, as one grouped GEMV.
+    LinearGroup { len: usize },
+    /// This `Linear` (gate), the next (up) and the `SwiGlu` of both, as one GEMV writing `out`.
+    GateUpSwiGlu { out: TensorId },
 }
 
 /// `HBRIDGE_FUSE=0` launches every node on its own (for A/B measurements).
@@ -48,23 +57,28 @@ pub fn plan(graph: &Graph) -> Vec<Launch> {
     if std::env::var(ENV).as_deref() == Ok("0") {
         return plan;
     }
-    for (i, pair) in fusion::pairs(graph).into_iter().enumerate() {
-        let Some(pair) = pair else { continue };
+    for (i, group) in fusion::groups(graph).into_iter().enumerate() {
+        let Some(group) = group else { continue };
         let next = &graph.nodes[i + 1];
-        plan[i] = match (pair, &next.op) {
-            (Pair::NormModulate, Op::Modulate { scale, .. }) => Launch::NormModulate {
+        let last = &graph.nodes[i + group.len - 1];
+        plan[i] = match (group.kind, &next.op) {
+            (Kind::NormModulate, Op::Modulate { scale, .. }) => Launch::NormModulate {
                 scale: *scale,
                 out: next.out,
             },
-            (Pair::NormGate, Op::GateResidual { x, gate, .. }) => Launch::NormGate {
+            (Kind::NormGate, Op::GateResidual { x, gate, .. }) => Launch::NormGate {
                 x: *x,
                 gate: *gate,
                 out: next.out,
             },
-            (Pair::AddNorm, _) => Launch::AddNorm { out: next.out },
+            (Kind::AddNorm, _) => Launch::AddNorm { out: next.out },
+            (Kind::LinearSiblings, _) => Launch::LinearGroup { len: group.len },
+            (Kind::GateUpSwiGlu, _) => Launch::GateUpSwiGlu { out: last.out },
             _ => continue,
         };
-        plan[i + 1] = Launch::Skip;
+        for skip in &mut plan[i + 1..i + group.len] {
+            *skip = Launch::Skip;
+        }
     }
     plan
 }
@@ -81,8 +95,11 @@ pub fn launch_fused(
 ) -> CudaResult<()> {
     let node = &graph.nodes[index];
     let p = |id: TensorId| b.get(graph, id);
-    if let Launch::AddNorm { out } = launch {
-        return launch_add_norm(gpu, graph, b, index, out);
+    match launch {
+        Launch::AddNorm { out } => return launch_add_norm(gpu, graph, b, index, out),
+        Launch::LinearGroup { len } => return launch_linear_group(gpu, graph, b, index, len),
+        Launch::GateUpSwiGlu { out } => return launch_gate_up_swiglu(gpu, graph, b, index, out),
+        _ => {}
     }
     let (scale, gated, out) = match launch {
         Launch::NormModulate { scale, out } => (Some(p(scale)?), None, out),
@@ -94,7 +111,7 @@ pub fn launch_fused(
             }),
             out,
         ),
-        Launch::Node | Launch::Skip | Launch::AddNorm { .. } => return Ok(()),
+        _ => return Ok(()),
     };
     if graph.tensor(out).numel() == 0 {
         return Ok(());
@@ -196,6 +213,74 @@ fn launch_add_norm(
     )
 }
 
+/// The GEMV arguments of `Linear` node `index` (`None` for another op).
+fn linear_args(graph: &Graph, b: &Bindings, index: usize) -> CudaResult<Option<LinearArgs>> {
+    let node = &graph.nodes[index];
+    let Op::Linear { x, w, bias } = node.op else {
+        return Ok(None);
+    };
+    let p = |id: TensorId| b.get(graph, id);
+    let (xs, ws) = (&graph.tensor(x).shape, &graph.tensor(w).shape);
+    Ok(Some(LinearArgs {
+        x: p(x)?,
+        w: p(w)?,
+        bias: bias.map(p).transpose()?,
+        y: p(node.out)?,
+        n: xs[0],
+        in_features: xs[1],
+        out_features: ws[0],
+    }))
+}
+
+/// Runs nodes `index .. index + len` one by one (a group the fused kernels cannot take).
+fn launch_each(gpu: &Gpu, graph: &Graph, b: &Bindings, index: usize, len: usize) -> CudaResult<()> {
+    for i in index..index + len {
+        dispatch::launch(gpu, graph, b, i, &graph.nodes[i])?;
+    }
+    Ok(())
+}
+
+/// [`Launch::LinearGroup`]: `len` linears of one input as one grouped GEMV when the GEMV is on and
+/// takes them, else one by one.
+fn launch_linear_group(
+    gpu: &Gpu,
+    graph: &Graph,
+    b: &Bindings,
+    index: usize,
+    len: usize,
+) -> CudaResult<()> {
+    let products = (index..index + len)
+        .map(|i| linear_args(graph, b, i))
+        .collect::<CudaResult<Option<Vec<_>>>>()?;
+    match products {
+        Some(products) if gemv::enabled() && gemv::group_fits(&products) => {
+            gemv::gemv_group(gpu, &products)
+        }
+        _ => launch_each(gpu, graph, b, index, len),
+    }
+}
+
+/// [`Launch::GateUpSwiGlu`]: gate, up and their SwiGLU (`out`) as one GEMV when the GEMV is on and
+/// takes them, else one by one.
+fn launch_gate_up_swiglu(
+    gpu: &Gpu,
+    graph: &Graph,
+    b: &Bindings,
+    index: usize,
+    out: TensorId,
+) -> CudaResult<()> {
+    let (gate, up) = (
+        linear_args(graph, b, index)?,
+        linear_args(graph, b, index + 1)?,
+    );
+    match (gate, up) {
+        (Some(gate), Some(up)) if gemv::enabled() && gemv::swiglu_fits(&gate, &up) => {
+            gemv::gemv_swiglu(gpu, &gate, &up, b.get(graph, out)?)
+        }
+        _ => launch_each(gpu, graph, b, index, 3),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,7 +363,18 @@ mod tests {
             2 * blocks + 1
         );
         assert_eq!(count(|l| matches!(l, Launch::NormGate { .. })), 2 * blocks);
-        assert_eq!(count(|l| *l == Launch::Skip), 4 * blocks + 1);
+        // Every fused launch skips the rest of its group: the norm pairs one node, the linear groups
+        // (q/k/v; only a GEMV of few rows runs them as one) their length less one.
+        let group_skips: usize = p
+            .iter()
+            .map(|l| match l {
+                Launch::LinearGroup { len } => len - 1,
+                Launch::GateUpSwiGlu { .. } => 2,
+                _ => 0,
+            })
+            .sum();
+        assert!(count(|l| matches!(l, Launch::LinearGroup { .. })) >= blocks);
+        assert_eq!(count(|l| *l == Launch::Skip), 4 * blocks + 1 + group_skips);
     }
 
     /// The und layer's residual stream: each add feeds the next norm and the next add; both adds fold
@@ -327,7 +423,7 @@ mod tests {
 
     /// The decode step of the tiny und config: two residual adds per layer fold, the final norm too.
     #[test]
-    fn every_und_layer_folds_two_adds() {
+    fn every_und_layer_folds_its_adds_qkv_and_gate_up() {
         use hbridge_graph::build::und_decode_step;
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/model");
@@ -335,11 +431,15 @@ mod tests {
         let names = hbridge_loader::manifest::UndNames::NESTED;
         let g = und_decode_step(&config.und, &names, 16).unwrap();
         let p = plan(&g);
-        let folded = p
-            .iter()
-            .filter(|l| matches!(l, Launch::AddNorm { .. }))
-            .count();
-        assert_eq!(folded, 2 * config.und.num_layers);
+        let count = |f: fn(&Launch) -> bool| p.iter().filter(|l| f(l)).count();
+        let layers = config.und.num_layers;
+        assert_eq!(count(|l| matches!(l, Launch::AddNorm { .. })), 2 * layers);
+        assert_eq!(
+            count(|l| *l == Launch::LinearGroup { len: 3 }),
+            layers,
+            "q, k and v"
+        );
+        assert_eq!(count(|l| matches!(l, Launch::GateUpSwiGlu { .. })), layers);
     }
 
     #[test]

@@ -156,12 +156,12 @@ pub fn live_at(g: &Graph, t: TensorId, i: usize) -> bool {
     let Some(def) = g.nodes.iter().position(|n| n.out == t) else {
         return false;
     };
-    // The second node of a pair a backend may fuse is written while the first runs.
-    let first = if def > 0 && hbridge_graph::fusion::pairs(g)[def - 1].is_some() {
-        def - 1
-    } else {
-        def
-    };
+    // A node of a group a backend may fuse is written while the group's first node runs.
+    let first = hbridge_graph::fusion::groups(g)
+        .iter()
+        .enumerate()
+        .find_map(|(i, grp)| grp.filter(|grp| i <= def && def < i + grp.len).map(|_| i))
+        .unwrap_or(def);
     if first > i {
         return false;
     }
