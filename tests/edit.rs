@@ -51,6 +51,22 @@ fn fx() -> &'static Fixture {
     })
 }
 
+/// Whether a GPU is here; without one says so and returns false (and fails with
+/// HBRIDGE_REQUIRE_GPU=1, as on the GPU machine).
+fn gpu_or_skip() -> bool {
+    match hbridge_engine::device::cuda_probe() {
+        Ok(_) => true,
+        Err(why) => {
+            assert!(
+                std::env::var("HBRIDGE_REQUIRE_GPU").as_deref() != Ok("1"),
+                "HBRIDGE_REQUIRE_GPU=1 but {why}"
+            );
+            println!("SKIPPED (no GPU: {why})");
+            false
+        }
+    }
+}
+
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "lengths differ");
     let num: f64 = a
@@ -139,12 +155,7 @@ fn vae_encoder_matches_diffusers() {
 /// HBRIDGE_REQUIRE_GPU=1 (scripts/gpu-check.sh runs it on the GPU machine).
 #[test]
 fn vae_encoder_matches_diffusers_on_cuda() {
-    if let Err(why) = hbridge_engine::device::cuda_probe() {
-        assert!(
-            std::env::var("HBRIDGE_REQUIRE_GPU").as_deref() != Ok("1"),
-            "HBRIDGE_REQUIRE_GPU=1 but {why}"
-        );
-        println!("SKIPPED (no GPU: {why})");
+    if !gpu_or_skip() {
         return;
     }
     let f = fx();
@@ -280,12 +291,7 @@ fn three_branches_at_one_step() {
 /// says so) without a GPU; fails then with HBRIDGE_REQUIRE_GPU=1.
 #[test]
 fn three_branches_at_one_step_on_cuda() {
-    if let Err(why) = hbridge_engine::device::cuda_probe() {
-        assert!(
-            std::env::var("HBRIDGE_REQUIRE_GPU").as_deref() != Ok("1"),
-            "HBRIDGE_REQUIRE_GPU=1 but {why}"
-        );
-        println!("SKIPPED (no GPU: {why})");
+    if !gpu_or_skip() {
         return;
     }
     let f = fx();

@@ -339,14 +339,18 @@ mod tests {
         );
     }
 
+    fn tiny_config() -> hbridge_loader::config::ModelConfig {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/model");
+        hbridge_loader::config::ModelConfig::read(&dir).unwrap()
+    }
+
     /// On a real gen step every modulated block fuses its four norm pairs, and norm_out its
     /// modulation.
     #[test]
     fn every_gen_block_fuses_four_pairs() {
         use hbridge_graph::build::{gen_step, GenStepSpec};
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/model");
-        let config = hbridge_loader::config::ModelConfig::read(&dir).unwrap();
+        let config = tiny_config();
         let spec = GenStepSpec {
             latent: [config.vae.latent_channels, 4, 6],
             context_len: 5,
@@ -425,9 +429,7 @@ mod tests {
     #[test]
     fn every_und_layer_folds_its_adds_qkv_and_gate_up() {
         use hbridge_graph::build::und_decode_step;
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/model");
-        let config = hbridge_loader::config::ModelConfig::read(&dir).unwrap();
+        let config = tiny_config();
         let names = hbridge_loader::manifest::UndNames::NESTED;
         let g = und_decode_step(&config.und, &names, 16).unwrap();
         let p = plan(&g);
