@@ -30,6 +30,9 @@ pub struct Gpu {
     arch: Arch,
     name: String,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    /// Entry points looked up so far, by (file, entry): an eager step launches hundreds of kernels,
+    /// each would otherwise ask the driver for its function again.
+    functions: Mutex<HashMap<&'static str, HashMap<String, CudaFunction>>>,
     blas: OnceLock<Result<Blas, CudaError>>,
     /// Held by whoever needs the stream to itself for a while (an executor's run, a capture, a weight
     /// upload): launches from another thread must not land inside a stream capture.
@@ -82,6 +85,7 @@ impl Gpu {
             },
             name,
             modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
             blas: OnceLock::new(),
             exclusive: Mutex::new(()),
             pdl: major >= 9 && super::launch::pdl_requested(),
@@ -113,6 +117,19 @@ impl Gpu {
     /// The entry point `entry` of kernel file `file` (e.g. `("norm", "rmsnorm_fused")`), compiling the file
     /// on first use.
     pub fn function(&self, file: &'static str, entry: &str) -> CudaResult<CudaFunction> {
+        let mut functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = functions.get(file).and_then(|m| m.get(entry)) {
+            return Ok(f.clone());
+        }
+        let f = self.load_function(file, entry)?;
+        functions
+            .entry(file)
+            .or_default()
+            .insert(entry.to_string(), f.clone());
+        Ok(f)
+    }
+
+    fn load_function(&self, file: &'static str, entry: &str) -> CudaResult<CudaFunction> {
         let module = {
             let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
             match modules.get(file) {
