@@ -6,12 +6,12 @@
 # limit still returns what finished).
 #
 # Order: the hbridge-7b4b checkpoint is written in the background from t = 0 (CPU and disk only); the
-# tests of every kernel and model path that has never run on a GPU (the opt-in ones too); the tiny
-# model's bench (replay vs eager of the decode and gen steps); hbridge-7b4b's bench with --profile; the
-# kernel microbenches issue 5 sets targets for (attention, RMSNorm, GEMV) at short criterion windows and
-# torch SDPA at the same shapes; the A/B passes (attention v2 + GEMV, attention v3, programmatic
-# dependent launch, timed cuBLASLt algorithms, no fusion, no shared prefix; each only the workloads it
-# changes); then, with what time is left, ncu on the wgmma attention and torch eager on the gen step.
+# tests of the default path (every kernel it runs, the model checks); the tiny model's bench (replay vs
+# eager of the decode and gen steps) and hbridge-7b4b's bench with --profile, the headline numbers; the
+# tests of the opt-in paths (wgmma attention v2 and v3, GEMV, PDL, timed GEMM algorithms); the kernel
+# microbenches issue 5 sets targets for (attention, RMSNorm, GEMV) at short criterion windows and torch
+# SDPA at the same shapes; the A/B passes (each only the workloads it changes); then, with what time is
+# left, ncu on the wgmma attention and torch eager on the gen step.
 #   bash gpu-bundle/session.sh [DEADLINE_S]     (default 560: the device tool's 600 s limit, less margin)
 set -uo pipefail
 deadline=${1:-560}
@@ -75,15 +75,27 @@ else
   init_pid=""
 fi
 
-# 1. Correctness of everything compiled but never run on a GPU.
+# 1. The default path (the kernels every run uses, the model checks): the headline bench needs it.
 stage nvrtc_compile 60 "$bin/test-nvrtc_compile" --test-threads=1 --nocapture
-# The wgmma attention tests on their own, after the rest: a hang or fault there cannot cost the others.
 stage cuda_kernels 120 "$bin/test-cuda_kernels" --test-threads=1 --nocapture --skip attention_sm90
 kernels_rc=$rc
-stage cuda_kernels_sm90 90 "$bin/test-cuda_kernels" --test-threads=1 --nocapture attention_sm90
-[ "$rc" = 0 ] || kernels_rc=$rc
 stage cuda_model 90 "$bin/test-cuda_model" --test-threads=1 --nocapture
 stage t2i_edit_on_cuda 60 bash -c "'$bin/test-t2i' --test-threads=1 --nocapture on_cuda && '$bin/test-edit' --test-threads=1 --nocapture on_cuda"
+
+# 2. Issue 4 item 5 on the tiny model (decode and gen step replay vs eager), then hbridge-7b4b end to
+# end (waits for the checkpoint).
+stage bench_tiny 40 "$bin/hbridge" --device cuda bench "$repo/tests/fixtures/tiny/model" --prompt-len 32 \
+  --context 256 --decode-tokens 16 --size 256 --steps 10 --json "$logs/bench-tiny.json"
+if [ -n "$init_pid" ]; then
+  wait "$init_pid"
+  note "7b4b init: $(grep -E 'wrote|Elapsed' "$logs/7b4b-init.log" | tr '\n' ' ') (done at $(elapsed)s)"
+fi
+stage bench_7b4b 150 "$bin/hbridge" --device cuda bench "$model" --profile --json "$logs/bench-7b4b.json"
+
+# 3. The opt-in paths. The wgmma attention tests on their own stage: a hang or fault there cannot cost
+# the other kernel tests.
+stage cuda_kernels_sm90 90 "$bin/test-cuda_kernels" --test-threads=1 --nocapture attention_sm90
+[ "$rc" = 0 ] || kernels_rc=$rc
 # -all: the tiny models' heads (12-24 wide) would otherwise stay on v1.
 stage model_sm90_gemv 90 env HBRIDGE_ATTENTION=sm90-all HBRIDGE_GEMV=1 bash -c \
   "'$bin/test-cuda_model' --test-threads=1 --nocapture && '$bin/test-t2i' --test-threads=1 --nocapture on_cuda"
@@ -97,16 +109,6 @@ stage model_pdl_tune 60 env HBRIDGE_PDL=1 HBRIDGE_GEMM_TUNE=1 bash -c \
   "'$bin/test-cuda_model' --test-threads=1 --nocapture && '$bin/test-t2i' --test-threads=1 --nocapture on_cuda"
 pdl_rc=$rc
 
-# 2. Issue 4 item 5 on the tiny model: decode and gen step replay vs eager.
-stage bench_tiny 40 "$bin/hbridge" --device cuda bench "$repo/tests/fixtures/tiny/model" --prompt-len 32 \
-  --context 256 --decode-tokens 16 --size 256 --steps 10 --json "$logs/bench-tiny.json"
-
-# 3. hbridge-7b4b end to end (waits for the checkpoint).
-if [ -n "$init_pid" ]; then
-  wait "$init_pid"
-  note "7b4b init: $(grep -E 'wrote|Elapsed' "$logs/7b4b-init.log" | tr '\n' ' ') (done at $(elapsed)s)"
-fi
-stage bench_7b4b 150 "$bin/hbridge" --device cuda bench "$model" --profile --json "$logs/bench-7b4b.json"
 # 4. The kernels issue 5 sets targets for (short criterion windows), torch SDPA at the same shapes.
 stage bench_kernels 90 "$bin/bench-kernels" --bench --warm-up-time 0.5 --measurement-time 1.5 \
   'gpu/(attention|rmsnorm|gemv)/'
