@@ -1,12 +1,13 @@
 //! Every hand-written kernel launch goes through [`launch_kernel`], so one place decides how kernels
-//! follow each other on the stream. With programmatic dependent launch (PDL, Hopper; opt-in with
-//! `HBRIDGE_PDL=1` until a GPU run has measured it) a kernel is launched with the
-//! programmatic-stream-serialization attribute: its blocks may be scheduled while the kernel ahead of
-//! it drains, and wait in `hb_pdl_entry()` (kernels/cuda/common.cuh, the first statement of every
-//! kernel) until that kernel has finished and its writes are visible. A step of hundreds of small
-//! kernels (the und decode step: ~480 launches per token) then pays less than one launch latency per
-//! kernel. cuBLASLt's kernels are launched by cuBLASLt, without the attribute: the kernel after one of
-//! them still waits for it in `hb_pdl_entry()`, and the GEMM after one of ours waits as usual.
+//! follow each other on the stream: by default `cuLaunchKernel`, as cudarc's launch builder does. With
+//! programmatic dependent launch (PDL, Hopper; opt-in with `HBRIDGE_PDL=1` until a GPU run has
+//! measured it) `cuLaunchKernelEx` with the programmatic-stream-serialization attribute: a kernel's
+//! blocks may be scheduled while the kernel ahead of it drains, and wait in `hb_pdl_entry()`
+//! (kernels/cuda/common.cuh, the first statement of every kernel) until that kernel has finished and
+//! its writes are visible. A step of hundreds of small kernels (the und decode step: ~450 kernels per
+//! token) then pays less than one launch latency per kernel. cuBLASLt's kernels are launched by
+//! cuBLASLt, without the attribute: the kernel after one of them still waits for it in
+//! `hb_pdl_entry()`, and the GEMM after one of ours waits as usual.
 
 use super::context::Gpu;
 use cudarc::driver::{sys, CudaFunction, DriverError, LaunchConfig};
@@ -68,12 +69,22 @@ pub(crate) unsafe fn launch_kernel(
     params: &mut [*mut c_void],
 ) -> Result<(), DriverError> {
     gpu.context().bind_to_thread()?;
+    let stream = gpu.stream().cu_stream();
+    if !gpu.pdl() {
+        // SAFETY: the caller guarantees the parameters (the launch cudarc's own builder makes).
+        return unsafe {
+            cudarc::driver::result::launch_kernel(
+                func.cu_function(),
+                cfg.grid_dim,
+                cfg.block_dim,
+                cfg.shared_mem_bytes,
+                stream,
+                params,
+            )
+        };
+    }
     let mut attr = pdl_attribute();
-    let config = launch_config(
-        cfg,
-        gpu.stream().cu_stream(),
-        gpu.pdl().then_some(&mut attr),
-    );
+    let config = launch_config(cfg, stream, Some(&mut attr));
     // SAFETY: the caller guarantees the parameters; the config and attribute outlive the call.
     unsafe {
         sys::cuLaunchKernelEx(
