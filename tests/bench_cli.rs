@@ -3,32 +3,52 @@
 use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn bench_reports_every_workload_as_json() {
+/// `hbridge [device] bench <tiny fixture> <args> --json <tmp>` in a folder of its own (`tag`): the
+/// printed table and the JSON report. Fails the test, with the run's stderr, if the run fails.
+fn run_bench(tag: &str, device: &[&str], args: &[&str]) -> (String, serde_json::Value) {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/model");
-    let dir = std::env::temp_dir().join(format!("hbridge-bench-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("hbridge-bench-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");
     let out = Command::new(env!("CARGO_BIN_EXE_hbridge"))
+        .args(device)
         .arg("bench")
         .arg(&model)
-        .args([
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "hbridge bench {args:?} failed: {stderr}"
+    );
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), report)
+}
+
+#[test]
+fn bench_reports_every_workload_as_json() {
+    let (stdout, report) = run_bench(
+        "all",
+        &[],
+        &[
             "--prompt-len",
             "24",
             "--context",
             "40",
             "--decode-tokens",
             "4",
-        ])
-        .args(["--size", "32", "--steps", "2", "--runs", "2", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "hbridge bench failed: {stderr}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+            "--size",
+            "32",
+            "--steps",
+            "2",
+            "--runs",
+            "2",
+        ],
+    );
     let rows = report["rows"].as_array().unwrap();
     for name in [
         "load_s",
@@ -55,29 +75,22 @@ fn bench_reports_every_workload_as_json() {
         assert_eq!(row["achieved"]["unit"], "TFLOP/s");
         assert!(row["achieved"]["value"].as_f64().unwrap() > 0.0);
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `--profile` prints a table by op kind for each profiled workload (kinds adding up to the workload's
 /// total) and the slowest nodes, and puts the same in the JSON; without it the JSON has no `profiles`.
 #[test]
 fn bench_profile_prints_the_table_by_op_kind() {
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/model");
-    let dir = std::env::temp_dir().join(format!("hbridge-bench-profile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("bench.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_hbridge"))
-        .args(["--device", "cpu", "bench"])
-        .arg(&model)
-        .args([
+    let (stdout, report) = run_bench(
+        "profile",
+        &["--device", "cpu"],
+        &[
             "--prompt-len",
             "8",
             "--context",
             "16",
             "--decode-tokens",
             "2",
-        ])
-        .args([
             "--size",
             "32",
             "--steps",
@@ -85,17 +98,8 @@ fn bench_profile_prints_the_table_by_op_kind() {
             "--runs",
             "1",
             "--profile",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "hbridge bench --profile failed: {stderr}"
+        ],
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
     for workload in ["und_prefill", "und_decode_step", "gen_step_cond"] {
         assert!(
             stdout.contains(&format!("profile {workload}: ")),
@@ -135,8 +139,6 @@ fn bench_profile_prints_the_table_by_op_kind() {
         "{gen}"
     );
 
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let profiles = report["profiles"].as_array().unwrap();
     assert_eq!(profiles.len(), 3);
     for p in profiles {
@@ -167,7 +169,6 @@ fn bench_profile_prints_the_table_by_op_kind() {
             .iter()
             .all(|n| n["label"].as_str().is_some_and(|l| !l.is_empty())));
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -188,25 +189,20 @@ fn bench_names_a_bad_model_argument() {
 /// the list of valid ones.
 #[test]
 fn bench_only_runs_the_named_workloads() {
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/model");
-    let dir = std::env::temp_dir().join(format!("hbridge-bench-only-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("bench.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_hbridge"))
-        .args(["--device", "cpu", "bench"])
-        .arg(&model)
-        .args(["--prompt-len", "8", "--size", "32", "--runs", "1"])
-        .args(["--only", "gen-step,prefill", "--json"])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "hbridge bench --only failed: {stderr}"
+    let (_, report) = run_bench(
+        "only",
+        &["--device", "cpu"],
+        &[
+            "--prompt-len",
+            "8",
+            "--size",
+            "32",
+            "--runs",
+            "1",
+            "--only",
+            "gen-step,prefill",
+        ],
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let names: Vec<&str> = report["rows"]
         .as_array()
         .unwrap()
@@ -229,5 +225,4 @@ fn bench_only_runs_the_named_workloads() {
         stderr.contains("warp-drive") && stderr.contains("gen-step, image"),
         "{stderr}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
