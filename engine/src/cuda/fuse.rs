@@ -51,10 +51,16 @@ pub enum Launch {
 /// `HBRIDGE_FUSE=0` launches every node on its own (for A/B measurements).
 pub const ENV: &str = "HBRIDGE_FUSE";
 
+/// Whether fusion is on (read once: every eager run plans its launches again).
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var(ENV).as_deref() != Ok("0"))
+}
+
 /// The launch of every node of `graph`, in node order.
 pub fn plan(graph: &Graph) -> Vec<Launch> {
     let mut plan = vec![Launch::Node; graph.nodes.len()];
-    if std::env::var(ENV).as_deref() == Ok("0") {
+    if !enabled() {
         return plan;
     }
     for (i, group) in fusion::groups(graph).into_iter().enumerate() {

@@ -23,6 +23,15 @@ pub const ENV: &str = "HBRIDGE_GEMV";
 /// Output features per block (gemv.cu's GEMV_WARPS x GEMV_ROWS).
 const FEATURES_PER_BLOCK: usize = 8 * 2;
 
+/// `blocks` blocks of gemv.cu's 256 threads (8 warps).
+fn grid(blocks: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// Whether `args` fits the kernel: 1 to [`MAX_ROWS`] rows, `in_features` a multiple of 8, x, w (and so
 /// every weight row) 16-byte aligned. The bias and y need only bf16 alignment.
 pub fn applies(args: &LinearArgs) -> bool {
@@ -57,11 +66,7 @@ pub fn gemv(gpu: &Gpu, args: &LinearArgs) -> CudaResult<()> {
     }
     let in_ = to_i32("gemv", "in_features", args.in_features)?;
     let out = to_i32("gemv", "out_features", args.out_features)?;
-    let cfg = LaunchConfig {
-        grid_dim: (args.out_features.div_ceil(FEATURES_PER_BLOCK) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = grid(args.out_features.div_ceil(FEATURES_PER_BLOCK));
     let (x, w, y) = (args.x.0, args.w.0, args.y.0);
     let bias = args.bias.map_or(0u64, |b| b.0);
     let entry = format!("gemv_n{}", args.n);
@@ -128,11 +133,7 @@ pub fn gemv_group(gpu: &Gpu, products: &[LinearArgs]) -> CudaResult<()> {
     }
     let first = &products[0];
     let in_ = to_i32("gemv", "in_features", first.in_features)?;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = grid(blocks);
     let x = first.x.0;
     let entry = format!("gemv_group_n{}", first.n);
     launch!(gpu, "gemv", &entry, cfg, [&x, &g, &in_])
@@ -166,11 +167,7 @@ pub fn gemv_swiglu(gpu: &Gpu, gate: &LinearArgs, up: &LinearArgs, y: DevPtr) -> 
     }
     let in_ = to_i32("gemv", "in_features", gate.in_features)?;
     let out = to_i32("gemv", "out_features", gate.out_features)?;
-    let cfg = LaunchConfig {
-        grid_dim: (gate.out_features.div_ceil(FEATURES_PER_BLOCK) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = grid(gate.out_features.div_ceil(FEATURES_PER_BLOCK));
     let (x, wg, wu, yp) = (gate.x.0, gate.w.0, up.w.0, y.0);
     let (bg, bu) = (
         gate.bias.map_or(0u64, |b| b.0),
