@@ -14,6 +14,7 @@ mod weights;
 
 pub use error::EngineError;
 pub use exec::{execute, Executor};
+pub use ops::fast_exp::exp_shifted_sum;
 pub use tensor::{state_rows, HostData, HostTensor};
 pub use weight_data::{WeightData, WeightStorage};
 pub use weights::{CpuWeights, WeightTensor};
