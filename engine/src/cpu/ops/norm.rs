@@ -2,14 +2,14 @@
 //! rounded f32 of the exact mean (torch's f32 reductions are pairwise and land within an ulp of it), so
 //! the CPU reference carries no summation-order error of its own.
 
-use super::for_rows;
+use super::{for_rows, sums};
 use rayon::prelude::*;
 
 /// Over rows of `dim`: `y = x * rsqrt(mean(x^2) + eps) * weight`.
 pub(crate) fn rms_norm(x: &[f32], weight: Option<&[f32]>, dim: usize, eps: f32, out: &mut [f32]) {
     for_rows(out, dim, 4, |r, o| {
         let x = &x[r * dim..(r + 1) * dim];
-        let ms = (x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / dim as f64) as f32;
+        let ms = (sums::sum_sq(x) / dim as f64) as f32;
         let inv = 1.0 / (ms + eps).sqrt();
         match weight {
             Some(w) => o
@@ -25,8 +25,8 @@ pub(crate) fn rms_norm(x: &[f32], weight: Option<&[f32]>, dim: usize, eps: f32, 
 /// Mean and `1/sqrt(biased variance + eps)` of `x`, two-pass in f64.
 fn stats(x: &[f32], eps: f64) -> (f64, f64) {
     let n = x.len().max(1) as f64;
-    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let mean = sums::sum(x) / n;
+    let var = sums::sum_sq_dev(x, mean) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
