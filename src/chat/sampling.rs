@@ -179,7 +179,11 @@ mod tests {
         for _ in 0..n {
             counts[sample(&logits, 1.0, 0.8, &mut rng) as usize] += 1;
         }
-        assert_eq!(&counts[3..], &[0, 0], "tokens outside the nucleus were drawn");
+        assert_eq!(
+            &counts[3..],
+            &[0, 0],
+            "tokens outside the nucleus were drawn"
+        );
         for (c, w) in counts.iter().zip(&w) {
             let (got, want) = (*c as f64 / n as f64, w / kept);
             assert!((got - want).abs() < 0.01, "{counts:?}: {got} vs {want}");

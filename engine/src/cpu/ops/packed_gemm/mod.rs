@@ -20,6 +20,8 @@ use std::sync::OnceLock;
 mod packed_b;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
 
 use packed_b::lines_as_mut;
 pub(crate) use packed_b::{Elem, PackedB, PackedRef};
@@ -41,6 +43,39 @@ const NC: usize = 1024;
 const PAR_FLOPS: usize = 1 << 20;
 /// Fewest multiply-adds per parallel task.
 const TASK_FLOPS: usize = 1 << 19;
+
+/// Which micro-kernel computes the full tiles: both give the same bits (see the numerics above).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// 6 x 16 tiles in 8-lane vectors.
+    Avx2,
+    /// 6 x 32 tiles (two panels) in 16-lane vectors; edge panels and single rows stay on AVX2.
+    Avx512,
+}
+
+/// The micro-kernel this CPU runs, detected once: AVX-512 where it has AVX-512F, unless
+/// `HBRIDGE_CPU_GEMM=avx2` asks for the AVX2 kernel (for comparisons).
+pub(crate) fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let avx2_only = std::env::var_os("HBRIDGE_CPU_GEMM").is_some_and(|v| v == "avx2");
+        if !avx2_only && avx512_supported() {
+            Isa::Avx512
+        } else {
+            Isa::Avx2
+        }
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_supported() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_supported() -> bool {
+    false
+}
 
 /// Whether this CPU runs [`gemm`]: x86_64 with AVX2 and FMA, detected once. `HBRIDGE_CPU_GEMM=crate`
 /// turns it off (everything then goes through the `gemm` crate, for comparisons).
@@ -185,9 +220,25 @@ pub(crate) fn gemm(
     bias: Option<&[f32]>,
     parallel: Option<bool>,
 ) -> bool {
+    gemm_with(dst, a, b, bias, parallel, isa())
+}
+
+/// [`gemm`] with the micro-kernel `isa` (AVX-512 only where the CPU has it).
+pub(crate) fn gemm_with(
+    dst: MatMut<'_>,
+    a: Mat<'_>,
+    b: BSource<'_>,
+    bias: Option<&[f32]>,
+    parallel: Option<bool>,
+    isa: Isa,
+) -> bool {
     if !available() {
         return false;
     }
+    assert!(
+        isa == Isa::Avx2 || avx512_supported(),
+        "gemm: AVX-512 kernel asked for on a CPU without AVX-512F"
+    );
     let (m, n, k) = (dst.rows, dst.cols, a.cols);
     assert!(
         a.rows == m && b.rows() == k && b.cols() == n,
@@ -246,6 +297,7 @@ pub(crate) fn gemm(
             apack: buf,
             b,
             bias,
+            isa,
         };
         job.run(parallel);
     });
@@ -270,6 +322,11 @@ impl Job<'_> {
         // side-by-side task finished) takes over part of the rest; each at least TASK_FLOPS of work.
         let tasks = (4 * threads).min(panels).min((work / TASK_FLOPS).max(2));
         let per = panels.div_ceil(tasks);
+        // The AVX-512 kernel takes panels in pairs: an odd count per task would leave one to AVX2.
+        let per = match self.isa {
+            Isa::Avx512 => per.next_multiple_of(2),
+            Isa::Avx2 => per,
+        };
         (0..panels.div_ceil(per))
             .into_par_iter()
             .with_max_len(1)
@@ -306,6 +363,7 @@ struct Job<'a> {
     apack: &'a [f32],
     b: BSource<'a>,
     bias: Option<&'a [f32]>,
+    isa: Isa,
 }
 
 impl Job<'_> {

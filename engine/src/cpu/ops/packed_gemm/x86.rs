@@ -5,7 +5,8 @@
 
 use super::super::matmul::Mat;
 use super::packed_b::Values;
-use super::{passes, BSource, Buf, Elem, Job, Out, MC, MR, NC, NR};
+use super::x86_avx512::{rows2, Tile2};
+use super::{passes, BSource, Buf, Elem, Isa, Job, Out, MC, MR, NC, NR};
 use half::bf16;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -233,6 +234,34 @@ impl Block<'_, '_, '_> {
                     // contiguous columns from `jp`, inside it and ours alone (`Job::columns`).
                     unsafe { wide1(kc, ap, bp, init, c) };
                     jp += 4 * NR;
+                    continue;
+                }
+                // Two full panels, destination contiguous, AVX-512: the 32-column kernel.
+                if job.isa == Isa::Avx512 && jp + 2 * NR <= j0 + nc && out.cs == 1 {
+                    let bp = match &job.b {
+                        BSource::Packed(p) => p.full_panels(jp, k0, kc, 2),
+                        BSource::View(_) => {
+                            Values::F32(&self.bpack[(jp - j0) * kc..][..2 * NR * kc])
+                        }
+                    };
+                    let init: Option<*const f32> = match job.bias {
+                        Some(b) if first => Some(b[jp..jp + 2 * NR].as_ptr()),
+                        None if first => Some(std::ptr::null()),
+                        _ => None,
+                    };
+                    for ir in (0..mc).step_by(MR) {
+                        let (i, r) = (i0 + ir, MR.min(mc - ir));
+                        let a = apass[i * kc..][..MR * kc].as_ptr();
+                        let c = out.ptr.wrapping_add(i * out.rs + jp);
+                        let (ip, ild) = init.map_or((c.cast_const(), out.rs), |p| (p, 0));
+                        // SAFETY: AVX-512F (`Isa::Avx512` is only chosen where detected); `a` is a
+                        // micro-panel of `kc` steps of MR values, `bp` two full panels of `kc` rows
+                        // of 16 one after the other; the destination's rows `i .. i + r`, columns
+                        // `jp .. jp + 32`, are inside it and ours alone (`Job::columns`); a bias
+                        // has 32 values from `jp`.
+                        unsafe { kernel2(r, (kc, a, bp), ip, ild, c, out.rs) };
+                    }
+                    jp += 2 * NR;
                     continue;
                 }
                 let (bp, w) = match &job.b {
@@ -476,6 +505,45 @@ unsafe fn kernel(
                     b: b.as_ptr(),
                 };
                 rows(r, &t, init, init_ld, c, ldc)
+            }
+        }
+    }
+}
+
+/// [`kernel`] over two full panels (32 columns) with the AVX-512 micro-kernel.
+///
+/// # Safety
+/// AVX-512F; as [`kernel`], with `b` holding at least `32*kc` values and `init` and `c` 32 columns
+/// wide.
+#[inline]
+unsafe fn kernel2(
+    r: usize,
+    (kc, a, b): (usize, *const f32, Values<'_>),
+    init: *const f32,
+    init_ld: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: forwarded; the asserts give the length the kernel reads.
+    unsafe {
+        match b {
+            Values::F32(b) => {
+                assert!(b.len() >= 2 * NR * kc);
+                let t = Tile2 {
+                    kc,
+                    a,
+                    b: b.as_ptr(),
+                };
+                rows2(r, &t, init, init_ld, c, ldc)
+            }
+            Values::Bf16(b) => {
+                assert!(b.len() >= 2 * NR * kc);
+                let t = Tile2 {
+                    kc,
+                    a,
+                    b: b.as_ptr(),
+                };
+                rows2(r, &t, init, init_ld, c, ldc)
             }
         }
     }

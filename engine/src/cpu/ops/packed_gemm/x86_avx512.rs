@@ -1,0 +1,123 @@
+//! The AVX-512 micro-kernel: MR rows by two adjacent B panels (32 columns), one 16-lane vector per
+//! row and panel. It reads the same packed A and B as the AVX2 kernel (panels of 16 columns), and
+//! each output is the same FMA chain in the same order, so both give the same bits; on a CPU with
+//! AVX-512 it does twice the multiply-adds per instruction. Per depth step: two B loads and MR
+//! broadcasts for 2*MR FMAs (the AVX2 kernel's 16-column tile would need as many loads per FMA as
+//! the two FMA ports can take).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use super::{MR, NR};
+use half::bf16;
+use std::arch::x86_64::*;
+
+/// B values the AVX-512 kernel can load sixteen at a time as f32.
+pub(super) trait Lanes16: Copy {
+    /// The 16 values at `p`, as f32.
+    ///
+    /// # Safety
+    /// AVX-512F; `p` readable for 16 values.
+    unsafe fn load16(p: *const Self) -> __m512;
+}
+
+impl Lanes16 for f32 {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        // SAFETY: the caller's promise.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+}
+
+impl Lanes16 for bf16 {
+    /// Zero-extend to 32 bits and shift left 16: exact, as the AVX2 kernel widens.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const bf16) -> __m512 {
+        // SAFETY: the caller's promise: 32 readable bytes at `p`.
+        unsafe {
+            let h = _mm256_loadu_si256(p.cast());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
+    }
+}
+
+/// One micro-tile's operands: `kc` depth steps; A's step `p` is the MR values at `a + MR*p` (a packed
+/// micro-panel); B's the 16 values at `b + 16p` (first panel) and `b + 16kc + 16p` (second).
+pub(super) struct Tile2<T> {
+    pub(super) kc: usize,
+    pub(super) a: *const f32,
+    pub(super) b: *const T,
+}
+
+/// [`tile2`] for `r` rows (1..=MR).
+///
+/// # Safety
+/// As [`tile2`].
+#[inline]
+pub(super) unsafe fn rows2<T: Lanes16>(
+    r: usize,
+    t: &Tile2<T>,
+    init: *const f32,
+    init_ld: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: the function's contract, forwarded.
+    unsafe {
+        match r {
+            6 => tile2::<6, T>(t, init, init_ld, c, ldc),
+            5 => tile2::<5, T>(t, init, init_ld, c, ldc),
+            4 => tile2::<4, T>(t, init, init_ld, c, ldc),
+            3 => tile2::<3, T>(t, init, init_ld, c, ldc),
+            2 => tile2::<2, T>(t, init, init_ld, c, ldc),
+            _ => tile2::<1, T>(t, init, init_ld, c, ldc),
+        }
+    }
+}
+
+/// `c = (init or 0) + sum_p a[p, :R]^T [b0[p, :] b1[p, :]]` over 32 columns, one FMA per step and
+/// output, depth in order.
+///
+/// # Safety
+/// AVX-512F; `a` readable for `kc` steps of MR values; `b` for two panels of `16*kc` values one after
+/// the other; `init` null or readable for `R` rows of 32 values `init_ld` apart; `c` writable for `R`
+/// rows of 32 values `ldc` apart.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile2<const R: usize, T: Lanes16>(
+    t: &Tile2<T>,
+    init: *const f32,
+    init_ld: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: the function's contract: AVX-512F, and every access inside the promised ranges.
+    unsafe {
+        let mut c0 = [_mm512_setzero_ps(); R];
+        let mut c1 = [_mm512_setzero_ps(); R];
+        if !init.is_null() {
+            for i in 0..R {
+                c0[i] = _mm512_loadu_ps(init.add(i * init_ld));
+                c1[i] = _mm512_loadu_ps(init.add(i * init_ld + NR));
+            }
+        }
+        let (mut a, mut b0) = (t.a, t.b);
+        let mut b1 = t.b.add(NR * t.kc);
+        for _ in 0..t.kc {
+            let v0 = T::load16(b0);
+            let v1 = T::load16(b1);
+            for i in 0..R {
+                let ai = _mm512_set1_ps(*a.add(i));
+                c0[i] = _mm512_fmadd_ps(ai, v0, c0[i]);
+                c1[i] = _mm512_fmadd_ps(ai, v1, c1[i]);
+            }
+            a = a.add(MR);
+            b0 = b0.add(NR);
+            b1 = b1.add(NR);
+        }
+        for i in 0..R {
+            _mm512_storeu_ps(c.add(i * ldc), c0[i]);
+            _mm512_storeu_ps(c.add(i * ldc + NR), c1[i]);
+        }
+    }
+}
