@@ -211,7 +211,7 @@ fn write_tensors(
     }
     let mut text = serde_json::to_string(&header).expect("a JSON map serializes");
     // The data section starts 8-byte aligned, as the format asks.
-    while (8 + text.len()) % 8 != 0 {
+    while !(8 + text.len()).is_multiple_of(8) {
         text.push(' ');
     }
     let file = std::fs::File::create(path).map_err(io)?;

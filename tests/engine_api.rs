@@ -84,7 +84,7 @@ fn concurrent_requests_equal_serial_ones_on_cuda() {
 fn concurrent_matches_serial(options: EngineOptions) {
     let engine = std::sync::Arc::new(Engine::load(tiny(), &options).unwrap());
     let run = |e: &Engine, i: usize| -> Vec<u8> {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let req = ChatRequest::new()
                 .max_tokens(5)
                 .no_stop()

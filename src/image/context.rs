@@ -253,7 +253,7 @@ fn tower_inputs(
         .iter()
         .flat_map(|i| i.pixel_values.iter().copied())
         .collect();
-    if n == 0 || pixels.len() % n != 0 {
+    if n == 0 || !pixels.len().is_multiple_of(n) {
         return Err(RunError::Request(format!(
             "{} pixel values do not fill {n} patches",
             pixels.len()

@@ -108,7 +108,7 @@ pub fn state_rows(
     let cols = shape.get(1).copied().unwrap_or(1).max(1);
     let capacity = shape.first().copied().unwrap_or(0);
     let rows = len.div_ceil(cols);
-    if len % cols != 0 || row.saturating_add(rows) > capacity {
+    if !len.is_multiple_of(cols) || row.saturating_add(rows) > capacity {
         return Err(EngineError::StateRow {
             state: name.to_string(),
             input: "host write".into(),

@@ -286,7 +286,7 @@ fn add_tower(
     grids: &[VisionGrid],
 ) -> Result<TensorId, GraphError> {
     check_grids(vc, grids)?;
-    if vc.num_heads == 0 || vc.hidden_size % vc.num_heads != 0 {
+    if vc.num_heads == 0 || !vc.hidden_size.is_multiple_of(vc.num_heads) {
         return Err(req(format!(
             "vision_config: hidden_size {} is not divisible by num_heads {}",
             vc.hidden_size, vc.num_heads

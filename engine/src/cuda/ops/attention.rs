@@ -221,7 +221,7 @@ pub(super) fn validate(a: &AttentionArgs<'_>) -> CudaResult<bool> {
     }
     let mut total = 0usize;
     for (s, seg) in a.segments.iter().enumerate() {
-        if seg.kv_heads == 0 || a.heads % seg.kv_heads != 0 {
+        if seg.kv_heads == 0 || !a.heads.is_multiple_of(seg.kv_heads) {
             return Err(bad(format!(
                 "segment {s}: {} heads are not a multiple of its {} kv heads",
                 a.heads, seg.kv_heads
@@ -270,7 +270,7 @@ pub(super) fn validate(a: &AttentionArgs<'_>) -> CudaResult<bool> {
     if a.q.0 == 0 || a.out.0 == 0 {
         return Err(bad("null q or out pointer"));
     }
-    if a.q.0 % 2 != 0 || a.out.0 % 2 != 0 {
+    if !a.q.0.is_multiple_of(2) || !a.out.0.is_multiple_of(2) {
         return Err(bad("q/out pointers are not 2-byte aligned (bf16)"));
     }
     Ok(true)
@@ -287,10 +287,10 @@ fn rows_aligned(
     heads: usize,
     head_dim: usize,
 ) -> bool {
-    base.0 % 16 == 0
-        && (rows <= 1 || row_stride % 8 == 0)
-        && (batch <= 1 || batch_stride % 8 == 0)
-        && (heads <= 1 || head_dim % 8 == 0)
+    base.0.is_multiple_of(16)
+        && (rows <= 1 || row_stride.is_multiple_of(8))
+        && (batch <= 1 || batch_stride.is_multiple_of(8))
+        && (heads <= 1 || head_dim.is_multiple_of(8))
 }
 
 /// The split of the keys for the decode path, or `None` when the flash kernel is the better (or only)
@@ -700,7 +700,7 @@ mod tests {
         let need = decode_workspace_len(&a);
         assert!(need > 0);
         let split = decode_split(&a).unwrap();
-        assert!(split.nsplit >= 2 && split.split_len % DECODE_BN == 0);
+        assert!(split.nsplit >= 2 && split.split_len.is_multiple_of(DECODE_BN));
         assert!(
             split.nsplit * split.split_len >= 4096 && (split.nsplit - 1) * split.split_len < 4096
         );

@@ -44,9 +44,9 @@ pub fn bridge_kv_write(gpu: &Gpu, args: &BridgeKvArgs) -> CudaResult<()> {
         ));
     }
     let half = a.head_dim / 2;
-    let vec = half % 8 == 0
-        && a.in_row_stride % 8 == 0
-        && a.out_row_stride % 8 == 0
+    let vec = half.is_multiple_of(8)
+        && a.in_row_stride.is_multiple_of(8)
+        && a.out_row_stride.is_multiple_of(8)
         && aligned16(&[a.k_in, a.v_in, a.k_out, a.v_out]);
     let units = rope_units(OP, a.n, a.kv_heads, if vec { half / 8 } else { half })?;
     let tab = mrope_table(a.theta, a.head_dim);

@@ -189,7 +189,7 @@ fn bcast(
         ptrs.push(v);
     }
     ptrs.extend(y);
-    let vec = (cols % 8 == 0 && aligned16(&ptrs)) as i32;
+    let vec = (cols.is_multiple_of(8) && aligned16(&ptrs)) as i32;
     let units = if vec == 1 { cols / 8 } else { cols };
     let t = row_tiling(rows, units);
     let (xp, vp, yp, op_) = (x.0, v.0, y.map_or(0, |p| p.0), out.0);
@@ -215,7 +215,7 @@ fn bcast(
 
 /// Rows of a row-broadcast over `n` elements with a `d`-element operand.
 fn bcast_rows(op: &'static str, n: usize, d: usize) -> CudaResult<usize> {
-    if d == 0 || n % d != 0 {
+    if d == 0 || !n.is_multiple_of(d) {
         return Err(unsupported(
             op,
             format!("{n} elements are not whole rows of {d}"),

@@ -37,10 +37,10 @@ fn grid(blocks: usize) -> LaunchConfig {
 pub fn applies(args: &LinearArgs) -> bool {
     (1..=MAX_ROWS).contains(&args.n)
         && args.in_features > 0
-        && args.in_features % 8 == 0
-        && args.x.0 % 16 == 0
-        && args.w.0 % 16 == 0
-        && args.y.0 % 2 == 0
+        && args.in_features.is_multiple_of(8)
+        && args.x.0.is_multiple_of(16)
+        && args.w.0.is_multiple_of(16)
+        && args.y.0.is_multiple_of(2)
         && args.bias.is_none_or(|b| b.0 % 2 == 0)
 }
 
@@ -156,7 +156,7 @@ pub fn gemv_swiglu(gpu: &Gpu, gate: &LinearArgs, up: &LinearArgs, y: DevPtr) -> 
     if gate.out_features == 0 {
         return Ok(());
     }
-    if !swiglu_fits(gate, up) || y.0 % 2 != 0 {
+    if !swiglu_fits(gate, up) || !y.0.is_multiple_of(2) {
         return Err(unsupported(
             "gemv",
             format!(

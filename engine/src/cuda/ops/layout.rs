@@ -25,7 +25,10 @@ fn copy_rows(
         return Ok(());
     }
     mul(op, rows, cols)?;
-    let vec = cols % 8 == 0 && src_stride % 8 == 0 && dst_stride % 8 == 0 && aligned16(&[src, dst]);
+    let vec = cols.is_multiple_of(8)
+        && src_stride.is_multiple_of(8)
+        && dst_stride.is_multiple_of(8)
+        && aligned16(&[src, dst]);
     let t = row_tiling(rows, if vec { cols / 8 } else { cols });
     let (sp, dp, ip) = (src.0, dst.0, ids.map_or(0, |p| p.0));
     let (ss, ds) = (
@@ -75,7 +78,7 @@ pub fn write_rows(
         return Ok(());
     }
     mul(op, capacity, cols)?;
-    let vec = cols % 8 == 0 && aligned16(&[src, state]);
+    let vec = cols.is_multiple_of(8) && aligned16(&[src, state]);
     let t = row_tiling(rows, if vec { cols / 8 } else { cols });
     let (sp, dp, rp) = (src.0, state.0, row.0);
     let (rows_, cols_, cap_) = (
@@ -165,7 +168,7 @@ pub fn transpose(gpu: &Gpu, x: DevPtr, out: DevPtr, a: usize, b: usize) -> CudaR
 }
 
 fn check_patch(op: &'static str, c: usize, h: usize, w: usize, p: usize) -> CudaResult<usize> {
-    if p == 0 || h % p != 0 || w % p != 0 {
+    if p == 0 || !h.is_multiple_of(p) || !w.is_multiple_of(p) {
         return Err(unsupported(
             op,
             format!("{h}x{w} does not split into {p}x{p} patches"),
@@ -246,7 +249,7 @@ pub fn upsample2x(
         return Ok(());
     }
     mul(OP, mul(OP, rows, w)?, 4)?;
-    let vec = w % 8 == 0 && aligned16(&[x, out]);
+    let vec = w.is_multiple_of(8) && aligned16(&[x, out]);
     let t = row_tiling(rows, if vec { w / 8 } else { w });
     let (xp, op_, rows_, w_) = (x.0, out.0, to_i64(OP, "rows", rows)?, to_i64(OP, "w", w)?);
     let vec = vec as i32;

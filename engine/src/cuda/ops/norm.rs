@@ -34,7 +34,7 @@ pub struct RmsNormArgs {
 
 /// Whether [`rmsnorm`] takes `gated` with these pointers and row length.
 pub fn gated_fits(dim: usize, ptrs: &[DevPtr]) -> bool {
-    dim % 8 == 0 && aligned16(ptrs)
+    dim.is_multiple_of(8) && aligned16(ptrs)
 }
 
 /// The gated-residual epilogue of a row norm: `x` `[rows, dim]` plus `tanh(gate)` (`gate` one row
@@ -151,7 +151,7 @@ fn rownorm(gpu: &Gpu, op: &'static str, a: &RowNorm, max_row_blocks: usize) -> C
             .into_iter()
             .flatten(),
     );
-    let vec = a.dim % 8 == 0 && aligned16(&ptrs);
+    let vec = a.dim.is_multiple_of(8) && aligned16(&ptrs);
     if a.gated.is_some() && !vec {
         return Err(unsupported(
             op,
@@ -287,7 +287,7 @@ pub fn group_norm(
     if channels == 0 || hw == 0 {
         return Ok(());
     }
-    if groups == 0 || channels % groups != 0 {
+    if groups == 0 || !channels.is_multiple_of(groups) {
         return Err(unsupported(
             OP,
             format!("{channels} channels do not split into {groups} groups"),
@@ -309,7 +309,7 @@ pub fn group_norm(
     let group_len_ = to_i64(OP, "group length", group_len)?;
     let parts_ = parts as i32;
 
-    let stats_vec = (group_len % 8 == 0 && aligned16(&[x])) as i32;
+    let stats_vec = (group_len.is_multiple_of(8) && aligned16(&[x])) as i32;
     let cfg = LaunchConfig {
         grid_dim: (parts as u32, groups as u32, 1),
         block_dim: (THREADS, 1, 1),
@@ -336,7 +336,7 @@ pub fn group_norm(
         [&xp, &group_len_, &parts_, &eps, &ws]
     )?;
 
-    let vec = (hw % 8 == 0 && aligned16(&[x, out])) as i32;
+    let vec = (hw.is_multiple_of(8) && aligned16(&[x, out])) as i32;
     let units = if vec == 1 { hw / 8 } else { hw };
     let grid_y = channels.min(65535);
     let grid_x = units

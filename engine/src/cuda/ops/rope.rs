@@ -53,7 +53,7 @@ pub(super) fn check_mrope(
     head_dim: usize,
     section: [usize; 3],
 ) -> CudaResult<(i32, i32)> {
-    if head_dim % 2 != 0 || head_dim / 2 > MAX_HALF {
+    if !head_dim.is_multiple_of(2) || head_dim / 2 > MAX_HALF {
         return Err(unsupported(
             op,
             format!(
@@ -172,7 +172,7 @@ pub fn vision2d(
     if n == 0 || heads == 0 || head_dim == 0 {
         return Ok(());
     }
-    if head_dim % 4 != 0 || head_dim / 2 > MAX_HALF {
+    if !head_dim.is_multiple_of(4) || head_dim / 2 > MAX_HALF {
         return Err(unsupported(
             OP,
             format!(
@@ -229,8 +229,10 @@ fn mrope_launch(
         ));
     }
     let half = head_dim / 2;
-    let vec =
-        half % 8 == 0 && in_row_stride % 8 == 0 && out_row_stride % 8 == 0 && aligned16(&[x, out]);
+    let vec = half.is_multiple_of(8)
+        && in_row_stride.is_multiple_of(8)
+        && out_row_stride.is_multiple_of(8)
+        && aligned16(&[x, out]);
     let units = rope_units(OP, n, heads, if vec { half / 8 } else { half })?;
     let tab = *tab;
     let (xp, pp, op_) = (x.0, positions.0, out.0);
@@ -294,7 +296,7 @@ pub fn interleaved3(
         }
     }
     let (b0, b01) = ((axes[0] / 2) as i32, ((axes[0] + axes[1]) / 2) as i32);
-    let vec = head_dim % 8 == 0 && aligned16(&[x, out]);
+    let vec = head_dim.is_multiple_of(8) && aligned16(&[x, out]);
     let units = rope_units(OP, n, heads, if vec { head_dim / 8 } else { head_dim / 2 })?;
     let (xp, pp, op_) = (x.0, positions.0, out.0);
     let (n_, heads_, hd) = (

@@ -89,7 +89,7 @@ pub(super) unsafe fn pack_b(
 /// The CPU must support AVX2.
 #[target_feature(enable = "avx2")]
 unsafe fn transpose_8_columns(src: &[f32], ld: usize, p8: usize, dst: &mut [f32]) {
-    assert!(p8 % 8 == 0 && src.len() >= 7 * ld + p8 && dst.len() + NR >= p8 * NR + 8);
+    assert!(p8.is_multiple_of(8) && src.len() >= 7 * ld + p8 && dst.len() + NR >= p8 * NR + 8);
     // SAFETY: AVX2 (the caller's promise); the assert keeps every load inside `src` (column `j`
     // reads `j*ld .. j*ld + p8`) and every store inside `dst` (row `p` writes `p*16 .. p*16 + 8`).
     unsafe {
