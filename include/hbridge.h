@@ -26,7 +26,8 @@
 #define HBRIDGE_DEVICE_CUDA 2
 
 /**
- * `HbridgeEngineOptions::dtype`: the backend's own (f32 on the CPU, bf16 on CUDA).
+ * `HbridgeEngineOptions::dtype`: the backend's own (on the CPU the checkpoint's bf16 matrices stay bf16,
+ * the same results as f32; bf16 on CUDA).
  */
 #define HBRIDGE_DTYPE_AUTO 0
 

@@ -42,7 +42,8 @@ use std::path::Path;
 /// The number type a backend keeps the model's weights in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DType {
-    /// The backend's own: f32 on the CPU, bf16 on CUDA.
+    /// The backend's own: on the CPU, the checkpoint's where that computes the same bits (bf16 matrices
+    /// stay bf16 and are widened as products read them, everything else f32); bf16 on CUDA.
     #[default]
     Auto,
     /// f32 weights (CPU only: the CUDA kernels read bf16).
@@ -162,6 +163,7 @@ impl Engine {
                 })
             }
             (Device::Cpu, DType::BF16) => crate::model::WeightStorage::Bf16,
+            (Device::Cpu, DType::Auto) => crate::model::WeightStorage::Exact,
             _ => crate::model::WeightStorage::F32,
         };
         let pipeline = ChatPipeline::open_with(dir.as_ref(), selection.device, storage)?;

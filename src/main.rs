@@ -20,7 +20,8 @@ struct Cli {
     /// Backend: auto (CUDA when a GPU is usable, else the CPU), cpu or cuda.
     #[arg(long, global = true, default_value = "auto")]
     device: String,
-    /// Weights' number type: auto (the backend's own: f32 on the CPU, bf16 on CUDA), f32 (CPU only) or
+    /// Weights' number type: auto (the backend's own: on the CPU bf16 matrices of a bf16 checkpoint stay
+    /// bf16, the same results as f32; bf16 on CUDA), f32 (CPU only) or
     /// bf16 (on the CPU: half the weights' memory, the same results on a bf16 checkpoint).
     #[arg(long, global = true, default_value = "auto")]
     weight_dtype: String,

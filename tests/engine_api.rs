@@ -285,32 +285,56 @@ fn requests_wait_for_memory_and_keep_their_results() {
     );
 }
 
-/// `DType::BF16` on the CPU keeps the matrices in bf16: on a bf16 checkpoint (the tiny fixture) the
-/// answers and images are the f32 engine's bit for bit.
+/// On the CPU, `DType::BF16` keeps the matrices in bf16, and `DType::Auto` keeps those the checkpoint
+/// stores as bf16: on a bf16 checkpoint (the tiny fixture) both give the f32 engine's answers and
+/// images bit for bit in about half the weight bytes.
 #[test]
 fn bf16_weights_on_the_cpu_give_the_same_results_on_a_bf16_checkpoint() {
     use hbridge::engine::DType;
-    let f32 = Engine::load(tiny(), &EngineOptions::cpu()).unwrap();
-    let bf16 = Engine::load(tiny(), &EngineOptions::cpu().dtype(DType::BF16)).unwrap();
+    let f32 = Engine::load(tiny(), &EngineOptions::cpu().dtype(DType::F32)).unwrap();
     let req = ChatRequest::new().max_tokens(5).no_stop();
     let go = |_: u32, _: &str| ControlFlow::Continue(());
-    assert_eq!(
-        bf16.chat("Hello there", &req, go).unwrap().tokens,
-        f32.chat("Hello there", &req, go).unwrap().tokens
-    );
     let step = |_: usize, _: usize| ControlFlow::Continue(());
-    assert_eq!(
-        bf16.generate_image(&image_request(3), step).unwrap().rgb,
-        f32.generate_image(&image_request(3), step).unwrap().rgb
-    );
-    let (a, b) = (
-        bf16.model().resident_weight_bytes(),
-        f32.model().resident_weight_bytes(),
-    );
-    assert!(
-        a * 10 < b * 6,
-        "bf16 storage holds {a} bytes of weights, f32 {b}"
-    );
+    let want_tokens = f32.chat("Hello there", &req, go).unwrap().tokens;
+    let want_rgb = f32.generate_image(&image_request(3), step).unwrap().rgb;
+    let f32_bytes = f32.model().resident_weight_bytes();
+    for dtype in [DType::BF16, DType::Auto] {
+        let e = Engine::load(tiny(), &EngineOptions::cpu().dtype(dtype)).unwrap();
+        assert_eq!(
+            e.chat("Hello there", &req, go).unwrap().tokens,
+            want_tokens,
+            "{dtype:?}"
+        );
+        assert_eq!(
+            e.generate_image(&image_request(3), step).unwrap().rgb,
+            want_rgb,
+            "{dtype:?}"
+        );
+        let bytes = e.model().resident_weight_bytes();
+        assert!(
+            bytes * 10 < f32_bytes * 6,
+            "{dtype:?} holds {bytes} bytes of weights, f32 {f32_bytes}"
+        );
+    }
+}
+
+/// On an f32 checkpoint `DType::Auto` keeps f32 on the CPU (rounding to bf16 would change results).
+#[test]
+fn auto_keeps_an_f32_checkpoint_in_f32_on_the_cpu() {
+    use hbridge::engine::DType;
+    let dir = std::env::temp_dir().join(format!("hbridge-auto-f32-{}", std::process::id()));
+    let tiny = hbridge::presets::preset("tiny").unwrap();
+    hbridge::init::write_checkpoint(&dir, &tiny, 5, hbridge::init::WeightDType::F32, true).unwrap();
+    let load = |dtype| Engine::load(&dir, &EngineOptions::cpu().dtype(dtype)).unwrap();
+    let (auto, f32, bf16) = (load(DType::Auto), load(DType::F32), load(DType::BF16));
+    let req = ChatRequest::new().max_tokens(3).no_stop();
+    let go = |_: u32, _: &str| ControlFlow::Continue(());
+    let tokens = |e: &Engine| e.chat("Hello there", &req, go).unwrap().tokens;
+    assert_eq!(tokens(&auto), tokens(&f32));
+    let bytes = |e: &Engine| e.model().resident_weight_bytes();
+    assert_eq!(bytes(&auto), bytes(&f32));
+    assert!(bytes(&bf16) * 10 < bytes(&f32) * 6);
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 fn vision_image(name: &str) -> hbridge::image::RgbImage {

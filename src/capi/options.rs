@@ -16,7 +16,8 @@ pub const HBRIDGE_DEVICE_AUTO: i32 = 0;
 pub const HBRIDGE_DEVICE_CPU: i32 = 1;
 /// `HbridgeEngineOptions::device`: the CUDA backend (an error without a usable GPU).
 pub const HBRIDGE_DEVICE_CUDA: i32 = 2;
-/// `HbridgeEngineOptions::dtype`: the backend's own (f32 on the CPU, bf16 on CUDA).
+/// `HbridgeEngineOptions::dtype`: the backend's own (on the CPU the checkpoint's bf16 matrices stay bf16,
+/// the same results as f32; bf16 on CUDA).
 pub const HBRIDGE_DTYPE_AUTO: i32 = 0;
 /// `HbridgeEngineOptions::dtype`: f32 weights (CPU only).
 pub const HBRIDGE_DTYPE_F32: i32 = 1;

@@ -20,11 +20,13 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// `--weight-dtype auto|f32|bf16` on `device`: f32 is the CPU's own, bf16 CUDA's (and on the CPU halves the
-    /// weights' memory); f32 on CUDA is refused.
+    /// `--weight-dtype auto|f32|bf16` on `device`: auto on the CPU keeps bf16 matrices of a bf16 checkpoint
+    /// as bf16 (the same results as f32, half the bytes), bf16 is CUDA's own (and on the CPU rounds an f32
+    /// checkpoint); f32 on CUDA is refused.
     pub fn new(device: Device, dtype: &str) -> Result<Backend, String> {
         let storage = match (dtype, device) {
-            ("auto", _) | ("f32", Device::Cpu) | ("bf16", Device::Cuda) => WeightStorage::F32,
+            ("auto", Device::Cpu) => WeightStorage::Exact,
+            ("auto", Device::Cuda) | ("f32", Device::Cpu) | ("bf16", Device::Cuda) => WeightStorage::F32,
             ("bf16", Device::Cpu) => WeightStorage::Bf16,
             ("f32", Device::Cuda) => {
                 return Err("--weight-dtype f32: the CUDA backend keeps bf16 weights; use auto or bf16, or --device cpu".into())
@@ -44,7 +46,8 @@ pub fn open_model(dir: &Path, backend: Backend) -> Result<Model, String> {
             "backend    cpu ({} weights, f32 compute, {} threads)",
             match backend.storage {
                 WeightStorage::Bf16 => "bf16",
-                _ => "f32",
+                WeightStorage::Exact => "the checkpoint's (bf16 matrices stay bf16)",
+                WeightStorage::F32 => "f32",
             },
             std::thread::available_parallelism().map_or(1, |n| n.get())
         ),

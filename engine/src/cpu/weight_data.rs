@@ -19,11 +19,27 @@ use std::sync::{Arc, OnceLock};
 /// - a weight the checkpoint stores as BF16 gives results bit-identical to `F32` storage;
 /// - a weight the checkpoint stores as F32 (or F16) is rounded to the nearest bf16 when loaded, so its
 ///   results differ from `F32` storage by bf16 rounding (about 3 significant digits).
+///
+/// `Exact` keeps those weights as bf16 only where the checkpoint stores them as BF16: results are
+/// bit-identical to `F32` storage, in as few bytes as that allows (half, on a bf16 checkpoint).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum WeightStorage {
     #[default]
     F32,
     Bf16,
+    Exact,
+}
+
+impl WeightStorage {
+    /// What a weight stored in the checkpoint as `dtype` is held as: `Exact` resolves to `Bf16` for a
+    /// BF16 tensor and to `F32` for any other.
+    pub fn for_dtype(self, dtype: &DType) -> WeightStorage {
+        match (self, dtype) {
+            (WeightStorage::Exact, DType::BF16) => WeightStorage::Bf16,
+            (WeightStorage::Exact, _) => WeightStorage::F32,
+            (s, _) => s,
+        }
+    }
 }
 
 /// One weight's values: row-major, or packed.
@@ -194,6 +210,7 @@ pub(crate) fn from_view(
     view: &TensorView<'_>,
     storage: WeightStorage,
 ) -> Result<WeightData> {
+    let storage = storage.for_dtype(view.dtype);
     let data = match (storage, view.dtype) {
         (WeightStorage::Bf16, DType::BF16) => WeightData::Bf16(
             view.bytes
@@ -204,10 +221,10 @@ pub(crate) fn from_view(
         _ => {
             let f = to_f32(part, name, view)?;
             match storage {
-                WeightStorage::F32 => WeightData::F32(f.into()),
                 WeightStorage::Bf16 => {
                     WeightData::Bf16(f.iter().map(|&v| bf16::from_f32(v)).collect())
                 }
+                _ => WeightData::F32(f.into()),
             }
         }
     };
@@ -228,8 +245,8 @@ pub(crate) fn packed_from_view(
     let &[out, inp] = view.shape else {
         return from_view(part, name, view, storage);
     };
-    Ok(match storage {
-        WeightStorage::F32 => {
+    Ok(match storage.for_dtype(view.dtype) {
+        WeightStorage::F32 | WeightStorage::Exact => {
             let owned;
             let v = match view.as_f32() {
                 Some(v) => v,

@@ -115,7 +115,9 @@ impl CpuWeights {
             }
         }
         let pack = packed_gemm::available();
-        let bf16 = self.storage == WeightStorage::Bf16;
+        // Under `Exact` a weight wanted as bf16 is held as bf16 only if the checkpoint has it so
+        // (resolved per tensor when it is converted).
+        let bf16 = self.storage != WeightStorage::F32;
         let list = graph
             .tensors
             .iter()
@@ -202,7 +204,9 @@ impl CpuWeights {
                             WeightData::Bf16(_) | WeightData::PackedBf16(_),
                         ) => todo.push((part, name, shape, want)),
                         (Want::F32, WeightData::PackedF32(_))
-                        | (Want::Bf16, WeightData::PackedBf16(_)) => unpack.push((part, name)),
+                        | (Want::Bf16, WeightData::PackedBf16(_) | WeightData::PackedF32(_)) => {
+                            unpack.push((part, name))
+                        }
                         _ => {}
                     }
                 }
@@ -227,7 +231,7 @@ impl CpuWeights {
                 Ok((
                     part,
                     name.to_string(),
-                    convert(ckpt, part, name, shape, want)?,
+                    convert(ckpt, part, name, shape, want, self.storage)?,
                 ))
             })
             .collect::<Result<_>>()?;
@@ -324,6 +328,7 @@ fn convert(
     name: &str,
     shape: &[usize],
     want: Want,
+    storage: WeightStorage,
 ) -> Result<WeightTensor> {
     let store = ckpt.part(part).ok_or_else(|| EngineError::MissingPart {
         part,
@@ -336,9 +341,9 @@ fn convert(
     check_shape(part, name, shape, view.shape)?;
     let data = match want {
         Want::F32 => from_view(part, name, &view, WeightStorage::F32)?,
-        Want::Bf16 => from_view(part, name, &view, WeightStorage::Bf16)?,
+        Want::Bf16 => from_view(part, name, &view, storage)?,
         Want::Packed => packed_from_view(part, name, &view, WeightStorage::F32)?,
-        Want::PackedBf16 => packed_from_view(part, name, &view, WeightStorage::Bf16)?,
+        Want::PackedBf16 => packed_from_view(part, name, &view, storage)?,
     };
     Ok(WeightTensor {
         shape: view.shape.to_vec(),
