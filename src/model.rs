@@ -94,9 +94,11 @@ impl Model {
         Self::open_on(dir, Device::Cpu)
     }
 
-    /// Opens `dir` on `device` (a CUDA device that cannot be opened is an error, never a panic).
+    /// Opens `dir` on `device` (a CUDA device that cannot be opened is an error, never a panic), with
+    /// the backend's own weight storage (on the CPU [`WeightStorage::Exact`]: the f32 results, bf16
+    /// matrices of a bf16 checkpoint kept as bf16).
     pub fn open_on(dir: &Path, device: Device) -> Result<Self, RunError> {
-        Self::open_with(dir, device, WeightStorage::F32)
+        Self::open_with(dir, device, WeightStorage::Exact)
     }
 
     /// [`Model::open_on`] with the CPU backend keeping its weights as `storage` (ignored on CUDA, whose

@@ -239,7 +239,7 @@ impl Block<'_, '_, '_> {
                 // Two full panels, destination contiguous, AVX-512: the 32-column kernel.
                 if job.isa == Isa::Avx512 && jp + 2 * NR <= j0 + nc && out.cs == 1 {
                     let bp = match &job.b {
-                        BSource::Packed(p) => p.full_panels(jp, k0, kc, 2),
+                        BSource::Packed(p) => widened(p.full_panels(jp, k0, kc, 2), mc, self.bpack),
                         BSource::View(_) => {
                             Values::F32(&self.bpack[(jp - j0) * kc..][..2 * NR * kc])
                         }
@@ -266,7 +266,7 @@ impl Block<'_, '_, '_> {
                 }
                 let (bp, w) = match &job.b {
                     BSource::Packed(p) => match p.panel(jp, k0, kc) {
-                        (panel, NR) => (panel, NR),
+                        (panel, NR) => (widened(panel, mc, self.bpack), NR),
                         (panel, w) => {
                             // Edge panels are few: widened to f32 here, run by the f32 kernel.
                             panel.widen_panel(w, kc, self.bpack);
@@ -325,6 +325,23 @@ impl Block<'_, '_, '_> {
                 jp += NR;
             }
         }
+    }
+}
+
+/// Full panels `b` as the micro-kernels should read them for `mc` rows: bf16 panels that more than
+/// one row tile reads are widened once into `buf` (the kernels would otherwise widen every B vector
+/// again for each row tile: two extra instructions per vector, on the AVX-512 kernel the FMAs' own
+/// port); one row tile, or f32, reads them where they lie. Exact either way, so the bits are the same.
+fn widened<'b>(b: Values<'b>, mc: usize, buf: &'b mut [f32]) -> Values<'b> {
+    match b {
+        Values::Bf16(v) if mc > MR => {
+            let buf = &mut buf[..v.len()];
+            for (d, s) in buf.iter_mut().zip(v) {
+                *d = s.widen();
+            }
+            Values::F32(buf)
+        }
+        b => b,
     }
 }
 
