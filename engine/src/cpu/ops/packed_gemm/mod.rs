@@ -320,21 +320,19 @@ impl Job<'_> {
         }
         // A few tasks per thread, so that a thread that finishes early (or is free because a
         // side-by-side task finished) takes over part of the rest; each at least TASK_FLOPS of work.
-        let tasks = (4 * threads).min(panels).min((work / TASK_FLOPS).max(2));
-        let per = panels.div_ceil(tasks);
-        // The AVX-512 kernel takes panels in pairs: an odd count per task would leave one to AVX2.
-        let per = match self.isa {
-            Isa::Avx512 => per.next_multiple_of(2),
-            Isa::Avx2 => per,
+        // Tasks split whole units of panels as evenly as they divide (sizes differ by at most one
+        // unit); the AVX-512 kernel's unit is a pair, so no task leaves a lone panel to AVX2.
+        let unit = match self.isa {
+            Isa::Avx512 => 2,
+            Isa::Avx2 => 1,
         };
-        (0..panels.div_ceil(per))
-            .into_par_iter()
-            .with_max_len(1)
-            .for_each(|t| {
-                let cols = t * per * NR..((t + 1) * per * NR).min(n);
-                // SAFETY: as above; the tasks' column ranges are disjoint.
-                unsafe { self.columns(cols) };
-            });
+        let units = panels.div_ceil(unit);
+        let tasks = (4 * threads).min(units).min((work / TASK_FLOPS).max(2));
+        let edge = |t: usize| (t * units / tasks * unit * NR).min(n);
+        (0..tasks).into_par_iter().with_max_len(1).for_each(|t| {
+            // SAFETY: as above; the tasks' column ranges are disjoint.
+            unsafe { self.columns(edge(t)..edge(t + 1)) };
+        });
     }
 }
 
