@@ -4,8 +4,8 @@
 //! measured in the same run. Inputs are random token ids and latents, never zeros.
 //!
 //! Row names are shared with `reference/bench_torch.py` so the two can be printed side by side.
-//! With `profile`, the prefill, the decode step and the gen step's cond branch are also profiled node by
-//! node ([`profile`]).
+//! With `profile`, the prefill, the decode step, the gen step's cond branch and the VAE decode are also
+//! profiled node by node ([`profile`]).
 
 use crate::chat::ChatPipeline;
 use crate::model::{Model, RunError};
@@ -43,7 +43,7 @@ pub struct BenchOptions {
     pub runs: usize,
     /// Text guidance scale of the gen step and the image request (default 4.0: two branches; <= 1: one).
     pub guidance: f32,
-    /// Also profile one run of the und prefill, the decode step and the gen step's cond branch node by
+    /// Also profile one run of the und prefill, the decode step, the gen step's cond branch and the VAE decode node by
     /// node (default off).
     pub profile: bool,
     /// The workloads to run, in their fixed order (default: all). The load and the ceilings always run.

@@ -582,6 +582,16 @@ impl Model {
 
     /// VAE decode of a model-space latent `[C, h, w]` to pixels `[3, H, W]`.
     pub fn vae_decode(&self, latent: &HostTensor) -> Result<HostTensor, RunError> {
+        let (graph, inputs) = self.vae_decode_graph(latent)?;
+        let mut out = self.run(&graph, &inputs)?;
+        out.remove("vae.pixels")
+            .ok_or_else(|| RunError::Request("VAE graph produced no pixels".into()))
+    }
+}
+
+impl Model {
+    /// The VAE decode graph for `latent` `[C, h, w]` and its inputs.
+    fn vae_decode_graph(&self, latent: &HostTensor) -> Result<(Graph, Outputs), RunError> {
         let (h, w) = match latent.shape.as_slice() {
             [_, h, w] => (*h, *w),
             s => {
@@ -592,9 +602,7 @@ impl Model {
         };
         let graph = build::vae_decode(&self.checkpoint.config.vae, (h, w))?;
         let inputs = HashMap::from([(names::VAE_LATENT.to_string(), latent.clone())]);
-        let mut out = self.run(&graph, &inputs)?;
-        out.remove("vae.pixels")
-            .ok_or_else(|| RunError::Request("VAE graph produced no pixels".into()))
+        Ok((graph, inputs))
     }
 }
 

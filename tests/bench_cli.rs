@@ -100,7 +100,12 @@ fn bench_profile_prints_the_table_by_op_kind() {
             "--profile",
         ],
     );
-    for workload in ["und_prefill", "und_decode_step", "gen_step_cond"] {
+    for workload in [
+        "und_prefill",
+        "und_decode_step",
+        "gen_step_cond",
+        "vae_decode",
+    ] {
         assert!(
             stdout.contains(&format!("profile {workload}: ")),
             "no {workload} profile:\n{stdout}"
@@ -139,8 +144,22 @@ fn bench_profile_prints_the_table_by_op_kind() {
         "{gen}"
     );
 
+    // The VAE decode's: convolutions by shape (channels in -> out, kernel, stride, input size).
+    let vae = &stdout[stdout.find("profile vae_decode").unwrap()..];
+    for kind in ["conv2d", "group_norm", "silu"] {
+        assert!(
+            vae.lines().any(|l| l.trim_start().starts_with(kind)),
+            "no {kind} row:\n{vae}"
+        );
+    }
+    assert!(
+        vae.lines()
+            .any(|l| l.trim_start().starts_with("conv2d") && l.contains(" k3 s1 at ")),
+        "{vae}"
+    );
+
     let profiles = report["profiles"].as_array().unwrap();
-    assert_eq!(profiles.len(), 3);
+    assert_eq!(profiles.len(), 4);
     for p in profiles {
         let total = p["total_ms"].as_f64().unwrap();
         let kinds = p["kinds"].as_array().unwrap();
@@ -159,7 +178,7 @@ fn bench_profile_prints_the_table_by_op_kind() {
         let shape_ms: f64 = shapes.iter().map(|s| s["ms"].as_f64().unwrap()).sum();
         let compute_ms: f64 = kinds
             .iter()
-            .filter(|k| k["kind"] == "linear" || k["kind"] == "attention")
+            .filter(|k| ["linear", "attention", "conv2d"].contains(&k["kind"].as_str().unwrap()))
             .map(|k| k["ms"].as_f64().unwrap())
             .sum();
         assert!(shape_ms <= compute_ms * (1.0 + 1e-9), "{p}");

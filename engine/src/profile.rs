@@ -69,6 +69,17 @@ fn shape_key(graph: &Graph, op: &Op) -> Option<String> {
                 if *causal { " causal" } else { "" }
             ))
         }
+        Op::Conv2d { x, w, stride, .. } => {
+            let (xs, ws) = (&graph.tensor(*x).shape, &graph.tensor(*w).shape);
+            Some(format!(
+                "{}->{} k{} s{stride} at {}x{}",
+                ws.get(1)?,
+                ws.first()?,
+                ws.get(2)?,
+                xs.get(1)?,
+                xs.get(2)?
+            ))
+        }
         _ => None,
     }
 }
@@ -115,7 +126,7 @@ impl NodeTimes {
         self.per_node.iter().map(|&(_, t)| t as f64).sum::<f64>() + self.state_writes_ms as f64
     }
 
-    /// Totals of the compute nodes (GEMMs, attention) by shape, slowest first; work counted as in
+    /// Totals of the compute nodes (GEMMs, attention, convolutions) by shape, slowest first; work counted as in
     /// [`NodeTimes::by_kind`].
     pub fn by_shape(
         &self,

@@ -156,5 +156,12 @@ pub(super) fn image(s: &mut Session) -> Result<(), RunError> {
         of_ceiling: None,
         note,
     });
+    if opts.profile && value.is_finite() {
+        (s.progress)("profiling the VAE decode");
+        let shape = s.gen_spec.latent;
+        let latent = HostTensor::f32(shape.to_vec(), normal_noise(0x7ae, shape.iter().product()));
+        let p = model.profile_vae_decode(&latent)?;
+        s.profiles.push(StepProfile::new("vae_decode", &p));
+    }
     Ok(())
 }

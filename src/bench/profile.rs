@@ -156,7 +156,7 @@ impl StepProfile {
         if !self.shapes.is_empty() {
             let _ = writeln!(
                 s,
-                "  compute by shape (GEMM M x N x K):{}",
+                "  compute by shape (GEMMs M x N x K; convolutions in->out channels, kernel, stride, input size):{}",
                 if ceilings.is_some() {
                     "  % of the GEMM ceiling"
                 } else {

@@ -1,8 +1,9 @@
-//! Per-node time profiles of the model's graphs (und prefill, und decode step; the gen step's is in
-//! `resident`), each with the graph that ran, so a benchmark can rank the step's time by op kind.
+//! Per-node time profiles of the model's graphs (und prefill, und decode step, VAE decode; the gen
+//! step's is in `resident`), each with the graph that ran, so a benchmark can rank the step's time by op kind.
 
 use super::{insert_cache_len, Model, Outputs, RunError};
 use crate::backend::{ElemBytes, States};
+use hbridge_engine::cpu::HostTensor;
 use hbridge_engine::profile::NodeTimes;
 use hbridge_graph::build::UndPrefillSpec;
 use hbridge_graph::plan::{plan_memory, MemoryPlan};
@@ -58,6 +59,13 @@ impl Model {
             None => &mut none,
         };
         self.profile_graph(&graph, &plan_memory(&graph), &inputs, states)
+    }
+
+    /// [`Model::vae_decode`]'s run on a latent `[C, h, w]`, profiled.
+    pub(crate) fn profile_vae_decode(&self, latent: &HostTensor) -> Result<GraphProfile, RunError> {
+        let (graph, inputs) = self.vae_decode_graph(latent)?;
+        let mut none = self.new_states();
+        self.profile_graph(&graph, &plan_memory(&graph), &inputs, &mut none)
     }
 
     /// [`Model::und_decode_step`]'s run over a cache of `capacity` rows, profiled (always eager).

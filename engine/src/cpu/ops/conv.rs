@@ -4,6 +4,7 @@
 //! otherwise need gigabytes).
 
 use super::matmul::{matmul, Mat, MatMut};
+use super::packed_gemm::{self, BSource, RowTable};
 use rayon::prelude::*;
 
 /// Upper bound on the column buffer, in values.
@@ -51,13 +52,11 @@ pub(crate) fn conv2d(
     let w = Mat::rm(weight, s.cout, kk);
     if s.k == 1 && s.stride == 1 && s.pad_before == 0 && s.hout == s.h && s.wout == s.w {
         // A 1x1 convolution is already a product with the image as a [cin, h*w] matrix.
-        matmul(
+        product(
             MatMut::rm(out, s.cout, plane),
             w,
             Mat::rm(x, s.cin, plane),
-            1.0,
             true,
-            None,
         );
         return;
     }
@@ -66,6 +65,57 @@ pub(crate) fn conv2d(
         return;
     }
     conv2d_im2col(x, weight, s, out);
+}
+
+/// `dst = lhs @ rhs`, or `dst += lhs @ rhs` when `accumulate`: the packed GEMM where the CPU runs it
+/// (its AVX-512 kernel on the VAE's products), else the `gemm` crate.
+fn product(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool) {
+    let (rows, cols, rs, cs) = (dst.rows, dst.cols, dst.rs, dst.cs);
+    let data = dst.data;
+    let done = if accumulate {
+        packed_gemm::gemm_acc(
+            MatMut {
+                data: &mut *data,
+                rows,
+                cols,
+                rs,
+                cs,
+            },
+            lhs,
+            BSource::View(rhs),
+            None,
+        )
+    } else {
+        packed_gemm::gemm(
+            MatMut {
+                data: &mut *data,
+                rows,
+                cols,
+                rs,
+                cs,
+            },
+            lhs,
+            BSource::View(rhs),
+            None,
+            None,
+        )
+    };
+    if !done {
+        matmul(
+            MatMut {
+                data,
+                rows,
+                cols,
+                rs,
+                cs,
+            },
+            lhs,
+            rhs,
+            1.0,
+            accumulate,
+            None,
+        );
+    }
 }
 
 /// Any stride, accumulated onto `out`: im2col for a band of output rows, then one GEMM.
@@ -89,7 +139,7 @@ fn conv2d_im2col(x: &[f32], weight: &[f32], s: &Conv2dShape, out: &mut [f32]) {
             rs: plane,
             cs: 1,
         };
-        matmul(dst, w, Mat::rm(col, kk, ncols), 1.0, true, None);
+        product(dst, w, Mat::rm(col, kk, ncols), true);
     }
 }
 
@@ -113,8 +163,8 @@ fn conv2d_shifted(x: &[f32], weight: &[f32], s: &Conv2dShape, out: &mut [f32], b
     let plane_cap = (band + k - 1) * wp;
     let mut xpad = vec![0f32; cin * plane_cap];
     let mut acc = vec![0f32; cout * band * wp];
+    let mut offsets = Vec::with_capacity(cin * k * k);
     let pb = s.pad_before as isize;
-    let plane = s.hout * s.wout;
     for oy0 in (0..s.hout).step_by(band) {
         let rows = band.min(s.hout - oy0);
         let prow = rows + k - 1;
@@ -138,6 +188,30 @@ fn conv2d_shifted(x: &[f32], weight: &[f32], s: &Conv2dShape, out: &mut [f32], b
         });
         let n = (rows - 1) * wp + s.wout;
         let acc = &mut acc[..cout * n];
+        // All taps as one product: depth `(ci*k + ky)*k + kx`, the weight's own column order, reads
+        // channel ci's padded plane from `ky*wp + kx` on.
+        offsets.clear();
+        for ci in 0..cin {
+            for ky in 0..k {
+                offsets.extend((0..k).map(|kx| ci * pplane + ky * wp + kx));
+            }
+        }
+        let rows_b = RowTable {
+            data: xpad,
+            offsets: &offsets,
+            cols: n,
+        };
+        let w = Mat::rm(weight, cout, cin * k * k);
+        if packed_gemm::gemm(
+            MatMut::rm(acc, cout, n),
+            w,
+            BSource::Rows(rows_b),
+            None,
+            None,
+        ) {
+            add_band(out, acc, (oy0, rows), (n, wp), s);
+            continue;
+        }
         for ky in 0..k {
             for kx in 0..k {
                 let tap = ky * k + kx;
@@ -156,20 +230,33 @@ fn conv2d_shifted(x: &[f32], weight: &[f32], s: &Conv2dShape, out: &mut [f32], b
                     rs: pplane,
                     cs: 1,
                 };
-                matmul(MatMut::rm(acc, cout, n), lhs, rhs, 1.0, tap != 0, None);
+                product(MatMut::rm(acc, cout, n), lhs, rhs, tap != 0);
             }
         }
-        out.par_chunks_mut(plane)
-            .zip(acc.par_chunks(n))
-            .for_each(|(o, a)| {
-                for i in 0..rows {
-                    let orow = &mut o[(oy0 + i) * s.wout..][..s.wout];
-                    for (v, &a) in orow.iter_mut().zip(&a[i * wp..i * wp + s.wout]) {
-                        *v += a;
-                    }
-                }
-            });
+        add_band(out, acc, (oy0, rows), (n, wp), s);
     }
+}
+
+/// Adds the band's valid accumulator columns (`acc[cout, n]` on the padded width `wp`) onto output
+/// rows `oy0 .. oy0 + rows`.
+fn add_band(
+    out: &mut [f32],
+    acc: &[f32],
+    (oy0, rows): (usize, usize),
+    (n, wp): (usize, usize),
+    s: &Conv2dShape,
+) {
+    let plane = s.hout * s.wout;
+    out.par_chunks_mut(plane)
+        .zip(acc.par_chunks(n))
+        .for_each(|(o, a)| {
+            for i in 0..rows {
+                let orow = &mut o[(oy0 + i) * s.wout..][..s.wout];
+                for (v, &a) in orow.iter_mut().zip(&a[i * wp..i * wp + s.wout]) {
+                    *v += a;
+                }
+            }
+        });
 }
 
 /// Row `r = (ci*k + ky)*k + kx` of the column matrix for output rows `oy0..`: the input value each output
@@ -248,6 +335,8 @@ mod tests {
             (2, 11, 5, 3, 5, 2, 2),
             (6, 6, 13, 4, 5, 0, 0),
             (1, 1, 1, 1, 3, 1, 1),
+            // Many row tiles and column panels, depth over two GEMM passes (9 x 40 = 360).
+            (40, 20, 37, 33, 3, 1, 1),
         ];
         for (i, &(cin, h, w, cout, k, pb, pa)) in cases.iter().enumerate() {
             let s = Conv2dShape {

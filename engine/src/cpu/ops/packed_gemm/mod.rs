@@ -184,6 +184,18 @@ fn pack_a(a: &Mat<'_>, buf: &mut [f32]) {
 pub(crate) enum BSource<'a> {
     Packed(PackedRef<'a>),
     View(Mat<'a>),
+    Rows(RowTable<'a>),
+}
+
+/// B whose row `p` is the `cols` contiguous values from `data[offsets[p]]`: rows gathered from
+/// anywhere, packed per call like a view. A stride-1 convolution's implicit im2col: row
+/// `(ci, ky, kx)` is input channel `ci`'s padded plane shifted by the tap, so all taps are one product
+/// over `cin * k * k` depths with the weight as it lies, accumulated in registers.
+#[derive(Clone, Copy)]
+pub(crate) struct RowTable<'a> {
+    pub data: &'a [f32],
+    pub offsets: &'a [usize],
+    pub cols: usize,
 }
 
 impl BSource<'_> {
@@ -191,6 +203,7 @@ impl BSource<'_> {
         match self {
             BSource::Packed(p) => p.k(),
             BSource::View(v) => v.rows,
+            BSource::Rows(r) => r.offsets.len(),
         }
     }
 
@@ -198,6 +211,7 @@ impl BSource<'_> {
         match self {
             BSource::Packed(p) => p.n(),
             BSource::View(v) => v.cols,
+            BSource::Rows(r) => r.cols,
         }
     }
 }
@@ -223,12 +237,35 @@ pub(crate) fn gemm(
     gemm_with(dst, a, b, bias, parallel, isa())
 }
 
+/// `dst += a @ b`: [`gemm`] with every chain starting from the destination's value. Returns false,
+/// computing nothing, when [`available`] is false.
+pub(crate) fn gemm_acc(
+    dst: MatMut<'_>,
+    a: Mat<'_>,
+    b: BSource<'_>,
+    parallel: Option<bool>,
+) -> bool {
+    gemm_job(dst, a, b, (None, true), parallel, isa())
+}
+
 /// [`gemm`] with the micro-kernel `isa` (AVX-512 only where the CPU has it).
 pub(crate) fn gemm_with(
     dst: MatMut<'_>,
     a: Mat<'_>,
     b: BSource<'_>,
     bias: Option<&[f32]>,
+    parallel: Option<bool>,
+    isa: Isa,
+) -> bool {
+    gemm_job(dst, a, b, (bias, false), parallel, isa)
+}
+
+/// `dst = (bias, or dst when accumulating, or 0) + a @ b`.
+fn gemm_job(
+    dst: MatMut<'_>,
+    a: Mat<'_>,
+    b: BSource<'_>,
+    (bias, accumulate): (Option<&[f32]>, bool),
     parallel: Option<bool>,
     isa: Isa,
 ) -> bool {
@@ -256,6 +293,12 @@ pub(crate) fn gemm_with(
         span(m, k, a.rs, a.cs) <= a.data.len(),
         "gemm: a view out of bounds"
     );
+    if let BSource::Rows(r) = b {
+        assert!(
+            r.offsets.iter().all(|&o| o + r.cols <= r.data.len()),
+            "gemm: b row out of bounds"
+        );
+    }
     if let BSource::View(v) = b {
         assert!(
             span(k, n, v.rs, v.cs) <= v.data.len(),
@@ -269,6 +312,9 @@ pub(crate) fn gemm_with(
         return true;
     }
     if k == 0 {
+        if accumulate {
+            return true;
+        }
         for r in 0..m {
             for c in 0..n {
                 dst.data[r * dst.rs + c * dst.cs] = bias.map_or(0.0, |b| b[c]);
@@ -297,6 +343,7 @@ pub(crate) fn gemm_with(
             apack: buf,
             b,
             bias,
+            accumulate,
             isa,
         };
         job.run(parallel);
@@ -361,6 +408,8 @@ struct Job<'a> {
     apack: &'a [f32],
     b: BSource<'a>,
     bias: Option<&'a [f32]>,
+    /// Chains start from the destination's values (`gemm_acc`).
+    accumulate: bool,
     isa: Isa,
 }
 

@@ -6,7 +6,7 @@
 use super::super::matmul::Mat;
 use super::packed_b::Values;
 use super::x86_avx512::{rows2, Tile2};
-use super::{passes, BSource, Buf, Elem, Isa, Job, Out, MC, MR, NC, NR};
+use super::{passes, BSource, Buf, Elem, Isa, Job, Out, RowTable, MC, MR, NC, NR};
 use half::bf16;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -83,6 +83,22 @@ pub(super) unsafe fn pack_b(
     }
 }
 
+/// [`pack_b`] for a [`RowTable`]: depth `k0 + p`'s columns `j0 .. j0 + nc` are the contiguous values
+/// at its row offset.
+fn pack_b_rows(b: &RowTable<'_>, k0: usize, kc: usize, j0: usize, nc: usize, buf: &mut [f32]) {
+    for (t, panel) in buf[..nc.div_ceil(NR) * NR * kc]
+        .chunks_exact_mut(NR * kc)
+        .enumerate()
+    {
+        let jp = j0 + t * NR;
+        let w = NR.min(j0 + nc - jp);
+        for (dst, &off) in panel.chunks_exact_mut(NR).zip(&b.offsets[k0..k0 + kc]) {
+            dst[..w].copy_from_slice(&b.data[off + jp..][..w]);
+            dst[w..].fill(0.0);
+        }
+    }
+}
+
 /// Writes `dst[p*16 + j] = src[j*ld + p]` for 8 columns `j` and `p < p8` (a multiple of 8).
 ///
 /// # Safety
@@ -151,8 +167,8 @@ pub(super) unsafe fn columns(job: &Job<'_>, cols: Range<usize>) {
         // block is reused by several row blocks, else a few panels at a time (used from L1/L2).
         let nc_step = match job.b {
             BSource::Packed(_) => cols.len(),
-            BSource::View(_) if m > mc_step => NC,
-            BSource::View(_) => 4 * NR,
+            BSource::View(_) | BSource::Rows(_) if m > mc_step => NC,
+            BSource::View(_) | BSource::Rows(_) => 4 * NR,
         };
         let mut blk = Block {
             job,
@@ -199,13 +215,16 @@ impl Block<'_, '_, '_> {
     unsafe fn run(&mut self, k0: usize, kc: usize, j0: usize, nc: usize) {
         let job = self.job;
         let (m, out) = (job.m, job.out);
-        let first = k0 == 0;
+        // The first depth pass starts the chains from the bias or zero, unless the call accumulates.
+        let first = k0 == 0 && !job.accumulate;
         // This pass of packed A: micro-panel `t` (rows `6t ..`) at `t*MR*kc`.
         let mp = m.next_multiple_of(MR);
         let apass = &job.apack[k0 * mp..][..mp * kc];
-        if let BSource::View(b) = &job.b {
+        match &job.b {
             // SAFETY: AVX2 (the caller's promise).
-            unsafe { pack_b(b, k0, kc, j0, nc, self.bpack) };
+            BSource::View(b) => unsafe { pack_b(b, k0, kc, j0, nc, self.bpack) },
+            BSource::Rows(r) => pack_b_rows(r, k0, kc, j0, nc, self.bpack),
+            BSource::Packed(_) => {}
         }
         let mut tile = [0f32; MR * NR];
         let mut bias_pad = [0f32; NR];
@@ -217,7 +236,7 @@ impl Block<'_, '_, '_> {
                 if mc == 1 && jp + 4 * NR <= j0 + nc && out.cs == 1 {
                     let bp = match &job.b {
                         BSource::Packed(p) => p.full_panels(jp, k0, kc, 4),
-                        BSource::View(_) => {
+                        BSource::View(_) | BSource::Rows(_) => {
                             Values::F32(&self.bpack[(jp - j0) * kc..][..4 * NR * kc])
                         }
                     };
@@ -240,7 +259,7 @@ impl Block<'_, '_, '_> {
                 if job.isa == Isa::Avx512 && jp + 2 * NR <= j0 + nc && out.cs == 1 {
                     let bp = match &job.b {
                         BSource::Packed(p) => widened(p.full_panels(jp, k0, kc, 2), mc, self.bpack),
-                        BSource::View(_) => {
+                        BSource::View(_) | BSource::Rows(_) => {
                             Values::F32(&self.bpack[(jp - j0) * kc..][..2 * NR * kc])
                         }
                     };
@@ -273,7 +292,7 @@ impl Block<'_, '_, '_> {
                             (Values::F32(&self.bpack[..kc * NR]), w)
                         }
                     },
-                    BSource::View(_) => (
+                    BSource::View(_) | BSource::Rows(_) => (
                         Values::F32(&self.bpack[(jp - j0) * kc..][..kc * NR]),
                         NR.min(j0 + nc - jp),
                     ),
