@@ -3,8 +3,8 @@
 //! work on a band of output rows at a time so their scratch stays bounded (a 1024x1024 VAE layer would
 //! otherwise need gigabytes).
 
-use super::matmul::{matmul, Mat, MatMut};
-use super::packed_gemm::{self, BSource, RowTable};
+use super::matmul::{Mat, MatMut};
+use super::packed_gemm::{self, product, BSource, RowTable};
 use rayon::prelude::*;
 
 /// Upper bound on the column buffer, in values.
@@ -57,6 +57,7 @@ pub(crate) fn conv2d(
             w,
             Mat::rm(x, s.cin, plane),
             true,
+            None,
         );
         return;
     }
@@ -65,57 +66,6 @@ pub(crate) fn conv2d(
         return;
     }
     conv2d_im2col(x, weight, s, out);
-}
-
-/// `dst = lhs @ rhs`, or `dst += lhs @ rhs` when `accumulate`: the packed GEMM where the CPU runs it
-/// (its AVX-512 kernel on the VAE's products), else the `gemm` crate.
-fn product(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool) {
-    let (rows, cols, rs, cs) = (dst.rows, dst.cols, dst.rs, dst.cs);
-    let data = dst.data;
-    let done = if accumulate {
-        packed_gemm::gemm_acc(
-            MatMut {
-                data: &mut *data,
-                rows,
-                cols,
-                rs,
-                cs,
-            },
-            lhs,
-            BSource::View(rhs),
-            None,
-        )
-    } else {
-        packed_gemm::gemm(
-            MatMut {
-                data: &mut *data,
-                rows,
-                cols,
-                rs,
-                cs,
-            },
-            lhs,
-            BSource::View(rhs),
-            None,
-            None,
-        )
-    };
-    if !done {
-        matmul(
-            MatMut {
-                data,
-                rows,
-                cols,
-                rs,
-                cs,
-            },
-            lhs,
-            rhs,
-            1.0,
-            accumulate,
-            None,
-        );
-    }
 }
 
 /// Any stride, accumulated onto `out`: im2col for a band of output rows, then one GEMM.
@@ -139,7 +89,7 @@ fn conv2d_im2col(x: &[f32], weight: &[f32], s: &Conv2dShape, out: &mut [f32]) {
             rs: plane,
             cs: 1,
         };
-        product(dst, w, Mat::rm(col, kk, ncols), true);
+        product(dst, w, Mat::rm(col, kk, ncols), true, None);
     }
 }
 
@@ -230,7 +180,7 @@ fn conv2d_shifted(x: &[f32], weight: &[f32], s: &Conv2dShape, out: &mut [f32], b
                     rs: pplane,
                     cs: 1,
                 };
-                product(MatMut::rm(acc, cout, n), lhs, rhs, tap != 0);
+                product(MatMut::rm(acc, cout, n), lhs, rhs, tap != 0, None);
             }
         }
         add_band(out, acc, (oy0, rows), (n, wp), s);

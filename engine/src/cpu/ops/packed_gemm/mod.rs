@@ -237,15 +237,41 @@ pub(crate) fn gemm(
     gemm_with(dst, a, b, bias, parallel, isa())
 }
 
-/// `dst += a @ b`: [`gemm`] with every chain starting from the destination's value. Returns false,
-/// computing nothing, when [`available`] is false.
-pub(crate) fn gemm_acc(
+/// `dst = lhs @ rhs`, or with `accumulate` `dst += lhs @ rhs` (every chain starts from the
+/// destination's value), for any strided views: this GEMM where the CPU runs it, else the `gemm`
+/// crate. `parallel` as for [`gemm`].
+pub(crate) fn product(
     dst: MatMut<'_>,
-    a: Mat<'_>,
-    b: BSource<'_>,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    accumulate: bool,
     parallel: Option<bool>,
-) -> bool {
-    gemm_job(dst, a, b, (None, true), parallel, isa())
+) {
+    let MatMut {
+        data,
+        rows,
+        cols,
+        rs,
+        cs,
+    } = dst;
+    let packed = MatMut {
+        data: &mut *data,
+        rows,
+        cols,
+        rs,
+        cs,
+    };
+    let b = BSource::View(rhs);
+    if !gemm_job(packed, lhs, b, (None, accumulate), parallel, isa()) {
+        let dst = MatMut {
+            data,
+            rows,
+            cols,
+            rs,
+            cs,
+        };
+        super::matmul::matmul(dst, lhs, rhs, 1.0, accumulate, parallel);
+    }
 }
 
 /// [`gemm`] with the micro-kernel `isa` (AVX-512 only where the CPU has it).
@@ -408,7 +434,7 @@ struct Job<'a> {
     apack: &'a [f32],
     b: BSource<'a>,
     bias: Option<&'a [f32]>,
-    /// Chains start from the destination's values (`gemm_acc`).
+    /// Chains start from the destination's values ([`product`] with `accumulate`).
     accumulate: bool,
     isa: Isa,
 }

@@ -5,7 +5,7 @@
 
 use super::super::matmul::Mat;
 use super::packed_b::Values;
-use super::x86_avx512::{rows2, Tile2};
+use super::x86_avx512::{tile2, Lanes16};
 use super::{passes, BSource, Buf, Elem, Isa, Job, Out, RowTable, MC, MR, NC, NR};
 use half::bf16;
 use std::arch::x86_64::*;
@@ -278,7 +278,7 @@ impl Block<'_, '_, '_> {
                         // of 16 one after the other; the destination's rows `i .. i + r`, columns
                         // `jp .. jp + 32`, are inside it and ours alone (`Job::columns`); a bias
                         // has 32 values from `jp`.
-                        unsafe { kernel2(r, (kc, a, bp), ip, ild, c, out.rs) };
+                        unsafe { kernel(r, 2, (kc, a, bp), ip, ild, c, out.rs) };
                     }
                     jp += 2 * NR;
                     continue;
@@ -322,7 +322,7 @@ impl Block<'_, '_, '_> {
                         // full panel of `kc` rows of 16; the destination's rows `i .. i + r`,
                         // columns `jp .. jp + 16`, are inside it (`gemm` asserted its span) and ours
                         // alone (`Job::columns`); a bias has 16 values from `jp`.
-                        unsafe { kernel(r, (kc, a, bp), ip, ild, c, out.rs) };
+                        unsafe { kernel(r, 1, (kc, a, bp), ip, ild, c, out.rs) };
                     } else {
                         // Edge or strided destination: through a 6x16 buffer.
                         let (ip, ild) = match init {
@@ -336,7 +336,7 @@ impl Block<'_, '_, '_> {
                         };
                         // SAFETY: as above for A and B (a narrow panel is widened to 16 with
                         // zeros); `tile` holds 6 rows of 16, the bias `bias_pad` 16 values.
-                        unsafe { kernel(r, (kc, a, bp), ip, ild, tile.as_mut_ptr(), NR) };
+                        unsafe { kernel(r, 1, (kc, a, bp), ip, ild, tile.as_mut_ptr(), NR) };
                         // SAFETY: as for the copy in.
                         unsafe { copy_tile(out, (i, jp), (r, w), &mut tile, false) };
                     }
@@ -498,100 +498,75 @@ unsafe fn wide1_of<T: Lanes>(kc: usize, a: *const f32, b: *const T, init: *const
 }
 
 /// One micro-tile's operands: `kc` depth steps; A's step `p` is the MR values at `a + MR*p` (a
-/// packed micro-panel), B's the 16 values at `b + 16p`.
-struct Tile<T> {
-    kc: usize,
-    a: *const f32,
-    b: *const T,
+/// packed micro-panel); B's the 16 values at `b + 16p` (and, for the two-panel AVX-512 kernel, the
+/// second panel's at `b + 16kc + 16p`).
+pub(super) struct Tile<T> {
+    pub(super) kc: usize,
+    pub(super) a: *const f32,
+    pub(super) b: *const T,
 }
 
-/// `r` rows (1..=MR) by 16 columns; `(kc, a, b)`: `kc` depth steps of a packed micro-panel of A
-/// and of a full panel of B.
+/// Calls `$tile::<R, $t>(args)` with `R` the constant for the run-time row count `$r` (1..=MR).
+macro_rules! by_rows {
+    ($r:expr, $tile:ident::<$t:ty>($($arg:expr),*)) => {
+        match $r {
+            6 => $tile::<6, $t>($($arg),*),
+            5 => $tile::<5, $t>($($arg),*),
+            4 => $tile::<4, $t>($($arg),*),
+            3 => $tile::<3, $t>($($arg),*),
+            2 => $tile::<2, $t>($($arg),*),
+            _ => $tile::<1, $t>($($arg),*),
+        }
+    };
+}
+
+/// `r` rows (1..=MR) by `panels` full panels (1: 16 columns, AVX2 kernel; 2: 32 columns, AVX-512
+/// kernel); `(kc, a, b)`: `kc` depth steps of a packed micro-panel of A and of the panels of B, one
+/// after the other.
 ///
 /// # Safety
-/// AVX2 and FMA; `a` readable for `kc` steps of MR values; `b` holds at least `16*kc` values;
-/// `init` null or readable for `r` rows of 16 values `init_ld` apart; `c` writable for `r` rows of
-/// 16 values `ldc` apart.
+/// AVX2 and FMA, and AVX-512F for two panels; `a` readable for `kc` steps of MR values; `b` holds at
+/// least `16*panels*kc` values; `init` null or readable for `r` rows of `16*panels` values `init_ld`
+/// apart; `c` writable for `r` rows of `16*panels` values `ldc` apart.
 #[inline]
 unsafe fn kernel(
     r: usize,
+    panels: usize,
     (kc, a, b): (usize, *const f32, Values<'_>),
     init: *const f32,
     init_ld: usize,
     c: *mut f32,
     ldc: usize,
 ) {
-    // SAFETY: forwarded; the asserts give the length the kernel reads.
+    fn tile_of<T>(kc: usize, a: *const f32, b: &[T], panels: usize) -> Tile<T> {
+        assert!(b.len() >= panels * NR * kc);
+        Tile {
+            kc,
+            a,
+            b: b.as_ptr(),
+        }
+    }
+    // SAFETY: forwarded; `tile_of` asserts the length the kernels read.
     unsafe {
         match b {
             Values::F32(b) => {
-                assert!(b.len() >= NR * kc);
-                let t = Tile {
-                    kc,
-                    a,
-                    b: b.as_ptr(),
-                };
-                rows(r, &t, init, init_ld, c, ldc)
+                run_tile(r, panels, &tile_of(kc, a, b, panels), init, init_ld, c, ldc)
             }
             Values::Bf16(b) => {
-                assert!(b.len() >= NR * kc);
-                let t = Tile {
-                    kc,
-                    a,
-                    b: b.as_ptr(),
-                };
-                rows(r, &t, init, init_ld, c, ldc)
+                run_tile(r, panels, &tile_of(kc, a, b, panels), init, init_ld, c, ldc)
             }
         }
     }
 }
 
-/// [`kernel`] over two full panels (32 columns) with the AVX-512 micro-kernel.
-///
-/// # Safety
-/// AVX-512F; as [`kernel`], with `b` holding at least `32*kc` values and `init` and `c` 32 columns
-/// wide.
-#[inline]
-unsafe fn kernel2(
-    r: usize,
-    (kc, a, b): (usize, *const f32, Values<'_>),
-    init: *const f32,
-    init_ld: usize,
-    c: *mut f32,
-    ldc: usize,
-) {
-    // SAFETY: forwarded; the asserts give the length the kernel reads.
-    unsafe {
-        match b {
-            Values::F32(b) => {
-                assert!(b.len() >= 2 * NR * kc);
-                let t = Tile2 {
-                    kc,
-                    a,
-                    b: b.as_ptr(),
-                };
-                rows2(r, &t, init, init_ld, c, ldc)
-            }
-            Values::Bf16(b) => {
-                assert!(b.len() >= 2 * NR * kc);
-                let t = Tile2 {
-                    kc,
-                    a,
-                    b: b.as_ptr(),
-                };
-                rows2(r, &t, init, init_ld, c, ldc)
-            }
-        }
-    }
-}
-
-/// [`tile`] for `r` rows.
+/// [`kernel`]'s dispatch to the micro-kernel for `panels` and `r`.
 ///
 /// # Safety
 /// As [`kernel`].
 #[inline]
-unsafe fn rows<T: Lanes>(
+unsafe fn run_tile<T: Lanes + Lanes16>(
     r: usize,
+    panels: usize,
     t: &Tile<T>,
     init: *const f32,
     init_ld: usize,
@@ -600,13 +575,10 @@ unsafe fn rows<T: Lanes>(
 ) {
     // SAFETY: the function's contract, forwarded.
     unsafe {
-        match r {
-            6 => tile::<6, T>(t, init, init_ld, c, ldc),
-            5 => tile::<5, T>(t, init, init_ld, c, ldc),
-            4 => tile::<4, T>(t, init, init_ld, c, ldc),
-            3 => tile::<3, T>(t, init, init_ld, c, ldc),
-            2 => tile::<2, T>(t, init, init_ld, c, ldc),
-            _ => tile::<1, T>(t, init, init_ld, c, ldc),
+        if panels == 2 {
+            by_rows!(r, tile2::<T>(t, init, init_ld, c, ldc))
+        } else {
+            by_rows!(r, tile::<T>(t, init, init_ld, c, ldc))
         }
     }
 }

@@ -7,6 +7,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+use super::x86::Tile;
 use super::{MR, NR};
 use half::bf16;
 use std::arch::x86_64::*;
@@ -42,40 +43,6 @@ impl Lanes16 for bf16 {
     }
 }
 
-/// One micro-tile's operands: `kc` depth steps; A's step `p` is the MR values at `a + MR*p` (a packed
-/// micro-panel); B's the 16 values at `b + 16p` (first panel) and `b + 16kc + 16p` (second).
-pub(super) struct Tile2<T> {
-    pub(super) kc: usize,
-    pub(super) a: *const f32,
-    pub(super) b: *const T,
-}
-
-/// [`tile2`] for `r` rows (1..=MR).
-///
-/// # Safety
-/// As [`tile2`].
-#[inline]
-pub(super) unsafe fn rows2<T: Lanes16>(
-    r: usize,
-    t: &Tile2<T>,
-    init: *const f32,
-    init_ld: usize,
-    c: *mut f32,
-    ldc: usize,
-) {
-    // SAFETY: the function's contract, forwarded.
-    unsafe {
-        match r {
-            6 => tile2::<6, T>(t, init, init_ld, c, ldc),
-            5 => tile2::<5, T>(t, init, init_ld, c, ldc),
-            4 => tile2::<4, T>(t, init, init_ld, c, ldc),
-            3 => tile2::<3, T>(t, init, init_ld, c, ldc),
-            2 => tile2::<2, T>(t, init, init_ld, c, ldc),
-            _ => tile2::<1, T>(t, init, init_ld, c, ldc),
-        }
-    }
-}
-
 /// `c = (init or 0) + sum_p a[p, :R]^T [b0[p, :] b1[p, :]]` over 32 columns, one FMA per step and
 /// output, depth in order.
 ///
@@ -84,8 +51,8 @@ pub(super) unsafe fn rows2<T: Lanes16>(
 /// the other; `init` null or readable for `R` rows of 32 values `init_ld` apart; `c` writable for `R`
 /// rows of 32 values `ldc` apart.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile2<const R: usize, T: Lanes16>(
-    t: &Tile2<T>,
+pub(super) unsafe fn tile2<const R: usize, T: Lanes16>(
+    t: &Tile<T>,
     init: *const f32,
     init_ld: usize,
     c: *mut f32,
