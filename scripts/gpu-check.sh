@@ -46,6 +46,8 @@ while read -r name exe; do
   cp "$exe" "$bundle/bin/test-$name"
 done < "$bundle/tests.txt"
 while read -r name exe; do
+  # The host-only benches (token sampling) need no GPU and would only crowd the 64 MiB carry.
+  [ "$name" = sampling ] && continue
   cp "$exe" "$bundle/bin/bench-$name"
 done < "$bundle/benches.txt"
 cp target/release/hbridge "$bundle/bin/hbridge"
