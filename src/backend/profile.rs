@@ -5,7 +5,6 @@
 use super::{Backend, States};
 use crate::model::{Outputs, RunError};
 use hbridge_engine::profile::NodeTimes;
-use hbridge_engine::WeightStorage;
 use hbridge_graph::plan::MemoryPlan;
 use hbridge_graph::Graph;
 
@@ -14,7 +13,8 @@ use hbridge_graph::Graph;
 pub struct ElemBytes {
     /// Activations, inputs and states: 4 (f32) on the CPU, 2 (bf16) on CUDA.
     pub activation: usize,
-    /// Weights: 2 for bf16 storage (CUDA, or the CPU's bf16 option, whose small tensors stay f32), else 4.
+    /// Weights: 2 where they are held as bf16 (CUDA; on the CPU bf16 storage, or `auto` on a bf16
+    /// checkpoint; their small tensors stay f32), else 4.
     pub weight: usize,
 }
 
@@ -23,10 +23,10 @@ impl Backend {
     pub fn elem_bytes(&self) -> ElemBytes {
         match self {
             Backend::Cpu { weights, .. } => {
-                let storage = weights.read().unwrap_or_else(|e| e.into_inner()).storage();
+                let weights = weights.read().unwrap_or_else(|e| e.into_inner());
                 ElemBytes {
                     activation: 4,
-                    weight: if storage == WeightStorage::Bf16 { 2 } else { 4 },
+                    weight: weights.elem_bytes(),
                 }
             }
             Backend::Cuda { .. } => ElemBytes {

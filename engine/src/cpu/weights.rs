@@ -320,6 +320,18 @@ impl CpuWeights {
     pub fn bytes(&self) -> usize {
         self.parts.values().map(|w| w.data.bytes()).sum()
     }
+
+    /// Bytes per weight value as held, rounded to the nearer of bf16 (2) and f32 (4): what a weight
+    /// read costs under this storage (`Exact` depends on the checkpoint; the small f32 tensors of bf16
+    /// storage do not move it). 4 while nothing is loaded.
+    pub fn elem_bytes(&self) -> usize {
+        let values: usize = self.parts.values().map(|w| w.data.len()).sum();
+        if values > 0 && self.bytes() < 3 * values {
+            2
+        } else {
+            4
+        }
+    }
 }
 
 fn convert(
