@@ -13,7 +13,6 @@ use crate::noise::NormalRng;
 use hbridge_engine::cuda::ceilings::Ceilings;
 use hbridge_engine::device::Device;
 use hbridge_graph::build::{self, GenStepSpec, UndPrefillSpec};
-use hbridge_graph::cost::cost;
 use hbridge_graph::Graph;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -212,10 +211,8 @@ pub fn run(
         model.make_resident(g)?;
     }
     let load = t.elapsed().as_secs_f64();
-    let weight_bytes: f64 = [&prefill_graph, &gen_graph, &vae_graph]
-        .iter()
-        .map(|g| cost(g, 2).weight_bytes)
-        .sum();
+    // As held on the backend (bf16 on CUDA; on the CPU as its storage keeps them).
+    let weight_bytes = model.resident_weight_bytes() as f64;
 
     progress("measuring the GEMM and copy ceilings");
     let ceilings = model.measure_ceilings()?;

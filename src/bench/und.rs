@@ -82,8 +82,11 @@ pub(super) fn decode(s: &mut Session) -> Result<(), RunError> {
         .map_err(|e| RunError::Request(e.to_string()))?;
     let tps = answer.timings.decode_tokens_per_s();
     let decode_graph = build::und_decode_step(u, &model.checkpoint.und_names, opts.context)?;
-    let step_bytes = cost(&decode_graph, 2).weight_bytes
-        + (opts.context * u.num_kv_heads * u.head_dim * 2 * 2 * u.num_layers) as f64;
+    // Weights and the K/V cache as this backend holds them (CUDA bf16; the CPU's cache f32, its
+    // weights as its storage keeps them).
+    let elem = model.elem_bytes();
+    let step_bytes = cost(&decode_graph, elem.weight).weight_bytes
+        + (opts.context * u.num_kv_heads * u.head_dim * 2 * elem.activation * u.num_layers) as f64;
     let rate = step_bytes * tps;
     let mut note = format!(
         "batch 1; {} steps; weights + K/V read per token {:.2} GB (% of the copy ceiling: HBM traffic, read or written)",

@@ -21,6 +21,11 @@ pub struct GraphProfile {
 }
 
 impl Model {
+    /// The element sizes the backend holds activations and weights in.
+    pub(crate) fn elem_bytes(&self) -> ElemBytes {
+        self.backend.elem_bytes()
+    }
+
     /// Profiles one run of `graph` over `states` (see `Backend::profile_with_states`).
     pub(super) fn profile_graph(
         &self,
@@ -36,7 +41,7 @@ impl Model {
         Ok(GraphProfile {
             graph: graph.clone(),
             times,
-            elem: self.backend.elem_bytes(),
+            elem: self.elem_bytes(),
         })
     }
 
