@@ -46,7 +46,7 @@ pub fn open_model(dir: &Path, backend: Backend) -> Result<Model, String> {
             "backend    cpu ({} weights, f32 compute, {} threads)",
             match backend.storage {
                 WeightStorage::Bf16 => "bf16",
-                WeightStorage::Exact => "the checkpoint's (bf16 matrices stay bf16)",
+                WeightStorage::Exact => "bf16 where the checkpoint has bf16",
                 WeightStorage::F32 => "f32",
             },
             std::thread::available_parallelism().map_or(1, |n| n.get())
