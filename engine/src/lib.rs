@@ -5,6 +5,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod derived;
 pub mod device;
 pub mod profile;
 pub mod weight_table;

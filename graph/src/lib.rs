@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod cost;
+pub mod derived;
 pub mod fusion;
 mod graph;
 pub mod node_cost;

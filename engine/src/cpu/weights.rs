@@ -14,12 +14,15 @@
 use super::error::{EngineError, Result};
 use super::ops::packed_gemm;
 use super::validate::widens_bf16;
-use super::weight_data::{from_view, pack, packed_from_view, WeightData, WeightStorage};
+use super::weight_data::{
+    from_view, pack, packed_from_view, PackedWeight, WeightData, WeightStorage,
+};
 use crate::weight_table::{check_len, check_shape, slot, Shaped, WeightTable};
 use half::bf16;
 use hbridge_graph::{Graph, Op, Source, TensorId};
 use hbridge_loader::{Checkpoint, Part};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// The form a graph wants a weight in. Row-major f32 sorts first and row-major bf16 before packed
 /// bf16, so a weight wanted two ways is loaded row-major.
@@ -342,6 +345,12 @@ fn convert(
     want: Want,
     storage: WeightStorage,
 ) -> Result<WeightTensor> {
+    if let Some(values) = crate::derived::values(ckpt, name, shape) {
+        return Ok(WeightTensor {
+            shape: shape.to_vec(),
+            data: derived_data(values?, shape, want),
+        });
+    }
     let store = ckpt.part(part).ok_or_else(|| EngineError::MissingPart {
         part,
         name: name.to_string(),
@@ -366,5 +375,17 @@ fn convert(
 impl Shaped for WeightTensor {
     fn shape(&self) -> &[usize] {
         &self.shape
+    }
+}
+
+/// A derived weight's f32 values, packed for the GEMM where `want` asks. Always f32, whatever the
+/// storage: the product of two bf16 matrices is no bf16 tensor, and rounding it would break bf16
+/// storage's promise of the f32 results on a bf16 checkpoint.
+fn derived_data(values: Vec<f32>, shape: &[usize], want: Want) -> WeightData {
+    match (want, shape) {
+        (Want::Packed | Want::PackedBf16, &[out, inp]) => {
+            WeightData::PackedF32(Arc::new(PackedWeight::from_rows(&values, out, inp)))
+        }
+        _ => WeightData::F32(values.into()),
     }
 }

@@ -190,6 +190,21 @@ impl CudaWeights {
         }
         todo.sort_unstable_by_key(|(p, n, _)| (slot(*p), *n));
         todo.dedup_by_key(|(p, n, _)| (slot(*p), *n));
+        // Derived weights: formed in f32 on the host, uploaded as bf16.
+        let mut derived = Vec::new();
+        todo.retain(
+            |&(part, name, shape)| match crate::derived::values(ckpt, name, shape) {
+                Some(values) => {
+                    derived.push((part, name, shape, values));
+                    false
+                }
+                None => true,
+            },
+        );
+        let derived = derived
+            .into_iter()
+            .map(|(part, name, shape, values)| Ok((part, name, shape, values?)))
+            .collect::<Result<Vec<_>>>()?;
         let views = todo
             .iter()
             .map(|&(part, name, shape)| validate(ckpt, part, name, shape))
@@ -236,8 +251,17 @@ impl CudaWeights {
         }
         drop(staging); // waits for the last copies
         gpu.synchronize()?;
+        drop(_exclusive);
         for (part, name, w) in uploaded {
             self.parts.insert(part, name, w);
+        }
+        for (part, name, shape, values) in derived {
+            self.insert(part, name, shape, &values)?;
+            p.tensors_done += 1;
+            p.bytes_done += values.len() * 2;
+            p.tensors_total += 1;
+            p.bytes_total += values.len() * 2;
+            progress(p);
         }
         Ok(UploadReport {
             tensors: p.tensors_done,

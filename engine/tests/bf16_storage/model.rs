@@ -20,7 +20,8 @@ fn run(ckpt: &Checkpoint, storage: WeightStorage, g: &Graph, inputs: &Tensors) -
 }
 
 /// The bytes `g`'s weights should take: under f32 storage 4 per value; under bf16 storage 2 per value
-/// of each 2-D weight that only linear weights and embedding tables read, 4 per value of the rest.
+/// of each 2-D checkpoint weight that only linear weights and embedding tables read, 4 per value of the
+/// rest (derived weights, products formed in f32, among them).
 fn expected_bytes(g: &Graph, storage: WeightStorage) -> usize {
     let mut seen = std::collections::HashSet::new();
     g.tensors
@@ -34,7 +35,9 @@ fn expected_bytes(g: &Graph, storage: WeightStorage) -> usize {
                         || matches!(n.op, Op::Linear { w, .. } if w == id)
                         || matches!(n.op, Op::Embed { table, .. } if table == id)
                 });
-                let bf16 = storage == WeightStorage::Bf16 && widened && t.shape.len() == 2;
+                let derived = hbridge_graph::derived::recipe(name).is_some();
+                let bf16 =
+                    storage == WeightStorage::Bf16 && widened && t.shape.len() == 2 && !derived;
                 Some(t.numel() * if bf16 { 2 } else { 4 })
             }
             _ => None,

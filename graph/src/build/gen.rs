@@ -3,6 +3,7 @@
 
 use super::gen_block::Ctx;
 use super::names;
+use crate::derived;
 use crate::op::{KvSegment, Op, RopeKind};
 use crate::{DataType, Graph, GraphError, TensorId};
 use hbridge_loader::config::{ModelConfig, Topology};
@@ -216,7 +217,8 @@ pub fn gen_step_part(
 
 /// DESIGN.md 5, the attention of bridged gen layer `i`: gen q/k/v (normed, no gen RoPE) -> und head
 /// space -> und M-RoPE at the shared positions -> attention over [und K/V ; gen K/V] -> back to gen
-/// heads (to_out.0 included).
+/// heads (to_out.0 included). v's two projections and the two on the way out are each one derived
+/// weight ([`crate::derived`]): nothing lies between them.
 fn bridged_attention(
     cx: &mut Ctx<'_>,
     config: &ModelConfig,
@@ -227,7 +229,7 @@ fn bridged_attention(
 ) -> Result<TensorId, GraphError> {
     let (c, u) = (&config.gen, &config.und);
     let (pre, l) = (format!("layers.{i}."), format!("gen.layers.{i}."));
-    let [q, k, v] = cx.qkv(&pre, &l, h)?;
+    let [q, k] = cx.qk(&pre, &l, h)?;
     let b = format!("bridge.layers.{i}.");
     let qs = cx.bridge_linear(
         q,
@@ -243,11 +245,17 @@ fn bridged_attention(
         c.kv_dim(),
         format!("{l}bridge_k"),
     )?;
-    let vs = cx.bridge_linear(
-        v,
-        &format!("{b}v_proj"),
-        u.kv_dim(),
-        c.kv_dim(),
+    let wv = cx.g.weight(
+        Part::Bridge,
+        derived::bridge_v(i),
+        &[u.kv_dim(), c.hidden_size],
+    );
+    let vs = cx.g.push(
+        Op::Linear {
+            x: h,
+            w: wv,
+            bias: None,
+        },
         format!("{l}bridge_v"),
     )?;
     let kind = RopeKind::Mrope {
@@ -286,19 +294,17 @@ fn bridged_attention(
         },
         format!("{l}bridge_attn"),
     )?;
-    let o = cx.bridge_linear(
-        a,
-        &format!("{b}o_proj"),
-        c.q_dim(),
-        u.q_dim(),
-        format!("{l}bridge_o"),
-    )?;
-    cx.linear(
-        o,
-        &format!("{pre}attn.to_out.0"),
-        c.hidden_size,
-        c.q_dim(),
-        false,
+    let wo = cx.g.weight(
+        Part::Bridge,
+        derived::bridge_out(i),
+        &[c.hidden_size, u.q_dim()],
+    );
+    cx.g.push(
+        Op::Linear {
+            x: a,
+            w: wo,
+            bias: None,
+        },
         format!("{l}out"),
     )
 }

@@ -80,6 +80,26 @@ impl Ctx<'_> {
         h: TensorId,
     ) -> Result<[TensorId; 3], GraphError> {
         let c = self.c;
+        let [q, k] = self.qk(p, l, h)?;
+        let v = self.linear(
+            h,
+            &format!("{p}attn.to_v"),
+            c.kv_dim(),
+            c.hidden_size,
+            false,
+            format!("{l}v"),
+        )?;
+        Ok([q, k, v])
+    }
+
+    /// to_q / to_k and the per-head norm of q and k (before any RoPE).
+    pub(super) fn qk(
+        &mut self,
+        p: &str,
+        l: &str,
+        h: TensorId,
+    ) -> Result<[TensorId; 2], GraphError> {
+        let c = self.c;
         let (hid, d) = (c.hidden_size, c.head_dim);
         let q = self.linear(
             h,
@@ -97,14 +117,6 @@ impl Ctx<'_> {
             false,
             format!("{l}k"),
         )?;
-        let v = self.linear(
-            h,
-            &format!("{p}attn.to_v"),
-            c.kv_dim(),
-            hid,
-            false,
-            format!("{l}v"),
-        )?;
         let q = self.rmsnorm(
             q,
             &format!("{p}attn.norm_q.weight"),
@@ -119,7 +131,7 @@ impl Ctx<'_> {
             QK_NORM_EPS,
             format!("{l}k_norm"),
         )?;
-        Ok([q, k, v])
+        Ok([q, k])
     }
 
     /// Gen self-attention with the interleaved 3-axis RoPE, to_out.0 included.
