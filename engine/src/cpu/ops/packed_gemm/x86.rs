@@ -5,7 +5,7 @@
 
 use super::super::matmul::Mat;
 use super::packed_b::Values;
-use super::x86_avx512::{tile2, Lanes16};
+use super::x86_avx512::{tile2, wide1_512, Lanes16};
 use super::{passes, BSource, Buf, Elem, Isa, Job, Out, RowTable, MC, MR, NC, NR};
 use half::bf16;
 use std::arch::x86_64::*;
@@ -232,27 +232,35 @@ impl Block<'_, '_, '_> {
             let mc = self.mc_step.min(m - i0);
             let mut jp = j0;
             while jp < j0 + nc {
-                // One row, four full panels, destination contiguous: the wide kernel.
-                if mc == 1 && jp + 4 * NR <= j0 + nc && out.cs == 1 {
+                // One row, four full panels (eight on AVX-512), destination contiguous: the wide
+                // kernel.
+                // (B packed per call comes four panels at a time for one row.)
+                let panels = match (job.isa, &job.b) {
+                    (Isa::Avx512, BSource::Packed(_)) => 8,
+                    _ => 4,
+                };
+                if mc == 1 && jp + panels * NR <= j0 + nc && out.cs == 1 {
                     let bp = match &job.b {
-                        BSource::Packed(p) => p.full_panels(jp, k0, kc, 4),
+                        BSource::Packed(p) => p.full_panels(jp, k0, kc, panels),
                         BSource::View(_) | BSource::Rows(_) => {
-                            Values::F32(&self.bpack[(jp - j0) * kc..][..4 * NR * kc])
+                            Values::F32(&self.bpack[(jp - j0) * kc..][..panels * NR * kc])
                         }
                     };
                     let c = out.ptr.wrapping_add(i0 * out.rs + jp);
                     let init = match job.bias {
-                        Some(b) if first => b[jp..jp + 4 * NR].as_ptr(),
+                        Some(b) if first => b[jp..jp + panels * NR].as_ptr(),
                         None if first => std::ptr::null(),
                         _ => c.cast_const(),
                     };
                     let ap = apass[i0 * kc..][..MR * kc].as_ptr();
-                    // SAFETY: AVX2+FMA; `ap` is a micro-panel of `kc` steps of MR values; `bp` is four
-                    // full panels of `kc` rows of 16, one after the other (one pass of packed B, or
-                    // `bpack`); the bias has 64 values from `jp`; the destination row `i0` has 64
-                    // contiguous columns from `jp`, inside it and ours alone (`Job::columns`).
-                    unsafe { wide1(kc, ap, bp, init, c) };
-                    jp += 4 * NR;
+                    // SAFETY: AVX2+FMA (and AVX-512F for eight panels: `Isa::Avx512` is only chosen
+                    // where detected); `ap` is a micro-panel of `kc` steps of MR values; `bp` is
+                    // `panels` full panels of `kc` rows of 16, one after the other (one pass of packed
+                    // B, or `bpack`); the bias has `16*panels` values from `jp`; the destination row
+                    // `i0` has `16*panels` contiguous columns from `jp`, inside it and ours alone
+                    // (`Job::columns`).
+                    unsafe { wide1(panels, kc, ap, bp, init, c) };
+                    jp += panels * NR;
                     continue;
                 }
                 // Two full panels, destination contiguous, AVX-512: the 32-column kernel.
@@ -450,17 +458,30 @@ impl Lanes for bf16 {
 /// # Safety
 /// AVX2 and FMA; `a` readable at `p*MR` for `p < kc`; `b` holds at least `64*kc` values; `init`
 /// null or readable for 64 values; `c` writable for 64 values.
-unsafe fn wide1(kc: usize, a: *const f32, b: Values<'_>, init: *const f32, c: *mut f32) {
+unsafe fn wide1(
+    panels: usize,
+    kc: usize,
+    a: *const f32,
+    b: Values<'_>,
+    init: *const f32,
+    c: *mut f32,
+) {
     // SAFETY: forwarded; the asserts give the length the kernel reads.
     unsafe {
         match b {
             Values::F32(b) => {
-                assert!(b.len() >= 4 * NR * kc);
-                wide1_of(kc, a, b.as_ptr(), init, c)
+                assert!(b.len() >= panels * NR * kc);
+                match panels {
+                    8 => wide1_512(kc, a, b.as_ptr(), init, c),
+                    _ => wide1_of(kc, a, b.as_ptr(), init, c),
+                }
             }
             Values::Bf16(b) => {
-                assert!(b.len() >= 4 * NR * kc);
-                wide1_of(kc, a, b.as_ptr(), init, c)
+                assert!(b.len() >= panels * NR * kc);
+                match panels {
+                    8 => wide1_512(kc, a, b.as_ptr(), init, c),
+                    _ => wide1_of(kc, a, b.as_ptr(), init, c),
+                }
             }
         }
     }

@@ -88,3 +88,38 @@ pub(super) unsafe fn tile2<const R: usize, T: Lanes16>(
         }
     }
 }
+
+/// One row by 128 columns (eight full panels `16*kc` apart from `b`): `c = (init or 0) + sum_p a[p]
+/// b[p, :]`, eight independent 16-lane chains (the AVX2 one-row kernel's eight 8-lane chains cover 64).
+///
+/// # Safety
+/// AVX-512F; `a` readable at `p*MR` for `p < kc`; `b` for `128*kc` values; `init` null or readable for
+/// 128 values; `c` writable for 128 values.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn wide1_512<T: Lanes16>(
+    kc: usize,
+    a: *const f32,
+    b: *const T,
+    init: *const f32,
+    c: *mut f32,
+) {
+    // SAFETY: the function's contract: AVX-512F, and every access inside the promised ranges.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); 8];
+        if !init.is_null() {
+            for (q, v) in acc.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(init.add(NR * q));
+            }
+        }
+        let ld = NR * kc;
+        for p in 0..kc {
+            let x = _mm512_set1_ps(*a.add(p * MR));
+            for (t, v) in acc.iter_mut().enumerate() {
+                *v = _mm512_fmadd_ps(x, T::load16(b.add(t * ld + p * NR)), *v);
+            }
+        }
+        for (q, v) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add(NR * q), *v);
+        }
+    }
+}
