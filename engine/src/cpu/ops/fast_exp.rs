@@ -50,23 +50,12 @@ fn pow2(k: f32) -> f32 {
 
 #[inline(always)]
 fn exp_shifted_sum_body(row: &mut [f32], shift: f32) -> f64 {
-    // Two loops: the exp alone vectorizes (one exp per loop iteration interleaved with f64 sums did
-    // not: 2 ns per element on AVX2); then eight partial sums in a fixed order, the same total on
-    // every build.
+    // The exp alone in its loop vectorizes (one exp per iteration interleaved with f64 sums did not:
+    // 2 ns per element on AVX2); then the sum in eight partial sums, the same total on every build.
     for v in row.iter_mut() {
         *v = exp(*v - shift);
     }
-    let mut lanes = [0f64; 8];
-    let mut chunks = row.chunks_exact(8);
-    for c in &mut chunks {
-        for (v, l) in c.iter().zip(lanes.iter_mut()) {
-            *l += *v as f64;
-        }
-    }
-    for (v, l) in chunks.remainder().iter().zip(lanes.iter_mut()) {
-        *l += *v as f64;
-    }
-    lanes.iter().sum()
+    super::sums::sum(row)
 }
 
 #[inline(always)]

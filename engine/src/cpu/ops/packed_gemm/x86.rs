@@ -466,23 +466,32 @@ unsafe fn wide1(
     init: *const f32,
     c: *mut f32,
 ) {
-    // SAFETY: forwarded; the asserts give the length the kernel reads.
+    /// One B type: the assert gives the length the kernels read.
+    ///
+    /// # Safety
+    /// As [`wide1`].
+    unsafe fn run<T: Lanes + Lanes16>(
+        panels: usize,
+        kc: usize,
+        a: *const f32,
+        b: &[T],
+        init: *const f32,
+        c: *mut f32,
+    ) {
+        assert!(b.len() >= panels * NR * kc);
+        // SAFETY: forwarded.
+        unsafe {
+            match panels {
+                8 => wide1_512(kc, a, b.as_ptr(), init, c),
+                _ => wide1_of(kc, a, b.as_ptr(), init, c),
+            }
+        }
+    }
+    // SAFETY: forwarded.
     unsafe {
         match b {
-            Values::F32(b) => {
-                assert!(b.len() >= panels * NR * kc);
-                match panels {
-                    8 => wide1_512(kc, a, b.as_ptr(), init, c),
-                    _ => wide1_of(kc, a, b.as_ptr(), init, c),
-                }
-            }
-            Values::Bf16(b) => {
-                assert!(b.len() >= panels * NR * kc);
-                match panels {
-                    8 => wide1_512(kc, a, b.as_ptr(), init, c),
-                    _ => wide1_of(kc, a, b.as_ptr(), init, c),
-                }
-            }
+            Values::F32(b) => run(panels, kc, a, b, init, c),
+            Values::Bf16(b) => run(panels, kc, a, b, init, c),
         }
     }
 }
