@@ -26,11 +26,9 @@ fn product_of(
     p: &Product,
 ) -> Result<Vec<f32>, EngineError> {
     let &[out, inp] = shape else {
-        return Err(EngineError::WeightShape {
-            part: Part::Bridge,
-            name: name.to_string(),
-            expected: vec![0, 0],
-            found: shape.to_vec(),
+        return Err(EngineError::Graph {
+            label: name.to_string(),
+            problem: format!("a derived weight is a matrix, declared with shape {shape:?}"),
         });
     };
     let factor = |(part, n): &(Part, String)| -> Result<(Vec<f32>, Vec<usize>), EngineError> {
