@@ -72,65 +72,81 @@ fn silu_body(x: &[f32], out: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn silu_avx2(x: &[f32], out: &mut [f32]) {
-    silu_body(x, out)
+/// The widest vector instructions the CPU has, detected once: the same loops are compiled for each
+/// (plain multiplies and adds, no fused ones, so every instantiation gives the same bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    Portable,
+    Avx2,
+    /// 16 lanes: on the 2-core AVX-512 build machine the exponential loops ran at 1.6-2x the AVX2
+    /// speed (docs/BENCHMARKS.md).
+    Avx512,
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn exp_shifted_sum_avx2(row: &mut [f32], shift: f32) -> f64 {
-    exp_shifted_sum_body(row, shift)
+fn level() -> Level {
+    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                return Level::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                return Level::Avx2;
+            }
+        }
+        Level::Portable
+    })
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn swiglu_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    swiglu_body(gate, up, out)
+/// `fn $name(level, args..)`: `$body(args..)` compiled for `level`'s instructions (LLVM vectorizes the
+/// inlined loops to that width). Only a level [`level`] reports, or a lower one, may be passed.
+macro_rules! at_level {
+    ($name:ident = $body:ident($($a:ident: $t:ty),*) -> $r:ty) => {
+        fn $name(level: Level, $($a: $t),*) -> $r {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($a: $t),*) -> $r {
+                    $body($($a),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($a: $t),*) -> $r {
+                    $body($($a),*)
+                }
+                match level {
+                    // SAFETY: AVX-512F was detected at run time (`level`).
+                    Level::Avx512 => return unsafe { avx512($($a),*) },
+                    // SAFETY: AVX2 was detected at run time (`level`).
+                    Level::Avx2 => return unsafe { avx2($($a),*) },
+                    Level::Portable => {}
+                }
+            }
+            let _ = level;
+            $body($($a),*)
+        }
+    };
 }
 
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+at_level!(silu_at = silu_body(x: &[f32], out: &mut [f32]) -> ());
+at_level!(swiglu_at = swiglu_body(gate: &[f32], up: &[f32], out: &mut [f32]) -> ());
+at_level!(exp_shifted_sum_at = exp_shifted_sum_body(row: &mut [f32], shift: f32) -> f64);
 
 /// `v = exp(v - shift)` for every element of `row`; returns the sum of the results in f64 (eight
 /// partial sums in a fixed order: the same total on every build). Within 2 ulp of `expf`; results under
 /// f32's smallest normal come out as about 1.2e-38, not 0.
 pub fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 was detected at run time.
-        return unsafe { exp_shifted_sum_avx2(row, shift) };
-    }
-    exp_shifted_sum_body(row, shift)
+    exp_shifted_sum_at(level(), row, shift)
 }
 
 /// `out = silu(x) = x / (1 + e^-x)` elementwise (equal lengths).
 pub(crate) fn silu(x: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 was detected at run time.
-        return unsafe { silu_avx2(x, out) };
-    }
-    silu_body(x, out)
+    silu_at(level(), x, out)
 }
 
 /// `out = silu(gate) * up` elementwise (equal lengths).
 pub(crate) fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 was detected at run time.
-        return unsafe { swiglu_avx2(gate, up, out) };
-    }
-    swiglu_body(gate, up, out)
+    swiglu_at(level(), gate, up, out)
 }
 
 #[cfg(test)]
@@ -165,6 +181,39 @@ mod tests {
             assert_eq!(pow2(k as f32), 2f32.powi(k), "2^{k}");
         }
         assert_eq!(pow2(f32::NAN), 0.0);
+    }
+
+    /// Every level this CPU has, lowest first.
+    fn levels() -> Vec<Level> {
+        [Level::Portable, Level::Avx2, Level::Avx512]
+            .into_iter()
+            .filter(|&l| l == Level::Portable || l as u8 <= level() as u8)
+            .collect()
+    }
+
+    #[test]
+    fn every_level_gives_the_same_bits() {
+        let row: Vec<f32> = (0..1003)
+            .map(|i| ((i * 41) % 307) as f32 * -0.07 + 3.0)
+            .collect();
+        let up: Vec<f32> = row.iter().map(|v| v * 0.3 - 1.0).collect();
+        let run = |l| {
+            let mut e = row.clone();
+            let sum = exp_shifted_sum_at(l, &mut e, 0.5);
+            let (mut si, mut sw) = (vec![0f32; row.len()], vec![0f32; row.len()]);
+            silu_at(l, &row, &mut si);
+            swiglu_at(l, &row, &up, &mut sw);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            (sum.to_bits(), bits(&e), bits(&si), bits(&sw))
+        };
+        let want = run(Level::Portable);
+        let tested = levels();
+        for &l in &tested[1..] {
+            assert!(run(l) == want, "{l:?} differs from the portable loops");
+        }
+        if !tested.contains(&Level::Avx512) {
+            eprintln!("note: this CPU has no AVX-512F; the AVX-512 loops were not compared");
+        }
     }
 
     #[test]
