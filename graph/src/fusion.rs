@@ -15,7 +15,9 @@
 //! - two or three `Linear`s of the same input in a row (q, k and v; a backend can stream their weights
 //!   in one launch when the input is a few rows);
 //! - `Linear`s of the same input, the gate and the up projection, whose only reader is the `SwiGlu`
-//!   right after them (one pass can write `silu(gate) * up` without either).
+//!   right after them (one pass can write `silu(gate) * up` without either);
+//! - a `GroupNorm` whose only reader is the next node, a `Silu` of it (the VAE's `silu(norm(x))`
+//!   before most of its convolutions: the apply pass can write the activation directly).
 
 use crate::{Graph, Op};
 
@@ -32,6 +34,8 @@ pub enum Kind {
     LinearSiblings,
     /// `Linear` (gate) and `Linear` (up) of one input, then `SwiGlu { gate, up }`.
     GateUpSwiGlu,
+    /// `GroupNorm`, then `Silu` of it.
+    GroupNormSilu,
 }
 
 /// A group of `len` nodes starting at the node it is listed at.
@@ -84,6 +88,9 @@ pub fn groups(graph: &Graph) -> Vec<Option<Group>> {
                 if readers[y.index()] == 1 && *gy == y && *x != y && numel(*gate) == *dim =>
             {
                 Some((Kind::NormGate, 2))
+            }
+            (Op::GroupNorm { .. }, Op::Silu { x }) if readers[y.index()] == 1 && *x == y => {
+                Some((Kind::GroupNormSilu, 2))
             }
             (Op::Linear { x, .. }, Op::Linear { x: x2, .. }) if x == x2 => {
                 let (gate, up) = (y, next.out);

@@ -5,7 +5,9 @@
 mod common;
 
 use common::fixture_config;
-use hbridge_graph::build::{gen_step, und_decode_step, und_prefill, GenStepSpec, UndPrefillSpec};
+use hbridge_graph::build::{
+    gen_step, und_decode_step, und_prefill, vae_decode, vae_encode, GenStepSpec, UndPrefillSpec,
+};
 use hbridge_graph::fusion::{groups, Kind};
 use hbridge_graph::plan::plan_memory;
 use hbridge_graph::{DataType, Graph, Op};
@@ -179,4 +181,25 @@ fn linear_groups() {
             len: 2
         })
     );
+}
+
+/// In the VAE every SiLU is of a GroupNorm read by nothing else: each pair is one group, and the
+/// mid-block attention's GroupNorm (read by q, k and v) is in none.
+#[test]
+fn vae_norm_silu_pairs() {
+    let config = fixture_config("tiny");
+    let graphs = [
+        ("vae decode", vae_decode(&config.vae, (4, 6)).unwrap()),
+        ("vae encode", vae_encode(&config.vae, (32, 48)).unwrap()),
+    ];
+    for (name, g) in graphs {
+        let counts = check_fused_outputs_are_clear(name, &g);
+        let of = |f: fn(&Op) -> bool| g.nodes.iter().filter(|n| f(&n.op)).count();
+        let silus = of(|op| matches!(op, Op::Silu { .. }));
+        let norms = of(|op| matches!(op, Op::GroupNorm { .. }));
+        assert!(silus > 0, "{name}: no SiLU");
+        assert_eq!(count(&counts, Kind::GroupNormSilu), silus, "{name}");
+        let attention_norms = usize::from(config.vae.mid_block_add_attention);
+        assert_eq!(norms, silus + attention_norms, "{name}");
+    }
 }

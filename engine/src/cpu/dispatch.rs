@@ -208,24 +208,7 @@ pub(crate) fn run(
             let b = bias.map(|b| inp.f32(b)).transpose()?;
             conv2d(inp.f32(*x)?, inp.f32(*w)?, b, &s, out);
         }
-        Op::GroupNorm {
-            x,
-            weight,
-            bias,
-            groups,
-            eps,
-        } => {
-            let (c, h, w) = chw(shape(*x));
-            norm::group_norm(
-                inp.f32(*x)?,
-                c,
-                h * w,
-                (inp.f32(*weight)?, inp.f32(*bias)?),
-                *groups,
-                *eps,
-                out,
-            );
-        }
+        Op::GroupNorm { .. } => group_norm(graph, op, inp, false, out)?,
         Op::Upsample2x { x } => {
             let (_, h, w) = chw(shape(*x));
             layout::upsample2x(inp.f32(*x)?, h, w, out);
@@ -258,5 +241,41 @@ pub(crate) fn run(
             block_attention(qs, ks, vs, blocks, &s, out);
         }
     }
+    Ok(())
+}
+
+/// `op`, a `GroupNorm`, with `silu`: the SiLU of its result (the fused pair of
+/// [`hbridge_graph::fusion::Kind::GroupNormSilu`], written to `out`, the SiLU's output).
+pub(crate) fn group_norm(
+    graph: &Graph,
+    op: &Op,
+    inp: &Inputs<'_>,
+    silu: bool,
+    out: &mut [f32],
+) -> Result<()> {
+    let Op::GroupNorm {
+        x,
+        weight,
+        bias,
+        groups,
+        eps,
+    } = op
+    else {
+        return Err(EngineError::Graph {
+            label: op.name().into(),
+            problem: "a fused GroupNorm + SiLU must start with a GroupNorm".into(),
+        });
+    };
+    let (c, h, w) = chw(&graph.tensor(*x).shape);
+    norm::group_norm(
+        inp.f32(*x)?,
+        c,
+        h * w,
+        (inp.f32(*weight)?, inp.f32(*bias)?),
+        *groups,
+        *eps,
+        silu,
+        out,
+    );
     Ok(())
 }

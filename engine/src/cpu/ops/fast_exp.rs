@@ -8,6 +8,9 @@
 //! correctly rounded result over the clamped range; NaN stays NaN. Only plain multiplies and adds (no
 //! `mul_add`): the AVX2 instantiation and the portable one give the same bits on every machine.
 
+use super::norm::ChannelAffine;
+use super::simd::{at_level, level, Level};
+
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
@@ -72,63 +75,16 @@ fn silu_body(x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// The widest vector instructions the CPU has, detected once: the same loops are compiled for each
-/// (plain multiplies and adds, no fused ones, so every instantiation gives the same bits).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Level {
-    Portable,
-    Avx2,
-    /// 16 lanes. On the AVX-512 build machine (16k values, L2-resident, one thread) the loops took
-    /// 0.54-0.59 ns a value against AVX2's 0.72-0.74: bound by the two 512-bit ALU ports, not by width.
-    Avx512,
-}
-
-fn level() -> Level {
-    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                return Level::Avx512;
-            }
-            if std::is_x86_feature_detected!("avx2") {
-                return Level::Avx2;
-            }
-        }
-        Level::Portable
-    })
-}
-
-/// `fn $name(level, args..)`: `$body(args..)` compiled for `level`'s instructions (LLVM vectorizes the
-/// inlined loops to that width). Only a level [`level`] reports, or a lower one, may be passed.
-macro_rules! at_level {
-    ($name:ident = $body:ident($($a:ident: $t:ty),*) -> $r:ty) => {
-        fn $name(level: Level, $($a: $t),*) -> $r {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn avx512($($a: $t),*) -> $r {
-                    $body($($a),*)
-                }
-                #[target_feature(enable = "avx2")]
-                unsafe fn avx2($($a: $t),*) -> $r {
-                    $body($($a),*)
-                }
-                match level {
-                    // SAFETY: AVX-512F was detected at run time (`level`).
-                    Level::Avx512 => return unsafe { avx512($($a),*) },
-                    // SAFETY: AVX2 was detected at run time (`level`).
-                    Level::Avx2 => return unsafe { avx2($($a),*) },
-                    Level::Portable => {}
-                }
-            }
-            let _ = level;
-            $body($($a),*)
-        }
-    };
+#[inline(always)]
+fn channel_silu_body(x: &[f32], affine: ChannelAffine, out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        let y = affine.apply(v);
+        *o = y / (1.0 + exp(-y));
+    }
 }
 
 at_level!(silu_at = silu_body(x: &[f32], out: &mut [f32]) -> ());
+at_level!(channel_silu_at = channel_silu_body(x: &[f32], affine: ChannelAffine, out: &mut [f32]) -> ());
 at_level!(swiglu_at = swiglu_body(gate: &[f32], up: &[f32], out: &mut [f32]) -> ());
 at_level!(exp_shifted_sum_at = exp_shifted_sum_body(row: &mut [f32], shift: f32) -> f64);
 
@@ -142,6 +98,12 @@ pub fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f64 {
 /// `out = silu(x) = x / (1 + e^-x)` elementwise (equal lengths).
 pub(crate) fn silu(x: &[f32], out: &mut [f32]) {
     silu_at(level(), x, out)
+}
+
+/// `out = silu(affine(x))` elementwise (equal lengths): a GroupNorm channel and the SiLU after it in
+/// one pass.
+pub(crate) fn channel_silu(x: &[f32], affine: ChannelAffine, out: &mut [f32]) {
+    channel_silu_at(level(), x, affine, out)
 }
 
 /// `out = silu(gate) * up` elementwise (equal lengths).
@@ -203,8 +165,11 @@ mod tests {
             let (mut si, mut sw) = (vec![0f32; row.len()], vec![0f32; row.len()]);
             silu_at(l, &row, &mut si);
             swiglu_at(l, &row, &up, &mut sw);
+            let mut ss = vec![0f32; row.len()];
+            let affine = ChannelAffine::new(1.25, 0.7, -0.3);
+            channel_silu_at(l, &row, affine, &mut ss);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            (sum.to_bits(), bits(&e), bits(&si), bits(&sw))
+            (sum.to_bits(), bits(&e), bits(&si), bits(&sw), bits(&ss))
         };
         let want = run(Level::Portable);
         let tested = levels();

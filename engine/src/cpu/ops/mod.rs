@@ -14,6 +14,7 @@ pub(crate) mod matmul;
 pub(crate) mod norm;
 pub(crate) mod packed_gemm;
 pub(crate) mod rope;
+pub(crate) mod simd;
 pub(crate) mod sums;
 pub(crate) mod timestep;
 

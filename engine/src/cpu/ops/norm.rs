@@ -41,7 +41,39 @@ pub(crate) fn layer_norm(x: &[f32], dim: usize, eps: f32, out: &mut [f32]) {
     });
 }
 
-/// GroupNorm of `[C, hw]` (image `[C, H, W]`): `groups` groups of consecutive channels, per-channel affine.
+/// One normalized channel in f32: `((x - mean_hi) - mean_lo) * scale + shift`, the f64 mean split in
+/// two f32 so that centering loses nothing a one-f32 mean would (the VAE's activations can sit far
+/// from zero: with x ~ 300 +- 1, `x * scale + (shift - mean * scale)` had 5e-6 relative error, this
+/// form keeps 1e-7).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChannelAffine {
+    mean_hi: f32,
+    mean_lo: f32,
+    scale: f32,
+    shift: f32,
+}
+
+impl ChannelAffine {
+    pub(crate) fn new(mean: f64, scale: f64, shift: f32) -> Self {
+        let mean_hi = mean as f32;
+        ChannelAffine {
+            mean_hi,
+            mean_lo: (mean - mean_hi as f64) as f32,
+            scale: scale as f32,
+            shift,
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn apply(self, x: f32) -> f32 {
+        ((x - self.mean_hi) - self.mean_lo) * self.scale + self.shift
+    }
+}
+
+/// GroupNorm of `[C, hw]` (image `[C, H, W]`): `groups` groups of consecutive channels, per-channel
+/// affine, and with `silu` the SiLU of the result (the fused `GroupNorm` + `Silu` pair), written in the
+/// same pass.
+#[allow(clippy::too_many_arguments)] // the op's attributes, as the graph lists them
 pub(crate) fn group_norm(
     x: &[f32],
     channels: usize,
@@ -49,6 +81,7 @@ pub(crate) fn group_norm(
     (weight, bias): (&[f32], &[f32]),
     groups: usize,
     eps: f32,
+    silu: bool,
     out: &mut [f32],
 ) {
     let cpg = channels / groups;
@@ -62,10 +95,14 @@ pub(crate) fn group_norm(
         let (mean, inv) = stats(xs, eps as f64);
         for (cl, (oc, xc)) in o.chunks_mut(hw).zip(xs.chunks(hw)).enumerate() {
             let c = g * cpg + cl;
-            let (w, b) = (weight[c] as f64, bias[c] as f64);
-            oc.iter_mut()
-                .zip(xc)
-                .for_each(|(o, &x)| *o = ((x as f64 - mean) * inv * w + b) as f32);
+            let affine = ChannelAffine::new(mean, inv * weight[c] as f64, bias[c]);
+            if silu {
+                super::fast_exp::channel_silu(xc, affine, oc);
+            } else {
+                oc.iter_mut()
+                    .zip(xc)
+                    .for_each(|(o, &x)| *o = affine.apply(x));
+            }
         }
     });
 }

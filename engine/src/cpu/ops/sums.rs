@@ -3,6 +3,8 @@
 //! cores, bound by that chain. Eight partial sums in a fixed order vectorize and give the same total on
 //! every build.
 
+use super::simd::{at_level, level, Level};
+
 /// `sum f(x_i)` in f64, eight lanes over consecutive elements, the lanes added in order at the end.
 #[inline(always)]
 fn lanes(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
@@ -19,19 +21,38 @@ fn lanes(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
     acc.iter().sum()
 }
 
+#[inline(always)]
+fn sum_body(x: &[f32]) -> f64 {
+    lanes(x, |v| v)
+}
+
+#[inline(always)]
+fn sum_sq_body(x: &[f32]) -> f64 {
+    lanes(x, |v| v * v)
+}
+
+#[inline(always)]
+fn sum_sq_dev_body(x: &[f32], mean: f64) -> f64 {
+    lanes(x, |v| (v - mean) * (v - mean))
+}
+
+at_level!(sum_at = sum_body(x: &[f32]) -> f64);
+at_level!(sum_sq_at = sum_sq_body(x: &[f32]) -> f64);
+at_level!(sum_sq_dev_at = sum_sq_dev_body(x: &[f32], mean: f64) -> f64);
+
 /// Sum of the elements.
 pub(crate) fn sum(x: &[f32]) -> f64 {
-    lanes(x, |v| v)
+    sum_at(level(), x)
 }
 
 /// Sum of the squares.
 pub(crate) fn sum_sq(x: &[f32]) -> f64 {
-    lanes(x, |v| v * v)
+    sum_sq_at(level(), x)
 }
 
 /// Sum of the squared deviations from `mean`.
 pub(crate) fn sum_sq_dev(x: &[f32], mean: f64) -> f64 {
-    lanes(x, |v| (v - mean) * (v - mean))
+    sum_sq_dev_at(level(), x, mean)
 }
 
 #[cfg(test)]
