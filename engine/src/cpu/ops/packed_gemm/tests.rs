@@ -232,6 +232,33 @@ fn bf16_packing_round_trips_in_half_the_bytes() {
     }
 }
 
+/// A GEMM's operands on seeded values: `x [m, k]`, a weight `[n, k]` of bf16-representable values (as
+/// f32 in `wf`, packed as f32 and as bf16), and a bias `[n]`.
+struct Operands {
+    x: Vec<f32>,
+    wf: Vec<f32>,
+    bias: Vec<f32>,
+    pf: PackedB<f32>,
+    ph: PackedB<bf16>,
+}
+
+impl Operands {
+    fn new((m, n, k): (usize, usize, usize), seed: u64) -> Self {
+        let w: Vec<bf16> = values(n * k, seed + 1000)
+            .into_iter()
+            .map(bf16::from_f32)
+            .collect();
+        let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        Operands {
+            x: values(m * k, seed),
+            bias: values(n, seed + 2000),
+            pf: PackedB::from_rows(&wf, n, k),
+            ph: PackedB::from_rows(&w, n, k),
+            wf,
+        }
+    }
+}
+
 /// B packed as bf16 (widened in the kernels) against B packed as f32 and B packed per call, on the
 /// same bf16-rounded values: the same bits, at every shape class (one row through the 1x64 kernel
 /// and its narrower tail, edge rows, edge panels, odd depths over one and several passes), with and
@@ -246,15 +273,10 @@ fn bf16_packed_is_bit_identical_to_f32() {
         for &n in &[1, 15, 17, 33, 64, 65, 100, 130] {
             for &k in &[1, 3, 255, 257, 769] {
                 seed += 1;
-                let x = values(m * k, seed);
-                let w: Vec<bf16> = values(n * k, seed + 1000)
-                    .into_iter()
-                    .map(bf16::from_f32)
-                    .collect();
-                let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
-                let bias = values(n, seed + 2000);
-                let a = Mat::rm(&x, m, k);
-                let (pf, ph) = (PackedB::from_rows(&wf, n, k), PackedB::from_rows(&w, n, k));
+                let o = Operands::new((m, n, k), seed);
+                let (wf, bias) = (&o.wf, &o.bias);
+                let a = Mat::rm(&o.x, m, k);
+                let (pf, ph) = (&o.pf, &o.ph);
                 for bias in [None, Some(bias.as_slice())] {
                     for par in [Some(false), Some(true)] {
                         let run = |src| {
@@ -266,10 +288,10 @@ fn bf16_packed_is_bit_identical_to_f32() {
                         let got = run(BSource::Packed(ph.packed_ref()));
                         let what = format!("{m}x{k}->{n} bias {} {par:?}", bias.is_some());
                         assert!(same_bits(&want, &got), "{what}: bf16 and f32 packed differ");
-                        let view = run(BSource::View(Mat::rm_t(&wf, k, n)));
+                        let view = run(BSource::View(Mat::rm_t(wf, k, n)));
                         assert!(same_bits(&want, &view), "{what}: per-call packing differs");
                         if bias.is_some() && par == Some(false) {
-                            check(&what, &got, (&a, &Mat::rm_t(&wf, k, n)), bias, (n, 1));
+                            check(&what, &got, (&a, &Mat::rm_t(wf, k, n)), bias, (n, 1));
                         }
                     }
                 }
@@ -293,21 +315,16 @@ fn avx512_is_bit_identical_to_avx2() {
         for &n in &[16, 31, 32, 33, 48, 64, 100, 130] {
             for &k in &[1, 3, 255, 257, 769] {
                 seed += 1;
-                let x = values(m * k, seed);
-                let w: Vec<bf16> = values(n * k, seed + 1000)
-                    .into_iter()
-                    .map(bf16::from_f32)
-                    .collect();
-                let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
-                let bias = values(n, seed + 2000);
-                let a = Mat::rm(&x, m, k);
-                let (pf, ph) = (PackedB::from_rows(&wf, n, k), PackedB::from_rows(&w, n, k));
+                let o = Operands::new((m, n, k), seed);
+                let (wf, bias) = (&o.wf, &o.bias);
+                let a = Mat::rm(&o.x, m, k);
+                let (pf, ph) = (&o.pf, &o.ph);
                 for bias in [None, Some(bias.as_slice())] {
                     for par in [Some(false), Some(true)] {
                         for src in [
                             BSource::Packed(pf.packed_ref()),
                             BSource::Packed(ph.packed_ref()),
-                            BSource::View(Mat::rm_t(&wf, k, n)),
+                            BSource::View(Mat::rm_t(wf, k, n)),
                         ] {
                             let run = |isa| {
                                 let mut y = vec![f32::NAN; m * n];
