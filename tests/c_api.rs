@@ -77,15 +77,21 @@ fn committed_header_is_current() {
 }
 
 /// The folder holding libhbridge.so of this build (the test executable lives in `<profile>/deps`).
+/// `cargo test` builds `deps/libhbridge.so`; the copy in `<profile>` is only refreshed by `cargo
+/// build`, so it may be older than the code under test: the newer of the two wins.
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap();
-    for dir in [deps.parent().unwrap(), deps] {
-        if dir.join("libhbridge.so").exists() {
-            return dir.to_path_buf();
-        }
-    }
-    panic!("no libhbridge.so next to {}", exe.display());
+    let modified = |dir: &Path| {
+        let meta = std::fs::metadata(dir.join("libhbridge.so")).ok()?;
+        meta.modified().ok()
+    };
+    [deps.parent().unwrap(), deps]
+        .into_iter()
+        .filter_map(|dir| Some((modified(dir)?, dir.to_path_buf())))
+        .max_by_key(|(time, _)| *time)
+        .map(|(_, dir)| dir)
+        .unwrap_or_else(|| panic!("no libhbridge.so next to {}", exe.display()))
 }
 
 #[test]
@@ -114,7 +120,13 @@ fn c_example_compiles_runs_and_matches_the_rust_api() {
         String::from_utf8_lossy(&build.stderr)
     );
     let rgb_path = work.join("image.rgb");
-    let run = Command::new(&exe).arg(dir).arg(&rgb_path).output().unwrap();
+    // cargo's LD_LIBRARY_PATH lists `<profile>` before `deps` and would win over the rpath.
+    let run = Command::new(&exe)
+        .arg(dir)
+        .arg(&rgb_path)
+        .env("LD_LIBRARY_PATH", &libs)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
     assert!(
         run.status.success(),

@@ -4,6 +4,36 @@
 use super::matmul::{matmul, Mat, MatMut};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod flash;
+#[cfg(target_arch = "x86_64")]
+mod flash_x86;
+#[cfg(test)]
+mod tests;
+
+/// How [`attention`] computes: both give the same result within f32 rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// Key blocks with an online softmax over K and V packed once per call (`flash.rs`; AVX-512F).
+    Flash,
+    /// Each band's whole score row through the `gemm` crate.
+    Gemm,
+}
+
+/// Fewest queries for the flash path: packing K and V costs a pass over them, which a decode step's
+/// one query does not repay.
+const FLASH_MIN_QUERIES: usize = 8;
+
+/// Whether the flash path can run here: AVX-512F, unless `HBRIDGE_CPU_ATTENTION=gemm` asks for the
+/// GEMM path (for comparisons).
+pub(crate) fn flash_available() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let off = std::env::var_os("HBRIDGE_CPU_ATTENTION").is_some_and(|v| v == "gemm");
+        !off && super::simd::level() == super::simd::Level::Avx512
+    })
+}
+
 /// One K/V segment: `rows` rows of `[kv_heads*head_dim]` each, of which the first `len` are keys (the
 /// rest keep their positions for the causal limit but are never read).
 pub(crate) struct Segment<'a> {
@@ -43,13 +73,45 @@ fn band_rows(nq: usize) -> usize {
 
 /// q `[nq, heads*head_dim]` -> out `[nq, heads*head_dim]`. Causal: query i sees key positions
 /// `0..=i + nk - nq` (`nk` the total rows); keys are compacted into score columns, segment by segment.
+/// The flash path where the CPU has it and there are enough queries, else the GEMM path.
 pub(crate) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut [f32]) {
+    let path = if s.nq >= FLASH_MIN_QUERIES && flash_available() {
+        Path::Flash
+    } else {
+        Path::Gemm
+    };
+    attention_on(path, q, segments, s, out)
+}
+
+/// [`attention`] on `path` (`Flash` only where [`flash_available`] is true).
+pub(crate) fn attention_on(
+    path: Path,
+    q: &[f32],
+    segments: &[Segment<'_>],
+    s: &AttnShape,
+    out: &mut [f32],
+) {
+    if s.nq == 0 || s.heads * s.head_dim == 0 {
+        return;
+    }
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        Path::Flash => {
+            // The flash kernels' one requirement (their `unsafe` rests on it).
+            assert!(
+                super::simd::level() == super::simd::Level::Avx512,
+                "flash attention asked for on a CPU without AVX-512F"
+            );
+            flash::attention(q, segments, s, out)
+        }
+        _ => gemm_attention(q, segments, s, out),
+    }
+}
+
+fn gemm_attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut [f32]) {
     let (hd, kd) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
     let nk: usize = segments.iter().map(|g| g.rows).sum();
     let ncols: usize = segments.iter().map(|g| g.len).sum();
-    if s.nq == 0 || hd == 0 {
-        return;
-    }
     let band = band_rows(s.nq);
     out.par_chunks_mut(band * hd)
         .enumerate()

@@ -1,0 +1,274 @@
+//! Flash attention on the CPU (AVX-512): K and V packed once per node and kv head, then for each
+//! band of query rows and head, key blocks of [`KEY_BLOCK`] in order with an online softmax. The
+//! GEMM path ([`super::attention`]'s other branch) instead computes a band's whole score row
+//! through the `gemm` crate, which repacks the head's K^T and V for every band and head: at the
+//! gen self-attention shape (4112 tokens, D=120) its packing was a quarter of the time.
+//!
+//! Per band (at most [`MAX_BAND`] rows, in tiles of six) and key block:
+//! 1. scores: for each 32 keys (16 KiB of packed K per depth pass, kept in L1), every row tile;
+//! 2. softmax: each row's block max, the running max and sum (f64), the row's output rescaled when
+//!    its max grows; masked keys (causal limit, past the last key) get probability zero;
+//! 3. P V: for each 32 of the head's columns (a 16 KiB block of packed V), every row tile adds its
+//!    probabilities times V into the output accumulator.
+//!
+//! A row's result depends only on its own queries and the keys (blocks start at key 0 for every
+//! row): not on the band it falls in, the thread count or the other rows.
+
+use super::flash_x86::{pv_tile, row_max, score_tile, TILE_COLS, TILE_ROWS};
+use super::{keys_before, AttnShape, Segment};
+use crate::cpu::ops::fast_exp::{exp, exp_shifted_sum};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Keys per block: its scores for a full band (96 x 128 x 4 = 48 KiB) and 32 columns of its V
+/// (16 KiB) stay in L1/L2 while the band's tiles use them.
+const KEY_BLOCK: usize = 64;
+/// Most of the head dimension one score pass covers: 32 keys' packed K for one pass is 16 KiB.
+const DEPTH_PASS: usize = 128;
+/// Most query rows per band: each key block read from memory serves this many rows.
+const MAX_BAND: usize = 192;
+
+/// K and V of every kv head, keys compacted over the segments (each segment's first `len` rows).
+struct PackedKv {
+    /// Per kv head: `pairs` blocks of 32 keys, each `[d][32]` (key `c`, column `e` at
+    /// `(c/32)*d*32 + e*32 + c%32`); keys past the last are zero.
+    k: Vec<f32>,
+    /// Per kv head: `chunks` blocks of 32 columns, each `[keys_pad][32]` (key `c`, column `e` at
+    /// `(e/32)*keys_pad*32 + c*32 + e%32`); columns past `d` and keys past the last are zero.
+    v: Vec<f32>,
+    keys: usize,
+    keys_pad: usize,
+    chunks: usize,
+    d: usize,
+}
+
+impl PackedKv {
+    fn new(segments: &[Segment<'_>], s: &AttnShape) -> Self {
+        let (d, kd) = (s.head_dim, s.kv_heads * s.head_dim);
+        let keys: usize = segments.iter().map(|g| g.len).sum();
+        let keys_pad = keys.next_multiple_of(TILE_COLS);
+        let chunks = d.div_ceil(TILE_COLS);
+        let mut k = vec![0f32; s.kv_heads * keys_pad * d];
+        let mut v = vec![0f32; s.kv_heads * chunks * TILE_COLS * keys_pad];
+        let (k_len, v_len) = (keys_pad * d, chunks * TILE_COLS * keys_pad);
+        k.par_chunks_mut(k_len.max(1))
+            .zip(v.par_chunks_mut(v_len.max(1)))
+            .enumerate()
+            .for_each(|(j, (kh, vh))| {
+                let mut c = 0;
+                for seg in segments {
+                    for t in 0..seg.len {
+                        let base = (c / TILE_COLS) * d * TILE_COLS + c % TILE_COLS;
+                        let src = &seg.k[t * kd + j * d..][..d];
+                        for (e, &x) in src.iter().enumerate() {
+                            kh[base + e * TILE_COLS] = x;
+                        }
+                        let src = &seg.v[t * kd + j * d..][..d];
+                        for (ch, part) in src.chunks(TILE_COLS).enumerate() {
+                            vh[(ch * keys_pad + c) * TILE_COLS..][..part.len()]
+                                .copy_from_slice(part);
+                        }
+                        c += 1;
+                    }
+                }
+            });
+        PackedKv {
+            k,
+            v,
+            keys,
+            keys_pad,
+            chunks,
+            d,
+        }
+    }
+
+    fn k_head(&self, j: usize) -> &[f32] {
+        &self.k[j * self.keys_pad * self.d..][..self.keys_pad * self.d]
+    }
+
+    fn v_head(&self, j: usize) -> &[f32] {
+        let len = self.chunks * TILE_COLS * self.keys_pad;
+        &self.v[j * len..][..len]
+    }
+}
+
+/// One thread's buffers: packed queries, a band's scores for one key block, its output accumulator.
+#[derive(Default)]
+struct Scratch {
+    q: Vec<f32>,
+    s: Vec<f32>,
+    o: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
+/// Rows per band: a multiple of the tile, enough bands for every thread, at most [`MAX_BAND`].
+fn band_rows(nq: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    nq.div_ceil(4 * threads)
+        .next_multiple_of(TILE_ROWS)
+        .clamp(TILE_ROWS, MAX_BAND)
+}
+
+/// As [`super::attention`]; the caller has checked that the CPU has AVX-512F.
+pub(super) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut [f32]) {
+    let hd = s.heads * s.head_dim;
+    let nk: usize = segments.iter().map(|g| g.rows).sum();
+    let kv = PackedKv::new(segments, s);
+    let band = band_rows(s.nq);
+    // Score columns row `i` sees: all keys, or those at positions up to its causal limit.
+    let visible = |i: usize| {
+        if s.causal {
+            keys_before(segments, (i + nk + 1).saturating_sub(s.nq))
+        } else {
+            kv.keys
+        }
+    };
+    out.par_chunks_mut(band * hd)
+        .enumerate()
+        .for_each(|(b, o)| {
+            let r0 = b * band;
+            let vis: Vec<usize> = (r0..r0 + o.len() / hd).map(visible).collect();
+            SCRATCH.with(|cell| {
+                // A nested call on this thread (a task stolen while this one waits) uses its own.
+                let mut own = Scratch::default();
+                let mut held = cell.try_borrow_mut();
+                let scratch = held.as_deref_mut().unwrap_or(&mut own);
+                for h in 0..s.heads {
+                    head_band(q, &kv, s, h, r0, &vis, scratch, o);
+                }
+            });
+        });
+}
+
+/// Head `h` of the rows `r0 .. r0 + vis.len()` (row `r0 + r` sees `vis[r]` score columns) into
+/// `out` (those rows, all heads).
+#[allow(clippy::too_many_arguments)]
+fn head_band(
+    q: &[f32],
+    kv: &PackedKv,
+    s: &AttnShape,
+    h: usize,
+    r0: usize,
+    vis: &[usize],
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
+    let (d, hd) = (s.head_dim, s.heads * s.head_dim);
+    let j = h / (s.heads / s.kv_heads);
+    let rows = vis.len();
+    let tiles = rows.div_ceil(TILE_ROWS);
+    let rp = tiles * TILE_ROWS;
+    let dp = kv.chunks * TILE_COLS;
+    // Queries times the scale, packed per tile as [d][6]; rows past the band are zero.
+    let qp = sized(&mut scratch.q, rp * d);
+    for (t, tile) in qp.chunks_exact_mut(TILE_ROWS * d).enumerate() {
+        for i in 0..TILE_ROWS {
+            let r = t * TILE_ROWS + i;
+            let dst = tile[i..].iter_mut().step_by(TILE_ROWS);
+            if r < rows {
+                let src = &q[(r0 + r) * hd + h * d..][..d];
+                dst.zip(src).for_each(|(x, &y)| *x = y * s.scale);
+            } else {
+                dst.for_each(|x| *x = 0.0);
+            }
+        }
+    }
+    let sb = sized(&mut scratch.s, rp * KEY_BLOCK);
+    let ob = sized(&mut scratch.o, rp * dp);
+    ob.fill(0.0);
+    let mut max = [f32::NEG_INFINITY; MAX_BAND];
+    let mut sum = [0f64; MAX_BAND];
+    // The most columns any row of a tile sees: a tile whose rows see none of a block skips it.
+    let tile_vis: Vec<usize> = vis
+        .chunks(TILE_ROWS)
+        .map(|c| c.iter().copied().max().unwrap_or(0))
+        .collect();
+    let blocks = tile_vis.iter().max().map_or(0, |&v| v.div_ceil(KEY_BLOCK));
+    let (k_head, v_head) = (kv.k_head(j), kv.v_head(j));
+    for blk in 0..blocks {
+        let c0 = blk * KEY_BLOCK;
+        let cols = KEY_BLOCK.min(kv.keys - c0);
+        let live_tiles = || (0..tiles).filter(|&t| tile_vis[t] > c0);
+        for pair in 0..cols.div_ceil(TILE_COLS) {
+            let k_pair = &k_head[(c0 / TILE_COLS + pair) * d * TILE_COLS..][..d * TILE_COLS];
+            for e0 in (0..d).step_by(DEPTH_PASS) {
+                let depth = DEPTH_PASS.min(d - e0);
+                let k = &k_pair[e0 * TILE_COLS..][..depth * TILE_COLS];
+                for t in live_tiles() {
+                    let qt = &qp[t * TILE_ROWS * d + e0 * TILE_ROWS..][..depth * TILE_ROWS];
+                    let st = &mut sb[t * TILE_ROWS * KEY_BLOCK + pair * TILE_COLS..]
+                        [..(TILE_ROWS - 1) * KEY_BLOCK + TILE_COLS];
+                    // SAFETY: AVX-512F (the caller's check); the slices above hold every value the
+                    // tile reads and writes.
+                    unsafe {
+                        score_tile(
+                            qt.as_ptr(),
+                            k.as_ptr(),
+                            depth,
+                            st.as_mut_ptr(),
+                            KEY_BLOCK,
+                            e0 > 0,
+                        )
+                    };
+                }
+            }
+        }
+        for t in live_tiles() {
+            for r in t * TILE_ROWS..(t + 1) * TILE_ROWS {
+                let row = &mut sb[r * KEY_BLOCK..][..cols];
+                let live = vis
+                    .get(r)
+                    .map_or(0, |&v| v.min(c0 + cols).saturating_sub(c0));
+                if live == 0 {
+                    row.fill(0.0);
+                    continue;
+                }
+                // SAFETY: AVX-512F (the caller's check).
+                let block_max = unsafe { row_max(&row[..live]) };
+                let new_max = max[r].max(block_max);
+                let block_sum = exp_shifted_sum(&mut row[..live], new_max);
+                row[live..].fill(0.0);
+                if max[r] != f32::NEG_INFINITY && new_max != max[r] {
+                    let alpha = exp(max[r] - new_max);
+                    sum[r] *= alpha as f64;
+                    ob[r * dp..][..dp].iter_mut().for_each(|x| *x *= alpha);
+                }
+                max[r] = new_max;
+                sum[r] += block_sum;
+            }
+        }
+        for ch in 0..kv.chunks {
+            let v = &v_head[(ch * kv.keys_pad + c0) * TILE_COLS..][..cols * TILE_COLS];
+            for t in live_tiles() {
+                let p = &sb[t * TILE_ROWS * KEY_BLOCK..][..(TILE_ROWS - 1) * KEY_BLOCK + cols];
+                let o = &mut ob[t * TILE_ROWS * dp + ch * TILE_COLS..]
+                    [..(TILE_ROWS - 1) * dp + TILE_COLS];
+                // SAFETY: AVX-512F (the caller's check); the slices above hold every value the
+                // tile reads and writes.
+                unsafe { pv_tile(p.as_ptr(), KEY_BLOCK, v.as_ptr(), cols, o.as_mut_ptr(), dp) };
+            }
+        }
+    }
+    for r in 0..rows {
+        // No visible key: the output is zero, as in the GEMM path. A NaN sum stays NaN.
+        let inv = if sum[r] == 0.0 {
+            0.0
+        } else {
+            (1.0 / sum[r]) as f32
+        };
+        let dst = &mut out[r * hd + h * d..][..d];
+        dst.iter_mut()
+            .zip(&ob[r * dp..][..d])
+            .for_each(|(x, &y)| *x = y * inv);
+    }
+}
