@@ -4,37 +4,39 @@
 //! through the `gemm` crate, which repacks the head's K^T and V for every band and head: at the
 //! gen self-attention shape (4112 tokens, D=120) its packing was a quarter of the time.
 //!
-//! Per band (at most [`MAX_BAND`] rows, in tiles of six) and key block:
-//! 1. scores: for each 32 keys (16 KiB of packed K per depth pass, kept in L1), every row tile;
-//! 2. softmax: each row's block max, the running max and sum (f64), the row's output rescaled when
-//!    its max grows; masked keys (causal limit, past the last key) get probability zero;
-//! 3. P V: for each 32 of the head's columns (a 16 KiB block of packed V), every row tile adds its
+//! Per band (at most [`MAX_BAND`] rows, in tiles of six) and key block ([`KEY_BLOCK`] keys):
+//! 1. scores: every row tile against the block's packed K (per depth pass of the head dimension);
+//! 2. softmax: each row's block max, the running max and sum (f64 across blocks), the row's output
+//!    rescaled when its max grows; masked keys (causal limit, past the last key) get probability 0;
+//! 3. P V: for each 64 of the head's columns (a 16 KiB block of packed V), every row tile adds its
 //!    probabilities times V into the output accumulator.
 //!
 //! A row's result depends only on its own queries and the keys (blocks start at key 0 for every
 //! row): not on the band it falls in, the thread count or the other rows.
 
-use super::flash_x86::{pv_tile, row_max, score_tile, TILE_COLS, TILE_ROWS};
+use super::flash_x86::{block_softmax, pv_tile, score_tile, TILE_COLS, TILE_ROWS};
 use super::{keys_before, AttnShape, Segment};
-use crate::cpu::ops::fast_exp::{exp, exp_shifted_sum};
+use crate::cpu::ops::fast_exp::exp;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-/// Keys per block: its scores for a full band (96 x 128 x 4 = 48 KiB) and 32 columns of its V
-/// (16 KiB) stay in L1/L2 while the band's tiles use them.
-const KEY_BLOCK: usize = 64;
-/// Most of the head dimension one score pass covers: 32 keys' packed K for one pass is 16 KiB.
+/// Keys per block, one tile wide: a band's scores for it (192 x 64 x 4 = 48 KiB) and 64 columns of
+/// its V (16 KiB) stay close while the band's tiles use them. On the build machine (gen self-attention,
+/// 4112 tokens, D=120, 6 x 32 tiles then) 64 measured 2-4% faster than 128, 256 slower again.
+const KEY_BLOCK: usize = TILE_COLS;
+/// Most of the head dimension one score pass covers: a block's packed K for one pass is 32 KiB.
 const DEPTH_PASS: usize = 128;
-/// Most query rows per band: each key block read from memory serves this many rows.
+/// Most query rows per band: each key block read from memory serves this many rows (192 measured
+/// 4% faster than 96 and 10% faster than 48 on the same shape; 384 no better).
 const MAX_BAND: usize = 192;
 
 /// K and V of every kv head, keys compacted over the segments (each segment's first `len` rows).
 struct PackedKv {
-    /// Per kv head: `pairs` blocks of 32 keys, each `[d][32]` (key `c`, column `e` at
-    /// `(c/32)*d*32 + e*32 + c%32`); keys past the last are zero.
+    /// Per kv head: blocks of 64 keys ([`TILE_COLS`]), each `[d][64]` (key `c`, column `e` at
+    /// `(c/64)*d*64 + e*64 + c%64`); keys past the last are zero.
     k: Vec<f32>,
-    /// Per kv head: `chunks` blocks of 32 columns, each `[keys_pad][32]` (key `c`, column `e` at
-    /// `(e/32)*keys_pad*32 + c*32 + e%32`); columns past `d` and keys past the last are zero.
+    /// Per kv head: `chunks` blocks of 64 columns, each `[keys_pad][64]` (key `c`, column `e` at
+    /// `(e/64)*keys_pad*64 + c*64 + e%64`); columns past `d` and keys past the last are zero.
     v: Vec<f32>,
     keys: usize,
     keys_pad: usize,
@@ -199,14 +201,14 @@ fn head_band(
         let c0 = blk * KEY_BLOCK;
         let cols = KEY_BLOCK.min(kv.keys - c0);
         let live_tiles = || (0..tiles).filter(|&t| tile_vis[t] > c0);
-        for pair in 0..cols.div_ceil(TILE_COLS) {
-            let k_pair = &k_head[(c0 / TILE_COLS + pair) * d * TILE_COLS..][..d * TILE_COLS];
+        for kt in 0..cols.div_ceil(TILE_COLS) {
+            let k_tile = &k_head[(c0 / TILE_COLS + kt) * d * TILE_COLS..][..d * TILE_COLS];
             for e0 in (0..d).step_by(DEPTH_PASS) {
                 let depth = DEPTH_PASS.min(d - e0);
-                let k = &k_pair[e0 * TILE_COLS..][..depth * TILE_COLS];
+                let k = &k_tile[e0 * TILE_COLS..][..depth * TILE_COLS];
                 for t in live_tiles() {
                     let qt = &qp[t * TILE_ROWS * d + e0 * TILE_ROWS..][..depth * TILE_ROWS];
-                    let st = &mut sb[t * TILE_ROWS * KEY_BLOCK + pair * TILE_COLS..]
+                    let st = &mut sb[t * TILE_ROWS * KEY_BLOCK + kt * TILE_COLS..]
                         [..(TILE_ROWS - 1) * KEY_BLOCK + TILE_COLS];
                     // SAFETY: AVX-512F (the caller's check); the slices above hold every value the
                     // tile reads and writes.
@@ -225,26 +227,25 @@ fn head_band(
         }
         for t in live_tiles() {
             for r in t * TILE_ROWS..(t + 1) * TILE_ROWS {
-                let row = &mut sb[r * KEY_BLOCK..][..cols];
+                let row = &mut sb[r * KEY_BLOCK..][..KEY_BLOCK];
                 let live = vis
                     .get(r)
                     .map_or(0, |&v| v.min(c0 + cols).saturating_sub(c0));
                 if live == 0 {
-                    row.fill(0.0);
+                    row[..cols].fill(0.0);
                     continue;
                 }
-                // SAFETY: AVX-512F (the caller's check).
-                let block_max = unsafe { row_max(&row[..live]) };
-                let new_max = max[r].max(block_max);
-                let block_sum = exp_shifted_sum(&mut row[..live], new_max);
-                row[live..].fill(0.0);
+                // SAFETY: AVX-512F (the caller's check); the row has KEY_BLOCK values from
+                // `r * KEY_BLOCK`, `cols` rounded up to 16 at most (KEY_BLOCK is a multiple of 16).
+                let (new_max, block_sum) =
+                    unsafe { block_softmax(row.as_mut_ptr(), live, cols, max[r]) };
                 if max[r] != f32::NEG_INFINITY && new_max != max[r] {
                     let alpha = exp(max[r] - new_max);
                     sum[r] *= alpha as f64;
                     ob[r * dp..][..dp].iter_mut().for_each(|x| *x *= alpha);
                 }
                 max[r] = new_max;
-                sum[r] += block_sum;
+                sum[r] += block_sum as f64;
             }
         }
         for ch in 0..kv.chunks {

@@ -1,11 +1,11 @@
-//! The flash path's AVX-512 micro-kernels. Both are the packed GEMM's 6 x 32 register tile (two
-//! 16-lane vectors per row, 12 accumulators): per step two loads from a panel 32 wide, six
-//! broadcasts, twelve FMAs.
+//! The flash path's AVX-512 micro-kernels: a 6 x 64 register tile (four 16-lane vectors per row,
+//! 24 accumulators), then one row's softmax step over a key block.
 //!
-//! - [`score_tile`]: six query rows (packed `[d][6]`) against 32 keys (packed `[d][32]`) over a
+//! - [`score_tile`]: six query rows (packed `[d][6]`) against 64 keys (packed `[d][64]`) over a
 //!   depth pass of the head dimension.
 //! - [`pv_tile`]: six rows of probabilities (row-major, `ldp` apart) times a block of V (packed
-//!   `[key][32]`: 32 of the head's columns) added into six rows of the output accumulator.
+//!   `[key][64]`: 64 of the head's columns) added into six rows of the output accumulator.
+//! - [`block_softmax`]: exponentials against the running max, masked keys zero.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -13,15 +13,19 @@ use std::arch::x86_64::*;
 
 /// Rows of one tile.
 pub(super) const TILE_ROWS: usize = 6;
+/// 16-lane vectors per tile row: 6 x 4 accumulators, four B vectors and a broadcast fill 29 of the 32
+/// registers. Per step 4 loads, 6 broadcasts and 24 FMAs (a 6 x 32 tile's 2 + 6 for 12 measured
+/// slower: its step was as many instructions as the front end issues in the FMAs' time).
+const VECS: usize = 4;
 /// Columns of one tile: keys for scores, head-dimension columns for P V.
-pub(super) const TILE_COLS: usize = 32;
+pub(super) const TILE_COLS: usize = 16 * VECS;
 
-/// `s[i, 0..32] = (s[i, ..] if accumulate else 0) + sum_e q[e*6 + i] * k[e*32 + 0..32]`, `e < depth`,
+/// `s[i, 0..64] = (s[i, ..] if accumulate else 0) + sum_e q[e*6 + i] * k[e*64 + 0..64]`, `e < depth`,
 /// for the six rows `i`; `s` rows `lds` apart.
 ///
 /// # Safety
-/// AVX-512F; `q` readable for `6*depth` values, `k` for `32*depth`, `s` readable and writable for six
-/// rows of 32 values `lds` apart.
+/// AVX-512F; `q` readable for `6*depth` values, `k` for `64*depth`, `s` readable and writable for six
+/// rows of 64 values `lds` apart.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn score_tile(
     q: *const f32,
@@ -33,39 +37,40 @@ pub(super) unsafe fn score_tile(
 ) {
     // SAFETY: the function's contract: AVX-512F, and every access inside the promised ranges.
     unsafe {
-        let mut c0 = [_mm512_setzero_ps(); TILE_ROWS];
-        let mut c1 = [_mm512_setzero_ps(); TILE_ROWS];
+        let mut acc = [[_mm512_setzero_ps(); VECS]; TILE_ROWS];
         if accumulate {
-            for i in 0..TILE_ROWS {
-                c0[i] = _mm512_loadu_ps(s.add(i * lds));
-                c1[i] = _mm512_loadu_ps(s.add(i * lds + 16));
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (v, a) in row.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(s.add(i * lds + 16 * v));
+                }
             }
         }
         let (mut q, mut k) = (q, k);
         for _ in 0..depth {
-            let v0 = _mm512_loadu_ps(k);
-            let v1 = _mm512_loadu_ps(k.add(16));
-            for i in 0..TILE_ROWS {
+            let b: [__m512; VECS] = std::array::from_fn(|v| _mm512_loadu_ps(k.add(16 * v)));
+            for (i, row) in acc.iter_mut().enumerate() {
                 let a = _mm512_set1_ps(*q.add(i));
-                c0[i] = _mm512_fmadd_ps(a, v0, c0[i]);
-                c1[i] = _mm512_fmadd_ps(a, v1, c1[i]);
+                for (v, c) in row.iter_mut().enumerate() {
+                    *c = _mm512_fmadd_ps(a, b[v], *c);
+                }
             }
             q = q.add(TILE_ROWS);
             k = k.add(TILE_COLS);
         }
-        for i in 0..TILE_ROWS {
-            _mm512_storeu_ps(s.add(i * lds), c0[i]);
-            _mm512_storeu_ps(s.add(i * lds + 16), c1[i]);
+        for (i, row) in acc.iter().enumerate() {
+            for (v, a) in row.iter().enumerate() {
+                _mm512_storeu_ps(s.add(i * lds + 16 * v), *a);
+            }
         }
     }
 }
 
-/// `o[i, 0..32] += sum_c p[i*ldp + c] * v[c*32 + 0..32]`, `c < keys`, for the six rows `i`; `o` rows
+/// `o[i, 0..64] += sum_c p[i*ldp + c] * v[c*64 + 0..64]`, `c < keys`, for the six rows `i`; `o` rows
 /// `ldo` apart.
 ///
 /// # Safety
-/// AVX-512F; `p` readable for six rows of `keys` values `ldp` apart, `v` for `32*keys` values, `o`
-/// readable and writable for six rows of 32 values `ldo` apart.
+/// AVX-512F; `p` readable for six rows of `keys` values `ldp` apart, `v` for `64*keys` values, `o`
+/// readable and writable for six rows of 64 values `ldo` apart.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn pv_tile(
     p: *const f32,
@@ -77,50 +82,99 @@ pub(super) unsafe fn pv_tile(
 ) {
     // SAFETY: the function's contract: AVX-512F, and every access inside the promised ranges.
     unsafe {
-        let mut c0 = [_mm512_setzero_ps(); TILE_ROWS];
-        let mut c1 = [_mm512_setzero_ps(); TILE_ROWS];
-        for i in 0..TILE_ROWS {
-            c0[i] = _mm512_loadu_ps(o.add(i * ldo));
-            c1[i] = _mm512_loadu_ps(o.add(i * ldo + 16));
+        let mut acc = [[_mm512_setzero_ps(); VECS]; TILE_ROWS];
+        for (i, row) in acc.iter_mut().enumerate() {
+            for (w, a) in row.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(o.add(i * ldo + 16 * w));
+            }
         }
         let mut v = v;
         for c in 0..keys {
-            let v0 = _mm512_loadu_ps(v);
-            let v1 = _mm512_loadu_ps(v.add(16));
-            for i in 0..TILE_ROWS {
+            let b: [__m512; VECS] = std::array::from_fn(|w| _mm512_loadu_ps(v.add(16 * w)));
+            for (i, row) in acc.iter_mut().enumerate() {
                 let a = _mm512_set1_ps(*p.add(i * ldp + c));
-                c0[i] = _mm512_fmadd_ps(a, v0, c0[i]);
-                c1[i] = _mm512_fmadd_ps(a, v1, c1[i]);
+                for (w, x) in row.iter_mut().enumerate() {
+                    *x = _mm512_fmadd_ps(a, b[w], *x);
+                }
             }
             v = v.add(TILE_COLS);
         }
-        for i in 0..TILE_ROWS {
-            _mm512_storeu_ps(o.add(i * ldo), c0[i]);
-            _mm512_storeu_ps(o.add(i * ldo + 16), c1[i]);
+        for (i, row) in acc.iter().enumerate() {
+            for (w, a) in row.iter().enumerate() {
+                _mm512_storeu_ps(o.add(i * ldo + 16 * w), *a);
+            }
         }
     }
 }
 
-/// The largest of `row`'s values (`-inf` for an empty row). A NaN may or may not win; the caller's
-/// exponentials carry it to the output either way.
+/// One row's softmax step over a key block: with `m` the larger of `max` and the row's largest live
+/// score, `row[c] = exp(row[c] - m)` for the first `live` values and 0 for the rest up to `cols`
+/// (rounded up to 16); returns `m` and the sum of the exponentials (f32: at most [`super::flash`]'s
+/// 64-key block, sixteen lanes of four each).
+///
+/// The exponential is Cephes' `expf` scheme with FMAs (`x = n ln2 + r`, a degree-6 polynomial, then
+/// `scalef` by `2^n`), within 2 ulp of the rounded result; below -104 it is 0. A NaN score makes its
+/// probability, and so the row's sum, NaN.
 ///
 /// # Safety
-/// AVX-512F.
+/// AVX-512F; `row` readable and writable for `cols` rounded up to 16 values; `live <= cols`.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn row_max(row: &[f32]) -> f32 {
-    // SAFETY: AVX-512F (the caller's promise); the full chunks are 16 readable values, the masked
-    // load reads only the tail's `len` values.
+pub(super) unsafe fn block_softmax(
+    row: *mut f32,
+    live: usize,
+    cols: usize,
+    max: f32,
+) -> (f32, f32) {
+    let chunks = cols.div_ceil(16);
+    let lanes = |c: usize| -> __mmask16 {
+        let n = live.saturating_sub(16 * c).min(16);
+        ((1u32 << n) - 1) as __mmask16
+    };
+    // SAFETY: the function's contract: AVX-512F; chunk `c` reads and writes `row[16c .. 16c + 16]`,
+    // inside the promised range.
     unsafe {
-        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
-        let chunks = row.chunks_exact(16);
-        let tail = chunks.remainder();
-        for c in chunks {
-            m = _mm512_max_ps(m, _mm512_loadu_ps(c.as_ptr()));
+        let mut mx = _mm512_set1_ps(max);
+        for c in 0..chunks {
+            let x = _mm512_mask_loadu_ps(mx, lanes(c), row.add(16 * c));
+            mx = _mm512_max_ps(mx, x);
         }
-        if !tail.is_empty() {
-            let mask: __mmask16 = (1u16 << tail.len()) - 1;
-            m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, mask, tail.as_ptr()));
+        let m = _mm512_reduce_max_ps(mx);
+        let shift = _mm512_set1_ps(m);
+        let floor = _mm512_set1_ps(-104.0);
+        let mut sum = _mm512_setzero_ps();
+        for c in 0..chunks {
+            let k = lanes(c);
+            let x = _mm512_sub_ps(_mm512_loadu_ps(row.add(16 * c)), shift);
+            // max(floor, x), not max(x, floor): the second operand comes back for a NaN.
+            let e = exp16(_mm512_max_ps(floor, x));
+            let e = _mm512_maskz_mov_ps(k, e);
+            sum = _mm512_add_ps(sum, e);
+            _mm512_storeu_ps(row.add(16 * c), e);
         }
-        _mm512_reduce_max_ps(m)
+        (m, _mm512_reduce_add_ps(sum))
     }
+}
+
+/// `e^x` for `x` in [-104, 0] (and NaN).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn exp16(x: __m512) -> __m512 {
+    let c = |v: f32| _mm512_set1_ps(v);
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, c(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, c(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, c(-2.121_944_4e-4), r);
+    let mut p = c(1.987_569_1e-4);
+    for k in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        p = _mm512_fmadd_ps(p, r, c(k));
+    }
+    let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), c(1.0));
+    _mm512_scalef_ps(y, n)
 }
