@@ -4,6 +4,7 @@
 use super::matmul::{matmul, Mat, MatMut};
 use rayon::prelude::*;
 
+mod decode;
 #[cfg(target_arch = "x86_64")]
 mod flash;
 #[cfg(target_arch = "x86_64")]
@@ -16,6 +17,8 @@ mod tests;
 pub(crate) enum Path {
     /// Key blocks with an online softmax over K and V packed once per call (`flash.rs`; AVX-512F).
     Flash,
+    /// One query: each kv head's query heads as the rows of two products (`decode.rs`; `nq == 1`).
+    Decode,
     /// Each band's whole score row through the `gemm` crate.
     Gemm,
 }
@@ -24,14 +27,15 @@ pub(crate) enum Path {
 /// one query does not repay.
 const FLASH_MIN_QUERIES: usize = 8;
 
-/// Whether the flash path can run here: AVX-512F, unless `HBRIDGE_CPU_ATTENTION=gemm` asks for the
-/// GEMM path (for comparisons).
+/// `HBRIDGE_CPU_ATTENTION=gemm`: every call on the GEMM path (for comparisons).
+fn gemm_asked() -> bool {
+    static GEMM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *GEMM.get_or_init(|| std::env::var_os("HBRIDGE_CPU_ATTENTION").is_some_and(|v| v == "gemm"))
+}
+
+/// Whether the flash path can run here: AVX-512F, unless the GEMM path is asked for.
 pub(crate) fn flash_available() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        let off = std::env::var_os("HBRIDGE_CPU_ATTENTION").is_some_and(|v| v == "gemm");
-        !off && super::simd::level() == super::simd::Level::Avx512
-    })
+    !gemm_asked() && super::simd::level() == super::simd::Level::Avx512
 }
 
 /// One K/V segment: `rows` rows of `[kv_heads*head_dim]` each, of which the first `len` are keys (the
@@ -73,17 +77,21 @@ fn band_rows(nq: usize) -> usize {
 
 /// q `[nq, heads*head_dim]` -> out `[nq, heads*head_dim]`. Causal: query i sees key positions
 /// `0..=i + nk - nq` (`nk` the total rows); keys are compacted into score columns, segment by segment.
-/// The flash path where the CPU has it and there are enough queries, else the GEMM path.
+/// The flash path where the CPU has it and there are enough queries, the decode path for one query,
+/// else the GEMM path.
 pub(crate) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut [f32]) {
     let path = if s.nq >= FLASH_MIN_QUERIES && flash_available() {
         Path::Flash
+    } else if s.nq == 1 && !gemm_asked() {
+        Path::Decode
     } else {
         Path::Gemm
     };
     attention_on(path, q, segments, s, out)
 }
 
-/// [`attention`] on `path` (`Flash` only where [`flash_available`] is true).
+/// [`attention`] on `path` (`Flash` only where [`flash_available`] is true, `Decode` only for one
+/// query).
 pub(crate) fn attention_on(
     path: Path,
     q: &[f32],
@@ -103,6 +111,10 @@ pub(crate) fn attention_on(
                 "flash attention asked for on a CPU without AVX-512F"
             );
             flash::attention(q, segments, s, out)
+        }
+        Path::Decode => {
+            assert_eq!(s.nq, 1, "decode attention takes one query");
+            decode::attention(q, segments, s, out)
         }
         _ => gemm_attention(q, segments, s, out),
     }

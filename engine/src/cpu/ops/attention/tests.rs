@@ -1,4 +1,4 @@
-//! Both attention paths against an f64 reference on seeded values: several key blocks and bands,
+//! Every attention path against an f64 reference on seeded values: several key blocks and bands,
 //! causal limits inside blocks, segments with unused rows, rows that see no key, head dims that
 //! leave partial column chunks or take two depth passes, large scores; and the flash path's promise
 //! that a row's result does not depend on the other rows.
@@ -125,7 +125,7 @@ impl Case {
     fn check(&self, seed: u64, tol: f64) {
         let x = self.data(seed);
         let want = self.reference(&x);
-        for path in paths() {
+        for path in paths(self.nq) {
             let got = self.run(path, &x);
             for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
                 assert!(
@@ -144,13 +144,18 @@ fn flash_here() -> bool {
     super::super::simd::level() == super::super::simd::Level::Avx512
 }
 
-fn paths() -> Vec<Path> {
+/// The paths that can run `nq` queries here.
+fn paths(nq: usize) -> Vec<Path> {
+    let mut paths = vec![Path::Gemm];
+    if nq == 1 {
+        paths.push(Path::Decode);
+    }
     if flash_here() {
-        vec![Path::Gemm, Path::Flash]
+        paths.push(Path::Flash);
     } else {
         eprintln!("attention tests: no AVX-512F on this CPU, the flash path is not checked");
-        vec![Path::Gemm]
     }
+    paths
 }
 
 fn case(nq: usize, segs: &[(usize, usize)], heads: (usize, usize), d: usize, causal: bool) -> Case {
@@ -195,6 +200,15 @@ fn wide_and_tiny_heads() {
     case(50, &[(70, 70), (50, 50)], (2, 2), 200, false).check(7, 2e-6);
     case(9, &[(9, 9)], (4, 4), 8, false).check(8, 2e-6);
     case(12, &[(12, 12)], (2, 1), 3, true).check(9, 2e-6);
+}
+
+#[test]
+fn one_query_over_a_cache_and_the_new_key() {
+    // A decode step: the cache segment with unused rows, then this step's key; GQA 7 as in the
+    // 7b4b und expert, and a group of one.
+    case(1, &[(300, 211), (1, 1)], (7, 1), 128, true).check(12, 2e-6);
+    case(1, &[(40, 33), (1, 1)], (4, 4), 24, true).check(13, 2e-6);
+    case(1, &[(8, 0), (0, 0)], (2, 1), 16, true).check(14, 0.0);
 }
 
 #[test]
