@@ -343,3 +343,40 @@ fn avx512_is_bit_identical_to_avx2() {
         }
     }
 }
+
+/// Many rows split into row tasks (two or more tasks of at least MC rows per thread) against the
+/// same product on one thread: the same bits, for B packed as f32, as bf16 and per call, with and
+/// without bias, at an edge-panel width and two depth passes; and within the f64 bound.
+#[test]
+fn row_tasks_are_bit_identical() {
+    if !available() {
+        return;
+    }
+    for threads in [2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let (m, n, k) = (2 * threads * MC + 7, 49, 300);
+        let o = Operands::new((m, n, k), 77 + threads as u64);
+        let a = Mat::rm(&o.x, m, k);
+        for bias in [None, Some(o.bias.as_slice())] {
+            for src in [
+                BSource::Packed(o.pf.packed_ref()),
+                BSource::Packed(o.ph.packed_ref()),
+                BSource::View(Mat::rm_t(&o.wf, k, n)),
+            ] {
+                let run = |par| {
+                    let mut y = vec![f32::NAN; m * n];
+                    assert!(gemm(MatMut::rm(&mut y, m, n), a, src, bias, par));
+                    y
+                };
+                let one = run(Some(false));
+                let split = pool.install(|| run(Some(true)));
+                let what = format!("{m}x{k}->{n} on {threads} threads, bias {}", bias.is_some());
+                assert!(same_bits(&one, &split), "{what}: row tasks differ");
+                check(&what, &split, (&a, &Mat::rm_t(&o.wf, k, n)), bias, (n, 1));
+            }
+        }
+    }
+}

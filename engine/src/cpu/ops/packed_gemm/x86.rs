@@ -153,14 +153,14 @@ unsafe fn transpose_8_columns(src: &[f32], ld: usize, p8: usize, dst: &mut [f32]
     }
 }
 
-/// The blocking loops for the destination's columns `cols` (see `Job::columns`).
+/// The blocking loops for the destination's rows `rows` and columns `cols` (see `Job::part`).
 ///
 /// # Safety
-/// As `Job::columns`, and the CPU must support AVX2 and FMA.
-pub(super) unsafe fn columns(job: &Job<'_>, cols: Range<usize>) {
+/// As `Job::part`, and the CPU must support AVX2 and FMA.
+pub(super) unsafe fn part(job: &Job<'_>, rows: Range<usize>, cols: Range<usize>) {
     PACKED_B.with(|cell| {
         let mut bbuf = cell.borrow_mut();
-        let m = job.m;
+        let m = rows.len();
         let mc_step = m.div_ceil(m.div_ceil(MC)).next_multiple_of(MR);
         let kstep = passes(job.k).1;
         // Packed B is read where it lies. From a view, B is packed NC columns at a time when the
@@ -172,6 +172,7 @@ pub(super) unsafe fn columns(job: &Job<'_>, cols: Range<usize>) {
         };
         let mut blk = Block {
             job,
+            rows,
             mc_step,
             bpack: bbuf.get(nc_step.next_multiple_of(NR) * kstep),
         };
@@ -202,19 +203,22 @@ pub(super) unsafe fn columns(job: &Job<'_>, cols: Range<usize>) {
 
 struct Block<'j, 'a, 's> {
     job: &'j Job<'a>,
+    /// The rows this block computes (starting at a multiple of MR).
+    rows: Range<usize>,
     mc_step: usize,
     bpack: &'s mut [f32],
 }
 
 impl Block<'_, '_, '_> {
-    /// Depths `k0 .. k0 + kc` (one pass) of columns `j0 .. j0 + nc` (`j0` a multiple of 16), all
-    /// rows.
+    /// Depths `k0 .. k0 + kc` (one pass) of columns `j0 .. j0 + nc` (`j0` a multiple of 16), the
+    /// block's rows.
     ///
     /// # Safety
-    /// As [`columns`], with `j0 .. j0 + nc` within its columns.
+    /// As [`part`], with `j0 .. j0 + nc` within its columns.
     unsafe fn run(&mut self, k0: usize, kc: usize, j0: usize, nc: usize) {
         let job = self.job;
         let (m, out) = (job.m, job.out);
+        let rows = self.rows.clone();
         // The first depth pass starts the chains from the bias or zero, unless the call accumulates.
         let first = k0 == 0 && !job.accumulate;
         // This pass of packed A: micro-panel `t` (rows `6t ..`) at `t*MR*kc`.
@@ -228,8 +232,8 @@ impl Block<'_, '_, '_> {
         }
         let mut tile = [0f32; MR * NR];
         let mut bias_pad = [0f32; NR];
-        for i0 in (0..m).step_by(self.mc_step) {
-            let mc = self.mc_step.min(m - i0);
+        for i0 in rows.clone().step_by(self.mc_step) {
+            let mc = self.mc_step.min(rows.end - i0);
             let mut jp = j0;
             while jp < j0 + nc {
                 // One row, four full panels (eight on AVX-512), destination contiguous: the wide
@@ -258,7 +262,7 @@ impl Block<'_, '_, '_> {
                     // `panels` full panels of `kc` rows of 16, one after the other (one pass of packed
                     // B, or `bpack`); the bias has `16*panels` values from `jp`; the destination row
                     // `i0` has `16*panels` contiguous columns from `jp`, inside it and ours alone
-                    // (`Job::columns`).
+                    // (`Job::part`).
                     unsafe { wide1(panels, kc, ap, bp, init, c) };
                     jp += panels * NR;
                     continue;
@@ -285,13 +289,18 @@ impl Block<'_, '_, '_> {
                             prefetch_part(bytes, ir / MR, tiles);
                         }
                         let (i, r) = (i0 + ir, MR.min(mc - ir));
+                        if init.is_none() {
+                            // Later depth passes start from the destination, long evicted when
+                            // the rows are many: fetch the next tile's while this one computes.
+                            prefetch_next(out, (i, jp), (i0, i0 + mc), (j0 + nc, 2 * NR));
+                        }
                         let a = apass[i * kc..][..MR * kc].as_ptr();
                         let c = out.ptr.wrapping_add(i * out.rs + jp);
                         let (ip, ild) = init.map_or((c.cast_const(), out.rs), |p| (p, 0));
                         // SAFETY: AVX-512F (`Isa::Avx512` is only chosen where detected); `a` is a
                         // micro-panel of `kc` steps of MR values, `bp` two full panels of `kc` rows
                         // of 16 one after the other; the destination's rows `i .. i + r`, columns
-                        // `jp .. jp + 32`, are inside it and ours alone (`Job::columns`); a bias
+                        // `jp .. jp + 32`, are inside it and ours alone (`Job::part`); a bias
                         // has 32 values from `jp`.
                         unsafe { kernel(r, 2, (kc, a, bp), ip, ild, c, out.rs) };
                     }
@@ -335,13 +344,13 @@ impl Block<'_, '_, '_> {
                     let c = out.ptr.wrapping_add(i * out.rs + jp * out.cs);
                     if w == NR && out.cs == 1 {
                         if init.is_none() {
-                            prefetch_next(out, (i, jp), (i0, i0 + mc), j0 + nc);
+                            prefetch_next(out, (i, jp), (i0, i0 + mc), (j0 + nc, NR));
                         }
                         let (ip, ild) = init.map_or((c.cast_const(), out.rs), |p| (p, 0));
                         // SAFETY: AVX2+FMA; `a` is a micro-panel of `kc` steps of MR values, `bp` a
                         // full panel of `kc` rows of 16; the destination's rows `i .. i + r`,
                         // columns `jp .. jp + 16`, are inside it (`gemm` asserted its span) and ours
-                        // alone (`Job::columns`); a bias has 16 values from `jp`.
+                        // alone (`Job::part`); a bias has 16 values from `jp`.
                         unsafe { kernel(r, 1, (kc, a, bp), ip, ild, c, out.rs) };
                     } else {
                         // Edge or strided destination: through a 6x16 buffer.
@@ -414,23 +423,29 @@ fn prefetch_part(bytes: &Range<*const u8>, t: usize, parts: usize) {
     }
 }
 
-/// Prefetches the destination rows of the tile after `(i, j)` in a block of rows `i0 .. i_end`:
-/// the next rows of this panel, or the block's first rows of the next panel (below `j_end`).
-fn prefetch_next(out: Out, (i, j): (usize, usize), (i0, i_end): (usize, usize), j_end: usize) {
+/// Prefetches the destination rows of the `width`-column tile after `(i, j)` in a block of rows
+/// `i0 .. i_end`: the next rows of these columns, or the block's first rows of the next ones (below
+/// `j_end`).
+fn prefetch_next(
+    out: Out,
+    (i, j): (usize, usize),
+    (i0, i_end): (usize, usize),
+    (j_end, width): (usize, usize),
+) {
     let (ni, nj) = if i + MR < i_end {
         (i + MR, j)
     } else {
-        (i0, j + NR)
+        (i0, j + width)
     };
     if nj >= j_end {
         return;
     }
     for row in ni..i_end.min(ni + MR) {
         let p = out.ptr.wrapping_add(row * out.rs + nj);
-        // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(p.cast());
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(15).cast());
+        // Every line the row's `width` values touch: one each 16 values, and the last.
+        for off in (0..width).step_by(16).chain([width - 1]) {
+            // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast()) };
         }
     }
 }
