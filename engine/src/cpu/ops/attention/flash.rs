@@ -14,7 +14,7 @@
 //! A row's result depends only on its own queries and the keys (blocks start at key 0 for every
 //! row): not on the band it falls in, the thread count or the other rows.
 
-use super::flash_x86::{block_softmax, pv_tile, score_tile, TILE_COLS, TILE_ROWS};
+use super::flash_x86::{pv_tile, score_softmax_tile, score_tile, TILE_COLS, TILE_ROWS};
 use super::{keys_before, AttnShape, Segment};
 use crate::cpu::ops::fast_exp::exp;
 use rayon::prelude::*;
@@ -24,6 +24,8 @@ use std::cell::RefCell;
 /// its V (16 KiB) stay close while the band's tiles use them. On the build machine (gen self-attention,
 /// 4112 tokens, D=120, 6 x 32 tiles then) 64 measured 2-4% faster than 128, 256 slower again.
 const KEY_BLOCK: usize = TILE_COLS;
+// A block's scores are one tile wide: the softmax runs on one tile's registers.
+const _: () = assert!(KEY_BLOCK == TILE_COLS);
 /// Most of the head dimension one score pass covers: a block's packed K for one pass is 32 KiB.
 const DEPTH_PASS: usize = 128;
 /// Most query rows per band: each key block read from memory serves this many rows (192 measured
@@ -201,51 +203,67 @@ fn head_band(
         let c0 = blk * KEY_BLOCK;
         let cols = KEY_BLOCK.min(kv.keys - c0);
         let live_tiles = || (0..tiles).filter(|&t| tile_vis[t] > c0);
-        for kt in 0..cols.div_ceil(TILE_COLS) {
-            let k_tile = &k_head[(c0 / TILE_COLS + kt) * d * TILE_COLS..][..d * TILE_COLS];
-            for e0 in (0..d).step_by(DEPTH_PASS) {
-                let depth = DEPTH_PASS.min(d - e0);
-                let k = &k_tile[e0 * TILE_COLS..][..depth * TILE_COLS];
-                for t in live_tiles() {
-                    let qt = &qp[t * TILE_ROWS * d + e0 * TILE_ROWS..][..depth * TILE_ROWS];
-                    let st = &mut sb[t * TILE_ROWS * KEY_BLOCK + kt * TILE_COLS..]
-                        [..(TILE_ROWS - 1) * KEY_BLOCK + TILE_COLS];
-                    // SAFETY: AVX-512F (the caller's check); the slices above hold every value the
-                    // tile reads and writes.
-                    unsafe {
-                        score_tile(
-                            qt.as_ptr(),
-                            k.as_ptr(),
-                            depth,
-                            st.as_mut_ptr(),
-                            KEY_BLOCK,
-                            e0 > 0,
-                        )
-                    };
-                }
+        let k_block = &k_head[(c0 / TILE_COLS) * d * TILE_COLS..][..d * TILE_COLS];
+        // Score passes over the head dimension: all but the last stored, each pass's 64 keys
+        // (32 KiB) serving every tile; the last one's scores go straight into the softmax.
+        let last = (d - 1) / DEPTH_PASS * DEPTH_PASS;
+        let pass = |t: usize, e0: usize| {
+            let depth = DEPTH_PASS.min(d - e0);
+            let q = &qp[t * TILE_ROWS * d + e0 * TILE_ROWS..][..depth * TILE_ROWS];
+            (q, &k_block[e0 * TILE_COLS..][..depth * TILE_COLS], depth)
+        };
+        for e0 in (0..last).step_by(DEPTH_PASS) {
+            for t in live_tiles() {
+                let (q, k, depth) = pass(t, e0);
+                let st =
+                    &mut sb[t * TILE_ROWS * KEY_BLOCK..][..(TILE_ROWS - 1) * KEY_BLOCK + TILE_COLS];
+                // SAFETY: AVX-512F (the caller's check); the slices above hold every value the
+                // tile reads and writes.
+                unsafe {
+                    score_tile(
+                        q.as_ptr(),
+                        k.as_ptr(),
+                        depth,
+                        st.as_mut_ptr(),
+                        KEY_BLOCK,
+                        e0 > 0,
+                    )
+                };
             }
         }
         for t in live_tiles() {
-            for r in t * TILE_ROWS..(t + 1) * TILE_ROWS {
-                let row = &mut sb[r * KEY_BLOCK..][..KEY_BLOCK];
-                let live = vis
-                    .get(r)
-                    .map_or(0, |&v| v.min(c0 + cols).saturating_sub(c0));
-                if live == 0 {
-                    row[..cols].fill(0.0);
-                    continue;
-                }
-                // SAFETY: AVX-512F (the caller's check); the row has KEY_BLOCK values from
-                // `r * KEY_BLOCK`, `cols` rounded up to 16 at most (KEY_BLOCK is a multiple of 16).
-                let (new_max, block_sum) =
-                    unsafe { block_softmax(row.as_mut_ptr(), live, cols, max[r]) };
-                if max[r] != f32::NEG_INFINITY && new_max != max[r] {
-                    let alpha = exp(max[r] - new_max);
+            let (q, k, depth) = pass(t, last);
+            let st =
+                &mut sb[t * TILE_ROWS * KEY_BLOCK..][..(TILE_ROWS - 1) * KEY_BLOCK + TILE_COLS];
+            let rows = t * TILE_ROWS..(t + 1) * TILE_ROWS;
+            let live: [usize; TILE_ROWS] = std::array::from_fn(|i| {
+                vis.get(rows.start + i)
+                    .map_or(0, |&v| v.min(c0 + cols).saturating_sub(c0))
+            });
+            let old: [f32; TILE_ROWS] = max[rows.clone()].try_into().unwrap();
+            let mut new = old;
+            // SAFETY: AVX-512F (the caller's check); the slices above hold every value the tile
+            // reads and writes; `live` is at most `cols <= 64`.
+            let sums = unsafe {
+                score_softmax_tile(
+                    q.as_ptr(),
+                    k.as_ptr(),
+                    depth,
+                    st.as_mut_ptr(),
+                    KEY_BLOCK,
+                    last > 0,
+                    &live,
+                    &mut new,
+                )
+            };
+            for (i, r) in rows.enumerate() {
+                if old[i] != f32::NEG_INFINITY && new[i] != old[i] {
+                    let alpha = exp(old[i] - new[i]);
                     sum[r] *= alpha as f64;
                     ob[r * dp..][..dp].iter_mut().for_each(|x| *x *= alpha);
                 }
-                max[r] = new_max;
-                sum[r] += block_sum as f64;
+                max[r] = new[i];
+                sum[r] += sums[i] as f64;
             }
         }
         for ch in 0..kv.chunks {

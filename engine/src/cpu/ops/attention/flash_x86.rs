@@ -1,11 +1,12 @@
 //! The flash path's AVX-512 micro-kernels: a 6 x 64 register tile (four 16-lane vectors per row,
-//! 24 accumulators), then one row's softmax step over a key block.
+//! 24 accumulators).
 //!
 //! - [`score_tile`]: six query rows (packed `[d][6]`) against 64 keys (packed `[d][64]`) over a
 //!   depth pass of the head dimension.
 //! - [`pv_tile`]: six rows of probabilities (row-major, `ldp` apart) times a block of V (packed
 //!   `[key][64]`: 64 of the head's columns) added into six rows of the output accumulator.
-//! - [`block_softmax`]: exponentials against the running max, masked keys zero.
+//! - [`score_softmax_tile`]: a block's last score pass, then each row's softmax step on the scores
+//!   in registers (exponentials against the running max, masked keys zero).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -20,22 +21,22 @@ const VECS: usize = 4;
 /// Columns of one tile: keys for scores, head-dimension columns for P V.
 pub(super) const TILE_COLS: usize = 16 * VECS;
 
-/// `s[i, 0..64] = (s[i, ..] if accumulate else 0) + sum_e q[e*6 + i] * k[e*64 + 0..64]`, `e < depth`,
-/// for the six rows `i`; `s` rows `lds` apart.
+/// The six rows' scores against 64 keys over one depth pass, in registers: `(s if accumulate else
+/// 0) + sum_e q[e*6 + i] * k[e*64 + ..]`.
 ///
 /// # Safety
-/// AVX-512F; `q` readable for `6*depth` values, `k` for `64*depth`, `s` readable and writable for six
-/// rows of 64 values `lds` apart.
+/// As [`score_tile`].
+#[inline]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn score_tile(
+unsafe fn scores(
     q: *const f32,
     k: *const f32,
     depth: usize,
-    s: *mut f32,
+    s: *const f32,
     lds: usize,
     accumulate: bool,
-) {
-    // SAFETY: the function's contract: AVX-512F, and every access inside the promised ranges.
+) -> [[__m512; VECS]; TILE_ROWS] {
+    // SAFETY: the caller's promise: AVX-512F, and every access inside the promised ranges.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); VECS]; TILE_ROWS];
         if accumulate {
@@ -57,12 +58,92 @@ pub(super) unsafe fn score_tile(
             q = q.add(TILE_ROWS);
             k = k.add(TILE_COLS);
         }
+        acc
+    }
+}
+
+/// `s[i, 0..64] = (s[i, ..] if accumulate else 0) + sum_e q[e*6 + i] * k[e*64 + 0..64]`, `e < depth`,
+/// for the six rows `i`; `s` rows `lds` apart. A depth pass before a block's last.
+///
+/// # Safety
+/// AVX-512F; `q` readable for `6*depth` values, `k` for `64*depth`, `s` readable and writable for six
+/// rows of 64 values `lds` apart.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn score_tile(
+    q: *const f32,
+    k: *const f32,
+    depth: usize,
+    s: *mut f32,
+    lds: usize,
+    accumulate: bool,
+) {
+    // SAFETY: the function's contract: AVX-512F, and every access inside the promised ranges.
+    unsafe {
+        let acc = scores(q, k, depth, s, lds, accumulate);
         for (i, row) in acc.iter().enumerate() {
             for (v, a) in row.iter().enumerate() {
                 _mm512_storeu_ps(s.add(i * lds + 16 * v), *a);
             }
         }
     }
+}
+
+/// A block's last depth pass as [`score_tile`], then each row's softmax step while the scores are
+/// still in registers: row `i` sees its first `live[i]` keys of the block; with `m` the larger of
+/// `max[i]` and its largest live score, `s[i, c] = exp(score - m)` for live keys and 0 for the rest,
+/// `max[i] = m`, and the row's sum of exponentials (f32, at most 64 values) comes back. A row with no
+/// live key gets zeros, sum 0 and its max unchanged.
+///
+/// The exponential is Cephes' `expf` scheme with FMAs (`x = n ln2 + r`, a degree-6 polynomial, then
+/// `scalef` by `2^n`), within 2 ulp of the rounded result; below -104 it is 0. A NaN score makes its
+/// probability, and so the row's sum, NaN.
+///
+/// # Safety
+/// As [`score_tile`]; `live[i] <= 64`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn score_softmax_tile(
+    q: *const f32,
+    k: *const f32,
+    depth: usize,
+    s: *mut f32,
+    lds: usize,
+    accumulate: bool,
+    live: &[usize; TILE_ROWS],
+    max: &mut [f32; TILE_ROWS],
+) -> [f32; TILE_ROWS] {
+    let mut sums = [0f32; TILE_ROWS];
+    // SAFETY: the function's contract: AVX-512F, and every access inside the promised ranges.
+    unsafe {
+        let acc = scores(q, k, depth, s, lds, accumulate);
+        for (i, row) in acc.iter().enumerate() {
+            let lanes = |v: usize| -> __mmask16 {
+                let n = live[i].saturating_sub(16 * v).min(16);
+                ((1u32 << n) - 1) as __mmask16
+            };
+            let mut mx = _mm512_set1_ps(max[i]);
+            for (v, x) in row.iter().enumerate() {
+                mx = _mm512_mask_max_ps(mx, lanes(v), mx, *x);
+            }
+            let m = if live[i] == 0 {
+                max[i]
+            } else {
+                _mm512_reduce_max_ps(mx)
+            };
+            let (shift, floor) = (_mm512_set1_ps(m), _mm512_set1_ps(-104.0));
+            let mut sum = _mm512_setzero_ps();
+            for (v, x) in row.iter().enumerate() {
+                // max(floor, x), not max(x, floor): the second operand comes back for a NaN.
+                let e = exp16(_mm512_max_ps(floor, _mm512_sub_ps(*x, shift)));
+                let e = _mm512_maskz_mov_ps(lanes(v), e);
+                sum = _mm512_add_ps(sum, e);
+                _mm512_storeu_ps(s.add(i * lds + 16 * v), e);
+            }
+            max[i] = m;
+            sums[i] = _mm512_reduce_add_ps(sum);
+        }
+    }
+    sums
 }
 
 /// `o[i, 0..64] += sum_c p[i*ldp + c] * v[c*64 + 0..64]`, `c < keys`, for the six rows `i`; `o` rows
@@ -104,54 +185,6 @@ pub(super) unsafe fn pv_tile(
                 _mm512_storeu_ps(o.add(i * ldo + 16 * w), *a);
             }
         }
-    }
-}
-
-/// One row's softmax step over a key block: with `m` the larger of `max` and the row's largest live
-/// score, `row[c] = exp(row[c] - m)` for the first `live` values and 0 for the rest up to `cols`
-/// (rounded up to 16); returns `m` and the sum of the exponentials (f32: at most [`super::flash`]'s
-/// 64-key block, sixteen lanes of four each).
-///
-/// The exponential is Cephes' `expf` scheme with FMAs (`x = n ln2 + r`, a degree-6 polynomial, then
-/// `scalef` by `2^n`), within 2 ulp of the rounded result; below -104 it is 0. A NaN score makes its
-/// probability, and so the row's sum, NaN.
-///
-/// # Safety
-/// AVX-512F; `row` readable and writable for `cols` rounded up to 16 values; `live <= cols`.
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn block_softmax(
-    row: *mut f32,
-    live: usize,
-    cols: usize,
-    max: f32,
-) -> (f32, f32) {
-    let chunks = cols.div_ceil(16);
-    let lanes = |c: usize| -> __mmask16 {
-        let n = live.saturating_sub(16 * c).min(16);
-        ((1u32 << n) - 1) as __mmask16
-    };
-    // SAFETY: the function's contract: AVX-512F; chunk `c` reads and writes `row[16c .. 16c + 16]`,
-    // inside the promised range.
-    unsafe {
-        let mut mx = _mm512_set1_ps(max);
-        for c in 0..chunks {
-            let x = _mm512_mask_loadu_ps(mx, lanes(c), row.add(16 * c));
-            mx = _mm512_max_ps(mx, x);
-        }
-        let m = _mm512_reduce_max_ps(mx);
-        let shift = _mm512_set1_ps(m);
-        let floor = _mm512_set1_ps(-104.0);
-        let mut sum = _mm512_setzero_ps();
-        for c in 0..chunks {
-            let k = lanes(c);
-            let x = _mm512_sub_ps(_mm512_loadu_ps(row.add(16 * c)), shift);
-            // max(floor, x), not max(x, floor): the second operand comes back for a NaN.
-            let e = exp16(_mm512_max_ps(floor, x));
-            let e = _mm512_maskz_mov_ps(k, e);
-            sum = _mm512_add_ps(sum, e);
-            _mm512_storeu_ps(row.add(16 * c), e);
-        }
-        (m, _mm512_reduce_add_ps(sum))
     }
 }
 
