@@ -16,6 +16,8 @@ pub(crate) mod packed_gemm;
 pub(crate) mod rope;
 pub(crate) mod simd;
 pub(crate) mod sums;
+#[cfg(test)]
+pub(crate) mod test_values;
 pub(crate) mod timestep;
 
 use rayon::prelude::*;

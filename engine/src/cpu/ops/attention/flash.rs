@@ -14,7 +14,7 @@
 //! A row's result depends only on its own queries and the keys (blocks start at key 0 for every
 //! row): not on the band it falls in, the thread count or the other rows.
 
-use super::flash_x86::{pv_tile, score_softmax_tile, score_tile, TILE_COLS, TILE_ROWS};
+use super::flash_x86::{pv_tile, score_softmax_tile, score_tile, ScorePass, TILE_COLS, TILE_ROWS};
 use super::{keys_before, AttnShape, Segment};
 use crate::cpu::ops::fast_exp::exp;
 use rayon::prelude::*;
@@ -207,34 +207,32 @@ fn head_band(
         // Score passes over the head dimension: all but the last stored, each pass's 64 keys
         // (32 KiB) serving every tile; the last one's scores go straight into the softmax.
         let last = (d - 1) / DEPTH_PASS * DEPTH_PASS;
-        let pass = |t: usize, e0: usize| {
+        // The pass of tile `t`'s scores at depth `e0`; the slices hold every value it reads and
+        // writes.
+        let pass = |sb: &mut [f32], t: usize, e0: usize| {
             let depth = DEPTH_PASS.min(d - e0);
             let q = &qp[t * TILE_ROWS * d + e0 * TILE_ROWS..][..depth * TILE_ROWS];
-            (q, &k_block[e0 * TILE_COLS..][..depth * TILE_COLS], depth)
+            let k = &k_block[e0 * TILE_COLS..][..depth * TILE_COLS];
+            let s = &mut sb[t * TILE_ROWS * KEY_BLOCK..][..(TILE_ROWS - 1) * KEY_BLOCK + TILE_COLS];
+            ScorePass {
+                q: q.as_ptr(),
+                k: k.as_ptr(),
+                depth,
+                s: s.as_mut_ptr(),
+                lds: KEY_BLOCK,
+                accumulate: e0 > 0,
+            }
         };
         for e0 in (0..last).step_by(DEPTH_PASS) {
             for t in live_tiles() {
-                let (q, k, depth) = pass(t, e0);
-                let st =
-                    &mut sb[t * TILE_ROWS * KEY_BLOCK..][..(TILE_ROWS - 1) * KEY_BLOCK + TILE_COLS];
-                // SAFETY: AVX-512F (the caller's check); the slices above hold every value the
-                // tile reads and writes.
-                unsafe {
-                    score_tile(
-                        q.as_ptr(),
-                        k.as_ptr(),
-                        depth,
-                        st.as_mut_ptr(),
-                        KEY_BLOCK,
-                        e0 > 0,
-                    )
-                };
+                let p = pass(sb, t, e0);
+                // SAFETY: AVX-512F (the caller's check); `pass` sliced every value the tile reads
+                // and writes.
+                unsafe { score_tile(&p) };
             }
         }
         for t in live_tiles() {
-            let (q, k, depth) = pass(t, last);
-            let st =
-                &mut sb[t * TILE_ROWS * KEY_BLOCK..][..(TILE_ROWS - 1) * KEY_BLOCK + TILE_COLS];
+            let p = pass(sb, t, last);
             let rows = t * TILE_ROWS..(t + 1) * TILE_ROWS;
             let live: [usize; TILE_ROWS] = std::array::from_fn(|i| {
                 vis.get(rows.start + i)
@@ -242,20 +240,9 @@ fn head_band(
             });
             let old: [f32; TILE_ROWS] = max[rows.clone()].try_into().unwrap();
             let mut new = old;
-            // SAFETY: AVX-512F (the caller's check); the slices above hold every value the tile
-            // reads and writes; `live` is at most `cols <= 64`.
-            let sums = unsafe {
-                score_softmax_tile(
-                    q.as_ptr(),
-                    k.as_ptr(),
-                    depth,
-                    st.as_mut_ptr(),
-                    KEY_BLOCK,
-                    last > 0,
-                    &live,
-                    &mut new,
-                )
-            };
+            // SAFETY: AVX-512F (the caller's check); `pass` sliced every value the tile reads and
+            // writes; `live` is at most `cols <= 64`.
+            let sums = unsafe { score_softmax_tile(&p, &live, &mut new) };
             for (i, r) in rows.enumerate() {
                 if old[i] != f32::NEG_INFINITY && new[i] != old[i] {
                     let alpha = exp(old[i] - new[i]);

@@ -21,21 +21,37 @@ const VECS: usize = 4;
 /// Columns of one tile: keys for scores, head-dimension columns for P V.
 pub(super) const TILE_COLS: usize = 16 * VECS;
 
-/// The six rows' scores against 64 keys over one depth pass, in registers: `(s if accumulate else
-/// 0) + sum_e q[e*6 + i] * k[e*64 + ..]`.
+/// One depth pass of a row tile's scores against a block of 64 keys: `s[i, 0..64] = (s[i, ..] if
+/// accumulate else 0) + sum_e q[e*6 + i] * k[e*64 + 0..64]` for `e < depth` and the six rows `i`.
+#[derive(Clone, Copy)]
+pub(super) struct ScorePass {
+    /// The tile's queries for the pass, packed `[depth][6]`.
+    pub q: *const f32,
+    /// The block's keys for the pass, packed `[depth][64]`.
+    pub k: *const f32,
+    pub depth: usize,
+    /// Six rows of 64 scores, `lds` apart.
+    pub s: *mut f32,
+    pub lds: usize,
+    /// Add to the scores already in `s` (a later depth pass).
+    pub accumulate: bool,
+}
+
+/// `p`'s scores, in registers.
 ///
 /// # Safety
 /// As [`score_tile`].
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn scores(
-    q: *const f32,
-    k: *const f32,
-    depth: usize,
-    s: *const f32,
-    lds: usize,
-    accumulate: bool,
-) -> [[__m512; VECS]; TILE_ROWS] {
+unsafe fn scores(p: &ScorePass) -> [[__m512; VECS]; TILE_ROWS] {
+    let ScorePass {
+        q,
+        k,
+        depth,
+        s,
+        lds,
+        accumulate,
+    } = *p;
     // SAFETY: the caller's promise: AVX-512F, and every access inside the promised ranges.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); VECS]; TILE_ROWS];
@@ -62,33 +78,25 @@ unsafe fn scores(
     }
 }
 
-/// `s[i, 0..64] = (s[i, ..] if accumulate else 0) + sum_e q[e*6 + i] * k[e*64 + 0..64]`, `e < depth`,
-/// for the six rows `i`; `s` rows `lds` apart. A depth pass before a block's last.
+/// Computes and stores `p`'s scores: a depth pass before a block's last.
 ///
 /// # Safety
-/// AVX-512F; `q` readable for `6*depth` values, `k` for `64*depth`, `s` readable and writable for six
-/// rows of 64 values `lds` apart.
+/// AVX-512F; `p.q` readable for `6*depth` values, `p.k` for `64*depth`, `p.s` readable and writable
+/// for six rows of 64 values `lds` apart.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn score_tile(
-    q: *const f32,
-    k: *const f32,
-    depth: usize,
-    s: *mut f32,
-    lds: usize,
-    accumulate: bool,
-) {
+pub(super) unsafe fn score_tile(p: &ScorePass) {
     // SAFETY: the function's contract: AVX-512F, and every access inside the promised ranges.
     unsafe {
-        let acc = scores(q, k, depth, s, lds, accumulate);
+        let acc = scores(p);
         for (i, row) in acc.iter().enumerate() {
             for (v, a) in row.iter().enumerate() {
-                _mm512_storeu_ps(s.add(i * lds + 16 * v), *a);
+                _mm512_storeu_ps(p.s.add(i * p.lds + 16 * v), *a);
             }
         }
     }
 }
 
-/// A block's last depth pass as [`score_tile`], then each row's softmax step while the scores are
+/// A block's last depth pass `p` as [`score_tile`], then each row's softmax step while the scores are
 /// still in registers: row `i` sees its first `live[i]` keys of the block; with `m` the larger of
 /// `max[i]` and its largest live score, `s[i, c] = exp(score - m)` for live keys and 0 for the rest,
 /// `max[i] = m`, and the row's sum of exponentials (f32, at most 64 values) comes back. A row with no
@@ -100,22 +108,17 @@ pub(super) unsafe fn score_tile(
 ///
 /// # Safety
 /// As [`score_tile`]; `live[i] <= 64`.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn score_softmax_tile(
-    q: *const f32,
-    k: *const f32,
-    depth: usize,
-    s: *mut f32,
-    lds: usize,
-    accumulate: bool,
+    p: &ScorePass,
     live: &[usize; TILE_ROWS],
     max: &mut [f32; TILE_ROWS],
 ) -> [f32; TILE_ROWS] {
     let mut sums = [0f32; TILE_ROWS];
+    let (s, lds) = (p.s, p.lds);
     // SAFETY: the function's contract: AVX-512F, and every access inside the promised ranges.
     unsafe {
-        let acc = scores(q, k, depth, s, lds, accumulate);
+        let acc = scores(p);
         for (i, row) in acc.iter().enumerate() {
             let lanes = |v: usize| -> __mmask16 {
                 let n = live[i].saturating_sub(16 * v).min(16);

@@ -5,16 +5,11 @@
 
 use super::*;
 
+/// Seeded values in [-amp, amp).
 fn values(n: usize, seed: u64, amp: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * amp
-        })
-        .collect()
+    let mut v = super::super::test_values::values(n, seed);
+    v.iter_mut().for_each(|x| *x *= amp);
+    v
 }
 
 /// A case: `segs` as (rows, len); K and V for every row (rows past `len` are never read).

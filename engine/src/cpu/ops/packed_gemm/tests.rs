@@ -4,20 +4,9 @@
 //! the bit-level promises (B packed ahead or per call, column panels, thread splits: the same bits;
 //! B packed as bf16 and as f32 on the same values: the same bits).
 
+use super::super::test_values::values;
 use super::*;
 use half::bf16;
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// Each `got[i, j]` (at `i*rs + j*cs`) within `(k + 2) * 2^-24 * (|bias| + sum_p |a b|)` of the f64
 /// value: at most one rounding per multiply-add (a bound for any order of f32 accumulation).
