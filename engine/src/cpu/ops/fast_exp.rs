@@ -12,8 +12,19 @@ use super::norm::ChannelAffine;
 use super::simd::{at_level, level, Level};
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
+/// ln 2 in two parts, so that `n * LN2_HI` is exact for the exponents here.
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+/// The polynomial for `(e^r - 1 - r) / r^2`, highest power first (Horner's order; [`exp`] spells it
+/// out, the flash attention kernels fold over it).
+pub(crate) const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
 /// Below this, e^x is under f32's smallest normal; the result is that normal's neighbourhood (at most
 /// 1.2e-38), which no sum or product here can tell from 0.
 const X_MIN: f32 = -87.336_55;

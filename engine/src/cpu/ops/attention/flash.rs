@@ -14,8 +14,10 @@
 //! A row's result depends only on its own queries and the keys (blocks start at key 0 for every
 //! row): not on the band it falls in, the thread count or the other rows.
 
-use super::flash_x86::{pv_tile, score_softmax_tile, score_tile, ScorePass, TILE_COLS, TILE_ROWS};
-use super::{keys_before, AttnShape, Segment};
+use super::flash_avx2::Avx2;
+use super::flash_avx512::Avx512;
+use super::flash_tile::{Kernels, ScorePass, TILE_COLS, TILE_ROWS};
+use super::{keys_before, AttnShape, FlashIsa, Segment};
 use crate::cpu::ops::fast_exp::exp;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -123,8 +125,25 @@ fn band_rows(nq: usize) -> usize {
         .clamp(TILE_ROWS, MAX_BAND)
 }
 
-/// As [`super::attention`]; the caller has checked that the CPU has AVX-512F.
-pub(super) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut [f32]) {
+/// As [`super::attention`], with the kernels of `isa`.
+///
+/// # Panics
+/// If the CPU lacks `isa`'s instructions (the kernels' `unsafe` rests on them).
+pub(super) fn attention(
+    isa: FlashIsa,
+    q: &[f32],
+    segments: &[Segment<'_>],
+    s: &AttnShape,
+    out: &mut [f32],
+) {
+    assert!(isa.supported(), "flash attention: this CPU has no {isa:?}");
+    match isa {
+        FlashIsa::Avx512 => attention_with::<Avx512>(q, segments, s, out),
+        FlashIsa::Avx2 => attention_with::<Avx2>(q, segments, s, out),
+    }
+}
+
+fn attention_with<K: Kernels>(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut [f32]) {
     let hd = s.heads * s.head_dim;
     let nk: usize = segments.iter().map(|g| g.rows).sum();
     let kv = PackedKv::new(segments, s);
@@ -148,7 +167,7 @@ pub(super) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out:
                 let mut held = cell.try_borrow_mut();
                 let scratch = held.as_deref_mut().unwrap_or(&mut own);
                 for h in 0..s.heads {
-                    head_band(q, &kv, s, h, r0, &vis, scratch, o);
+                    head_band::<K>(q, &kv, s, h, r0, &vis, scratch, o);
                 }
             });
         });
@@ -157,7 +176,7 @@ pub(super) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out:
 /// Head `h` of the rows `r0 .. r0 + vis.len()` (row `r0 + r` sees `vis[r]` score columns) into
 /// `out` (those rows, all heads).
 #[allow(clippy::too_many_arguments)]
-fn head_band(
+fn head_band<K: Kernels>(
     q: &[f32],
     kv: &PackedKv,
     s: &AttnShape,
@@ -226,9 +245,9 @@ fn head_band(
         for e0 in (0..last).step_by(DEPTH_PASS) {
             for t in live_tiles() {
                 let p = pass(sb, t, e0);
-                // SAFETY: AVX-512F (the caller's check); `pass` sliced every value the tile reads
-                // and writes.
-                unsafe { score_tile(&p) };
+                // SAFETY: the kernels' instructions (`attention` checked); `pass` sliced every
+                // value the tile reads and writes.
+                unsafe { K::score_tile(&p) };
             }
         }
         for t in live_tiles() {
@@ -240,9 +259,9 @@ fn head_band(
             });
             let old: [f32; TILE_ROWS] = max[rows.clone()].try_into().unwrap();
             let mut new = old;
-            // SAFETY: AVX-512F (the caller's check); `pass` sliced every value the tile reads and
-            // writes; `live` is at most `cols <= 64`.
-            let sums = unsafe { score_softmax_tile(&p, &live, &mut new) };
+            // SAFETY: the kernels' instructions (`attention` checked); `pass` sliced every value the
+            // tile reads and writes; `live` is at most `cols <= 64`.
+            let sums = unsafe { K::score_softmax_tile(&p, &live, &mut new) };
             for (i, r) in rows.enumerate() {
                 if old[i] != f32::NEG_INFINITY && new[i] != old[i] {
                     let alpha = exp(old[i] - new[i]);
@@ -259,9 +278,9 @@ fn head_band(
                 let p = &sb[t * TILE_ROWS * KEY_BLOCK..][..(TILE_ROWS - 1) * KEY_BLOCK + cols];
                 let o = &mut ob[t * TILE_ROWS * dp + ch * TILE_COLS..]
                     [..(TILE_ROWS - 1) * dp + TILE_COLS];
-                // SAFETY: AVX-512F (the caller's check); the slices above hold every value the
-                // tile reads and writes.
-                unsafe { pv_tile(p.as_ptr(), KEY_BLOCK, v.as_ptr(), cols, o.as_mut_ptr(), dp) };
+                // SAFETY: the kernels' instructions (`attention` checked); the slices above hold
+                // every value the tile reads and writes.
+                unsafe { K::pv_tile(p.as_ptr(), KEY_BLOCK, v.as_ptr(), cols, o.as_mut_ptr(), dp) };
             }
         }
     }

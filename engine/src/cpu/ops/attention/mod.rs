@@ -8,15 +8,20 @@ mod decode;
 #[cfg(target_arch = "x86_64")]
 mod flash;
 #[cfg(target_arch = "x86_64")]
-mod flash_x86;
+mod flash_avx2;
+#[cfg(target_arch = "x86_64")]
+mod flash_avx512;
+#[cfg(target_arch = "x86_64")]
+mod flash_tile;
 #[cfg(test)]
 mod tests;
 
-/// How [`attention`] computes: both give the same result within f32 rounding.
+/// How [`attention`] computes: every path gives the same result within f32 rounding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Path {
-    /// Key blocks with an online softmax over K and V packed once per call (`flash.rs`; AVX-512F).
-    Flash,
+    /// Key blocks with an online softmax over K and V packed once per call (`flash.rs`), with one
+    /// instruction set's kernels.
+    Flash(FlashIsa),
     /// One query: each kv head's query heads as the rows of two products (`decode.rs`; `nq == 1`).
     Decode,
     /// Each band's whole score row through the `gemm` crate.
@@ -27,15 +32,64 @@ pub(crate) enum Path {
 /// one query does not repay.
 const FLASH_MIN_QUERIES: usize = 8;
 
-/// `HBRIDGE_CPU_ATTENTION=gemm`: every call on the GEMM path (for comparisons).
-fn gemm_asked() -> bool {
-    static GEMM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *GEMM.get_or_init(|| std::env::var_os("HBRIDGE_CPU_ATTENTION").is_some_and(|v| v == "gemm"))
+/// The instruction set of the flash path's kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FlashIsa {
+    /// 6 x 64 tiles in registers (24 accumulators), the softmax on the scores' registers.
+    Avx512,
+    /// 6 x 16 sub-tiles (12 accumulators of the 16 registers), the softmax from memory.
+    Avx2,
 }
 
-/// Whether the flash path can run here: AVX-512F, unless the GEMM path is asked for.
-pub(crate) fn flash_available() -> bool {
-    !gemm_asked() && super::simd::level() == super::simd::Level::Avx512
+impl FlashIsa {
+    /// Whether this CPU has the set's instructions (AVX-512F; AVX2 and FMA).
+    pub(crate) fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                FlashIsa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                FlashIsa::Avx2 => {
+                    std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = self;
+            false
+        }
+    }
+}
+
+/// What `HBRIDGE_CPU_ATTENTION` asks for (comparisons): `gemm` every call on the GEMM path, `avx2`
+/// the flash path's AVX2 kernels on a CPU with AVX-512.
+fn asked() -> Option<&'static str> {
+    static ASKED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ASKED
+        .get_or_init(|| std::env::var("HBRIDGE_CPU_ATTENTION").ok())
+        .as_deref()
+}
+
+fn gemm_asked() -> bool {
+    asked() == Some("gemm")
+}
+
+/// The flash path's kernels on this CPU: AVX-512 where it has it, else AVX2 + FMA; none without
+/// them or when the GEMM path is asked for.
+pub(crate) fn flash_isa() -> Option<FlashIsa> {
+    static ISA: std::sync::OnceLock<Option<FlashIsa>> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        if gemm_asked() {
+            return None;
+        }
+        let prefer = if asked() == Some("avx2") {
+            [FlashIsa::Avx2, FlashIsa::Avx2]
+        } else {
+            [FlashIsa::Avx512, FlashIsa::Avx2]
+        };
+        prefer.into_iter().find(|isa| isa.supported())
+    })
 }
 
 /// One K/V segment: `rows` rows of `[kv_heads*head_dim]` each, of which the first `len` are keys (the
@@ -80,8 +134,9 @@ fn band_rows(nq: usize) -> usize {
 /// The flash path where the CPU has it and there are enough queries, the decode path for one query,
 /// else the GEMM path.
 pub(crate) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut [f32]) {
-    let path = if s.nq >= FLASH_MIN_QUERIES && flash_available() {
-        Path::Flash
+    let flash = flash_isa().filter(|_| s.nq >= FLASH_MIN_QUERIES);
+    let path = if let Some(isa) = flash {
+        Path::Flash(isa)
     } else if s.nq == 1 && !gemm_asked() {
         Path::Decode
     } else {
@@ -90,7 +145,7 @@ pub(crate) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out:
     attention_on(path, q, segments, s, out)
 }
 
-/// [`attention`] on `path` (`Flash` only where [`flash_available`] is true, `Decode` only for one
+/// [`attention`] on `path` (`Flash` only with an instruction set the CPU has, `Decode` only for one
 /// query).
 pub(crate) fn attention_on(
     path: Path,
@@ -104,14 +159,7 @@ pub(crate) fn attention_on(
     }
     match path {
         #[cfg(target_arch = "x86_64")]
-        Path::Flash => {
-            // The flash kernels' one requirement (their `unsafe` rests on it).
-            assert!(
-                super::simd::level() == super::simd::Level::Avx512,
-                "flash attention asked for on a CPU without AVX-512F"
-            );
-            flash::attention(q, segments, s, out)
-        }
+        Path::Flash(isa) => flash::attention(isa, q, segments, s, out),
         Path::Decode => {
             assert_eq!(s.nq, 1, "decode attention takes one query");
             decode::attention(q, segments, s, out)

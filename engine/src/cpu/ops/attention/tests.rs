@@ -135,20 +135,20 @@ impl Case {
     }
 }
 
-fn flash_here() -> bool {
-    super::super::simd::level() == super::super::simd::Level::Avx512
-}
-
 /// The paths that can run `nq` queries here.
 fn paths(nq: usize) -> Vec<Path> {
     let mut paths = vec![Path::Gemm];
     if nq == 1 {
         paths.push(Path::Decode);
     }
-    if flash_here() {
-        paths.push(Path::Flash);
-    } else {
-        eprintln!("attention tests: no AVX-512F on this CPU, the flash path is not checked");
+    for isa in [FlashIsa::Avx512, FlashIsa::Avx2] {
+        if isa.supported() {
+            paths.push(Path::Flash(isa));
+        } else {
+            eprintln!(
+                "attention tests: this CPU has no {isa:?}, its flash kernels are not checked"
+            );
+        }
     }
     paths
 }
@@ -218,13 +218,8 @@ fn large_scores_are_stable() {
 
 #[test]
 fn flash_rows_do_not_depend_on_the_other_rows() {
-    if !flash_here() {
-        eprintln!("attention tests: no AVX-512F on this CPU, the flash path is not checked");
-        return;
-    }
     let full = case(190, &[(190, 190)], (2, 1), 40, false);
     let x = full.data(11);
-    let all = full.run(Path::Flash, &x);
     // The last 100 queries alone: different bands and tiles, the same bits.
     let part = case(100, &[(190, 190)], (2, 1), 40, false);
     let hd = 2 * 40;
@@ -233,11 +228,20 @@ fn flash_rows_do_not_depend_on_the_other_rows() {
         k: x.k.clone(),
         v: x.v.clone(),
     };
-    let some = part.run(Path::Flash, &xs);
-    assert!(
-        some.iter()
-            .zip(&all[90 * hd..])
-            .all(|(a, b)| a.to_bits() == b.to_bits()),
-        "flash attention: a row's result changed with the rows around it"
-    );
+    for isa in [FlashIsa::Avx512, FlashIsa::Avx2] {
+        if !isa.supported() {
+            eprintln!(
+                "attention tests: this CPU has no {isa:?}, its flash kernels are not checked"
+            );
+            continue;
+        }
+        let all = full.run(Path::Flash(isa), &x);
+        let some = part.run(Path::Flash(isa), &xs);
+        assert!(
+            some.iter()
+                .zip(&all[90 * hd..])
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "flash attention ({isa:?}): a row's result changed with the rows around it"
+        );
+    }
 }

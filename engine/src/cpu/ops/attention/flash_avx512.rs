@@ -10,32 +10,20 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+use super::flash_tile::{kernel_set, Kernels, ScorePass, TILE_COLS, TILE_ROWS};
+use crate::cpu::ops::fast_exp::{EXP_POLY, LN2_HI, LN2_LO};
 use std::arch::x86_64::*;
 
-/// Rows of one tile.
-pub(super) const TILE_ROWS: usize = 6;
 /// 16-lane vectors per tile row: 6 x 4 accumulators, four B vectors and a broadcast fill 29 of the 32
 /// registers. Per step 4 loads, 6 broadcasts and 24 FMAs (a 6 x 32 tile's 2 + 6 for 12 measured
 /// slower: its step was as many instructions as the front end issues in the FMAs' time).
 const VECS: usize = 4;
-/// Columns of one tile: keys for scores, head-dimension columns for P V.
-pub(super) const TILE_COLS: usize = 16 * VECS;
+const _: () = assert!(16 * VECS == TILE_COLS);
 
-/// One depth pass of a row tile's scores against a block of 64 keys: `s[i, 0..64] = (s[i, ..] if
-/// accumulate else 0) + sum_e q[e*6 + i] * k[e*64 + 0..64]` for `e < depth` and the six rows `i`.
-#[derive(Clone, Copy)]
-pub(super) struct ScorePass {
-    /// The tile's queries for the pass, packed `[depth][6]`.
-    pub q: *const f32,
-    /// The block's keys for the pass, packed `[depth][64]`.
-    pub k: *const f32,
-    pub depth: usize,
-    /// Six rows of 64 scores, `lds` apart.
-    pub s: *mut f32,
-    pub lds: usize,
-    /// Add to the scores already in `s` (a later depth pass).
-    pub accumulate: bool,
-}
+kernel_set!(
+    /// The AVX-512F kernel set.
+    Avx512
+);
 
 /// `p`'s scores, in registers.
 ///
@@ -84,7 +72,7 @@ unsafe fn scores(p: &ScorePass) -> [[__m512; VECS]; TILE_ROWS] {
 /// AVX-512F; `p.q` readable for `6*depth` values, `p.k` for `64*depth`, `p.s` readable and writable
 /// for six rows of 64 values `lds` apart.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn score_tile(p: &ScorePass) {
+unsafe fn score_tile(p: &ScorePass) {
     // SAFETY: the function's contract: AVX-512F, and every access inside the promised ranges.
     unsafe {
         let acc = scores(p);
@@ -109,7 +97,7 @@ pub(super) unsafe fn score_tile(p: &ScorePass) {
 /// # Safety
 /// As [`score_tile`]; `live[i] <= 64`.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn score_softmax_tile(
+unsafe fn score_softmax_tile(
     p: &ScorePass,
     live: &[usize; TILE_ROWS],
     max: &mut [f32; TILE_ROWS],
@@ -156,14 +144,7 @@ pub(super) unsafe fn score_softmax_tile(
 /// AVX-512F; `p` readable for six rows of `keys` values `ldp` apart, `v` for `64*keys` values, `o`
 /// readable and writable for six rows of 64 values `ldo` apart.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn pv_tile(
-    p: *const f32,
-    ldp: usize,
-    v: *const f32,
-    keys: usize,
-    o: *mut f32,
-    ldo: usize,
-) {
+unsafe fn pv_tile(p: *const f32, ldp: usize, v: *const f32, keys: usize, o: *mut f32, ldo: usize) {
     // SAFETY: the function's contract: AVX-512F, and every access inside the promised ranges.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); VECS]; TILE_ROWS];
@@ -199,18 +180,11 @@ fn exp16(x: __m512) -> __m512 {
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
         _mm512_mul_ps(x, c(std::f32::consts::LOG2_E)),
     );
-    let r = _mm512_fnmadd_ps(n, c(0.693_359_4), x);
-    let r = _mm512_fnmadd_ps(n, c(-2.121_944_4e-4), r);
-    let mut p = c(1.987_569_1e-4);
-    for k in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        0.5,
-    ] {
-        p = _mm512_fmadd_ps(p, r, c(k));
-    }
+    let r = _mm512_fnmadd_ps(n, c(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, c(LN2_LO), r);
+    let p = EXP_POLY[1..]
+        .iter()
+        .fold(c(EXP_POLY[0]), |p, &k| _mm512_fmadd_ps(p, r, c(k)));
     let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), c(1.0));
     _mm512_scalef_ps(y, n)
 }
