@@ -1,4 +1,5 @@
-//! Flash attention on the CPU (AVX-512): K and V packed once per node and kv head, then for each
+//! Flash attention on the CPU (x86-64 with AVX-512F, or AVX2 + FMA: the kernel sets of
+//! `flash_avx512.rs` and `flash_avx2.rs`): K and V packed once per call and kv head, then for each
 //! band of query rows and head, key blocks of [`KEY_BLOCK`] in order with an online softmax. The
 //! GEMM path ([`super::attention`]'s other branch) instead computes a band's whole score row
 //! through the `gemm` crate, which repacks the head's K^T and V for every band and head: at the

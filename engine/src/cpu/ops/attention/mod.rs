@@ -83,12 +83,12 @@ pub(crate) fn flash_isa() -> Option<FlashIsa> {
         if gemm_asked() {
             return None;
         }
-        let prefer = if asked() == Some("avx2") {
-            [FlashIsa::Avx2, FlashIsa::Avx2]
+        let prefer: &[FlashIsa] = if asked() == Some("avx2") {
+            &[FlashIsa::Avx2]
         } else {
-            [FlashIsa::Avx512, FlashIsa::Avx2]
+            &[FlashIsa::Avx512, FlashIsa::Avx2]
         };
-        prefer.into_iter().find(|isa| isa.supported())
+        prefer.iter().copied().find(|isa| isa.supported())
     })
 }
 
