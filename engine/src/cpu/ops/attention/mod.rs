@@ -4,7 +4,7 @@
 use super::matmul::{matmul, Mat, MatMut};
 use rayon::prelude::*;
 
-mod decode;
+mod few_queries;
 #[cfg(target_arch = "x86_64")]
 mod flash;
 #[cfg(target_arch = "x86_64")]
@@ -22,14 +22,15 @@ pub(crate) enum Path {
     /// Key blocks with an online softmax over K and V packed once per call (`flash.rs`), with one
     /// instruction set's kernels.
     Flash(FlashIsa),
-    /// One query: each kv head's query heads as the rows of two products (`decode.rs`; `nq == 1`).
-    Decode,
+    /// A few queries: each kv head's queries and query heads as the rows of two products
+    /// (`few_queries.rs`; a decode step, a short prompt over a long cache).
+    FewQueries,
     /// Each band's whole score row through the `gemm` crate.
     Gemm,
 }
 
 /// Fewest queries for the flash path: packing K and V costs a pass over them, which a decode step's
-/// one query does not repay.
+/// one query does not repay. Fewer take the few-query path.
 const FLASH_MIN_QUERIES: usize = 8;
 
 /// The instruction set of the flash path's kernels.
@@ -131,22 +132,21 @@ fn band_rows(nq: usize) -> usize {
 
 /// q `[nq, heads*head_dim]` -> out `[nq, heads*head_dim]`. Causal: query i sees key positions
 /// `0..=i + nk - nq` (`nk` the total rows); keys are compacted into score columns, segment by segment.
-/// The flash path where the CPU has it and there are enough queries, the decode path for one query,
+/// The flash path where the CPU has it and there are enough queries, the few-query path for fewer,
 /// else the GEMM path.
 pub(crate) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut [f32]) {
     let flash = flash_isa().filter(|_| s.nq >= FLASH_MIN_QUERIES);
     let path = if let Some(isa) = flash {
         Path::Flash(isa)
-    } else if s.nq == 1 && !gemm_asked() {
-        Path::Decode
+    } else if s.nq < FLASH_MIN_QUERIES && !gemm_asked() {
+        Path::FewQueries
     } else {
         Path::Gemm
     };
     attention_on(path, q, segments, s, out)
 }
 
-/// [`attention`] on `path` (`Flash` only with an instruction set the CPU has, `Decode` only for one
-/// query).
+/// [`attention`] on `path` (`Flash` only with an instruction set the CPU has).
 pub(crate) fn attention_on(
     path: Path,
     q: &[f32],
@@ -160,10 +160,7 @@ pub(crate) fn attention_on(
     match path {
         #[cfg(target_arch = "x86_64")]
         Path::Flash(isa) => flash::attention(isa, q, segments, s, out),
-        Path::Decode => {
-            assert_eq!(s.nq, 1, "decode attention takes one query");
-            decode::attention(q, segments, s, out)
-        }
+        Path::FewQueries => few_queries::attention(q, segments, s, out),
         _ => gemm_attention(q, segments, s, out),
     }
 }

@@ -138,8 +138,8 @@ impl Case {
 /// The paths that can run `nq` queries here.
 fn paths(nq: usize) -> Vec<Path> {
     let mut paths = vec![Path::Gemm];
-    if nq == 1 {
-        paths.push(Path::Decode);
+    if nq < FLASH_MIN_QUERIES {
+        paths.push(Path::FewQueries);
     }
     for isa in [FlashIsa::Avx512, FlashIsa::Avx2] {
         if isa.supported() {
@@ -204,6 +204,15 @@ fn one_query_over_a_cache_and_the_new_key() {
     case(1, &[(300, 211), (1, 1)], (7, 1), 128, true).check(12, 2e-6);
     case(1, &[(40, 33), (1, 1)], (4, 4), 24, true).check(13, 2e-6);
     case(1, &[(8, 0), (0, 0)], (2, 1), 16, true).check(14, 0.0);
+}
+
+#[test]
+fn a_short_prompt_over_a_cache() {
+    // A few queries after a cache with unused rows: causal limits differ per query, GQA 7.
+    case(5, &[(300, 211), (5, 5)], (7, 1), 128, true).check(15, 2e-6);
+    // The first three queries see no key (an empty cache segment, their limits before the new keys).
+    case(5, &[(6, 0), (2, 2)], (4, 2), 16, true).check(16, 2e-6);
+    case(7, &[(20, 20)], (2, 2), 24, false).check(17, 2e-6);
 }
 
 #[test]
