@@ -3,6 +3,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+use super::super::bf16::widen_serial;
 use super::super::matmul::Mat;
 use super::packed_b::Values;
 use super::x86_avx512::{tile2, wide1_512, Lanes16};
@@ -384,9 +385,7 @@ fn widened<'b>(b: Values<'b>, mc: usize, buf: &'b mut [f32]) -> Values<'b> {
     match b {
         Values::Bf16(v) if mc > MR => {
             let buf = &mut buf[..v.len()];
-            for (d, s) in buf.iter_mut().zip(v) {
-                *d = s.widen();
-            }
+            widen_serial(v, buf);
             Values::F32(buf)
         }
         b => b,
