@@ -41,6 +41,11 @@ pub(crate) fn conv2d(
     if plane == 0 || s.cout == 0 {
         return;
     }
+    if s.stride == 1 && s.k > 1 {
+        // Writes every output once, bias included: no separate pass over the output for the bias.
+        conv2d_shifted(x, weight, bias, s, out, SHIFT_BUDGET);
+        return;
+    }
     match bias {
         Some(b) => out
             .par_chunks_mut(plane)
@@ -59,10 +64,6 @@ pub(crate) fn conv2d(
             true,
             None,
         );
-        return;
-    }
-    if s.stride == 1 && s.k > 1 {
-        conv2d_shifted(x, weight, s, out, SHIFT_BUDGET);
         return;
     }
     conv2d_im2col(x, weight, s, out);
@@ -93,7 +94,7 @@ fn conv2d_im2col(x: &[f32], weight: &[f32], s: &Conv2dShape, out: &mut [f32]) {
     }
 }
 
-/// Stride-1 convolution, accumulated onto `out` (which already holds the bias or zeros).
+/// Stride-1 convolution: `out = bias + conv` (every output written once; `out`'s values unread).
 ///
 /// For a band of output rows `oy0..oy0+rows`, the input rows it reads are zero-padded into
 /// `xpad[cin, rows + k - 1, wp]` with `wp = wout + k - 1`, so padded `(py, px)` is input
@@ -102,7 +103,14 @@ fn conv2d_im2col(x: &[f32], weight: &[f32], s: &Conv2dShape, out: &mut [f32]) {
 /// `acc[cout, n] += W[:, :, ky, kx] @ xpad[:, off..off + n]` with `off = ky*wp + kx`. With
 /// `n = (rows-1)*wp + wout` the last valid output's reads end exactly at the end of a channel plane; the
 /// columns `ox >= wout` of `acc` are garbage (they wrap into the next row) and are never copied out.
-fn conv2d_shifted(x: &[f32], weight: &[f32], s: &Conv2dShape, out: &mut [f32], budget: usize) {
+fn conv2d_shifted(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    s: &Conv2dShape,
+    out: &mut [f32],
+    budget: usize,
+) {
     let (k, cin, cout) = (s.k, s.cin, s.cout);
     let wp = s.wout + k - 1;
     // Scratch per band: cin*(rows+k-1)*wp padded input plus cout*rows*wp accumulator.
@@ -159,7 +167,7 @@ fn conv2d_shifted(x: &[f32], weight: &[f32], s: &Conv2dShape, out: &mut [f32], b
             None,
             None,
         ) {
-            add_band(out, acc, (oy0, rows), (n, wp), s);
+            add_band(out, acc, bias, (oy0, rows), (n, wp), s);
             continue;
         }
         for ky in 0..k {
@@ -183,15 +191,16 @@ fn conv2d_shifted(x: &[f32], weight: &[f32], s: &Conv2dShape, out: &mut [f32], b
                 product(MatMut::rm(acc, cout, n), lhs, rhs, tap != 0, None);
             }
         }
-        add_band(out, acc, (oy0, rows), (n, wp), s);
+        add_band(out, acc, bias, (oy0, rows), (n, wp), s);
     }
 }
 
-/// Adds the band's valid accumulator columns (`acc[cout, n]` on the padded width `wp`) onto output
-/// rows `oy0 .. oy0 + rows`.
+/// Writes the band's valid accumulator columns (`acc[cout, n]` on the padded width `wp`) plus the
+/// channel's bias into output rows `oy0 .. oy0 + rows`.
 fn add_band(
     out: &mut [f32],
     acc: &[f32],
+    bias: Option<&[f32]>,
     (oy0, rows): (usize, usize),
     (n, wp): (usize, usize),
     s: &Conv2dShape,
@@ -199,11 +208,14 @@ fn add_band(
     let plane = s.hout * s.wout;
     out.par_chunks_mut(plane)
         .zip(acc.par_chunks(n))
-        .for_each(|(o, a)| {
+        .enumerate()
+        .for_each(|(c, (o, a))| {
+            // `bias + acc`, the order the bias-filled output plus the product gave.
+            let b = bias.map_or(0.0, |b| b[c]);
             for i in 0..rows {
                 let orow = &mut o[(oy0 + i) * s.wout..][..s.wout];
                 for (v, &a) in orow.iter_mut().zip(&a[i * wp..i * wp + s.wout]) {
-                    *v += a;
+                    *v = b + a;
                 }
             }
         });
@@ -306,7 +318,7 @@ mod tests {
             // A budget of 1 forces one output row per band; the large one takes the image at once.
             for budget in [1, 3 * (cin + cout) * (s.wout + k - 1), SHIFT_BUDGET] {
                 let mut got = vec![0f32; s.cout * s.hout * s.wout];
-                conv2d_shifted(&x, &wt, &s, &mut got, budget);
+                conv2d_shifted(&x, &wt, None, &s, &mut got, budget);
                 for (j, (&g, &e)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (g as f64 - e).abs() <= 1e-5 * (1.0 + e.abs()),
@@ -355,7 +367,7 @@ mod tests {
                 conv2d_im2col(&x, &wt, &s, &mut out);
                 a = a.min(t.elapsed().as_secs_f64() * 1e3);
                 let t = std::time::Instant::now();
-                conv2d_shifted(&x, &wt, &s, &mut out, SHIFT_BUDGET);
+                conv2d_shifted(&x, &wt, None, &s, &mut out, SHIFT_BUDGET);
                 b = b.min(t.elapsed().as_secs_f64() * 1e3);
             }
             ta += a;
