@@ -6,7 +6,7 @@
 
 use super::super::matmul::{Mat, MatMut};
 use super::super::packed_gemm::product;
-use super::{keys_before, softmax_prefix, AttnShape, Segment};
+use super::{softmax_prefix, visible_keys, AttnShape, Segment};
 use rayon::prelude::*;
 
 /// As [`super::attention`]; meant for fewer queries than the flash path takes.
@@ -14,22 +14,13 @@ pub(super) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out:
     let (d, hd, kd) = (s.head_dim, s.heads * s.head_dim, s.kv_heads * s.head_dim);
     let group = s.heads / s.kv_heads;
     let keys: usize = segments.iter().map(|g| g.len).sum();
-    let nk: usize = segments.iter().map(|g| g.rows).sum();
     if keys == 0 {
         out.fill(0.0);
         return;
     }
     // Row `i*group + g` of a kv head's products: query `i`, head `j*group + g`.
     let rows = s.nq * group;
-    let visible: Vec<usize> = (0..s.nq)
-        .map(|i| {
-            if s.causal {
-                keys_before(segments, (i + nk + 1).saturating_sub(s.nq))
-            } else {
-                keys
-            }
-        })
-        .collect();
+    let visible: Vec<usize> = (0..s.nq).map(|i| visible_keys(segments, s, i)).collect();
     let per_kv_head: Vec<Vec<f32>> = (0..s.kv_heads)
         .into_par_iter()
         .map(|j| {

@@ -18,7 +18,7 @@
 use super::flash_avx2::Avx2;
 use super::flash_avx512::Avx512;
 use super::flash_tile::{Kernels, ScorePass, TILE_COLS, TILE_ROWS};
-use super::{keys_before, AttnShape, FlashIsa, Segment};
+use super::{visible_keys, AttnShape, FlashIsa, Segment};
 use crate::cpu::ops::fast_exp::exp;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -146,22 +146,15 @@ pub(super) fn attention(
 
 fn attention_with<K: Kernels>(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut [f32]) {
     let hd = s.heads * s.head_dim;
-    let nk: usize = segments.iter().map(|g| g.rows).sum();
     let kv = PackedKv::new(segments, s);
     let band = band_rows(s.nq);
-    // Score columns row `i` sees: all keys, or those at positions up to its causal limit.
-    let visible = |i: usize| {
-        if s.causal {
-            keys_before(segments, (i + nk + 1).saturating_sub(s.nq))
-        } else {
-            kv.keys
-        }
-    };
     out.par_chunks_mut(band * hd)
         .enumerate()
         .for_each(|(b, o)| {
             let r0 = b * band;
-            let vis: Vec<usize> = (r0..r0 + o.len() / hd).map(visible).collect();
+            let vis: Vec<usize> = (r0..r0 + o.len() / hd)
+                .map(|i| visible_keys(segments, s, i))
+                .collect();
             SCRATCH.with(|cell| {
                 // A nested call on this thread (a task stolen while this one waits) uses its own.
                 let mut own = Scratch::default();

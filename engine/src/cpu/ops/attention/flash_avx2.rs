@@ -83,6 +83,12 @@ unsafe fn score_tile(p: &ScorePass) {
 unsafe fn softmax_row(s: *mut f32, live: usize, max: &mut f32) -> f32 {
     // SAFETY: the function's contract: `s` holds the 64 values read and written.
     unsafe {
+        if live == 0 {
+            for v in 0..8 {
+                _mm256_storeu_ps(s.add(8 * v), _mm256_setzero_ps());
+            }
+            return 0.0;
+        }
         let x: [__m256; 8] = std::array::from_fn(|v| _mm256_loadu_ps(s.add(8 * v)));
         let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         // Lane masks: all ones where the key is live.
@@ -90,12 +96,6 @@ unsafe fn softmax_row(s: *mut f32, live: usize, max: &mut f32) -> f32 {
             let left = _mm256_set1_epi32(live as i32 - 8 * v as i32);
             _mm256_castsi256_ps(_mm256_cmpgt_epi32(left, lanes))
         });
-        if live == 0 {
-            for v in 0..8 {
-                _mm256_storeu_ps(s.add(8 * v), _mm256_setzero_ps());
-            }
-            return 0.0;
-        }
         let mut mx = _mm256_set1_ps(*max);
         for v in 0..8 {
             // Masked keys count as the running max (neutral); a NaN score may or may not win.

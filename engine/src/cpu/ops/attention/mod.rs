@@ -114,6 +114,17 @@ fn keys_before(segments: &[Segment<'_>], limit: usize) -> usize {
     n
 }
 
+/// Score columns query `i` sees: every key, or (causal) those at key positions up to `i + nk - nq`
+/// (`nk` the segments' total rows).
+fn visible_keys(segments: &[Segment<'_>], s: &AttnShape, i: usize) -> usize {
+    if s.causal {
+        let nk: usize = segments.iter().map(|g| g.rows).sum();
+        keys_before(segments, (i + nk + 1).saturating_sub(s.nq))
+    } else {
+        segments.iter().map(|g| g.len).sum()
+    }
+}
+
 pub(crate) struct AttnShape {
     pub nq: usize,
     pub heads: usize,
@@ -167,8 +178,6 @@ pub(crate) fn attention_on(
 
 fn gemm_attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut [f32]) {
     let (hd, kd) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
-    let nk: usize = segments.iter().map(|g| g.rows).sum();
-    let ncols: usize = segments.iter().map(|g| g.len).sum();
     let band = band_rows(s.nq);
     out.par_chunks_mut(band * hd)
         .enumerate()
@@ -176,11 +185,7 @@ fn gemm_attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut 
             let r0 = b * band;
             let rows = o.len() / hd;
             // Keys past the band's last visible one are never needed.
-            let kmax = if s.causal {
-                keys_before(segments, r0 + rows + nk - s.nq)
-            } else {
-                ncols
-            };
+            let kmax = visible_keys(segments, s, r0 + rows - 1);
             if kmax == 0 {
                 o.fill(0.0);
                 return;
@@ -218,11 +223,7 @@ fn gemm_attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut 
                     so += seg.len;
                 }
                 for (r, row) in sc.chunks_mut(kmax).enumerate() {
-                    let visible = if s.causal {
-                        keys_before(segments, r0 + r + nk - s.nq + 1).min(kmax)
-                    } else {
-                        kmax
-                    };
+                    let visible = visible_keys(segments, s, r0 + r).min(kmax);
                     softmax_prefix(row, visible);
                 }
                 let mut so = 0;
