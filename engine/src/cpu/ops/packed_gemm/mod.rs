@@ -389,7 +389,7 @@ impl Job<'_> {
         if par && m / MC >= 2 * threads {
             // Enough rows for two tasks of at least MC rows per thread: each task reads its own
             // rows of packed A once. Split by columns, every task would read all of A (at 4112
-            // rows x 3072 depths, 50 MB per task; `4112x768x3072` took 83-88 ms against 93-98).
+            // rows x 3072 depths, 50 MB per task; `4112x768x3072` took 69-71 ms against 93-98, best of 9).
             let units = m.div_ceil(MR);
             let tasks = (4 * threads).min(m / MC);
             let edge = |t: usize| (t * units / tasks * MR).min(m);
