@@ -1,7 +1,8 @@
 //! `hbridge bench` end to end on the tiny fixture (CPU on CI; CUDA where a GPU is present).
 
+mod target_runner;
+
 use std::path::Path;
-use std::process::Command;
 
 /// `hbridge [device] bench <tiny fixture> <args> --json <tmp>` in a folder of its own (`tag`): the
 /// printed table and the JSON report. Fails the test, with the run's stderr, if the run fails.
@@ -10,7 +11,7 @@ fn run_bench(tag: &str, device: &[&str], args: &[&str]) -> (String, serde_json::
     let dir = std::env::temp_dir().join(format!("hbridge-bench-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_hbridge"))
+    let out = target_runner::hbridge()
         .args(device)
         .arg("bench")
         .arg(&model)
@@ -192,7 +193,7 @@ fn bench_profile_prints_the_table_by_op_kind() {
 
 #[test]
 fn bench_names_a_bad_model_argument() {
-    let out = Command::new(env!("CARGO_BIN_EXE_hbridge"))
+    let out = target_runner::hbridge()
         .args(["bench", "/nonexistent/model"])
         .output()
         .unwrap();
@@ -234,7 +235,7 @@ fn bench_only_runs_the_named_workloads() {
         "{report}"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_hbridge"))
+    let out = target_runner::hbridge()
         .args(["bench", "tiny", "--only", "gen-step,warp-drive"])
         .output()
         .unwrap();

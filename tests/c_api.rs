@@ -2,6 +2,8 @@
 //! compiles with the machine's C compiler, links against the cdylib and gives the Rust API's answer and
 //! image bit for bit; every entry point refuses bad arguments with a status and a message.
 
+mod target_runner;
+
 use hbridge::capi::error::HbridgeStatus;
 use hbridge::capi::options::*;
 use hbridge::capi::*;
@@ -101,7 +103,10 @@ fn c_example_compiles_runs_and_matches_the_rust_api() {
     std::fs::create_dir_all(&work).unwrap();
     let exe = work.join("hbridge_demo");
     let libs = lib_dir();
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    // TARGET_CC as the `cc` crate reads it: a cross build names the target's compiler there.
+    let cc = std::env::var("TARGET_CC")
+        .or_else(|_| std::env::var("CC"))
+        .unwrap_or_else(|_| "cc".into());
     let build = Command::new(&cc)
         .arg(Path::new(ROOT).join("examples/c/hbridge_demo.c"))
         .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-I"])
@@ -121,7 +126,7 @@ fn c_example_compiles_runs_and_matches_the_rust_api() {
     );
     let rgb_path = work.join("image.rgb");
     // cargo's LD_LIBRARY_PATH lists `<profile>` before `deps` and would win over the rpath.
-    let run = Command::new(&exe)
+    let run = target_runner::command(&exe)
         .arg(dir)
         .arg(&rgb_path)
         .env("LD_LIBRARY_PATH", &libs)

@@ -1,13 +1,14 @@
 //! The chat pipeline on the tiny fixture: the reference's greedy tokens, the template and tokenizer,
 //! seeded sampling, stop tokens, cancellation, streaming text, every bad request, and `hbridge chat`.
 
+mod target_runner;
+
 use hbridge::chat::{
     chat_template, sample, ChatError, ChatPipeline, ChatRequest, Rng, StopReason, TextStream,
 };
 use hbridge::tensor_io::read_tensors;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 fn fixture() -> PathBuf {
@@ -64,7 +65,7 @@ impl Drop for TempDir {
 
 /// A fresh tiny checkpoint written by the binary.
 fn init_tiny(dir: &Path) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hbridge"))
+    let out = target_runner::hbridge()
         .arg("init-tiny")
         .arg(dir)
         .output()
@@ -396,7 +397,7 @@ fn cli_chat() {
     let model = dir.0.join("m");
     init_tiny(&model);
     let chat = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_hbridge"))
+        target_runner::hbridge()
             .arg("chat")
             .arg(&model)
             .args(args)

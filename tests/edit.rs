@@ -3,6 +3,7 @@
 //! the whole sampling run through the public pipeline, the CLI, and bad requests.
 
 mod common;
+mod target_runner;
 
 use hbridge::edit::{self, resize, EditBranches, EditGuidance, EditRequest};
 use hbridge::image::{load_rgb, ImageLimits, RgbImage};
@@ -617,7 +618,7 @@ fn cli_edit_writes_a_png() {
     let out = common::TempDir::new("edit-cli");
     let png = out.join("edited.png");
     let model = fixture().join("../tiny/model");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_hbridge"))
+    let status = target_runner::hbridge()
         .args(["--device", "cpu", "edit"])
         .arg(&model)
         .args(["-i"])
@@ -644,7 +645,7 @@ fn cli_edit_writes_a_png() {
     let img = load_rgb(&png, &ImageLimits::default()).unwrap();
     assert_eq!((img.width, img.height), (48, 32));
     // A missing image is a clear error naming the file.
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_hbridge"))
+    let bad = target_runner::hbridge()
         .args(["--device", "cpu", "edit"])
         .arg(&model)
         .args(["-i", "/nonexistent/ref.png", "-p", "x", "-o"])

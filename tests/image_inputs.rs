@@ -3,9 +3,10 @@
 //! that name the file; `hbridge chat -i` answers about an image and refuses a bad one before loading
 //! the model.
 
+mod target_runner;
+
 use hbridge::image::{load_rgb, ImageError, ImageLimits};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn vision(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -125,7 +126,7 @@ fn zero_sized_and_oversized_images_are_refused() {
 #[test]
 fn cli_chat_answers_about_an_image_and_names_a_bad_one() {
     let model = vision("../tiny/model");
-    let out = Command::new(env!("CARGO_BIN_EXE_hbridge"))
+    let out = target_runner::hbridge()
         .args(["--device", "cpu", "chat"])
         .arg(&model)
         .arg("-i")
@@ -144,7 +145,7 @@ fn cli_chat_answers_about_an_image_and_names_a_bad_one() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "hbridge chat -i failed: {stderr}");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_hbridge"))
+    let out = target_runner::hbridge()
         .args(["--device", "cpu", "chat"])
         .arg(&model)
         .args(["-i", "/nonexistent/cat.jpg", "-p", "What is this?"])

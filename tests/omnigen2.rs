@@ -4,6 +4,7 @@
 //! `hbridge generate` on a written omnigen2 checkpoint.
 
 mod common;
+mod target_runner;
 
 use common::*;
 use hbridge::forward::forward;
@@ -13,7 +14,6 @@ use hbridge::t2i::{generate, ImageRequest};
 use hbridge::tensor_io::read_tensors;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::process::Command;
 
 const TOLERANCE: f64 = 1e-5;
 
@@ -125,7 +125,7 @@ fn fixture_sampling_run_through_the_pipeline() {
 fn cli_generate_on_an_omnigen2_checkpoint() {
     let ckpt = write_preset(&omnigen2_preset(), 5, WeightDType::BF16);
     let png = ckpt.path().join("out.png");
-    let out = Command::new(env!("CARGO_BIN_EXE_hbridge"))
+    let out = target_runner::hbridge()
         .arg("generate")
         .arg(ckpt.path())
         .args(["--prompt", "a blue sphere", "--steps", "3", "--width", "48"])

@@ -1,13 +1,14 @@
 //! Text-to-image pipeline: determinism, explicit noise, the fixture's sampling run through the public
 //! pipeline (template, tokenizer, schedule, guidance, VAE), and bad requests.
 
+mod target_runner;
+
 use hbridge::model::Model;
 use hbridge::t2i::{generate, ImageRequest};
 use hbridge::tensor_io::read_tensors;
 use hbridge_engine::cpu::HostTensor;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -151,10 +152,7 @@ fn bad_requests_are_errors() {
 }
 
 fn hbridge(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_hbridge"))
-        .args(args)
-        .output()
-        .unwrap()
+    target_runner::hbridge().args(args).output().unwrap()
 }
 
 #[test]

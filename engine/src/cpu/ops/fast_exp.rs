@@ -15,8 +15,7 @@ const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 in two parts, so that `n * LN2_HI` is exact for the exponents here.
 pub(crate) const LN2_HI: f32 = 0.693_359_4;
 pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
-/// The polynomial for `(e^r - 1 - r) / r^2`, highest power first (Horner's order; [`exp`] spells it
-/// out, the flash attention kernels fold over it).
+/// The polynomial for `(e^r - 1 - r) / r^2`, highest power first (Horner's order).
 pub(crate) const EXP_POLY: [f32; 6] = [
     1.987_569_1e-4,
     1.398_199_9e-3,
@@ -39,14 +38,8 @@ pub(crate) fn exp(x: f32) -> f32 {
     let n = (x * LOG2E + 0.5).floor();
     let r = x - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
-    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5)
-        * r2
-        + r
-        + 1.0;
+    let c = EXP_POLY;
+    let p = (((((c[0] * r + c[1]) * r + c[2]) * r + c[3]) * r + c[4]) * r + c[5]) * r2 + r + 1.0;
     // n is in [-126, 128]; 2^128 is built as 2 * 2^127 so the exponent field never overflows.
     let half = (n * 0.5).floor();
     p * pow2(half) * pow2(n - half)

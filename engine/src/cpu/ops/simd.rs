@@ -5,6 +5,7 @@
 /// The widest vector instructions the CPU has, detected once: the same loops are compiled for each
 /// (plain multiplies and adds, no fused ones, so every instantiation gives the same bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only x86_64 reports the wider levels
 pub(crate) enum Level {
     Portable,
     Avx2,

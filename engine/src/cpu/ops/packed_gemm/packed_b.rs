@@ -3,9 +3,9 @@
 //! a panel row (exact), so the two give the same bits on the same (bf16) values.
 
 use super::super::bf16::widen1;
-use super::{available, passes, Line, NR};
 #[cfg(target_arch = "x86_64")]
-use super::{x86, Mat};
+use super::{available, x86, Mat};
+use super::{passes, Line, NR};
 use half::bf16;
 use rayon::prelude::*;
 
