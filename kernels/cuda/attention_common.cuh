@@ -9,7 +9,7 @@
 
 #define ATT_NEG_INF __int_as_float(0xff800000u)
 
-// Kernel parameters, passed by value (mirrored by `#[repr(C)]` structs in engine/src/cuda/ops/attention.rs;
+// Kernel parameters, passed by value (mirrored by `#[repr(C)]` structs in engine/src/cuda/ops/attention/params.rs;
 // the sizes are asserted on both sides).
 struct AttnSeg {
     const bf16* k;          // element 0 of batch row 0, key 0, kv head 0

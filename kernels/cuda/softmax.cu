@@ -1,6 +1,6 @@
 // softmax.cu: the row softmax of the wide-head attention path (head_dim > 128, e.g. the VAE's
 // mid-block attention at head_dim 512), which the flash kernel cannot hold in registers. The launcher
-// (engine/src/cuda/ops/attention_wide.rs) computes a block of query rows as three steps:
+// (engine/src/cuda/ops/attention/wide.rs) computes a block of query rows as three steps:
 // S = Q K^T (cuBLASLt, f32 out), P = softmax(S) here, O = P V (cuBLASLt, bf16).
 //
 // softmax_rows: grid (rows), block `blockDim.x` threads (32..256, a multiple of 32), one block per row.

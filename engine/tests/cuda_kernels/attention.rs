@@ -7,11 +7,11 @@
 
 use super::common::{self, Rng, BF16_TOL};
 use hbridge_engine::cuda::buffer::{poison_bf16, upload};
+use hbridge_engine::cuda::ops::attention::wide as attention_wide;
 use hbridge_engine::cuda::ops::attention::{
     attention, attention_with, decode_workspace_len, workspace_len, AttentionArgs, FlashKernel,
     KvSegmentArgs,
 };
-use hbridge_engine::cuda::ops::attention_wide;
 use hbridge_engine::cuda::{dev_ptr, Gpu};
 use hbridge_kernels::Arch;
 

@@ -9,7 +9,7 @@
 use super::attention::{run, Case, Seg, Want};
 use super::common::{self, Rng};
 use hbridge_engine::cuda::buffer::{download, poison_bf16};
-use hbridge_engine::cuda::ops::attention_sm90::probe;
+use hbridge_engine::cuda::ops::attention::sm90::probe;
 use hbridge_engine::cuda::{dev_ptr, Gpu};
 use hbridge_kernels::Arch;
 

@@ -4,8 +4,6 @@
 //! otherwise; `*_stride` arguments count elements between consecutive rows.
 
 pub mod attention;
-pub mod attention_sm90;
-pub mod attention_wide;
 pub mod bridge;
 pub mod elementwise;
 pub mod gemm;

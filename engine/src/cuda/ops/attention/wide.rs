@@ -11,12 +11,12 @@
 //! Same semantics as the flash path: one or two segments, GQA, causal or not, key padding, any batch.
 //! Refused: a launch with no keys at all (nothing to take a softmax over).
 
-use super::super::context::{DevPtr, Gpu};
-use super::super::error::{CudaError, CudaResult};
-use super::attention::{validate, AttentionArgs, MAX_HEAD_DIM};
-use super::elementwise::launch;
-use super::gemm::{gemm, gemm_f32_out, GemmArgs, GemmShape};
-use super::unsupported;
+use super::super::super::context::{DevPtr, Gpu};
+use super::super::super::error::{CudaError, CudaResult};
+use super::super::elementwise::launch;
+use super::super::gemm::{gemm, gemm_f32_out, GemmArgs, GemmShape};
+use super::super::unsupported;
+use super::{validate, AttentionArgs, MAX_HEAD_DIM};
 use cudarc::driver::LaunchConfig;
 
 /// Upper bound of the scores (f32) plus probabilities (bf16) of one query block.
@@ -294,7 +294,7 @@ fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::super::attention::{self, KvSegmentArgs};
+    use super::super::{self as attention, KvSegmentArgs};
     use super::*;
 
     fn seg(len: usize, kv_heads: usize, d: usize) -> KvSegmentArgs {

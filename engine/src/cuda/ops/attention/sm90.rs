@@ -10,10 +10,10 @@
 //! spills, no serialized wgmma) but not yet run against the f64 reference on a GPU. Once the GPU tests
 //! pass and the kernel benchmarks show one faster, `Auto` turns it on by default.
 
-use super::super::context::{DevPtr, Gpu};
-use super::super::error::{CudaError, CudaResult};
-use super::attention::{allow_dynamic_smem, launch_in, AttentionArgs, Params, MAX_HEAD_DIM};
-use super::unsupported;
+use super::super::super::context::{DevPtr, Gpu};
+use super::super::super::error::{CudaError, CudaResult};
+use super::super::unsupported;
+use super::{allow_dynamic_smem, launch_in, AttentionArgs, Params, MAX_HEAD_DIM};
 use cudarc::driver::LaunchConfig;
 use hbridge_kernels::Arch;
 use std::sync::OnceLock;
@@ -223,7 +223,7 @@ pub fn probe(
         shared_mem_bytes: bytes as u32,
     };
     let (q, k, v, s_out, o_out) = (q.0, k.0, v.0, s_out.0, o_out.0);
-    let mut args = [&q, &k, &v, &s_out, &o_out].map(super::elementwise::param);
+    let mut args = [&q, &k, &v, &s_out, &o_out].map(super::super::elementwise::param);
     // SAFETY: five pointers as the kernel declares them, checked non-null and aligned; the caller
     // guarantees the sizes above.
     unsafe { crate::cuda::launch::launch_kernel(gpu, &f, cfg, &mut args) }
