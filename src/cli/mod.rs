@@ -43,12 +43,13 @@ pub fn open_model(dir: &Path, backend: Backend) -> Result<Model, String> {
         Model::open_with(dir, backend.device, backend.storage).map_err(|e| e.to_string())?;
     match backend.device {
         Device::Cpu => eprintln!(
-            "backend    cpu ({} weights, f32 compute, {} threads)",
+            "backend    cpu ({} weights, {}, {} threads)",
             match backend.storage {
                 WeightStorage::Bf16 => "bf16",
                 WeightStorage::Exact => "bf16 where the checkpoint has bf16",
                 WeightStorage::F32 => "f32",
             },
+            hbridge_engine::MatmulMode::current().describe(),
             std::thread::available_parallelism().map_or(1, |n| n.get())
         ),
         Device::Cuda => {

@@ -6,6 +6,7 @@ mod arena;
 mod dispatch;
 mod error;
 mod exec;
+mod matmul_mode;
 pub(crate) mod ops;
 mod tensor;
 pub(crate) mod validate;
@@ -14,6 +15,7 @@ mod weights;
 
 pub use error::EngineError;
 pub use exec::{execute, Executor};
+pub use matmul_mode::MatmulMode;
 pub use ops::fast_exp::exp_shifted_sum;
 pub use tensor::{state_rows, HostData, HostTensor};
 pub use weight_data::{WeightData, WeightStorage};

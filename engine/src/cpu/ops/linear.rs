@@ -41,7 +41,8 @@ pub(crate) fn linear(
 }
 
 /// x `[n, k]`, w packed from `[out, k]` (f32 or bf16), bias `[out]` -> y `[n, out]`; the same bits
-/// as `linear` on the unpacked (widened) weight.
+/// as `linear` on the unpacked (widened) weight, except under `HBRIDGE_CPU_MATMUL=bf16` on AMX
+/// ([`MatmulMode`](crate::cpu::MatmulMode)), where 32 or more rows are computed in bf16.
 pub(crate) fn linear_packed(
     x: &[f32],
     n: usize,
@@ -57,6 +58,11 @@ pub(crate) fn linear_packed(
         "linear_packed: weight depth {} for {k} inputs",
         w.k()
     );
+    #[cfg(target_arch = "x86_64")]
+    if n >= packed_gemm::amx::MIN_ROWS && packed_gemm::amx::enabled() {
+        packed_gemm::amx::linear(x, n, w, bias, y);
+        return;
+    }
     let dst = MatMut::rm(y, n, out_features);
     if !packed_gemm::gemm(dst, Mat::rm(x, n, k), BSource::Packed(w), bias, None) {
         // Weights are only packed where the packed GEMM runs; this is for completeness.

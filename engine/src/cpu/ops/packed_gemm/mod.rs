@@ -17,6 +17,8 @@ use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::OnceLock;
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod amx;
 mod packed_b;
 #[cfg(target_arch = "x86_64")]
 mod x86;

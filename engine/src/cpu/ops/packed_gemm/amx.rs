@@ -1,0 +1,328 @@
+//! nn.Linear on Intel AMX tiles in bf16 (opt-in: `HBRIDGE_CPU_MATMUL=bf16`), for CPUs with AMX-BF16
+//! (Sapphire Rapids and later) under Linux.
+//!
+//! Numerics: the activations and the weight are rounded to bf16 (nearest, ties to even; a bf16 weight
+//! is exact), each product is exact, and the sums are f32 in the tile unit's own order; the bias is
+//! added to the finished f32 sum. This is the CUDA backend's contract (bf16 inputs, f32
+//! accumulation), not the f32 CPU backend's: results differ from it by bf16 rounding, and the model
+//! checks hold them to the bf16 tolerance of DESIGN.md section 8.
+//!
+//! Layout: every tile is 16 rows of 64 bytes. A (the activations, rounded once per call) is packed as
+//! 16-row x 32-depth tiles; B (the weight, repacked once per call from its 16-column panels) as
+//! 32-depth x 16-column tiles in the pair-interleaved layout TDPBF16PS reads (row `r` holds depths
+//! `2r, 2r+1` of each column side by side). Rows, columns and depth are zero-padded to whole tiles.
+//! One task owns a block of rows and a range of columns; for each 32 x 32 output block it keeps four
+//! C tiles (tmm0-3), loads two A tiles (tmm4-5) and two B tiles (tmm6-7) per 32 depths, and issues
+//! four TDPBF16PS. A block's rows (at most [`TASK_ROWS`]) stay in L2 while the task walks its columns.
+//!
+//! Versions: v1 (this), packs B per call. At the rows it is used for (a prompt, a gen step's 4K+
+//! tokens) the repack reads each weight once, against `rows / 32` reads of it by the tiles.
+
+use super::packed_b::{PackedRef, Values};
+use super::passes;
+use rayon::prelude::*;
+use std::arch::asm;
+use std::sync::OnceLock;
+
+/// Fewest rows (tokens) a linear needs to go to the tiles: below this (a decode step) the f32 kernels,
+/// which read the weight in place, are faster than rounding and repacking it.
+pub(crate) const MIN_ROWS: usize = crate::cpu::MatmulMode::MIN_ROWS;
+/// Rows per task: 256 rows x 3072 depths of bf16 A is 1.5 MiB, within the 2 MiB L2.
+const TASK_ROWS: usize = 256;
+/// Output columns per task when there are too few row blocks to keep every thread busy.
+const TASK_COLS: usize = 256;
+/// bf16 values per tile (16 rows of 64 bytes).
+const TILE: usize = 512;
+
+/// Whether `HBRIDGE_CPU_MATMUL=bf16` is set and this CPU and OS run AMX-BF16 (checked once; the
+/// process asks Linux for the tile state the first time).
+pub(crate) fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| requested() && supported())
+}
+
+/// Whether `HBRIDGE_CPU_MATMUL=bf16` asks for the tiles.
+pub(crate) fn requested() -> bool {
+    std::env::var_os("HBRIDGE_CPU_MATMUL").is_some_and(|v| v == "bf16")
+}
+
+/// AMX-BF16 in CPUID, and Linux granting this process the tile data state.
+pub(crate) fn supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+        let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+        let cpu = leaf.edx & (1 << 22) != 0 && leaf.edx & (1 << 24) != 0;
+        cpu && request_tile_state()
+    })
+}
+
+/// arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): Linux refuses it where the kernel or the
+/// hypervisor does not enable AMX, and without it the first tile instruction faults.
+#[cfg(target_os = "linux")]
+fn request_tile_state() -> bool {
+    const SYS_ARCH_PRCTL: isize = 158;
+    const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
+    const XFEATURE_XTILEDATA: usize = 18;
+    let ret: isize;
+    // SAFETY: the syscall only changes this process's permission to use the tile state; rcx and r11
+    // are clobbered by `syscall`.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_state() -> bool {
+    false
+}
+
+/// f32 to bf16 bits, to nearest with ties to even; a NaN stays a (quiet) NaN.
+#[inline(always)]
+fn round_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if bits & 0x7fff_ffff > 0x7f80_0000 {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// A tile configuration (palette 1): eight tiles of 16 rows x 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+const CONFIG: TileConfig = TileConfig {
+    palette: 1,
+    start_row: 0,
+    reserved: [0; 14],
+    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+};
+
+/// A: `m` rows of `k` f32 (row stride `k`) as 16 x 32 bf16 tiles, tile `(rb, kb)` at
+/// `(rb * kbs + kb) * TILE`; `mp` rows (a multiple of 32) and `kbs` depth blocks, zero-padded.
+fn pack_a(x: &[f32], m: usize, k: usize, mp: usize, kbs: usize) -> Vec<u16> {
+    let mut a = vec![0u16; mp * kbs * 32];
+    a.par_chunks_mut(kbs * TILE)
+        .enumerate()
+        .for_each(|(rb, block)| {
+            for r in 0..16.min(m.saturating_sub(rb * 16)) {
+                let row = &x[(rb * 16 + r) * k..][..k];
+                for (kb, chunk) in row.chunks(32).enumerate() {
+                    let dst = &mut block[kb * TILE + r * 32..][..chunk.len()];
+                    for (d, &v) in dst.iter_mut().zip(chunk) {
+                        *d = round_bf16(v);
+                    }
+                }
+            }
+        });
+    a
+}
+
+/// B (`w`: `k` x `n`, in 16-column panels) as 32 x 16 pair-interleaved bf16 tiles, tile `(cb, kb)`
+/// at `(cb * kbs + kb) * TILE`, element `(depth d, column c)` at `(d / 2) * 32 + c * 2 + d % 2`;
+/// `np` columns (a multiple of 32), zero-padded.
+fn pack_b(w: PackedRef<'_>, np: usize, kbs: usize) -> Vec<u16> {
+    let (k, n) = (w.k(), w.n());
+    let (_, step) = passes(k);
+    let mut b = vec![0u16; np * kbs * 32];
+    b.par_chunks_mut(kbs * TILE)
+        .enumerate()
+        .for_each(|(cb, block)| {
+            let j = cb * 16;
+            if j >= n {
+                return;
+            }
+            for k0 in (0..k).step_by(step) {
+                let kc = step.min(k - k0);
+                match w.panel(j, k0, kc) {
+                    (Values::F32(v), width) => pack_panel(v, width, k0, block, round_bf16),
+                    (Values::Bf16(v), width) => pack_panel(v, width, k0, block, |x| x.to_bits()),
+                }
+            }
+        });
+    b
+}
+
+/// One depth pass of one 16-column panel (`values[kk * width + c]` = depth `k0 + kk`, column `c`)
+/// into its column block's tiles.
+fn pack_panel<T: Copy>(
+    values: &[T],
+    width: usize,
+    k0: usize,
+    block: &mut [u16],
+    bits: impl Fn(T) -> u16,
+) {
+    for (kk, row) in values.chunks_exact(width).enumerate() {
+        let d = k0 + kk;
+        let tile = &mut block[(d / 32) * TILE..][..TILE];
+        let dst = &mut tile[((d % 32) / 2) * 32 + d % 2..];
+        for (c, &v) in row.iter().enumerate() {
+            dst[c * 2] = bits(v);
+        }
+    }
+}
+
+/// `y` (`m` x `n`, row stride `n`) `= bias + x @ w` on the tiles. The caller checked [`enabled`] and
+/// the shapes (`x`: `m` x `k`, `w`: `k` x `n`, `bias`: `n`). Panics without AMX ([`supported`]).
+pub(crate) fn linear(x: &[f32], m: usize, w: PackedRef<'_>, bias: Option<&[f32]>, y: &mut [f32]) {
+    let (k, n) = (w.k(), w.n());
+    assert!(supported(), "amx::linear on a CPU without AMX-BF16");
+    assert!(x.len() >= m * k && y.len() >= m * n && bias.is_none_or(|b| b.len() == n));
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kbs = k.div_ceil(32);
+    let (mp, np) = (m.next_multiple_of(32), n.next_multiple_of(32));
+    let a = pack_a(x, m, k, mp, kbs);
+    let b = pack_b(w, np, kbs);
+    let row_tasks = mp.div_ceil(TASK_ROWS);
+    let threads = rayon::current_num_threads();
+    let col_tasks = if row_tasks >= 2 * threads {
+        1
+    } else {
+        np.div_ceil(TASK_COLS)
+            .min((4 * threads).div_ceil(row_tasks))
+    };
+    let cols_per_task = (np / 32).div_ceil(col_tasks) * 32;
+    let out = OutPtr(y.as_mut_ptr());
+    (0..row_tasks * col_tasks).into_par_iter().for_each(|t| {
+        let rows = (t / col_tasks) * TASK_ROWS..(((t / col_tasks) + 1) * TASK_ROWS).min(mp);
+        let cols = (t % col_tasks) * cols_per_task..((t % col_tasks + 1) * cols_per_task).min(np);
+        let task = Task {
+            a: &a,
+            b: &b,
+            kbs,
+            m,
+            n,
+            bias,
+            out: &out,
+        };
+        // SAFETY: `supported` found AMX-BF16 with the tile state granted; the task's output block
+        // (rows x cols, clipped to m x n) is written by no other task.
+        unsafe { task.run(rows, cols) };
+    });
+}
+
+/// The output pointer, shared by tasks that write disjoint blocks.
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint output blocks (see `linear`).
+unsafe impl Sync for OutPtr {}
+
+struct Task<'a> {
+    a: &'a [u16],
+    b: &'a [u16],
+    kbs: usize,
+    m: usize,
+    n: usize,
+    bias: Option<&'a [f32]>,
+    out: &'a OutPtr,
+}
+
+impl Task<'_> {
+    /// Output rows `rows` x columns `cols` (multiples of 32, within the padded sizes).
+    ///
+    /// # Safety
+    /// AMX-BF16 must be usable by this thread ([`supported`]), and no other thread may touch these
+    /// output elements during the call.
+    unsafe fn run(&self, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
+        let mut c = [0f32; 32 * 32];
+        let stride = 64usize;
+        // SAFETY: the configuration is valid for palette 1; every load and store below moves 16 rows
+        // of 64 bytes from a whole tile of `a`, `b` or `c` (the packs are padded to whole tiles).
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+            for j in cols.step_by(32) {
+                let b0 = self.b[(j / 16) * self.kbs * TILE..].as_ptr();
+                let b1 = self.b[(j / 16 + 1) * self.kbs * TILE..].as_ptr();
+                for i in rows.clone().step_by(32) {
+                    let a0 = self.a[(i / 16) * self.kbs * TILE..].as_ptr();
+                    let a1 = self.a[(i / 16 + 1) * self.kbs * TILE..].as_ptr();
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack, nomem)
+                    );
+                    for kb in 0..self.kbs {
+                        let o = kb * TILE;
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {s}]",
+                            "tileloadd tmm5, [{a1} + {s}]",
+                            "tileloadd tmm6, [{b0} + {s}]",
+                            "tileloadd tmm7, [{b1} + {s}]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            a0 = in(reg) a0.add(o),
+                            a1 = in(reg) a1.add(o),
+                            b0 = in(reg) b0.add(o),
+                            b1 = in(reg) b1.add(o),
+                            s = in(reg) stride,
+                            options(nostack, readonly)
+                        );
+                    }
+                    let cp = c.as_mut_ptr();
+                    asm!(
+                        "tilestored [{c0} + {s}], tmm0",
+                        "tilestored [{c1} + {s}], tmm1",
+                        "tilestored [{c2} + {s}], tmm2",
+                        "tilestored [{c3} + {s}], tmm3",
+                        c0 = in(reg) cp,
+                        c1 = in(reg) cp.add(16),
+                        c2 = in(reg) cp.add(16 * 32),
+                        c3 = in(reg) cp.add(16 * 32 + 16),
+                        s = in(reg) 128usize,
+                        options(nostack)
+                    );
+                    self.write(&c, i, j);
+                }
+            }
+            asm!("tilerelease", options(nostack, nomem));
+        }
+    }
+
+    /// Adds the bias to the 32 x 32 block `c` (row stride 32) at output `(i, j)` and stores the part
+    /// inside `m` x `n`.
+    ///
+    /// # Safety
+    /// As for [`Task::run`].
+    unsafe fn write(&self, c: &[f32; 1024], i: usize, j: usize) {
+        let width = 32.min(self.n - j.min(self.n));
+        for r in 0..32.min(self.m.saturating_sub(i)) {
+            let src = &c[r * 32..][..width];
+            // SAFETY: row `i + r < m`, columns `j .. j + width <= n`: inside `y`, owned by this task.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(self.out.0.add((i + r) * self.n + j), width)
+            };
+            match self.bias {
+                Some(bias) => {
+                    for ((d, &s), &b) in dst.iter_mut().zip(src).zip(&bias[j..]) {
+                        *d = s + b;
+                    }
+                }
+                None => dst.copy_from_slice(src),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,96 @@
+//! The AMX linear against an f64 product of the same bf16-rounded inputs, at shapes with partial tiles
+//! in every dimension, f32 and bf16 weights, with and without a bias; and the rounding against `half`.
+
+use super::super::packed_b::PackedB;
+use super::*;
+use crate::cpu::ops::test_values::values;
+use half::bf16;
+
+fn widen(bits: u16) -> f64 {
+    f32::from_bits((bits as u32) << 16) as f64
+}
+
+#[test]
+fn rounding_matches_half() {
+    let mut xs = values(4096, 3);
+    xs.iter_mut()
+        .enumerate()
+        .for_each(|(i, x)| *x *= 10f32.powi(i as i32 % 60 - 30));
+    // Ties (the low 16 bits exactly half way, either parity), infinities, the largest finite value,
+    // subnormals and zeros.
+    xs.extend([
+        f32::from_bits(0x3f80_8000),
+        f32::from_bits(0x3f81_8000),
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        f32::from_bits(1),
+        -0.0,
+        0.0,
+    ]);
+    for &x in &xs {
+        assert_eq!(round_bf16(x), bf16::from_f32(x).to_bits(), "{x:e}");
+    }
+    assert!(widen(round_bf16(f32::NAN)).is_nan());
+    assert!(widen(round_bf16(f32::from_bits(0x7f80_0001))).is_nan());
+}
+
+/// Checks `linear` on `m x k` times a `k x n` weight packed from `w_rows` (`[n, k]`).
+fn check(m: usize, k: usize, n: usize, bf16_weight: bool, with_bias: bool) {
+    let x = values(m * k, (m * 31 + k) as u64);
+    let w = values(n * k, (n * 17 + k) as u64);
+    let bias = with_bias.then(|| values(n, 5));
+    let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+    let (pf, pb);
+    let packed = if bf16_weight {
+        pb = PackedB::from_rows(&wb, n, k);
+        pb.packed_ref()
+    } else {
+        pf = PackedB::from_rows(&w, n, k);
+        pf.packed_ref()
+    };
+    let mut y = vec![f32::NAN; m * n];
+    linear(&x, m, packed, bias.as_deref(), &mut y);
+    let xr: Vec<f64> = x.iter().map(|&v| widen(round_bf16(v))).collect();
+    let wr: Vec<f64> = wb.iter().map(|v| v.to_f64()).collect();
+    for i in 0..m {
+        for j in 0..n {
+            let (mut sum, mut mag) = (0f64, 0f64);
+            for d in 0..k {
+                let p = xr[i * k + d] * wr[j * k + d];
+                sum += p;
+                mag += p.abs();
+            }
+            let b = bias.as_ref().map_or(0.0, |b| b[j] as f64);
+            let want = sum + b;
+            let got = y[i * n + j] as f64;
+            // f32 sums of exact products: k roundings of at most 2^-24 of the running magnitude.
+            let tol = (mag + b.abs()) * k as f64 * 6e-8 + 1e-30;
+            assert!(
+                (got - want).abs() <= tol,
+                "{m}x{k}x{n} (bf16 weight {bf16_weight}, bias {with_bias}): y[{i},{j}] = {got}, want {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn matches_the_f64_product_of_the_rounded_inputs() {
+    if !supported() {
+        eprintln!("SKIPPED amx::tests: this CPU or OS has no AMX-BF16");
+        return;
+    }
+    for &(m, k, n) in &[
+        (1, 1, 1),
+        (37, 70, 45),
+        (64, 256, 64),
+        (300, 96, 200),
+        (33, 800, 17),
+    ] {
+        for bf16_weight in [false, true] {
+            check(m, k, n, bf16_weight, !bf16_weight);
+        }
+    }
+    // Rows over one task's block and columns split among tasks.
+    check(600, 64, 600, true, true);
+}
