@@ -64,7 +64,8 @@ pub enum WeightData {
 #[allow(private_bounds)]
 pub struct PackedWeight<T: Elem> {
     packed: PackedB<T>,
-    /// The row-major values, rebuilt only if someone asks for them as a slice.
+    /// The row-major values, rebuilt only if someone asks for them as a slice. (The AMX tile copy,
+    /// where bf16 linears made one, lives in `packed` and counts in [`WeightData::bytes`] too.)
     rows: OnceLock<Arc<[T]>>,
 }
 
@@ -101,7 +102,7 @@ impl<T: Elem> PackedWeight<T> {
             .rows
             .get()
             .map_or(0, |r| std::mem::size_of_val::<[T]>(r));
-        std::mem::size_of::<T>() * self.packed.len() + rows
+        std::mem::size_of::<T>() * self.packed.len() + rows + self.packed.tile_bytes()
     }
 }
 

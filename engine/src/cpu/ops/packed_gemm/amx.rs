@@ -15,9 +15,12 @@
 //! C tiles (tmm0-3), loads two A tiles (tmm4-5) and two B tiles (tmm6-7) per 32 depths, and issues
 //! four TDPBF16PS. A block's rows (at most [`TASK_ROWS`]) stay in L2 while the task walks its columns.
 //!
-//! Versions: v1 (this), packs B per call. At the rows it is used for (a prompt, a gen step's 4K+
-//! tokens) the repack reads each weight once, against `rows / 32` reads of it by the tiles.
+//! Versions: v1 packed B on every call; at 512 rows (the mid preset's prefill) that took 2.1-2.7 ms of
+//! a 4864 x 896 linear whose tile products took 3.1-4.0 ms. v2 (this) keeps the tiles with the weight
+//! (made on first use: a second, bf16 copy of each linear weight that runs on the tiles), and rounds A
+//! at the CPU's vector width.
 
+use super::super::simd::{at_level, level, Level};
 use super::packed_b::{PackedRef, Values};
 use super::passes;
 use rayon::prelude::*;
@@ -86,15 +89,29 @@ fn request_tile_state() -> bool {
     false
 }
 
-/// f32 to bf16 bits, to nearest with ties to even; a NaN stays a (quiet) NaN.
+/// f32 to bf16 bits, to nearest with ties to even; a NaN stays a (quiet) NaN. Without a branch, so
+/// that loops over it vectorize.
 #[inline(always)]
 fn round_bf16(x: f32) -> u16 {
     let bits = x.to_bits();
-    if bits & 0x7fff_ffff > 0x7f80_0000 {
-        return ((bits >> 16) | 0x40) as u16;
+    let nan = bits & 0x7fff_ffff > 0x7f80_0000;
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    let quiet = ((bits >> 16) | 0x40) as u16;
+    if nan {
+        quiet
+    } else {
+        rounded
     }
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
 }
+
+#[inline(always)]
+fn round_plain(src: &[f32], dst: &mut [u16]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = round_bf16(v);
+    }
+}
+
+at_level!(round_at = round_plain(src: &[f32], dst: &mut [u16]) -> ());
 
 /// A tile configuration (palette 1): eight tiles of 16 rows x 64 bytes.
 #[repr(C, align(64))]
@@ -118,16 +135,18 @@ const CONFIG: TileConfig = TileConfig {
 /// `(rb * kbs + kb) * TILE`; `mp` rows (a multiple of 32) and `kbs` depth blocks, zero-padded.
 fn pack_a(x: &[f32], m: usize, k: usize, mp: usize, kbs: usize) -> Vec<u16> {
     let mut a = vec![0u16; mp * kbs * 32];
+    let level = level();
     a.par_chunks_mut(kbs * TILE)
         .enumerate()
         .for_each(|(rb, block)| {
             for r in 0..16.min(m.saturating_sub(rb * 16)) {
                 let row = &x[(rb * 16 + r) * k..][..k];
                 for (kb, chunk) in row.chunks(32).enumerate() {
-                    let dst = &mut block[kb * TILE + r * 32..][..chunk.len()];
-                    for (d, &v) in dst.iter_mut().zip(chunk) {
-                        *d = round_bf16(v);
-                    }
+                    round_at(
+                        level,
+                        chunk,
+                        &mut block[kb * TILE + r * 32..][..chunk.len()],
+                    );
                 }
             }
         });
@@ -190,7 +209,7 @@ pub(crate) fn linear(x: &[f32], m: usize, w: PackedRef<'_>, bias: Option<&[f32]>
     let kbs = k.div_ceil(32);
     let (mp, np) = (m.next_multiple_of(32), n.next_multiple_of(32));
     let a = pack_a(x, m, k, mp, kbs);
-    let b = pack_b(w, np, kbs);
+    let b = w.amx_tiles(|| pack_b(w, np, kbs));
     let row_tasks = mp.div_ceil(TASK_ROWS);
     let threads = rayon::current_num_threads();
     let col_tasks = if row_tasks >= 2 * threads {
@@ -206,7 +225,7 @@ pub(crate) fn linear(x: &[f32], m: usize, w: PackedRef<'_>, bias: Option<&[f32]>
         let cols = (t % col_tasks) * cols_per_task..((t % col_tasks + 1) * cols_per_task).min(np);
         let task = Task {
             a: &a,
-            b: &b,
+            b,
             kbs,
             m,
             n,

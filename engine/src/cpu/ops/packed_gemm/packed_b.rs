@@ -8,6 +8,8 @@ use super::{available, x86, Mat};
 use super::{passes, Line, NR};
 use half::bf16;
 use rayon::prelude::*;
+#[cfg(target_arch = "x86_64")]
+use std::sync::OnceLock;
 
 /// A value type packed B can hold.
 ///
@@ -109,6 +111,11 @@ pub(crate) struct PackedB<T: Elem = f32> {
     /// The values from a cache-line boundary (so the kernels' loads of a panel row never straddle
     /// two lines), padded to whole lines.
     lines: Vec<Line>,
+    /// The same values as AMX tiles (see `amx.rs`), made by the first bf16 linear over this weight
+    /// (`HBRIDGE_CPU_MATMUL=bf16`) and kept: without it each call repacked the weight, which took as
+    /// long as the tiles' products at 512 rows.
+    #[cfg(target_arch = "x86_64")]
+    amx_tiles: OnceLock<Vec<u16>>,
     _values: std::marker::PhantomData<T>,
 }
 
@@ -177,6 +184,8 @@ impl<T: Elem> PackedB<T> {
             k,
             n,
             lines,
+            #[cfg(target_arch = "x86_64")]
+            amx_tiles: OnceLock::new(),
             _values: std::marker::PhantomData,
         }
     }
@@ -222,6 +231,16 @@ impl<T: Elem> PackedB<T> {
     /// Values held (`k * n`).
     pub(crate) fn len(&self) -> usize {
         self.n * self.k
+    }
+
+    /// Bytes of the AMX tile copy, once a bf16 linear has made it (else 0).
+    pub(crate) fn tile_bytes(&self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.amx_tiles.get().map_or(0, |t| 2 * t.len())
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        0
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -327,6 +346,15 @@ impl<'a> PackedRef<'a> {
         match self {
             PackedRef::F32(p) => Values::F32(p.full_panels(j, k0, kc, count)),
             PackedRef::Bf16(p) => Values::Bf16(p.full_panels(j, k0, kc, count)),
+        }
+    }
+
+    /// The AMX tile copy of these values, made by `make` on the first call and kept.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn amx_tiles(self, make: impl FnOnce() -> Vec<u16>) -> &'a [u16] {
+        match self {
+            PackedRef::F32(p) => p.amx_tiles.get_or_init(make),
+            PackedRef::Bf16(p) => p.amx_tiles.get_or_init(make),
         }
     }
 
