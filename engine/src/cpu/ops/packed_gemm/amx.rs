@@ -8,7 +8,7 @@
 //! checks hold them to the bf16 tolerance of DESIGN.md section 8.
 //!
 //! Layout: every tile is 16 rows of 64 bytes. A (the activations, rounded once per call) is packed as
-//! 16-row x 32-depth tiles; B (the weight, repacked once per call from its 16-column panels) as
+//! 16-row x 32-depth tiles; B (the weight, packed once from its 16-column panels and kept) as
 //! 32-depth x 16-column tiles in the pair-interleaved layout TDPBF16PS reads (row `r` holds depths
 //! `2r, 2r+1` of each column side by side). Rows, columns and depth are zero-padded to whole tiles.
 //! One task owns a block of rows and a range of columns; for each 32 x 32 output block it keeps four
@@ -27,8 +27,8 @@ use rayon::prelude::*;
 use std::arch::asm;
 use std::sync::OnceLock;
 
-/// Fewest rows (tokens) a linear needs to go to the tiles: below this (a decode step) the f32 kernels,
-/// which read the weight in place, are faster than rounding and repacking it.
+/// Fewest rows (tokens) a linear needs to go to the tiles: below this (a decode step) the f32 kernels
+/// read the weight in place, where the tiles would pad the rows to 32 and need the weight's tile copy.
 pub(crate) const MIN_ROWS: usize = crate::cpu::MatmulMode::MIN_ROWS;
 /// Rows per task: 256 rows x 3072 depths of bf16 A is 1.5 MiB, within the 2 MiB L2.
 const TASK_ROWS: usize = 256;
@@ -44,9 +44,10 @@ pub(crate) fn enabled() -> bool {
     *ON.get_or_init(|| requested() && supported())
 }
 
-/// Whether `HBRIDGE_CPU_MATMUL=bf16` asks for the tiles.
+/// Whether `HBRIDGE_CPU_MATMUL=bf16` asks for the tiles (read once, like [`enabled`]).
 pub(crate) fn requested() -> bool {
-    std::env::var_os("HBRIDGE_CPU_MATMUL").is_some_and(|v| v == "bf16")
+    static REQUESTED: OnceLock<bool> = OnceLock::new();
+    *REQUESTED.get_or_init(|| std::env::var_os("HBRIDGE_CPU_MATMUL").is_some_and(|v| v == "bf16"))
 }
 
 /// AMX-BF16 in CPUID, and Linux granting this process the tile data state.

@@ -349,13 +349,21 @@ impl<'a> PackedRef<'a> {
         }
     }
 
-    /// The AMX tile copy of these values, made by `make` on the first call and kept.
+    /// The AMX tile copy of these values, made by `make` on the first call and kept. `make` runs
+    /// outside the cell's lock: it runs rayon tasks, and a thread waiting in them may take another
+    /// task that asks for the same tiles (a parallel guidance branch), which would wait on itself
+    /// inside `get_or_init`. Two threads may then both make the copy; the first stored is kept.
     #[cfg(target_arch = "x86_64")]
     pub(super) fn amx_tiles(self, make: impl FnOnce() -> Vec<u16>) -> &'a [u16] {
-        match self {
-            PackedRef::F32(p) => p.amx_tiles.get_or_init(make),
-            PackedRef::Bf16(p) => p.amx_tiles.get_or_init(make),
+        let cell = match self {
+            PackedRef::F32(p) => &p.amx_tiles,
+            PackedRef::Bf16(p) => &p.amx_tiles,
+        };
+        if let Some(tiles) = cell.get() {
+            return tiles;
         }
+        let _ = cell.set(make());
+        cell.get().expect("the tile copy was just stored")
     }
 
     /// See [`PackedB::panel`].

@@ -94,3 +94,26 @@ fn matches_the_f64_product_of_the_rounded_inputs() {
     // Rows over one task's block and columns split among tasks.
     check(600, 64, 600, true, true);
 }
+
+#[test]
+fn the_tile_copy_is_made_once_and_reused() {
+    if !supported() {
+        eprintln!("SKIPPED amx::tests: this CPU or OS has no AMX-BF16");
+        return;
+    }
+    let (m, k, n) = (40, 100, 50);
+    let w: Vec<bf16> = values(n * k, 9)
+        .iter()
+        .map(|&v| bf16::from_f32(v))
+        .collect();
+    let packed = PackedB::from_rows(&w, n, k);
+    assert_eq!(packed.tile_bytes(), 0);
+    let x = values(m * k, 10);
+    let mut first = vec![0f32; m * n];
+    linear(&x, m, packed.packed_ref(), None, &mut first);
+    // 50 columns padded to 64, 100 depths to 128, two bytes each.
+    assert_eq!(packed.tile_bytes(), 64 * 128 * 2);
+    let mut second = vec![f32::NAN; m * n];
+    linear(&x, m, packed.packed_ref(), None, &mut second);
+    assert_eq!(first, second);
+}
