@@ -23,22 +23,13 @@ impl MatmulMode {
     /// The mode of this process (read once).
     pub fn current() -> MatmulMode {
         #[cfg(target_arch = "x86_64")]
-        {
-            use super::ops::packed_gemm::amx;
-            match (amx::requested(), amx::enabled()) {
-                (false, _) => MatmulMode::F32,
-                (true, true) => MatmulMode::Bf16Amx,
-                (true, false) => MatmulMode::Bf16Unavailable,
-            }
-        }
+        let tiles = super::ops::packed_gemm::amx::enabled();
         #[cfg(not(target_arch = "x86_64"))]
-        {
-            let requested = std::env::var_os("HBRIDGE_CPU_MATMUL").is_some_and(|v| v == "bf16");
-            if requested {
-                MatmulMode::Bf16Unavailable
-            } else {
-                MatmulMode::F32
-            }
+        let tiles = false;
+        match (bf16_requested(), tiles) {
+            (false, _) => MatmulMode::F32,
+            (true, true) => MatmulMode::Bf16Amx,
+            (true, false) => MatmulMode::Bf16Unavailable,
         }
     }
 
@@ -52,4 +43,10 @@ impl MatmulMode {
             }
         }
     }
+}
+
+/// Whether `HBRIDGE_CPU_MATMUL=bf16` is set (read once per process).
+pub(crate) fn bf16_requested() -> bool {
+    static REQUESTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REQUESTED.get_or_init(|| std::env::var_os("HBRIDGE_CPU_MATMUL").is_some_and(|v| v == "bf16"))
 }

@@ -41,13 +41,7 @@ const TILE: usize = 512;
 /// process asks Linux for the tile state the first time).
 pub(crate) fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| requested() && supported())
-}
-
-/// Whether `HBRIDGE_CPU_MATMUL=bf16` asks for the tiles (read once, like [`enabled`]).
-pub(crate) fn requested() -> bool {
-    static REQUESTED: OnceLock<bool> = OnceLock::new();
-    *REQUESTED.get_or_init(|| std::env::var_os("HBRIDGE_CPU_MATMUL").is_some_and(|v| v == "bf16"))
+    *ON.get_or_init(|| crate::cpu::matmul_mode::bf16_requested() && supported())
 }
 
 /// AMX-BF16 in CPUID, and Linux granting this process the tile data state.

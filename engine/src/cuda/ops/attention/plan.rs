@@ -248,23 +248,18 @@ pub(super) fn plan(
     }; MAX_SEGMENTS];
     let mut total = 0usize;
     for (p, s) in seg.iter_mut().zip(a.segments) {
-        let vec = rows_aligned(
-            s.k,
-            s.row_stride,
-            s.len,
-            s.batch_stride,
-            a.batch,
-            s.kv_heads,
-            a.head_dim,
-        ) && rows_aligned(
-            s.v,
-            s.row_stride,
-            s.len,
-            s.batch_stride,
-            a.batch,
-            s.kv_heads,
-            a.head_dim,
-        );
+        let aligned = |base| {
+            rows_aligned(
+                base,
+                s.row_stride,
+                s.len,
+                s.batch_stride,
+                a.batch,
+                s.kv_heads,
+                a.head_dim,
+            )
+        };
+        let vec = aligned(s.k) && aligned(s.v);
         *p = SegParams {
             k: s.k.0,
             v: s.v.0,

@@ -6,7 +6,7 @@ use super::plan::{decode_split, plan, Path, Plan};
 use super::*;
 use crate::cuda::error::{CudaError, CudaResult};
 
-fn seg(len: usize, kv_heads: usize, d: usize) -> KvSegmentArgs {
+pub(super) fn seg(len: usize, kv_heads: usize, d: usize) -> KvSegmentArgs {
     KvSegmentArgs {
         k: DevPtr(0x1000),
         v: DevPtr(0x9000),
@@ -18,7 +18,12 @@ fn seg(len: usize, kv_heads: usize, d: usize) -> KvSegmentArgs {
     }
 }
 
-fn args<'a>(segments: &'a [KvSegmentArgs], nq: usize, heads: usize, d: usize) -> AttentionArgs<'a> {
+pub(super) fn args<'a>(
+    segments: &'a [KvSegmentArgs],
+    nq: usize,
+    heads: usize,
+    d: usize,
+) -> AttentionArgs<'a> {
     AttentionArgs {
         q: DevPtr(0x10000),
         q_row_stride: heads * d,

@@ -294,38 +294,9 @@ fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{self as attention, KvSegmentArgs};
+    use super::super as attention;
+    use super::super::tests::{args, seg};
     use super::*;
-
-    fn seg(len: usize, kv_heads: usize, d: usize) -> KvSegmentArgs {
-        KvSegmentArgs {
-            k: DevPtr(0x1000),
-            v: DevPtr(0x9000),
-            len,
-            row_stride: kv_heads * d,
-            batch_stride: 0,
-            kv_heads,
-            valid_len: None,
-        }
-    }
-
-    fn args(segments: &[KvSegmentArgs], nq: usize, heads: usize, d: usize) -> AttentionArgs<'_> {
-        AttentionArgs {
-            q: DevPtr(0x10000),
-            q_row_stride: heads * d,
-            q_batch_stride: 0,
-            out: DevPtr(0x20000),
-            out_row_stride: heads * d,
-            out_batch_stride: 0,
-            batch: 1,
-            nq,
-            heads,
-            head_dim: d,
-            segments,
-            causal: false,
-            scale: 0.125,
-        }
-    }
 
     fn problem(r: CudaResult<Option<ScoreLayout>>) -> String {
         match r {
