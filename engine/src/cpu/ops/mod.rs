@@ -1,6 +1,8 @@
 //! f32 kernels over plain slices, one file per family. Shapes come in as arguments already checked by the
 //! executor's validation, so a kernel only asserts its internal invariants.
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod amx_tiles;
 pub(crate) mod attention;
 pub(crate) mod bf16;
 pub(crate) mod conv;

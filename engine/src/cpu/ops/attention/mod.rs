@@ -4,6 +4,8 @@
 use super::matmul::{matmul, Mat, MatMut};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod few_queries;
 #[cfg(target_arch = "x86_64")]
 mod flash;
@@ -27,6 +29,9 @@ pub(crate) enum Path {
     FewQueries,
     /// Each band's whole score row through the `gemm` crate.
     Gemm,
+    /// Key blocks with an online softmax on Intel AMX tiles in bf16 (`amx.rs`), with the linears'
+    /// opt-in `HBRIDGE_CPU_MATMUL=bf16`.
+    Amx,
 }
 
 /// Fewest queries for the flash path: packing K and V costs a pass over them, which a decode step's
@@ -147,7 +152,9 @@ fn band_rows(nq: usize) -> usize {
 /// else the GEMM path.
 pub(crate) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut [f32]) {
     let flash = flash_isa().filter(|_| s.nq >= FLASH_MIN_QUERIES);
-    let path = if let Some(isa) = flash {
+    let path = if amx_enabled() && s.nq >= AMX_MIN_QUERIES && !gemm_asked() {
+        Path::Amx
+    } else if let Some(isa) = flash {
         Path::Flash(isa)
     } else if s.nq < FLASH_MIN_QUERIES && !gemm_asked() {
         Path::FewQueries
@@ -157,7 +164,23 @@ pub(crate) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out:
     attention_on(path, q, segments, s, out)
 }
 
-/// [`attention`] on `path` (`Flash` only with an instruction set the CPU has).
+/// Whether the bf16 opt-in is on and this CPU and OS run AMX-BF16.
+fn amx_enabled() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::amx_tiles::enabled()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Fewest queries for the AMX path: one pair of 16-row tiles.
+const AMX_MIN_QUERIES: usize = 32;
+
+/// [`attention`] on `path` (`Flash` only with an instruction set the CPU has, `Amx` only where
+/// `amx_tiles::supported`).
 pub(crate) fn attention_on(
     path: Path,
     q: &[f32],
@@ -171,6 +194,8 @@ pub(crate) fn attention_on(
     match path {
         #[cfg(target_arch = "x86_64")]
         Path::Flash(isa) => flash::attention(isa, q, segments, s, out),
+        #[cfg(target_arch = "x86_64")]
+        Path::Amx => amx::attention(q, segments, s, out),
         Path::FewQueries => few_queries::attention(q, segments, s, out),
         _ => gemm_attention(q, segments, s, out),
     }

@@ -115,14 +115,24 @@ impl Case {
         out
     }
 
-    /// Each path (the flash one where the CPU has AVX-512F) within `tol` of the f64 reference.
+    /// Each path (the flash ones and the AMX one where the CPU has them) within `tol` of the f64
+    /// reference. The AMX path runs on bf16 values of Q, K and V (so its own rounding of them is
+    /// exact) against the reference on those; it rounds each probability to bf16 (relative 2^-9), so
+    /// with |v| <= 1 its bound is 2^-9 more.
     #[track_caller]
     fn check(&self, seed: u64, tol: f64) {
         let x = self.data(seed);
         let want = self.reference(&x);
+        let rounded = bf16_data(&x);
+        let want_rounded = self.reference(&rounded);
         for path in paths(self.nq) {
-            let got = self.run(path, &x);
-            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            let (x, want, tol) = if path == Path::Amx {
+                (&rounded, &want_rounded, tol + 1.0 / 512.0)
+            } else {
+                (&x, &want, tol)
+            };
+            let got = self.run(path, x);
+            for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
                 assert!(
                     (g as f64 - w).abs() <= tol,
                     "{path:?} nq {} segs {:?} d {}: out[{i}] = {g}, want {w}",
@@ -135,9 +145,38 @@ impl Case {
     }
 }
 
+/// `x` with every value rounded to bf16.
+fn bf16_data(x: &Data) -> Data {
+    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&y| half::bf16::from_f32(y).to_f32()).collect() };
+    Data {
+        q: round(&x.q),
+        k: x.k.iter().map(|k| round(k)).collect(),
+        v: x.v.iter().map(|v| round(v)).collect(),
+    }
+}
+
+/// Whether the AMX path can run here (any query count: `attention` picks it for 32 or more).
+fn amx_here() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let here = crate::cpu::ops::amx_tiles::supported();
+        if !here {
+            eprintln!("attention tests: this CPU or OS has no AMX-BF16, the AMX path is not checked");
+        }
+        here
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The paths that can run `nq` queries here.
 fn paths(nq: usize) -> Vec<Path> {
     let mut paths = vec![Path::Gemm];
+    if amx_here() {
+        paths.push(Path::Amx);
+    }
     if nq < FLASH_MIN_QUERIES {
         paths.push(Path::FewQueries);
     }
@@ -251,6 +290,16 @@ fn flash_rows_do_not_depend_on_the_other_rows() {
                 .zip(&all[90 * hd..])
                 .all(|(a, b)| a.to_bits() == b.to_bits()),
             "flash attention ({isa:?}): a row's result changed with the rows around it"
+        );
+    }
+    if amx_here() {
+        let all = full.run(Path::Amx, &x);
+        let some = part.run(Path::Amx, &xs);
+        assert!(
+            some.iter()
+                .zip(&all[90 * hd..])
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "AMX attention: a row's result changed with the rows around it"
         );
     }
 }

@@ -20,12 +20,14 @@
 //! (made on first use: a second, bf16 copy of each linear weight that runs on the tiles), and rounds A
 //! at the CPU's vector width.
 
-use super::super::simd::{at_level, level, Level};
+use super::super::amx_tiles::{self, round_bf16, round_slice, TILE};
+use super::super::simd::level;
 use super::packed_b::{PackedRef, Values};
 use super::passes;
 use rayon::prelude::*;
 use std::arch::asm;
-use std::sync::OnceLock;
+
+pub(crate) use amx_tiles::{enabled, supported};
 
 /// Fewest rows (tokens) a linear needs to go to the tiles: below this (a decode step) the f32 kernels
 /// read the weight in place, where the tiles would pad the rows to 32 and need the weight's tile copy.
@@ -34,97 +36,6 @@ pub(crate) const MIN_ROWS: usize = crate::cpu::MatmulMode::MIN_ROWS;
 const TASK_ROWS: usize = 256;
 /// Output columns per task when there are too few row blocks to keep every thread busy.
 const TASK_COLS: usize = 256;
-/// bf16 values per tile (16 rows of 64 bytes).
-const TILE: usize = 512;
-
-/// Whether `HBRIDGE_CPU_MATMUL=bf16` is set and this CPU and OS run AMX-BF16 (checked once; the
-/// process asks Linux for the tile state the first time).
-pub(crate) fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| crate::cpu::matmul_mode::bf16_requested() && supported())
-}
-
-/// AMX-BF16 in CPUID, and Linux granting this process the tile data state.
-pub(crate) fn supported() -> bool {
-    static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    *SUPPORTED.get_or_init(|| {
-        // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
-        let leaf = std::arch::x86_64::__cpuid_count(7, 0);
-        let cpu = leaf.edx & (1 << 22) != 0 && leaf.edx & (1 << 24) != 0;
-        cpu && request_tile_state()
-    })
-}
-
-/// arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): Linux refuses it where the kernel or the
-/// hypervisor does not enable AMX, and without it the first tile instruction faults.
-#[cfg(target_os = "linux")]
-fn request_tile_state() -> bool {
-    const SYS_ARCH_PRCTL: isize = 158;
-    const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
-    const XFEATURE_XTILEDATA: usize = 18;
-    let ret: isize;
-    // SAFETY: the syscall only changes this process's permission to use the tile state; rcx and r11
-    // are clobbered by `syscall`.
-    unsafe {
-        asm!(
-            "syscall",
-            inlateout("rax") SYS_ARCH_PRCTL => ret,
-            in("rdi") ARCH_REQ_XCOMP_PERM,
-            in("rsi") XFEATURE_XTILEDATA,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack)
-        );
-    }
-    ret == 0
-}
-
-#[cfg(not(target_os = "linux"))]
-fn request_tile_state() -> bool {
-    false
-}
-
-/// f32 to bf16 bits, to nearest with ties to even; a NaN stays a (quiet) NaN. Without a branch, so
-/// that loops over it vectorize.
-#[inline(always)]
-fn round_bf16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let nan = bits & 0x7fff_ffff > 0x7f80_0000;
-    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
-    let quiet = ((bits >> 16) | 0x40) as u16;
-    if nan {
-        quiet
-    } else {
-        rounded
-    }
-}
-
-#[inline(always)]
-fn round_plain(src: &[f32], dst: &mut [u16]) {
-    for (d, &v) in dst.iter_mut().zip(src) {
-        *d = round_bf16(v);
-    }
-}
-
-at_level!(round_at = round_plain(src: &[f32], dst: &mut [u16]) -> ());
-
-/// A tile configuration (palette 1): eight tiles of 16 rows x 64 bytes.
-#[repr(C, align(64))]
-struct TileConfig {
-    palette: u8,
-    start_row: u8,
-    reserved: [u8; 14],
-    colsb: [u16; 16],
-    rows: [u8; 16],
-}
-
-const CONFIG: TileConfig = TileConfig {
-    palette: 1,
-    start_row: 0,
-    reserved: [0; 14],
-    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
-    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
-};
 
 /// A: `m` rows of `k` f32 (row stride `k`) as 16 x 32 bf16 tiles, tile `(rb, kb)` at
 /// `(rb * kbs + kb) * TILE`; `mp` rows (a multiple of 32) and `kbs` depth blocks, zero-padded.
@@ -137,7 +48,7 @@ fn pack_a(x: &[f32], m: usize, k: usize, mp: usize, kbs: usize) -> Vec<u16> {
             for r in 0..16.min(m.saturating_sub(rb * 16)) {
                 let row = &x[(rb * 16 + r) * k..][..k];
                 for (kb, chunk) in row.chunks(32).enumerate() {
-                    round_at(
+                    round_slice(
                         level,
                         chunk,
                         &mut block[kb * TILE + r * 32..][..chunk.len()],
@@ -260,7 +171,7 @@ impl Task<'_> {
         // SAFETY: the configuration is valid for palette 1; every load and store below moves 16 rows
         // of 64 bytes from a whole tile of `a`, `b` or `c` (the packs are padded to whole tiles).
         unsafe {
-            asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+            amx_tiles::configure();
             for j in cols.step_by(32) {
                 let b0 = self.b[(j / 16) * self.kbs * TILE..].as_ptr();
                 let b1 = self.b[(j / 16 + 1) * self.kbs * TILE..].as_ptr();
@@ -309,7 +220,7 @@ impl Task<'_> {
                     self.write(&c, i, j);
                 }
             }
-            asm!("tilerelease", options(nostack, nomem));
+            amx_tiles::release();
         }
     }
 

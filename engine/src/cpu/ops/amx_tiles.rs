@@ -1,0 +1,133 @@
+//! Intel AMX's tile unit, shared by the bf16 linear (`packed_gemm/amx.rs`) and the bf16 attention
+//! (`attention/amx.rs`): whether this process may use it, the one tile configuration both use, and the
+//! f32-to-bf16 rounding of their inputs.
+//!
+//! Every tile is 16 rows of 64 bytes (palette 1, all eight tiles alike). An A operand of TDPBF16PS is
+//! 16 rows x 32 bf16 (row-major); a B operand is 32 depths x 16 columns stored pair-interleaved (row
+//! `r` holds depths `2r, 2r+1` of each column side by side); C is 16 x 16 f32.
+
+use super::simd::{at_level, Level};
+use std::arch::asm;
+use std::sync::OnceLock;
+
+/// bf16 values per tile (16 rows of 64 bytes).
+pub(crate) const TILE: usize = 512;
+
+/// Whether `HBRIDGE_CPU_MATMUL=bf16` is set and this CPU and OS run AMX-BF16 (checked once; the
+/// process asks Linux for the tile state the first time).
+pub(crate) fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| crate::cpu::matmul_mode::bf16_requested() && supported())
+}
+
+/// AMX-BF16, AVX-512F and AVX512-BF16 in CPUID (every AMX CPU has all three; the attention's softmax
+/// uses the other two), and Linux granting this process the tile data state.
+pub(crate) fn supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+        let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+        let cpu = leaf.edx & (1 << 22) != 0 && leaf.edx & (1 << 24) != 0;
+        cpu && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+            && request_tile_state()
+    })
+}
+
+/// arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): Linux refuses it where the kernel or the
+/// hypervisor does not enable AMX, and without it the first tile instruction faults.
+#[cfg(target_os = "linux")]
+fn request_tile_state() -> bool {
+    const SYS_ARCH_PRCTL: isize = 158;
+    const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
+    const XFEATURE_XTILEDATA: usize = 18;
+    let ret: isize;
+    // SAFETY: the syscall only changes this process's permission to use the tile state; rcx and r11
+    // are clobbered by `syscall`.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_state() -> bool {
+    false
+}
+
+/// f32 to bf16 bits, to nearest with ties to even; a NaN stays a (quiet) NaN. Without a branch, so
+/// that loops over it vectorize.
+#[inline(always)]
+pub(crate) fn round_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let nan = bits & 0x7fff_ffff > 0x7f80_0000;
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    let quiet = ((bits >> 16) | 0x40) as u16;
+    if nan {
+        quiet
+    } else {
+        rounded
+    }
+}
+
+#[inline(always)]
+fn round_plain(src: &[f32], dst: &mut [u16]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = round_bf16(v);
+    }
+}
+
+at_level!(round_at = round_plain(src: &[f32], dst: &mut [u16]) -> ());
+
+/// `dst[i] = round_bf16(src[i])`, at the CPU's vector width `level`.
+pub(crate) fn round_slice(level: Level, src: &[f32], dst: &mut [u16]) {
+    round_at(level, src, dst)
+}
+
+/// A tile configuration (palette 1).
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// Eight tiles of 16 rows x 64 bytes.
+static CONFIG: TileConfig = TileConfig {
+    palette: 1,
+    start_row: 0,
+    reserved: [0; 14],
+    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+};
+
+/// Loads [`CONFIG`] into this thread's tile unit (zeroing every tile).
+///
+/// # Safety
+/// [`supported`] must be true.
+#[inline]
+pub(crate) unsafe fn configure() {
+    // SAFETY: the caller's promise (AMX usable); the configuration is valid for palette 1.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
+}
+
+/// Returns this thread's tile state to its initial (unconfigured) state, so that the OS need not save
+/// it on a context switch.
+///
+/// # Safety
+/// [`supported`] must be true.
+#[inline]
+pub(crate) unsafe fn release() {
+    // SAFETY: the caller's promise (AMX usable).
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+}
