@@ -1,23 +1,24 @@
-//! Which arithmetic the CPU backend's linears use, chosen once per process from
+//! Which arithmetic the CPU backend's linears and attention use, chosen once per process from
 //! `HBRIDGE_CPU_MATMUL`: f32 (the default, the reference's numerics), or `bf16`: bf16 inputs and f32
-//! sums on Intel AMX tiles for linears over [`MIN_ROWS`](MatmulMode::MIN_ROWS) rows or more, as the
-//! CUDA backend computes them. Fewer rows (a decode step) stay f32.
+//! sums on Intel AMX tiles for linears over [`MIN_ROWS`](MatmulMode::MIN_ROWS) rows or more and for
+//! attention over as many queries, as the CUDA backend computes them. Fewer rows (a decode step) stay
+//! f32.
 
 /// What `HBRIDGE_CPU_MATMUL` asked for and what this CPU does with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatmulMode {
     /// f32 everywhere (the default).
     F32,
-    /// `HBRIDGE_CPU_MATMUL=bf16` on a CPU and OS with AMX-BF16: prompt and gen-step linears in bf16 on
-    /// the tiles.
+    /// `HBRIDGE_CPU_MATMUL=bf16` on a CPU and OS with AMX-BF16: prompt and gen-step linears and
+    /// attention in bf16 on the tiles.
     Bf16Amx,
-    /// `HBRIDGE_CPU_MATMUL=bf16` where AMX-BF16 is missing (another CPU, another OS, or the kernel or
+    /// `HBRIDGE_CPU_MATMUL=bf16` where AMX-BF16 (or AVX512-BF16) is missing (another CPU, another OS, or the kernel or
     /// hypervisor does not enable it): f32 everywhere.
     Bf16Unavailable,
 }
 
 impl MatmulMode {
-    /// Fewest rows a linear needs to run on the tiles.
+    /// Fewest rows a linear (queries, for attention) needs to run on the tiles.
     pub const MIN_ROWS: usize = 32;
 
     /// The mode of this process (read once).
@@ -37,9 +38,9 @@ impl MatmulMode {
     pub fn describe(self) -> &'static str {
         match self {
             MatmulMode::F32 => "f32 compute",
-            MatmulMode::Bf16Amx => "bf16 linears on AMX for 32+ rows, f32 elsewhere",
+            MatmulMode::Bf16Amx => "bf16 linears and attention on AMX for 32+ rows, f32 elsewhere",
             MatmulMode::Bf16Unavailable => {
-                "f32 compute: HBRIDGE_CPU_MATMUL=bf16 needs AMX-BF16, which this CPU or OS lacks"
+                "f32 compute: HBRIDGE_CPU_MATMUL=bf16 needs AMX-BF16 and AVX512-BF16, which this CPU or OS lacks"
             }
         }
     }

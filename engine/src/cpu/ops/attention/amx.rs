@@ -8,16 +8,28 @@
 //! of at most [`BAND`] query rows, head by head, key blocks of [`KEY_BLOCK`] in order:
 //! 1. scores: for every 32-row pair of the band and 32 keys of the block, four C tiles (tmm0-3) summed
 //!    over the head dimension from two Q tiles (tmm4-5) and two K tiles (tmm6-7), stored f32;
-//! 2. softmax: each row's scores times the scale, its running max and sum (f64 across blocks), its
-//!    output accumulator rescaled when the max grows, masked keys 0; P written as bf16 A tiles;
+//! 2. softmax (AVX-512, one row at a time): the row's scores times the scale, its running max and
+//!    sum (16 f32 lanes, added in f64 at the end), its output accumulator rescaled when the max grows,
+//!    masked keys 0; P written as bf16 A tiles (VCVTNE2PS2BF16);
 //! 3. P V: for every row pair and 32 of the head's columns, the output's four C tiles loaded, summed
 //!    over the block's keys from P (tmm4-5) and V (tmm6-7), stored back.
 //!
 //! A row's result depends only on its own queries and the keys (blocks start at key 0 for every row,
 //! and a tile's rows do not mix): not on the band it falls in, the thread count or the other rows.
 //!
-//! Versions: v1 (this). The f32 flash path on the build machine's two cores ran the mid preset's
-//! 1024x1024 gen step attention at 0.27-0.28 TFLOP/s, two thirds of the step with bf16 linears.
+//! Versions, on the build machine (2-core KVM Xeon with AMX; `benches/kernels.rs` attention group and
+//! the mid preset's 1024x1024 gen step, head dim 64), against the f32 flash path's 0.26-0.28 TFLOP/s:
+//! - v1: 64-row bands, 64-key blocks, the f32 path's `exp` and P rounded with integer AVX-512: 0.39
+//!   TFLOP/s at head dim 64, the softmax over half the time.
+//! - v2 (this): a base-2 exponential with a degree-4 polynomial, P converted by VCVTNE2PS2BF16, sums in
+//!   16 lanes, 128-row bands and 128-key blocks: 0.6-0.75 TFLOP/s at head dim 64, 0.83-0.86 at the
+//!   7b4b shapes (120, 128), 1.1 at the VAE's 512.
+//! - Tried and dropped: running the tile work of the neighbouring steps between the softmax's rows (no
+//!   faster: measured apart, the tile work and the softmax each took about half the time, together
+//!   their sum), and the exponential without `roundscale` and `scalef` (10-25% slower).
+//!
+//! The tiles here are bound by their loads: `scripts/amx-probe.rs` measures 16 ns per 1 KiB tile load
+//! from L1 against 5 ns per TDPBF16PS, and each product of the 2 x 2 blocks here needs one load.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -30,15 +42,15 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-/// Most query rows per band (a multiple of 32): each key block loaded from L2 serves this many rows,
-/// and a band's Q (64 x 128 bf16), scores and output (64 x 128 f32) stay within L1 with the block.
+/// Most query rows per band (a multiple of 32): each key block loaded from L2 serves this many rows
+/// (128 measured 5-10% faster than 64 and 32 at head dim 64).
 const BAND: usize = 128;
 /// Keys per block (a multiple of 32): each load and store of the output's C tiles serves this many
-/// keys' products.
+/// keys' products (128 measured 5% faster than 64; 256 no faster).
 const KEY_BLOCK: usize = 128;
 /// 32-key depth blocks of one key block (P V's depth).
 const KEY_DEPTHS: usize = KEY_BLOCK / 32;
-const _: () = assert!(BAND % 32 == 0 && KEY_BLOCK % 32 == 0);
+const _: () = assert!(BAND.is_multiple_of(32) && KEY_BLOCK.is_multiple_of(32));
 
 /// K and V of every kv head as bf16 B tiles, keys compacted over the segments (each segment's first
 /// `len` rows); keys past the last and columns past `d` are zero.
@@ -133,11 +145,10 @@ pub(super) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out:
     let kv = PackedKv::new(segments, s);
     let threads = rayon::current_num_threads().max(1);
     // Enough bands to keep every thread busy, whole row pairs, at most BAND rows.
-    let band = s
-        .nq
-        .div_ceil(4 * threads)
-        .next_multiple_of(32)
-        .clamp(32, BAND);
+    let band =
+        s.nq.div_ceil(4 * threads)
+            .next_multiple_of(32)
+            .clamp(32, BAND);
     out.par_chunks_mut(band * hd)
         .enumerate()
         .for_each(|(b, o)| {
@@ -217,7 +228,9 @@ fn head_band(
             for i in 0..32 {
                 let r = p * 32 + i;
                 // Padded rows of the last pair see nothing: their P is zero and they add nothing.
-                let live = vis.get(r).map_or(0, |&v| v.min(c0 + KEY_BLOCK).saturating_sub(c0));
+                let live = vis
+                    .get(r)
+                    .map_or(0, |&v| v.min(c0 + KEY_BLOCK).saturating_sub(c0));
                 let row = Row {
                     scores: &sb[i * KEY_BLOCK..][..KEY_BLOCK],
                     live,
@@ -459,16 +472,19 @@ unsafe fn softmax_row(row: &Row<'_>, state: RowState<'_>, pa: &mut [u16], i: usi
             let t = _mm512_max_ps(floor, _mm512_sub_ps(xv, shift));
             let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
             let f = _mm512_sub_ps(t, n);
-            let poly = POLY[1..]
-                .iter()
-                .fold(_mm512_set1_ps(POLY[0]), |acc, &k| _mm512_fmadd_ps(acc, f, _mm512_set1_ps(k)));
+            let poly = POLY[1..].iter().fold(_mm512_set1_ps(POLY[0]), |acc, &k| {
+                _mm512_fmadd_ps(acc, f, _mm512_set1_ps(k))
+            });
             let y = _mm512_fmadd_ps(poly, f, _mm512_set1_ps(1.0));
             e[v] = _mm512_maskz_mov_ps(lanes(v), _mm512_scalef_ps(y, n));
             total = _mm512_add_ps(total, e[v]);
         }
         for (kb, pair) in e.chunks_exact(2).enumerate() {
             let bf = _mm512_cvtne2ps_pbh(pair[1], pair[0]);
-            _mm512_storeu_si512(pa[p_at(i, kb)..].as_mut_ptr().cast(), std::mem::transmute(bf));
+            _mm512_storeu_si512(
+                pa[p_at(i, kb)..].as_mut_ptr().cast(),
+                std::mem::transmute::<__m512bh, __m512i>(bf),
+            );
         }
         _mm512_storeu_ps(state.sum.as_mut_ptr(), total);
         *state.max = m;

@@ -177,7 +177,7 @@ fn amx_enabled() -> bool {
 }
 
 /// Fewest queries for the AMX path: one pair of 16-row tiles.
-const AMX_MIN_QUERIES: usize = 32;
+const AMX_MIN_QUERIES: usize = crate::cpu::MatmulMode::MIN_ROWS;
 
 /// [`attention`] on `path` (`Flash` only with an instruction set the CPU has, `Amx` only where
 /// `amx_tiles::supported`).

@@ -147,7 +147,11 @@ impl Case {
 
 /// `x` with every value rounded to bf16.
 fn bf16_data(x: &Data) -> Data {
-    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&y| half::bf16::from_f32(y).to_f32()).collect() };
+    let round = |v: &[f32]| -> Vec<f32> {
+        v.iter()
+            .map(|&y| half::bf16::from_f32(y).to_f32())
+            .collect()
+    };
     Data {
         q: round(&x.q),
         k: x.k.iter().map(|k| round(k)).collect(),
@@ -161,7 +165,9 @@ fn amx_here() -> bool {
     {
         let here = crate::cpu::ops::amx_tiles::supported();
         if !here {
-            eprintln!("attention tests: this CPU or OS has no AMX-BF16, the AMX path is not checked");
+            eprintln!(
+                "attention tests: this CPU or OS has no AMX-BF16, the AMX path is not checked"
+            );
         }
         here
     }

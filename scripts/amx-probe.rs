@@ -1,0 +1,129 @@
+//! The tile unit's costs on this machine, for the floors in docs/BENCHMARKS.md (x86-64 Linux with
+//! AMX-BF16 and AVX-512F): TDPBF16PS alone, the 2 x 2 block of the linear and attention kernels (four
+//! tile loads, four products) from L1 and from L2, tile loads alone, a C tile's store and reload, and
+//! whether vector FMAs run alongside the tile work.
+//!
+//!     rustc -O scripts/amx-probe.rs -o /tmp/amx-probe && /tmp/amx-probe
+//!
+//! Standalone (no crates) so that it builds with rustc alone. Every figure is wall time per
+//! iteration over a loop of 2 million (0.5 million for the overlap rows) on one thread.
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::time::Instant;
+
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+static CONFIG: TileConfig = TileConfig {
+    palette: 1,
+    start_row: 0,
+    reserved: [0; 14],
+    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+};
+
+/// Asks Linux for the tile state (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).
+fn request_tiles() -> bool {
+    let ret: isize;
+    // SAFETY: the syscall only changes this process's permission to use the tile state.
+    unsafe {
+        asm!("syscall", inlateout("rax") 158isize => ret, in("rdi") 0x1023usize,
+             in("rsi") 18usize, lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    ret == 0
+}
+
+/// Four tile loads from `p` (tiles `p`, +512, +1024, +1536 bf16) and the four products.
+#[inline(always)]
+unsafe fn block(p: *const u16, products: bool) {
+    if products {
+        asm!("tileloadd tmm4, [{a} + {s}]", "tileloadd tmm5, [{b} + {s}]",
+             "tileloadd tmm6, [{c} + {s}]", "tileloadd tmm7, [{d} + {s}]",
+             "tdpbf16ps tmm0, tmm4, tmm6", "tdpbf16ps tmm1, tmm4, tmm7",
+             "tdpbf16ps tmm2, tmm5, tmm6", "tdpbf16ps tmm3, tmm5, tmm7",
+             a = in(reg) p, b = in(reg) p.add(512), c = in(reg) p.add(1024),
+             d = in(reg) p.add(1536), s = in(reg) 64usize, options(nostack, readonly));
+    } else {
+        asm!("tileloadd tmm4, [{a} + {s}]", "tileloadd tmm5, [{b} + {s}]",
+             "tileloadd tmm6, [{c} + {s}]", "tileloadd tmm7, [{d} + {s}]",
+             a = in(reg) p, b = in(reg) p.add(512), c = in(reg) p.add(1024),
+             d = in(reg) p.add(1536), s = in(reg) 64usize, options(nostack, readonly));
+    }
+}
+
+/// Nanoseconds per iteration of `f(i)` over `n` iterations.
+fn time(n: u64, mut f: impl FnMut(u64)) -> f64 {
+    let t = Instant::now();
+    for i in 0..n {
+        f(i);
+    }
+    t.elapsed().as_secs_f64() * 1e9 / n as f64
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn fmas(x: &mut [__m512; 8], rounds: usize) {
+    let c = _mm512_set1_ps(1.000_000_1);
+    for _ in 0..rounds {
+        for v in x.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, c, c);
+        }
+    }
+}
+
+fn main() {
+    // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+    let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+    let amx = leaf.edx & (1 << 22) != 0
+        && leaf.edx & (1 << 24) != 0
+        && std::arch::is_x86_feature_detected!("avx512f");
+    if !amx || !request_tiles() {
+        eprintln!("amx-probe: this CPU or OS has no usable AMX-BF16");
+        std::process::exit(1);
+    }
+    let l1 = vec![0x3f80u16; 4 * 2048];
+    let l2 = vec![0x3f80u16; 256 * 2048];
+    let mut c = vec![0f32; 32 * 32];
+    let n = 2_000_000;
+    // SAFETY: AMX granted above; every tile access is inside `l1`, `l2` or `c`.
+    unsafe {
+        asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+        let tdp = time(n, |_| {
+            asm!("tdpbf16ps tmm0, tmm4, tmm6", "tdpbf16ps tmm1, tmm4, tmm7",
+                 "tdpbf16ps tmm2, tmm5, tmm6", "tdpbf16ps tmm3, tmm5, tmm7", options(nostack, nomem))
+        }) / 4.0;
+        println!("TDPBF16PS alone:            {tdp:6.2} ns each ({:.2} TFLOP/s per core)", 16384.0 / tdp / 1e3);
+        let from_l1 = time(n, |i| block(l1.as_ptr().add((i as usize % 4) * 2048), true)) / 4.0;
+        println!("2x2 block, tiles from L1:   {from_l1:6.2} ns per product ({:.2} TFLOP/s per core)", 16384.0 / from_l1 / 1e3);
+        let from_l2 = time(n, |i| block(l2.as_ptr().add((i as usize % 256) * 2048), true)) / 4.0;
+        println!("2x2 block, tiles from L2:   {from_l2:6.2} ns per product (1 MiB of tiles)");
+        let loads = time(n, |i| block(l1.as_ptr().add((i as usize % 4) * 2048), false)) / 4.0;
+        println!("tile load from L1:          {loads:6.2} ns per 1 KiB tile");
+        let cp = c.as_mut_ptr();
+        let round_trip = time(n, |_| {
+            asm!("tilestored [{a} + {s}], tmm0", "tilestored [{b} + {s}], tmm1",
+                 "tileloadd tmm0, [{a} + {s}]", "tileloadd tmm1, [{b} + {s}]",
+                 a = in(reg) cp, b = in(reg) cp.add(16), s = in(reg) 128usize, options(nostack))
+        }) / 2.0;
+        println!("C tile store and reload:    {round_trip:6.2} ns per tile");
+        let mut x = [_mm512_set1_ps(0.5); 8];
+        for rounds in [8usize, 16, 32] {
+            let n = 500_000;
+            let tiles = time(n, |i| block(l1.as_ptr().add((i as usize % 4) * 2048), true));
+            let vector = time(n, |_| fmas(&mut x, rounds));
+            let both = time(n, |i| {
+                block(l1.as_ptr().add((i as usize % 4) * 2048), true);
+                fmas(&mut x, rounds);
+            });
+            println!("overlap, {:3} FMAs per block: tiles {tiles:5.1} ns, FMAs {vector:5.1} ns, both {both:5.1} ns", 8 * rounds);
+        }
+        std::hint::black_box(x);
+        asm!("tilerelease", options(nostack, nomem));
+    }
+}
