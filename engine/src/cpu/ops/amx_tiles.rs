@@ -131,3 +131,19 @@ pub(crate) unsafe fn release() {
     // SAFETY: the caller's promise (AMX usable).
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
+
+/// Depth blocks ahead that the products' loops prefetch their tiles: TILELOADD waits for lines that
+/// the hardware prefetchers do not bring early (a replica of the linear's loop in a standalone
+/// program ran 20% faster prefetching 1 to 4 blocks ahead; 2 here).
+pub(crate) const PREFETCH_AHEAD: usize = 2;
+
+/// Prefetches the 16 lines of the tile at `p` into L1. A hint: `p` need not point into an
+/// allocation (the address is formed with `wrapping_add` and never dereferenced).
+#[inline(always)]
+pub(crate) fn prefetch_tile(p: *const u16) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for line in 0..16 {
+        // SAFETY: a prefetch never faults and reads nothing into the program.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line * 32).cast()) };
+    }
+}

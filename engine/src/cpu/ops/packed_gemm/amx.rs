@@ -20,7 +20,7 @@
 //! (made on first use: a second, bf16 copy of each linear weight that runs on the tiles), and rounds A
 //! at the CPU's vector width.
 
-use super::super::amx_tiles::{self, round_bf16, round_slice, TILE};
+use super::super::amx_tiles::{self, prefetch_tile, round_bf16, round_slice, PREFETCH_AHEAD, TILE};
 use super::super::simd::level;
 use super::packed_b::{PackedRef, Values};
 use super::passes;
@@ -187,6 +187,12 @@ impl Task<'_> {
                     );
                     for kb in 0..self.kbs {
                         let o = kb * TILE;
+                        if kb + PREFETCH_AHEAD < self.kbs {
+                            let ahead = o + PREFETCH_AHEAD * TILE;
+                            for p in [a0, a1, b0, b1] {
+                                prefetch_tile(p.wrapping_add(ahead));
+                            }
+                        }
                         asm!(
                             "tileloadd tmm4, [{a0} + {s}]",
                             "tileloadd tmm5, [{a1} + {s}]",
