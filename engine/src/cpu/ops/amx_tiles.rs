@@ -147,3 +147,97 @@ pub(crate) fn prefetch_tile(p: *const u16) {
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line * 32).cast()) };
     }
 }
+
+/// tmm0-3 (the 2 x 2 block's C tiles) = 0.
+///
+/// # Safety
+/// This thread's tiles are configured ([`configure`]).
+#[inline(always)]
+pub(crate) unsafe fn zero_c() {
+    // SAFETY: the caller's promise.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        )
+    };
+}
+
+/// tmm0-3 = the four 16 x 16 f32 quarters of the 32 x 32 block at `c` (rows `stride` values apart):
+/// tmm0 top left, tmm1 top right, tmm2 bottom left, tmm3 bottom right.
+///
+/// # Safety
+/// This thread's tiles are configured; `c` is readable for 32 rows of 32 f32, `stride` apart.
+#[inline(always)]
+pub(crate) unsafe fn load_c(c: *const f32, stride: usize) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        asm!(
+            "tileloadd tmm0, [{c0} + {s}]",
+            "tileloadd tmm1, [{c1} + {s}]",
+            "tileloadd tmm2, [{c2} + {s}]",
+            "tileloadd tmm3, [{c3} + {s}]",
+            c0 = in(reg) c,
+            c1 = in(reg) c.add(16),
+            c2 = in(reg) c.add(16 * stride),
+            c3 = in(reg) c.add(16 * stride + 16),
+            s = in(reg) stride * 4,
+            options(nostack, readonly)
+        )
+    };
+}
+
+/// The 32 x 32 block at `c` (rows `stride` values apart) = tmm0-3, as [`load_c`] reads them.
+///
+/// # Safety
+/// This thread's tiles are configured; `c` is writable for 32 rows of 32 f32, `stride` apart.
+#[inline(always)]
+pub(crate) unsafe fn store_c(c: *mut f32, stride: usize) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        asm!(
+            "tilestored [{c0} + {s}], tmm0",
+            "tilestored [{c1} + {s}], tmm1",
+            "tilestored [{c2} + {s}], tmm2",
+            "tilestored [{c3} + {s}], tmm3",
+            c0 = in(reg) c,
+            c1 = in(reg) c.add(16),
+            c2 = in(reg) c.add(16 * stride),
+            c3 = in(reg) c.add(16 * stride + 16),
+            s = in(reg) stride * 4,
+            options(nostack)
+        )
+    };
+}
+
+/// The 2 x 2 block's step: tmm0 += a0 b0, tmm1 += a0 b1, tmm2 += a1 b0, tmm3 += a1 b1, with `a0`,
+/// `a1` A tiles (16 rows x 32 bf16) and `b0`, `b1` B tiles (32 x 16, pair-interleaved), each a whole
+/// tile of 64-byte rows.
+///
+/// # Safety
+/// This thread's tiles are configured; each pointer is readable for [`TILE`] values.
+#[inline(always)]
+pub(crate) unsafe fn product(a0: *const u16, a1: *const u16, b0: *const u16, b1: *const u16) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        asm!(
+            "tileloadd tmm4, [{a0} + {s}]",
+            "tileloadd tmm5, [{a1} + {s}]",
+            "tileloadd tmm6, [{b0} + {s}]",
+            "tileloadd tmm7, [{b1} + {s}]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a0 = in(reg) a0,
+            a1 = in(reg) a1,
+            b0 = in(reg) b0,
+            b1 = in(reg) b1,
+            s = in(reg) 64usize,
+            options(nostack, readonly)
+        )
+    };
+}

@@ -38,7 +38,6 @@ use super::super::fast_exp::exp;
 use super::super::simd::level;
 use super::{visible_keys, AttnShape, Segment};
 use rayon::prelude::*;
-use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
@@ -280,49 +279,16 @@ unsafe fn scores(qa: &[u16], k_head: &[u16], dbs: usize, c0: usize, p: usize, sb
         let kt = c0 / 16 + 2 * kp;
         let b0 = k_head[kt * dbs * TILE..].as_ptr();
         let b1 = k_head[(kt + 1) * dbs * TILE..].as_ptr();
-        let c = sb[kp * 32..].as_mut_ptr();
         // SAFETY: the caller's promise (tiles configured); the asserts above bound every tile read
-        // (16 rows of 64 bytes from each tile's start) and the four C stores (16 rows of 16 f32,
+        // (pair `p`'s Q tiles, the key pair's K tiles) and the C store (32 rows of 32 f32,
         // KEY_BLOCK apart, inside `sb`).
         unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
+            amx_tiles::zero_c();
             for db in 0..dbs {
                 let o = db * TILE;
-                asm!(
-                    "tileloadd tmm4, [{a0} + {s}]",
-                    "tileloadd tmm5, [{a1} + {s}]",
-                    "tileloadd tmm6, [{b0} + {s}]",
-                    "tileloadd tmm7, [{b1} + {s}]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a0.add(o),
-                    a1 = in(reg) a1.add(o),
-                    b0 = in(reg) b0.add(o),
-                    b1 = in(reg) b1.add(o),
-                    s = in(reg) 64usize,
-                    options(nostack, readonly)
-                );
+                amx_tiles::product(a0.add(o), a1.add(o), b0.add(o), b1.add(o));
             }
-            asm!(
-                "tilestored [{c0} + {s}], tmm0",
-                "tilestored [{c1} + {s}], tmm1",
-                "tilestored [{c2} + {s}], tmm2",
-                "tilestored [{c3} + {s}], tmm3",
-                c0 = in(reg) c,
-                c1 = in(reg) c.add(16),
-                c2 = in(reg) c.add(16 * KEY_BLOCK),
-                c3 = in(reg) c.add(16 * KEY_BLOCK + 16),
-                s = in(reg) KEY_BLOCK * 4,
-                options(nostack)
-            );
+            amx_tiles::store_c(sb[kp * 32..].as_mut_ptr(), KEY_BLOCK);
         }
     }
 }
@@ -338,54 +304,20 @@ unsafe fn pv(pa: &[u16], v_head: &[u16], dp: usize, c0: usize, p: usize, ob: &mu
     assert!(v_head.len() >= (c0 + KEY_BLOCK) / 32 * cts * TILE);
     for cq in 0..dp / 32 {
         let c = ob[p * 32 * dp + cq * 32..].as_mut_ptr();
-        // SAFETY: the caller's promise (tiles configured); the asserts above bound the C loads and
-        // stores (16 rows of 16 f32, dp apart, inside pair `p`'s rows) and every A and B tile read.
+        // SAFETY: the caller's promise (tiles configured); the asserts above bound the C load and
+        // store (32 rows of 32 f32, dp apart, inside pair `p`'s rows) and every A and B tile read.
         unsafe {
-            asm!(
-                "tileloadd tmm0, [{c0} + {s}]",
-                "tileloadd tmm1, [{c1} + {s}]",
-                "tileloadd tmm2, [{c2} + {s}]",
-                "tileloadd tmm3, [{c3} + {s}]",
-                c0 = in(reg) c,
-                c1 = in(reg) c.add(16),
-                c2 = in(reg) c.add(16 * dp),
-                c3 = in(reg) c.add(16 * dp + 16),
-                s = in(reg) dp * 4,
-                options(nostack, readonly)
-            );
+            amx_tiles::load_c(c, dp);
             for kb in 0..KEY_DEPTHS {
-                let a0 = pa[kb * TILE..].as_ptr();
-                let a1 = pa[(KEY_DEPTHS + kb) * TILE..].as_ptr();
                 let b0 = v_head[((c0 / 32 + kb) * cts + 2 * cq) * TILE..].as_ptr();
-                asm!(
-                    "tileloadd tmm4, [{a0} + {s}]",
-                    "tileloadd tmm5, [{a1} + {s}]",
-                    "tileloadd tmm6, [{b0} + {s}]",
-                    "tileloadd tmm7, [{b1} + {s}]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a0,
-                    a1 = in(reg) a1,
-                    b0 = in(reg) b0,
-                    b1 = in(reg) b0.add(TILE),
-                    s = in(reg) 64usize,
-                    options(nostack, readonly)
+                amx_tiles::product(
+                    pa[kb * TILE..].as_ptr(),
+                    pa[(KEY_DEPTHS + kb) * TILE..].as_ptr(),
+                    b0,
+                    b0.add(TILE),
                 );
             }
-            asm!(
-                "tilestored [{c0} + {s}], tmm0",
-                "tilestored [{c1} + {s}], tmm1",
-                "tilestored [{c2} + {s}], tmm2",
-                "tilestored [{c3} + {s}], tmm3",
-                c0 = in(reg) c,
-                c1 = in(reg) c.add(16),
-                c2 = in(reg) c.add(16 * dp),
-                c3 = in(reg) c.add(16 * dp + 16),
-                s = in(reg) dp * 4,
-                options(nostack)
-            );
+            amx_tiles::store_c(c, dp);
         }
     }
 }

@@ -25,7 +25,6 @@ use super::super::simd::level;
 use super::packed_b::{PackedRef, Values};
 use super::passes;
 use rayon::prelude::*;
-use std::arch::asm;
 
 pub(crate) use amx_tiles::{enabled, supported};
 
@@ -167,9 +166,8 @@ impl Task<'_> {
     /// output elements during the call.
     unsafe fn run(&self, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
         let mut c = [0f32; 32 * 32];
-        let stride = 64usize;
-        // SAFETY: the configuration is valid for palette 1; every load and store below moves 16 rows
-        // of 64 bytes from a whole tile of `a`, `b` or `c` (the packs are padded to whole tiles).
+        // SAFETY: the caller's promise (AMX usable); every tile read is a whole tile of `a` or `b`
+        // (the packs are padded to whole tiles) and the C store fills `c`.
         unsafe {
             amx_tiles::configure();
             for j in cols.step_by(32) {
@@ -178,13 +176,7 @@ impl Task<'_> {
                 for i in rows.clone().step_by(32) {
                     let a0 = self.a[(i / 16) * self.kbs * TILE..].as_ptr();
                     let a1 = self.a[(i / 16 + 1) * self.kbs * TILE..].as_ptr();
-                    asm!(
-                        "tilezero tmm0",
-                        "tilezero tmm1",
-                        "tilezero tmm2",
-                        "tilezero tmm3",
-                        options(nostack, nomem)
-                    );
+                    amx_tiles::zero_c();
                     for kb in 0..self.kbs {
                         let o = kb * TILE;
                         if kb + PREFETCH_AHEAD < self.kbs {
@@ -193,36 +185,9 @@ impl Task<'_> {
                                 prefetch_tile(p.wrapping_add(ahead));
                             }
                         }
-                        asm!(
-                            "tileloadd tmm4, [{a0} + {s}]",
-                            "tileloadd tmm5, [{a1} + {s}]",
-                            "tileloadd tmm6, [{b0} + {s}]",
-                            "tileloadd tmm7, [{b1} + {s}]",
-                            "tdpbf16ps tmm0, tmm4, tmm6",
-                            "tdpbf16ps tmm1, tmm4, tmm7",
-                            "tdpbf16ps tmm2, tmm5, tmm6",
-                            "tdpbf16ps tmm3, tmm5, tmm7",
-                            a0 = in(reg) a0.add(o),
-                            a1 = in(reg) a1.add(o),
-                            b0 = in(reg) b0.add(o),
-                            b1 = in(reg) b1.add(o),
-                            s = in(reg) stride,
-                            options(nostack, readonly)
-                        );
+                        amx_tiles::product(a0.add(o), a1.add(o), b0.add(o), b1.add(o));
                     }
-                    let cp = c.as_mut_ptr();
-                    asm!(
-                        "tilestored [{c0} + {s}], tmm0",
-                        "tilestored [{c1} + {s}], tmm1",
-                        "tilestored [{c2} + {s}], tmm2",
-                        "tilestored [{c3} + {s}], tmm3",
-                        c0 = in(reg) cp,
-                        c1 = in(reg) cp.add(16),
-                        c2 = in(reg) cp.add(16 * 32),
-                        c3 = in(reg) cp.add(16 * 32 + 16),
-                        s = in(reg) 128usize,
-                        options(nostack)
-                    );
+                    amx_tiles::store_c(c.as_mut_ptr(), 32);
                     self.write(&c, i, j);
                 }
             }
