@@ -36,8 +36,7 @@
 use super::super::amx_tiles::{self, round_bf16, round_slice, TILE};
 use super::super::fast_exp::exp;
 use super::super::simd::level;
-use super::{visible_keys, AttnShape, Segment};
-use rayon::prelude::*;
+use super::{for_each_band, pack_kv, AttnShape, Segment};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
@@ -67,7 +66,7 @@ struct PackedKv {
 
 impl PackedKv {
     fn new(segments: &[Segment<'_>], s: &AttnShape) -> Self {
-        let (d, kd) = (s.head_dim, s.kv_heads * s.head_dim);
+        let d = s.head_dim;
         let keys: usize = segments.iter().map(|g| g.len).sum();
         let keys_pad = keys.next_multiple_of(KEY_BLOCK);
         let dp = d.next_multiple_of(32);
@@ -75,28 +74,22 @@ impl PackedKv {
         let head = keys_pad * dp;
         let mut k = vec![0u16; s.kv_heads * head];
         let mut v = vec![0u16; s.kv_heads * head];
-        k.par_chunks_mut(head.max(1))
-            .zip(v.par_chunks_mut(head.max(1)))
-            .enumerate()
-            .for_each(|(j, (kh, vh))| {
-                let mut c = 0;
-                for seg in segments {
-                    for t in 0..seg.len {
-                        let src = &seg.k[t * kd + j * d..][..d];
-                        let tile = (c / 16) * dbs * TILE + (c % 16) * 2;
-                        for (e, &x) in src.iter().enumerate() {
-                            kh[tile + (e / 32) * TILE + ((e % 32) / 2) * 32 + e % 2] =
-                                round_bf16(x);
-                        }
-                        let src = &seg.v[t * kd + j * d..][..d];
-                        let tile = (c / 32) * cts * TILE + ((c % 32) / 2) * 32 + c % 2;
-                        for (e, &x) in src.iter().enumerate() {
-                            vh[tile + (e / 16) * TILE + (e % 16) * 2] = round_bf16(x);
-                        }
-                        c += 1;
-                    }
+        pack_kv(
+            segments,
+            s,
+            (&mut k, head),
+            (&mut v, head),
+            |kh, vh, c, kr, vr| {
+                let tile = (c / 16) * dbs * TILE + (c % 16) * 2;
+                for (e, &x) in kr.iter().enumerate() {
+                    kh[tile + (e / 32) * TILE + ((e % 32) / 2) * 32 + e % 2] = round_bf16(x);
                 }
-            });
+                let tile = (c / 32) * cts * TILE + ((c % 32) / 2) * 32 + c % 2;
+                for (e, &x) in vr.iter().enumerate() {
+                    vh[tile + (e / 16) * TILE + (e % 16) * 2] = round_bf16(x);
+                }
+            },
+        );
         PackedKv { k, v, keys_pad, dp }
     }
 
@@ -140,7 +133,6 @@ pub(super) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out:
         amx_tiles::supported(),
         "AMX attention on a CPU or OS without AMX-BF16"
     );
-    let hd = s.heads * s.head_dim;
     let kv = PackedKv::new(segments, s);
     let threads = rayon::current_num_threads().max(1);
     // Enough bands to keep every thread busy, whole row pairs, at most BAND rows.
@@ -148,27 +140,15 @@ pub(super) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out:
         s.nq.div_ceil(4 * threads)
             .next_multiple_of(32)
             .clamp(32, BAND);
-    out.par_chunks_mut(band * hd)
-        .enumerate()
-        .for_each(|(b, o)| {
-            let r0 = b * band;
-            let vis: Vec<usize> = (r0..r0 + o.len() / hd)
-                .map(|i| visible_keys(segments, s, i))
-                .collect();
-            SCRATCH.with(|cell| {
-                // A nested call on this thread (a task stolen while this one waits) uses its own.
-                let mut own = Scratch::default();
-                let mut held = cell.try_borrow_mut();
-                let scratch = held.as_deref_mut().unwrap_or(&mut own);
-                // SAFETY: `supported` (asserted above) found AMX-BF16 with the tile state granted.
-                unsafe { amx_tiles::configure() };
-                for h in 0..s.heads {
-                    head_band(q, &kv, s, h, r0, &vis, scratch, o);
-                }
-                // SAFETY: as for `configure`.
-                unsafe { amx_tiles::release() };
-            });
-        });
+    for_each_band(segments, s, out, band, &SCRATCH, |r0, vis, scratch, o| {
+        // SAFETY: `supported` (asserted above) found AMX-BF16 with the tile state granted.
+        unsafe { amx_tiles::configure() };
+        for h in 0..s.heads {
+            head_band(q, &kv, s, h, r0, vis, scratch, o);
+        }
+        // SAFETY: as for `configure`.
+        unsafe { amx_tiles::release() };
+    });
 }
 
 /// Head `h` of the rows `r0 .. r0 + vis.len()` (row `r0 + r` sees `vis[r]` keys) into `out` (those

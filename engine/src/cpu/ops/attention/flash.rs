@@ -18,9 +18,8 @@
 use super::flash_avx2::Avx2;
 use super::flash_avx512::Avx512;
 use super::flash_tile::{Kernels, ScorePass, TILE_COLS, TILE_ROWS};
-use super::{visible_keys, AttnShape, FlashIsa, Segment};
+use super::{for_each_band, pack_kv, AttnShape, FlashIsa, Segment};
 use crate::cpu::ops::fast_exp::exp;
-use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Keys per block, one tile wide: a band's scores for it (192 x 64 x 4 = 48 KiB) and 64 columns of
@@ -51,34 +50,28 @@ struct PackedKv {
 
 impl PackedKv {
     fn new(segments: &[Segment<'_>], s: &AttnShape) -> Self {
-        let (d, kd) = (s.head_dim, s.kv_heads * s.head_dim);
+        let d = s.head_dim;
         let keys: usize = segments.iter().map(|g| g.len).sum();
         let keys_pad = keys.next_multiple_of(TILE_COLS);
         let chunks = d.div_ceil(TILE_COLS);
         let mut k = vec![0f32; s.kv_heads * keys_pad * d];
         let mut v = vec![0f32; s.kv_heads * chunks * TILE_COLS * keys_pad];
         let (k_len, v_len) = (keys_pad * d, chunks * TILE_COLS * keys_pad);
-        k.par_chunks_mut(k_len.max(1))
-            .zip(v.par_chunks_mut(v_len.max(1)))
-            .enumerate()
-            .for_each(|(j, (kh, vh))| {
-                let mut c = 0;
-                for seg in segments {
-                    for t in 0..seg.len {
-                        let base = (c / TILE_COLS) * d * TILE_COLS + c % TILE_COLS;
-                        let src = &seg.k[t * kd + j * d..][..d];
-                        for (e, &x) in src.iter().enumerate() {
-                            kh[base + e * TILE_COLS] = x;
-                        }
-                        let src = &seg.v[t * kd + j * d..][..d];
-                        for (ch, part) in src.chunks(TILE_COLS).enumerate() {
-                            vh[(ch * keys_pad + c) * TILE_COLS..][..part.len()]
-                                .copy_from_slice(part);
-                        }
-                        c += 1;
-                    }
+        pack_kv(
+            segments,
+            s,
+            (&mut k, k_len),
+            (&mut v, v_len),
+            |kh, vh, c, kr, vr| {
+                let base = (c / TILE_COLS) * d * TILE_COLS + c % TILE_COLS;
+                for (e, &x) in kr.iter().enumerate() {
+                    kh[base + e * TILE_COLS] = x;
                 }
-            });
+                for (ch, part) in vr.chunks(TILE_COLS).enumerate() {
+                    vh[(ch * keys_pad + c) * TILE_COLS..][..part.len()].copy_from_slice(part);
+                }
+            },
+        );
         PackedKv {
             k,
             v,
@@ -145,26 +138,19 @@ pub(super) fn attention(
 }
 
 fn attention_with<K: Kernels>(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut [f32]) {
-    let hd = s.heads * s.head_dim;
     let kv = PackedKv::new(segments, s);
-    let band = band_rows(s.nq);
-    out.par_chunks_mut(band * hd)
-        .enumerate()
-        .for_each(|(b, o)| {
-            let r0 = b * band;
-            let vis: Vec<usize> = (r0..r0 + o.len() / hd)
-                .map(|i| visible_keys(segments, s, i))
-                .collect();
-            SCRATCH.with(|cell| {
-                // A nested call on this thread (a task stolen while this one waits) uses its own.
-                let mut own = Scratch::default();
-                let mut held = cell.try_borrow_mut();
-                let scratch = held.as_deref_mut().unwrap_or(&mut own);
-                for h in 0..s.heads {
-                    head_band::<K>(q, &kv, s, h, r0, &vis, scratch, o);
-                }
-            });
-        });
+    for_each_band(
+        segments,
+        s,
+        out,
+        band_rows(s.nq),
+        &SCRATCH,
+        |r0, vis, scratch, o| {
+            for h in 0..s.heads {
+                head_band::<K>(q, &kv, s, h, r0, vis, scratch, o);
+            }
+        },
+    );
 }
 
 /// Head `h` of the rows `r0 .. r0 + vis.len()` (row `r0 + r` sees `vis[r]` score columns) into

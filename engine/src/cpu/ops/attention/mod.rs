@@ -286,6 +286,63 @@ fn gemm_attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut 
         });
 }
 
+/// Packs every kv head's keys and values, compacted over the segments (each segment's first `len`
+/// rows), into `k` and `v` (`k_len` and `v_len` values per head), heads in parallel:
+/// `put(k_head, v_head, c, k_row, v_row)` for the `c`-th key, with its `head_dim` values of K and V.
+#[cfg(target_arch = "x86_64")]
+fn pack_kv<T: Send>(
+    segments: &[Segment<'_>],
+    s: &AttnShape,
+    (k, k_len): (&mut [T], usize),
+    (v, v_len): (&mut [T], usize),
+    put: impl Fn(&mut [T], &mut [T], usize, &[f32], &[f32]) + Sync,
+) {
+    let (d, kd) = (s.head_dim, s.kv_heads * s.head_dim);
+    k.par_chunks_mut(k_len.max(1))
+        .zip(v.par_chunks_mut(v_len.max(1)))
+        .enumerate()
+        .for_each(|(j, (kh, vh))| {
+            let mut c = 0;
+            for seg in segments {
+                for t in 0..seg.len {
+                    let at = t * kd + j * d;
+                    put(kh, vh, c, &seg.k[at..][..d], &seg.v[at..][..d]);
+                    c += 1;
+                }
+            }
+        });
+}
+
+/// Runs `f(r0, vis, scratch, rows)` for each band of `band` query rows of `out`, in parallel: `rows`
+/// the band's output rows (all heads) from row `r0`, `vis[r]` the score columns row `r0 + r` sees, and
+/// `scratch` this thread's buffers from `key` (a fresh set for a nested call on the same thread: a
+/// task stolen while this one waits).
+#[cfg(target_arch = "x86_64")]
+fn for_each_band<S: Default + 'static>(
+    segments: &[Segment<'_>],
+    s: &AttnShape,
+    out: &mut [f32],
+    band: usize,
+    key: &'static std::thread::LocalKey<std::cell::RefCell<S>>,
+    f: impl Fn(usize, &[usize], &mut S, &mut [f32]) + Sync,
+) {
+    let hd = s.heads * s.head_dim;
+    out.par_chunks_mut(band * hd)
+        .enumerate()
+        .for_each(|(b, o)| {
+            let r0 = b * band;
+            let vis: Vec<usize> = (r0..r0 + o.len() / hd)
+                .map(|i| visible_keys(segments, s, i))
+                .collect();
+            key.with(|cell| {
+                let mut own = S::default();
+                let mut held = cell.try_borrow_mut();
+                let scratch = held.as_deref_mut().unwrap_or(&mut own);
+                f(r0, &vis, scratch, o);
+            });
+        });
+}
+
 /// Softmax of `row[..visible]` with max subtraction, in f32; masked entries become exact zeros.
 fn softmax_prefix(row: &mut [f32], visible: usize) {
     let (live, masked) = row.split_at_mut(visible);
