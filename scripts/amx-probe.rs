@@ -1,7 +1,8 @@
 //! The tile unit's costs on this machine, for the floors in docs/BENCHMARKS.md (x86-64 Linux with
 //! AMX-BF16 and AVX-512F): TDPBF16PS alone, the 2 x 2 block of the linear and attention kernels (four
-//! tile loads, four products) from L1 and from L2, tile loads alone, a C tile's store and reload, and
-//! whether vector FMAs run alongside the tile work.
+//! tile loads, four products) from L1, L2 and beyond, tile loads alone, a C tile's store and reload,
+//! whether vector FMAs run alongside the tile work, and the bf16 linear's loop
+//! (`engine/src/cpu/ops/packed_gemm/amx.rs`) on one thread with and without prefetching its tiles.
 //!
 //!     rustc -O scripts/amx-probe.rs -o /tmp/amx-probe && /tmp/amx-probe
 //!
@@ -67,6 +68,73 @@ fn time(n: u64, mut f: impl FnMut(u64)) -> f64 {
     t.elapsed().as_secs_f64() * 1e9 / n as f64
 }
 
+/// How [`linear_loop`] puts each 32 x 32 output block into `y` (4096 x 3072 f32).
+#[derive(Clone, Copy, Debug)]
+enum Output {
+    /// Not at all (the tiles alone).
+    Kept,
+    /// Stored to a buffer, then copied into `y` row by row.
+    Copied,
+    /// Stored by TILESTORED straight into `y`.
+    Direct,
+}
+
+/// The bf16 linear's task loop over A (4096 x 768) and B (768 x 3072) tiles on this thread: tasks of
+/// 256 rows, each walking every column pair and, inside, its row pairs over the depth; with `ahead`
+/// > 0 each product first prefetches the tiles `ahead` depth blocks on. (TFLOP/s, ns per product.)
+unsafe fn linear_loop(ahead: usize, output: Output) -> (f64, f64) {
+    let (m, k, n) = (4096usize, 768usize, 3072usize);
+    let kbs = k / 32;
+    let a = vec![0x3f80u16; m * k];
+    let b = vec![0x3f80u16; n * k];
+    let mut c = [0f32; 1024];
+    // Written before the clock starts: the model's outputs live in an arena whose pages are mapped.
+    let mut y = vec![1f32; m * n];
+    let start = Instant::now();
+    for r0 in (0..m / 32).step_by(8) {
+        for j in 0..n / 32 {
+            let (b0, b1) = (b.as_ptr().add(2 * j * kbs * 512), b.as_ptr().add((2 * j + 1) * kbs * 512));
+            for i in r0..r0 + 8 {
+                let (a0, a1) = (a.as_ptr().add(2 * i * kbs * 512), a.as_ptr().add((2 * i + 1) * kbs * 512));
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+                for kb in 0..kbs {
+                    let o = kb * 512;
+                    if ahead > 0 && kb + ahead < kbs {
+                        for p in [a0, a1, b0, b1] {
+                            for line in 0..16 {
+                                _mm_prefetch::<_MM_HINT_T0>(p.add(o + ahead * 512 + line * 32).cast());
+                            }
+                        }
+                    }
+                    asm!("tileloadd tmm4, [{a0} + {s}]", "tileloadd tmm5, [{a1} + {s}]",
+                         "tileloadd tmm6, [{b0} + {s}]", "tileloadd tmm7, [{b1} + {s}]",
+                         "tdpbf16ps tmm0, tmm4, tmm6", "tdpbf16ps tmm1, tmm4, tmm7",
+                         "tdpbf16ps tmm2, tmm5, tmm6", "tdpbf16ps tmm3, tmm5, tmm7",
+                         a0 = in(reg) a0.add(o), a1 = in(reg) a1.add(o), b0 = in(reg) b0.add(o),
+                         b1 = in(reg) b1.add(o), s = in(reg) 64usize, options(nostack, readonly));
+                }
+                let (cp, stride) = match output {
+                    Output::Direct => (y.as_mut_ptr().add(32 * i * n + 32 * j), n),
+                    _ => (c.as_mut_ptr(), 32),
+                };
+                asm!("tilestored [{c0} + {s}], tmm0", "tilestored [{c1} + {s}], tmm1",
+                     "tilestored [{c2} + {s}], tmm2", "tilestored [{c3} + {s}], tmm3",
+                     c0 = in(reg) cp, c1 = in(reg) cp.add(16), c2 = in(reg) cp.add(16 * stride),
+                     c3 = in(reg) cp.add(16 * stride + 16), s = in(reg) stride * 4, options(nostack));
+                if let Output::Copied = output {
+                    for r in 0..32 {
+                        y[(32 * i + r) * n + 32 * j..][..32].copy_from_slice(&c[r * 32..][..32]);
+                    }
+                }
+            }
+        }
+    }
+    std::hint::black_box((&c, &y));
+    let s = start.elapsed().as_secs_f64();
+    let flops = 2.0 * (m * k * n) as f64;
+    (flops / s / 1e12, s * 1e9 / (flops / 16384.0))
+}
+
 #[target_feature(enable = "avx512f")]
 unsafe fn fmas(x: &mut [__m512; 8], rounds: usize) {
     let c = _mm512_set1_ps(1.000_000_1);
@@ -103,6 +171,9 @@ fn main() {
         println!("2x2 block, tiles from L1:   {from_l1:6.2} ns per product ({:.2} TFLOP/s per core)", 16384.0 / from_l1 / 1e3);
         let from_l2 = time(n, |i| block(l2.as_ptr().add((i as usize % 256) * 2048), true)) / 4.0;
         println!("2x2 block, tiles from L2:   {from_l2:6.2} ns per product (1 MiB of tiles)");
+        let l3 = vec![0x3f80u16; 32 * 512 * 1024];
+        let from_l3 = time(n, |i| block(l3.as_ptr().add((i as usize % 8192) * 2048), true)) / 4.0;
+        println!("2x2 block, tiles from L3:   {from_l3:6.2} ns per product (32 MiB of tiles)");
         let loads = time(n, |i| block(l1.as_ptr().add((i as usize % 4) * 2048), false)) / 4.0;
         println!("tile load from L1:          {loads:6.2} ns per 1 KiB tile");
         let cp = c.as_mut_ptr();
@@ -124,6 +195,10 @@ fn main() {
             println!("overlap, {:3} FMAs per block: tiles {tiles:5.1} ns, FMAs {vector:5.1} ns, both {both:5.1} ns", 8 * rounds);
         }
         std::hint::black_box(x);
+        for (ahead, output) in [(0, Output::Kept), (2, Output::Kept), (2, Output::Copied), (2, Output::Direct)] {
+            let (rate, ns) = linear_loop(ahead, output);
+            println!("linear loop, 4096 x 768 x 3072, prefetch {ahead} ahead, output {output:?}: {rate:.2} TFLOP/s, {ns:.1} ns per product");
+        }
         asm!("tilerelease", options(nostack, nomem));
     }
 }

@@ -167,7 +167,8 @@ pub(crate) unsafe fn zero_c() {
 }
 
 /// tmm0-3 = the four 16 x 16 f32 quarters of the 32 x 32 block at `c` (rows `stride` values apart):
-/// tmm0 top left, tmm1 top right, tmm2 bottom left, tmm3 bottom right.
+/// tmm0 top left, tmm1 top right, tmm2 bottom left, tmm3 bottom right. With `stride` 0 every row is
+/// the 32 values at `c`.
 ///
 /// # Safety
 /// This thread's tiles are configured; `c` is readable for 32 rows of 32 f32, `stride` apart.

@@ -2,8 +2,8 @@
 //! (Sapphire Rapids and later) under Linux.
 //!
 //! Numerics: the activations and the weight are rounded to bf16 (nearest, ties to even; a bf16 weight
-//! is exact), each product is exact, and the sums are f32 in the tile unit's own order; the bias is
-//! added to the finished f32 sum. This is the CUDA backend's contract (bf16 inputs, f32
+//! is exact), each product is exact, and the sums are f32 in the tile unit's own order, starting from
+//! the bias (the C tiles are loaded with it). This is the CUDA backend's contract (bf16 inputs, f32
 //! accumulation), not the f32 CPU backend's: results differ from it by bf16 rounding, and the model
 //! checks hold them to the bf16 tolerance of DESIGN.md section 8.
 //!
@@ -16,9 +16,13 @@
 //! four TDPBF16PS. A block's rows (at most [`TASK_ROWS`]) stay in L2 while the task walks its columns.
 //!
 //! Versions: v1 packed B on every call; at 512 rows (the mid preset's prefill) that took 2.1-2.7 ms of
-//! a 4864 x 896 linear whose tile products took 3.1-4.0 ms. v2 (this) keeps the tiles with the weight
+//! a 4864 x 896 linear whose tile products took 3.1-4.0 ms. v2 keeps the tiles with the weight
 //! (made on first use: a second, bf16 copy of each linear weight that runs on the tiles), and rounds A
-//! at the CPU's vector width.
+//! at the CPU's vector width. v3 (this) prefetches each product's tiles two depth blocks ahead (the
+//! hardware prefetchers do not serve TILELOADD), starts the sums from the bias and stores whole
+//! output blocks straight from the tiles (v2 stored them to a buffer and copied them out, adding the
+//! bias). The output's stores still cost a quarter of the loop's time: at 4112 x 768 x 3072 it is a
+//! 50 MB stream of f32 out of the caches.
 
 use super::super::amx_tiles::{self, prefetch_tile, round_bf16, round_slice, PREFETCH_AHEAD, TILE};
 use super::super::simd::level;
@@ -165,18 +169,30 @@ impl Task<'_> {
     /// AMX-BF16 must be usable by this thread ([`supported`]), and no other thread may touch these
     /// output elements during the call.
     unsafe fn run(&self, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
+        let (m, n) = (self.m, self.n);
         let mut c = [0f32; 32 * 32];
         // SAFETY: the caller's promise (AMX usable); every tile read is a whole tile of `a` or `b`
-        // (the packs are padded to whole tiles) and the C store fills `c`.
+        // (the packs are padded to whole tiles) or the bias row `first`, and the C stores go to `c`
+        // or to a whole 32 x 32 block of `y` inside m x n, in this task's part.
         unsafe {
             amx_tiles::configure();
             for j in cols.step_by(32) {
                 let b0 = self.b[(j / 16) * self.kbs * TILE..].as_ptr();
                 let b1 = self.b[(j / 16 + 1) * self.kbs * TILE..].as_ptr();
+                // The sums start from the bias (zero past n): no pass over the output to add it.
+                let mut first = [0f32; 32];
+                if let Some(bias) = self.bias {
+                    let width = 32.min(n - j.min(n));
+                    first[..width].copy_from_slice(&bias[j..j + width]);
+                }
                 for i in rows.clone().step_by(32) {
                     let a0 = self.a[(i / 16) * self.kbs * TILE..].as_ptr();
                     let a1 = self.a[(i / 16 + 1) * self.kbs * TILE..].as_ptr();
-                    amx_tiles::zero_c();
+                    match self.bias {
+                        // Row stride 0: every row of the four C tiles is the bias row.
+                        Some(_) => amx_tiles::load_c(first.as_ptr(), 0),
+                        None => amx_tiles::zero_c(),
+                    }
                     for kb in 0..self.kbs {
                         let o = kb * TILE;
                         if kb + PREFETCH_AHEAD < self.kbs {
@@ -187,35 +203,33 @@ impl Task<'_> {
                         }
                         amx_tiles::product(a0.add(o), a1.add(o), b0.add(o), b1.add(o));
                     }
-                    amx_tiles::store_c(c.as_mut_ptr(), 32);
-                    self.write(&c, i, j);
+                    if i + 32 <= m && j + 32 <= n {
+                        // Straight into the output (`scripts/amx-probe.rs`, the linear's loop on
+                        // one thread: 0.82 TFLOP/s, 0.73 through a buffer, 1.11 storing nothing).
+                        amx_tiles::store_c(self.out.0.add(i * n + j), n);
+                    } else {
+                        amx_tiles::store_c(c.as_mut_ptr(), 32);
+                        self.write_edge(&c, i, j);
+                    }
                 }
             }
             amx_tiles::release();
         }
     }
 
-    /// Adds the bias to the 32 x 32 block `c` (row stride 32) at output `(i, j)` and stores the part
-    /// inside `m` x `n`.
+    /// Stores the part of the 32 x 32 block `c` (row stride 32) at output `(i, j)` that lies inside
+    /// `m` x `n` (a block on the output's edge).
     ///
     /// # Safety
     /// As for [`Task::run`].
-    unsafe fn write(&self, c: &[f32; 1024], i: usize, j: usize) {
+    unsafe fn write_edge(&self, c: &[f32; 1024], i: usize, j: usize) {
         let width = 32.min(self.n - j.min(self.n));
         for r in 0..32.min(self.m.saturating_sub(i)) {
-            let src = &c[r * 32..][..width];
             // SAFETY: row `i + r < m`, columns `j .. j + width <= n`: inside `y`, owned by this task.
             let dst = unsafe {
                 std::slice::from_raw_parts_mut(self.out.0.add((i + r) * self.n + j), width)
             };
-            match self.bias {
-                Some(bias) => {
-                    for ((d, &s), &b) in dst.iter_mut().zip(src).zip(&bias[j..]) {
-                        *d = s + b;
-                    }
-                }
-                None => dst.copy_from_slice(src),
-            }
+            dst.copy_from_slice(&c[r * 32..][..width]);
         }
     }
 }
