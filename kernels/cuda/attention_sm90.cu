@@ -137,10 +137,10 @@ __device__ __forceinline__ void sm90_accumulate_pv(float (&o)[D / 2], unsigned (
 }
 
 // v3's softmax of one tile against a lazily updated reference max (FA4's conditional rescale): the row
-// max mx of the tile is compared with the max O and l are kept relative to (m); only when some row of
-// the warp gains more than 2^8 does the warp wait for its P V MMAs in flight and rescale O and l, so
-// most tiles never touch O and the P V MMAs run under the softmax. Exponentials are at most 2^8 in
-// between: no overflow in bf16 P, f32 l or O.
+// max mx of the tile is compared with the max O and l are kept relative to (m); only when some row
+// of the warpgroup gains more than 2^8 does the warpgroup wait for its P V MMAs in flight and
+// rescale O and l, so most tiles never touch O and the P V MMAs run under the softmax. Exponentials
+// are at most 2^8 in between: no overflow in bf16 P, f32 l or O.
 #define SM90_RESCALE_LOG2 8.0f
 
 template <int NB>
@@ -155,10 +155,27 @@ __device__ __forceinline__ void sm90_row_max(const float (&s)[4 * NB], float (&m
     }
 }
 
-// Whether the warp must move its reference max (warp-uniform, as the wait it guards must be).
-__device__ __forceinline__ bool sm90_needs_rescale(const float (&mx)[2], const float (&m)[2]) {
+// OR of `v` over the 128 threads of a warpgroup, on named barrier BAR (barrier 0 is __syncthreads').
+template <int BAR>
+__device__ __forceinline__ bool sm90_warpgroup_any(bool v) {
+    unsigned any;
+    asm volatile(
+        "{\n\t.reg .pred p, q;\n\t"
+        "setp.ne.u32 p, %1, 0;\n\t"
+        "bar.red.or.pred q, %2, 128, p;\n\t"
+        "selp.u32 %0, 1, 0, q;\n\t}"
+        : "=r"(any)
+        : "r"(v ? 1u : 0u), "n"(BAR));
+    return any != 0;
+}
+
+// Whether warpgroup wg must move its reference max. Uniform over the warpgroup, not only the warp:
+// the `wgmma.wait_group.sync.aligned` it guards must be executed by all 128 threads alike (PTX ISA).
+// (With the barrier id an immediate per warpgroup, ptxas kept 16 B less on the stack than with a
+// register id.)
+__device__ __forceinline__ bool sm90_needs_rescale(const float (&mx)[2], const float (&m)[2], int wg) {
     const bool need = mx[0] > m[0] + SM90_RESCALE_LOG2 || mx[1] > m[1] + SM90_RESCALE_LOG2;
-    return __any_sync(0xffffffffu, need);
+    return wg == 0 ? sm90_warpgroup_any<1>(need) : sm90_warpgroup_any<2>(need);
 }
 
 // Moves the reference max to the tile's max where larger, rescaling o and l (o not in flight).
@@ -213,9 +230,11 @@ __device__ __forceinline__ void sm90_store_rows(const AttnParams& p, int b, int 
         for (int nd = 0; nd < D / 8; ++nd) {
             const int col = nd * 8 + tq * 2;
             const float v0 = o[4 * nd + 2 * r] * inv[r], v1 = o[4 * nd + 2 * r + 1] * inv[r];
-            if (p.out_vec) {
-                // Rows 16-byte aligned and head_dim % 8 == 0: the pair is in range and 4-byte aligned.
-                if (col < hd) *reinterpret_cast<unsigned*>(row + col) = pack_bf16x2(v0, v1);
+            if (p.out_vec && col + 1 < hd) {
+                // Rows 16-byte aligned (the host's out_vec) and col even: the pair is 4-byte aligned.
+                // The host skips the head_dim % 8 check for a single head, so an odd head_dim's last
+                // column takes the scalar path below instead of writing one past the head.
+                *reinterpret_cast<unsigned*>(row + col) = pack_bf16x2(v0, v1);
             } else {
                 if (col < hd) row[col] = f32_to_bf16(v0);
                 if (col + 1 < hd) row[col + 1] = f32_to_bf16(v1);
@@ -311,8 +330,8 @@ __device__ __forceinline__ void attn_fwd_sm90(const AttnParams& p) {
 // Per iteration t: issue S_t = Q K_t and O += P_{t-1} V_{t-1} as two commit groups, wait for S_t only
 // (groups retire in order), mask it and run the softmax while the P V MMAs run. The softmax does not
 // touch O: O and l stay relative to a reference max that moves only when a row's max grows by 2^8
-// (then the warp waits for its MMAs and rescales, rarely after the first tiles). P alternates between
-// two register sets, so P_t is written while P_{t-1} V_{t-1} still reads the other; the wait for S_{t+1}
+// (then the warpgroup waits for its MMAs and rescales, rarely after the first tiles). P alternates
+// between two register sets, so P_t is written while P_{t-1} V_{t-1} still reads the other; the wait for S_{t+1}
 // next iteration also retires P_{t-1} V_{t-1} before its registers take P_{t+1}. (A plain wait for the
 // P V MMAs before the rescale did not work: ptxas schedules such a wait wherever its latency model
 // says the MMAs are done, which was before the softmax.) When tile t+1 starts loading (the top of
@@ -363,7 +382,7 @@ __device__ __forceinline__ void attn_fwd_sm90_pipe(const AttnParams& p) {
         wgmma_fence_regs(p_next);
         sm90_mask_tile<NB>(p, blk, t, qi0, qi1, tq, s);
         sm90_row_max<NB>(s, mx);
-        if (sm90_needs_rescale(mx, m)) {
+        if (sm90_needs_rescale(mx, m, wg)) {
             wgmma_wait<0>();
             wgmma_fence_regs(o);
             wgmma_fence_regs(p_prev);

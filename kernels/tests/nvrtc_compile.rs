@@ -6,8 +6,13 @@
 
 use hbridge_kernels::{compile_ptx, find_ptxas, nvrtc_available, ptxas_report, Arch, FILES};
 
-/// Kernels allowed to spill, with the reason. Empty: nothing may spill.
-const SPILL_ALLOWED: &[(&str, &str)] = &[];
+/// Kernels allowed to spill, with the reason.
+const SPILL_ALLOWED: &[(&str, &str)] = &[(
+    "attn_fwd_sm90_pipe_d128",
+    "v3 at D=128 sits at 246 of 255 registers; making its rescale decision warpgroup-uniform (the \
+     named-barrier OR that wgmma.wait_group's .aligned requires) spills about 40 B. Opt-in until a GPU \
+     measures it against v2 and v1",
+)];
 
 fn required() -> bool {
     std::env::var("HBRIDGE_REQUIRE_NVRTC").is_ok_and(|v| v == "1")

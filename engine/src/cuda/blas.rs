@@ -159,6 +159,15 @@ impl Blas {
                 problem: "a bias with an f32 output".into(),
             });
         }
+        // The BIAS epilogue's vector loads want an aligned bias, which the plan key does not record
+        // (every bias is its own weight allocation today; a slice of one would not be).
+        if let Some(bias) = mm.bias.filter(|b| b.0 % 16 != 0) {
+            return Err(CudaError::Unsupported {
+                op: "gemm",
+                label: "cuBLASLt".into(),
+                problem: format!("a bias at {:#x}, not 16-byte aligned", bias.0),
+            });
+        }
         let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
         let plan = match plans.entry(key) {
             Entry::Occupied(e) => e.into_mut(),

@@ -2,6 +2,11 @@
 //! bf16 like every activation, for the whole request. A graph reads them in place and its state writes
 //! update them on the device, so a decode step moves no cache bytes over PCIe and, its addresses being
 //! fixed for the request, can be captured once and replayed for every token.
+//!
+//! Every method that puts work on the stream holds `Gpu::exclusive` while it does: another request's
+//! executor may be capturing the stream, and a copy or allocation enqueued meanwhile would become a
+//! node of that request's CUDA graph (and a pageable copy or a synchronize would break its capture).
+//! None of them may be called while the caller holds it (the guard is not reentrant).
 
 use super::buffer::{download_bf16, f32_to_bf16_bits};
 use super::context::{dev_ptr, DevPtr, Gpu};
@@ -43,7 +48,10 @@ impl CudaStates {
     /// Adds (or replaces) state `name` of `shape`, zero-filled.
     pub fn alloc(&mut self, gpu: &Gpu, name: &str, shape: &[usize]) -> CudaResult<()> {
         let n: usize = shape.iter().product();
-        let data = gpu.alloc_zeros::<u16>(n.max(1))?;
+        let data = {
+            let _exclusive = gpu.exclusive();
+            gpu.alloc_zeros::<u16>(n.max(1))?
+        };
         self.buffers.insert(
             name.to_string(),
             StateBuffer {
@@ -104,7 +112,12 @@ impl CudaStates {
             return Ok(());
         }
         let bits = f32_to_bf16_bits(values);
+        let _exclusive = gpu.exclusive();
         let dst = dev_ptr(&b.data, gpu.stream()).offset(range.start, 2);
+        // A raw driver call: the context must be current on this thread (cudarc's own calls bind it).
+        gpu.context()
+            .bind_to_thread()
+            .map_err(|e| CudaError::driver("binding the context", e))?;
         // SAFETY: rows [row, row + rows) lie inside the buffer (checked above); a pageable async copy
         // returns once the host data is staged, so `bits` may drop right after.
         unsafe { result::memcpy_htod_async(dst.0, &bits, gpu.stream().cu_stream()) }
@@ -129,6 +142,7 @@ impl CudaStates {
             return Ok(());
         }
         let dst = self.buffer(name)?;
+        let _exclusive = gpu.exclusive();
         let (d, s) = (
             dev_ptr(&dst.data, gpu.stream()),
             dev_ptr(&src.data, gpu.stream()),
@@ -148,6 +162,7 @@ impl CudaStates {
     pub fn read(&self, gpu: &Gpu, name: &str) -> Result<HostTensor, EngineError> {
         let b = self.buffer(name)?;
         let n: usize = b.shape.iter().product();
+        let _exclusive = gpu.exclusive();
         let values = download_bf16(gpu, dev_ptr(&b.data, gpu.stream()), n)?;
         Ok(HostTensor::f32(b.shape.clone(), values))
     }
