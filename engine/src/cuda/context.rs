@@ -9,6 +9,7 @@ use cudarc::driver::{
 };
 use hbridge_kernels::{compile_ptx, Arch, KernelFile};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// A raw device address inside an allocation the caller keeps alive (an arena, a weight buffer). Kernels
@@ -38,7 +39,7 @@ pub struct Gpu {
     /// upload): launches from another thread must not land inside a stream capture.
     exclusive: Mutex<()>,
     /// Hand-written kernels launch with programmatic dependent launch (see `launch.rs`).
-    pdl: bool,
+    pdl: AtomicBool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -88,7 +89,7 @@ impl Gpu {
             functions: Mutex::new(HashMap::new()),
             blas: OnceLock::new(),
             exclusive: Mutex::new(()),
-            pdl: major >= 9 && super::launch::pdl_requested(),
+            pdl: AtomicBool::new(major >= 9 && super::launch::pdl_requested()),
         }))
     }
 
@@ -107,7 +108,16 @@ impl Gpu {
     /// Whether hand-written kernels launch with programmatic dependent launch (`HBRIDGE_PDL=1` on
     /// sm_90 or newer).
     pub fn pdl(&self) -> bool {
-        self.pdl
+        self.pdl.load(Ordering::Relaxed)
+    }
+
+    /// Turns programmatic dependent launch on or off for the launches that follow (a comparison of the
+    /// two in one process); on only where the GPU has it (sm_90 or newer). Returns what is now in
+    /// effect. A CUDA graph captured before keeps the launches it captured.
+    pub fn set_pdl(&self, on: bool) -> bool {
+        let on = on && self.arch.major >= 9;
+        self.pdl.store(on, Ordering::Relaxed);
+        on
     }
 
     pub fn name(&self) -> &str {

@@ -69,7 +69,8 @@ impl FlashIsa {
 }
 
 /// What `HBRIDGE_CPU_ATTENTION` asks for (comparisons): `gemm` every call on the GEMM path, `avx2`
-/// the flash path's AVX2 kernels on a CPU with AVX-512.
+/// the flash path's AVX2 kernels on a CPU with AVX-512. Any value keeps the bf16 opt-in's AMX path
+/// off.
 fn asked() -> Option<&'static str> {
     static ASKED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     ASKED
@@ -148,11 +149,11 @@ fn band_rows(nq: usize) -> usize {
 
 /// q `[nq, heads*head_dim]` -> out `[nq, heads*head_dim]`. Causal: query i sees key positions
 /// `0..=i + nk - nq` (`nk` the total rows); keys are compacted into score columns, segment by segment.
-/// The flash path where the CPU has it and there are enough queries, the few-query path for fewer,
-/// else the GEMM path.
+/// The AMX path with the bf16 opt-in on an AMX CPU and enough queries, else the flash path where the
+/// CPU has it and there are enough queries, the few-query path for fewer, else the GEMM path.
 pub(crate) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out: &mut [f32]) {
     let flash = flash_isa().filter(|_| s.nq >= FLASH_MIN_QUERIES);
-    let path = if amx_enabled() && s.nq >= AMX_MIN_QUERIES && !gemm_asked() {
+    let path = if amx_enabled() && s.nq >= AMX_MIN_QUERIES && asked().is_none() {
         Path::Amx
     } else if let Some(isa) = flash {
         Path::Flash(isa)
