@@ -128,6 +128,11 @@ impl InputBuffers {
         graph: &Graph,
         inputs: &HashMap<String, HostTensor>,
     ) -> Result<(), EngineError> {
+        // Raw driver calls below: the context must be current on this thread (a replay may be the
+        // thread's first CUDA work, and cudarc binds only in its own calls).
+        gpu.context()
+            .bind_to_thread()
+            .map_err(|e| CudaError::driver("binding the context", e))?;
         let stream = gpu.stream().cu_stream();
         for slot in &mut self.slots {
             let t = graph.tensor(slot.id);

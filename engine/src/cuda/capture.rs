@@ -56,6 +56,10 @@ impl CaptureKey {
             for (name, id) in &graph.outputs {
                 let _ = write!(w, "{name:?}{id:?};");
             }
+            // Launched inside the capture too (source, state and row buffer of each).
+            for sw in &graph.state_writes {
+                let _ = write!(w, "{sw:?};");
+            }
         }
         plan.offsets.hash(&mut h);
         CaptureKey {

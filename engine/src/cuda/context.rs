@@ -36,8 +36,8 @@ pub struct Gpu {
     functions: Mutex<HashMap<&'static str, HashMap<String, CudaFunction>>>,
     blas: OnceLock<Result<Blas, CudaError>>,
     /// Held by whoever needs the stream to itself for a while (an executor's run, a capture, a weight
-    /// upload): launches from another thread must not land inside a stream capture.
-    exclusive: Mutex<()>,
+    /// upload, a stream-ordered free): work from another thread must not land inside a stream capture.
+    exclusive: Arc<Mutex<()>>,
     /// Hand-written kernels launch with programmatic dependent launch (see `launch.rs`).
     pdl: AtomicBool,
 }
@@ -88,7 +88,7 @@ impl Gpu {
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             blas: OnceLock::new(),
-            exclusive: Mutex::new(()),
+            exclusive: Arc::new(Mutex::new(())),
             pdl: AtomicBool::new(major >= 9 && super::launch::pdl_requested()),
         }))
     }
@@ -185,6 +185,12 @@ impl Gpu {
     /// Exclusive use of the stream until the guard drops (see the field). Not reentrant.
     pub fn exclusive(&self) -> MutexGuard<'_, ()> {
         self.exclusive.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lock behind [`exclusive`](Self::exclusive), for an owner of device memory that must free it
+    /// under the lock from its `Drop` (cudarc frees on the stream) without holding the `Gpu`.
+    pub(crate) fn exclusive_lock(&self) -> Arc<Mutex<()>> {
+        self.exclusive.clone()
     }
 
     /// Device memory in use by every process on this GPU (total minus free, cuMemGetInfo), in bytes.

@@ -64,6 +64,17 @@ impl std::fmt::Debug for CudaExecutor {
     }
 }
 
+impl Drop for CudaExecutor {
+    /// Frees the captures and the scratch buffers under `Gpu::exclusive` (cudarc frees on the stream,
+    /// which another thread may be capturing).
+    fn drop(&mut self) {
+        let gpu = self.gpu.clone();
+        let _exclusive = gpu.exclusive();
+        self.captures.clear();
+        self.scratch = Scratch::default();
+    }
+}
+
 /// A capture's addresses and key, for launching its graph eagerly or replaying it.
 pub(crate) type CaptureHandle = (Bindings, CaptureKey);
 
@@ -124,8 +135,11 @@ impl CudaExecutor {
         self.failed.get(&CaptureKey::new(graph, plan, weights.id()))
     }
 
-    /// Drops every capture (their memory too); the next `run_captured` of each graph captures again.
+    /// Drops every capture (their memory too, freed under `Gpu::exclusive`); the next `run_captured`
+    /// of each graph captures again. Not to be called while holding that lock.
     pub fn clear_captures(&mut self) {
+        let gpu = self.gpu.clone();
+        let _exclusive = gpu.exclusive();
         self.captures.clear();
         self.failed.clear();
     }
@@ -160,14 +174,17 @@ impl CudaExecutor {
     }
 
     /// Grows the shared buffers for `plan` and `needs`; a move drops every capture (they point at the
-    /// old buffers).
+    /// old buffers). So does a failure: a buffer may have moved before another's allocation failed,
+    /// and a capture replayed after that would write to freed memory.
     fn reserve(&mut self, plan: &MemoryPlan, needs: &Needs) -> Result<()> {
-        if self.scratch.reserve(&self.gpu, plan.arena_len, needs)? {
+        let grown = self.scratch.reserve(&self.gpu, plan.arena_len, needs);
+        if !matches!(grown, Ok(false)) {
             if !self.captures.is_empty() {
                 self.stats.invalidations += 1;
             }
             self.captures.clear();
         }
+        grown?;
         Ok(())
     }
 

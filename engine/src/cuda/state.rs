@@ -17,16 +17,29 @@ use hbridge_graph::{Graph, Source};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 
 struct StateBuffer {
     shape: Vec<usize>,
     data: CudaSlice<u16>,
 }
 
-/// Named device tensors `[rows, cols]` (bf16) kept across runs. Dropping it frees them.
+/// Named device tensors `[rows, cols]` (bf16) kept across runs. Dropping it frees them, under the
+/// GPU's exclusive lock (cudarc frees on the stream), so it must not be dropped while holding it.
 #[derive(Default)]
 pub struct CudaStates {
     buffers: HashMap<String, StateBuffer>,
+    /// `Gpu::exclusive`'s lock, from the first allocation.
+    exclusive: Option<Arc<Mutex<()>>>,
+}
+
+impl Drop for CudaStates {
+    fn drop(&mut self) {
+        if let Some(lock) = self.exclusive.take() {
+            let _exclusive = lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.buffers.clear();
+        }
+    }
 }
 
 impl std::fmt::Debug for CudaStates {
@@ -48,10 +61,10 @@ impl CudaStates {
     /// Adds (or replaces) state `name` of `shape`, zero-filled.
     pub fn alloc(&mut self, gpu: &Gpu, name: &str, shape: &[usize]) -> CudaResult<()> {
         let n: usize = shape.iter().product();
-        let data = {
-            let _exclusive = gpu.exclusive();
-            gpu.alloc_zeros::<u16>(n.max(1))?
-        };
+        self.exclusive.get_or_insert_with(|| gpu.exclusive_lock());
+        let _exclusive = gpu.exclusive();
+        let data = gpu.alloc_zeros::<u16>(n.max(1))?;
+        // The buffer this replaces is freed here, under the lock.
         self.buffers.insert(
             name.to_string(),
             StateBuffer {

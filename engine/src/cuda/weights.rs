@@ -284,6 +284,10 @@ impl CudaWeights {
         let _exclusive = self.gpu.exclusive();
         let buf = upload_bits(&self.gpu, &f32_to_bf16_bits(data))?;
         self.gpu.synchronize()?;
+        if self.parts.get(part, &name).is_some() {
+            // A replaced weight's memory is freed: captures keyed on the old set id would replay on it.
+            self.id = next_id();
+        }
         self.parts.insert(
             part,
             name,
