@@ -174,6 +174,9 @@ pub fn capture(gpu: &Gpu, graph: &Graph, bindings: &Bindings) -> CudaResult<Grap
         .map_err(|e| CudaError::driver("beginning a stream capture", e))?;
     let launched = launch_all(gpu, graph, bindings);
     let ended = stream.end_capture(CUgraphInstantiate_flags(0));
+    if ended.is_err() {
+        end_abandoned_capture(gpu);
+    }
     launched?;
     let exec = ended
         .map_err(|e| CudaError::driver("ending the stream capture", e))?
@@ -184,6 +187,30 @@ pub fn capture(gpu: &Gpu, graph: &Graph, bindings: &Bindings) -> CudaResult<Grap
     exec.upload()
         .map_err(|e| CudaError::driver("uploading the captured graph", e))?;
     Ok(GraphExec(exec))
+}
+
+/// Ends a capture cudarc's `end_capture` may have left open: it returns early when binding the
+/// context reports an error recorded earlier (by any thread), before `cuStreamEndCapture`, and the
+/// stream would then record every later launch instead of running it.
+fn end_abandoned_capture(gpu: &Gpu) {
+    use cudarc::driver::sys::CUstreamCaptureStatus as Status;
+    let stream = gpu.stream().cu_stream();
+    // SAFETY: raw calls on this GPU's own stream, on the thread that began the capture (its context
+    // is current); a graph ended here is destroyed once and never used.
+    unsafe {
+        let status = cudarc::driver::result::stream::is_capturing(stream);
+        if matches!(
+            status,
+            Ok(Status::CU_STREAM_CAPTURE_STATUS_ACTIVE
+                | Status::CU_STREAM_CAPTURE_STATUS_INVALIDATED)
+        ) {
+            if let Ok(g) = cudarc::driver::result::stream::end_capture(stream) {
+                if !g.is_null() {
+                    let _ = cudarc::driver::result::graph::destroy(g);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
