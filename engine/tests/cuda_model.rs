@@ -218,6 +218,20 @@ fn assert_identical(what: &str, a: &Tensors, b: &Tensors) {
     }
 }
 
+/// The gen step (over the und context `r` computes), the und prefill and the VAE of `fx`, each with
+/// its inputs.
+fn tiny_graphs(r: &mut Runner, fx: &Fixture) -> [(&'static str, Graph, Tensors); 3] {
+    let (ug, uin) = fx.und_cond();
+    let und = r.run(fx, &ug, &uin);
+    let (gg, gin) = fx.gen_cond(&und);
+    let (vg, vin) = fx.vae();
+    [
+        ("gen step", gg, gin),
+        ("und prefill", ug, uin),
+        ("vae", vg, vin),
+    ]
+}
+
 /// Eager, first captured call (warm-up + capture), replay, and a replay on new input values (another
 /// timestep): all bit-identical to eager runs on the same inputs. For the gen step, the und prefill and
 /// the VAE of `tiny`.
@@ -228,15 +242,7 @@ fn captured_replay_equals_eager_bit_for_bit() {
     };
     let fx = fixture("tiny");
     let mut r = Runner::new(gpu);
-    let (ug, uin) = fx.und_cond();
-    let und = r.run(&fx, &ug, &uin);
-    let (gg, gin) = fx.gen_cond(&und);
-    let (vg, vin) = fx.vae();
-    for (what, g, inputs) in [
-        ("gen step", &gg, &gin),
-        ("und prefill", &ug, &uin),
-        ("vae", &vg, &vin),
-    ] {
+    for (what, g, inputs) in &tiny_graphs(&mut r, &fx) {
         r.weights.load_graph(&fx.ckpt, g, |_| {}).unwrap();
         let plan = plan_memory(g);
         let eager = r.ex.run(g, &plan, &r.weights, inputs).unwrap();
@@ -299,15 +305,7 @@ fn pdl_launches_equal_plain_launches_bit_for_bit() {
     let mut plain = Runner::new(gpu.clone());
     let mut with_pdl = Runner::new(gpu.clone());
     gpu.set_pdl(false);
-    let (ug, uin) = fx.und_cond();
-    let und = plain.run(&fx, &ug, &uin);
-    let (gg, gin) = fx.gen_cond(&und);
-    let (vg, vin) = fx.vae();
-    for (what, g, inputs) in [
-        ("gen step", &gg, &gin),
-        ("und prefill", &ug, &uin),
-        ("vae", &vg, &vin),
-    ] {
+    for (what, g, inputs) in &tiny_graphs(&mut plain, &fx) {
         let plan = plan_memory(g);
         gpu.set_pdl(false);
         plain.weights.load_graph(&fx.ckpt, g, |_| {}).unwrap();
