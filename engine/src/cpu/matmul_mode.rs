@@ -24,7 +24,7 @@ impl MatmulMode {
     /// The mode of this process (read once).
     pub fn current() -> MatmulMode {
         #[cfg(target_arch = "x86_64")]
-        let tiles = super::ops::packed_gemm::amx::enabled();
+        let tiles = super::ops::amx_tiles::enabled();
         #[cfg(not(target_arch = "x86_64"))]
         let tiles = false;
         match (bf16_requested(), tiles) {

@@ -243,3 +243,39 @@ pub(crate) unsafe fn product(a0: *const u16, a1: *const u16, b0: *const u16, b1:
         )
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::ops::test_values::values;
+    use half::bf16;
+
+    fn widen(bits: u16) -> f64 {
+        f32::from_bits((bits as u32) << 16) as f64
+    }
+
+    #[test]
+    fn rounding_matches_half() {
+        let mut xs = values(4096, 3);
+        xs.iter_mut()
+            .enumerate()
+            .for_each(|(i, x)| *x *= 10f32.powi(i as i32 % 60 - 30));
+        // Ties (the low 16 bits exactly half way, either parity), infinities, the largest finite value,
+        // subnormals and zeros.
+        xs.extend([
+            f32::from_bits(0x3f80_8000),
+            f32::from_bits(0x3f81_8000),
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::from_bits(1),
+            -0.0,
+            0.0,
+        ]);
+        for &x in &xs {
+            assert_eq!(round_bf16(x), bf16::from_f32(x).to_bits(), "{x:e}");
+        }
+        assert!(widen(round_bf16(f32::NAN)).is_nan());
+        assert!(widen(round_bf16(f32::from_bits(0x7f80_0001))).is_nan());
+    }
+}

@@ -59,7 +59,7 @@ pub(crate) fn linear_packed(
         w.k()
     );
     #[cfg(target_arch = "x86_64")]
-    if n >= packed_gemm::amx::MIN_ROWS && packed_gemm::amx::enabled() {
+    if n >= packed_gemm::amx::MIN_ROWS && super::amx_tiles::enabled() {
         packed_gemm::amx::linear(x, n, w, bias, y);
         return;
     }

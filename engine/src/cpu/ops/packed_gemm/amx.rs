@@ -24,13 +24,13 @@
 //! bias). The output's stores still cost a quarter of the loop's time: at 4112 x 768 x 3072 it is a
 //! 50 MB stream of f32 out of the caches.
 
-use super::super::amx_tiles::{self, prefetch_tile, round_bf16, round_slice, PREFETCH_AHEAD, TILE};
+use super::super::amx_tiles::{
+    self, prefetch_tile, round_bf16, round_slice, supported, PREFETCH_AHEAD, TILE,
+};
 use super::super::simd::level;
 use super::packed_b::{PackedRef, Values};
 use super::passes;
 use rayon::prelude::*;
-
-pub(crate) use amx_tiles::{enabled, supported};
 
 /// Fewest rows (tokens) a linear needs to go to the tiles: below this (a decode step) the f32 kernels
 /// read the weight in place, where the tiles would pad the rows to 32 and need the weight's tile copy.
@@ -106,7 +106,8 @@ fn pack_panel<T: Copy>(
     }
 }
 
-/// `y` (`m` x `n`, row stride `n`) `= bias + x @ w` on the tiles. The caller checked [`enabled`] and
+/// `y` (`m` x `n`, row stride `n`) `= bias + x @ w` on the tiles. The caller checked
+/// [`amx_tiles::enabled`] and
 /// the shapes (`x`: `m` x `k`, `w`: `k` x `n`, `bias`: `n`). Panics without AMX ([`supported`]).
 pub(crate) fn linear(x: &[f32], m: usize, w: PackedRef<'_>, bias: Option<&[f32]>, y: &mut [f32]) {
     let (k, n) = (w.k(), w.n());
