@@ -8,6 +8,41 @@
 use super::validate::{Loc, View};
 use hbridge_graph::{Graph, TensorId};
 use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+
+/// The activation memory an executor keeps between runs: zeroed, and grown by a fresh allocation
+/// rather than `Vec::resize` (no run reads what an earlier one left). The allocator's zero pages are
+/// then faulted in by the nodes that first write them, in parallel, where `resize` first filled every
+/// page from one thread: at the 1024x1024 VAE decode (`hbridge --device cpu bench /tmp/hbridge-mid
+/// --size 1024 --steps 1 --only image`, bf16 mode) 4.0 s became 3.4 s. Transparent huge pages
+/// (`madvise`) cut the page faults by 60% there but made the decode slower, 4.8 s, and were dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Arena {
+    buf: Vec<f32>,
+}
+
+impl Arena {
+    /// Makes the arena at least `len` values long (never shrinks).
+    pub fn grow(&mut self, len: usize) {
+        if len > self.buf.len() {
+            self.buf = Vec::new();
+            self.buf = vec![0.0; len];
+        }
+    }
+}
+
+impl Deref for Arena {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf
+    }
+}
+
+impl DerefMut for Arena {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf
+    }
+}
 
 pub(crate) struct ArenaSplit<'a> {
     /// Inputs that overlapped the output, copied out (only with a planner that breaks its contract).

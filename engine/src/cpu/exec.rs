@@ -2,7 +2,7 @@
 //! memory plan. The arena is kept between runs, so the diffusion loop (the same gen-step graph fifty times)
 //! allocates it once.
 
-use super::arena::ArenaSplit;
+use super::arena::{Arena, ArenaSplit};
 use super::dispatch::{self, Inputs};
 use super::error::Result;
 use super::ops::bf16::widen_into;
@@ -23,7 +23,7 @@ fn ms(d: Duration) -> f32 {
 /// Runs graphs on the CPU, owning the activation arena across runs.
 #[derive(Debug, Default)]
 pub struct Executor {
-    arena: Vec<f32>,
+    arena: Arena,
 }
 
 /// Runs `graph` once with a fresh arena. See [`Executor::run`].
@@ -103,9 +103,7 @@ impl Executor {
         mut times: Option<&mut NodeTimes>,
     ) -> Result<HashMap<String, HostTensor>> {
         let locs = resolve(graph, plan, weights, inputs, states)?;
-        if self.arena.len() < plan.arena_len {
-            self.arena.resize(plan.arena_len, 0.0);
-        }
+        self.arena.grow(plan.arena_len);
         // The clock is read only when profiling: a normal run does nothing extra per node.
         let now = |on: bool| on.then(Instant::now);
         let mut last = now(times.is_some());

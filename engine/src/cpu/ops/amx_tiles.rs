@@ -1,5 +1,5 @@
-//! Intel AMX's tile unit, shared by the bf16 linear (`packed_gemm/amx.rs`) and the bf16 attention
-//! (`attention/amx.rs`): whether this process may use it, the one tile configuration both use, and the
+//! Intel AMX's tile unit, shared by the bf16 linear (`packed_gemm/amx.rs`), attention
+//! (`attention/amx.rs`) and convolution (`conv/amx.rs`): whether this process may use it, the one tile configuration both use, and the
 //! f32-to-bf16 rounding of their inputs.
 //!
 //! Every tile is 16 rows of 64 bytes (palette 1, all eight tiles alike). An A operand of TDPBF16PS is
@@ -223,13 +223,31 @@ pub(crate) unsafe fn store_c(c: *mut f32, stride: usize) {
 /// This thread's tiles are configured; each pointer is readable for [`TILE`] values.
 #[inline(always)]
 pub(crate) unsafe fn product(a0: *const u16, a1: *const u16, b0: *const u16, b1: *const u16) {
+    // SAFETY: the caller's promise; B's rows are 64 bytes apart.
+    unsafe { product_b_stride(a0, a1, b0, b1, 64) }
+}
+
+/// [`product`] with B's rows `b_stride` bytes apart (A's stay 64): B tiles read in place from a
+/// pair-interleaved image, one 64-byte row per channel pair (the convolution's shifted views).
+///
+/// # Safety
+/// This thread's tiles are configured; `a0`, `a1` are readable for [`TILE`] values, `b0`, `b1` for
+/// 16 rows of 64 bytes, `b_stride` bytes apart.
+#[inline(always)]
+pub(crate) unsafe fn product_b_stride(
+    a0: *const u16,
+    a1: *const u16,
+    b0: *const u16,
+    b1: *const u16,
+    b_stride: usize,
+) {
     // SAFETY: the caller's promise.
     unsafe {
         asm!(
             "tileloadd tmm4, [{a0} + {s}]",
             "tileloadd tmm5, [{a1} + {s}]",
-            "tileloadd tmm6, [{b0} + {s}]",
-            "tileloadd tmm7, [{b1} + {s}]",
+            "tileloadd tmm6, [{b0} + {bs}]",
+            "tileloadd tmm7, [{b1} + {bs}]",
             "tdpbf16ps tmm0, tmm4, tmm6",
             "tdpbf16ps tmm1, tmm4, tmm7",
             "tdpbf16ps tmm2, tmm5, tmm6",
@@ -239,6 +257,7 @@ pub(crate) unsafe fn product(a0: *const u16, a1: *const u16, b0: *const u16, b1:
             b0 = in(reg) b0,
             b1 = in(reg) b1,
             s = in(reg) 64usize,
+            bs = in(reg) b_stride,
             options(nostack, readonly)
         )
     };

@@ -1,7 +1,11 @@
 //! 2-D convolution. Stride-1 k x k kernels use a "shifted GEMM": the input is zero-padded once and each
 //! tap `(ky, kx)` is one product with a shifted view of it; other strided kernels use im2col + GEMM. Both
 //! work on a band of output rows at a time so their scratch stays bounded (a 1024x1024 VAE layer would
-//! otherwise need gigabytes).
+//! otherwise need gigabytes). With `HBRIDGE_CPU_MATMUL=bf16` on an AMX CPU every stride-1 convolution
+//! runs on the tiles instead (`amx.rs`).
+
+#[cfg(target_arch = "x86_64")]
+mod amx;
 
 use super::matmul::{Mat, MatMut};
 use super::packed_gemm::{self, product, BSource, RowTable};
@@ -29,6 +33,34 @@ pub(crate) struct Conv2dShape {
     pub wout: usize,
 }
 
+#[cfg(test)]
+impl Conv2dShape {
+    /// A stride-1 shape from `(cin, h, w, cout, k, pad_before, pad_after)`.
+    pub(crate) fn stride1(
+        (cin, h, w, cout, k, pad_before, pad_after): (
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+        ),
+    ) -> Conv2dShape {
+        Conv2dShape {
+            cin,
+            h,
+            w,
+            cout,
+            k,
+            stride: 1,
+            pad_before,
+            hout: h + pad_before + pad_after + 1 - k,
+            wout: w + pad_before + pad_after + 1 - k,
+        }
+    }
+}
+
 /// x `[cin, h, w]`, weight `[cout, cin, k, k]`, bias `[cout]` -> out `[cout, hout, wout]`.
 pub(crate) fn conv2d(
     x: &[f32],
@@ -39,6 +71,11 @@ pub(crate) fn conv2d(
 ) {
     let plane = s.hout * s.wout;
     if plane == 0 || s.cout == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if s.stride == 1 && super::amx_tiles::enabled() {
+        amx::conv2d(x, weight, bias, s, out);
         return;
     }
     if s.stride == 1 && s.k > 1 {
@@ -301,17 +338,7 @@ mod tests {
             (40, 20, 37, 33, 3, 1, 1),
         ];
         for (i, &(cin, h, w, cout, k, pb, pa)) in cases.iter().enumerate() {
-            let s = Conv2dShape {
-                cin,
-                h,
-                w,
-                cout,
-                k,
-                stride: 1,
-                pad_before: pb,
-                hout: h + pb + pa + 1 - k,
-                wout: w + pb + pa + 1 - k,
-            };
+            let s = Conv2dShape::stride1((cin, h, w, cout, k, pb, pa));
             let x = vals(cin * h * w, 2 * i as u32 + 1);
             let wt = vals(cout * cin * k * k, 2 * i as u32 + 2);
             let want = naive(&x, &wt, &s);
@@ -347,17 +374,7 @@ mod tests {
         ];
         let (mut ta, mut tb) = (0f64, 0f64);
         for &(cin, hw, cout) in &shapes {
-            let s = Conv2dShape {
-                cin,
-                h: hw,
-                w: hw,
-                cout,
-                k: 3,
-                stride: 1,
-                pad_before: 1,
-                hout: hw,
-                wout: hw,
-            };
+            let s = Conv2dShape::stride1((cin, hw, hw, cout, 3, 1, 1));
             let x = vals(cin * hw * hw, 1);
             let wt = vals(cout * cin * 9, 2);
             let mut out = vec![0f32; cout * hw * hw];

@@ -1,0 +1,144 @@
+//! The AMX convolution against an f64 convolution of the same bf16-rounded inputs: channel counts
+//! and widths that are not multiples of the tiles, 1x1 to 5x5 kernels, padding on either side, one
+//! output row per band and the whole image in one band.
+
+use super::*;
+use crate::cpu::ops::test_values::values;
+
+fn widen(bits: u16) -> f64 {
+    f32::from_bits((bits as u32) << 16) as f64
+}
+
+/// (cin, h, w, cout, k, pad_before, pad_after)
+fn check(case: (usize, usize, usize, usize, usize, usize, usize), with_bias: bool, seed: u64) {
+    let (cin, h, w, cout, k, pb, _) = case;
+    let s = Conv2dShape::stride1(case);
+    let x = values(cin * h * w, seed);
+    let wt = values(cout * cin * k * k, seed + 1);
+    let bias = with_bias.then(|| values(cout, seed + 2));
+    let xr: Vec<f64> = x.iter().map(|&v| widen(round_bf16(v))).collect();
+    let wr: Vec<f64> = wt.iter().map(|&v| widen(round_bf16(v))).collect();
+    let g = Geometry::new(&s);
+    // One output row per band, a few rows, and everything in one band.
+    let row_bytes = g.pairs * g.wp * 4;
+    for band_bytes in [1, (k + 2) * row_bytes, BAND_BYTES] {
+        let mut out = vec![f32::NAN; cout * s.hout * s.wout];
+        conv2d_banded(&x, &wt, bias.as_deref(), &s, &mut out, band_bytes);
+        for co in 0..cout {
+            for oy in 0..s.hout {
+                for ox in 0..s.wout {
+                    let (mut sum, mut mag) = (0f64, 0f64);
+                    for ci in 0..cin {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy + ky) as isize - pb as isize;
+                                let ix = (ox + kx) as isize - pb as isize;
+                                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
+                                    continue;
+                                }
+                                let p = wr[((co * cin + ci) * k + ky) * k + kx]
+                                    * xr[(ci * h + iy as usize) * w + ix as usize];
+                                sum += p;
+                                mag += p.abs();
+                            }
+                        }
+                    }
+                    let b = bias.as_ref().map_or(0.0, |b| b[co] as f64);
+                    let want = sum + b;
+                    let got = out[(co * s.hout + oy) * s.wout + ox] as f64;
+                    // f32 sums of exact products: one rounding of at most 2^-24 of the running
+                    // magnitude per depth.
+                    let depth = (cin * k * k) as f64;
+                    let tol = (mag + b.abs()) * depth * 6e-8 + 1e-30;
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "{case:?} bias {with_bias} band {band_bytes}: out[{co},{oy},{ox}] = {got}, \
+                         want {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matches_the_f64_convolution_of_the_rounded_inputs() {
+    if !supported() {
+        eprintln!("SKIPPED conv::amx::tests: this CPU or OS has no AMX-BF16");
+        return;
+    }
+    let cases = [
+        (3, 7, 9, 5, 3, 1, 1),
+        (1, 1, 1, 1, 3, 1, 1),
+        (1, 1, 1, 1, 1, 0, 0),
+        // Channels over one depth block and one output pair of blocks; widths over one pixel block.
+        (40, 6, 37, 33, 3, 1, 1),
+        (64, 5, 64, 64, 3, 1, 1),
+        (70, 4, 45, 3, 3, 0, 1),
+        (33, 3, 70, 96, 1, 0, 0),
+        (5, 9, 11, 17, 5, 2, 2),
+        (32, 8, 33, 32, 3, 0, 0),
+    ];
+    for (i, &case) in cases.iter().enumerate() {
+        check(case, i % 2 == 0, 10 * i as u64 + 1);
+        check(case, i % 2 == 1, 10 * i as u64 + 5);
+    }
+}
+
+/// Times the AMX convolution and, apart, its input rounding at the `mid` preset's VAE-decoder shapes
+/// at 1024x1024 (the rounding is a pass over the input that the f32 path's padding also makes).
+/// `cargo test --release -p hbridge-engine --lib conv_amx_timing -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn conv_amx_timing() {
+    if !supported() {
+        eprintln!("SKIPPED conv_amx_timing: this CPU or OS has no AMX-BF16");
+        return;
+    }
+    // (cin, size, cout, k)
+    let shapes = [
+        (128, 1024, 128, 3),
+        (64, 1024, 64, 3),
+        (128, 1024, 64, 3),
+        (256, 512, 256, 3),
+        (128, 512, 128, 3),
+        (256, 256, 256, 3),
+        (128, 1024, 64, 1),
+        (64, 1024, 3, 3),
+    ];
+    let level = level();
+    for &(cin, hw, cout, k) in &shapes {
+        let s = Conv2dShape::stride1((cin, hw, hw, cout, k, k / 2, k / 2));
+        let x = values(cin * hw * hw, 1);
+        let wt = values(cout * cin * k * k, 2);
+        let mut out = vec![0f32; cout * hw * hw];
+        let g = Geometry::new(&s);
+        let (mut total, mut pack) = (f64::MAX, f64::MAX);
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            conv2d(&x, &wt, None, &s, &mut out);
+            total = total.min(t.elapsed().as_secs_f64() * 1e3);
+            let band = (BAND_BYTES / (g.pairs * g.wp * 4))
+                .saturating_sub(k - 1)
+                .clamp(1, hw);
+            let mut xin = vec![0u32; g.pairs * g.plane_len(band)];
+            let t = std::time::Instant::now();
+            for oy0 in (0..hw).step_by(band) {
+                let rows = band.min(hw - oy0);
+                let pp = g.plane_len(rows);
+                xin[..g.pairs * pp]
+                    .par_chunks_mut(pp)
+                    .enumerate()
+                    .for_each(|(pair, dst)| {
+                        pack_pair_plane(level, &x, &s, &g, (oy0, rows), pair, dst)
+                    });
+            }
+            pack = pack.min(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let flops = 2.0 * (cout * cin * k * k * hw * hw) as f64;
+        println!(
+            "{cin:>4} -> {cout:>3} k{k} at {hw:>4}: {total:8.2} ms ({:.2} TFLOP/s), input rounding {pack:7.2} ms",
+            flops / total * 1e-9
+        );
+    }
+}
