@@ -279,20 +279,31 @@ pub fn generate(
     })
 }
 
-/// Writes RGB bytes as an 8-bit PNG.
+/// Writes RGB bytes as an 8-bit PNG: to a temporary file beside `path`, renamed over it once
+/// complete, so that `path` never holds a partial image (a full disk, an interrupted write).
 pub fn write_png(
     path: &std::path::Path,
     width: usize,
     height: usize,
     rgb: &[u8],
 ) -> Result<(), String> {
-    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    // Encoded in memory first (a few MB), so that every write error is seen, the last flush's too.
+    let mut bytes = Vec::new();
+    let mut enc = png::Encoder::new(&mut bytes, width as u32, height as u32);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
-    let mut w = enc
-        .write_header()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    w.write_image_data(rgb)
-        .map_err(|e| format!("{}: {e}", path.display()))
+    let mut w = enc.write_header().map_err(|e| err(&e))?;
+    w.write_image_data(rgb).map_err(|e| err(&e))?;
+    w.finish().map_err(|e| err(&e))?;
+    let written = std::fs::write(&tmp, &bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| err(&e));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

@@ -193,6 +193,29 @@ fn cli_generate_and_its_bad_arguments() {
             "{full:?}: {err}"
         );
     }
+    // An output that could not be written is refused before the model is even opened (no
+    // "loaded" line), and a good run leaves no temporary file beside its PNG.
+    let folder = dir.to_str().unwrap();
+    let missing = dir.join("no-such-folder/out.png");
+    for (out_path, needle) in [
+        (missing.to_str().unwrap(), "does not exist"),
+        (folder, "is a folder"),
+    ] {
+        let out = hbridge(&["generate", m, "-p", "a cat", "-o", out_path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(needle) && !err.contains(&format!("loaded {m}")),
+            "-o {out_path}: {err}"
+        );
+    }
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.iter().all(|n| n == "m" || n == "out.png"),
+        "{names:?}"
+    );
     let empty = hbridge(&["generate", m, "-p", "", "-o", p]);
     assert!(!empty.status.success() && String::from_utf8_lossy(&empty.stderr).contains("prompt"));
     // A missing tokenizer is a clear error for text prompts.

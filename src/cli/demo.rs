@@ -43,6 +43,7 @@ pub fn cache_dir() -> PathBuf {
 }
 
 pub fn run(a: DemoArgs, backend: super::Backend) -> Result<(), String> {
+    super::check_output(&a.out)?;
     let dir = a.dir.unwrap_or_else(|| cache_dir().join("tiny"));
     let total = Instant::now();
     if !dir.join("hbridge.json").is_file() {

@@ -43,6 +43,7 @@ pub struct EditArgs {
 }
 
 pub fn run(a: EditArgs, backend: super::Backend) -> Result<(), String> {
+    super::check_output(&a.out)?;
     let start = Instant::now();
     let images = a
         .images

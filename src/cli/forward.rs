@@ -19,6 +19,7 @@ pub struct ForwardArgs {
 }
 
 pub fn run(a: ForwardArgs, backend: super::Backend) -> Result<(), String> {
+    super::check_output(&a.out)?;
     let start = Instant::now();
     let model = super::open_model(&a.model, backend)?;
     let inputs = read_tensors(&a.inputs).map_err(|e| e.to_string())?;

@@ -64,6 +64,7 @@ pub fn progress_bar(label: &'static str) -> impl FnMut(usize, usize) -> ControlF
 }
 
 pub fn run(a: GenerateArgs, backend: super::Backend) -> Result<(), String> {
+    super::check_output(&a.out)?;
     let start = Instant::now();
     let model = super::open_model(&a.model, backend)?;
     model.set_cuda_graphs(!a.no_cuda_graphs);

@@ -37,6 +37,41 @@ impl Backend {
     }
 }
 
+/// Fails at once, before any long work, when the output `path` could not be written later: it names a
+/// folder, its folder is missing, or the folder refuses a new file (checked by creating and removing
+/// an empty probe file beside it). A generation is minutes of work on the CPU; it should not be lost
+/// to a typo in `-o`.
+pub fn check_output(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err(format!(
+            "{}: is a folder; expected the path of the file to write",
+            path.display()
+        ));
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "{}: the folder {} does not exist",
+            path.display(),
+            dir.display()
+        ));
+    }
+    let name = path
+        .file_name()
+        .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
+    let probe = dir.join(format!(".{name}.hbridge-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| format!("{}: cannot write in {}: {e}", path.display(), dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 /// Opens `dir` on the chosen backend, saying which backend runs it.
 pub fn open_model(dir: &Path, backend: Backend) -> Result<Model, String> {
     let model =
