@@ -1,32 +1,48 @@
 //! Flash attention on Intel AMX tiles in bf16, with the linears' opt-in (`HBRIDGE_CPU_MATMUL=bf16`):
 //! Q, K and V rounded to bf16, scores and P V summed in f32 on the tiles, the softmax in f32 with
-//! AVX-512, P rounded to bf16 for its product with V and its row sums taken before the rounding. That
+//! AVX-512, P rounded to bf16 for its product with V and its sums taken before the rounding. That
 //! is the CUDA backend's attention contract (and FlashAttention's); the f32 paths of `flash.rs`
 //! remain the default.
 //!
-//! K and V are packed once per call and kv head as B tiles (keys compacted over the segments). Per band
-//! of at most [`BAND`] query rows, head by head, key blocks of [`KEY_BLOCK`] in order:
-//! 1. scores: for every 32-row pair of the band and 32 keys of the block, four C tiles (tmm0-3) summed
-//!    over the head dimension from two Q tiles (tmm4-5) and two K tiles (tmm6-7), stored f32;
-//! 2. softmax (AVX-512, one row at a time): the row's scores times the scale, its running max and
-//!    sum (16 f32 lanes, added in f64 at the end), its output accumulator rescaled when the max grows,
-//!    masked keys 0; P written as bf16 A tiles (VCVTNE2PS2BF16);
-//! 3. P V: for every row pair and 32 of the head's columns, the output's four C tiles loaded, summed
-//!    over the block's keys from P (tmm4-5) and V (tmm6-7), stored back.
+//! Transposed: the tiles compute `S^T = K Q^T` and `O^T += V^T P^T`, so that a vector lane is a query
+//! and a vector a key (or an output column). The online softmax is then lane-wise over 16 queries at
+//! a time: a query's max, sum and rescale factor live in one lane, and no step reduces across lanes.
 //!
-//! A row's result depends only on its own queries and the keys (blocks start at key 0 for every row,
-//! and a tile's rows do not mix): not on the band it falls in, the thread count or the other rows.
+//! K (A tiles, keys x head dim) and V^T (A tiles, head dim x keys) are packed once per call and kv
+//! head, keys compacted over the segments. Per band of at most [`BAND`] queries, head by head, key
+//! blocks of [`KEY_BLOCK`] in order, for every 32-query pair of the band:
+//! 1. scores: for every 32 keys of the block, four C tiles (tmm0-3) summed over the head dimension
+//!    from two K tiles (tmm4-5) and the pair's two Q^T tiles (tmm6-7), stored f32 as
+//!    `[key][32 queries]`;
+//! 2. softmax (AVX-512), each 16-query half: the block's max per lane; where it exceeds the running
+//!    max by more than 2^8, the new max, the output's columns and the sums rescaled (lazily, as the
+//!    CUDA v3 kernel does), `p = 2^(score * scale * log2 e - max)` (0 for
+//!    keys a query does not see) added to the sums and written, rounded to bf16 (VCVTNE2PS2BF16), as
+//!    P^T B tiles (keys in pairs, interleaved by VPERMW);
+//! 3. P V: for every 32 columns of the head, the output's four C tiles loaded, summed over the
+//!    block's keys from V^T (tmm4-5) and P^T (tmm6-7), stored back.
+//!
+//! A query's result depends only on its own values and the keys (blocks start at key 0 for every
+//! query, and neither the tiles nor the softmax mix lanes): not on the band it falls in, the thread
+//! count or the other queries.
 //!
 //! Versions, on the build machine (2-core KVM Xeon with AMX; `benches/kernels.rs` attention group and
 //! the mid preset's 1024x1024 gen step, head dim 64), against the f32 flash path's 0.26-0.28 TFLOP/s:
 //! - v1: 64-row bands, 64-key blocks, the f32 path's `exp` and P rounded with integer AVX-512: 0.39
 //!   TFLOP/s at head dim 64, the softmax over half the time.
-//! - v2 (this): a base-2 exponential with a degree-4 polynomial, P converted by VCVTNE2PS2BF16, sums in
-//!   16 lanes, 128-row bands and 128-key blocks: 0.6-0.75 TFLOP/s at head dim 64, 0.83-0.86 at the
-//!   7b4b shapes (120, 128), 1.1 at the VAE's 512.
-//! - Tried and dropped: running the tile work of the neighbouring steps between the softmax's rows (no
-//!   faster: measured apart, the tile work and the softmax each took about half the time, together
-//!   their sum), and the exponential without `roundscale` and `scalef` (10-25% slower).
+//! - v2: a base-2 exponential with a degree-4 polynomial, P converted by VCVTNE2PS2BF16, sums in 16
+//!   lanes, 128-row bands and 128-key blocks: 0.6-0.75 TFLOP/s at head dim 64, 0.83-0.86 at the
+//!   7b4b shapes (120, 128), 1.1 at the VAE's 512. Its softmax went a query row at a time: a max and
+//!   a sum reduced across lanes per row, and a branch per row on whether the max grew, a chain of
+//!   dependent steps about twice as long as the row's vector work.
+//! - v3 (this): transposed, as above, with the max moved lazily. The mid preset's 1024x1024 gen
+//!   step (head dim 64), three alternating runs each: 2.52-2.63 s against v2's 2.87-3.02 s; the
+//!   kernel bench's gen self-attention (120) 212-219 ms against 223-229 ms, the VAE's (512) alike.
+//!   Without the lazy max, every block where any of 16 queries' max grew rescaled all 16 output
+//!   columns, and at head dim 512 that made v3 10% slower than v2.
+//! - Tried and dropped on v2: running the tile work of the neighbouring steps between the softmax's
+//!   rows (no faster), the exponential without `roundscale` and `scalef` (10-25% slower), and trees
+//!   for the row max and sum (+9% at head dim 64, -8% at 120).
 //!
 //! The tiles here are bound by their loads: `scripts/amx-probe.rs` measures 16 ns per 1 KiB tile load
 //! from L1 against 5 ns per TDPBF16PS, and each product of the 2 x 2 blocks here needs one load.
@@ -34,30 +50,28 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use super::super::amx_tiles::{self, round_bf16, round_slice, TILE};
-use super::super::fast_exp::exp;
 use super::super::simd::level;
 use super::{for_each_band, pack_kv, AttnShape, Segment};
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-/// Most query rows per band (a multiple of 32): each key block loaded from L2 serves this many rows
-/// (128 measured 5-10% faster than 64 and 32 at head dim 64).
+/// Most queries per band (a multiple of 32): each key block loaded from L2 serves this many queries.
 const BAND: usize = 128;
 /// Keys per block (a multiple of 32): each load and store of the output's C tiles serves this many
-/// keys' products (128 measured 5% faster than 64; 256 no faster).
+/// keys' products.
 const KEY_BLOCK: usize = 128;
 /// 32-key depth blocks of one key block (P V's depth).
 const KEY_DEPTHS: usize = KEY_BLOCK / 32;
 const _: () = assert!(BAND.is_multiple_of(32) && KEY_BLOCK.is_multiple_of(32));
 
-/// K and V of every kv head as bf16 B tiles, keys compacted over the segments (each segment's first
-/// `len` rows); keys past the last and columns past `d` are zero.
+/// K and V^T of every kv head as bf16 A tiles, keys compacted over the segments (each segment's
+/// first `len` rows); keys past the last and columns past `d` are zero.
 struct PackedKv {
-    /// Per kv head: tile `(key tile kt, depth block db)` at `(kt * dbs + db) * TILE`, key `c`, column
-    /// `e` at `((e % 32) / 2) * 32 + (c % 16) * 2 + e % 2` within it.
+    /// Per kv head: tile `(key tile kt, depth block db)` at `(kt * dbs + db) * TILE`, key `c`,
+    /// column `e` at `(c % 16) * 32 + e % 32` within it.
     k: Vec<u16>,
-    /// Per kv head: tile `(key block kb, column tile ct)` at `(kb * cts + ct) * TILE`, key `c`, column
-    /// `e` at `((c % 32) / 2) * 32 + (e % 16) * 2 + c % 2` within it.
+    /// Per kv head: tile `(key block kb, column tile dt)` at `(kb * dts + dt) * TILE`, column `e`,
+    /// key `c` at `(e % 16) * 32 + c % 32` within it.
     v: Vec<u16>,
     keys_pad: usize,
     /// The head dimension padded to 32.
@@ -70,23 +84,24 @@ impl PackedKv {
         let keys: usize = segments.iter().map(|g| g.len).sum();
         let keys_pad = keys.next_multiple_of(KEY_BLOCK);
         let dp = d.next_multiple_of(32);
-        let (dbs, cts) = (dp / 32, dp / 16);
+        let (dbs, dts) = (dp / 32, dp / 16);
         let head = keys_pad * dp;
         let mut k = vec![0u16; s.kv_heads * head];
         let mut v = vec![0u16; s.kv_heads * head];
+        let lv = level();
         pack_kv(
             segments,
             s,
             (&mut k, head),
             (&mut v, head),
             |kh, vh, c, kr, vr| {
-                let tile = (c / 16) * dbs * TILE + (c % 16) * 2;
-                for (e, &x) in kr.iter().enumerate() {
-                    kh[tile + (e / 32) * TILE + ((e % 32) / 2) * 32 + e % 2] = round_bf16(x);
+                let row = (c / 16) * dbs * TILE + (c % 16) * 32;
+                for (db, chunk) in kr.chunks(32).enumerate() {
+                    round_slice(lv, chunk, &mut kh[row + db * TILE..][..chunk.len()]);
                 }
-                let tile = (c / 32) * cts * TILE + ((c % 32) / 2) * 32 + c % 2;
+                let col = (c / 32) * dts * TILE + c % 32;
                 for (e, &x) in vr.iter().enumerate() {
-                    vh[tile + (e / 16) * TILE + (e % 16) * 2] = round_bf16(x);
+                    vh[col + (e / 16) * TILE + (e % 16) * 32] = round_bf16(x);
                 }
             },
         );
@@ -102,14 +117,17 @@ impl PackedKv {
     }
 }
 
-/// One thread's buffers for a band: Q as bf16 A tiles, one row pair's scores (f32) and P (bf16 A
-/// tiles) for a key block, the output accumulator (f32) and each row's 16 lanes of softmax sums.
+/// One thread's buffers for a band: Q^T as bf16 B tiles, one query pair's scores (f32) and P^T (bf16
+/// B tiles) for a key block, the output accumulator O^T (f32, `[column][query]`), each query's max
+/// and sum.
 #[derive(Default)]
 struct Scratch {
     q: Vec<u16>,
+    q_rows: Vec<u16>,
     p: Vec<u16>,
     s: Vec<f32>,
     o: Vec<f32>,
+    max: Vec<f32>,
     sum: Vec<f32>,
 }
 
@@ -135,7 +153,7 @@ pub(super) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out:
     );
     let kv = PackedKv::new(segments, s);
     let threads = rayon::current_num_threads().max(1);
-    // Enough bands to keep every thread busy, whole row pairs, at most BAND rows.
+    // Enough bands to keep every thread busy, whole query pairs, at most BAND queries.
     let band =
         s.nq.div_ceil(4 * threads)
             .next_multiple_of(32)
@@ -151,8 +169,8 @@ pub(super) fn attention(q: &[f32], segments: &[Segment<'_>], s: &AttnShape, out:
     });
 }
 
-/// Head `h` of the rows `r0 .. r0 + vis.len()` (row `r0 + r` sees `vis[r]` keys) into `out` (those
-/// rows, all heads). The thread's tile unit is configured.
+/// Head `h` of the queries `r0 .. r0 + vis.len()` (query `r0 + r` sees `vis[r]` keys) into `out`
+/// (those rows, all heads). The thread's tile unit is configured.
 #[allow(clippy::too_many_arguments)]
 fn head_band(
     q: &[f32],
@@ -168,29 +186,33 @@ fn head_band(
     let j = h / (s.heads / s.kv_heads);
     let rows = vis.len();
     let pairs = rows.div_ceil(32);
+    let nb = pairs * 32;
     let dbs = dp / 32;
-    // Q as A tiles: tile (row tile rt, depth block db) at (rt * dbs + db) * TILE, row r and column e
-    // at (r % 16) * 32 + e % 32; rows past the band and columns past d zero.
-    let qa = sized(&mut scratch.q, pairs * 32 * dp);
-    qa.fill(0);
-    let lv = level();
-    for r in 0..rows {
-        let src = &q[(r0 + r) * hd + h * d..][..d];
-        for (db, chunk) in src.chunks(32).enumerate() {
-            let at = ((r / 16) * dbs + db) * TILE + (r % 16) * 32;
-            round_slice(lv, chunk, &mut qa[at..][..chunk.len()]);
-        }
-    }
-    let pa = sized(&mut scratch.p, 32 * KEY_BLOCK);
-    let sb = sized(&mut scratch.s, 32 * KEY_BLOCK);
-    let ob = sized(&mut scratch.o, pairs * 32 * dp);
-    ob.fill(0.0);
-    let sums = sized(&mut scratch.sum, pairs * 32 * 16);
-    sums.fill(0.0);
-    let mut max = [f32::NEG_INFINITY; BAND];
+    let Scratch {
+        q: q_tiles,
+        q_rows,
+        p,
+        s: sb,
+        o,
+        max,
+        sum,
+    } = scratch;
+    let qt = pack_q(q, s, (h, r0, rows, dp), q_rows, q_tiles);
+    let pt = sized(p, 2 * KEY_DEPTHS * TILE);
+    let sb = sized(sb, KEY_BLOCK * 32);
+    let ot = sized(o, dp * nb);
+    ot.fill(0.0);
+    let max = sized(max, nb);
+    max.fill(f32::NEG_INFINITY);
+    let sum = sized(sum, nb);
+    sum.fill(0.0);
     // Scores times the scale, in units of log2: the softmax takes powers of two.
     let scale2 = s.scale * std::f32::consts::LOG2_E;
-    // The most keys any row of a pair sees: a pair whose rows see none of a block skips it.
+    // Per query (padded queries see nothing) and per pair, the keys seen: a pair none of whose
+    // queries sees a block skips it.
+    let seen: Vec<i32> = (0..nb)
+        .map(|r| vis.get(r).map_or(0, |&v| v as i32))
+        .collect();
     let pair_vis: Vec<usize> = vis
         .chunks(32)
         .map(|c| c.iter().copied().max().unwrap_or(0))
@@ -199,206 +221,300 @@ fn head_band(
     let (k_head, v_head) = (kv.k_head(j), kv.v_head(j));
     for blk in 0..blocks {
         let c0 = blk * KEY_BLOCK;
-        for p in (0..pairs).filter(|&p| pair_vis[p] > c0) {
-            // SAFETY: the tile unit is configured; every tile read lies in `qa` (pair `p`'s rows,
-            // `dbs` depth blocks) or `k_head` (block `blk`'s keys, padded to whole blocks), every
-            // store in `sb` (32 rows of KEY_BLOCK).
-            unsafe { scores(qa, k_head, dbs, c0, p, sb) };
-            for i in 0..32 {
-                let r = p * 32 + i;
-                // Padded rows of the last pair see nothing: their P is zero and they add nothing.
-                let live = vis
-                    .get(r)
-                    .map_or(0, |&v| v.min(c0 + KEY_BLOCK).saturating_sub(c0));
-                let row = Row {
-                    scores: &sb[i * KEY_BLOCK..][..KEY_BLOCK],
-                    live,
-                    scale2,
-                };
-                let state = RowState {
-                    max: &mut max[r],
-                    sum: &mut sums[r * 16..][..16],
-                    o: &mut ob[r * dp..][..dp],
+        for pr in (0..pairs).filter(|&pr| pair_vis[pr] > c0) {
+            // SAFETY: the tile unit is configured; every tile read lies in `qt` (pair `pr`'s query
+            // tiles, `dbs` depth blocks) or `k_head` (block `blk`'s keys, padded to whole blocks),
+            // every store in `sb` (KEY_BLOCK rows of 32).
+            unsafe { scores(qt, k_head, dbs, c0, pr, sb) };
+            for half in 0..2 {
+                let lanes = pr * 32 + half * 16..pr * 32 + half * 16 + 16;
+                let state = Lanes {
+                    seen: &seen[lanes.clone()],
+                    max: &mut max[lanes.clone()],
+                    sum: &mut sum[lanes.clone()],
                 };
                 // SAFETY: AVX-512F and AVX512-BF16 (`supported`).
-                unsafe { softmax_row(&row, state, pa, i) };
+                unsafe { softmax_half(sb, half, c0, scale2, state, ot, nb, lanes.start, pt) };
             }
-            // SAFETY: the tile unit is configured; the tiles read lie in `pa` and `v_head` (block
-            // `blk`, `dp / 16` column tiles), the loads and stores in `ob` (pair `p`'s rows).
-            unsafe { pv(pa, v_head, dp, c0, p, ob) };
+            // SAFETY: the tile unit is configured; the tiles read lie in `pt` and `v_head` (block
+            // `blk`, `dp / 16` column tiles), the loads and stores in `ot` (pair `pr`'s columns).
+            unsafe { pv(pt, v_head, dp, c0, pr, ot, nb) };
         }
     }
-    for r in 0..rows {
-        let sum: f64 = sums[r * 16..][..16].iter().map(|&x| x as f64).sum();
+    for (r, &total) in sum.iter().enumerate().take(rows) {
         // No visible key: the output is zero, as in the other paths. A NaN sum stays NaN.
-        let inv = if sum == 0.0 { 0.0 } else { (1.0 / sum) as f32 };
+        let inv = if total == 0.0 { 0.0 } else { 1.0 / total };
         let dst = &mut out[r * hd + h * d..][..d];
-        dst.iter_mut()
-            .zip(&ob[r * dp..][..d])
-            .for_each(|(x, &y)| *x = y * inv);
+        for (e, x) in dst.iter_mut().enumerate() {
+            *x = ot[e * nb + r] * inv;
+        }
     }
 }
 
-/// Where row `i` (of a pair)'s P values for 32-key depth block `kb` of a key block start: A tile
-/// `(i / 16, kb)`, its row `i % 16`.
-fn p_at(i: usize, kb: usize) -> usize {
-    ((i / 16) * KEY_DEPTHS + kb) * TILE + (i % 16) * 32
+/// Q of head `h`, queries `r0 .. r0 + rows`, as B tiles (Q^T): tile `(query tile t, depth block db)`
+/// at `(t * dbs + db) * TILE`, depth `e`, query `c` at `((e % 32) / 2) * 32 + (c % 16) * 2 + e % 2`;
+/// queries past `rows` and depths past `d` zero. Each query's row is rounded at vector width; a
+/// rounded row's adjacent pairs are the tile's 32-bit elements, so a tile is a 16 x 16 transpose of
+/// those.
+fn pack_q<'a>(
+    q: &[f32],
+    s: &AttnShape,
+    (h, r0, rows, dp): (usize, usize, usize, usize),
+    rounded: &mut Vec<u16>,
+    tiles: &'a mut Vec<u16>,
+) -> &'a [u16] {
+    let (d, hd) = (s.head_dim, s.heads * s.head_dim);
+    let nb = rows.div_ceil(32) * 32;
+    let dbs = dp / 32;
+    let rounded = sized(rounded, nb * dp);
+    rounded.fill(0);
+    let lv = level();
+    for r in 0..rows {
+        round_slice(
+            lv,
+            &q[(r0 + r) * hd + h * d..][..d],
+            &mut rounded[r * dp..][..d],
+        );
+    }
+    let qt = sized(tiles, nb * dp);
+    for t in 0..nb / 16 {
+        for db in 0..dbs {
+            let tile = &mut qt[(t * dbs + db) * TILE..][..TILE];
+            for c in 0..16 {
+                let src = &rounded[(t * 16 + c) * dp + db * 32..][..32];
+                for (pair, v) in src.chunks_exact(2).enumerate() {
+                    tile[pair * 32 + c * 2] = v[0];
+                    tile[pair * 32 + c * 2 + 1] = v[1];
+                }
+            }
+        }
+    }
+    qt
 }
 
-/// Row pair `p`'s raw scores `q . k` against keys `c0 .. c0 + KEY_BLOCK` into `sb` (the pair's row
-/// `i` at `i * KEY_BLOCK`).
+/// Query pair `pr`'s raw scores `q . k` against keys `c0 .. c0 + KEY_BLOCK` into `sb` (key `c` at
+/// `(c - c0) * 32`, the pair's 32 queries along it).
 ///
 /// # Safety
 /// The thread's tiles are configured.
-unsafe fn scores(qa: &[u16], k_head: &[u16], dbs: usize, c0: usize, p: usize, sb: &mut [f32]) {
-    assert!(qa.len() >= (2 * p + 2) * dbs * TILE && sb.len() >= 32 * KEY_BLOCK);
+unsafe fn scores(qt: &[u16], k_head: &[u16], dbs: usize, c0: usize, pr: usize, sb: &mut [f32]) {
+    assert!(qt.len() >= (2 * pr + 2) * dbs * TILE && sb.len() >= 32 * KEY_BLOCK);
     assert!(k_head.len() >= (c0 + KEY_BLOCK) / 16 * dbs * TILE);
-    let a0 = qa[2 * p * dbs * TILE..].as_ptr();
-    let a1 = qa[(2 * p + 1) * dbs * TILE..].as_ptr();
+    let b0 = qt[2 * pr * dbs * TILE..].as_ptr();
+    let b1 = qt[(2 * pr + 1) * dbs * TILE..].as_ptr();
     for kp in 0..KEY_BLOCK / 32 {
         let kt = c0 / 16 + 2 * kp;
-        let b0 = k_head[kt * dbs * TILE..].as_ptr();
-        let b1 = k_head[(kt + 1) * dbs * TILE..].as_ptr();
+        let a0 = k_head[kt * dbs * TILE..].as_ptr();
+        let a1 = k_head[(kt + 1) * dbs * TILE..].as_ptr();
         // SAFETY: the caller's promise (tiles configured); the asserts above bound every tile read
-        // (pair `p`'s Q tiles, the key pair's K tiles) and the C store (32 rows of 32 f32,
-        // KEY_BLOCK apart, inside `sb`).
+        // (the key pair's K tiles, pair `pr`'s Q^T tiles) and the C store (32 rows of 32 f32
+        // inside `sb`).
         unsafe {
             amx_tiles::zero_c();
             for db in 0..dbs {
                 let o = db * TILE;
                 amx_tiles::product(a0.add(o), a1.add(o), b0.add(o), b1.add(o));
             }
-            amx_tiles::store_c(sb[kp * 32..].as_mut_ptr(), KEY_BLOCK);
+            amx_tiles::store_c(sb[kp * 32 * 32..].as_mut_ptr(), 32);
         }
     }
 }
 
-/// Row pair `p`'s output accumulator (row `r` of the band at `r * dp`) `+=` its P (A tiles in `pa`)
-/// times V of keys `c0 .. c0 + KEY_BLOCK`.
+/// Query pair `pr`'s output O^T (column `e` of query `r` at `e * nb + r`) `+=` V^T of keys
+/// `c0 .. c0 + KEY_BLOCK` times its P^T (B tiles in `pt`).
 ///
 /// # Safety
 /// The thread's tiles are configured.
-unsafe fn pv(pa: &[u16], v_head: &[u16], dp: usize, c0: usize, p: usize, ob: &mut [f32]) {
-    let cts = dp / 16;
-    assert!(pa.len() >= 2 * KEY_DEPTHS * TILE && ob.len() >= (p + 1) * 32 * dp);
-    assert!(v_head.len() >= (c0 + KEY_BLOCK) / 32 * cts * TILE);
-    for cq in 0..dp / 32 {
-        let c = ob[p * 32 * dp + cq * 32..].as_mut_ptr();
+unsafe fn pv(
+    pt: &[u16],
+    v_head: &[u16],
+    dp: usize,
+    c0: usize,
+    pr: usize,
+    ot: &mut [f32],
+    nb: usize,
+) {
+    let dts = dp / 16;
+    assert!(pt.len() >= 2 * KEY_DEPTHS * TILE && ot.len() >= dp * nb && nb >= (pr + 1) * 32);
+    assert!(v_head.len() >= (c0 + KEY_BLOCK) / 32 * dts * TILE);
+    for dq in 0..dp / 32 {
+        let c = ot[dq * 32 * nb + pr * 32..].as_mut_ptr();
         // SAFETY: the caller's promise (tiles configured); the asserts above bound the C load and
-        // store (32 rows of 32 f32, dp apart, inside pair `p`'s rows) and every A and B tile read.
+        // store (32 rows of 32 f32, nb apart: columns 32 dq .. 32 dq + 32 of the pair's queries)
+        // and every A and B tile read.
         unsafe {
-            amx_tiles::load_c(c, dp);
+            amx_tiles::load_c(c, nb);
             for kb in 0..KEY_DEPTHS {
-                let b0 = v_head[((c0 / 32 + kb) * cts + 2 * cq) * TILE..].as_ptr();
+                let a0 = v_head[((c0 / 32 + kb) * dts + 2 * dq) * TILE..].as_ptr();
                 amx_tiles::product(
-                    pa[kb * TILE..].as_ptr(),
-                    pa[(KEY_DEPTHS + kb) * TILE..].as_ptr(),
-                    b0,
-                    b0.add(TILE),
+                    a0,
+                    a0.add(TILE),
+                    pt[kb * TILE..].as_ptr(),
+                    pt[(KEY_DEPTHS + kb) * TILE..].as_ptr(),
                 );
             }
-            amx_tiles::store_c(c, dp);
+            amx_tiles::store_c(c, nb);
         }
     }
 }
 
-/// One row's raw scores for a key block, of which the first `live` are visible (`live <= KEY_BLOCK`).
-struct Row<'a> {
-    scores: &'a [f32],
-    live: usize,
-    /// The softmax scale times log2(e).
-    scale2: f32,
-}
-
-/// A row's running softmax state: its max (of `score * scale2`), 16 lanes of its sum of
-/// probabilities, its output accumulator.
-struct RowState<'a> {
-    max: &'a mut f32,
+/// 16 queries' softmax state: the keys each sees, its running max (of `score * scale2`) and sum of
+/// probabilities.
+struct Lanes<'a> {
+    seen: &'a [i32],
+    max: &'a mut [f32],
     sum: &'a mut [f32],
-    o: &'a mut [f32],
 }
 
-/// The softmax step of row `i` of a pair: with `m` the larger of the running max and the row's
-/// largest live `x = score * scale2`, the output and sum are rescaled by `2^(max - m)` when `m` grows,
-/// `p = 2^(x - m)` (0 for masked keys) goes to the row's P tiles in bf16 (nearest even; a value
-/// below f32's normals becomes 0) and its f32 lanes into the sum, and the max becomes `m`. With no
-/// live key the row's P is zero and nothing else changes. A NaN score makes the sum NaN.
-///
-/// `2^t` for `t <= 0`: `t = n + f` with `n` the nearest whole number, a degree-4 Taylor polynomial
-/// of `2^f` (`|f| <= 1/2`, relative error under 5e-5, far below the bf16 rounding of P that
-/// follows), scaled by `2^n` (`scalef`); below -150 it is 0. (Rounding by adding 1.5 * 2^23 and
-/// making `2^n` from exponent bits instead of `roundscale` and `scalef`, with the raw scores' max
-/// and one FMA for `x - m`, measured 10-25% slower on the build machine.)
+/// How far (in log2) a block's max may exceed a query's running max before the max moves and the
+/// query's output and sum are rescaled: P is then at most 2^8, in range for bf16 and its f32 sums
+/// (the CUDA v3 kernel's threshold).
+const RESCALE_LOG2: f32 = 8.0;
+
+/// ln2^k / k!, k = 4 down to 1: `2^f` for `|f| <= 1/2` by Taylor's polynomial of degree 4.
+const POLY: [f32; 4] = [
+    9.618_129e-3,
+    5.550_411e-2,
+    2.402_265e-1,
+    std::f32::consts::LN_2,
+];
+
+/// `2^t` for `t <= 0`: `t = n + f` with `n` the nearest whole number, a degree-4 Taylor polynomial of
+/// `2^f` (relative error under 5e-5, far below the bf16 rounding of P that follows), scaled by `2^n`
+/// (`scalef`); below -150 it is 0. A NaN stays NaN (`max(floor, t)` returns its second operand for
+/// a NaN).
 ///
 /// # Safety
-/// AVX-512F and AVX512-BF16; `row.scores` holds KEY_BLOCK values, `state.sum` 16, `pa` a pair's P.
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn softmax_row(row: &Row<'_>, state: RowState<'_>, pa: &mut [u16], i: usize) {
-    const VECS: usize = KEY_BLOCK / 16;
-    // ln2^k / k!, k = 4 down to 1.
-    const POLY: [f32; 4] = [
-        9.618_129e-3,
-        5.550_411e-2,
-        2.402_265e-1,
-        std::f32::consts::LN_2,
-    ];
-    let live = row.live;
-    if live == 0 {
-        for kb in 0..KEY_DEPTHS {
-            pa[p_at(i, kb)..][..32].fill(0);
-        }
+/// AVX-512F.
+#[inline(always)]
+unsafe fn exp2(t: __m512) -> __m512 {
+    // SAFETY: the caller's promise (AVX-512F).
+    unsafe {
+        let t = _mm512_max_ps(_mm512_set1_ps(-150.0), t);
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+        let f = _mm512_sub_ps(t, n);
+        let poly = POLY[1..].iter().fold(_mm512_set1_ps(POLY[0]), |acc, &k| {
+            _mm512_fmadd_ps(acc, f, _mm512_set1_ps(k))
+        });
+        _mm512_scalef_ps(_mm512_fmadd_ps(poly, f, _mm512_set1_ps(1.0)), n)
+    }
+}
+
+/// VPERMW's indices that interleave the two halves of a VCVTNE2PS2BF16 result (`lo` keys in words
+/// 0-15, `hi` in 16-31) into the pairs `(lo[c], hi[c])` a B tile row holds.
+const INTERLEAVE: [u16; 32] = {
+    let mut idx = [0u16; 32];
+    let mut c = 0;
+    while c < 16 {
+        idx[2 * c] = c as u16;
+        idx[2 * c + 1] = 16 + c as u16;
+        c += 1;
+    }
+    idx
+};
+
+/// The softmax step of queries `q0 .. q0 + 16` (half `half` of a pair, lanes of `state`) over the
+/// raw scores of keys `c0 .. c0 + KEY_BLOCK` in `sb`. Where the block's largest visible
+/// `score * scale2` exceeds a query's running max by more than [`RESCALE_LOG2`], the max `m` becomes
+/// it and the query's sum and output column in `ot` are rescaled by `2^(max - m)`; elsewhere `m` is
+/// the running max. `p = 2^(score * scale2 - m)` (at most 2^RESCALE_LOG2; 0 for keys a query does
+/// not see) goes into the sum and, rounded to bf16 (nearest even; a value below f32's normals
+/// becomes 0), into the half's P^T tiles in `pt`; the max becomes `m`. A NaN score makes its query's sum
+/// NaN.
+///
+/// # Safety
+/// AVX-512F and AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn softmax_half(
+    sb: &[f32],
+    half: usize,
+    c0: usize,
+    scale2: f32,
+    state: Lanes<'_>,
+    ot: &mut [f32],
+    nb: usize,
+    q0: usize,
+    pt: &mut [u16],
+) {
+    assert!(sb.len() >= KEY_BLOCK * 32 && pt.len() >= 2 * KEY_DEPTHS * TILE);
+    assert!(state.seen.len() == 16 && state.max.len() == 16 && state.sum.len() == 16);
+    assert!(q0 + 16 <= nb && ot.len().is_multiple_of(nb));
+    let tiles = &mut pt[half * KEY_DEPTHS * TILE..][..KEY_DEPTHS * TILE];
+    // Keys of this block each lane sees, and the fewest and most over the lanes.
+    let live: [i32; 16] =
+        std::array::from_fn(|l| (state.seen[l] - c0 as i32).clamp(0, KEY_BLOCK as i32));
+    let (lo, hi) = (
+        *live.iter().min().expect("16 lanes") as usize,
+        *live.iter().max().expect("16 lanes") as usize,
+    );
+    if hi == 0 {
+        tiles.fill(0);
         return;
     }
-    let lanes = |v: usize| -> __mmask16 {
-        let n = live.saturating_sub(16 * v).min(16);
-        ((1u32 << n) - 1) as __mmask16
-    };
-    let scores = &row.scores[..KEY_BLOCK];
-    assert!(state.sum.len() == 16 && pa.len() >= p_at(i, KEY_DEPTHS - 1) + 32);
-    // SAFETY: AVX-512F and AVX512-BF16 (the caller's promise); every load and store is inside
-    // `scores`, `state.sum`, `state.o` or row `i`'s 32-value spans of `pa` (asserted above).
+    let at = |c: usize| c * 32 + half * 16;
+    // SAFETY: AVX-512F, AVX512-BW and AVX512-BF16 (the caller's promise; every AMX CPU has them);
+    // every load is inside `sb` (key c < KEY_BLOCK at c * 32 + half * 16, 16 values), `state` (16
+    // lanes) or `ot` (16 queries from q0 of a column), every store inside `ot`, `state` or `tiles`
+    // (asserted above).
     unsafe {
-        let sc = _mm512_set1_ps(row.scale2);
-        let x: [__m512; VECS] =
-            std::array::from_fn(|v| _mm512_mul_ps(_mm512_loadu_ps(scores[16 * v..].as_ptr()), sc));
-        let old = *state.max;
-        let mut mx = _mm512_set1_ps(old);
-        for (v, &xv) in x.iter().enumerate() {
-            mx = _mm512_mask_max_ps(mx, lanes(v), mx, xv);
+        let live_v = _mm512_loadu_si512(live.as_ptr().cast());
+        let mask = |c: usize| -> __mmask16 {
+            if c < lo {
+                0xffff
+            } else {
+                _mm512_cmpgt_epi32_mask(live_v, _mm512_set1_epi32(c as i32))
+            }
+        };
+        let load = |c: usize| _mm512_loadu_ps(sb[at(c)..].as_ptr());
+        // The block's max per lane, four chains.
+        let mut mx = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+        for c in 0..hi {
+            mx[c % 4] = _mm512_mask_max_ps(mx[c % 4], mask(c), mx[c % 4], load(c));
         }
-        let m = _mm512_reduce_max_ps(mx);
+        let raw = _mm512_max_ps(_mm512_max_ps(mx[0], mx[1]), _mm512_max_ps(mx[2], mx[3]));
+        // The scale is positive and rounding monotonic: the max of the scaled scores.
+        let sc = _mm512_set1_ps(scale2);
+        let new = _mm512_mul_ps(raw, sc);
+        let old = _mm512_loadu_ps(state.max.as_ptr());
         let mut total = _mm512_loadu_ps(state.sum.as_ptr());
-        if old != f32::NEG_INFINITY && m != old {
-            let alpha = exp((old - m) * std::f32::consts::LN_2);
-            let a = _mm512_set1_ps(alpha);
-            total = _mm512_mul_ps(total, a);
-            for chunk in state.o.chunks_exact_mut(16) {
-                let y = _mm512_mul_ps(_mm512_loadu_ps(chunk.as_ptr()), a);
-                _mm512_storeu_ps(chunk.as_mut_ptr(), y);
+        // Lazily: a lane's max moves only when the block's exceeds it by more than RESCALE_LOG2 (or
+        // it was -inf), so that P stays within 2^RESCALE_LOG2 and the output's columns are rescaled
+        // a few times per query instead of at nearly every block. (A NaN in the block's max spreads
+        // to the query's sum through its P, whatever the max.)
+        let grew =
+            _mm512_cmp_ps_mask::<_CMP_GT_OQ>(new, _mm512_add_ps(old, _mm512_set1_ps(RESCALE_LOG2)));
+        let m = _mm512_mask_max_ps(old, grew, old, new);
+        if grew != 0 {
+            let alpha =
+                _mm512_mask_blend_ps(grew, _mm512_set1_ps(1.0), exp2(_mm512_sub_ps(old, m)));
+            total = _mm512_mul_ps(total, alpha);
+            for col in ot.chunks_exact_mut(nb) {
+                let o = col[q0..].as_mut_ptr();
+                _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_loadu_ps(o), alpha));
             }
         }
-        let (shift, floor) = (_mm512_set1_ps(m), _mm512_set1_ps(-150.0));
-        let mut e = [_mm512_setzero_ps(); VECS];
-        for (v, &xv) in x.iter().enumerate() {
-            // max(floor, t), not max(t, floor): the second operand comes back for a NaN.
-            let t = _mm512_max_ps(floor, _mm512_sub_ps(xv, shift));
-            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
-            let f = _mm512_sub_ps(t, n);
-            let poly = POLY[1..].iter().fold(_mm512_set1_ps(POLY[0]), |acc, &k| {
-                _mm512_fmadd_ps(acc, f, _mm512_set1_ps(k))
+        let shift = _mm512_sub_ps(_mm512_setzero_ps(), m);
+        let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
+        let mut sums = [total, _mm512_setzero_ps()];
+        for c in (0..KEY_BLOCK).step_by(2) {
+            let p: [__m512; 2] = std::array::from_fn(|i| {
+                let c = c + i;
+                if c >= hi {
+                    return _mm512_setzero_ps();
+                }
+                _mm512_maskz_mov_ps(mask(c), exp2(_mm512_fmadd_ps(load(c), sc, shift)))
             });
-            let y = _mm512_fmadd_ps(poly, f, _mm512_set1_ps(1.0));
-            e[v] = _mm512_maskz_mov_ps(lanes(v), _mm512_scalef_ps(y, n));
-            total = _mm512_add_ps(total, e[v]);
-        }
-        for (kb, pair) in e.chunks_exact(2).enumerate() {
-            let bf = _mm512_cvtne2ps_pbh(pair[1], pair[0]);
+            sums[0] = _mm512_add_ps(sums[0], p[0]);
+            sums[1] = _mm512_add_ps(sums[1], p[1]);
+            let bf = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(p[1], p[0]));
+            let row = (c / 32) * TILE + ((c % 32) / 2) * 32;
             _mm512_storeu_si512(
-                pa[p_at(i, kb)..].as_mut_ptr().cast(),
-                std::mem::transmute::<__m512bh, __m512i>(bf),
+                tiles[row..].as_mut_ptr().cast(),
+                _mm512_permutexvar_epi16(idx, bf),
             );
         }
-        _mm512_storeu_ps(state.sum.as_mut_ptr(), total);
-        *state.max = m;
+        _mm512_storeu_ps(state.sum.as_mut_ptr(), _mm512_add_ps(sums[0], sums[1]));
+        _mm512_storeu_ps(state.max.as_mut_ptr(), m);
     }
 }

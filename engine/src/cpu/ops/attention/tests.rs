@@ -117,8 +117,10 @@ impl Case {
 
     /// Each path (the flash ones and the AMX one where the CPU has them) within `tol` of the f64
     /// reference. The AMX path runs on bf16 values of Q, K and V (so its own rounding of them is
-    /// exact) against the reference on those; it rounds each probability to bf16 (relative 2^-9), so
-    /// with |v| <= 1 its bound is 2^-9 more.
+    /// exact) against the reference on those; it rounds each probability to bf16 (8 significant
+    /// bits, to nearest: relative error at most 2^-8), so with |v| <= 1 its bound is 2^-8 more. (Its
+    /// lazily moved max leaves a row's largest probability up to 2^8 rather than exactly 1, so a
+    /// row dominated by one key sees that key's rounding too.)
     #[track_caller]
     fn check(&self, seed: u64, tol: f64) {
         let x = self.data(seed);
@@ -127,7 +129,7 @@ impl Case {
         let want_rounded = self.reference(&rounded);
         for path in paths(self.nq) {
             let (x, want, tol) = if path == Path::Amx {
-                (&rounded, &want_rounded, tol + 1.0 / 512.0)
+                (&rounded, &want_rounded, tol + 1.0 / 256.0)
             } else {
                 (&x, &want, tol)
             };
