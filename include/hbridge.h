@@ -42,6 +42,23 @@
 #define HBRIDGE_DTYPE_BF16 2
 
 /**
+ * `HbridgeEngineOptions::cpu_compute`: as `HBRIDGE_CPU_MATMUL` says (bf16 when it is `bf16`).
+ */
+#define HBRIDGE_CPU_COMPUTE_ENV 0
+
+/**
+ * `HbridgeEngineOptions::cpu_compute`: f32 everywhere (the reference's numerics).
+ */
+#define HBRIDGE_CPU_COMPUTE_F32 1
+
+/**
+ * `HbridgeEngineOptions::cpu_compute`: bf16 on Intel AMX tiles where the CPU and OS have them
+ * (the CUDA backend's numerics), else f32. Fixed once per process: an engine asking for the other
+ * arithmetic later fails with `HBRIDGE_STATUS_DEVICE`.
+ */
+#define HBRIDGE_CPU_COMPUTE_BF16 2
+
+/**
  * The status every `hbridge_*` function that can fail returns; `HBRIDGE_STATUS_OK` is 0.
  */
 typedef enum HbridgeStatus {
@@ -113,6 +130,10 @@ typedef struct HbridgeEngineOptions {
    * Nonzero: capture and replay CUDA graphs (the default).
    */
   int32_t cuda_graphs;
+  /**
+   * One of `HBRIDGE_CPU_COMPUTE_*`.
+   */
+  int32_t cpu_compute;
 } HbridgeEngineOptions;
 
 /**

@@ -36,6 +36,7 @@ use crate::model::{Model, Outputs, RunError};
 use crate::t2i::{ImageOutput, ImageRequest};
 use crate::validate;
 use hbridge_engine::device::{self, Device, DeviceRequest};
+pub use hbridge_engine::{CpuCompute, CpuComputeFixed};
 use std::ops::ControlFlow;
 use std::path::Path;
 
@@ -67,6 +68,9 @@ pub struct EngineOptions {
     pub memory_limit: Option<u64>,
     /// What a request that fits the limit alone but not beside the running ones does.
     pub over_limit: OverLimit,
+    /// The CPU backend's arithmetic (f32, or bf16 on AMX tiles), a choice fixed once per process:
+    /// see [`CpuCompute::request`]. `FromEnv` (the default) leaves it to `HBRIDGE_CPU_MATMUL`.
+    pub cpu_compute: CpuCompute,
 }
 
 impl Default for EngineOptions {
@@ -77,6 +81,7 @@ impl Default for EngineOptions {
             cuda_graphs: true,
             memory_limit: None,
             over_limit: OverLimit::Wait,
+            cpu_compute: CpuCompute::FromEnv,
         }
     }
 }
@@ -119,6 +124,13 @@ impl EngineOptions {
         self.over_limit = policy;
         self
     }
+
+    /// Asks for the CPU backend's arithmetic (fixed once per process; [`Engine::load`] fails with
+    /// [`LoadError::CpuCompute`] when the process already computes otherwise).
+    pub fn cpu_compute(mut self, compute: CpuCompute) -> Self {
+        self.cpu_compute = compute;
+        self
+    }
 }
 
 /// Why a model could not be loaded.
@@ -140,6 +152,9 @@ pub enum LoadError {
         /// What to ask for instead.
         hint: &'static str,
     },
+    /// The CPU arithmetic asked for differs from the one this process already uses.
+    #[error(transparent)]
+    CpuCompute(#[from] CpuComputeFixed),
 }
 
 /// A loaded model on its backend, serving requests from any number of threads (`Engine` is `Sync`).
@@ -154,6 +169,9 @@ impl Engine {
     /// the backend as requests first need them) on the backend `options` asks for.
     pub fn load(dir: impl AsRef<Path>, options: &EngineOptions) -> Result<Engine, LoadError> {
         let selection = device::select(options.device)?;
+        if selection.device == Device::Cpu {
+            options.cpu_compute.request()?;
+        }
         let storage = match (selection.device, options.dtype) {
             (Device::Cuda, DType::F32) => {
                 return Err(LoadError::DType {

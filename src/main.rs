@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use hbridge::init::{write_checkpoint, WeightDType};
 use hbridge::presets::{preset, PRESET_NAMES};
 use hbridge_engine::device::{self, Device, DeviceRequest};
+use hbridge_engine::CpuCompute;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -25,6 +26,11 @@ struct Cli {
     /// bf16 (on the CPU: half the weights' memory, the same results on a bf16 checkpoint).
     #[arg(long, global = true, default_value = "auto")]
     weight_dtype: String,
+    /// CPU arithmetic: f32 (the reference's numerics) or bf16 (linears, attention and convolutions on
+    /// Intel AMX tiles where the CPU has them, the CUDA backend's numerics). Without it,
+    /// HBRIDGE_CPU_MATMUL=bf16 asks for bf16.
+    #[arg(long, global = true)]
+    cpu_compute: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,6 +101,20 @@ fn run(cli: Cli) -> Result<(), String> {
         Device::Cpu
     };
     let backend = cli::Backend::new(device, &cli.weight_dtype)?;
+    if let Some(compute) = &cli.cpu_compute {
+        let compute = match compute.as_str() {
+            "f32" => CpuCompute::F32,
+            "bf16" => CpuCompute::Bf16,
+            other => {
+                return Err(format!(
+                    "--cpu-compute: expected f32 or bf16, found \"{other}\""
+                ))
+            }
+        };
+        compute
+            .request()
+            .map_err(|e| format!("--cpu-compute: {e}"))?;
+    }
     match cli.command {
         Command::InitTiny {
             dir,

@@ -217,6 +217,16 @@ fn create_refuses_bad_arguments_with_a_status_and_a_message() {
         last_error()
     );
 
+    let mut bad = cpu_options();
+    bad.cpu_compute = 5;
+    let (status, _) = create(tiny_dir().to_str().unwrap(), Some(bad));
+    assert_eq!(status, HbridgeStatus::InvalidArgument);
+    assert!(
+        last_error().contains("options.cpu_compute: 5"),
+        "{}",
+        last_error()
+    );
+
     let status = unsafe { hbridge_engine_create(ptr::null(), ptr::null(), ptr::null_mut()) };
     assert_eq!(status, HbridgeStatus::InvalidArgument);
     assert!(

@@ -11,7 +11,7 @@ pub mod profile;
 pub mod weight_table;
 
 pub use cpu::{
-    execute, CpuWeights, EngineError, Executor, HostData, HostTensor, MatmulMode, WeightData,
-    WeightStorage, WeightTensor,
+    execute, CpuCompute, CpuComputeFixed, CpuWeights, EngineError, Executor, HostData, HostTensor,
+    MatmulMode, WeightData, WeightStorage, WeightTensor,
 };
 pub use cuda::{CudaError, CudaExecutor, CudaWeights, Gpu};

@@ -98,7 +98,9 @@ pub(crate) fn chat_status(e: &ChatError) -> HbridgeStatus {
 /// The status of a load error.
 pub(crate) fn load_status(e: &LoadError) -> HbridgeStatus {
     match e {
-        LoadError::Device(_) | LoadError::DType { .. } => HbridgeStatus::Device,
+        LoadError::Device(_) | LoadError::DType { .. } | LoadError::CpuCompute(_) => {
+            HbridgeStatus::Device
+        }
         LoadError::Model(ChatError::Model(RunError::Engine(_))) => HbridgeStatus::Device,
         LoadError::Model(_) => HbridgeStatus::Load,
     }

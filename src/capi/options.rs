@@ -5,7 +5,7 @@
 use crate::budget::OverLimit;
 use crate::chat::ChatRequest;
 use crate::edit::EditRequest;
-use crate::engine::{DType, EngineOptions};
+use crate::engine::{CpuCompute, DType, EngineOptions};
 use crate::image::RgbImage;
 use crate::t2i::ImageRequest;
 use hbridge_engine::device::DeviceRequest;
@@ -24,6 +24,15 @@ pub const HBRIDGE_DTYPE_F32: i32 = 1;
 /// `HbridgeEngineOptions::dtype`: bf16 weights (half the CPU backend's weight memory).
 pub const HBRIDGE_DTYPE_BF16: i32 = 2;
 
+/// `HbridgeEngineOptions::cpu_compute`: as `HBRIDGE_CPU_MATMUL` says (bf16 when it is `bf16`).
+pub const HBRIDGE_CPU_COMPUTE_ENV: i32 = 0;
+/// `HbridgeEngineOptions::cpu_compute`: f32 everywhere (the reference's numerics).
+pub const HBRIDGE_CPU_COMPUTE_F32: i32 = 1;
+/// `HbridgeEngineOptions::cpu_compute`: bf16 on Intel AMX tiles where the CPU and OS have them
+/// (the CUDA backend's numerics), else f32. Fixed once per process: an engine asking for the other
+/// arithmetic later fails with `HBRIDGE_STATUS_DEVICE`.
+pub const HBRIDGE_CPU_COMPUTE_BF16: i32 = 2;
+
 /// How `hbridge_engine_create` loads a model.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +48,8 @@ pub struct HbridgeEngineOptions {
     pub reject_over_limit: i32,
     /// Nonzero: capture and replay CUDA graphs (the default).
     pub cuda_graphs: i32,
+    /// One of `HBRIDGE_CPU_COMPUTE_*`.
+    pub cpu_compute: i32,
 }
 
 /// Sampling parameters of `hbridge_chat`.
@@ -143,6 +154,7 @@ impl HbridgeEngineOptions {
             memory_limit_bytes: 0,
             reject_over_limit: 0,
             cuda_graphs: i32::from(d.cuda_graphs),
+            cpu_compute: HBRIDGE_CPU_COMPUTE_ENV,
         }
     }
 
@@ -168,9 +180,20 @@ impl HbridgeEngineOptions {
                 ))
             }
         };
+        let cpu_compute = match self.cpu_compute {
+            HBRIDGE_CPU_COMPUTE_ENV => CpuCompute::FromEnv,
+            HBRIDGE_CPU_COMPUTE_F32 => CpuCompute::F32,
+            HBRIDGE_CPU_COMPUTE_BF16 => CpuCompute::Bf16,
+            c => {
+                return Err(format!(
+                "options.cpu_compute: {c} is not one of HBRIDGE_CPU_COMPUTE_ENV/F32/BF16 (0/1/2)"
+            ))
+            }
+        };
         Ok(EngineOptions {
             device,
             dtype,
+            cpu_compute,
             cuda_graphs: self.cuda_graphs != 0,
             memory_limit: (self.memory_limit_bytes > 0).then_some(self.memory_limit_bytes),
             over_limit: if self.reject_over_limit != 0 {

@@ -15,7 +15,7 @@ mod weights;
 
 pub use error::EngineError;
 pub use exec::{execute, Executor};
-pub use matmul_mode::MatmulMode;
+pub use matmul_mode::{CpuCompute, CpuComputeFixed, MatmulMode};
 pub use ops::fast_exp::exp_shifted_sum;
 pub use tensor::{state_rows, HostData, HostTensor};
 pub use weight_data::{WeightData, WeightStorage};
