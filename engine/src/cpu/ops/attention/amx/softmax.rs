@@ -1,0 +1,168 @@
+//! The AMX attention's online softmax (AVX-512), lane-wise over 16 queries: a vector lane is a query,
+//! a vector a key of the block (the scores come transposed from the tiles, `[key][query]`), so no
+//! max or sum is reduced across lanes. P goes out as the B tiles of `O^T += V^T P^T`.
+
+use super::{KEY_BLOCK, KEY_DEPTHS};
+use crate::cpu::ops::amx_tiles::TILE;
+use std::arch::x86_64::*;
+
+/// 16 queries' softmax state: the keys each sees, its running max (of `score * scale2`) and sum of
+/// probabilities.
+pub(super) struct Lanes<'a> {
+    pub seen: &'a [i32],
+    pub max: &'a mut [f32],
+    pub sum: &'a mut [f32],
+}
+
+/// How far (in log2) a block's max may exceed a query's running max before the max moves and the
+/// query's output and sum are rescaled: P is then at most 2^8, in range for bf16 and its f32 sums
+/// (the CUDA v3 kernel's threshold).
+const RESCALE_LOG2: f32 = 8.0;
+
+/// ln2^k / k!, k = 4 down to 1: `2^f` for `|f| <= 1/2` by Taylor's polynomial of degree 4.
+const POLY: [f32; 4] = [
+    9.618_129e-3,
+    5.550_411e-2,
+    2.402_265e-1,
+    std::f32::consts::LN_2,
+];
+
+/// `2^t` for `t <= RESCALE_LOG2`: `t = n + f` with `n` the nearest whole number, a degree-4 Taylor polynomial of
+/// `2^f` (relative error under 5e-5, far below the bf16 rounding of P that follows), scaled by `2^n`
+/// (`scalef`); below -150 it is 0. A NaN stays NaN (`max(floor, t)` returns its second operand for
+/// a NaN).
+///
+/// # Safety
+/// AVX-512F.
+#[inline(always)]
+unsafe fn exp2(t: __m512) -> __m512 {
+    // SAFETY: the caller's promise (AVX-512F).
+    unsafe {
+        let t = _mm512_max_ps(_mm512_set1_ps(-150.0), t);
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+        let f = _mm512_sub_ps(t, n);
+        let poly = POLY[1..].iter().fold(_mm512_set1_ps(POLY[0]), |acc, &k| {
+            _mm512_fmadd_ps(acc, f, _mm512_set1_ps(k))
+        });
+        _mm512_scalef_ps(_mm512_fmadd_ps(poly, f, _mm512_set1_ps(1.0)), n)
+    }
+}
+
+/// VPERMW's indices that interleave the two halves of a VCVTNE2PS2BF16 result (`lo` keys in words
+/// 0-15, `hi` in 16-31) into the pairs `(lo[c], hi[c])` a B tile row holds.
+const INTERLEAVE: [u16; 32] = {
+    let mut idx = [0u16; 32];
+    let mut c = 0;
+    while c < 16 {
+        idx[2 * c] = c as u16;
+        idx[2 * c + 1] = 16 + c as u16;
+        c += 1;
+    }
+    idx
+};
+
+/// The softmax step of queries `q0 .. q0 + 16` (half `half` of a pair, lanes of `state`) over the
+/// raw scores of keys `c0 .. c0 + KEY_BLOCK` in `sb`. Where the block's largest visible
+/// `score * scale2` exceeds a query's running max by more than [`RESCALE_LOG2`], the max `m` becomes
+/// it and the query's sum and output column in `ot` are rescaled by `2^(max - m)`; elsewhere `m` is
+/// the running max. `p = 2^(score * scale2 - m)` (at most 2^RESCALE_LOG2; 0 for keys a query does
+/// not see) goes into the sum and, rounded to bf16 (nearest even; a value below f32's normals
+/// becomes 0), into the half's P^T tiles in `pt`; the max becomes `m`. A NaN score makes its query's sum
+/// NaN.
+///
+/// # Safety
+/// AVX-512F and AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn softmax_half(
+    sb: &[f32],
+    half: usize,
+    c0: usize,
+    scale2: f32,
+    state: Lanes<'_>,
+    ot: &mut [f32],
+    nb: usize,
+    q0: usize,
+    pt: &mut [u16],
+) {
+    assert!(sb.len() >= KEY_BLOCK * 32 && pt.len() >= 2 * KEY_DEPTHS * TILE);
+    assert!(state.seen.len() == 16 && state.max.len() == 16 && state.sum.len() == 16);
+    assert!(q0 + 16 <= nb && ot.len().is_multiple_of(nb));
+    let tiles = &mut pt[half * KEY_DEPTHS * TILE..][..KEY_DEPTHS * TILE];
+    // Keys of this block each lane sees, and the fewest and most over the lanes.
+    let live: [i32; 16] =
+        std::array::from_fn(|l| (state.seen[l] - c0 as i32).clamp(0, KEY_BLOCK as i32));
+    let (lo, hi) = (
+        *live.iter().min().expect("16 lanes") as usize,
+        *live.iter().max().expect("16 lanes") as usize,
+    );
+    if hi == 0 {
+        tiles.fill(0);
+        return;
+    }
+    let at = |c: usize| c * 32 + half * 16;
+    // SAFETY: AVX-512F, AVX512-BW and AVX512-BF16 (the caller's promise; every AMX CPU has them);
+    // every load is inside `sb` (key c < KEY_BLOCK at c * 32 + half * 16, 16 values), `state` (16
+    // lanes) or `ot` (16 queries from q0 of a column), every store inside `ot`, `state` or `tiles`
+    // (asserted above).
+    unsafe {
+        let live_v = _mm512_loadu_si512(live.as_ptr().cast());
+        let mask = |c: usize| -> __mmask16 {
+            if c < lo {
+                0xffff
+            } else {
+                _mm512_cmpgt_epi32_mask(live_v, _mm512_set1_epi32(c as i32))
+            }
+        };
+        let load = |c: usize| _mm512_loadu_ps(sb[at(c)..].as_ptr());
+        // The block's max per lane, four chains.
+        let mut mx = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+        for c in 0..hi {
+            mx[c % 4] = _mm512_mask_max_ps(mx[c % 4], mask(c), mx[c % 4], load(c));
+        }
+        let raw = _mm512_max_ps(_mm512_max_ps(mx[0], mx[1]), _mm512_max_ps(mx[2], mx[3]));
+        // The scale is positive and rounding monotonic: the max of the scaled scores.
+        let sc = _mm512_set1_ps(scale2);
+        let new = _mm512_mul_ps(raw, sc);
+        let old = _mm512_loadu_ps(state.max.as_ptr());
+        let mut total = _mm512_loadu_ps(state.sum.as_ptr());
+        // Lazily: a lane's max moves only when the block's exceeds it by more than RESCALE_LOG2 (or
+        // it was -inf), so that P stays within 2^RESCALE_LOG2 and the output's columns are rescaled
+        // a few times per query instead of at nearly every block. (A NaN in the block's max spreads
+        // to the query's sum through its P, whatever the max.)
+        let grew =
+            _mm512_cmp_ps_mask::<_CMP_GT_OQ>(new, _mm512_add_ps(old, _mm512_set1_ps(RESCALE_LOG2)));
+        let m = _mm512_mask_max_ps(old, grew, old, new);
+        if grew != 0 {
+            let alpha =
+                _mm512_mask_blend_ps(grew, _mm512_set1_ps(1.0), exp2(_mm512_sub_ps(old, m)));
+            total = _mm512_mul_ps(total, alpha);
+            for col in ot.chunks_exact_mut(nb) {
+                let o = col[q0..].as_mut_ptr();
+                _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_loadu_ps(o), alpha));
+            }
+        }
+        let shift = _mm512_sub_ps(_mm512_setzero_ps(), m);
+        let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
+        let mut sums = [total, _mm512_setzero_ps()];
+        for c in (0..KEY_BLOCK).step_by(2) {
+            let p: [__m512; 2] = std::array::from_fn(|i| {
+                let c = c + i;
+                if c >= hi {
+                    return _mm512_setzero_ps();
+                }
+                _mm512_maskz_mov_ps(mask(c), exp2(_mm512_fmadd_ps(load(c), sc, shift)))
+            });
+            sums[0] = _mm512_add_ps(sums[0], p[0]);
+            sums[1] = _mm512_add_ps(sums[1], p[1]);
+            let bf = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(p[1], p[0]));
+            let row = (c / 32) * TILE + ((c % 32) / 2) * 32;
+            _mm512_storeu_si512(
+                tiles[row..].as_mut_ptr().cast(),
+                _mm512_permutexvar_epi16(idx, bf),
+            );
+        }
+        _mm512_storeu_ps(state.sum.as_mut_ptr(), _mm512_add_ps(sums[0], sums[1]));
+        _mm512_storeu_ps(state.max.as_mut_ptr(), m);
+    }
+}
