@@ -77,6 +77,15 @@ pub enum Op {
         hw: usize,
         groups: usize,
     },
+    /// A `k x k` stride-1 convolution, `cin -> cout` channels over a `hw x hw` image, padded to keep
+    /// its size (the VAE decoder's). CPU only: the CUDA backend's are im2col + cuBLASLt, no kernel of
+    /// its own.
+    Conv2d {
+        cin: usize,
+        cout: usize,
+        hw: usize,
+        k: usize,
+    },
     /// `y [n, out] = x [n, inp] @ w [out, inp]^T + bias`, few rows: the decode step's linears, through
     /// gemv.cu in the given form. GPU only.
     Gemv {
@@ -145,6 +154,9 @@ impl Op {
             ),
             Op::Patchify { c, h, w, .. } => (Work::Bytes, BF16 * 2 * (c * h * w) as u64),
             Op::GroupNorm { c, hw, .. } => (Work::Bytes, BF16 * 2 * (c * hw) as u64 + 4 * c as u64),
+            Op::Conv2d { cin, cout, hw, k } => {
+                (Work::Flops, 2 * (cin * cout * k * k * hw * hw) as u64)
+            }
             // The weights, read once, are the floor; x, bias and y are noise at decode shapes.
             Op::Gemv { n, inp, out, form } => {
                 // Output features across the launch's weights, and the outputs it writes.
@@ -459,6 +471,28 @@ fn base() -> Vec<Case> {
                 c: 128,
                 hw: 1024 * 1024,
                 groups: 32,
+            },
+        },
+        // The 7b4b VAE decoder's 3x3 convolutions at a 1024x1024 image: its widest (the mid block's
+        // channels over the latent's 128x128) and its largest image (the last up block).
+        Case {
+            group: "conv",
+            name: "conv3x3_512x128x128",
+            op: Op::Conv2d {
+                cin: 512,
+                cout: 512,
+                hw: 128,
+                k: 3,
+            },
+        },
+        Case {
+            group: "conv",
+            name: "conv3x3_128x1024x1024",
+            op: Op::Conv2d {
+                cin: 128,
+                cout: 128,
+                hw: 1024,
+                k: 3,
             },
         },
     ]

@@ -211,6 +211,22 @@ fn build(op: &Op) -> Built {
                 },
             )
         }
+        Op::Conv2d { cin, cout, hw, k } => {
+            let x = input(&mut b, "x", &[cin, hw, hw]);
+            let w = input(&mut b, "w", &[cout, cin, k, k]);
+            let bias = input(&mut b, "bias", &[cout]);
+            push(
+                &mut b,
+                GOp::Conv2d {
+                    x,
+                    w,
+                    bias: Some(bias),
+                    stride: 1,
+                    pad: k / 2,
+                    pad_bottom_right_only: false,
+                },
+            )
+        }
         // The CPU backend's linear (its packed GEMM for weights it loaded; a plain input here).
         Op::Gemv { n, inp, out, .. } => {
             let x = input(&mut b, "x", &[n, inp]);

@@ -5,7 +5,7 @@ use crate::cases::{Case, Flash, GemvForm, Op, Work};
 use criterion::{Criterion, Throughput};
 use hbridge_engine::cuda::buffer::{upload, upload_bf16, DeviceBf16};
 use hbridge_engine::cuda::ops::{attention, bridge, elementwise, gemm, gemv, layout, norm, rope};
-use hbridge_engine::cuda::{CudaResult, DevPtr, Gpu};
+use hbridge_engine::cuda::{CudaError, CudaResult, DevPtr, Gpu};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -296,6 +296,15 @@ impl GpuBench {
                         }
                     }
                 }
+                Op::Conv2d { .. } => Box::new(|_: &Gpu| {
+                    Err(CudaError::Unsupported {
+                        op: "conv2d",
+                        label: "bench".into(),
+                        problem: "no kernel of its own: the backend runs convolutions as im2col + \
+                                  cuBLASLt GEMMs (benchmarked by `hbridge bench --profile`)"
+                            .into(),
+                    })
+                }),
                 Op::GroupNorm { c, hw, groups } => {
                     let (x, out) = (s.bf16(gpu, c * hw), s.bf16(gpu, c * hw));
                     let (weight, bias) = (s.bf16(gpu, c), s.bf16(gpu, c));

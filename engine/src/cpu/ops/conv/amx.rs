@@ -26,6 +26,11 @@ use crate::cpu::ops::amx_tiles::{
 };
 use crate::cpu::ops::simd::{at_level, level, Level};
 use rayon::prelude::*;
+use std::ops::Range;
+
+/// Most bytes of weight tiles a task walks its rows with before moving to the next output channels:
+/// half of a 2 MiB L2, the rest for the input rows the taps read.
+const A_CHUNK_BYTES: usize = 1 << 20;
 
 /// Upper bound on one band's rounded input, in bytes: tens of rows at the VAE's widths, so the
 /// k - 1 halo rows packed twice are a few percent.
@@ -41,17 +46,19 @@ pub(crate) fn conv2d(
     s: &Conv2dShape,
     out: &mut [f32],
 ) {
-    conv2d_banded(x, weight, bias, s, out, BAND_BYTES)
+    conv2d_banded(x, weight, bias, s, out, (BAND_BYTES, A_CHUNK_BYTES))
 }
 
-/// [`conv2d`] with bands of at most `band_bytes` of rounded input (at least one output row).
+/// [`conv2d`] with bands of at most `band_bytes` of rounded input (at least one output row) and
+/// tasks walking their rows with at most `chunk_bytes` of weight tiles (at least one pair of
+/// 16-channel blocks).
 fn conv2d_banded(
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
     s: &Conv2dShape,
     out: &mut [f32],
-    band_bytes: usize,
+    (band_bytes, chunk_bytes): (usize, usize),
 ) {
     assert!(supported(), "conv::amx on a CPU without AMX-BF16");
     assert!(s.stride == 1 && s.k >= 1);
@@ -84,16 +91,22 @@ fn conv2d_banded(
             .enumerate()
             .for_each(|(pair, dst)| pack_pair_plane(level, x, s, &g, (oy0, rows), pair, dst));
         let xin = &*xin;
-        // Whole channel ranges per row when the band's rows keep every thread busy.
+        // Groups of rows, each with all the output channels when there are enough groups to keep
+        // every thread busy, else split over the channels too.
         let co_pairs = g.cblocks / 2;
-        let splits = (4 * threads).div_ceil(rows).clamp(1, co_pairs);
+        let groups = rows.min(4 * threads);
+        let per_group = rows.div_ceil(groups);
+        let groups = rows.div_ceil(per_group);
+        let splits = (4 * threads).div_ceil(groups).clamp(1, co_pairs);
         let per_split = co_pairs.div_ceil(splits);
-        (0..rows * splits).into_par_iter().for_each(|t| {
-            let (i, split) = (t / splits, t % splits);
+        (0..groups * splits).into_par_iter().for_each(|t| {
+            let (group, split) = (t / splits, t % splits);
+            let rows = group * per_group..((group + 1) * per_group).min(rows);
             let cps = split * per_split..((split + 1) * per_split).min(co_pairs);
             let task = Task {
                 s,
                 g: &g,
+                chunk_bytes,
                 a: &a,
                 xin,
                 pp,
@@ -101,8 +114,8 @@ fn conv2d_banded(
                 out: &out_ptr,
             };
             // SAFETY: `supported` found AMX-BF16 with the tile state granted; this task writes output
-            // row `oy0 + i` of channels `cps`, which no other task writes.
-            unsafe { task.run(i, oy0 + i, cps) };
+            // rows `oy0 + rows` of channels `cps`, which no other task writes.
+            unsafe { task.run(rows, oy0, cps) };
         });
     }
 }
@@ -221,6 +234,8 @@ unsafe impl Sync for OutPtr {}
 struct Task<'a> {
     s: &'a Conv2dShape,
     g: &'a Geometry,
+    /// Most bytes of weight tiles per channel chunk ([`A_CHUNK_BYTES`]).
+    chunk_bytes: usize,
     a: &'a [u16],
     xin: &'a [u32],
     /// Pixels per pair plane of `xin`.
@@ -230,69 +245,92 @@ struct Task<'a> {
 }
 
 impl Task<'_> {
-    /// Output row `oy` (row `i` of the band) for the output channel pairs of blocks `cps`.
+    /// Output rows `oy0 + rows` (`rows` of the band) for the output channel pairs of blocks `cps`.
+    /// The channels go in chunks whose weight tiles fit in L2 (`chunk_bytes`), each over all
+    /// the rows: a wide convolution's weight (4.7 MB at 512 -> 512 channels) would otherwise stream
+    /// from L3 for every 32-pixel block.
     ///
     /// # Safety
     /// AMX-BF16 must be usable by this thread ([`supported`]), and no other thread may touch these
     /// output elements during the call.
-    unsafe fn run(&self, i: usize, oy: usize, cps: std::ops::Range<usize>) {
-        let (s, g) = (self.s, self.g);
-        let plane = s.hout * s.wout;
-        let steps = g.taps * g.kbs;
-        let b_stride = self.pp * 4;
-        let mut c = [0f32; 32 * 32];
-        // SAFETY: the caller's promise (AMX usable). A tiles are whole tiles of `a`; B tiles start at
-        // pair plane `kb * 16` pixel `(i + ky) * wp + ox0 + kx (+ 16)` and read 16 pixels of 16 pair
-        // planes: within `xin`, whose planes end 32 + k pixels past the band's last padded row
-        // (`plane_len`). Stores go to `c` or to a whole 32 x 32 block of this task's output part.
+    unsafe fn run(&self, rows: Range<usize>, oy0: usize, cps: Range<usize>) {
+        let steps = self.g.taps * self.g.kbs;
+        let chunk = (self.chunk_bytes / (2 * steps * TILE * 2)).max(1);
+        // SAFETY: the caller's promise (AMX usable, this part of the output its own).
         unsafe {
             amx_tiles::configure();
-            for ox0 in (0..s.wout).step_by(32) {
-                let window = self.xin.as_ptr().add(i * g.wp + ox0);
-                for cp in cps.clone() {
-                    let co0 = cp * 32;
-                    let a0 = self.a.as_ptr().add(2 * cp * steps * TILE);
-                    let a1 = a0.add(steps * TILE);
-                    match self.bias_rows {
-                        Some(b) => amx_tiles::load_c(b.as_ptr().add(co0 * 32), 32),
-                        None => amx_tiles::zero_c(),
-                    }
-                    for tap in 0..g.taps {
-                        let (ky, kx) = (tap / s.k, tap % s.k);
-                        let b0 = window.add(ky * g.wp + kx);
-                        for kb in 0..g.kbs {
-                            let step = tap * g.kbs + kb;
-                            if step + PREFETCH_AHEAD < steps {
-                                let ahead = (step + PREFETCH_AHEAD) * TILE;
-                                prefetch_tile(a0.wrapping_add(ahead));
-                                prefetch_tile(a1.wrapping_add(ahead));
-                            }
-                            let b = b0.add(kb * 16 * self.pp).cast::<u16>();
-                            product_b_stride(
-                                a0.add(step * TILE),
-                                a1.add(step * TILE),
-                                b,
-                                b.add(32),
-                                b_stride,
-                            );
-                        }
-                    }
-                    let dst = self.out.0.add(co0 * plane + oy * s.wout + ox0);
-                    if co0 + 32 <= s.cout && ox0 + 32 <= s.wout {
-                        amx_tiles::store_c(dst, plane);
-                    } else {
-                        amx_tiles::store_c(c.as_mut_ptr(), 32);
-                        let width = 32.min(s.wout - ox0);
-                        for r in 0..32.min(s.cout - co0) {
-                            // SAFETY: channel co0 + r < cout, pixels ox0 .. ox0 + width of row oy:
-                            // inside `out`, in this task's part.
-                            std::slice::from_raw_parts_mut(dst.add(r * plane), width)
-                                .copy_from_slice(&c[r * 32..][..width]);
+            for first in cps.clone().step_by(chunk) {
+                let chunk = first..(first + chunk).min(cps.end);
+                for i in rows.clone() {
+                    for ox0 in (0..self.s.wout).step_by(32) {
+                        for cp in chunk.clone() {
+                            self.block(i, oy0 + i, ox0, cp);
                         }
                     }
                 }
             }
             amx_tiles::release();
+        }
+    }
+
+    /// The 32 x 32 block of output channels `32 cp ..` and pixels `ox0 ..` of row `oy` (row `i` of
+    /// the band).
+    ///
+    /// # Safety
+    /// As for [`Task::run`], with this thread's tiles configured.
+    #[inline(always)]
+    unsafe fn block(&self, i: usize, oy: usize, ox0: usize, cp: usize) {
+        let (s, g) = (self.s, self.g);
+        let plane = s.hout * s.wout;
+        let steps = g.taps * g.kbs;
+        let co0 = cp * 32;
+        // SAFETY: the caller's promise. A tiles are whole tiles of `a`; B tiles start at pair plane
+        // `kb * 16` pixel `(i + ky) * wp + ox0 + kx (+ 16)` and read 16 pixels of 16 pair planes:
+        // within `xin`, whose planes end 32 + k pixels past the band's last padded row
+        // (`plane_len`). Stores go to `c` or to a whole 32 x 32 block of this task's output part.
+        unsafe {
+            let window = self.xin.as_ptr().add(i * g.wp + ox0);
+            let dst = self.out.0.add(co0 * plane + oy * s.wout + ox0);
+            let whole = co0 + 32 <= s.cout && ox0 + 32 <= s.wout;
+            let a0 = self.a.as_ptr().add(2 * cp * steps * TILE);
+            let a1 = a0.add(steps * TILE);
+            match self.bias_rows {
+                Some(b) => amx_tiles::load_c(b.as_ptr().add(co0 * 32), 32),
+                None => amx_tiles::zero_c(),
+            }
+            for tap in 0..g.taps {
+                let (ky, kx) = (tap / s.k, tap % s.k);
+                let b0 = window.add(ky * g.wp + kx);
+                for kb in 0..g.kbs {
+                    let step = tap * g.kbs + kb;
+                    if step + PREFETCH_AHEAD < steps {
+                        let ahead = (step + PREFETCH_AHEAD) * TILE;
+                        prefetch_tile(a0.wrapping_add(ahead));
+                        prefetch_tile(a1.wrapping_add(ahead));
+                    }
+                    let b = b0.add(kb * 16 * self.pp).cast::<u16>();
+                    product_b_stride(
+                        a0.add(step * TILE),
+                        a1.add(step * TILE),
+                        b,
+                        b.add(32),
+                        self.pp * 4,
+                    );
+                }
+            }
+            if whole {
+                amx_tiles::store_c(dst, plane);
+            } else {
+                let mut c = [0f32; 32 * 32];
+                amx_tiles::store_c(c.as_mut_ptr(), 32);
+                let width = 32.min(s.wout - ox0);
+                for r in 0..32.min(s.cout - co0) {
+                    // SAFETY: channel co0 + r < cout, pixels ox0 .. ox0 + width of row oy: inside
+                    // `out`, in this task's part.
+                    std::slice::from_raw_parts_mut(dst.add(r * plane), width)
+                        .copy_from_slice(&c[r * 32..][..width]);
+                }
+            }
         }
     }
 }

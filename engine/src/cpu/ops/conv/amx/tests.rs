@@ -21,9 +21,22 @@ fn check(case: (usize, usize, usize, usize, usize, usize, usize), with_bias: boo
     let g = Geometry::new(&s);
     // One output row per band, a few rows, and everything in one band.
     let row_bytes = g.pairs * g.wp * 4;
-    for band_bytes in [1, (k + 2) * row_bytes, BAND_BYTES] {
+    // With one pair of channel blocks per chunk, and the default.
+    for (band_bytes, chunk_bytes) in [
+        (1, 1),
+        ((k + 2) * row_bytes, A_CHUNK_BYTES),
+        (BAND_BYTES, 1),
+        (BAND_BYTES, A_CHUNK_BYTES),
+    ] {
         let mut out = vec![f32::NAN; cout * s.hout * s.wout];
-        conv2d_banded(&x, &wt, bias.as_deref(), &s, &mut out, band_bytes);
+        conv2d_banded(
+            &x,
+            &wt,
+            bias.as_deref(),
+            &s,
+            &mut out,
+            (band_bytes, chunk_bytes),
+        );
         for co in 0..cout {
             for oy in 0..s.hout {
                 for ox in 0..s.wout {
@@ -52,7 +65,8 @@ fn check(case: (usize, usize, usize, usize, usize, usize, usize), with_bias: boo
                     let tol = (mag + b.abs()) * depth * 6e-8 + 1e-30;
                     assert!(
                         (got - want).abs() <= tol,
-                        "{case:?} bias {with_bias} band {band_bytes}: out[{co},{oy},{ox}] = {got}, \
+                        "{case:?} bias {with_bias} band {band_bytes} chunk {chunk_bytes}: \
+                         out[{co},{oy},{ox}] = {got}, \
                          want {want}"
                     );
                 }
