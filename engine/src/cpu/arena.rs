@@ -16,17 +16,29 @@ use std::ops::{Deref, DerefMut};
 /// page from one thread: at the 1024x1024 VAE decode (`hbridge --device cpu bench /tmp/hbridge-mid
 /// --size 1024 --steps 1 --only image`, bf16 mode) 4.0 s became 3.4 s. Transparent huge pages
 /// (`madvise`) cut the page faults by 60% there but made the decode slower, 4.8 s, and were dropped.
+///
+/// It starts on a 64-byte boundary, so every tensor does (the plan's offsets are multiples of 64
+/// bytes, `hbridge_graph::plan::ALIGN`): kernels may stream whole cache lines into their outputs.
 #[derive(Debug, Default)]
 pub(crate) struct Arena {
     buf: Vec<f32>,
+    start: usize,
+    len: usize,
 }
+
+/// f32 values per 64 bytes.
+const LINE: usize = 16;
 
 impl Arena {
     /// Makes the arena at least `len` values long (never shrinks).
     pub fn grow(&mut self, len: usize) {
-        if len > self.buf.len() {
+        if len > self.len {
             self.buf = Vec::new();
-            self.buf = vec![0.0; len];
+            // One line more than asked, to start on a line: an f32 vector is only 4-byte aligned,
+            // and asking the allocator for 64 would have it fill the memory itself (no calloc).
+            self.buf = vec![0.0; len + LINE];
+            self.start = self.buf.as_ptr().align_offset(64).min(LINE);
+            self.len = len;
         }
     }
 }
@@ -34,13 +46,13 @@ impl Arena {
 impl Deref for Arena {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        &self.buf
+        &self.buf[self.start..self.start + self.len]
     }
 }
 
 impl DerefMut for Arena {
     fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.buf
+        &mut self.buf[self.start..self.start + self.len]
     }
 }
 

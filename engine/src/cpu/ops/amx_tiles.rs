@@ -216,6 +216,64 @@ pub(crate) unsafe fn store_c(c: *mut f32, stride: usize) {
     };
 }
 
+/// Outputs of at least this many bytes are streamed ([`store_c_streamed`]) where aligned: far larger
+/// than the caches, they are read back from memory by the next node anyway. Smaller ones are read
+/// back from the caches, and streaming them measured slower: the mid preset's 512-token prefill
+/// (10 MB linear outputs) 102-119 -> 127 ms, its 256x256 gen step 100-104 -> 121-135 ms; its
+/// 1024x1024 gen step, whose largest linear outputs are 50 MB, 2.65-2.81 -> 2.58-2.66 s.
+pub(crate) const STREAM_MIN_BYTES: usize = 32 << 20;
+
+/// Whether a 32 x 32 f32 block at `c`, rows `stride` values apart, can be streamed
+/// ([`store_c_streamed`]): every row on a 64-byte boundary.
+pub(crate) fn streamable(c: *const f32, stride: usize) -> bool {
+    (c as usize).is_multiple_of(64) && stride.is_multiple_of(16)
+}
+
+/// A 32 x 32 f32 block on a cache line boundary.
+#[repr(C, align(64))]
+struct Block([f32; 32 * 32]);
+
+/// [`store_c`], through a buffer in L1 and from there with non-temporal stores: the output's lines
+/// are written whole without first being read for ownership, and do not displace the caches'
+/// contents. For outputs far larger than the caches, which the next node reads from memory anyway.
+/// Call [`end_streamed_stores`] before the output is handed to another thread.
+///
+/// # Safety
+/// This thread's tiles are configured; AVX-512F; [`streamable`]`(c, stride)`, and `c` writable for
+/// 32 rows of 32 f32, `stride` apart.
+#[inline(always)]
+pub(crate) unsafe fn store_c_streamed(c: *mut f32, stride: usize) {
+    let mut block = Block([0.0; 32 * 32]);
+    // SAFETY: the caller's promise; `block` holds 32 rows of 32.
+    unsafe {
+        store_c(block.0.as_mut_ptr(), 32);
+        stream_block(&block, c, stride);
+    }
+}
+
+/// # Safety
+/// AVX-512F; `dst` is 64-byte aligned, `stride` a multiple of 16, and the 32 rows writable.
+#[target_feature(enable = "avx512f")]
+unsafe fn stream_block(c: &Block, dst: *mut f32, stride: usize) {
+    use std::arch::x86_64::{_mm512_load_ps, _mm512_stream_ps};
+    for r in 0..32 {
+        // SAFETY: the caller's promise; `c` is 64-byte aligned with rows of 128 bytes.
+        unsafe {
+            let row = dst.add(r * stride);
+            _mm512_stream_ps(row, _mm512_load_ps(c.0.as_ptr().add(r * 32)));
+            _mm512_stream_ps(row.add(16), _mm512_load_ps(c.0.as_ptr().add(r * 32 + 16)));
+        }
+    }
+}
+
+/// Orders this thread's streamed stores before its later stores (SFENCE): non-temporal stores are
+/// weakly ordered, so a task ends with this before its output is read elsewhere.
+#[inline]
+pub(crate) fn end_streamed_stores() {
+    // SAFETY: SSE, which every x86-64 CPU has.
+    unsafe { std::arch::x86_64::_mm_sfence() };
+}
+
 /// The 2 x 2 block's step: tmm0 += a0 b0, tmm1 += a0 b1, tmm2 += a1 b0, tmm3 += a1 b1, with `a0`,
 /// `a1` A tiles (16 rows x 32 bf16) and `b0`, `b1` B tiles (32 x 16, pair-interleaved), each a whole
 /// tile of 64-byte rows.

@@ -110,6 +110,18 @@ fn pack_panel<T: Copy>(
 /// [`amx_tiles::enabled`] and
 /// the shapes (`x`: `m` x `k`, `w`: `k` x `n`, `bias`: `n`). Panics without AMX ([`supported`]).
 pub(crate) fn linear(x: &[f32], m: usize, w: PackedRef<'_>, bias: Option<&[f32]>, y: &mut [f32]) {
+    linear_streaming(x, m, w, bias, y, amx_tiles::STREAM_MIN_BYTES)
+}
+
+/// [`linear`], streaming whole blocks to an output of `stream_min` bytes or more.
+fn linear_streaming(
+    x: &[f32],
+    m: usize,
+    w: PackedRef<'_>,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    stream_min: usize,
+) {
     let (k, n) = (w.k(), w.n());
     assert!(supported(), "amx::linear on a CPU without AMX-BF16");
     assert!(x.len() >= m * k && y.len() >= m * n && bias.is_none_or(|b| b.len() == n));
@@ -141,6 +153,7 @@ pub(crate) fn linear(x: &[f32], m: usize, w: PackedRef<'_>, bias: Option<&[f32]>
             n,
             bias,
             out: &out,
+            stream: m * n * 4 >= stream_min,
         };
         // SAFETY: `supported` found AMX-BF16 with the tile state granted; the task's output block
         // (rows x cols, clipped to m x n) is written by no other task.
@@ -161,6 +174,8 @@ struct Task<'a> {
     n: usize,
     bias: Option<&'a [f32]>,
     out: &'a OutPtr,
+    /// Whether whole blocks are streamed to the output ([`amx_tiles::STREAM_MIN_BYTES`]).
+    stream: bool,
 }
 
 impl Task<'_> {
@@ -204,10 +219,13 @@ impl Task<'_> {
                         }
                         amx_tiles::product(a0.add(o), a1.add(o), b0.add(o), b1.add(o));
                     }
-                    if i + 32 <= m && j + 32 <= n {
+                    let dst = self.out.0.add(i * n + j);
+                    if i + 32 <= m && j + 32 <= n && self.stream && amx_tiles::streamable(dst, n) {
+                        amx_tiles::store_c_streamed(dst, n);
+                    } else if i + 32 <= m && j + 32 <= n {
                         // Straight into the output (`scripts/amx-probe.rs`, the linear's loop on
                         // one thread: 0.82 TFLOP/s, 0.73 through a buffer, 1.11 storing nothing).
-                        amx_tiles::store_c(self.out.0.add(i * n + j), n);
+                        amx_tiles::store_c(dst, n);
                     } else {
                         amx_tiles::store_c(c.as_mut_ptr(), 32);
                         self.write_edge(&c, i, j);
@@ -215,6 +233,7 @@ impl Task<'_> {
                 }
             }
             amx_tiles::release();
+            amx_tiles::end_streamed_stores();
         }
     }
 

@@ -3,7 +3,7 @@
 //! output row per band and the whole image in one band.
 
 use super::*;
-use crate::cpu::ops::test_values::values;
+use crate::cpu::ops::test_values::{poisoned, values};
 
 fn widen(bits: u16) -> f64 {
     f32::from_bits((bits as u32) << 16) as f64
@@ -22,21 +22,19 @@ fn check(case: (usize, usize, usize, usize, usize, usize, usize), with_bias: boo
     // One output row per band, a few rows, and everything in one band.
     let row_bytes = g.pairs * g.wp * 4;
     // With one pair of channel blocks per chunk, and the default.
-    for (band_bytes, chunk_bytes) in [
-        (1, 1),
-        ((k + 2) * row_bytes, A_CHUNK_BYTES),
-        (BAND_BYTES, 1),
-        (BAND_BYTES, A_CHUNK_BYTES),
+    // Streamed stores (threshold 0) into an aligned and a misaligned output, and the tile stores.
+    for (band_bytes, chunk_bytes, misalign, stream_min) in [
+        (1, 1, 0, 0),
+        ((k + 2) * row_bytes, A_CHUNK_BYTES, 1, 0),
+        (BAND_BYTES, 1, 1, usize::MAX),
+        (BAND_BYTES, A_CHUNK_BYTES, 0, 0),
+        (BAND_BYTES, A_CHUNK_BYTES, 0, usize::MAX),
     ] {
-        let mut out = vec![f32::NAN; cout * s.hout * s.wout];
-        conv2d_banded(
-            &x,
-            &wt,
-            bias.as_deref(),
-            &s,
-            &mut out,
-            (band_bytes, chunk_bytes),
-        );
+        let len = cout * s.hout * s.wout;
+        let (mut buf, start) = poisoned(len, misalign);
+        let out = &mut buf[start..start + len];
+        let budgets = (band_bytes, chunk_bytes, stream_min);
+        conv2d_banded(&x, &wt, bias.as_deref(), &s, out, budgets);
         for co in 0..cout {
             for oy in 0..s.hout {
                 for ox in 0..s.wout {
@@ -65,7 +63,8 @@ fn check(case: (usize, usize, usize, usize, usize, usize, usize), with_bias: boo
                     let tol = (mag + b.abs()) * depth * 6e-8 + 1e-30;
                     assert!(
                         (got - want).abs() <= tol,
-                        "{case:?} bias {with_bias} band {band_bytes} chunk {chunk_bytes}: \
+                        "{case:?} bias {with_bias} band {band_bytes} chunk {chunk_bytes} \
+                         stream {stream_min} misalign {misalign}: \
                          out[{co},{oy},{ox}] = {got}, \
                          want {want}"
                     );
@@ -85,13 +84,15 @@ fn matches_the_f64_convolution_of_the_rounded_inputs() {
         (3, 7, 9, 5, 3, 1, 1),
         (1, 1, 1, 1, 3, 1, 1),
         (1, 1, 1, 1, 1, 0, 0),
-        // Channels over one depth block and one output pair of blocks; widths over one pixel block.
+        // Channels over one depth block and one output pair of blocks; widths over one pixel block;
+        // whole 32 x 32 blocks on 64-byte lines (streamed).
         (40, 6, 37, 33, 3, 1, 1),
         (64, 5, 64, 64, 3, 1, 1),
         (70, 4, 45, 3, 3, 0, 1),
         (33, 3, 70, 96, 1, 0, 0),
         (5, 9, 11, 17, 5, 2, 2),
         (32, 8, 33, 32, 3, 0, 0),
+        (40, 3, 64, 64, 3, 1, 1),
     ];
     for (i, &case) in cases.iter().enumerate() {
         check(case, i % 2 == 0, 10 * i as u64 + 1);
@@ -125,12 +126,14 @@ fn conv_amx_timing() {
         let s = Conv2dShape::stride1((cin, hw, hw, cout, k, k / 2, k / 2));
         let x = values(cin * hw * hw, 1);
         let wt = values(cout * cin * k * k, 2);
-        let mut out = vec![0f32; cout * hw * hw];
+        // On a cache line, as an arena's tensors are.
+        let (mut buf, start) = poisoned(cout * hw * hw, 0);
+        let out = &mut buf[start..start + cout * hw * hw];
         let g = Geometry::new(&s);
         let (mut total, mut pack) = (f64::MAX, f64::MAX);
         for _ in 0..3 {
             let t = std::time::Instant::now();
-            conv2d(&x, &wt, None, &s, &mut out);
+            conv2d(&x, &wt, None, &s, out);
             total = total.min(t.elapsed().as_secs_f64() * 1e3);
             let band = (BAND_BYTES / (g.pairs * g.wp * 4))
                 .saturating_sub(k - 1)

@@ -3,15 +3,28 @@
 
 use super::super::packed_b::PackedB;
 use super::*;
-use crate::cpu::ops::test_values::values;
+use crate::cpu::ops::test_values::{poisoned, values};
 use half::bf16;
 
 fn widen(bits: u16) -> f64 {
     f32::from_bits((bits as u32) << 16) as f64
 }
 
-/// Checks `linear` on `m x k` times a `k x n` weight packed from `w_rows` (`[n, k]`).
+/// Checks `linear` on `m x k` times a `k x n` weight packed from `w_rows` (`[n, k]`), storing from
+/// the tiles and (into an output on a cache line) streaming.
 fn check(m: usize, k: usize, n: usize, bf16_weight: bool, with_bias: bool) {
+    for (misalign, stream_min) in [(1, usize::MAX), (0, 0)] {
+        check_stores(m, k, n, (bf16_weight, with_bias), (misalign, stream_min));
+    }
+}
+
+fn check_stores(
+    m: usize,
+    k: usize,
+    n: usize,
+    (bf16_weight, with_bias): (bool, bool),
+    (misalign, stream_min): (usize, usize),
+) {
     let x = values(m * k, (m * 31 + k) as u64);
     let w = values(n * k, (n * 17 + k) as u64);
     let bias = with_bias.then(|| values(n, 5));
@@ -24,8 +37,9 @@ fn check(m: usize, k: usize, n: usize, bf16_weight: bool, with_bias: bool) {
         pf = PackedB::from_rows(&w, n, k);
         pf.packed_ref()
     };
-    let mut y = vec![f32::NAN; m * n];
-    linear(&x, m, packed, bias.as_deref(), &mut y);
+    let (mut buf, start) = poisoned(m * n, misalign);
+    let y = &mut buf[start..start + m * n];
+    linear_streaming(&x, m, packed, bias.as_deref(), y, stream_min);
     let xr: Vec<f64> = x.iter().map(|&v| widen(round_bf16(v))).collect();
     let wr: Vec<f64> = wb.iter().map(|v| v.to_f64()).collect();
     for i in 0..m {
@@ -43,7 +57,8 @@ fn check(m: usize, k: usize, n: usize, bf16_weight: bool, with_bias: bool) {
             let tol = (mag + b.abs()) * k as f64 * 6e-8 + 1e-30;
             assert!(
                 (got - want).abs() <= tol,
-                "{m}x{k}x{n} (bf16 weight {bf16_weight}, bias {with_bias}): y[{i},{j}] = {got}, want {want}"
+                "{m}x{k}x{n} (bf16 weight {bf16_weight}, bias {with_bias}, misalign {misalign}, \
+                 stream {stream_min}): y[{i},{j}] = {got}, want {want}"
             );
         }
     }
