@@ -16,6 +16,7 @@ pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
 /// A NaN-filled output of `len` values, as `(buffer, start)`: it starts `misalign` values past a
 /// 64-byte boundary (0: on one, as the arena's tensors are, so kernels may stream whole lines into
 /// it; 1: off every line).
+#[cfg(target_arch = "x86_64")] // used by the AMX kernels' tests
 pub(crate) fn poisoned(len: usize, misalign: usize) -> (Vec<f32>, usize) {
     let buf = vec![f32::NAN; len + 32];
     let start = buf.as_ptr().align_offset(64) + misalign;
