@@ -14,11 +14,19 @@
 //! a B tile (32 depths x 16 columns, pair-interleaved), so each tap's B tiles are loaded in place
 //! at the tap's offset with the pair plane as their row stride, and nothing is packed per tap.
 //!
-//! A task owns one output row and a range of output channels. For each 32-pixel block it walks its
-//! channel pairs of blocks; the block's input window (k rows x 34 pixels x the input channels) stays
-//! in L1 across them while the weight's tiles stream from L2, prefetched ahead (TILELOADD gets no
-//! help from the hardware prefetchers). Full 32 x 32 blocks are stored straight into the output
-//! planes; blocks on the right edge or past the last channel go through a buffer.
+//! A task owns a group of output rows and a range of output channels, which it walks in chunks of
+//! at most [`A_CHUNK_BYTES`] of weight tiles (kept in L2): for each chunk, every row, every 32-pixel
+//! block, every pair of 16-channel blocks in the chunk; the weight's tiles are prefetched ahead
+//! (TILELOADD gets no help from the hardware prefetchers). Whole 32 x 32 blocks go straight into the
+//! output planes, streamed (non-temporal) into outputs of `amx_tiles::STREAM_MIN_BYTES` or more;
+//! blocks on the right edge or past the last channel go through a buffer.
+//!
+//! Versions (`benches/kernels.rs` `conv` group and `conv_amx_timing`, the 2-core build machine):
+//! - v1: a task per output row, 32-pixel blocks outer: 1.0-1.7 TFLOP/s on the mid preset's VAE, but
+//!   a 512 -> 512 channel weight (4.7 MB) streamed from L3 for every pixel block: 1.15 TFLOP/s.
+//! - v2: row groups and weight chunks: 512 -> 512 at 128x128 1.5-1.8 TFLOP/s.
+//! - v3 (this): streamed stores: the output's lines are no longer read for ownership; 128 -> 128
+//!   channels at 1024x1024 1.3 -> 1.65-1.74 TFLOP/s.
 
 use super::Conv2dShape;
 use crate::cpu::ops::amx_tiles::{
