@@ -33,6 +33,7 @@ impl Arena {
     /// Makes the arena at least `len` values long (never shrinks).
     pub fn grow(&mut self, len: usize) {
         if len > self.len {
+            // The old buffer goes first, so that growing never holds both.
             self.buf = Vec::new();
             // One line more than asked, to start on a line: an f32 vector is only 4-byte aligned,
             // and asking the allocator for 64 would have it fill the memory itself (no calloc).

@@ -72,16 +72,15 @@ pub enum CpuCompute {
 /// [`CpuCompute::request`] after the process's arithmetic was fixed otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "CPU compute {requested:?}: this process already computes {fixed} ({how}); the choice is made \
-     once per process, before its first CPU computation"
+    "CPU compute {requested:?}: this process already computes {fixed} (fixed by an earlier request, \
+     HBRIDGE_CPU_MATMUL or a computation that ran first); the choice is made once per process, \
+     before its first CPU computation"
 )]
 pub struct CpuComputeFixed {
     /// What was asked for.
     pub requested: CpuCompute,
     /// What the process uses: "f32" or "bf16".
     pub fixed: &'static str,
-    /// How it was fixed.
-    pub how: &'static str,
 }
 
 impl CpuCompute {
@@ -101,7 +100,6 @@ impl CpuCompute {
         Err(CpuComputeFixed {
             requested: self,
             fixed: if got { "bf16" } else { "f32" },
-            how: "by an earlier request, HBRIDGE_CPU_MATMUL or a computation that ran first",
         })
     }
 }

@@ -85,9 +85,7 @@ fn conv2d_banded(
             .flat_map(|co| std::iter::repeat_n(b.get(co).copied().unwrap_or(0.0), 32))
             .collect()
     });
-    let band = (band_bytes / (g.pairs * g.wp * 4))
-        .saturating_sub(s.k - 1)
-        .clamp(1, s.hout);
+    let band = g.band_rows(band_bytes, s.hout);
     let mut xin = vec![0u32; g.pairs * g.plane_len(band)];
     let threads = rayon::current_num_threads();
     let out_ptr = OutPtr(out.as_mut_ptr());
@@ -155,6 +153,13 @@ impl Geometry {
             cblocks: s.cout.div_ceil(32) * 2,
             wp: s.wout + s.k - 1,
         }
+    }
+
+    /// Output rows per band: as many as `band_bytes` of rounded input hold, at least one.
+    fn band_rows(&self, band_bytes: usize, hout: usize) -> usize {
+        (band_bytes / (self.pairs * self.wp * 4))
+            .saturating_sub(self.k - 1)
+            .clamp(1, hout)
     }
 
     /// Pixels per pair plane for a band of `rows` output rows: its padded rows plus room for the last

@@ -284,13 +284,14 @@ fn im2col_row(x: &[f32], s: &Conv2dShape, r: usize, oy0: usize, c: &mut [f32]) {
 mod tests {
     use super::*;
 
-    /// Direct convolution in f64 (stride 1), zero outside the input.
-    fn naive(x: &[f32], wt: &[f32], s: &Conv2dShape) -> Vec<f64> {
-        let mut out = vec![0f64; s.cout * s.hout * s.wout];
+    /// Direct convolution in f64 (stride 1), zero outside the input: per output `(sum, sum of the
+    /// products' magnitudes)`, the magnitude bounding a test's rounding error.
+    pub(super) fn direct(x: &[f64], wt: &[f64], s: &Conv2dShape) -> Vec<(f64, f64)> {
+        let mut out = vec![(0f64, 0f64); s.cout * s.hout * s.wout];
         for co in 0..s.cout {
             for oy in 0..s.hout {
                 for ox in 0..s.wout {
-                    let mut a = 0f64;
+                    let (mut sum, mut mag) = (0f64, 0f64);
                     for ci in 0..s.cin {
                         for ky in 0..s.k {
                             for kx in 0..s.k {
@@ -298,13 +299,15 @@ mod tests {
                                 let ix = (ox + kx) as isize - s.pad_before as isize;
                                 if iy >= 0 && ix >= 0 && (iy as usize) < s.h && (ix as usize) < s.w
                                 {
-                                    a += wt[((co * s.cin + ci) * s.k + ky) * s.k + kx] as f64
-                                        * x[(ci * s.h + iy as usize) * s.w + ix as usize] as f64;
+                                    let p = wt[((co * s.cin + ci) * s.k + ky) * s.k + kx]
+                                        * x[(ci * s.h + iy as usize) * s.w + ix as usize];
+                                    sum += p;
+                                    mag += p.abs();
                                 }
                             }
                         }
                     }
-                    out[(co * s.hout + oy) * s.wout + ox] = a;
+                    out[(co * s.hout + oy) * s.wout + ox] = (sum, mag);
                 }
             }
         }
@@ -341,7 +344,11 @@ mod tests {
             let s = Conv2dShape::stride1((cin, h, w, cout, k, pb, pa));
             let x = vals(cin * h * w, 2 * i as u32 + 1);
             let wt = vals(cout * cin * k * k, 2 * i as u32 + 2);
-            let want = naive(&x, &wt, &s);
+            let widen = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<_>>();
+            let want: Vec<f64> = direct(&widen(&x), &widen(&wt), &s)
+                .into_iter()
+                .map(|(sum, _)| sum)
+                .collect();
             // A budget of 1 forces one output row per band; the large one takes the image at once.
             for budget in [1, 3 * (cin + cout) * (s.wout + k - 1), SHIFT_BUDGET] {
                 let mut got = vec![0f32; s.cout * s.hout * s.wout];

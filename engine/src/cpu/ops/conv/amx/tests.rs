@@ -2,6 +2,7 @@
 //! and widths that are not multiples of the tiles, 1x1 to 5x5 kernels, padding on either side, one
 //! output row per band and the whole image in one band.
 
+use super::super::tests::direct;
 use super::*;
 use crate::cpu::ops::test_values::{poisoned, values};
 
@@ -11,18 +12,17 @@ fn widen(bits: u16) -> f64 {
 
 /// (cin, h, w, cout, k, pad_before, pad_after)
 fn check(case: (usize, usize, usize, usize, usize, usize, usize), with_bias: bool, seed: u64) {
-    let (cin, h, w, cout, k, pb, _) = case;
+    let (cin, h, w, cout, k, ..) = case;
     let s = Conv2dShape::stride1(case);
     let x = values(cin * h * w, seed);
     let wt = values(cout * cin * k * k, seed + 1);
     let bias = with_bias.then(|| values(cout, seed + 2));
-    let xr: Vec<f64> = x.iter().map(|&v| widen(round_bf16(v))).collect();
-    let wr: Vec<f64> = wt.iter().map(|&v| widen(round_bf16(v))).collect();
-    let g = Geometry::new(&s);
-    // One output row per band, a few rows, and everything in one band.
-    let row_bytes = g.pairs * g.wp * 4;
-    // With one pair of channel blocks per chunk, and the default.
-    // Streamed stores (threshold 0) into an aligned and a misaligned output, and the tile stores.
+    let rounded = |v: &[f32]| v.iter().map(|&v| widen(round_bf16(v))).collect::<Vec<_>>();
+    let want = direct(&rounded(&x), &rounded(&wt), &s);
+    let row_bytes = Geometry::new(&s).pairs * (s.wout + k - 1) * 4;
+    // Bands of one row, a few rows and the whole image; weight chunks of one pair of channel blocks
+    // and the default; streamed stores (threshold 0) into an aligned and a misaligned output, and
+    // tile stores.
     for (band_bytes, chunk_bytes, misalign, stream_min) in [
         (1, 1, 0, 0),
         ((k + 2) * row_bytes, A_CHUNK_BYTES, 1, 0),
@@ -35,41 +35,19 @@ fn check(case: (usize, usize, usize, usize, usize, usize, usize), with_bias: boo
         let out = &mut buf[start..start + len];
         let budgets = (band_bytes, chunk_bytes, stream_min);
         conv2d_banded(&x, &wt, bias.as_deref(), &s, out, budgets);
-        for co in 0..cout {
-            for oy in 0..s.hout {
-                for ox in 0..s.wout {
-                    let (mut sum, mut mag) = (0f64, 0f64);
-                    for ci in 0..cin {
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                let iy = (oy + ky) as isize - pb as isize;
-                                let ix = (ox + kx) as isize - pb as isize;
-                                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
-                                    continue;
-                                }
-                                let p = wr[((co * cin + ci) * k + ky) * k + kx]
-                                    * xr[(ci * h + iy as usize) * w + ix as usize];
-                                sum += p;
-                                mag += p.abs();
-                            }
-                        }
-                    }
-                    let b = bias.as_ref().map_or(0.0, |b| b[co] as f64);
-                    let want = sum + b;
-                    let got = out[(co * s.hout + oy) * s.wout + ox] as f64;
-                    // f32 sums of exact products: one rounding of at most 2^-24 of the running
-                    // magnitude per depth.
-                    let depth = (cin * k * k) as f64;
-                    let tol = (mag + b.abs()) * depth * 6e-8 + 1e-30;
-                    assert!(
-                        (got - want).abs() <= tol,
-                        "{case:?} bias {with_bias} band {band_bytes} chunk {chunk_bytes} \
-                         stream {stream_min} misalign {misalign}: \
-                         out[{co},{oy},{ox}] = {got}, \
-                         want {want}"
-                    );
-                }
-            }
+        for (o, (&got, &(sum, mag))) in out.iter().zip(&want).enumerate() {
+            let b = bias
+                .as_ref()
+                .map_or(0.0, |b| b[o / (s.hout * s.wout)] as f64);
+            // f32 sums of exact products: one rounding of at most 2^-24 of the running magnitude
+            // per depth.
+            let tol = (mag + b.abs()) * (cin * k * k) as f64 * 6e-8 + 1e-30;
+            assert!(
+                (got as f64 - (sum + b)).abs() <= tol,
+                "{case:?} bias {with_bias} band {band_bytes} chunk {chunk_bytes} stream \
+                 {stream_min} misalign {misalign}: out[{o}] = {got}, want {}",
+                sum + b
+            );
         }
     }
 }
@@ -135,9 +113,7 @@ fn conv_amx_timing() {
             let t = std::time::Instant::now();
             conv2d(&x, &wt, None, &s, out);
             total = total.min(t.elapsed().as_secs_f64() * 1e3);
-            let band = (BAND_BYTES / (g.pairs * g.wp * 4))
-                .saturating_sub(k - 1)
-                .clamp(1, hw);
+            let band = g.band_rows(BAND_BYTES, hw);
             let mut xin = vec![0u32; g.pairs * g.plane_len(band)];
             let t = std::time::Instant::now();
             for oy0 in (0..hw).step_by(band) {
