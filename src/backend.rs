@@ -2,8 +2,8 @@
 //! concurrent requests each take an executor (and its arena) without allocating per run.
 
 use crate::model::{Outputs, RunError};
+use hbridge_engine::ceilings::Ceilings;
 use hbridge_engine::cpu::{state_rows, HostTensor};
-use hbridge_engine::cuda::ceilings::Ceilings;
 use hbridge_engine::cuda::{
     CudaExecutor, CudaStates, CudaWeights, Gpu, ReplayTiming, UploadProgress,
 };
@@ -144,14 +144,14 @@ impl Backend {
         Ok(())
     }
 
-    /// CUDA: the GEMM and copy ceilings measured now (see `hbridge_engine::cuda::ceilings`); `None` on the CPU.
-    pub fn ceilings(&self) -> Result<Option<Ceilings>, RunError> {
+    /// The GEMM and copy ceilings measured now (`hbridge_engine::cuda::ceilings`,
+    /// `hbridge_engine::cpu::ceilings`).
+    pub fn ceilings(&self) -> Result<Ceilings, RunError> {
         match self {
-            Backend::Cpu { .. } => Ok(None),
+            Backend::Cpu { .. } => Ok(hbridge_engine::cpu::ceilings::measure()),
             Backend::Cuda { gpu, .. } => {
                 let _exclusive = gpu.exclusive();
-                let c = hbridge_engine::cuda::ceilings::measure(gpu).map_err(EngineError::from)?;
-                Ok(Some(c))
+                Ok(hbridge_engine::cuda::ceilings::measure(gpu).map_err(EngineError::from)?)
             }
         }
     }

@@ -1,7 +1,7 @@
 //! End-to-end benchmark of one model on one backend (issue 5): model load, und prefill, und decode,
 //! one gen step with text guidance, and a whole text-to-image request, each with the work it did (from
-//! the graph it ran: `hbridge_graph::cost`) and, on CUDA, the percentage of the GEMM and copy ceilings
-//! measured in the same run. Inputs are random token ids and latents, never zeros.
+//! the graph it ran: `hbridge_graph::cost`) and the percentage of the GEMM and copy ceilings measured
+//! in the same run. Inputs are random token ids and latents, never zeros.
 //!
 //! Row names are shared with `reference/bench_torch.py` so the two can be printed side by side.
 //! With `profile`, the prefill, the decode step, the gen step's cond branch and the VAE decode are also
@@ -10,7 +10,7 @@
 use crate::chat::ChatPipeline;
 use crate::model::{Model, RunError};
 use crate::noise::NormalRng;
-use hbridge_engine::cuda::ceilings::Ceilings;
+use hbridge_engine::ceilings::Ceilings;
 use hbridge_engine::device::Device;
 use hbridge_graph::build::{self, GenStepSpec, UndPrefillSpec};
 use hbridge_graph::Graph;
@@ -115,7 +115,7 @@ pub struct BenchRow {
     pub unit: &'static str,
     /// Achieved rate and its unit (`TFLOP/s`, `GB/s`), when the workload has a meaningful one.
     pub achieved: Option<(f64, &'static str)>,
-    /// Achieved rate over the matching ceiling measured in this run (CUDA only).
+    /// Achieved rate over the matching ceiling measured in this run.
     pub of_ceiling: Option<f64>,
     /// The workload's shape and how the rate was counted, for the printed table.
     pub note: String,
@@ -126,8 +126,8 @@ pub struct BenchRow {
 pub struct BenchReport {
     /// The backend the model ran on.
     pub device: Device,
-    /// The GEMM and copy ceilings measured on the same GPU in the same run (CUDA only).
-    pub ceilings: Option<Ceilings>,
+    /// The GEMM and copy ceilings measured on the same device in the same run.
+    pub ceilings: Ceilings,
     /// One row per workload, in the order they ran.
     pub rows: Vec<BenchRow>,
     /// Per-node profiles, with [`BenchOptions::profile`] (else empty).
@@ -147,7 +147,7 @@ struct Session<'a> {
     opts: &'a BenchOptions,
     /// Timed repetitions (at least 1).
     runs: usize,
-    ceilings: Option<Ceilings>,
+    ceilings: Ceilings,
     /// The random prompt of the prefill and of the gen step's cond branch.
     ids: Vec<i32>,
     rng: NormalRng,
@@ -161,9 +161,9 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    /// `rate` as a fraction of the ceiling `pick` chooses (CUDA only).
+    /// `rate` as a fraction of the ceiling `pick` chooses.
     fn of_ceiling(&self, rate: f64, pick: fn(&Ceilings) -> f64) -> Option<f64> {
-        self.ceilings.as_ref().map(|c| rate / pick(c))
+        Some(rate / pick(&self.ceilings))
     }
 }
 

@@ -135,10 +135,8 @@ impl Model {
         self.backend.weight_bytes()
     }
 
-    /// CUDA: the GEMM and copy ceilings of this GPU, measured now; `None` on the CPU.
-    pub fn measure_ceilings(
-        &self,
-    ) -> Result<Option<hbridge_engine::cuda::ceilings::Ceilings>, RunError> {
+    /// The GEMM and copy ceilings of this backend's device, measured now.
+    pub fn measure_ceilings(&self) -> Result<hbridge_engine::ceilings::Ceilings, RunError> {
         self.backend.ceilings()
     }
 

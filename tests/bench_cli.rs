@@ -76,6 +76,29 @@ fn bench_reports_every_workload_as_json() {
         assert_eq!(row["achieved"]["unit"], "TFLOP/s");
         assert!(row["achieved"]["value"].as_f64().unwrap() > 0.0);
     }
+    // The ceilings are measured on every backend (the CPU's own GEMM and a host copy without a
+    // GPU), named in the table, and the rated rows are held to them.
+    let c = &report["ceilings"];
+    for rate in ["gemm_flops_per_s", "copy_bytes_per_s"] {
+        let v = c[rate].as_f64().unwrap_or(f64::NAN);
+        assert!(v.is_finite() && v > 0.0, "ceiling {rate} = {v} in {report}");
+    }
+    for what in ["gemm", "copy"] {
+        let label = c[what].as_str().unwrap_or_default();
+        assert!(
+            !label.is_empty(),
+            "the {what} ceiling is not described: {report}"
+        );
+        assert!(
+            stdout.contains(label),
+            "the table lacks {label:?}:\n{stdout}"
+        );
+    }
+    for name in ["und_prefill_ms", "und_decode_tokens_per_s", "gen_step_ms"] {
+        let row = rows.iter().find(|r| r["name"] == name).unwrap();
+        let f = row["of_ceiling"].as_f64().unwrap_or(f64::NAN);
+        assert!(f.is_finite() && f > 0.0, "{name}: of_ceiling {f}");
+    }
 }
 
 /// `--profile` prints a table by op kind for each profiled workload (kinds adding up to the workload's

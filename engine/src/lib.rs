@@ -3,6 +3,7 @@
 //! `cuda` runs the same graphs in bf16 on an NVIDIA GPU (cuBLASLt GEMMs, NVRTC-compiled kernels, CUDA
 //! graphs); every CUDA entry point returns an error, never panics, on a machine without one.
 
+pub mod ceilings;
 pub mod cpu;
 pub mod cuda;
 pub mod derived;

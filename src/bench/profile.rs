@@ -4,7 +4,7 @@
 //! profiler.
 
 use crate::model::GraphProfile;
-use hbridge_engine::cuda::ceilings::Ceilings;
+use hbridge_engine::ceilings::Ceilings;
 use hbridge_engine::profile::{KindTime, ShapeTime};
 use std::fmt::Write;
 
@@ -43,7 +43,7 @@ pub struct StepProfile {
     pub slowest: Vec<SlowNode>,
 }
 
-/// How close one op kind came to the GPU's ceilings.
+/// How close one op kind came to the device's ceilings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OfCeiling {
     /// The larger of achieved FLOP/s over the GEMM ceiling and bytes/s over the copy ceiling (a GEMM at
@@ -109,7 +109,7 @@ impl StepProfile {
     }
 
     /// The printed table: one line per op kind, then the slowest nodes. The `% ceil` column only with
-    /// `ceilings` (CUDA).
+    /// `ceilings`.
     pub fn table(&self, ceilings: Option<&Ceilings>) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -274,6 +274,8 @@ mod tests {
         let c = Ceilings {
             gemm_flops_per_s: 800e12,
             copy_bytes_per_s: 3e12,
+            gemm: String::new(),
+            copy: String::new(),
         };
         let big = of_ceiling(&kind(0.4e12, 1e9), &c);
         assert_eq!(big.bound, "gemm");

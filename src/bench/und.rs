@@ -89,7 +89,7 @@ pub(super) fn decode(s: &mut Session) -> Result<(), RunError> {
         + (opts.context * u.num_kv_heads * u.head_dim * 2 * elem.activation * u.num_layers) as f64;
     let rate = step_bytes * tps;
     let mut note = format!(
-        "batch 1; {} steps; weights + K/V read per token {:.2} GB (% of the copy ceiling: HBM traffic, read or written)",
+        "batch 1; {} steps; weights + K/V read per token {:.2} GB (% of the copy ceiling: memory traffic, read or written)",
         answer.timings.decode_steps,
         step_bytes / 1e9
     );
@@ -112,7 +112,7 @@ pub(super) fn decode(s: &mut Session) -> Result<(), RunError> {
         value: tps,
         unit: "tokens/s",
         achieved: Some((rate / 1e9, "GB/s")),
-        // The copy's traffic (read + write) is what HBM sustains; a read-only stream can reach about the
+        // The copy's traffic (read + write) is what memory sustains; a read-only stream can reach about the
         // same, so decode is held to all of it (as issue 5's 85% target means), not to the copy's reads.
         of_ceiling: s.of_ceiling(rate, |c| c.copy_bytes_per_s),
         note,

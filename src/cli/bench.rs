@@ -31,7 +31,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Also time one run of the und prefill, the decode step and the gen step's cond branch node by
-    /// node: a table by op kind (time, share, achieved rate, % of the ceilings on CUDA) and the
+    /// node: a table by op kind (time, share, achieved rate, % of the ceilings) and the
     /// slowest nodes; in the JSON under `profiles`.
     #[arg(long)]
     pub profile: bool,
@@ -105,13 +105,14 @@ pub fn run_cli(a: BenchArgs, device: Device) -> Result<(), String> {
 
 fn print_report(r: &BenchReport, dir: &std::path::Path) {
     println!("hbridge bench {} on {}", dir.display(), r.device);
-    if let Some(c) = &r.ceilings {
-        println!(
-            "ceilings (this run): bf16 GEMM {:.0} TFLOP/s, device copy {:.0} GB/s",
-            c.gemm_flops_per_s / 1e12,
-            c.copy_bytes_per_s / 1e9
-        );
-    }
+    let c = &r.ceilings;
+    println!(
+        "ceilings (this run): {} {:.3} TFLOP/s; {} {:.1} GB/s (read + write)",
+        c.gemm,
+        c.gemm_flops_per_s / 1e12,
+        c.copy,
+        c.copy_bytes_per_s / 1e9
+    );
     println!(
         "{:<26} {:>14} {:<9} {:>18} {:>9}  note",
         "workload", "value", "unit", "achieved", "% ceil"
@@ -130,7 +131,7 @@ fn print_report(r: &BenchReport, dir: &std::path::Path) {
     }
     for p in &r.profiles {
         println!();
-        print!("{}", p.table(r.ceilings.as_ref()));
+        print!("{}", p.table(Some(&r.ceilings)));
     }
 }
 
@@ -139,10 +140,12 @@ fn to_json(r: &BenchReport, dir: &std::path::Path) -> serde_json::Value {
         "engine": "hbridge",
         "model": dir.display().to_string(),
         "device": r.device.to_string(),
-        "ceilings": r.ceilings.map(|c| serde_json::json!({
-            "gemm_flops_per_s": c.gemm_flops_per_s,
-            "copy_bytes_per_s": c.copy_bytes_per_s,
-        })),
+        "ceilings": {
+            "gemm_flops_per_s": r.ceilings.gemm_flops_per_s,
+            "copy_bytes_per_s": r.ceilings.copy_bytes_per_s,
+            "gemm": r.ceilings.gemm,
+            "copy": r.ceilings.copy,
+        },
         "rows": r.rows.iter().map(|row| serde_json::json!({
             "name": row.name,
             "value": if row.value.is_finite() { serde_json::json!(row.value) } else { serde_json::Value::Null },
@@ -157,7 +160,7 @@ fn to_json(r: &BenchReport, dir: &std::path::Path) -> serde_json::Value {
         v["profiles"] = r
             .profiles
             .iter()
-            .map(|p| p.to_json(r.ceilings.as_ref()))
+            .map(|p| p.to_json(Some(&r.ceilings)))
             .collect();
     }
     v

@@ -3,6 +3,7 @@
 //! activation arena placed by the graph's memory plan.
 
 mod arena;
+pub mod ceilings;
 mod dispatch;
 mod error;
 mod exec;

@@ -1,7 +1,6 @@
-//! The GPU's practical ceilings, measured in the same run as a benchmark so its percentages compare like
-//! with like: a large bf16 GEMM through cuBLASLt (FLOP/s) and a large device-to-device copy (bytes read
-//! plus bytes written per second). Inputs are random, never zeros (sparse-aware hardware and compressed
-//! memory make zeros flatter than real data).
+//! The GPU's practical ceilings ([`Ceilings`]): a large bf16 GEMM through cuBLASLt (FLOP/s) and a
+//! large device-to-device copy (bytes read plus bytes written per second). Inputs are random, never
+//! zeros (sparse-aware hardware and compressed memory make zeros flatter than real data).
 
 use super::buffer::upload_bits;
 use super::context::Gpu;
@@ -9,28 +8,15 @@ use super::error::{CudaError, CudaResult};
 use super::ops::gemm::{gemm, GemmArgs, GemmShape};
 use std::time::Instant;
 
-/// Measured ceilings.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Ceilings {
-    /// bf16 GEMM, `GEMM_SIZE` cubed, f32 accumulation.
-    pub gemm_flops_per_s: f64,
-    /// `COPY_BYTES` copied device to device, counted as read + write.
-    pub copy_bytes_per_s: f64,
-}
+pub use crate::ceilings::Ceilings;
 
 pub const GEMM_SIZE: usize = 8192;
 pub const COPY_BYTES: usize = 1 << 30;
 
-/// Random bf16 bits in [-1, 1) without NaNs (a small xorshift; quality is irrelevant here).
-fn random_bits(n: usize, mut seed: u64) -> Vec<u16> {
-    (0..n)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let v = ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-            half::bf16::from_f32(v).to_bits()
-        })
+/// Random bf16 bits in [-1, 1) without NaNs.
+fn random_bits(n: usize, seed: u64) -> Vec<u16> {
+    crate::ceilings::random_values(n, seed)
+        .map(|v| half::bf16::from_f32(v).to_bits())
         .collect()
 }
 
@@ -100,5 +86,7 @@ pub fn measure(gpu: &Gpu) -> CudaResult<Ceilings> {
     Ok(Ceilings {
         gemm_flops_per_s: 2.0 * (n as f64).powi(3) / gemm_s,
         copy_bytes_per_s: 2.0 * COPY_BYTES as f64 / copy_s,
+        gemm: format!("bf16 GEMM {n}^3 (cuBLASLt)"),
+        copy: format!("device copy {} GiB", COPY_BYTES >> 30),
     })
 }
