@@ -7,30 +7,40 @@
 //! accumulation), not the f32 CPU backend's: results differ from it by bf16 rounding, and the model
 //! checks hold them to the bf16 tolerance of DESIGN.md section 8.
 //!
-//! Layout: every tile is 16 rows of 64 bytes. A (the activations, rounded once per call) is packed as
+//! Layout: every tile is 16 rows of 64 bytes. A (the activations, rounded on every call) is packed as
 //! 16-row x 32-depth tiles; B (the weight, packed once from its 16-column panels and kept) as
 //! 32-depth x 16-column tiles in the pair-interleaved layout TDPBF16PS reads (row `r` holds depths
 //! `2r, 2r+1` of each column side by side). Rows, columns and depth are zero-padded to whole tiles.
 //! One task owns a block of rows and a range of columns; for each 32 x 32 output block it keeps four
 //! C tiles (tmm0-3), loads two A tiles (tmm4-5) and two B tiles (tmm6-7) per 32 depths, and issues
 //! four TDPBF16PS. A block's rows (at most [`TASK_ROWS`]) stay in L2 while the task walks its columns.
+//! Where several tasks share a block's rows (few rows, many columns) A is packed once up front into a
+//! buffer kept between calls; otherwise each task packs its own rows as it starts.
 //!
 //! Versions: v1 packed B on every call; at 512 rows (the mid preset's prefill) that took 2.1-2.7 ms of
 //! a 4864 x 896 linear whose tile products took 3.1-4.0 ms. v2 keeps the tiles with the weight
 //! (made on first use: a second, bf16 copy of each linear weight that runs on the tiles), and rounds A
-//! at the CPU's vector width. v3 (this) prefetches each product's tiles two depth blocks ahead (the
+//! at the CPU's vector width. v3 prefetches each product's tiles two depth blocks ahead (the
 //! hardware prefetchers do not serve TILELOADD), starts the sums from the bias and stores whole
 //! output blocks straight from the tiles (v2 stored them to a buffer and copied them out, adding the
 //! bias). The output's stores still cost a quarter of the loop's time: at 4112 x 768 x 3072 it is a
-//! 50 MB stream of f32 out of the caches.
+//! 50 MB stream of f32 out of the caches. v4 (this) has a task that owns whole rows pack them itself,
+//! into a buffer its thread keeps (v3 packed all of A up front into a fresh allocation: at 4112 x
+//! 3072 x 768 a 25 MB buffer written out and read back, 4.5 ms of a 17.5 ms call with both threads
+//! waiting on memory); packing now overlaps the other thread's tile work. `amx_linear_timing`
+//! (ignored test), best of 5, two runs each: 4112 x 768 x 3072 15.0-15.3 -> 13.6-13.8 ms,
+//! 4112 x 3072 x 768 17.4-17.7 -> 15.8-16.4 ms, the other shapes within noise.
 
 use super::super::amx_tiles::{
     self, prefetch_tile, round_bf16, round_slice, supported, PREFETCH_AHEAD, TILE,
 };
-use super::super::simd::level;
+use super::super::simd::{level, Level};
 use super::packed_b::{PackedRef, Values};
 use super::passes;
 use rayon::prelude::*;
+use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::Mutex;
 
 /// Fewest rows (tokens) a linear needs to go to the tiles: below this (a decode step) the f32 kernels
 /// read the weight in place, where the tiles would pad the rows to 32 and need the weight's tile copy.
@@ -40,27 +50,49 @@ const TASK_ROWS: usize = 256;
 /// Output columns per task when there are too few row blocks to keep every thread busy.
 const TASK_COLS: usize = 256;
 
-/// A: `m` rows of `k` f32 (row stride `k`) as 16 x 32 bf16 tiles, tile `(rb, kb)` at
-/// `(rb * kbs + kb) * TILE`; `mp` rows (a multiple of 32) and `kbs` depth blocks, zero-padded.
-fn pack_a(x: &[f32], m: usize, k: usize, mp: usize, kbs: usize) -> Vec<u16> {
-    let mut a = vec![0u16; mp * kbs * 32];
-    let level = level();
-    a.par_chunks_mut(kbs * TILE)
+/// Rows `rows` (a range of 16-row blocks, starting on one) of A (`x`: `m` rows of `k` f32, row
+/// stride `k`) as 16 x 32 bf16 tiles into `dst`: the block of row `rows.start + 16 b`, depth block
+/// `kb` at `(b * kbs + kb) * TILE`. Rows past `m` and depths past `k` are written as zeros (`dst` is
+/// reused and may hold anything).
+fn pack_a_rows(
+    level: Level,
+    x: &[f32],
+    (m, k, kbs): (usize, usize, usize),
+    rows: Range<usize>,
+    dst: &mut [u16],
+) {
+    debug_assert!(rows.start.is_multiple_of(16) && dst.len() >= rows.len() * kbs * 32);
+    for (b, block) in dst[..rows.len() * kbs * 32]
+        .chunks_exact_mut(kbs * TILE)
         .enumerate()
-        .for_each(|(rb, block)| {
-            for r in 0..16.min(m.saturating_sub(rb * 16)) {
-                let row = &x[(rb * 16 + r) * k..][..k];
-                for (kb, chunk) in row.chunks(32).enumerate() {
-                    round_slice(
-                        level,
-                        chunk,
-                        &mut block[kb * TILE + r * 32..][..chunk.len()],
-                    );
+    {
+        let r0 = rows.start + b * 16;
+        for r in 0..16 {
+            if r0 + r >= m {
+                for kb in 0..kbs {
+                    block[kb * TILE + r * 32..][..32].fill(0);
                 }
+                continue;
             }
-        });
-    a
+            let row = &x[(r0 + r) * k..][..k];
+            for (kb, chunk) in row.chunks(32).enumerate() {
+                let tile_row = &mut block[kb * TILE + r * 32..][..32];
+                round_slice(level, chunk, &mut tile_row[..chunk.len()]);
+                tile_row[chunk.len()..].fill(0);
+            }
+        }
+    }
 }
+
+thread_local! {
+    /// Per thread: the rows of A a task packs for itself (at most [`TASK_ROWS`] x `k`), kept between
+    /// calls.
+    static TASK_A: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The whole of A when several tasks share its rows, kept between calls (taken by one call at a time;
+/// a call that finds it taken, one nested in another's tasks, allocates its own).
+static SHARED_A: Mutex<Vec<u16>> = Mutex::new(Vec::new());
 
 /// B (`w`: `k` x `n`, in 16-column panels) as 32 x 16 pair-interleaved bf16 tiles, tile `(cb, kb)`
 /// at `(cb * kbs + kb) * TILE`, element `(depth d, column c)` at `(d / 2) * 32 + c * 2 + d % 2`;
@@ -130,7 +162,6 @@ fn linear_streaming(
     }
     let kbs = k.div_ceil(32);
     let (mp, np) = (m.next_multiple_of(32), n.next_multiple_of(32));
-    let a = pack_a(x, m, k, mp, kbs);
     let b = w.amx_tiles(|| pack_b(w, np, kbs));
     let row_tasks = mp.div_ceil(TASK_ROWS);
     let threads = rayon::current_num_threads();
@@ -142,23 +173,59 @@ fn linear_streaming(
     };
     let cols_per_task = (np / 32).div_ceil(col_tasks) * 32;
     let out = OutPtr(y.as_mut_ptr());
+    let level = level();
+    // One task per row block: each packs its own rows (in L2, overlapping other tasks' tile work).
+    // Several per row block: A is packed once, up front, for all of them.
+    let mut shared = Vec::new();
+    let mut pool = None;
+    if col_tasks > 1 {
+        pool = SHARED_A.try_lock().ok();
+        let buf = pool.as_deref_mut().unwrap_or(&mut shared);
+        sized(buf, mp * kbs * 32)
+            .par_chunks_mut(kbs * TILE)
+            .enumerate()
+            .for_each(|(rb, block)| {
+                pack_a_rows(level, x, (m, k, kbs), rb * 16..rb * 16 + 16, block)
+            });
+    }
+    let packed_a = pool.as_deref().unwrap_or(&shared);
     (0..row_tasks * col_tasks).into_par_iter().for_each(|t| {
         let rows = (t / col_tasks) * TASK_ROWS..(((t / col_tasks) + 1) * TASK_ROWS).min(mp);
         let cols = (t % col_tasks) * cols_per_task..((t % col_tasks + 1) * cols_per_task).min(np);
-        let task = Task {
-            a: &a,
-            b,
-            kbs,
-            m,
-            n,
-            bias,
-            out: &out,
-            stream: m * n * 4 >= stream_min,
+        let run = |a: &[u16]| {
+            let task = Task {
+                a,
+                b,
+                kbs,
+                m,
+                n,
+                bias,
+                out: &out,
+                stream: m * n * 4 >= stream_min,
+            };
+            // SAFETY: `supported` found AMX-BF16 with the tile state granted; the task's output
+            // block (rows x cols, clipped to m x n) is written by no other task; `a` holds these
+            // rows' tiles.
+            unsafe { task.run(rows.clone(), cols) };
         };
-        // SAFETY: `supported` found AMX-BF16 with the tile state granted; the task's output block
-        // (rows x cols, clipped to m x n) is written by no other task.
-        unsafe { task.run(rows, cols) };
+        if col_tasks > 1 {
+            run(&packed_a[rows.start * kbs * 32..][..rows.len() * kbs * 32]);
+        } else {
+            TASK_A.with_borrow_mut(|buf| {
+                let a = sized(buf, rows.len() * kbs * 32);
+                pack_a_rows(level, x, (m, k, kbs), rows.clone(), a);
+                run(a);
+            });
+        }
     });
+}
+
+/// `buf`'s first `len` values, growing it if it is shorter.
+fn sized(buf: &mut Vec<u16>, len: usize) -> &mut [u16] {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    &mut buf[..len]
 }
 
 /// The output pointer, shared by tasks that write disjoint blocks.
@@ -167,6 +234,7 @@ struct OutPtr(*mut f32);
 unsafe impl Sync for OutPtr {}
 
 struct Task<'a> {
+    /// The A tiles of the task's rows (as [`pack_a_rows`] packs them from the rows' start).
     a: &'a [u16],
     b: &'a [u16],
     kbs: usize,
@@ -202,8 +270,8 @@ impl Task<'_> {
                     first[..width].copy_from_slice(&bias[j..j + width]);
                 }
                 for i in rows.clone().step_by(32) {
-                    let a0 = self.a[(i / 16) * self.kbs * TILE..].as_ptr();
-                    let a1 = self.a[(i / 16 + 1) * self.kbs * TILE..].as_ptr();
+                    let a0 = self.a[((i - rows.start) / 16) * self.kbs * TILE..].as_ptr();
+                    let a1 = self.a[((i - rows.start) / 16 + 1) * self.kbs * TILE..].as_ptr();
                     match self.bias {
                         // Row stride 0: every row of the four C tiles is the bias row.
                         Some(_) => amx_tiles::load_c(first.as_ptr(), 0),

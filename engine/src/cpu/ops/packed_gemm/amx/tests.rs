@@ -85,6 +85,40 @@ fn matches_the_f64_product_of_the_rounded_inputs() {
     check(600, 64, 600, true, true);
 }
 
+/// One thread: every task owns whole rows and packs them into its thread's buffer; eight: tasks share
+/// rows and A is packed once into the shared buffer. Either buffer is reused, so the second call's
+/// padding (depths past k) must be written as zeros over the first call's values: NaNs here, which
+/// would spread through the zero padding of B.
+#[test]
+fn a_is_packed_per_task_or_shared_over_dirty_buffers() {
+    if !supported() {
+        eprintln!("SKIPPED amx::tests: this CPU or OS has no AMX-BF16");
+        return;
+    }
+    for threads in [1, 8] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a thread pool");
+        pool.install(|| {
+            let (m, k, n) = (600, 800, 40);
+            let w: Vec<bf16> = values(n * k, 3)
+                .iter()
+                .map(|&v| bf16::from_f32(v))
+                .collect();
+            let mut y = vec![0f32; m * n];
+            linear(
+                &vec![f32::NAN; m * k],
+                m,
+                PackedB::from_rows(&w, n, k).packed_ref(),
+                None,
+                &mut y,
+            );
+            check(300, 70, 45, true, true);
+        });
+    }
+}
+
 #[test]
 fn the_tile_copy_is_made_once_and_reused() {
     if !supported() {
@@ -106,4 +140,55 @@ fn the_tile_copy_is_made_once_and_reused() {
     let mut second = vec![f32::NAN; m * n];
     linear(&x, m, packed.packed_ref(), None, &mut second);
     assert_eq!(first, second);
+}
+
+/// Times the AMX linear at the mid and 7b4b presets' prefill and gen-step shapes (`m x k x n`), its
+/// weight bf16 and its tile copy made, into an output on a cache line (as the arena's are):
+/// `cargo test --release -p hbridge-engine amx_linear_timing -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing, not a check: run by hand"]
+fn amx_linear_timing() {
+    if !supported() {
+        eprintln!("SKIPPED amx_linear_timing: this CPU or OS has no AMX-BF16");
+        return;
+    }
+    let shapes = [
+        (4112, 768, 3072),
+        (4112, 3072, 768),
+        (4112, 768, 768),
+        (512, 896, 4864),
+        (512, 4864, 896),
+        (4096, 4096, 4096),
+    ];
+    for &(m, k, n) in &shapes {
+        let x = values(m * k, 1);
+        let w: Vec<bf16> = values(n * k, 2)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let packed = PackedB::from_rows(&w, n, k);
+        let (mut buf, start) = poisoned(m * n, 0);
+        let y = &mut buf[start..start + m * n];
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            linear(&x, m, packed.packed_ref(), None, y);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        let tflops = 2.0 * (m * k * n) as f64 / best / 1e12;
+        let kbs = k.div_ceil(32);
+        let mut pack = f64::MAX;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            let mut a = vec![0u16; m.next_multiple_of(32) * kbs * 32];
+            pack_a_rows(level(), &x, (m, k, kbs), 0..m.next_multiple_of(32), &mut a);
+            std::hint::black_box(a);
+            pack = pack.min(t.elapsed().as_secs_f64());
+        }
+        eprintln!(
+            "{m} x {k} x {n}: {:.2} ms, {tflops:.3} TFLOP/s; packing A alone {:.2} ms",
+            best * 1e3,
+            pack * 1e3
+        );
+    }
 }
