@@ -158,7 +158,7 @@ impl StepProfile {
                 s,
                 "  compute by shape (GEMMs M x N x K; convolutions in->out channels, kernel, stride, input size):{}",
                 if ceilings.is_some() {
-                    "  % of the GEMM ceiling"
+                    "  % of the compute ceiling"
                 } else {
                     ""
                 }

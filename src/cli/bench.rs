@@ -107,7 +107,7 @@ fn print_report(r: &BenchReport, dir: &std::path::Path) {
     println!("hbridge bench {} on {}", dir.display(), r.device);
     let c = &r.ceilings;
     println!(
-        "ceilings (this run): {} {:.3} TFLOP/s; {} {:.1} GB/s (read + write)",
+        "ceilings (this run): compute {} {:.3} TFLOP/s; memory {} {:.1} GB/s (read + write)",
         c.gemm,
         c.gemm_flops_per_s / 1e12,
         c.copy,

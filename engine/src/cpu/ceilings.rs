@@ -1,13 +1,15 @@
-//! The CPU's practical ceilings for `hbridge bench` ([`Ceilings`]), as the CUDA backend measures
-//! cuBLASLt and a device copy:
-//! - this backend's own GEMM on a square product, in the arithmetic its linears run in (f32 by
-//!   default, bf16 on AMX under `--cpu-compute bf16`), its weight held as a checkpoint's bf16 linear
-//!   weights are (packed, where the packed GEMM runs);
-//! - a copy over every thread (bytes read plus bytes written per second).
+//! The CPU's ceilings for `hbridge bench` ([`Ceilings`]):
+//! - compute: the peak of the unit the compute-bound ops run on, every thread at once, on values
+//!   already in registers: TDPBF16PS on resident tiles under `--cpu-compute bf16` on AMX, else twelve
+//!   independent chains of vector FMAs (AVX-512, or AVX2). A CPU without either (another
+//!   architecture) is held to this backend's own GEMM on a square product instead. (The CUDA backend's
+//!   ceiling is a cuBLASLt GEMM, a practical one; on the CPU this backend's linears are the best
+//!   GEMM there is, and some shapes beat a square one, so the CPU is held to its hardware.)
+//! - memory: a copy over every thread (bytes read plus bytes written per second).
 //!
 //! Each grows until one run takes long enough to time or reaches its largest size, so that a slow or
-//! emulated CPU (the test suite under qemu) spends a bounded time. On the build machine both reach
-//! their largest size: the copy's 1 GiB of traffic is more than its 480 MiB last-level cache holds.
+//! emulated CPU (the test suite under qemu) spends a bounded time. On the build machine the copy
+//! reaches its largest size: 1 GiB of traffic, more than its 480 MiB last-level cache holds.
 
 use super::ops::linear;
 use super::weight_data::PackedWeight;
@@ -17,6 +19,10 @@ use half::bf16;
 use rayon::prelude::*;
 use std::time::Instant;
 
+/// The peak loops double while one run takes less than this.
+const PEAK_GROW_BELOW_S: f64 = 0.05;
+const PEAK_ROUNDS_MIN: usize = 1 << 12;
+const PEAK_ROUNDS_MAX: usize = 1 << 28;
 /// The GEMM doubles its side while one run takes less than this (the next would take about 8x).
 const GEMM_GROW_BELOW_S: f64 = 0.0125;
 const GEMM_SIDE_MIN: usize = 256;
@@ -66,20 +72,138 @@ fn copy(src: &[f32], dst: &mut [f32]) {
         .for_each(|(d, s)| d.copy_from_slice(s));
 }
 
-/// Measures both ceilings (about a second on the build machine; holds up to 1 GiB for the copy and
-/// 200 MB for the GEMM while it runs).
-pub fn measure() -> Ceilings {
-    let mut n = GEMM_SIDE_MIN;
-    let mut gemm_s = best_time(1, square_gemm(n));
-    while gemm_s < GEMM_GROW_BELOW_S && n < GEMM_SIDE_MAX {
-        n *= 2;
-        gemm_s = best_time(1, square_gemm(n));
-    }
-    gemm_s = gemm_s.min(best_time(3, square_gemm(n)));
-    let arithmetic = match MatmulMode::current() {
-        MatmulMode::Bf16Amx => "bf16 on AMX",
-        _ => "f32",
+/// A peak loop (rounds -> a value to keep, so that nothing is optimized away), its FLOPs per round
+/// on one thread, and its name.
+type PeakKernel = (fn(usize) -> f64, f64, &'static str);
+
+/// The compute peak on every thread at once and what it was, if this CPU has a unit to measure.
+fn compute_peak() -> Option<(f64, String)> {
+    let (kernel, flops_per_round, what) = peak_kernel()?;
+    let threads = rayon::current_num_threads();
+    // One run: every thread `rounds` rounds at once, timed from the first start to the last end.
+    let run = |rounds: usize| {
+        let t = Instant::now();
+        let sink: f64 = rayon::broadcast(|_| kernel(rounds)).into_iter().sum();
+        std::hint::black_box(sink);
+        t.elapsed().as_secs_f64()
     };
+    let mut rounds = PEAK_ROUNDS_MIN;
+    let mut secs = run(rounds);
+    while secs < PEAK_GROW_BELOW_S && rounds < PEAK_ROUNDS_MAX {
+        rounds *= 2;
+        secs = run(rounds);
+    }
+    secs = (0..2).map(|_| run(rounds)).fold(secs, f64::min);
+    let rate = flops_per_round * (rounds * threads) as f64 / secs;
+    Some((rate, format!("{what} peak over {threads} threads")))
+}
+
+/// The peak loop for the arithmetic the compute-bound ops run in.
+#[cfg(target_arch = "x86_64")]
+fn peak_kernel() -> Option<PeakKernel> {
+    use std::arch::is_x86_feature_detected as has;
+    if MatmulMode::current() == MatmulMode::Bf16Amx {
+        // Four TDPBF16PS of 16 x 16 outputs over 32 depths.
+        Some((
+            peak::amx,
+            4.0 * 16.0 * 16.0 * 32.0 * 2.0,
+            "bf16 TDPBF16PS (AMX)",
+        ))
+    } else if has!("avx512f") {
+        Some((peak::avx512, 12.0 * 16.0 * 2.0, "f32 FMA (AVX-512)"))
+    } else if has!("avx2") && has!("fma") {
+        Some((peak::avx2, 12.0 * 8.0 * 2.0, "f32 FMA (AVX2)"))
+    } else {
+        None
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn peak_kernel() -> Option<PeakKernel> {
+    None
+}
+
+/// The peak loops: nothing but the unit's arithmetic on registers.
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use crate::cpu::ops::amx_tiles;
+    use std::arch::x86_64::*;
+
+    /// Twelve independent FMA chains (more than the FMA latency times the FMA ports), on values
+    /// that stay finite and nonzero.
+    macro_rules! chains {
+        ($name:ident, $feature:literal, $vec:ty, $set1:ident, $fmadd:ident, $store:ident, $lanes:literal) => {
+            pub(super) fn $name(rounds: usize) -> f64 {
+                #[target_feature(enable = $feature)]
+                unsafe fn run(rounds: usize) -> f64 {
+                    let (a, b) = ($set1(0.999_9), $set1(1e-4));
+                    let mut acc: [$vec; 12] = std::array::from_fn(|i| $set1(0.5 + i as f32 / 16.0));
+                    for _ in 0..rounds {
+                        for x in acc.iter_mut() {
+                            *x = $fmadd(*x, a, b);
+                        }
+                    }
+                    let mut out = [0f32; $lanes];
+                    let total = acc
+                        .iter()
+                        .fold($set1(0.0), |s, &x| $fmadd(x, $set1(1.0), s));
+                    // SAFETY: `out` holds one vector.
+                    unsafe { $store(out.as_mut_ptr(), total) };
+                    out.iter().map(|&v| v as f64).sum()
+                }
+                // SAFETY: `peak_kernel` picked this loop only where the CPU has the feature.
+                unsafe { run(rounds) }
+            }
+        };
+    }
+    chains!(
+        avx512,
+        "avx512f",
+        __m512,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_storeu_ps,
+        16
+    );
+    chains!(
+        avx2,
+        "avx2,fma",
+        __m256,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps,
+        _mm256_storeu_ps,
+        8
+    );
+
+    /// `rounds` x four TDPBF16PS on tiles loaded with random bf16 values.
+    pub(super) fn amx(rounds: usize) -> f64 {
+        let operands: Vec<u16> = crate::ceilings::random_values(4 * amx_tiles::TILE, 0x5851_f42d)
+            .map(amx_tiles::round_bf16)
+            .collect();
+        let mut c = vec![0f32; 4 * 256];
+        let p = operands.as_ptr();
+        // SAFETY: MatmulMode::Bf16Amx means AMX-BF16 is usable by this process; the loads read the
+        // four whole tiles of `operands`, the store writes the four C tiles into `c` (32 x 32 f32).
+        unsafe {
+            amx_tiles::configure();
+            amx_tiles::zero_c();
+            amx_tiles::product(
+                p,
+                p.add(amx_tiles::TILE),
+                p.add(2 * amx_tiles::TILE),
+                p.add(3 * amx_tiles::TILE),
+            );
+            amx_tiles::products_in_place(rounds);
+            amx_tiles::store_c(c.as_mut_ptr(), 32);
+            amx_tiles::release();
+        }
+        c.iter().map(|&v| v as f64).sum()
+    }
+}
+
+/// Measures both ceilings (about a second on the build machine; holds up to 1 GiB for the copy).
+pub fn measure() -> Ceilings {
+    let (gemm_flops_per_s, gemm) = compute_peak().unwrap_or_else(square_gemm_rate);
 
     let mut bytes = COPY_BYTES_MIN;
     let copy_s = loop {
@@ -96,13 +220,32 @@ pub fn measure() -> Ceilings {
         bytes *= 2;
     };
     Ceilings {
-        gemm_flops_per_s: 2.0 * (n as f64).powi(3) / gemm_s,
+        gemm_flops_per_s,
         copy_bytes_per_s: 2.0 * bytes as f64 / copy_s,
-        gemm: format!("CPU GEMM {n}^3 ({arithmetic}, this backend's linear)"),
+        gemm,
         copy: format!(
             "host copy {} MiB over {} threads",
             bytes >> 20,
             rayon::current_num_threads()
         ),
     }
+}
+
+/// This backend's linear on the largest square product that runs quickly enough, and what it was.
+fn square_gemm_rate() -> (f64, String) {
+    let mut n = GEMM_SIDE_MIN;
+    let mut gemm_s = best_time(1, square_gemm(n));
+    while gemm_s < GEMM_GROW_BELOW_S && n < GEMM_SIDE_MAX {
+        n *= 2;
+        gemm_s = best_time(1, square_gemm(n));
+    }
+    gemm_s = gemm_s.min(best_time(3, square_gemm(n)));
+    let arithmetic = match MatmulMode::current() {
+        MatmulMode::Bf16Amx => "bf16 on AMX",
+        _ => "f32",
+    };
+    (
+        2.0 * (n as f64).powi(3) / gemm_s,
+        format!("CPU GEMM {n}^3 ({arithmetic}, this backend's linear)"),
+    )
 }

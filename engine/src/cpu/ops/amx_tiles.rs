@@ -133,6 +133,27 @@ pub(crate) unsafe fn release() {
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
 
+/// `rounds` x the 2 x 2 block's four TDPBF16PS on the tiles as they are (tmm0-3 += tmm4-5 x
+/// tmm6-7), nothing loaded or stored: the tile unit's peak, for `hbridge bench`'s compute ceiling.
+///
+/// # Safety
+/// This thread's tiles are configured ([`configure`]).
+#[inline(never)]
+pub(crate) unsafe fn products_in_place(rounds: usize) {
+    for _ in 0..rounds {
+        // SAFETY: the caller's promise.
+        unsafe {
+            asm!(
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                options(nostack, nomem)
+            )
+        };
+    }
+}
+
 /// Depth blocks ahead that the products' loops prefetch their tiles: TILELOADD waits for lines that
 /// the hardware prefetchers do not bring early (`scripts/amx-probe.rs`'s replica of the linear's
 /// loop: 0.58-0.68 TFLOP/s on one thread without, 1.03-1.14 with; 1 to 4 blocks ahead measured
