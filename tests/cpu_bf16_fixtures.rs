@@ -1,5 +1,5 @@
-//! The CPU backend with `HBRIDGE_CPU_MATMUL=bf16` (linears of 32+ rows and attention over 32+
-//! queries in bf16 on AMX tiles) against every reference fixture, held to the bf16 contract of
+//! The CPU backend with `HBRIDGE_CPU_MATMUL=bf16` (linears and attention over 32+ queries in bf16 on
+//! AMX tiles, fewer rows over the tiles with VDPBF16PS) against every reference fixture, held to the bf16 contract of
 //! DESIGN.md 8 (the CUDA backend's): relative L2 <= 2e-2 on velocity and logits, the same greedy
 //! tokens, every other f32 tensor finite (its error printed). The mode is chosen once per process, so
 //! this file is a test binary of its own. On a CPU without AMX-BF16 the mode falls back to f32 and
@@ -34,7 +34,8 @@ fn cpu_bf16_linears_match_reference_within_bf16_tolerance() {
         // Decoded 8-bit pixels move with the latent's bf16 error: compared through vae.pixels' report.
         check_fixture(name, tolerance, 255);
     }
-    // The chat prompt is over 32 tokens, so its prefill runs on the tiles; the decode steps stay f32.
+    // The chat prompt is over 32 tokens, so its prefill runs on the tiles; the decode steps (one row)
+    // run over the same tiles with VDPBF16PS, the tiny checkpoint's weights being bf16.
     let dir = fixture("tiny");
     let model = Model::open(&dir.join("model")).expect("tiny model");
     let ids = |file: &str, tensor: &str| -> Vec<i32> {

@@ -2,7 +2,8 @@
 //! f32 (the default, the reference's numerics), or bf16: bf16 inputs and f32 sums on Intel AMX tiles
 //! for linears over [`MIN_ROWS`](MatmulMode::MIN_ROWS) rows or more, for attention over as many
 //! queries and for stride-1 convolutions, as the CUDA backend computes them. Fewer rows (a decode
-//! step) and strided convolutions stay f32. A program picks it with [`CpuCompute::request`] before its
+//! step) over a bf16 weight run in bf16 too, with AVX512-BF16 over the weight's tiles (the only copy
+//! of it then held); over an f32 weight they stay f32, and so do strided convolutions. A program picks it with [`CpuCompute::request`] before its
 //! first CPU computation; otherwise `HBRIDGE_CPU_MATMUL=bf16` asks for bf16.
 
 /// What `HBRIDGE_CPU_MATMUL` asked for and what this CPU does with it.
@@ -39,7 +40,7 @@ impl MatmulMode {
     pub fn describe(self) -> &'static str {
         match self {
             MatmulMode::F32 => "f32 compute",
-            MatmulMode::Bf16Amx => "bf16 linears and attention on AMX for 32+ rows, stride-1 convolutions on AMX, f32 elsewhere",
+            MatmulMode::Bf16Amx => "bf16 linears on AMX (fewer than 32 rows over a bf16 weight's tiles), attention on AMX for 32+ queries, stride-1 convolutions on AMX, f32 elsewhere",
             MatmulMode::Bf16Unavailable => {
                 "f32 compute: bf16 compute needs AMX-BF16, AVX512-BW and AVX512-BF16, which this CPU or OS lacks"
             }

@@ -53,7 +53,9 @@ pub enum WeightData {
     PackedF32(Arc<PackedWeight<f32>>),
     /// The same under bf16 storage: bf16 in the same panels (half the bytes), widened to f32 by the
     /// GEMM's micro-kernels as they load it, so results equal `PackedF32` on the same values. Held
-    /// instead of the row-major copy: [`WeightData::as_bf16`] rebuilds that on request.
+    /// instead of the row-major copy: [`WeightData::as_bf16`] rebuilds that on request. Under bf16
+    /// compute on AMX ([`MatmulMode::Bf16Amx`](super::MatmulMode)) held only as AMX tiles instead,
+    /// which linears of every row count read.
     PackedBf16(Arc<PackedWeight<bf16>>),
 }
 
@@ -79,6 +81,17 @@ impl<T: Elem> PackedWeight<T> {
         }
     }
 
+    /// The tiles' share of [`WeightData::bytes`] and the packed values' (none when held only as
+    /// tiles).
+    fn held_bytes(&self) -> usize {
+        let values = if self.packed.is_tiles_only() {
+            0
+        } else {
+            std::mem::size_of::<T>() * self.packed.len()
+        };
+        values + self.packed.tile_bytes()
+    }
+
     pub(crate) fn packed(&self) -> &PackedB<T> {
         &self.packed
     }
@@ -102,7 +115,23 @@ impl<T: Elem> PackedWeight<T> {
             .rows
             .get()
             .map_or(0, |r| std::mem::size_of_val::<[T]>(r));
-        std::mem::size_of::<T>() * self.packed.len() + rows + self.packed.tile_bytes()
+        self.held_bytes() + rows
+    }
+}
+
+impl PackedWeight<bf16> {
+    /// A row-major `[out, in]` bf16 matrix that only linear ops read, in the form the process's
+    /// linears read it: under bf16 compute on AMX only as tiles (every row count runs on them, so
+    /// the panels would be a second copy; half the memory), otherwise packed in panels.
+    pub(crate) fn bf16_for_linears(w: &[bf16], out: usize, inp: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if super::MatmulMode::current() == super::MatmulMode::Bf16Amx {
+            return PackedWeight {
+                packed: PackedB::tiles_only(w, out, inp),
+                rows: OnceLock::new(),
+            };
+        }
+        Self::from_rows(w, out, inp)
     }
 }
 
@@ -269,7 +298,7 @@ pub(crate) fn packed_from_view(
                 }
             };
             check_numel(name, view, v.len())?;
-            WeightData::PackedBf16(Arc::new(PackedWeight::from_rows(v, out, inp)))
+            WeightData::PackedBf16(Arc::new(PackedWeight::bf16_for_linears(v, out, inp)))
         }
     })
 }
@@ -305,7 +334,7 @@ pub(crate) fn pack(data: &WeightData, out: usize, inp: usize) -> Option<WeightDa
     Some(match data {
         WeightData::F32(v) => WeightData::PackedF32(Arc::new(PackedWeight::from_rows(v, out, inp))),
         WeightData::Bf16(v) => {
-            WeightData::PackedBf16(Arc::new(PackedWeight::from_rows(v, out, inp)))
+            WeightData::PackedBf16(Arc::new(PackedWeight::bf16_for_linears(v, out, inp)))
         }
         WeightData::PackedF32(_) | WeightData::PackedBf16(_) => return None,
     })

@@ -63,6 +63,12 @@ pub(crate) fn linear_packed(
         packed_gemm::amx::linear(x, n, w, bias, y);
         return;
     }
+    // Held only as tiles (bf16 compute on AMX): fewer rows go over the tiles too.
+    #[cfg(target_arch = "x86_64")]
+    if w.is_tiles_only() {
+        packed_gemm::amx::linear_few_rows(x, n, w, bias, y);
+        return;
+    }
     let dst = MatMut::rm(y, n, out_features);
     if !packed_gemm::gemm(dst, Mat::rm(x, n, k), BSource::Packed(w), bias, None) {
         // Weights are only packed where the packed GEMM runs; this is for completeness.

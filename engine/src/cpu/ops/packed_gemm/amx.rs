@@ -11,6 +11,8 @@
 //! 16-row x 32-depth tiles; B (the weight, packed once from its 16-column panels and kept) as
 //! 32-depth x 16-column tiles in the pair-interleaved layout TDPBF16PS reads (row `r` holds depths
 //! `2r, 2r+1` of each column side by side). Rows, columns and depth are zero-padded to whole tiles.
+//! Under bf16 compute a bf16 weight is loaded as these tiles alone (`PackedB::tiles_only`): linears
+//! of fewer than [`MIN_ROWS`] rows read them too ([`few_rows`], VDPBF16PS), so no panels are held.
 //! One task owns a block of rows and a range of columns; for each 32 x 32 output block it keeps four
 //! C tiles (tmm0-3), loads two A tiles (tmm4-5) and two B tiles (tmm6-7) per 32 depths, and issues
 //! four TDPBF16PS. A block's rows (at most [`TASK_ROWS`]) stay in L2 while the task walks its columns.
@@ -37,6 +39,7 @@ use super::super::amx_tiles::{
 use super::super::simd::{level, Level};
 use super::packed_b::{PackedRef, Values};
 use super::passes;
+use half::bf16;
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -119,6 +122,37 @@ fn pack_b(w: PackedRef<'_>, np: usize, kbs: usize) -> Vec<u16> {
     b
 }
 
+/// A row-major `[n, k]` bf16 matrix `w` (B = `w^T`) as the tiles [`pack_b`] makes: the same layout,
+/// `n` padded to 32 columns and `k` to 32 depths with zeros.
+pub(crate) fn tiles_from_rows(w: &[bf16], n: usize, k: usize) -> Vec<u16> {
+    let (np, kbs) = (n.next_multiple_of(32), k.div_ceil(32));
+    let mut b = vec![0u16; np * kbs * 32];
+    b.par_chunks_mut(kbs * TILE)
+        .enumerate()
+        .for_each(|(cb, block)| {
+            for c in 0..16.min(n.saturating_sub(cb * 16)) {
+                let row = &w[(cb * 16 + c) * k..][..k];
+                for (d, v) in row.iter().enumerate() {
+                    block[(d / 32) * TILE + ((d % 32) / 2) * 32 + c * 2 + d % 2] = v.to_bits();
+                }
+            }
+        });
+    b
+}
+
+/// The row-major `[n, k]` bf16 bits of a matrix held as [`tiles_from_rows`] tiles.
+pub(crate) fn rows_from_tiles(tiles: &[u16], n: usize, k: usize) -> Vec<u16> {
+    let kbs = k.div_ceil(32);
+    let mut w = vec![0u16; n * k];
+    for (j, row) in w.chunks_exact_mut(k.max(1)).enumerate().take(n) {
+        let block = &tiles[(j / 16) * kbs * TILE..][..kbs * TILE];
+        for (d, v) in row.iter_mut().enumerate() {
+            *v = block[(d / 32) * TILE + ((d % 32) / 2) * 32 + (j % 16) * 2 + d % 2];
+        }
+    }
+    w
+}
+
 /// One depth pass of one 16-column panel (`values[kk * width + c]` = depth `k0 + kk`, column `c`)
 /// into its column block's tiles.
 fn pack_panel<T: Copy>(
@@ -143,6 +177,23 @@ fn pack_panel<T: Copy>(
 /// the shapes (`x`: `m` x `k`, `w`: `k` x `n`, `bias`: `n`). Panics without AMX ([`supported`]).
 pub(crate) fn linear(x: &[f32], m: usize, w: PackedRef<'_>, bias: Option<&[f32]>, y: &mut [f32]) {
     linear_streaming(x, m, w, bias, y, amx_tiles::STREAM_MIN_BYTES)
+}
+
+/// `y` (`m` x `n`) `= bias + x @ w` for `m` below [`MIN_ROWS`], over a weight held only as tiles
+/// ([`few_rows`]). Panics without AMX ([`supported`]) or on a weight that has no tiles.
+pub(crate) fn linear_few_rows(
+    x: &[f32],
+    m: usize,
+    w: PackedRef<'_>,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    assert!(
+        supported(),
+        "amx::linear_few_rows on a CPU without AMX-BF16"
+    );
+    let tiles = w.amx_tiles(|| panic!("linear_few_rows: a weight without its tile copy"));
+    few_rows::linear(x, m, (tiles, w.k(), w.n()), bias, y);
 }
 
 /// [`linear`], streaming whole blocks to an output of `stream_min` bytes or more.
@@ -322,5 +373,6 @@ impl Task<'_> {
     }
 }
 
+pub(crate) mod few_rows;
 #[cfg(test)]
 mod tests;

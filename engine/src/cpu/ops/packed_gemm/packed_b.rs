@@ -22,6 +22,10 @@ pub(crate) unsafe trait Elem: Copy + PartialEq + Send + Sync + 'static {
     /// The f32 of equal value.
     fn widen(self) -> f32;
 
+    /// The value of a bf16's bits (exact in both types).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // tiles are x86_64 only
+    fn from_bf16_bits(bits: u16) -> Self;
+
     /// Packs the full 16-column panels of one depth pass of `w^T` (`w` row-major `[n, k]`) into
     /// `block` faster than the plain loop of [`PackedB::from_rows`], if this type can; returns how
     /// many it packed (the plain loop packs the rest).
@@ -45,6 +49,10 @@ unsafe impl Elem for f32 {
 
     fn widen(self) -> f32 {
         self
+    }
+
+    fn from_bf16_bits(bits: u16) -> f32 {
+        f32::from_bits((bits as u32) << 16)
     }
 
     /// With the per-call packing's in-register transposes (their layout is the same; none without
@@ -77,6 +85,10 @@ unsafe impl Elem for bf16 {
 
     fn widen(self) -> f32 {
         widen1(self)
+    }
+
+    fn from_bf16_bits(bits: u16) -> bf16 {
+        bf16::from_bits(bits)
     }
 
     fn wrap(p: &PackedB<bf16>) -> PackedRef<'_> {
@@ -116,12 +128,19 @@ pub(crate) struct PackedB<T: Elem = f32> {
     /// long as the tiles' products at 512 rows.
     #[cfg(target_arch = "x86_64")]
     amx_tiles: OnceLock<Vec<u16>>,
+    /// Held only as the AMX tiles (`lines` empty): see [`PackedB::tiles_only`].
+    tiles_only: bool,
     _values: std::marker::PhantomData<T>,
 }
 
 impl<T: Elem> PartialEq for PackedB<T> {
     fn eq(&self, other: &Self) -> bool {
-        (self.k, self.n) == (other.k, other.n) && self.data() == other.data()
+        (self.k, self.n) == (other.k, other.n)
+            && if self.tiles_only || other.tiles_only {
+                self.to_rows() == other.to_rows()
+            } else {
+                self.data() == other.data()
+            }
     }
 }
 
@@ -186,13 +205,41 @@ impl<T: Elem> PackedB<T> {
             lines,
             #[cfg(target_arch = "x86_64")]
             amx_tiles: OnceLock::new(),
+            tiles_only: false,
             _values: std::marker::PhantomData,
         }
+    }
+
+    /// Whether the values are held only as AMX tiles ([`PackedB::tiles_only`]): then only the AMX
+    /// kernels read them.
+    pub(crate) fn is_tiles_only(&self) -> bool {
+        self.tiles_only
+    }
+
+    /// `data()` for the kernels that read the panels.
+    fn panels_data(&self) -> &[T] {
+        assert!(
+            !self.tiles_only,
+            "PackedB: a {} x {} weight held only as AMX tiles read as panels",
+            self.k, self.n
+        );
+        self.data()
     }
 
     /// The row-major `[n, k]` matrix it was packed from (exact).
     pub(crate) fn to_rows(&self) -> Vec<T> {
         let (n, k) = (self.n, self.k);
+        #[cfg(target_arch = "x86_64")]
+        if self.tiles_only {
+            let tiles = self
+                .amx_tiles
+                .get()
+                .expect("a tiles-only weight holds its tiles");
+            return super::amx::rows_from_tiles(tiles, n, k)
+                .into_iter()
+                .map(T::from_bf16_bits)
+                .collect();
+        }
         let mut w = vec![T::ZERO; n * k];
         let (_, step) = passes(k);
         if n > 0 && k > 0 {
@@ -267,7 +314,7 @@ impl<T: Elem> PackedB<T> {
             "full_panels: columns {j}.. past {}",
             self.n
         );
-        &self.data()[k0 * self.n + j * kc..][..count * NR * kc]
+        &self.panels_data()[k0 * self.n + j * kc..][..count * NR * kc]
     }
 
     /// Rows `k0 .. k0 + kc` (one depth pass) of the panel starting at column `j` (a multiple of 16),
@@ -275,7 +322,35 @@ impl<T: Elem> PackedB<T> {
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86_64 kernels only
     fn panel(&self, j: usize, k0: usize, kc: usize) -> (&[T], usize) {
         let width = NR.min(self.n - j);
-        (&self.data()[k0 * self.n + j * kc..][..kc * width], width)
+        (
+            &self.panels_data()[k0 * self.n + j * kc..][..kc * width],
+            width,
+        )
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PackedB<bf16> {
+    /// B = `w^T` for `w` row-major `[n, k]`, held only as the AMX tiles the bf16 linears read (no
+    /// panels): under bf16 compute on AMX every linear of a weight like this runs on the tiles or,
+    /// with fewer than 32 rows, on [`amx::few_rows`](super::amx), so the panels would be a second
+    /// copy that nothing reads.
+    pub(crate) fn tiles_only(w: &[bf16], n: usize, k: usize) -> Self {
+        assert_eq!(
+            w.len(),
+            n * k,
+            "PackedB::tiles_only: {n} x {k} from {} values",
+            w.len()
+        );
+        let tiles = super::amx::tiles_from_rows(w, n, k);
+        PackedB {
+            k,
+            n,
+            lines: Vec::new(),
+            amx_tiles: OnceLock::from(tiles),
+            tiles_only: true,
+            _values: std::marker::PhantomData,
+        }
     }
 }
 
@@ -346,6 +421,14 @@ impl<'a> PackedRef<'a> {
         match self {
             PackedRef::F32(p) => Values::F32(p.full_panels(j, k0, kc, count)),
             PackedRef::Bf16(p) => Values::Bf16(p.full_panels(j, k0, kc, count)),
+        }
+    }
+
+    /// Whether the values are held only as AMX tiles ([`PackedB::tiles_only`]).
+    pub(crate) fn is_tiles_only(self) -> bool {
+        match self {
+            PackedRef::F32(p) => p.is_tiles_only(),
+            PackedRef::Bf16(p) => p.is_tiles_only(),
         }
     }
 

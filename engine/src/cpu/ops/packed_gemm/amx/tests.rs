@@ -40,6 +40,23 @@ fn check_stores(
     let (mut buf, start) = poisoned(m * n, misalign);
     let y = &mut buf[start..start + m * n];
     linear_streaming(&x, m, packed, bias.as_deref(), y, stream_min);
+    let what = format!(
+        "{m}x{k}x{n} (bf16 weight {bf16_weight}, bias {with_bias}, misalign {misalign}, stream \
+         {stream_min})"
+    );
+    assert_rounded_product(&what, (&x, m, k), (&wb, n), bias.as_deref(), y);
+}
+
+/// `y` (`m` x `n`) against the f64 product of `x` rounded to bf16 and `wb` (`[n, k]`), plus the
+/// bias: f32 sums of exact products, k roundings of at most 2^-24 of the running magnitude.
+#[track_caller]
+fn assert_rounded_product(
+    what: &str,
+    (x, m, k): (&[f32], usize, usize),
+    (wb, n): (&[bf16], usize),
+    bias: Option<&[f32]>,
+    y: &[f32],
+) {
     let xr: Vec<f64> = x.iter().map(|&v| widen(round_bf16(v))).collect();
     let wr: Vec<f64> = wb.iter().map(|v| v.to_f64()).collect();
     for i in 0..m {
@@ -50,15 +67,13 @@ fn check_stores(
                 sum += p;
                 mag += p.abs();
             }
-            let b = bias.as_ref().map_or(0.0, |b| b[j] as f64);
+            let b = bias.map_or(0.0, |b| b[j] as f64);
             let want = sum + b;
             let got = y[i * n + j] as f64;
-            // f32 sums of exact products: k roundings of at most 2^-24 of the running magnitude.
             let tol = (mag + b.abs()) * k as f64 * 6e-8 + 1e-30;
             assert!(
                 (got - want).abs() <= tol,
-                "{m}x{k}x{n} (bf16 weight {bf16_weight}, bias {with_bias}, misalign {misalign}, \
-                 stream {stream_min}): y[{i},{j}] = {got}, want {want}"
+                "{what}: y[{i},{j}] = {got}, want {want}"
             );
         }
     }
@@ -191,4 +206,81 @@ fn amx_linear_timing() {
             pack * 1e3
         );
     }
+}
+
+/// The tiles a weight held only as tiles is built with are the ones the panels give, and give its
+/// rows back (no AMX needed: layout only).
+#[test]
+fn tiles_from_rows_match_the_packed_tiles_and_give_the_rows_back() {
+    for &(n, k) in &[(45, 70), (64, 64), (17, 33), (1, 1)] {
+        let wb: Vec<bf16> = values(n * k, (n + k) as u64)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let panels = PackedB::from_rows(&wb, n, k);
+        let want = pack_b(panels.packed_ref(), n.next_multiple_of(32), k.div_ceil(32));
+        assert_eq!(tiles_from_rows(&wb, n, k), want, "{n} x {k}");
+        let bits: Vec<u16> = wb.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(rows_from_tiles(&want, n, k), bits, "{n} x {k}");
+        let tiles = PackedB::tiles_only(&wb, n, k);
+        assert!(tiles.is_tiles_only() && !panels.is_tiles_only());
+        assert_eq!(tiles.to_rows(), wb, "{n} x {k}");
+        assert!(tiles == panels, "{n} x {k}: equal values");
+        assert_eq!(tiles.tile_bytes(), 2 * want.len());
+    }
+}
+
+/// Fewer than 32 rows over a weight held only as tiles (VDPBF16PS), through the linear's dispatch:
+/// row counts over several row groups, columns and depths off the tiles, with and without a bias,
+/// the output poisoned; 32 rows and more on the tiles give the same bits as over the panels' copy.
+#[test]
+fn few_rows_over_tiles_match_the_f64_product_of_the_rounded_inputs() {
+    if !supported() {
+        eprintln!("SKIPPED amx::tests: this CPU or OS has no AMX-BF16");
+        return;
+    }
+    for &(m, k, n) in &[
+        (1, 70, 45),
+        (2, 64, 64),
+        (6, 256, 33),
+        (7, 100, 96),
+        (13, 33, 17),
+        (31, 128, 40),
+    ] {
+        for with_bias in [false, true] {
+            let x = values(m * k, (m * 7 + k) as u64);
+            let wb: Vec<bf16> = values(n * k, (n * 3 + k) as u64)
+                .iter()
+                .map(|&v| bf16::from_f32(v))
+                .collect();
+            let bias = with_bias.then(|| values(n, 11));
+            let tiles = PackedB::tiles_only(&wb, n, k);
+            let (mut buf, start) = poisoned(m * n, 1);
+            let y = &mut buf[start..start + m * n];
+            crate::cpu::ops::linear::linear_packed(
+                &x,
+                m,
+                k,
+                tiles.packed_ref(),
+                bias.as_deref(),
+                y,
+            );
+            let what = format!("few rows {m}x{k}x{n} (bias {with_bias})");
+            assert_rounded_product(&what, (&x, m, k), (&wb, n), bias.as_deref(), y);
+        }
+    }
+    let (m, k, n) = (40, 100, 50);
+    let x = values(m * k, 12);
+    let wb: Vec<bf16> = values(n * k, 13)
+        .iter()
+        .map(|&v| bf16::from_f32(v))
+        .collect();
+    let (tiles, panels) = (
+        PackedB::tiles_only(&wb, n, k),
+        PackedB::from_rows(&wb, n, k),
+    );
+    let (mut a, mut b) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+    linear(&x, m, tiles.packed_ref(), None, &mut a);
+    linear(&x, m, panels.packed_ref(), None, &mut b);
+    assert_eq!(a, b);
 }
