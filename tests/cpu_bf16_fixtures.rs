@@ -1,6 +1,6 @@
 //! The CPU backend with `HBRIDGE_CPU_MATMUL=bf16` (linears and attention over 32+ queries in bf16 on
-//! AMX tiles, fewer rows over the tiles with VDPBF16PS) against every reference fixture, held to the bf16 contract of
-//! DESIGN.md 8 (the CUDA backend's): relative L2 <= 2e-2 on velocity and logits, the same greedy
+//! AMX tiles, fewer rows over the tiles with VDPBF16PS) against every reference fixture, held to the
+//! bf16 contract of DESIGN.md 8 (the CUDA backend's): relative L2 <= 2e-2 on velocity and logits, the same greedy
 //! tokens, every other f32 tensor finite (its error printed). The mode is chosen once per process, so
 //! this file is a test binary of its own. On a CPU without AMX-BF16 the mode falls back to f32 and
 //! the test says so and skips.
