@@ -16,6 +16,9 @@ pub struct NodeTimes {
     /// The graph's state writes, applied after the last node, in milliseconds (0 when the graph has
     /// none).
     pub state_writes_ms: f32,
+    /// Nodes another node computed in the same pass (the CPU's SiLU after a GroupNorm): their entry's
+    /// time is only the loop's, and their work counts as none (it is in the other node's time).
+    pub fused: Vec<usize>,
 }
 
 /// One op kind's share of a profile.
@@ -118,6 +121,7 @@ impl NodeTimes {
         NodeTimes {
             per_node: (0..n).map(|i| (i, span(i))).collect(),
             state_writes_ms: if marks.len() >= 2 { span(n) } else { 0.0 },
+            fused: Vec::new(),
         }
     }
 
@@ -177,8 +181,10 @@ impl NodeTimes {
             let g = &mut groups[at].1;
             g.nodes += 1;
             g.ms += ms as f64;
-            g.flops += c.work.flops();
-            g.bytes += c.bytes;
+            if !self.fused.contains(&i) {
+                g.flops += c.work.flops();
+                g.bytes += c.bytes;
+            }
         }
         groups
     }
@@ -234,6 +240,26 @@ mod tests {
         assert_eq!(NodeTimes::from_marks(&[]), NodeTimes::default());
     }
 
+    /// A node another node computed keeps its time and its kind's node count, but adds no work: no
+    /// rate is derived from the loop's few instructions.
+    #[test]
+    fn fused_nodes_count_no_work() {
+        use hbridge_graph::DataType;
+        let mut g = Graph::default();
+        let x = g.input("x", &[64, 64], DataType::F32);
+        let a = g.push(Op::Silu { x }, "a").unwrap();
+        let b = g.push(Op::Silu { x: a }, "b").unwrap();
+        g.mark_output("b", b);
+        let mut t = NodeTimes::from_marks(&[0.0, 1.0, 1.001, 1.001]);
+        let whole = t.by_kind(&g, 4, 4);
+        t.fused.push(1);
+        let fused = t.by_kind(&g, 4, 4);
+        assert_eq!((whole[0].nodes, fused[0].nodes), (2, 2));
+        assert_eq!(whole[0].ms, fused[0].ms);
+        assert!(whole[0].bytes > 0.0);
+        assert_eq!(fused[0].bytes, whole[0].bytes / 2.0);
+    }
+
     /// Linears group by M x N x K and attentions by their shape; other ops are left out; the work adds up.
     #[test]
     fn compute_nodes_group_by_shape() {
@@ -283,6 +309,7 @@ mod tests {
         let t = NodeTimes {
             per_node: vec![(0, 1.0), (1, 2.0), (2, 0.5), (3, 0.5), (4, 4.0)],
             state_writes_ms: 0.0,
+            fused: Vec::new(),
         };
         let shapes = t.by_shape(&g, 2, 2);
         assert_eq!(shapes.len(), 2);

@@ -87,6 +87,7 @@ impl Executor {
         let mut times = NodeTimes {
             per_node: Vec::with_capacity(graph.nodes.len()),
             state_writes_ms: 0.0,
+            fused: Vec::new(),
         };
         self.run_timed(graph, plan, weights, inputs, states, Some(&mut times))?;
         Ok(times)
@@ -139,6 +140,9 @@ impl Executor {
             if let (Some(t), Some(start)) = (times.as_deref_mut(), last) {
                 let end = Instant::now();
                 t.per_node.push((i, ms(end - start)));
+                if written {
+                    t.fused.push(i);
+                }
                 last = Some(end);
             }
         }
