@@ -2,6 +2,8 @@
 //! executor's validation, so a kernel only asserts its internal invariants.
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod aligned;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod amx_tiles;
 pub(crate) mod attention;
 pub(crate) mod bf16;

@@ -31,8 +31,11 @@
 //! 3072 x 768 a 25 MB buffer written out and read back, 4.5 ms of a 17.5 ms call with both threads
 //! waiting on memory); packing now overlaps the other thread's tile work. `amx_linear_timing`
 //! (ignored test), best of 5, two runs each: 4112 x 768 x 3072 15.0-15.3 -> 13.6-13.8 ms,
-//! 4112 x 3072 x 768 17.4-17.7 -> 15.8-16.4 ms, the other shapes within noise.
+//! 4112 x 3072 x 768 17.4-17.7 -> 15.8-16.4 ms, the other shapes within noise. Every tile buffer
+//! (the weight's tiles, A, the edge and bias rows) starts on a cache line ([`AlignedVec`]): the
+//! allocator had put the weights' tiles 16 bytes past one, so every tile row spanned two lines.
 
+use super::super::aligned::AlignedVec;
 use super::super::amx_tiles::{
     self, prefetch_tile, round_bf16, round_slice, supported, PREFETCH_AHEAD, TILE,
 };
@@ -90,20 +93,20 @@ fn pack_a_rows(
 thread_local! {
     /// Per thread: the rows of A a task packs for itself (at most [`TASK_ROWS`] x `k`), kept between
     /// calls.
-    static TASK_A: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    static TASK_A: RefCell<AlignedVec<u16>> = const { RefCell::new(AlignedVec::new()) };
 }
 
 /// The whole of A when several tasks share its rows, kept between calls (taken by one call at a time;
 /// a call that finds it taken, one nested in another's tasks, allocates its own).
-static SHARED_A: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+static SHARED_A: Mutex<AlignedVec<u16>> = Mutex::new(AlignedVec::new());
 
 /// B (`w`: `k` x `n`, in 16-column panels) as 32 x 16 pair-interleaved bf16 tiles, tile `(cb, kb)`
 /// at `(cb * kbs + kb) * TILE`, element `(depth d, column c)` at `(d / 2) * 32 + c * 2 + d % 2`;
 /// `np` columns (a multiple of 32), zero-padded.
-fn pack_b(w: PackedRef<'_>, np: usize, kbs: usize) -> Vec<u16> {
+fn pack_b(w: PackedRef<'_>, np: usize, kbs: usize) -> AlignedVec<u16> {
     let (k, n) = (w.k(), w.n());
     let (_, step) = passes(k);
-    let mut b = vec![0u16; np * kbs * 32];
+    let mut b = AlignedVec::zeroed(np * kbs * 32);
     b.par_chunks_mut(kbs * TILE)
         .enumerate()
         .for_each(|(cb, block)| {
@@ -124,9 +127,9 @@ fn pack_b(w: PackedRef<'_>, np: usize, kbs: usize) -> Vec<u16> {
 
 /// A row-major `[n, k]` bf16 matrix `w` (B = `w^T`) as the tiles [`pack_b`] makes: the same layout,
 /// `n` padded to 32 columns and `k` to 32 depths with zeros.
-pub(crate) fn tiles_from_rows(w: &[bf16], n: usize, k: usize) -> Vec<u16> {
+pub(crate) fn tiles_from_rows(w: &[bf16], n: usize, k: usize) -> AlignedVec<u16> {
     let (np, kbs) = (n.next_multiple_of(32), k.div_ceil(32));
-    let mut b = vec![0u16; np * kbs * 32];
+    let mut b = AlignedVec::zeroed(np * kbs * 32);
     b.par_chunks_mut(kbs * TILE)
         .enumerate()
         .for_each(|(cb, block)| {
@@ -227,12 +230,12 @@ fn linear_streaming(
     let level = level();
     // One task per row block: each packs its own rows (in L2, overlapping other tasks' tile work).
     // Several per row block: A is packed once, up front, for all of them.
-    let mut shared = Vec::new();
+    let mut shared = AlignedVec::new();
     let mut pool = None;
     if col_tasks > 1 {
         pool = SHARED_A.try_lock().ok();
         let buf = pool.as_deref_mut().unwrap_or(&mut shared);
-        sized(buf, mp * kbs * 32)
+        buf.sized(mp * kbs * 32)
             .par_chunks_mut(kbs * TILE)
             .enumerate()
             .for_each(|(rb, block)| {
@@ -263,7 +266,7 @@ fn linear_streaming(
             run(&packed_a[rows.start * kbs * 32..][..rows.len() * kbs * 32]);
         } else {
             TASK_A.with_borrow_mut(|buf| {
-                let a = sized(buf, rows.len() * kbs * 32);
+                let a = buf.sized(rows.len() * kbs * 32);
                 pack_a_rows(level, x, (m, k, kbs), rows.clone(), a);
                 run(a);
             });
@@ -271,13 +274,9 @@ fn linear_streaming(
     });
 }
 
-/// `buf`'s first `len` values, growing it if it is shorter.
-fn sized(buf: &mut Vec<u16>, len: usize) -> &mut [u16] {
-    if buf.len() < len {
-        buf.resize(len, 0);
-    }
-    &mut buf[..len]
-}
+/// A row of 32 f32 on a cache line (a C tile row's 64 bytes never straddle two).
+#[repr(C, align(64))]
+struct Line32([f32; 32]);
 
 /// The output pointer, shared by tasks that write disjoint blocks.
 struct OutPtr(*mut f32);
@@ -305,7 +304,7 @@ impl Task<'_> {
     /// output elements during the call.
     unsafe fn run(&self, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
         let (m, n) = (self.m, self.n);
-        let mut c = [0f32; 32 * 32];
+        let mut c = AlignedVec::<f32>::zeroed(32 * 32);
         // SAFETY: the caller's promise (AMX usable); every tile read is a whole tile of `a` or `b`
         // (the packs are padded to whole tiles) or the bias row `first`, and the C stores go to `c`
         // or to a whole 32 x 32 block of `y` inside m x n, in this task's part.
@@ -315,17 +314,17 @@ impl Task<'_> {
                 let b0 = self.b[(j / 16) * self.kbs * TILE..].as_ptr();
                 let b1 = self.b[(j / 16 + 1) * self.kbs * TILE..].as_ptr();
                 // The sums start from the bias (zero past n): no pass over the output to add it.
-                let mut first = [0f32; 32];
+                let mut first = Line32([0f32; 32]);
                 if let Some(bias) = self.bias {
                     let width = 32.min(n - j.min(n));
-                    first[..width].copy_from_slice(&bias[j..j + width]);
+                    first.0[..width].copy_from_slice(&bias[j..j + width]);
                 }
                 for i in rows.clone().step_by(32) {
                     let a0 = self.a[((i - rows.start) / 16) * self.kbs * TILE..].as_ptr();
                     let a1 = self.a[((i - rows.start) / 16 + 1) * self.kbs * TILE..].as_ptr();
                     match self.bias {
                         // Row stride 0: every row of the four C tiles is the bias row.
-                        Some(_) => amx_tiles::load_c(first.as_ptr(), 0),
+                        Some(_) => amx_tiles::load_c(first.0.as_ptr(), 0),
                         None => amx_tiles::zero_c(),
                     }
                     for kb in 0..self.kbs {
@@ -361,7 +360,7 @@ impl Task<'_> {
     ///
     /// # Safety
     /// As for [`Task::run`].
-    unsafe fn write_edge(&self, c: &[f32; 1024], i: usize, j: usize) {
+    unsafe fn write_edge(&self, c: &[f32], i: usize, j: usize) {
         let width = 32.min(self.n - j.min(self.n));
         for r in 0..32.min(self.m.saturating_sub(i)) {
             // SAFETY: row `i + r < m`, columns `j .. j + width <= n`: inside `y`, owned by this task.

@@ -6,6 +6,8 @@ use super::super::bf16::widen1;
 #[cfg(target_arch = "x86_64")]
 use super::{available, x86, Mat};
 use super::{passes, Line, NR};
+#[cfg(target_arch = "x86_64")]
+use crate::cpu::ops::aligned::AlignedVec;
 use half::bf16;
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
@@ -127,7 +129,7 @@ pub(crate) struct PackedB<T: Elem = f32> {
     /// (`HBRIDGE_CPU_MATMUL=bf16`) and kept: without it each call repacked the weight, which took as
     /// long as the tiles' products at 512 rows.
     #[cfg(target_arch = "x86_64")]
-    amx_tiles: OnceLock<Vec<u16>>,
+    amx_tiles: OnceLock<AlignedVec<u16>>,
     /// Held only as the AMX tiles (`lines` empty): see [`PackedB::tiles_only`].
     tiles_only: bool,
     _values: std::marker::PhantomData<T>,
@@ -437,7 +439,7 @@ impl<'a> PackedRef<'a> {
     /// task that asks for the same tiles (a parallel guidance branch), which would wait on itself
     /// inside `get_or_init`. Two threads may then both make the copy; the first stored is kept.
     #[cfg(target_arch = "x86_64")]
-    pub(super) fn amx_tiles(self, make: impl FnOnce() -> Vec<u16>) -> &'a [u16] {
+    pub(super) fn amx_tiles(self, make: impl FnOnce() -> AlignedVec<u16>) -> &'a [u16] {
         let cell = match self {
             PackedRef::F32(p) => &p.amx_tiles,
             PackedRef::Bf16(p) => &p.amx_tiles,

@@ -44,11 +44,16 @@
 //!   rows (no faster), the exponential without `roundscale` and `scalef` (10-25% slower), and trees
 //!   for the row max and sum (+9% at head dim 64, -8% at 120).
 //!
+//! K, V^T, Q^T, P^T and the score and output buffers start on cache lines ([`AlignedVec`]): from the
+//! allocator they started anywhere, and a tile row across two lines costs two (the mid preset's
+//! 1024x1024 gen step's attention: 900 -> 692-714 ms).
+//!
 //! The tiles here are bound by their loads: `scripts/amx-probe.rs` measures 16 ns per 1 KiB tile load
 //! from L1 against 5 ns per TDPBF16PS, and each product of the 2 x 2 blocks here needs one load.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+use super::super::aligned::AlignedVec;
 use super::super::amx_tiles::{self, round_bf16, round_slice, TILE};
 use super::super::simd::level;
 use super::{for_each_band, pack_kv, AttnShape, Segment};
@@ -71,10 +76,10 @@ const _: () = assert!(BAND.is_multiple_of(32) && KEY_BLOCK.is_multiple_of(32));
 struct PackedKv {
     /// Per kv head: tile `(key tile kt, depth block db)` at `(kt * dbs + db) * TILE`, key `c`,
     /// column `e` at `(c % 16) * 32 + e % 32` within it.
-    k: Vec<u16>,
+    k: AlignedVec<u16>,
     /// Per kv head: tile `(key block kb, column tile dt)` at `(kb * dts + dt) * TILE`, column `e`,
     /// key `c` at `(e % 16) * 32 + c % 32` within it.
-    v: Vec<u16>,
+    v: AlignedVec<u16>,
     keys_pad: usize,
     /// The head dimension padded to 32.
     dp: usize,
@@ -88,8 +93,8 @@ impl PackedKv {
         let dp = d.next_multiple_of(32);
         let (dbs, dts) = (dp / 32, dp / 16);
         let head = keys_pad * dp;
-        let mut k = vec![0u16; s.kv_heads * head];
-        let mut v = vec![0u16; s.kv_heads * head];
+        let mut k = AlignedVec::zeroed(s.kv_heads * head);
+        let mut v = AlignedVec::zeroed(s.kv_heads * head);
         let lv = level();
         pack_kv(
             segments,
@@ -124,24 +129,17 @@ impl PackedKv {
 /// and sum.
 #[derive(Default)]
 struct Scratch {
-    q: Vec<u16>,
-    q_rows: Vec<u16>,
-    p: Vec<u16>,
-    s: Vec<f32>,
-    o: Vec<f32>,
-    max: Vec<f32>,
-    sum: Vec<f32>,
+    q: AlignedVec<u16>,
+    q_rows: AlignedVec<u16>,
+    p: AlignedVec<u16>,
+    s: AlignedVec<f32>,
+    o: AlignedVec<f32>,
+    max: AlignedVec<f32>,
+    sum: AlignedVec<f32>,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
-}
-
-fn sized<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
-    if buf.len() < len {
-        buf.resize(len, T::default());
-    }
-    &mut buf[..len]
 }
 
 /// As [`super::attention`], on the tiles in bf16.
@@ -200,13 +198,13 @@ fn head_band(
         sum,
     } = scratch;
     let qt = pack_q(q, s, (h, r0, rows, dp), q_rows, q_tiles);
-    let pt = sized(p, 2 * KEY_DEPTHS * TILE);
-    let sb = sized(sb, KEY_BLOCK * 32);
-    let ot = sized(o, dp * nb);
+    let pt = p.sized(2 * KEY_DEPTHS * TILE);
+    let sb = sb.sized(KEY_BLOCK * 32);
+    let ot = o.sized(dp * nb);
     ot.fill(0.0);
-    let max = sized(max, nb);
+    let max = max.sized(nb);
     max.fill(f32::NEG_INFINITY);
-    let sum = sized(sum, nb);
+    let sum = sum.sized(nb);
     sum.fill(0.0);
     // Scores times the scale, in units of log2: the softmax takes powers of two.
     let scale2 = s.scale * std::f32::consts::LOG2_E;
@@ -262,13 +260,13 @@ fn pack_q<'a>(
     q: &[f32],
     s: &AttnShape,
     (h, r0, rows, dp): (usize, usize, usize, usize),
-    rounded: &mut Vec<u16>,
-    tiles: &'a mut Vec<u16>,
+    rounded: &mut AlignedVec<u16>,
+    tiles: &'a mut AlignedVec<u16>,
 ) -> &'a [u16] {
     let (d, hd) = (s.head_dim, s.heads * s.head_dim);
     let nb = rows.div_ceil(32) * 32;
     let dbs = dp / 32;
-    let rounded = sized(rounded, nb * dp);
+    let rounded = rounded.sized(nb * dp);
     rounded.fill(0);
     let lv = level();
     for r in 0..rows {
@@ -278,7 +276,7 @@ fn pack_q<'a>(
             &mut rounded[r * dp..][..d],
         );
     }
-    let qt = sized(tiles, nb * dp);
+    let qt = tiles.sized(nb * dp);
     for t in 0..nb / 16 {
         for db in 0..dbs {
             let tile = &mut qt[(t * dbs + db) * TILE..][..TILE];

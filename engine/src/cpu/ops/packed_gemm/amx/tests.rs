@@ -219,7 +219,7 @@ fn tiles_from_rows_match_the_packed_tiles_and_give_the_rows_back() {
             .collect();
         let panels = PackedB::from_rows(&wb, n, k);
         let want = pack_b(panels.packed_ref(), n.next_multiple_of(32), k.div_ceil(32));
-        assert_eq!(tiles_from_rows(&wb, n, k), want, "{n} x {k}");
+        assert_eq!(*tiles_from_rows(&wb, n, k), *want, "{n} x {k}");
         let bits: Vec<u16> = wb.iter().map(|v| v.to_bits()).collect();
         assert_eq!(rows_from_tiles(&want, n, k), bits, "{n} x {k}");
         let tiles = PackedB::tiles_only(&wb, n, k);
