@@ -7,7 +7,10 @@
 //!     rustc -O scripts/amx-probe.rs -o /tmp/amx-probe && /tmp/amx-probe
 //!
 //! Standalone (no crates) so that it builds with rustc alone. Every figure is wall time per
-//! iteration over a loop of 2 million (0.5 million for the overlap rows) on one thread.
+//! iteration over a loop of 2 million (0.5 million for the overlap rows) on one thread. Every buffer
+//! starts on a cache line, as the engine's tile buffers do from session 15 on; the figures in
+//! docs/BENCHMARKS.md before that came from buffers the allocator put 16 bytes past one (a tile load
+//! from L1 15 ns then, 2.6-2.8 ns on a line).
 
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -85,11 +88,11 @@ enum Output {
 unsafe fn linear_loop(ahead: usize, output: Output) -> (f64, f64) {
     let (m, k, n) = (4096usize, 768usize, 3072usize);
     let kbs = k / 32;
-    let a = vec![0x3f80u16; m * k];
-    let b = vec![0x3f80u16; n * k];
-    let mut c = [0f32; 1024];
+    let a = aligned(m * k, 0x3f80);
+    let b = aligned(n * k, 0x3f80);
+    let c = aligned_f32(1024, 0.0);
     // Written before the clock starts: the model's outputs live in an arena whose pages are mapped.
-    let mut y = vec![1f32; m * n];
+    let y = aligned_f32(m * n, 1.0);
     let start = Instant::now();
     for r0 in (0..m / 32).step_by(8) {
         for j in 0..n / 32 {
@@ -145,6 +148,30 @@ unsafe fn fmas(x: &mut [__m512; 8], rounds: usize) {
     }
 }
 
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct L([u16; 32]);
+/// `n` u16 of `v` on a cache line, as the engine's tile buffers are (`engine/src/cpu/ops/aligned.rs`;
+/// from the allocator a buffer may start anywhere, and a tile row across two lines costs two). The
+/// lines are leaked: this is a probe.
+fn aligned(n: usize, v: u16) -> &'static mut [u16] {
+    let lines: &'static mut [L] = vec![L([v; 32]); n.div_ceil(32)].leak();
+    // SAFETY: the leaked lines hold at least `n` u16, initialized.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u16>(), n) }
+}
+
+/// `n` f32 of `v` on a cache line (as the engine's arena and C buffers are).
+fn aligned_f32(n: usize, v: f32) -> &'static mut [f32] {
+    let bits = v.to_bits();
+    let raw = aligned(2 * n, 0);
+    for pair in raw.chunks_exact_mut(2) {
+        pair[0] = bits as u16;
+        pair[1] = (bits >> 16) as u16;
+    }
+    // SAFETY: `raw` holds 2n initialized u16 on a 64-byte line: n f32.
+    unsafe { std::slice::from_raw_parts_mut(raw.as_mut_ptr().cast::<f32>(), n) }
+}
+
 fn main() {
     // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
     let leaf = std::arch::x86_64::__cpuid_count(7, 0);
@@ -155,9 +182,9 @@ fn main() {
         eprintln!("amx-probe: this CPU or OS has no usable AMX-BF16");
         std::process::exit(1);
     }
-    let l1 = vec![0x3f80u16; 4 * 2048];
-    let l2 = vec![0x3f80u16; 256 * 2048];
-    let mut c = vec![0f32; 32 * 32];
+    let l1 = aligned(4 * 2048, 0x3f80);
+    let l2 = aligned(256 * 2048, 0x3f80);
+    let c = aligned_f32(32 * 32, 0.0);
     let n = 2_000_000;
     // SAFETY: AMX granted above; every tile access is inside `l1`, `l2` or `c`.
     unsafe {
@@ -171,7 +198,7 @@ fn main() {
         println!("2x2 block, tiles from L1:   {from_l1:6.2} ns per product ({:.2} TFLOP/s per core)", 16384.0 / from_l1 / 1e3);
         let from_l2 = time(n, |i| block(l2.as_ptr().add((i as usize % 256) * 2048), true)) / 4.0;
         println!("2x2 block, tiles from L2:   {from_l2:6.2} ns per product (1 MiB of tiles)");
-        let l3 = vec![0x3f80u16; 32 * 512 * 1024];
+        let l3 = aligned(32 * 512 * 1024, 0x3f80);
         let from_l3 = time(n, |i| block(l3.as_ptr().add((i as usize % 8192) * 2048), true)) / 4.0;
         println!("2x2 block, tiles from L3:   {from_l3:6.2} ns per product (32 MiB of tiles)");
         let loads = time(n, |i| block(l1.as_ptr().add((i as usize % 4) * 2048), false)) / 4.0;

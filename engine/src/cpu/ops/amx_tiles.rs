@@ -156,8 +156,10 @@ pub(crate) unsafe fn products_in_place(rounds: usize) {
 
 /// Depth blocks ahead that the products' loops prefetch their tiles: TILELOADD waits for lines that
 /// the hardware prefetchers do not bring early (`scripts/amx-probe.rs`'s replica of the linear's
-/// loop: 0.58-0.68 TFLOP/s on one thread without, 1.03-1.14 with; 1 to 4 blocks ahead measured
-/// alike).
+/// loop with buffers off a line: 0.58-0.68 TFLOP/s on one thread without, 1.03-1.14 with; 1 to 4
+/// blocks ahead measured alike). With every buffer on a line (session 15) the replica runs 1.26-1.37
+/// without against 1.14-1.16 with, and `amx_linear_timing` measured no difference beyond its noise
+/// either way, so the prefetches stay.
 pub(crate) const PREFETCH_AHEAD: usize = 2;
 
 /// Prefetches the 16 lines of the tile at `p` into L1. A hint: `p` need not point into an

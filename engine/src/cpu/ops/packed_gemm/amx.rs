@@ -342,7 +342,8 @@ impl Task<'_> {
                         amx_tiles::store_c_streamed(dst, n);
                     } else if i + 32 <= m && j + 32 <= n {
                         // Straight into the output (`scripts/amx-probe.rs`, the linear's loop on
-                        // one thread: 0.82 TFLOP/s, 0.73 through a buffer, 1.11 storing nothing).
+                        // one thread, buffers on lines: 0.76-0.92 TFLOP/s, 0.65-0.76 through a
+                        // buffer, 1.14-1.16 storing nothing).
                         amx_tiles::store_c(dst, n);
                     } else {
                         amx_tiles::store_c(c.as_mut_ptr(), 32);

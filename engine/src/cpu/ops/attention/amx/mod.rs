@@ -48,8 +48,10 @@
 //! allocator they started anywhere, and a tile row across two lines costs two (the mid preset's
 //! 1024x1024 gen step's attention: 900 -> 692-714 ms).
 //!
-//! The tiles here are bound by their loads: `scripts/amx-probe.rs` measures 16 ns per 1 KiB tile load
-//! from L1 against 5 ns per TDPBF16PS, and each product of the 2 x 2 blocks here needs one load.
+//! Floor: `scripts/amx-probe.rs` (buffers on lines) measures 4.7-4.8 ns per TDPBF16PS alone and
+//! 5.8-7.0 ns per product of a 2 x 2 block whose tiles come from L1 (2.6-2.8 ns per 1 KiB tile load),
+//! 7.7-9.3 from L2; each product here needs one load. (Before session 15 the probe's buffers, like
+//! these, started off a line: 15 ns per load, 18 per product, and these kernels were load-bound.)
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
