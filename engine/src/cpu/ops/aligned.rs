@@ -1,5 +1,6 @@
-//! Buffers that start on a 64-byte cache line, for the AMX kernels: a tile is 16 rows of 64 bytes, and
-//! a TILELOADD or TILESTORED row that straddles two lines touches both. A `Vec<u16>` from the
+//! Buffers that start on a 64-byte cache line, for the AMX kernels and the vector kernels' packed
+//! operands: a tile is 16 rows of 64 bytes, and a TILELOADD or TILESTORED row (or a 64-byte vector
+//! load) that straddles two lines touches both. A `Vec<u16>` from the
 //! allocator starts wherever the allocator puts it: the tile copies of the mid preset's linear
 //! weights all started 16 bytes past a line. With the weights' tiles, the packed activations, the
 //! attention's K, V, Q, P and score buffers and the convolution's planes on lines, the mid preset's
