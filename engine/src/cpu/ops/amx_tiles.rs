@@ -20,8 +20,8 @@ pub(crate) fn enabled() -> bool {
     *ON.get_or_init(|| crate::cpu::matmul_mode::bf16_requested() && supported())
 }
 
-/// AMX-BF16, AVX-512F, AVX512-BW and AVX512-BF16 in CPUID (every AMX CPU has all four; the
-/// attention's softmax uses the other three), and Linux granting this process the tile data state.
+/// AMX-BF16, AVX-512F, AVX512-BW, AVX512-DQ and AVX512-BF16 in CPUID (every AMX CPU has all five;
+/// the attention's softmax uses the other four), and Linux granting this process the tile data state.
 pub(crate) fn supported() -> bool {
     static SUPPORTED: OnceLock<bool> = OnceLock::new();
     *SUPPORTED.get_or_init(|| {
@@ -30,6 +30,7 @@ pub(crate) fn supported() -> bool {
         let cpu = leaf.edx & (1 << 22) != 0 && leaf.edx & (1 << 24) != 0;
         cpu && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
             && std::arch::is_x86_feature_detected!("avx512bf16")
             && request_tile_state()
     })

@@ -40,6 +40,10 @@
 //!   kernel bench's gen self-attention (120) 212-219 ms against 223-229 ms, the VAE's (512) alike.
 //!   Without the lazy max, every block where any of 16 queries' max grew rescaled all 16 output
 //!   columns, and at head dim 512 that made v3 10% slower than v2.
+//! - v3 with its buffers on cache lines and the exponential as VREDUCEPS (the fraction below),
+//!   a degree-3 polynomial and VSCALEFPS (5 vector operations instead of 9): the mid preset's
+//!   1024x1024 gen step's attention 606-657 -> 573-602 ms (three alternating runs each; measured
+//!   no different before the buffers were aligned, when the tile loads bound the kernel).
 //! - Tried and dropped on v2: running the tile work of the neighbouring steps between the softmax's
 //!   rows (no faster), the exponential without `roundscale` and `scalef` (10-25% slower), and trees
 //!   for the row max and sum (+9% at head dim 64, -8% at 120).
@@ -235,7 +239,7 @@ fn head_band(
                     max: &mut max[lanes.clone()],
                     sum: &mut sum[lanes.clone()],
                 };
-                // SAFETY: AVX-512F and AVX512-BF16 (`supported`).
+                // SAFETY: AVX-512F, AVX-512DQ and AVX512-BF16 (`supported`).
                 unsafe { softmax_half(sb, half, c0, scale2, state, ot, nb, lanes.start, pt) };
             }
             // SAFETY: the tile unit is configured; the tiles read lie in `pt` and `v_head` (block

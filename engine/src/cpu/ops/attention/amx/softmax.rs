@@ -19,32 +19,26 @@ pub(super) struct Lanes<'a> {
 /// (the CUDA v3 kernel's threshold).
 const RESCALE_LOG2: f32 = 8.0;
 
-/// ln2^k / k!, k = 4 down to 1: `2^f` for `|f| <= 1/2` by Taylor's polynomial of degree 4.
-const POLY: [f32; 4] = [
-    9.618_129e-3,
-    5.550_411e-2,
-    2.402_265e-1,
-    std::f32::consts::LN_2,
-];
+/// `2^f` for `f` in [0, 1): a degree-3 polynomial, highest power first, fitted for relative error
+/// (at most 7.8e-5 in f32, far below the bf16 rounding of P that follows).
+const POLY: [f32; 4] = [0.077_907_24, 0.226_233_1, 0.695_777_1, 0.999_927_8];
 
-/// `2^t` for `t <= RESCALE_LOG2`: `t = n + f` with `n` the nearest whole number, a degree-4 Taylor polynomial of
-/// `2^f` (relative error under 5e-5, far below the bf16 rounding of P that follows), scaled by `2^n`
-/// (`scalef`); below -150 it is 0. A NaN stays NaN (`max(floor, t)` returns its second operand for
-/// a NaN).
+/// `2^t` for `t <= RESCALE_LOG2`: `f = t - floor(t)` (VREDUCEPS, rounding down), the polynomial of
+/// `2^f`, scaled by `2^floor(t)` (VSCALEFPS floors its exponent). Far below f32's range the result
+/// is 0, and so it is for `t = -inf` (VREDUCEPS gives 0 and VSCALEFPS 0); a NaN stays NaN.
 ///
 /// # Safety
-/// AVX-512F.
+/// AVX-512F and AVX-512DQ.
 #[inline(always)]
 unsafe fn exp2(t: __m512) -> __m512 {
-    // SAFETY: the caller's promise (AVX-512F).
+    // SAFETY: the caller's promise (AVX-512F, AVX-512DQ).
     unsafe {
-        let t = _mm512_max_ps(_mm512_set1_ps(-150.0), t);
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
-        let f = _mm512_sub_ps(t, n);
+        // Imm 0x09: keep no fraction bits of the rounded value, round down, no precision exception.
+        let f = _mm512_reduce_ps::<0x09>(t);
         let poly = POLY[1..].iter().fold(_mm512_set1_ps(POLY[0]), |acc, &k| {
             _mm512_fmadd_ps(acc, f, _mm512_set1_ps(k))
         });
-        _mm512_scalef_ps(_mm512_fmadd_ps(poly, f, _mm512_set1_ps(1.0)), n)
+        _mm512_scalef_ps(poly, t)
     }
 }
 
@@ -71,8 +65,8 @@ const INTERLEAVE: [u16; 32] = {
 /// NaN.
 ///
 /// # Safety
-/// AVX-512F and AVX512-BF16.
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+/// AVX-512F, AVX-512DQ and AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn softmax_half(
     sb: &[f32],
@@ -101,7 +95,8 @@ pub(super) unsafe fn softmax_half(
         return;
     }
     let at = |c: usize| c * 32 + half * 16;
-    // SAFETY: AVX-512F, AVX512-BW and AVX512-BF16 (the caller's promise; every AMX CPU has them);
+    // SAFETY: AVX-512F, AVX512-BW, AVX-512DQ and AVX512-BF16 (the caller's promise; every AMX CPU
+    // has them);
     // every load is inside `sb` (key c < KEY_BLOCK at c * 32 + half * 16, 16 values), `state` (16
     // lanes) or `ot` (16 queries from q0 of a column), every store inside `ot`, `state` or `tiles`
     // (asserted above).
@@ -164,5 +159,47 @@ pub(super) unsafe fn softmax_half(
         }
         _mm512_storeu_ps(state.sum.as_mut_ptr(), _mm512_add_ps(sums[0], sums[1]));
         _mm512_storeu_ps(state.max.as_mut_ptr(), m);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Within the polynomial's 7.8e-5 of `2^t` in f64 over the range the softmax uses (whole
+    /// numbers, fractions, both sides of a whole number), 0 at and far below f32's range, NaN kept.
+    #[test]
+    fn exp2_is_within_the_polynomials_error() {
+        if !crate::cpu::ops::amx_tiles::supported() {
+            eprintln!(
+                "SKIPPED exp2 test: this CPU has no AMX-BF16 (nor the softmax's AVX-512 set)"
+            );
+            return;
+        }
+        let mut ts: Vec<f32> = (-1200..=64).map(|i| i as f32 / 8.0).collect();
+        ts.extend([
+            -1e-7, 1e-7, -0.999_999, 0.999_999, 7.999_999, 8.0, -125.5, -126.0,
+        ]);
+        for chunk in ts.chunks(16) {
+            let mut t = [0f32; 16];
+            t[..chunk.len()].copy_from_slice(chunk);
+            let mut got = [0f32; 16];
+            // SAFETY: `supported` found AVX-512F and DQ; both arrays hold 16 values.
+            unsafe { _mm512_storeu_ps(got.as_mut_ptr(), exp2(_mm512_loadu_ps(t.as_ptr()))) };
+            for (&t, &g) in t.iter().zip(&got).take(chunk.len()) {
+                let want = (t as f64).exp2();
+                let err = (g as f64 - want).abs();
+                // Below f32's normals (t < -126) only the absolute error matters.
+                assert!(err <= 7.9e-5 * want + 1e-38, "2^{t} = {g}, want {want}");
+            }
+        }
+        let special = [f32::NEG_INFINITY, -1e30, -200.0, f32::NAN];
+        let mut t = [0f32; 16];
+        t[..4].copy_from_slice(&special);
+        let mut got = [1f32; 16];
+        // SAFETY: as above.
+        unsafe { _mm512_storeu_ps(got.as_mut_ptr(), exp2(_mm512_loadu_ps(t.as_ptr()))) };
+        assert_eq!(&got[..3], &[0.0, 0.0, 0.0]);
+        assert!(got[3].is_nan());
     }
 }
