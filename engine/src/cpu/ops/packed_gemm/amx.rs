@@ -48,8 +48,9 @@ use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::Mutex;
 
-/// Fewest rows (tokens) a linear needs to go to the tiles: below this (a decode step) the f32 kernels
-/// read the weight in place, where the tiles would pad the rows to 32 and need the weight's tile copy.
+/// Fewest rows (tokens) a linear needs to go to the tile products: below this (a decode step) they
+/// would pad the rows to 32; such linears read a weight's panels with the f32 kernels, or a weight
+/// held only as tiles with [`few_rows`].
 pub(crate) const MIN_ROWS: usize = crate::cpu::MatmulMode::MIN_ROWS;
 /// Rows per task: 256 rows x 3072 depths of bf16 A is 1.5 MiB, within the 2 MiB L2.
 const TASK_ROWS: usize = 256;
