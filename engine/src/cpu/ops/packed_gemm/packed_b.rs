@@ -125,9 +125,10 @@ pub(crate) struct PackedB<T: Elem = f32> {
     /// The values from a cache-line boundary (so the kernels' loads of a panel row never straddle
     /// two lines), padded to whole lines.
     lines: Vec<Line>,
-    /// The same values as AMX tiles (see `amx.rs`), made by the first bf16 linear over this weight
-    /// (`HBRIDGE_CPU_MATMUL=bf16`) and kept: without it each call repacked the weight, which took as
-    /// long as the tiles' products at 512 rows.
+    /// The same values as AMX tiles (see `amx.rs`), on a cache line: made by the first bf16 linear
+    /// over this weight (`HBRIDGE_CPU_MATMUL=bf16`) and kept (without it each call repacked the
+    /// weight, which took as long as the tiles' products at 512 rows), or at load for a weight held
+    /// only as tiles.
     #[cfg(target_arch = "x86_64")]
     amx_tiles: OnceLock<AlignedVec<u16>>,
     /// Held only as the AMX tiles (`lines` empty): see [`PackedB::tiles_only`].
@@ -282,7 +283,8 @@ impl<T: Elem> PackedB<T> {
         self.n * self.k
     }
 
-    /// Bytes of the AMX tile copy, once a bf16 linear has made it (else 0).
+    /// Bytes of the AMX tiles, once a bf16 linear has made them or if the weight is held only as tiles
+    /// (else 0).
     pub(crate) fn tile_bytes(&self) -> usize {
         #[cfg(target_arch = "x86_64")]
         {
