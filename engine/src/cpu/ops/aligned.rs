@@ -1,5 +1,5 @@
-//! Buffers that start on a 64-byte cache line, for the AMX kernels and the vector kernels' packed
-//! operands: a tile is 16 rows of 64 bytes, and a TILELOADD or TILESTORED row (or a 64-byte vector
+//! Buffers that start on a 64-byte cache line, for the AMX kernels, the vector kernels' packed
+//! operands and the packed weights: a tile is 16 rows of 64 bytes, and a TILELOADD or TILESTORED row (or a 64-byte vector
 //! load) that straddles two lines touches both. A `Vec<u16>` from the
 //! allocator starts wherever the allocator puts it: the tile copies of the mid preset's linear
 //! weights all started 16 bytes past a line. With the weights' tiles, the packed activations, the
@@ -26,6 +26,8 @@ unsafe impl Plain for u16 {}
 unsafe impl Plain for u32 {}
 // SAFETY: as above.
 unsafe impl Plain for f32 {}
+// SAFETY: `half::bf16` is `repr(transparent)` over a u16.
+unsafe impl Plain for half::bf16 {}
 
 /// A growable run of `T` starting on a cache line.
 pub(crate) struct AlignedVec<T: Plain> {
@@ -60,6 +62,12 @@ impl<T: Plain> AlignedVec<T> {
         }
         self.len = self.len.max(len);
         &mut self[..len]
+    }
+
+    /// Bytes allocated: the values and the padding of the last line.
+    #[cfg(test)]
+    pub(crate) fn held_bytes(&self) -> usize {
+        64 * self.lines.len()
     }
 }
 

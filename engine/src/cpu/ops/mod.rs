@@ -1,7 +1,6 @@
 //! f32 kernels over plain slices, one file per family. Shapes come in as arguments already checked by the
 //! executor's validation, so a kernel only asserts its internal invariants.
 
-#[cfg(target_arch = "x86_64")]
 pub(crate) mod aligned;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod amx_tiles;

@@ -275,10 +275,6 @@ fn linear_streaming(
     });
 }
 
-/// A row of 32 f32 on a cache line (a C tile row's 64 bytes never straddle two).
-#[repr(C, align(64))]
-struct Line32([f32; 32]);
-
 /// The output pointer, shared by tasks that write disjoint blocks.
 struct OutPtr(*mut f32);
 // SAFETY: tasks write disjoint output blocks (see `linear`).
@@ -306,6 +302,8 @@ impl Task<'_> {
     unsafe fn run(&self, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
         let (m, n) = (self.m, self.n);
         let mut c = AlignedVec::<f32>::zeroed(32 * 32);
+        // The bias of the current 32 columns (every C tile row starts from it), on a cache line.
+        let mut bias_row = AlignedVec::<f32>::zeroed(32);
         // SAFETY: the caller's promise (AMX usable); every tile read is a whole tile of `a` or `b`
         // (the packs are padded to whole tiles) or the bias row `first`, and the C stores go to `c`
         // or to a whole 32 x 32 block of `y` inside m x n, in this task's part.
@@ -315,17 +313,18 @@ impl Task<'_> {
                 let b0 = self.b[(j / 16) * self.kbs * TILE..].as_ptr();
                 let b1 = self.b[(j / 16 + 1) * self.kbs * TILE..].as_ptr();
                 // The sums start from the bias (zero past n): no pass over the output to add it.
-                let mut first = Line32([0f32; 32]);
+                let first = &mut *bias_row;
+                first.fill(0.0);
                 if let Some(bias) = self.bias {
                     let width = 32.min(n - j.min(n));
-                    first.0[..width].copy_from_slice(&bias[j..j + width]);
+                    first[..width].copy_from_slice(&bias[j..j + width]);
                 }
                 for i in rows.clone().step_by(32) {
                     let a0 = self.a[((i - rows.start) / 16) * self.kbs * TILE..].as_ptr();
                     let a1 = self.a[((i - rows.start) / 16 + 1) * self.kbs * TILE..].as_ptr();
                     match self.bias {
                         // Row stride 0: every row of the four C tiles is the bias row.
-                        Some(_) => amx_tiles::load_c(first.0.as_ptr(), 0),
+                        Some(_) => amx_tiles::load_c(first.as_ptr(), 0),
                         None => amx_tiles::zero_c(),
                     }
                     for kb in 0..self.kbs {

@@ -25,7 +25,7 @@ mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512;
 
-use packed_b::lines_as_mut;
+use super::aligned::AlignedVec;
 pub(crate) use packed_b::{Elem, PackedB, PackedRef};
 
 /// Micro-tile columns: two 8-lane vectors. Packed B is stored in panels this wide.
@@ -106,30 +106,9 @@ fn passes(k: usize) -> (usize, usize) {
     (count, k.div_ceil(count))
 }
 
-/// 64 bytes of f32, 64-byte aligned: scratch buffers are vectors of these so that packed panels
-/// start on cache lines.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([f32; 16]);
-
-/// A reusable, cache-line aligned f32 buffer.
-#[derive(Default)]
-struct Buf(Vec<Line>);
-
-impl Buf {
-    /// At least `len` values, contents unspecified (whatever an earlier call left).
-    fn get(&mut self, len: usize) -> &mut [f32] {
-        let lines = len.div_ceil(16);
-        if self.0.len() < lines {
-            self.0.resize(lines, Line([0.0; 16]));
-        }
-        &mut lines_as_mut::<f32>(&mut self.0)[..len]
-    }
-}
-
 thread_local! {
     /// The calling thread's packed A, for the duration of one `gemm` call.
-    static PACKED_A: RefCell<Buf> = RefCell::new(Buf::default());
+    static PACKED_A: RefCell<AlignedVec<f32>> = const { RefCell::new(AlignedVec::new()) };
 }
 
 /// Values of A packed by [`pack_a`]: `m` rows rounded up to `MR`, times `k`.
@@ -353,11 +332,11 @@ fn gemm_job(
     PACKED_A.with(|cell| {
         let len = packed_a_len(m, k);
         // A nested call on this thread (a task stolen while this call waits) packs its own.
-        let mut own = Buf::default();
+        let mut own = AlignedVec::new();
         let mut held = cell.try_borrow_mut();
         let buf = match held.as_deref_mut() {
-            Ok(buf) => buf.get(len),
-            Err(_) => own.get(len),
+            Ok(buf) => buf.sized(len),
+            Err(_) => own.sized(len),
         };
         pack_a(&a, buf);
         let job = Job {

@@ -5,9 +5,8 @@
 use super::super::bf16::widen1;
 #[cfg(target_arch = "x86_64")]
 use super::{available, x86, Mat};
-use super::{passes, Line, NR};
-#[cfg(target_arch = "x86_64")]
-use crate::cpu::ops::aligned::AlignedVec;
+use super::{passes, NR};
+use crate::cpu::ops::aligned::{AlignedVec, Plain};
 use half::bf16;
 use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
@@ -16,9 +15,8 @@ use std::sync::OnceLock;
 /// A value type packed B can hold.
 ///
 /// # Safety
-/// Every bit pattern is a valid value and the size divides 64, so that a run of [`Line`]s can be
-/// viewed as a whole number of values.
-pub(crate) unsafe trait Elem: Copy + PartialEq + Send + Sync + 'static {
+/// Every bit pattern is a valid value and the size divides 64 (as [`Plain`] promises).
+pub(crate) unsafe trait Elem: Plain + PartialEq + Send + Sync + 'static {
     const ZERO: Self;
 
     /// The f32 of equal value.
@@ -98,22 +96,6 @@ unsafe impl Elem for bf16 {
     }
 }
 
-/// The values of `lines`, in order.
-pub(super) fn lines_as<T: Elem>(lines: &[Line]) -> &[T] {
-    let per = 64 / std::mem::size_of::<T>();
-    // SAFETY: `Line` is `repr(C)` over `[f32; 16]` with no padding (64 bytes, align 64), so `lines`
-    // is `64 * lines.len()` initialized bytes, aligned for any `T`; `Elem` promises every bit
-    // pattern is a `T` and that `per` of them fill a line exactly. Borrowed for as long as `lines`.
-    unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<T>(), per * lines.len()) }
-}
-
-/// The values of `lines`, in order, mutably.
-pub(super) fn lines_as_mut<T: Elem>(lines: &mut [Line]) -> &mut [T] {
-    let per = 64 / std::mem::size_of::<T>();
-    // SAFETY: as in `lines_as`, borrowed mutably for as long as `lines`.
-    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<T>(), per * lines.len()) }
-}
-
 /// A `k x n` matrix B packed for [`gemm`](super::gemm): for each depth pass (see [`passes`])
 /// `k0 .. k0 + kc`, at offset `k0 * n`, the pass's rows of each 16-column panel one panel after the
 /// other, panel `p` (columns `16p .. 16p + w`, `w` = 16 or what is left) as `kc` rows of `w` values:
@@ -123,23 +105,20 @@ pub(crate) struct PackedB<T: Elem = f32> {
     k: usize,
     n: usize,
     /// The values from a cache-line boundary (so the kernels' loads of a panel row never straddle
-    /// two lines), padded to whole lines.
-    lines: Vec<Line>,
+    /// two lines); none for a weight held only as tiles ([`PackedB::tiles_only`]).
+    values: AlignedVec<T>,
     /// The same values as AMX tiles (see `amx.rs`), on a cache line: made by the first bf16 linear
     /// over this weight (`HBRIDGE_CPU_MATMUL=bf16`) and kept (without it each call repacked the
     /// weight, which took as long as the tiles' products at 512 rows), or at load for a weight held
     /// only as tiles.
     #[cfg(target_arch = "x86_64")]
     amx_tiles: OnceLock<AlignedVec<u16>>,
-    /// Held only as the AMX tiles (`lines` empty): see [`PackedB::tiles_only`].
-    tiles_only: bool,
-    _values: std::marker::PhantomData<T>,
 }
 
 impl<T: Elem> PartialEq for PackedB<T> {
     fn eq(&self, other: &Self) -> bool {
         (self.k, self.n) == (other.k, other.n)
-            && if self.tiles_only || other.tiles_only {
+            && if self.is_tiles_only() || other.is_tiles_only() {
                 self.to_rows() == other.to_rows()
             } else {
                 self.data() == other.data()
@@ -165,9 +144,8 @@ impl<T: Elem> PackedB<T> {
             "PackedB::from_rows: {n} x {k} from {} values",
             w.len()
         );
-        let per = 64 / std::mem::size_of::<T>();
-        let mut lines = vec![Line([0.0; 16]); (n * k).div_ceil(per)];
-        let data = &mut lines_as_mut::<T>(&mut lines)[..n * k];
+        let mut values = AlignedVec::<T>::zeroed(n * k);
+        let data = &mut values[..];
         let (_, step) = passes(k);
         if n > 0 && k > 0 {
             // One task per depth pass.
@@ -205,26 +183,25 @@ impl<T: Elem> PackedB<T> {
         PackedB {
             k,
             n,
-            lines,
+            values,
             #[cfg(target_arch = "x86_64")]
             amx_tiles: OnceLock::new(),
-            tiles_only: false,
-            _values: std::marker::PhantomData,
         }
     }
 
     /// Whether the values are held only as AMX tiles ([`PackedB::tiles_only`]): then only the AMX
     /// kernels read them.
     pub(crate) fn is_tiles_only(&self) -> bool {
-        self.tiles_only
+        self.values.len() < self.n * self.k
     }
 
     /// `data()` for the kernels that read the panels.
     fn panels_data(&self) -> &[T] {
         assert!(
-            !self.tiles_only,
+            !self.is_tiles_only(),
             "PackedB: a {} x {} weight held only as AMX tiles read as panels",
-            self.k, self.n
+            self.k,
+            self.n
         );
         self.data()
     }
@@ -233,7 +210,7 @@ impl<T: Elem> PackedB<T> {
     pub(crate) fn to_rows(&self) -> Vec<T> {
         let (n, k) = (self.n, self.k);
         #[cfg(target_arch = "x86_64")]
-        if self.tiles_only {
+        if self.is_tiles_only() {
             let tiles = self
                 .amx_tiles
                 .get()
@@ -265,7 +242,7 @@ impl<T: Elem> PackedB<T> {
 
     /// The `k * n` values.
     fn data(&self) -> &[T] {
-        &lines_as::<T>(&self.lines)[..self.n * self.k]
+        &self.values[..self.n * self.k]
     }
 
     /// Rows of B (the linear's input features).
@@ -301,7 +278,7 @@ impl<T: Elem> PackedB<T> {
     /// Bytes held (the values, and the padding of the last cache line).
     #[cfg(test)]
     pub(super) fn bytes(&self) -> usize {
-        std::mem::size_of_val::<[Line]>(&self.lines)
+        self.values.held_bytes()
     }
 
     /// This matrix as a [`PackedRef`] (what [`BSource::Packed`](super::BSource::Packed) takes).
@@ -350,10 +327,8 @@ impl PackedB<bf16> {
         PackedB {
             k,
             n,
-            lines: Vec::new(),
+            values: AlignedVec::new(),
             amx_tiles: OnceLock::from(tiles),
-            tiles_only: true,
-            _values: std::marker::PhantomData,
         }
     }
 }

@@ -3,11 +3,12 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+use super::super::aligned::AlignedVec;
 use super::super::bf16::widen_serial;
 use super::super::matmul::Mat;
 use super::packed_b::Values;
 use super::x86_avx512::{tile2, wide1_512, Lanes16};
-use super::{passes, BSource, Buf, Elem, Isa, Job, Out, RowTable, MC, MR, NC, NR};
+use super::{passes, BSource, Elem, Isa, Job, Out, RowTable, MC, MR, NC, NR};
 use half::bf16;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -15,7 +16,7 @@ use std::ops::Range;
 
 thread_local! {
     /// Per-thread buffer for B packed from a view, reused across calls.
-    static PACKED_B: RefCell<Buf> = RefCell::new(Buf::default());
+    static PACKED_B: RefCell<AlignedVec<f32>> = const { RefCell::new(AlignedVec::new()) };
 }
 
 /// Packs depths `k0 .. k0 + kc` and columns `j0 .. j0 + nc` of a strided `b` into panels of `NR`
@@ -175,7 +176,7 @@ pub(super) unsafe fn part(job: &Job<'_>, rows: Range<usize>, cols: Range<usize>)
             job,
             rows,
             mc_step,
-            bpack: bbuf.get(nc_step.next_multiple_of(NR) * kstep),
+            bpack: bbuf.sized(nc_step.next_multiple_of(NR) * kstep),
         };
         let ks = (0..job.k).step_by(kstep);
         let js = cols.clone().step_by(nc_step);
