@@ -37,9 +37,9 @@
 
 use super::super::aligned::AlignedVec;
 use super::super::amx_tiles::{
-    self, prefetch_tile, round_bf16, round_slice, supported, PREFETCH_AHEAD, TILE,
+    self, prefetch_tile, round_bf16, round_rows, supported, PREFETCH_AHEAD, TILE,
 };
-use super::super::simd::{level, Level};
+
 use super::packed_b::{PackedRef, Values};
 use super::passes;
 use half::bf16;
@@ -61,13 +61,7 @@ const TASK_COLS: usize = 256;
 /// stride `k`) as 16 x 32 bf16 tiles into `dst`: the block of row `rows.start + 16 b`, depth block
 /// `kb` at `(b * kbs + kb) * TILE`. Rows past `m` and depths past `k` are written as zeros (`dst` is
 /// reused and may hold anything).
-fn pack_a_rows(
-    level: Level,
-    x: &[f32],
-    (m, k, kbs): (usize, usize, usize),
-    rows: Range<usize>,
-    dst: &mut [u16],
-) {
+fn pack_a_rows(x: &[f32], (m, k, kbs): (usize, usize, usize), rows: Range<usize>, dst: &mut [u16]) {
     debug_assert!(rows.start.is_multiple_of(16) && dst.len() >= rows.len() * kbs * 32);
     for (b, block) in dst[..rows.len() * kbs * 32]
         .chunks_exact_mut(kbs * TILE)
@@ -81,12 +75,9 @@ fn pack_a_rows(
                 }
                 continue;
             }
-            let row = &x[(r0 + r) * k..][..k];
-            for (kb, chunk) in row.chunks(32).enumerate() {
-                let tile_row = &mut block[kb * TILE + r * 32..][..32];
-                round_slice(level, chunk, &mut tile_row[..chunk.len()]);
-                tile_row[chunk.len()..].fill(0);
-            }
+            // SAFETY: a task runs only where `supported` found AMX-BF16 and the AVX-512 set;
+            // the row's `kbs` tile rows lie in `block`, TILE apart.
+            unsafe { round_rows(&x[(r0 + r) * k..][..k], &mut block[r * 32..], TILE) };
         }
     }
 }
@@ -228,7 +219,6 @@ fn linear_streaming(
     };
     let cols_per_task = (np / 32).div_ceil(col_tasks) * 32;
     let out = OutPtr(y.as_mut_ptr());
-    let level = level();
     // One task per row block: each packs its own rows (in L2, overlapping other tasks' tile work).
     // Several per row block: A is packed once, up front, for all of them.
     let mut shared = AlignedVec::new();
@@ -239,9 +229,7 @@ fn linear_streaming(
         buf.sized(mp * kbs * 32)
             .par_chunks_mut(kbs * TILE)
             .enumerate()
-            .for_each(|(rb, block)| {
-                pack_a_rows(level, x, (m, k, kbs), rb * 16..rb * 16 + 16, block)
-            });
+            .for_each(|(rb, block)| pack_a_rows(x, (m, k, kbs), rb * 16..rb * 16 + 16, block));
     }
     let packed_a = pool.as_deref().unwrap_or(&shared);
     (0..row_tasks * col_tasks).into_par_iter().for_each(|t| {
@@ -268,7 +256,7 @@ fn linear_streaming(
         } else {
             TASK_A.with_borrow_mut(|buf| {
                 let a = buf.sized(rows.len() * kbs * 32);
-                pack_a_rows(level, x, (m, k, kbs), rows.clone(), a);
+                pack_a_rows(x, (m, k, kbs), rows.clone(), a);
                 run(a);
             });
         }

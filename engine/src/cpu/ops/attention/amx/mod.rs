@@ -60,8 +60,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use super::super::aligned::AlignedVec;
-use super::super::amx_tiles::{self, round_bf16, round_slice, TILE};
-use super::super::simd::level;
+use super::super::amx_tiles::{self, round_bf16, round_rows, TILE};
 use super::{for_each_band, pack_kv, AttnShape, Segment};
 use softmax::{softmax_half, Lanes};
 use std::cell::RefCell;
@@ -101,7 +100,6 @@ impl PackedKv {
         let head = keys_pad * dp;
         let mut k = AlignedVec::zeroed(s.kv_heads * head);
         let mut v = AlignedVec::zeroed(s.kv_heads * head);
-        let lv = level();
         pack_kv(
             segments,
             s,
@@ -109,9 +107,9 @@ impl PackedKv {
             (&mut v, head),
             |kh, vh, c, kr, vr| {
                 let row = (c / 16) * dbs * TILE + (c % 16) * 32;
-                for (db, chunk) in kr.chunks(32).enumerate() {
-                    round_slice(lv, chunk, &mut kh[row + db * TILE..][..chunk.len()]);
-                }
+                // SAFETY: `attention` asserted `supported` (AMX-BF16 and the AVX-512 set); key c's
+                // `dbs` tile rows lie in `kh`, TILE apart (zeros past `d`, as the layout has).
+                unsafe { round_rows(kr, &mut kh[row..], TILE) };
                 let col = (c / 32) * dts * TILE + c % 32;
                 for (e, &x) in vr.iter().enumerate() {
                     vh[col + (e / 16) * TILE + (e % 16) * 32] = round_bf16(x);
@@ -274,13 +272,10 @@ fn pack_q<'a>(
     let dbs = dp / 32;
     let rounded = rounded.sized(nb * dp);
     rounded.fill(0);
-    let lv = level();
     for r in 0..rows {
-        round_slice(
-            lv,
-            &q[(r0 + r) * hd + h * d..][..d],
-            &mut rounded[r * dp..][..d],
-        );
+        // SAFETY: `attention` asserted `supported`; the row's `dp` values (d rounded, zeros to the
+        // next 32) lie in `rounded`.
+        unsafe { round_rows(&q[(r0 + r) * hd + h * d..][..d], &mut rounded[r * dp..], 32) };
     }
     let qt = tiles.sized(nb * dp);
     for t in 0..nb / 16 {

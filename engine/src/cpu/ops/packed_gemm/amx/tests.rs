@@ -196,7 +196,7 @@ fn amx_linear_timing() {
         for _ in 0..5 {
             let t = std::time::Instant::now();
             let mut a = vec![0u16; m.next_multiple_of(32) * kbs * 32];
-            pack_a_rows(level(), &x, (m, k, kbs), 0..m.next_multiple_of(32), &mut a);
+            pack_a_rows(&x, (m, k, kbs), 0..m.next_multiple_of(32), &mut a);
             std::hint::black_box(a);
             pack = pack.min(t.elapsed().as_secs_f64());
         }
