@@ -215,8 +215,12 @@ fn case(nq: usize, segs: &[(usize, usize)], heads: (usize, usize), d: usize, cau
 
 #[test]
 fn bidirectional_over_several_key_blocks() {
-    // 203 keys: a full block of 128 and a partial one; bands ending mid-tile.
+    // 203 keys: whole key blocks (64 on the AMX path, 128 on others) and a partial one; bands
+    // ending mid-tile.
     case(203, &[(203, 203)], (2, 1), 64, false).check(1, 2e-6);
+    // 2100 queries: on up to 2 threads the AMX path's bands reach their cap (256 queries), the last
+    // one partial.
+    case(2100, &[(2100, 2100)], (1, 1), 16, false).check(5, 2e-6);
     // The bridge's layout: und keys then gen keys, D=120 (a partial chunk of 24 columns), GQA 3.
     case(61, &[(150, 150), (61, 61)], (3, 1), 120, false).check(2, 2e-6);
 }

@@ -44,6 +44,11 @@
 //!   a degree-3 polynomial and VSCALEFPS (5 vector operations instead of 9): the mid preset's
 //!   1024x1024 gen step's attention 606-657 -> 573-602 ms (three alternating runs each; measured
 //!   no different before the buffers were aligned, when the tile loads bound the kernel).
+//! - Session 16: 64-key blocks and bands of up to 256 queries (were 128 and 128), chosen from a
+//!   sweep of band 64/128/256 x block 32/64/128 on the mid preset's 1024x1024 gen step (head dim
+//!   64): its attention 533-575 -> 477-492 ms (three alternating runs each). At the 7b4b shapes
+//!   (kernel bench, head dims 120 and 128) and the VAE's 512 the two measured within noise. Also
+//!   tried then: prefetching the pair's output columns into L1 before its scores (6% slower).
 //! - Tried and dropped on v2: running the tile work of the neighbouring steps between the softmax's
 //!   rows (no faster), the exponential without `roundscale` and `scalef` (10-25% slower), and trees
 //!   for the row max and sum (+9% at head dim 64, -8% at 120).
@@ -68,10 +73,10 @@ use std::cell::RefCell;
 mod softmax;
 
 /// Most queries per band (a multiple of 32): each key block loaded from L2 serves this many queries.
-const BAND: usize = 128;
+const BAND: usize = 256;
 /// Keys per block (a multiple of 32): each load and store of the output's C tiles serves this many
 /// keys' products.
-const KEY_BLOCK: usize = 128;
+const KEY_BLOCK: usize = 64;
 /// 32-key depth blocks of one key block (P V's depth).
 const KEY_DEPTHS: usize = KEY_BLOCK / 32;
 const _: () = assert!(BAND.is_multiple_of(32) && KEY_BLOCK.is_multiple_of(32));
