@@ -16,8 +16,10 @@ pub struct NodeTimes {
     /// The graph's state writes, applied after the last node, in milliseconds (0 when the graph has
     /// none).
     pub state_writes_ms: f32,
-    /// Nodes another node computed in the same pass (the CPU's SiLU after a GroupNorm): their entry's
-    /// time is only the loop's, and their work counts as none (it is in the other node's time).
+    /// Nodes another node computed in the same pass whose work counts as none (the CPU's SiLU after
+    /// a GroupNorm, its SwiGLU after the gate and up projections): their entry's time is only the
+    /// loop's, and their work is in the other node's time. (A member of the group's first node's
+    /// kind, the up projection, is not listed: its work counts toward the kind whose time holds it.)
     pub fused: Vec<usize>,
 }
 

@@ -80,3 +80,85 @@ fn bf16_compute_holds_linear_weights_once_as_tiles() {
     }
     assert_eq!(w.get(Part::Gen, TO_K).unwrap().data.to_f32_vec(), want);
 }
+
+const GATE: &str = "layers.0.feed_forward.linear_1.weight";
+const UP: &str = "layers.0.feed_forward.linear_3.weight";
+const HIDDEN: usize = 288;
+
+/// `h = silu(x @ gate^T) * (x @ up^T)` over `rows` rows; with `gate_out` the gate's result is a
+/// graph output too, which keeps the three nodes from forming a fusion group.
+fn feed_forward_graph(rows: usize, gate_out: bool) -> Graph {
+    let mut g = Graph::default();
+    let wg = g.weight(Part::Gen, GATE, &[HIDDEN, K]);
+    let wu = g.weight(Part::Gen, UP, &[HIDDEN, K]);
+    let x = g.input("x", &[rows, K], DataType::F32);
+    let gate = g
+        .push(
+            Op::Linear {
+                x,
+                w: wg,
+                bias: None,
+            },
+            "gate",
+        )
+        .unwrap();
+    let up = g
+        .push(
+            Op::Linear {
+                x,
+                w: wu,
+                bias: None,
+            },
+            "up",
+        )
+        .unwrap();
+    let h = g.push(Op::SwiGlu { gate, up }, "h").unwrap();
+    g.mark_output("h", h);
+    if gate_out {
+        g.mark_output("gate", gate);
+    }
+    g
+}
+
+/// Under bf16 compute the gate and up projections and their SwiGLU run as one pass where there are
+/// 32 rows or more; the result is the three nodes' bit for bit, and a profile counts the SwiGLU's
+/// work as none but keeps the up projection's.
+#[test]
+fn bf16_compute_fuses_gate_up_swiglu_bit_for_bit() {
+    match CpuCompute::Bf16.request() {
+        Ok(MatmulMode::Bf16Amx) => {}
+        other => {
+            eprintln!("SKIPPED gate/up fusion test: bf16 compute is {other:?} on this CPU");
+            return;
+        }
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/model");
+    let ck = Checkpoint::open(&dir).unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()));
+    let mut w = CpuWeights::with_storage(WeightStorage::Bf16);
+    w.load_graph(&ck, &feed_forward_graph(1, false)).unwrap();
+    let mut rng = Rng::new(0x5eed);
+    let mut ex = Executor::new();
+    for rows in [3, 32, 45, 300] {
+        let x = rng.vec(rows * K, 2.0);
+        let inputs = HashMap::from([("x".to_string(), HostTensor::f32([rows, K], x))]);
+        let mut h = Vec::new();
+        for gate_out in [false, true] {
+            let g = feed_forward_graph(rows, gate_out);
+            let out = ex.run(&g, &plan_memory(&g), &w, &inputs).unwrap();
+            h.push(out["h"].as_f32().unwrap().to_vec());
+        }
+        assert!(h[0].iter().all(|v| v.is_finite()), "{rows} rows");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&h[0]), bits(&h[1]), "{rows} rows: fused != one by one");
+
+        let g = feed_forward_graph(rows, false);
+        let times = ex
+            .profile(&g, &plan_memory(&g), &w, &inputs, &mut HashMap::new())
+            .unwrap();
+        let want: &[usize] = if rows >= 32 { &[2] } else { &[] };
+        assert_eq!(
+            times.fused, want,
+            "{rows} rows: nodes whose work counts as none"
+        );
+    }
+}

@@ -148,8 +148,9 @@ impl StepProfile {
                 k.bytes_per_s() / 1e9,
             );
             if k.flops == 0.0 && k.bytes == 0.0 && k.ms > 0.0 {
-                // Every node of the kind was computed in another's pass (a fused SiLU).
-                let _ = write!(s, "  fused into the node before");
+                // Every node of the kind was computed in an earlier node's pass (a fused SiLU or
+                // SwiGLU).
+                let _ = write!(s, "  fused into an earlier node");
             } else if let Some(c) = ceilings {
                 let o = of_ceiling(k, c);
                 let _ = write!(s, " {:>6.0}% {}", o.fraction * 100.0, o.bound);

@@ -279,3 +279,52 @@ pub(crate) fn group_norm(
     );
     Ok(())
 }
+
+/// `gate` and `up`, two `Linear`s of one input, and the `SwiGlu` of their outputs, in one pass (the
+/// group [`hbridge_graph::fusion::Kind::GateUpSwiGlu`], written to `out`, the SwiGLU's output). The
+/// executor calls it only where [`linear::gate_up_fusable`] holds for the weights (packed) and rows.
+pub(crate) fn gate_up_swiglu(
+    graph: &Graph,
+    gate: &Op,
+    up: &Op,
+    inp: &Inputs<'_>,
+    out: &mut [f32],
+) -> Result<()> {
+    let (
+        Op::Linear { x, w: wg, bias: bg },
+        Op::Linear {
+            x: x_up,
+            w: wu,
+            bias: bu,
+        },
+    ) = (gate, up)
+    else {
+        return Err(EngineError::Graph {
+            label: gate.name().into(),
+            problem: "a fused gate/up SwiGLU must start with two Linears".into(),
+        });
+    };
+    let packed = |w: TensorId| match inp.view(w) {
+        Some(View::Packed(p)) => Ok(p),
+        _ => Err(EngineError::Graph {
+            label: format!("tensor {}", w.0),
+            problem: "a fused gate/up SwiGLU needs packed weights".into(),
+        }),
+    };
+    if x != x_up {
+        return Err(EngineError::Graph {
+            label: up.name().into(),
+            problem: "a fused gate/up SwiGLU's linears must share their input".into(),
+        });
+    }
+    let (rows, _) = rc(&graph.tensor(*x).shape);
+    let bias = |b: &Option<TensorId>| b.map(|b| inp.f32(b)).transpose();
+    linear::gate_up_swiglu(
+        inp.f32(*x)?,
+        rows,
+        (packed(*wg)?, bias(bg)?),
+        (packed(*wu)?, bias(bu)?),
+        out,
+    );
+    Ok(())
+}

@@ -5,12 +5,13 @@
 use super::arena::{Arena, ArenaSplit};
 use super::dispatch::{self, Inputs};
 use super::error::Result;
+use super::fused::{self, Step};
 use super::ops::bf16::widen_into;
 use super::tensor::HostTensor;
 use super::validate::{resolve, Loc, View};
 use super::weights::CpuWeights;
 use crate::profile::NodeTimes;
-use hbridge_graph::fusion::{self, Kind};
+use hbridge_graph::fusion::Kind;
 use hbridge_graph::plan::MemoryPlan;
 use hbridge_graph::{Graph, Op, Source};
 use std::collections::HashMap;
@@ -108,39 +109,59 @@ impl Executor {
         // The clock is read only when profiling: a normal run does nothing extra per node.
         let now = |on: bool| on.then(Instant::now);
         let mut last = now(times.is_some());
-        // The one group this backend fuses: a GroupNorm's apply pass writes the SiLU after it (one
-        // pass over the VAE's largest activations instead of two). The plan keeps the SiLU's output
-        // clear of the norm's input (`hbridge_graph::fusion`).
-        let norm_silu: Vec<bool> = fusion::groups(graph)
-            .iter()
-            .map(|g| g.is_some_and(|g| g.kind == Kind::GroupNormSilu))
-            .collect();
+        // The groups this backend runs as one pass (`fused`): the plan keeps every member's output
+        // clear of what the group reads (`hbridge_graph::fusion`).
+        let steps = fused::steps(graph, &locs);
+        let mut group_start = 0;
         for (i, node) in graph.nodes.iter().enumerate() {
-            // A SiLU the pair before it wrote gets no time of its own in a profile.
-            let written = i > 0 && norm_silu[i - 1];
-            let fused_out = norm_silu[i].then(|| graph.nodes[i + 1].out);
-            let out_id = fused_out.unwrap_or(node.out);
+            let step = steps[i];
+            let out_id = match step {
+                Step::Group { len, .. } => graph.nodes[i + len - 1].out,
+                _ => node.out,
+            };
             let out_len = graph.tensor(out_id).numel();
             let Loc::Arena(out_off) = locs[out_id.index()] else {
                 unreachable!("validated: every node output is in the arena")
             };
             if let Op::Reshape { x, .. } = &node.op {
                 self.reshape(locs[x.index()], out_off, out_len);
-            } else if !written {
-                let ins = node.op.inputs();
+            } else if step != Step::Written {
+                let ins = match step {
+                    Step::Group { len, .. } => fused::group_inputs(graph, i, len),
+                    _ => node.op.inputs(),
+                };
                 let mut split =
                     ArenaSplit::new(&mut self.arena, graph, &locs, &ins, out_off, out_len);
                 let (out, items) = split.split(&ins, out_off, out_len);
                 let inputs = Inputs { items };
-                match fused_out {
-                    Some(_) => dispatch::group_norm(graph, &node.op, &inputs, true, out)?,
-                    None => dispatch::run(graph, &node.op, node.out, &inputs, out)?,
+                match step {
+                    Step::Group {
+                        kind: Kind::GroupNormSilu,
+                        ..
+                    } => dispatch::group_norm(graph, &node.op, &inputs, true, out)?,
+                    Step::Group {
+                        kind: Kind::GateUpSwiGlu,
+                        ..
+                    } => dispatch::gate_up_swiglu(
+                        graph,
+                        &node.op,
+                        &graph.nodes[i + 1].op,
+                        &inputs,
+                        out,
+                    )?,
+                    _ => dispatch::run(graph, &node.op, node.out, &inputs, out)?,
                 }
             }
+            if let Step::Group { .. } = step {
+                group_start = i;
+            }
+            // A node its group wrote gets no time of its own in a profile. One of the group's first
+            // node's kind (the up projection after the gate's) keeps its work: the kind's total
+            // time holds it. Another (the SwiGLU, the SiLU) counts none.
             if let (Some(t), Some(start)) = (times.as_deref_mut(), last) {
                 let end = Instant::now();
                 t.per_node.push((i, ms(end - start)));
-                if written {
+                if step == Step::Written && node.op.name() != graph.nodes[group_start].op.name() {
                     t.fused.push(i);
                 }
                 last = Some(end);

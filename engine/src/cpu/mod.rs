@@ -7,6 +7,7 @@ pub mod ceilings;
 mod dispatch;
 mod error;
 mod exec;
+mod fused;
 mod matmul_mode;
 pub(crate) mod ops;
 mod tensor;

@@ -300,21 +300,25 @@ pub(crate) unsafe fn store_c_streamed(c: *mut f32, stride: usize) {
     // SAFETY: the caller's promise; `block` holds 32 rows of 32.
     unsafe {
         store_c(block.0.as_mut_ptr(), 32);
-        stream_block(&block, c, stride);
+        stream_block(block.0.as_ptr(), c, stride);
     }
 }
 
+/// The 32 x 32 f32 block at `c` (rows of 32) to `dst` (rows `stride` apart) with non-temporal
+/// stores; see [`store_c_streamed`] and [`end_streamed_stores`].
+///
 /// # Safety
-/// AVX-512F; `dst` is 64-byte aligned, `stride` a multiple of 16, and the 32 rows writable.
+/// AVX-512F; `c` is 64-byte aligned and readable for 1024 values; [`streamable`]`(dst, stride)`,
+/// and the 32 rows of `dst` writable.
 #[target_feature(enable = "avx512f")]
-unsafe fn stream_block(c: &Block, dst: *mut f32, stride: usize) {
+pub(crate) unsafe fn stream_block(c: *const f32, dst: *mut f32, stride: usize) {
     use std::arch::x86_64::{_mm512_load_ps, _mm512_stream_ps};
     for r in 0..32 {
         // SAFETY: the caller's promise; `c` is 64-byte aligned with rows of 128 bytes.
         unsafe {
             let row = dst.add(r * stride);
-            _mm512_stream_ps(row, _mm512_load_ps(c.0.as_ptr().add(r * 32)));
-            _mm512_stream_ps(row.add(16), _mm512_load_ps(c.0.as_ptr().add(r * 32 + 16)));
+            _mm512_stream_ps(row, _mm512_load_ps(c.add(r * 32)));
+            _mm512_stream_ps(row.add(16), _mm512_load_ps(c.add(r * 32 + 16)));
         }
     }
 }

@@ -75,3 +75,46 @@ pub(crate) fn linear_packed(
         linear(x, n, k, &w.to_f32_rows(), out_features, bias, y);
     }
 }
+
+/// Whether [`gate_up_swiglu`] runs `rows` rows of input over `gate` and `up`: bf16 compute on AMX
+/// with 32 or more rows (where each linear alone would run on the tiles) and weights of one shape.
+/// Elsewhere the graph's three nodes run one by one.
+pub(crate) fn gate_up_fusable(rows: usize, gate: PackedRef<'_>, up: PackedRef<'_>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        (gate.k(), gate.n()) == (up.k(), up.n())
+            && rows >= packed_gemm::amx::MIN_ROWS
+            && super::amx_tiles::enabled()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (rows, gate, up);
+        false
+    }
+}
+
+/// `y = silu(x @ wg^T + bg) * (x @ wu^T + bu)`: the graph's gate and up linears and their SwiGLU in
+/// one pass, with the same bits as the three run one by one. Only where [`gate_up_fusable`].
+///
+/// # Panics
+/// Where not [`gate_up_fusable`].
+pub(crate) fn gate_up_swiglu(
+    x: &[f32],
+    n: usize,
+    gate: (PackedRef<'_>, Option<&[f32]>),
+    up: (PackedRef<'_>, Option<&[f32]>),
+    y: &mut [f32],
+) {
+    assert!(
+        gate_up_fusable(n, gate.0, up.0),
+        "gate_up_swiglu: {n} rows of a {} x {} gate and a {} x {} up on this CPU",
+        gate.0.k(),
+        gate.0.n(),
+        up.0.k(),
+        up.0.n()
+    );
+    #[cfg(target_arch = "x86_64")]
+    packed_gemm::amx::gate_up::gate_up_swiglu(x, n, gate, up, y);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (x, y);
+}

@@ -207,8 +207,37 @@ fn linear_streaming(
         return;
     }
     let kbs = k.div_ceil(32);
-    let (mp, np) = (m.next_multiple_of(32), n.next_multiple_of(32));
+    let np = n.next_multiple_of(32);
     let b = w.amx_tiles(|| pack_b(w, np, kbs));
+    let out = OutPtr(y.as_mut_ptr());
+    for_each_task(x, (m, k, n), |a, rows, cols| {
+        let task = Task {
+            a,
+            b,
+            kbs,
+            m,
+            n,
+            bias,
+            out: &out,
+            stream: m * n * 4 >= stream_min,
+        };
+        // SAFETY: `supported` found AMX-BF16 with the tile state granted; the task's output block
+        // (rows x cols, clipped to m x n) is written by no other task; `a` holds these rows' tiles.
+        unsafe { task.run(rows, cols) };
+    });
+}
+
+/// Splits the `m` x `n` output (padded to 32) into tasks, packs A (`x`: `m` x `k`) for them and runs
+/// `task(a, rows, cols)` for each in parallel, `a` holding the A tiles of `rows` (from its start).
+/// A task owns a block of up to [`TASK_ROWS`] rows and, where there are too few row blocks to keep
+/// every thread busy, a range of columns.
+fn for_each_task(
+    x: &[f32],
+    (m, k, n): (usize, usize, usize),
+    task: impl Fn(&[u16], Range<usize>, Range<usize>) + Sync,
+) {
+    let kbs = k.div_ceil(32);
+    let (mp, np) = (m.next_multiple_of(32), n.next_multiple_of(32));
     let row_tasks = mp.div_ceil(TASK_ROWS);
     let threads = rayon::current_num_threads();
     let col_tasks = if row_tasks >= 2 * threads {
@@ -218,7 +247,6 @@ fn linear_streaming(
             .min((4 * threads).div_ceil(row_tasks))
     };
     let cols_per_task = (np / 32).div_ceil(col_tasks) * 32;
-    let out = OutPtr(y.as_mut_ptr());
     // One task per row block: each packs its own rows (in L2, overlapping other tasks' tile work).
     // Several per row block: A is packed once, up front, for all of them.
     let mut shared = AlignedVec::new();
@@ -235,32 +263,61 @@ fn linear_streaming(
     (0..row_tasks * col_tasks).into_par_iter().for_each(|t| {
         let rows = (t / col_tasks) * TASK_ROWS..(((t / col_tasks) + 1) * TASK_ROWS).min(mp);
         let cols = (t % col_tasks) * cols_per_task..((t % col_tasks + 1) * cols_per_task).min(np);
-        let run = |a: &[u16]| {
-            let task = Task {
-                a,
-                b,
-                kbs,
-                m,
-                n,
-                bias,
-                out: &out,
-                stream: m * n * 4 >= stream_min,
-            };
-            // SAFETY: `supported` found AMX-BF16 with the tile state granted; the task's output
-            // block (rows x cols, clipped to m x n) is written by no other task; `a` holds these
-            // rows' tiles.
-            unsafe { task.run(rows.clone(), cols) };
-        };
         if col_tasks > 1 {
-            run(&packed_a[rows.start * kbs * 32..][..rows.len() * kbs * 32]);
+            task(
+                &packed_a[rows.start * kbs * 32..][..rows.len() * kbs * 32],
+                rows,
+                cols,
+            );
         } else {
             TASK_A.with_borrow_mut(|buf| {
                 let a = buf.sized(rows.len() * kbs * 32);
                 pack_a_rows(x, (m, k, kbs), rows.clone(), a);
-                run(a);
+                task(a, rows, cols);
             });
         }
     });
+}
+
+/// tmm0-3 = the 32 x 32 block of `A B` from the A tiles at `a0`, `a1` (two 16-row blocks) and the B
+/// tiles at `b0`, `b1` (two 16-column blocks), each `kbs` depth tiles in a row, the sums started from
+/// `bias_row` (every row of the block; 32 f32 on a cache line) or from zero.
+///
+/// # Safety
+/// This thread's tiles are configured; each pointer is readable for `kbs` whole tiles.
+#[inline(always)]
+unsafe fn block_product(
+    [a0, a1, b0, b1]: [*const u16; 4],
+    kbs: usize,
+    bias_row: Option<*const f32>,
+) {
+    // SAFETY: the caller's promise; the prefetches are hints (never dereferenced).
+    unsafe {
+        match bias_row {
+            // Row stride 0: every row of the four C tiles is the bias row.
+            Some(first) => amx_tiles::load_c(first, 0),
+            None => amx_tiles::zero_c(),
+        }
+        for kb in 0..kbs {
+            let o = kb * TILE;
+            if kb + PREFETCH_AHEAD < kbs {
+                let ahead = o + PREFETCH_AHEAD * TILE;
+                for p in [a0, a1, b0, b1] {
+                    prefetch_tile(p.wrapping_add(ahead));
+                }
+            }
+            amx_tiles::product(a0.add(o), a1.add(o), b0.add(o), b1.add(o));
+        }
+    }
+}
+
+/// The bias of output columns `j .. j + 32` (zero past `n`, or everywhere without a bias) into `row`.
+fn bias_row_at(bias: Option<&[f32]>, n: usize, j: usize, row: &mut [f32]) {
+    row.fill(0.0);
+    if let Some(bias) = bias {
+        let width = 32.min(n - j.min(n));
+        row[..width].copy_from_slice(&bias[j..j + width]);
+    }
 }
 
 /// The output pointer, shared by tasks that write disjoint blocks.
@@ -300,31 +357,13 @@ impl Task<'_> {
             for j in cols.step_by(32) {
                 let b0 = self.b[(j / 16) * self.kbs * TILE..].as_ptr();
                 let b1 = self.b[(j / 16 + 1) * self.kbs * TILE..].as_ptr();
-                // The sums start from the bias (zero past n): no pass over the output to add it.
-                let first = &mut *bias_row;
-                first.fill(0.0);
-                if let Some(bias) = self.bias {
-                    let width = 32.min(n - j.min(n));
-                    first[..width].copy_from_slice(&bias[j..j + width]);
-                }
+                // The sums start from the bias: no pass over the output to add it.
+                bias_row_at(self.bias, n, j, &mut bias_row);
+                let first = self.bias.map(|_| bias_row.as_ptr());
                 for i in rows.clone().step_by(32) {
                     let a0 = self.a[((i - rows.start) / 16) * self.kbs * TILE..].as_ptr();
                     let a1 = self.a[((i - rows.start) / 16 + 1) * self.kbs * TILE..].as_ptr();
-                    match self.bias {
-                        // Row stride 0: every row of the four C tiles is the bias row.
-                        Some(_) => amx_tiles::load_c(first.as_ptr(), 0),
-                        None => amx_tiles::zero_c(),
-                    }
-                    for kb in 0..self.kbs {
-                        let o = kb * TILE;
-                        if kb + PREFETCH_AHEAD < self.kbs {
-                            let ahead = o + PREFETCH_AHEAD * TILE;
-                            for p in [a0, a1, b0, b1] {
-                                prefetch_tile(p.wrapping_add(ahead));
-                            }
-                        }
-                        amx_tiles::product(a0.add(o), a1.add(o), b0.add(o), b1.add(o));
-                    }
+                    block_product([a0, a1, b0, b1], self.kbs, first);
                     let dst = self.out.0.add(i * n + j);
                     if i + 32 <= m && j + 32 <= n && self.stream && amx_tiles::streamable(dst, n) {
                         amx_tiles::store_c_streamed(dst, n);
@@ -362,5 +401,6 @@ impl Task<'_> {
 }
 
 pub(crate) mod few_rows;
+pub(crate) mod gate_up;
 #[cfg(test)]
 mod tests;
