@@ -69,3 +69,42 @@ fn equals_the_linears_and_swiglu_bit_for_bit() {
         check(m, k, n, false, |v| v);
     }
 }
+
+/// Times the fused pass against the two linears and the SwiGLU at the mid preset's shapes (`m x k x
+/// n`: 256x256 and 1024x1024 gen steps, 512-token prefill), bf16 weights with their tiles made:
+/// `cargo test --release -p hbridge-engine gate_up_timing -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing, not a check: run by hand"]
+fn gate_up_timing() {
+    if !supported() {
+        eprintln!("SKIPPED gate_up_timing: this CPU or OS has no AMX-BF16");
+        return;
+    }
+    for &(m, k, n) in &[(272, 768, 3072), (512, 896, 4864), (4112, 768, 3072)] {
+        let x = values(m * k, 1);
+        let weight = |seed| {
+            let w: Vec<bf16> = values(n * k, seed).into_iter().map(bf16::from_f32).collect();
+            PackedB::from_rows(&w, n, k)
+        };
+        let (wg, wu) = (weight(2), weight(3));
+        let (mut gate, mut up, mut y) = (vec![0.0; m * n], vec![0.0; m * n], vec![0.0; m * n]);
+        let best = |f: &mut dyn FnMut()| {
+            (0..7)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let apart = best(&mut || {
+            super::super::linear(&x, m, wg.packed_ref(), None, &mut gate);
+            super::super::linear(&x, m, wu.packed_ref(), None, &mut up);
+            crate::cpu::ops::elementwise::swiglu(&gate, &up, &mut y);
+        });
+        let fused = best(&mut || {
+            gate_up_swiglu(&x, m, (wg.packed_ref(), None), (wu.packed_ref(), None), &mut y)
+        });
+        eprintln!("{m} x {k} x {n}: apart {apart:.2} ms, fused {fused:.2} ms");
+    }
+}
