@@ -103,6 +103,11 @@ pub(crate) fn mrope(
 }
 
 /// x `[n, heads*head_dim]`, positions `[n, 3]`; axis widths `axes` sum to head_dim, each even.
+///
+/// A pair's angle depends on one axis's position, and the rows of an image share few of them (a
+/// 64 x 64 latent has 64 heights and 64 widths): each axis's `(cos, sin)` are computed once per
+/// position it spans ([`AxisTable`]) instead of once per row, the same f64 values. Per row they
+/// were 32 f64 sincos at head dim 64, all of the op's 2 ms at 4112 rows.
 pub(crate) fn interleaved3(
     x: &[f32],
     positions: &[i32],
@@ -112,23 +117,24 @@ pub(crate) fn interleaved3(
     theta: f64,
     out: &mut [f32],
 ) {
-    // (axis, inverse frequency) per rotated pair, in pair order.
-    let pairs: Vec<(usize, f64)> = axes
+    let n = positions.len() / 3;
+    let tables: Vec<AxisTable> = axes
         .iter()
         .enumerate()
-        .flat_map(|(axis, &a)| {
-            (0..a / 2).map(move |k| (axis, 1.0 / theta.powf((2 * k) as f64 / a as f64)))
+        .map(|(axis, &a)| {
+            let inv: Vec<f64> = (0..a / 2)
+                .map(|k| 1.0 / theta.powf((2 * k) as f64 / a as f64))
+                .collect();
+            AxisTable::new((0..n).map(|i| positions[i * 3 + axis]), inv)
         })
         .collect();
     let width = heads * head_dim;
     for_rows(out, width, 8, |i, o| {
-        let cs: Vec<(f64, f64)> = pairs
-            .iter()
-            .map(|&(axis, inv)| {
-                let angle = positions[i * 3 + axis] as f64 * inv;
-                (angle.cos(), angle.sin())
-            })
-            .collect();
+        // (cos, sin) per rotated pair, in pair order (the axes' pairs one after another).
+        let mut cs: Vec<(f64, f64)> = Vec::with_capacity(head_dim / 2);
+        for (axis, t) in tables.iter().enumerate() {
+            t.extend(positions[i * 3 + axis], &mut cs);
+        }
         let x = &x[i * width..(i + 1) * width];
         for (xh, oh) in x.chunks_exact(head_dim).zip(o.chunks_exact_mut(head_dim)) {
             for (p, &(c, s)) in cs.iter().enumerate() {
@@ -138,4 +144,94 @@ pub(crate) fn interleaved3(
             }
         }
     });
+}
+
+/// One axis's `(cos, sin)` of `position * inv[k]` (f64) for every whole position from the least to
+/// the greatest the rows use, where that span is no longer than the rows; otherwise (positions far
+/// apart) none, and each row computes its own.
+struct AxisTable {
+    inv: Vec<f64>,
+    first: i64,
+    /// Position `first + j`'s pairs at `j * inv.len()`.
+    values: Vec<(f64, f64)>,
+}
+
+impl AxisTable {
+    fn new(positions: impl Iterator<Item = i32> + Clone, inv: Vec<f64>) -> Self {
+        let rows = positions.clone().count();
+        let lo = positions.clone().min().unwrap_or(0) as i64;
+        let hi = positions.max().unwrap_or(-1) as i64;
+        let span = (hi - lo + 1).max(0) as usize;
+        let values = if span <= rows {
+            (lo..=hi)
+                .flat_map(|p| inv.iter().map(move |&f| Self::angle(p, f)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        AxisTable {
+            inv,
+            first: lo,
+            values,
+        }
+    }
+
+    fn angle(position: i64, inv: f64) -> (f64, f64) {
+        let angle = position as f64 * inv;
+        (angle.cos(), angle.sin())
+    }
+
+    /// Appends `position`'s pairs to `cs`.
+    fn extend(&self, position: i32, cs: &mut Vec<(f64, f64)>) {
+        let k = self.inv.len();
+        let j = position as i64 - self.first;
+        if !self.values.is_empty() && j >= 0 && ((j as usize + 1) * k) <= self.values.len() {
+            cs.extend_from_slice(&self.values[j as usize * k..][..k]);
+        } else {
+            cs.extend(self.inv.iter().map(|&f| Self::angle(position as i64, f)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::ops::test_values::values;
+
+    /// The 3-axis RoPE from its tables gives the bits of the formula computed per row, for
+    /// positions that span fewer values than rows (tables) and far-apart ones (computed per row),
+    /// negative ones included.
+    #[test]
+    fn interleaved3_tables_give_the_per_row_bits() {
+        let (heads, head_dim, axes, theta) = (3, 16, [4, 6, 6], 10_000.0);
+        let n = 40;
+        let x = values(n * heads * head_dim, 9);
+        let dense: Vec<i32> = (0..n as i32)
+            .flat_map(|i| [i % 3 - 1, i / 7, i % 7])
+            .collect();
+        let sparse: Vec<i32> = (0..n as i32)
+            .flat_map(|i| [i * 1000, -i * 77, 5])
+            .collect();
+        for positions in [dense, sparse] {
+            let mut got = vec![f32::NAN; x.len()];
+            interleaved3(&x, &positions, heads, head_dim, axes, theta, &mut got);
+            for i in 0..n {
+                let mut pair = 0;
+                for (axis, &a) in axes.iter().enumerate() {
+                    for k in 0..a / 2 {
+                        let inv = 1.0 / theta.powf((2 * k) as f64 / a as f64);
+                        let angle = positions[i * 3 + axis] as f64 * inv;
+                        let (c, s) = (angle.cos(), angle.sin());
+                        for h in 0..heads {
+                            let at = i * heads * head_dim + h * head_dim + 2 * pair;
+                            let (a, b) = (x[at] as f64, x[at + 1] as f64);
+                            assert_eq!(got[at].to_bits(), ((a * c - b * s) as f32).to_bits());
+                            assert_eq!(got[at + 1].to_bits(), ((a * s + b * c) as f32).to_bits());
+                        }
+                        pair += 1;
+                    }
+                }
+            }
+        }
+    }
 }
