@@ -4,7 +4,8 @@ use super::error::{EngineError, Result};
 use super::ops::attention::{attention, block_attention, AttnShape, Segment};
 use super::ops::conv::{conv2d, Conv2dShape};
 use super::ops::linear_bf16::linear_bf16;
-use super::ops::{elementwise as ew, embed, layout, linear, norm, rope, timestep};
+use super::ops::norm::RowNorm;
+use super::ops::{elementwise as ew, embed, layout, linear, norm, norm_fused, rope, timestep};
 use super::validate::View;
 use hbridge_graph::{Graph, Op, RopeKind, TensorId};
 
@@ -326,5 +327,47 @@ pub(crate) fn gate_up_swiglu(
         (packed(*wu)?, bias(bu)?),
         out,
     );
+    Ok(())
+}
+
+/// A row norm op's input, width and [`RowNorm`].
+fn row_norm<'a>(op: &Op, inp: &Inputs<'a>) -> Result<(TensorId, usize, RowNorm<'a>)> {
+    match op {
+        Op::RmsNorm {
+            x,
+            weight,
+            dim,
+            eps,
+        } => {
+            let weight = weight.map(|w| inp.f32(w)).transpose()?;
+            Ok((*x, *dim, RowNorm::Rms { weight, eps: *eps }))
+        }
+        Op::LayerNorm { x, dim, eps } => Ok((*x, *dim, RowNorm::Layer { eps: *eps })),
+        _ => Err(EngineError::Graph {
+            label: op.name().into(),
+            problem: "a fused norm group must start with an RmsNorm or a LayerNorm".into(),
+        }),
+    }
+}
+
+/// `norm`, a row norm, and `next`, the op reading it: a `Modulate` (the group
+/// [`hbridge_graph::fusion::Kind::NormModulate`]) or a `GateResidual` with it as the gated term
+/// ([`hbridge_graph::fusion::Kind::NormGate`]), in one pass written to `out`, `next`'s output.
+pub(crate) fn norm_then(norm: &Op, next: &Op, inp: &Inputs<'_>, out: &mut [f32]) -> Result<()> {
+    let (x, dim, rn) = row_norm(norm, inp)?;
+    match next {
+        Op::Modulate { scale, .. } => {
+            norm_fused::norm_modulate(inp.f32(x)?, rn, dim, inp.f32(*scale)?, out)
+        }
+        Op::GateResidual { x: res, gate, .. } => {
+            norm_fused::norm_gate(inp.f32(x)?, rn, dim, (inp.f32(*res)?, inp.f32(*gate)?), out)
+        }
+        _ => {
+            return Err(EngineError::Graph {
+                label: next.name().into(),
+                problem: "a fused norm group must end with a Modulate or a GateResidual".into(),
+            })
+        }
+    }
     Ok(())
 }

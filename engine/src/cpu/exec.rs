@@ -149,6 +149,10 @@ impl Executor {
                         &inputs,
                         out,
                     )?,
+                    Step::Group {
+                        kind: Kind::NormModulate | Kind::NormGate,
+                        ..
+                    } => dispatch::norm_then(&node.op, &graph.nodes[i + 1].op, &inputs, out)?,
                     _ => dispatch::run(graph, &node.op, node.out, &inputs, out)?,
                 }
             }

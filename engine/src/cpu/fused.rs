@@ -2,6 +2,8 @@
 //! memory plan already starts every member's output at the group's first node, so a group may run
 //! as one pass or node by node; this picks, per run, from the op and the weights' form:
 //! - a `GroupNorm` and its `Silu`: always (the apply pass writes the SiLU);
+//! - a row norm and the `Modulate` or `GateResidual` that is its only reader: always (each row is
+//!   finished while in L1; `ops::norm_fused`);
 //! - a gate and an up `Linear` and their `SwiGlu`: where [`linear::gate_up_fusable`] (bf16 compute on
 //!   AMX, packed weights, 32 rows or more), which then writes only the SwiGLU.
 
@@ -27,7 +29,7 @@ pub(super) fn steps(graph: &Graph, locs: &[Loc<'_>]) -> Vec<Step> {
     for (i, group) in fusion::groups(graph).into_iter().enumerate() {
         let Some(g) = group else { continue };
         let fused = match g.kind {
-            Kind::GroupNormSilu => true,
+            Kind::GroupNormSilu | Kind::NormModulate | Kind::NormGate => true,
             Kind::GateUpSwiGlu => gate_up_fusable(graph, locs, i),
             _ => false,
         };

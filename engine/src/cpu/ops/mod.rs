@@ -15,6 +15,7 @@ pub(crate) mod linear;
 pub(crate) mod linear_bf16;
 pub(crate) mod matmul;
 pub(crate) mod norm;
+pub(crate) mod norm_fused;
 pub(crate) mod packed_gemm;
 pub(crate) mod rope;
 pub(crate) mod simd;

@@ -5,21 +5,45 @@
 use super::{for_rows, sums};
 use rayon::prelude::*;
 
+/// A row norm of the graph, one row at a time: RMSNorm (`x * rsqrt(mean(x^2) + eps) * weight`) or
+/// LayerNorm without affine (`(x - mean) * rsqrt(var + eps)`). The ops below and the fused passes of
+/// `norm_fused` share it, so a fused pass gives the bits of the norm then its consumer.
+#[derive(Clone, Copy)]
+pub(crate) enum RowNorm<'a> {
+    Rms { weight: Option<&'a [f32]>, eps: f32 },
+    Layer { eps: f32 },
+}
+
+impl RowNorm<'_> {
+    /// `o` = the norm of the row `x` (equal lengths).
+    #[inline]
+    pub(crate) fn apply(self, x: &[f32], o: &mut [f32]) {
+        match self {
+            RowNorm::Rms { weight, eps } => {
+                let ms = (sums::sum_sq(x) / x.len() as f64) as f32;
+                let inv = 1.0 / (ms + eps).sqrt();
+                match weight {
+                    Some(w) => o
+                        .iter_mut()
+                        .zip(x)
+                        .zip(w)
+                        .for_each(|((o, x), w)| *o = x * inv * w),
+                    None => o.iter_mut().zip(x).for_each(|(o, x)| *o = x * inv),
+                }
+            }
+            RowNorm::Layer { eps } => {
+                let (mean, inv) = stats(x, eps as f64);
+                o.iter_mut()
+                    .zip(x)
+                    .for_each(|(o, &x)| *o = ((x as f64 - mean) * inv) as f32);
+            }
+        }
+    }
+}
+
 /// Over rows of `dim`: `y = x * rsqrt(mean(x^2) + eps) * weight`.
 pub(crate) fn rms_norm(x: &[f32], weight: Option<&[f32]>, dim: usize, eps: f32, out: &mut [f32]) {
-    for_rows(out, dim, 4, |r, o| {
-        let x = &x[r * dim..(r + 1) * dim];
-        let ms = (sums::sum_sq(x) / dim as f64) as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
-        match weight {
-            Some(w) => o
-                .iter_mut()
-                .zip(x)
-                .zip(w)
-                .for_each(|((o, x), w)| *o = x * inv * w),
-            None => o.iter_mut().zip(x).for_each(|(o, x)| *o = x * inv),
-        }
-    });
+    row_norm(x, RowNorm::Rms { weight, eps }, dim, out)
 }
 
 /// Mean and `1/sqrt(biased variance + eps)` of `x`, two-pass in f64.
@@ -32,12 +56,12 @@ fn stats(x: &[f32], eps: f64) -> (f64, f64) {
 
 /// Over rows of `dim`, no affine: `(x - mean) * rsqrt(var + eps)`.
 pub(crate) fn layer_norm(x: &[f32], dim: usize, eps: f32, out: &mut [f32]) {
+    row_norm(x, RowNorm::Layer { eps }, dim, out)
+}
+
+fn row_norm(x: &[f32], norm: RowNorm<'_>, dim: usize, out: &mut [f32]) {
     for_rows(out, dim, 4, |r, o| {
-        let x = &x[r * dim..(r + 1) * dim];
-        let (mean, inv) = stats(x, eps as f64);
-        o.iter_mut()
-            .zip(x)
-            .for_each(|(o, &x)| *o = ((x as f64 - mean) * inv) as f32);
+        norm.apply(&x[r * dim..(r + 1) * dim], o)
     });
 }
 

@@ -209,9 +209,7 @@ mod tests {
         let dense: Vec<i32> = (0..n as i32)
             .flat_map(|i| [i % 3 - 1, i / 7, i % 7])
             .collect();
-        let sparse: Vec<i32> = (0..n as i32)
-            .flat_map(|i| [i * 1000, -i * 77, 5])
-            .collect();
+        let sparse: Vec<i32> = (0..n as i32).flat_map(|i| [i * 1000, -i * 77, 5]).collect();
         for positions in [dense, sparse] {
             let mut got = vec![f32::NAN; x.len()];
             interleaved3(&x, &positions, heads, head_dim, axes, theta, &mut got);

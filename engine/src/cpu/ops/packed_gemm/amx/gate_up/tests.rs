@@ -83,7 +83,10 @@ fn gate_up_timing() {
     for &(m, k, n) in &[(272, 768, 3072), (512, 896, 4864), (4112, 768, 3072)] {
         let x = values(m * k, 1);
         let weight = |seed| {
-            let w: Vec<bf16> = values(n * k, seed).into_iter().map(bf16::from_f32).collect();
+            let w: Vec<bf16> = values(n * k, seed)
+                .into_iter()
+                .map(bf16::from_f32)
+                .collect();
             PackedB::from_rows(&w, n, k)
         };
         let (wg, wu) = (weight(2), weight(3));
@@ -103,7 +106,13 @@ fn gate_up_timing() {
             crate::cpu::ops::elementwise::swiglu(&gate, &up, &mut y);
         });
         let fused = best(&mut || {
-            gate_up_swiglu(&x, m, (wg.packed_ref(), None), (wu.packed_ref(), None), &mut y)
+            gate_up_swiglu(
+                &x,
+                m,
+                (wg.packed_ref(), None),
+                (wu.packed_ref(), None),
+                &mut y,
+            )
         });
         eprintln!("{m} x {k} x {n}: apart {apart:.2} ms, fused {fused:.2} ms");
     }
