@@ -1,7 +1,8 @@
 //! The tile unit's costs on this machine, for the floors in docs/BENCHMARKS.md (x86-64 Linux with
 //! AMX-BF16 and AVX-512F): TDPBF16PS alone, the 2 x 2 block of the linear and attention kernels (four
 //! tile loads, four products) from L1, L2 and beyond, tile loads alone, a C tile's store and reload,
-//! whether vector FMAs run alongside the tile work, and the bf16 linear's loop
+//! accumulation chains as short as the attention's (C zeroed, a few products, C stored), whether
+//! vector FMAs run alongside the tile work, and the bf16 linear's loop
 //! (`engine/src/cpu/ops/packed_gemm/amx.rs`) on one thread with and without prefetching its tiles.
 //!
 //!     rustc -O scripts/amx-probe.rs -o /tmp/amx-probe && /tmp/amx-probe
@@ -210,6 +211,22 @@ fn main() {
                  a = in(reg) cp, b = in(reg) cp.add(16), s = in(reg) 128usize, options(nostack))
         }) / 2.0;
         println!("C tile store and reload:    {round_trip:6.2} ns per tile");
+        // The attention's pattern: C zeroed, `depth` products (the head dimension / 32 for the
+        // scores, the key block / 32 for P V), C stored, again: short accumulation chains.
+        for depth in [1usize, 2, 4, 8, 24] {
+            let n = 2_000_000 / depth as u64;
+            let chain = time(n, |i| {
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+                for d in 0..depth {
+                    block(l1.as_ptr().add(((i as usize + d) % 4) * 2048), true);
+                }
+                asm!("tilestored [{a} + {s}], tmm0", "tilestored [{b} + {s}], tmm1",
+                     "tilestored [{c} + {s}], tmm2", "tilestored [{d} + {s}], tmm3",
+                     a = in(reg) cp, b = in(reg) cp.add(16), c = in(reg) cp.add(512),
+                     d = in(reg) cp.add(528), s = in(reg) 128usize, options(nostack));
+            }) / (4 * depth) as f64;
+            println!("chains of {depth:2} products, C zeroed and stored: {chain:6.2} ns per product");
+        }
         let mut x = [_mm512_set1_ps(0.5); 8];
         for rounds in [8usize, 16, 32] {
             let n = 500_000;
