@@ -17,9 +17,7 @@ pub(crate) fn norm_modulate(
 ) {
     for_rows(out, dim, 5, |r, o| {
         norm.apply(&x[r * dim..(r + 1) * dim], o);
-        o.iter_mut()
-            .zip(scale)
-            .for_each(|(o, s)| *o *= 1.0 + s);
+        o.iter_mut().zip(scale).for_each(|(o, s)| *o *= 1.0 + s);
     });
 }
 

@@ -49,6 +49,14 @@
 //!   64): its attention 533-575 -> 477-492 ms (three alternating runs each). At the 7b4b shapes
 //!   (kernel bench, head dims 120 and 128) and the VAE's 512 the two measured within noise. Also
 //!   tried then: prefetching the pair's output columns into L1 before its scores (6% slower).
+//! - Session 16, the softmax in one pass where it can: once a query's max is set, a block is taken
+//!   with the running max, watching the largest exponent, and only a block that moves a max (the
+//!   lazy rule above) is taken again after a pass for its max (`softmax.rs`); a block every query
+//!   sees in full runs without masks. Measured by switching parts off (same run, mid preset
+//!   1024x1024 gen step's cond branch): of 488 ms of attention the packing and bookkeeping were
+//!   40, the softmax 196 and the tile work 209 (11.7 ns per TDPBF16PS: chains of two products
+//!   between C stores, 7.5 ns in `scripts/amx-probe.rs`). Attention 476-571 -> 399-473 ms (five
+//!   alternating runs each).
 //! - Tried and dropped on v2: running the tile work of the neighbouring steps between the softmax's
 //!   rows (no faster), the exponential without `roundscale` and `scalef` (10-25% slower), and trees
 //!   for the row max and sum (+9% at head dim 64, -8% at 120).

@@ -64,6 +64,11 @@ const INTERLEAVE: [u16; 32] = {
 /// becomes 0), into the half's P^T tiles in `pt`; the max becomes `m`. A NaN score makes its query's sum
 /// NaN.
 ///
+/// Once every lane has a max (after its first visible block), the block is first taken in one pass
+/// with `m` the running max, watching the largest exponent: a block that moves no lane's max (the
+/// rule above) is then done, with the bits the two passes give. Otherwise, and for a lane's first
+/// block, the block's max is found first and the exponentials taken again.
+///
 /// # Safety
 /// AVX-512F, AVX-512DQ and AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512bf16")]
@@ -94,33 +99,38 @@ pub(super) unsafe fn softmax_half(
         tiles.fill(0);
         return;
     }
-    let at = |c: usize| c * 32 + half * 16;
+    let block = Block {
+        sb,
+        half,
+        lo,
+        hi,
+        live,
+    };
     // SAFETY: AVX-512F, AVX512-BW, AVX-512DQ and AVX512-BF16 (the caller's promise; every AMX CPU
     // has them);
     // every load is inside `sb` (key c < KEY_BLOCK at c * 32 + half * 16, 16 values), `state` (16
     // lanes) or `ot` (16 queries from q0 of a column), every store inside `ot`, `state` or `tiles`
     // (asserted above).
     unsafe {
-        let live_v = _mm512_loadu_si512(live.as_ptr().cast());
-        let mask = |c: usize| -> __mmask16 {
-            if c < lo {
-                0xffff
-            } else {
-                _mm512_cmpgt_epi32_mask(live_v, _mm512_set1_epi32(c as i32))
+        let sc = _mm512_set1_ps(scale2);
+        let old = _mm512_loadu_ps(state.max.as_ptr());
+        let total = _mm512_loadu_ps(state.sum.as_ptr());
+        if _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(old, _mm512_set1_ps(f32::NEG_INFINITY)) == 0 {
+            let (sums, top) = block.exponentials(sc, old, total, tiles);
+            if _mm512_cmp_ps_mask::<_CMP_GT_OQ>(top, _mm512_set1_ps(RESCALE_LOG2)) == 0 {
+                _mm512_storeu_ps(state.sum.as_mut_ptr(), sums);
+                return;
             }
-        };
-        let load = |c: usize| _mm512_loadu_ps(sb[at(c)..].as_ptr());
+        }
         // The block's max per lane, four chains.
         let mut mx = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
         for c in 0..hi {
-            mx[c % 4] = _mm512_mask_max_ps(mx[c % 4], mask(c), mx[c % 4], load(c));
+            mx[c % 4] = _mm512_mask_max_ps(mx[c % 4], block.mask(c), mx[c % 4], block.load(c));
         }
         let raw = _mm512_max_ps(_mm512_max_ps(mx[0], mx[1]), _mm512_max_ps(mx[2], mx[3]));
         // The scale is positive and rounding monotonic: the max of the scaled scores.
-        let sc = _mm512_set1_ps(scale2);
         let new = _mm512_mul_ps(raw, sc);
-        let old = _mm512_loadu_ps(state.max.as_ptr());
-        let mut total = _mm512_loadu_ps(state.sum.as_ptr());
+        let mut total = total;
         // Lazily: a lane's max moves only when the block's exceeds it by more than RESCALE_LOG2 (or
         // it was -inf), so that P stays within 2^RESCALE_LOG2 and the output's columns are rescaled
         // a few times per query instead of at nearly every block. (A NaN in the block's max spreads
@@ -137,28 +147,114 @@ pub(super) unsafe fn softmax_half(
                 _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_loadu_ps(o), alpha));
             }
         }
-        let shift = _mm512_sub_ps(_mm512_setzero_ps(), m);
-        let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
-        let mut sums = [total, _mm512_setzero_ps()];
-        for c in (0..KEY_BLOCK).step_by(2) {
-            let p: [__m512; 2] = std::array::from_fn(|i| {
-                let c = c + i;
-                if c >= hi {
-                    return _mm512_setzero_ps();
-                }
-                _mm512_maskz_mov_ps(mask(c), exp2(_mm512_fmadd_ps(load(c), sc, shift)))
-            });
-            sums[0] = _mm512_add_ps(sums[0], p[0]);
-            sums[1] = _mm512_add_ps(sums[1], p[1]);
-            let bf = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(p[1], p[0]));
-            let row = (c / 32) * TILE + ((c % 32) / 2) * 32;
-            _mm512_storeu_si512(
-                tiles[row..].as_mut_ptr().cast(),
-                _mm512_permutexvar_epi16(idx, bf),
-            );
-        }
-        _mm512_storeu_ps(state.sum.as_mut_ptr(), _mm512_add_ps(sums[0], sums[1]));
+        let (sums, _) = block.exponentials(sc, m, total, tiles);
+        _mm512_storeu_ps(state.sum.as_mut_ptr(), sums);
         _mm512_storeu_ps(state.max.as_mut_ptr(), m);
+    }
+}
+
+/// One half's scores for a key block: key `c`'s 16 lanes at `sb[c * 32 + half * 16..]`; lane `l`
+/// sees the block's first `live[l]` keys, every lane the first `lo`, some lane the first `hi`.
+struct Block<'a> {
+    sb: &'a [f32],
+    half: usize,
+    lo: usize,
+    hi: usize,
+    live: [i32; 16],
+}
+
+impl Block<'_> {
+    /// Key `c`'s scores (`c < KEY_BLOCK`).
+    #[inline(always)]
+    unsafe fn load(&self, c: usize) -> __m512 {
+        // SAFETY: AVX-512F (the caller's); `c * 32 + half * 16 + 16 <= sb.len()` (`softmax_half`'s
+        // assert).
+        unsafe { _mm512_loadu_ps(self.sb[c * 32 + self.half * 16..].as_ptr()) }
+    }
+
+    /// The lanes that see key `c`.
+    #[inline(always)]
+    unsafe fn mask(&self, c: usize) -> __mmask16 {
+        if c < self.lo {
+            0xffff
+        } else {
+            // SAFETY: AVX-512F (the caller's); `live` holds 16 i32.
+            unsafe {
+                _mm512_cmpgt_epi32_mask(
+                    _mm512_loadu_si512(self.live.as_ptr().cast()),
+                    _mm512_set1_epi32(c as i32),
+                )
+            }
+        }
+    }
+
+    /// `p = 2^(score * sc - m)` of every key (0 where a lane does not see it) into `tiles` as bf16
+    /// P^T rows and into the sums started from `total`; returns the sums and each lane's largest
+    /// exponent `score * sc - m` over the keys it sees.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX-512BW, AVX-512DQ and AVX512-BF16; `tiles` holds [`KEY_DEPTHS`] tiles.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512bf16")]
+    unsafe fn exponentials(
+        &self,
+        sc: __m512,
+        m: __m512,
+        total: __m512,
+        tiles: &mut [u16],
+    ) -> (__m512, __m512) {
+        assert!(tiles.len() >= KEY_DEPTHS * TILE);
+        // SAFETY: the caller's promise; the loads as in `load`, the stores inside `tiles` (row
+        // `(c / 32) * TILE + ((c % 32) / 2) * 32` for c < KEY_BLOCK, 32 values).
+        unsafe {
+            if self.lo == KEY_BLOCK {
+                // Every lane sees every key: no masks.
+                self.exponentials_with(sc, m, total, tiles, |_| 0xffff)
+            } else {
+                self.exponentials_with(sc, m, total, tiles, |c| self.mask(c))
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn exponentials_with(
+        &self,
+        sc: __m512,
+        m: __m512,
+        total: __m512,
+        tiles: &mut [u16],
+        mask: impl Fn(usize) -> __mmask16,
+    ) -> (__m512, __m512) {
+        // SAFETY: as for `exponentials`, whose target features this inlines into.
+        unsafe {
+            let shift = _mm512_sub_ps(_mm512_setzero_ps(), m);
+            let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
+            let mut sums = [total, _mm512_setzero_ps()];
+            let mut top = [_mm512_set1_ps(f32::NEG_INFINITY); 2];
+            for c in (0..KEY_BLOCK).step_by(2) {
+                let p: [__m512; 2] = std::array::from_fn(|i| {
+                    let c = c + i;
+                    if c >= self.hi {
+                        return _mm512_setzero_ps();
+                    }
+                    let k = mask(c);
+                    let t = _mm512_fmadd_ps(self.load(c), sc, shift);
+                    top[i] = _mm512_mask_max_ps(top[i], k, top[i], t);
+                    _mm512_maskz_mov_ps(k, exp2(t))
+                });
+                sums[0] = _mm512_add_ps(sums[0], p[0]);
+                sums[1] = _mm512_add_ps(sums[1], p[1]);
+                let bf = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(p[1], p[0]));
+                let row = (c / 32) * TILE + ((c % 32) / 2) * 32;
+                _mm512_storeu_si512(
+                    tiles[row..].as_mut_ptr().cast(),
+                    _mm512_permutexvar_epi16(idx, bf),
+                );
+            }
+            (
+                _mm512_add_ps(sums[0], sums[1]),
+                _mm512_max_ps(top[0], top[1]),
+            )
+        }
     }
 }
 
