@@ -227,6 +227,42 @@ fn main() {
             }) / (4 * depth) as f64;
             println!("chains of {depth:2} products, C zeroed and stored: {chain:6.2} ns per product");
         }
+        // The P V pattern: C loaded (the output's accumulators), two products, C stored.
+        let pv = time(1_000_000, |i| {
+            asm!("tileloadd tmm0, [{a} + {s}]", "tileloadd tmm1, [{b} + {s}]",
+                 "tileloadd tmm2, [{c} + {s}]", "tileloadd tmm3, [{d} + {s}]",
+                 a = in(reg) cp, b = in(reg) cp.add(16), c = in(reg) cp.add(512),
+                 d = in(reg) cp.add(528), s = in(reg) 128usize, options(nostack, readonly));
+            for d in 0..2 {
+                block(l1.as_ptr().add(((i as usize + d) % 4) * 2048), true);
+            }
+            asm!("tilestored [{a} + {s}], tmm0", "tilestored [{b} + {s}], tmm1",
+                 "tilestored [{c} + {s}], tmm2", "tilestored [{d} + {s}], tmm3",
+                 a = in(reg) cp, b = in(reg) cp.add(16), c = in(reg) cp.add(512),
+                 d = in(reg) cp.add(528), s = in(reg) 128usize, options(nostack));
+        }) / 8.0;
+        println!("C loaded, 2 products, C stored:   {pv:6.2} ns per product");
+        // Two C sets in turn (1 x 2 blocks: one A tile, two B tiles, two C tiles), so that one
+        // set's stores may overlap the other's products.
+        let alt = time(1_000_000, |i| {
+            let p = l1.as_ptr().add((i as usize % 4) * 2048);
+            asm!("tilezero tmm0", "tilezero tmm1",
+                 "tileloadd tmm4, [{a} + {s}]", "tileloadd tmm6, [{c} + {s}]", "tileloadd tmm7, [{d} + {s}]",
+                 "tdpbf16ps tmm0, tmm4, tmm6", "tdpbf16ps tmm1, tmm4, tmm7",
+                 "tileloadd tmm4, [{b} + {s}]", "tileloadd tmm6, [{d} + {s}]", "tileloadd tmm7, [{c} + {s}]",
+                 "tdpbf16ps tmm0, tmm4, tmm6", "tdpbf16ps tmm1, tmm4, tmm7",
+                 "tilestored [{o0} + {s2}], tmm0", "tilestored [{o1} + {s2}], tmm1",
+                 "tilezero tmm2", "tilezero tmm3",
+                 "tileloadd tmm5, [{b} + {s}]", "tileloadd tmm6, [{c} + {s}]", "tileloadd tmm7, [{d} + {s}]",
+                 "tdpbf16ps tmm2, tmm5, tmm6", "tdpbf16ps tmm3, tmm5, tmm7",
+                 "tileloadd tmm5, [{a} + {s}]", "tileloadd tmm6, [{d} + {s}]", "tileloadd tmm7, [{c} + {s}]",
+                 "tdpbf16ps tmm2, tmm5, tmm6", "tdpbf16ps tmm3, tmm5, tmm7",
+                 "tilestored [{o2} + {s2}], tmm2", "tilestored [{o3} + {s2}], tmm3",
+                 a = in(reg) p, b = in(reg) p.add(512), c = in(reg) p.add(1024), d = in(reg) p.add(1536),
+                 s = in(reg) 64usize, o0 = in(reg) cp, o1 = in(reg) cp.add(16), o2 = in(reg) cp.add(512),
+                 o3 = in(reg) cp.add(528), s2 = in(reg) 128usize, options(nostack));
+        }) / 8.0;
+        println!("two 1x2 C sets in turn, depth 2:  {alt:6.2} ns per product");
         let mut x = [_mm512_set1_ps(0.5); 8];
         for rounds in [8usize, 16, 32] {
             let n = 500_000;
