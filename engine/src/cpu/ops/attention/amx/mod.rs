@@ -79,6 +79,7 @@ use softmax::{softmax_half, Lanes};
 use std::cell::RefCell;
 
 mod softmax;
+mod transpose;
 
 /// Most queries per band (a multiple of 32): each key block loaded from L2 serves this many queries.
 const BAND: usize = 256;
@@ -294,13 +295,13 @@ fn pack_q<'a>(
     for t in 0..nb / 16 {
         for db in 0..dbs {
             let tile = &mut qt[(t * dbs + db) * TILE..][..TILE];
-            for c in 0..16 {
-                let src = &rounded[(t * 16 + c) * dp + db * 32..][..32];
-                for (pair, v) in src.chunks_exact(2).enumerate() {
-                    tile[pair * 32 + c * 2] = v[0];
-                    tile[pair * 32 + c * 2 + 1] = v[1];
-                }
-            }
+            let src = &rounded[t * 16 * dp + db * 32..][..15 * dp + 32];
+            // SAFETY: AVX-512F (`attention` asserted `supported`); `src` holds the 16 rows' 32 bf16
+            // (16 u32) `dp` apart, `tile` 512 bf16 (256 u32); both start on 4-byte boundaries (bf16
+            // offsets that are multiples of 32 in buffers on cache lines).
+            unsafe {
+                transpose::transpose16(src.as_ptr().cast(), dp / 2, tile.as_mut_ptr().cast())
+            };
         }
     }
     qt
