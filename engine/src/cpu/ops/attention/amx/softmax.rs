@@ -215,6 +215,10 @@ impl Block<'_> {
         }
     }
 
+    /// [`Block::exponentials`] with the lanes that see key `c` given by `mask(c)`.
+    ///
+    /// # Safety
+    /// As for [`Block::exponentials`], whose target features this inlines into.
     #[inline(always)]
     unsafe fn exponentials_with(
         &self,
