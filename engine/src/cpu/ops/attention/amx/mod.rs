@@ -73,8 +73,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use super::super::aligned::AlignedVec;
-use super::super::amx_tiles::{self, round_bf16, round_rows, TILE};
+use super::super::amx_tiles::{self, round_rows, TILE};
 use super::{for_each_band, pack_kv, AttnShape, Segment};
+use rayon::prelude::*;
 use softmax::{softmax_half, Lanes};
 use std::cell::RefCell;
 
@@ -110,26 +111,34 @@ impl PackedKv {
         let keys: usize = segments.iter().map(|g| g.len).sum();
         let keys_pad = keys.next_multiple_of(KEY_BLOCK);
         let dp = d.next_multiple_of(32);
-        let (dbs, dts) = (dp / 32, dp / 16);
+        let dbs = dp / 32;
         let head = keys_pad * dp;
         let mut k = AlignedVec::zeroed(s.kv_heads * head);
-        let mut v = AlignedVec::zeroed(s.kv_heads * head);
+        // V rounded row by row (`[key][dp]`), then transposed into its tiles 32 keys at a time.
+        let mut v_rows = AlignedVec::zeroed(s.kv_heads * head);
         pack_kv(
             segments,
             s,
             (&mut k, head),
-            (&mut v, head),
+            (&mut v_rows, head),
             |kh, vh, c, kr, vr| {
                 let row = (c / 16) * dbs * TILE + (c % 16) * 32;
                 // SAFETY: `attention` asserted `supported` (AMX-BF16 and the AVX-512 set); key c's
-                // `dbs` tile rows lie in `kh`, TILE apart (zeros past `d`, as the layout has).
-                unsafe { round_rows(kr, &mut kh[row..], TILE) };
-                let col = (c / 32) * dts * TILE + c % 32;
-                for (e, &x) in vr.iter().enumerate() {
-                    vh[col + (e / 16) * TILE + (e % 16) * 32] = round_bf16(x);
+                // `dbs` tile rows lie in `kh`, TILE apart (zeros past `d`, as the layout has), its
+                // `dp` values (zeros past `d`) in `vh`.
+                unsafe {
+                    round_rows(kr, &mut kh[row..], TILE);
+                    round_rows(vr, &mut vh[c * dp..], 32);
                 }
             },
         );
+        let mut v = AlignedVec::zeroed(s.kv_heads * head);
+        v.par_chunks_mut(head.max(1))
+            .zip(v_rows.par_chunks(head.max(1)))
+            .for_each(|(vt, rows)| {
+                // SAFETY: as above (AVX-512F); both hold `keys_pad` (a multiple of 32) x `dp`.
+                unsafe { transpose::v_tiles(rows, vt, keys_pad, dp) }
+            });
         PackedKv { k, v, keys_pad, dp }
     }
 

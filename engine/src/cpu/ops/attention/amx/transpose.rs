@@ -1,4 +1,5 @@
-//! The 16 x 16 transpose of 32-bit elements that makes a Q^T B tile from 16 rounded query rows: a
+//! The 16 x 16 transpose of 32-bit elements that makes a Q^T B tile from 16 rounded query rows (and,
+//! over key pairs, V^T's A tiles from V's rounded rows: [`v_tiles`]): a
 //! row's adjacent bf16 depths (one 32-bit element) become one column of the tile's row for that
 //! depth pair. Four stages of AVX-512 shuffles (64 for 256 elements) in place of an element-by-element
 //! copy: Q's packing over a bench run of the mid preset's 1024x1024 gen step (one build each,
@@ -54,9 +55,65 @@ pub(super) unsafe fn transpose16(src: *const u32, stride: usize, dst: *mut u32) 
     }
 }
 
+/// V^T A tiles from V's rounded rows: `rows` is `[keys][dp]` bf16 (`keys` a multiple of 32, `dp` of
+/// 16), `tiles` gets tile `(key block kb, column tile dt)` at `(kb * (dp / 16) + dt) * 512`, column
+/// `e`, key `c` at `(e % 16) * 32 + c % 32` within it. Each tile row holds 32 keys of one column:
+/// two keys' values side by side make a 32-bit element (a key pair), and the 16 x 16 transpose of
+/// those pairs is the tile. In place of one scalar store per value (the attention packed V that way).
+///
+/// # Safety
+/// AVX-512F and AVX512-BW; `rows` and `tiles` hold `keys * dp` values.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn v_tiles(rows: &[u16], tiles: &mut [u16], keys: usize, dp: usize) {
+    assert!(keys.is_multiple_of(32) && dp.is_multiple_of(16));
+    assert!(rows.len() >= keys * dp && tiles.len() >= keys * dp);
+    let dts = dp / 16;
+    let mut pairs = [0u32; 256];
+    for kb in 0..keys / 32 {
+        for dt in 0..dts {
+            // SAFETY: AVX-512F and BW (the caller's promise); each load is 16 values of a key row
+            // inside `rows`, each store inside `pairs`, and the tile inside `tiles` (asserted).
+            unsafe {
+                for j in 0..16 {
+                    let at = |key: usize| rows.as_ptr().add(key * dp + dt * 16);
+                    let even =
+                        _mm512_cvtepu16_epi32(_mm256_loadu_si256(at(kb * 32 + 2 * j).cast()));
+                    let odd =
+                        _mm512_cvtepu16_epi32(_mm256_loadu_si256(at(kb * 32 + 2 * j + 1).cast()));
+                    let pair = _mm512_or_si512(even, _mm512_slli_epi32::<16>(odd));
+                    _mm512_storeu_si512(pairs.as_mut_ptr().add(j * 16).cast(), pair);
+                }
+                let tile = tiles.as_mut_ptr().add((kb * dts + dt) * 512);
+                transpose16(pairs.as_ptr(), 16, tile.cast());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every value of V's rows lands where the attention's V^T tiles keep it.
+    #[test]
+    fn v_tiles_put_each_value_in_its_tile() {
+        if !crate::cpu::ops::amx_tiles::supported() {
+            eprintln!("SKIPPED v_tiles test: this CPU has no AVX-512 set of the AMX path");
+            return;
+        }
+        let (keys, dp) = (64, 48);
+        let rows: Vec<u16> = (0..keys * dp).map(|i| (i * 7919 % 65521) as u16).collect();
+        let mut tiles = vec![0u16; keys * dp];
+        // SAFETY: `supported` found AVX-512F and BW; both hold keys x dp.
+        unsafe { v_tiles(&rows, &mut tiles, keys, dp) };
+        let dts = dp / 16;
+        for c in 0..keys {
+            for e in 0..dp {
+                let at = ((c / 32) * dts + e / 16) * 512 + (e % 16) * 32 + c % 32;
+                assert_eq!(tiles[at], rows[c * dp + e], "key {c}, column {e}");
+            }
+        }
+    }
 
     #[test]
     fn transposes_every_element() {
