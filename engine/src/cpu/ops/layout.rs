@@ -73,8 +73,11 @@ pub(crate) fn upsample2x(x: &[f32], h: usize, w: usize, out: &mut [f32]) {
     for_rows(out, w2, 1, |row, o| {
         let (ch, y) = (row / h2, row % h2);
         let src = &x[(ch * h + y / 2) * w..(ch * h + y / 2 + 1) * w];
-        for (xx, v) in o.iter_mut().enumerate() {
-            *v = src[xx / 2];
+        // Each value written twice side by side (vectorizes as an interleave; indexing `src[xx / 2]`
+        // per output value did not).
+        for (pair, &v) in o.chunks_exact_mut(2).zip(src) {
+            pair[0] = v;
+            pair[1] = v;
         }
     });
 }
@@ -89,4 +92,34 @@ pub(crate) fn gather_rows(x: &[f32], c: usize, rows: &[usize], out: &mut [f32]) 
     for_rows(out, c, 1, |i, o| {
         o.copy_from_slice(&x[rows[i] * c..(rows[i] + 1) * c])
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::ops::test_values::values;
+
+    /// Nearest 2x upsampling: every output value is its source pixel's, for odd and even sizes and
+    /// enough channels to run in parallel.
+    #[test]
+    fn upsample2x_repeats_each_pixel_twice_each_way() {
+        for &(c, h, w) in &[(1, 1, 1), (3, 5, 7), (2, 4, 6), (40, 33, 65)] {
+            let x = values(c * h * w, (c + h + w) as u64);
+            let mut out = vec![f32::NAN; c * 4 * h * w];
+            upsample2x(&x, h, w, &mut out);
+            for ch in 0..c {
+                for y in 0..2 * h {
+                    for xx in 0..2 * w {
+                        let got = out[(ch * 2 * h + y) * 2 * w + xx];
+                        let want = x[(ch * h + y / 2) * w + xx / 2];
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{c}x{h}x{w} at ({ch}, {y}, {xx})"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
