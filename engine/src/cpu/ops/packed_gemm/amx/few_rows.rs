@@ -13,8 +13,7 @@
 //! streamed side by side), each walking its rows [`ROWS`] at a time; memory-bound at one row (each
 //! 64-byte load feeds one VDPBF16PS per row).
 
-use super::super::super::amx_tiles::{round_slice, TILE};
-use super::super::super::simd::level;
+use super::super::super::amx_tiles::{round_rows, TILE};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
@@ -35,7 +34,7 @@ impl OutPtr {
     }
 }
 
-/// `y` (`m` x `n`, row stride `n`) `= bias + round_bf16(x) @ w`, `w` (`k` x `n`) as the tiles
+/// `y` (`m` x `n`, row stride `n`) `= bias + bf16(x) @ w` (x rounded by [`round_rows`]), `w` (`k` x `n`) as the tiles
 /// [`tiles_from_rows`](super::tiles_from_rows) makes. The caller checked the shapes and that the
 /// CPU has AVX-512F and AVX512-BF16 (every AMX CPU has; [`supported`](super::supported)).
 pub(crate) fn linear(
@@ -56,9 +55,10 @@ pub(crate) fn linear(
     // x rounded, each row's depths padded to whole tiles: row r's depth pair p is the u32 at
     // `r * pairs + p` (the even depth in its low half, as in the tile rows).
     let mut xb = vec![0u16; m * pairs * 2];
-    let lv = level();
     for (r, row) in xb.chunks_exact_mut(pairs * 2).enumerate() {
-        round_slice(lv, &x[r * k..][..k], &mut row[..k]);
+        // SAFETY: AVX-512F, BW and BF16 (the caller's promise: `linear_few_rows` asserts
+        // `supported`); the row's `kbs` rows of 32 fill `row` (zeros past `k`).
+        unsafe { round_rows(&x[r * k..][..k], row, 32) };
     }
     let xp: Vec<u32> = xb
         .chunks_exact(2)
