@@ -112,7 +112,6 @@ impl Executor {
         // The groups this backend runs as one pass (`fused`): the plan keeps every member's output
         // clear of what the group reads (`hbridge_graph::fusion`).
         let steps = fused::steps(graph, &locs);
-        let mut group_start = 0;
         for (i, node) in graph.nodes.iter().enumerate() {
             let step = steps[i];
             let out_id = match step {
@@ -125,7 +124,7 @@ impl Executor {
             };
             if let Op::Reshape { x, .. } = &node.op {
                 self.reshape(locs[x.index()], out_off, out_len);
-            } else if step != Step::Written {
+            } else if !matches!(step, Step::Written { .. }) {
                 let ins = match step {
                     Step::Group { len, .. } => fused::group_inputs(graph, i, len),
                     _ => node.op.inputs(),
@@ -156,16 +155,12 @@ impl Executor {
                     _ => dispatch::run(graph, &node.op, node.out, &inputs, out)?,
                 }
             }
-            if let Step::Group { .. } = step {
-                group_start = i;
-            }
-            // A node its group wrote gets no time of its own in a profile. One of the group's first
-            // node's kind (the up projection after the gate's) keeps its work: the kind's total
-            // time holds it. Another (the SwiGLU, the SiLU) counts none.
+            // A node its group wrote gets no time of its own in a profile, and its work counts
+            // where `fused` says.
             if let (Some(t), Some(start)) = (times.as_deref_mut(), last) {
                 let end = Instant::now();
                 t.per_node.push((i, ms(end - start)));
-                if step == Step::Written && node.op.name() != graph.nodes[group_start].op.name() {
+                if step == (Step::Written { counts_work: false }) {
                     t.fused.push(i);
                 }
                 last = Some(end);

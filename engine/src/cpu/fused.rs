@@ -19,8 +19,10 @@ pub(super) enum Step {
     Alone,
     /// Runs the `len` nodes from this one as one pass, writing the last one's output.
     Group { kind: Kind, len: usize },
-    /// Nothing: the group before wrote this node's output.
-    Written,
+    /// Nothing: the group before wrote this node's output. `counts_work`: the node's work is in a
+    /// node of its own kind (the up projection, after the gate's), so a profile counts it there;
+    /// otherwise (the SwiGLU, the SiLU) the work counts as none.
+    Written { counts_work: bool },
 }
 
 /// The step at every node of `graph`, its tensors at `locs`.
@@ -38,7 +40,15 @@ pub(super) fn steps(graph: &Graph, locs: &[Loc<'_>]) -> Vec<Step> {
                 kind: g.kind,
                 len: g.len,
             };
-            steps[i + 1..i + g.len].fill(Step::Written);
+            let kind = graph.nodes[i].op.name();
+            for (step, node) in steps[i + 1..i + g.len]
+                .iter_mut()
+                .zip(&graph.nodes[i + 1..i + g.len])
+            {
+                *step = Step::Written {
+                    counts_work: node.op.name() == kind,
+                };
+            }
         }
     }
     steps
