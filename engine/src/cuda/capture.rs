@@ -164,9 +164,10 @@ pub struct Captured {
 }
 
 /// Records every launch of `graph` on `bindings` into a CUDA graph (nothing runs), instantiates and
-/// uploads it. Thread-local capture mode: an allocation, synchronization or host copy made by this
-/// thread during the capture fails the capture instead of silently running outside it. The stream is
-/// back to normal whatever happens.
+/// uploads it. Thread-local capture mode: a synchronization or synchronous host copy made by this
+/// thread during the capture fails the capture instead of silently running outside it; an allocation
+/// would be recorded (cudarc allocates stream-ordered), so [`Gpu::alloc_zeros`] refuses one while the
+/// stream captures. The stream is back to normal whatever happens.
 pub fn capture(gpu: &Gpu, graph: &Graph, bindings: &Bindings) -> CudaResult<GraphExec> {
     let stream = gpu.stream();
     stream

@@ -163,11 +163,32 @@ impl Gpu {
             .map_err(|e| CudaError::driver(format!("finding {entry} in {file}.cu"), e))
     }
 
-    /// `n` elements of device memory, zeroed (allocation is rare: arenas and weights).
+    /// `n` elements of device memory, zeroed (allocation is rare: arenas and weights). Refused while
+    /// the stream is being captured: cudarc allocates with `cuMemAllocAsync`, which a capture records
+    /// as a graph memory node instead of failing, and the slice's later `cuMemFreeAsync` outside the
+    /// graph would free memory the graph owns.
     pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
         &self,
         n: usize,
     ) -> CudaResult<CudaSlice<T>> {
+        use cudarc::driver::sys::CUstreamCaptureStatus as Status;
+        match self.stream.capture_status() {
+            Ok(Status::CU_STREAM_CAPTURE_STATUS_NONE) => {}
+            Ok(status) => {
+                return Err(CudaError::Driver {
+                    during: format!("allocating {n} elements"),
+                    message: format!(
+                        "the stream is being captured ({status:?}): allocate before the capture"
+                    ),
+                })
+            }
+            Err(e) => {
+                return Err(CudaError::driver(
+                    format!("querying the stream's capture state before allocating {n} elements"),
+                    e,
+                ))
+            }
+        }
         self.stream
             .alloc_zeros::<T>(n.max(1))
             .map_err(|e| CudaError::driver(format!("allocating {n} elements"), e))
