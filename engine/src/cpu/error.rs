@@ -86,6 +86,23 @@ pub enum EngineError {
         len: i64,
         rows: usize,
     },
+    /// The weights about to be converted need more memory than the host has available.
+    #[error(
+        "loading {tensors} weight tensor(s) needs {:.2} GB of memory as {storage}, but the host has \
+         {:.2} GB available{hint}; set {env}=1 to load anyway (with swap)",
+        *need as f64 / 1e9,
+        *available as f64 / 1e9,
+        env = crate::cpu::host_memory::IGNORE_ENV
+    )]
+    HostMemory {
+        tensors: usize,
+        need: u64,
+        available: u64,
+        /// How the weights are held ("f32", "bf16 where the checkpoint has bf16", ...).
+        storage: String,
+        /// What would need less (empty when nothing would).
+        hint: String,
+    },
     #[error("malformed graph at `{label}`: {problem}")]
     Graph { label: String, problem: String },
     #[error("memory plan does not fit the graph: {0}")]

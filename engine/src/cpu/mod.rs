@@ -8,6 +8,7 @@ mod dispatch;
 mod error;
 mod exec;
 mod fused;
+pub mod host_memory;
 mod matmul_mode;
 pub(crate) mod ops;
 mod tensor;

@@ -228,6 +228,7 @@ impl CpuWeights {
         // Row-major sorts first, so a weight wanted two ways is loaded row-major.
         todo.sort_unstable_by_key(|(p, n, _, w)| (slot(*p), *n, *w));
         todo.dedup_by_key(|(p, n, _, _)| (slot(*p), *n));
+        self.check_host_memory(ckpt, &todo, super::host_memory::available())?;
         let loaded: Vec<(Part, String, WeightTensor)> = todo
             .into_par_iter()
             .map(|(part, name, shape, want)| {
@@ -307,6 +308,58 @@ impl CpuWeights {
     }
 
     /// Checks that every weight `graph` references is loaded with the declared shape.
+    /// Refuses to convert `todo` when its bytes (each tensor at the element size it will be held
+    /// in) exceed `available` (the host's, [`super::host_memory::available`]; `None`: no check).
+    fn check_host_memory(
+        &self,
+        ckpt: &Checkpoint,
+        todo: &[(Part, &str, &[usize], Want)],
+        available: Option<u64>,
+    ) -> Result<()> {
+        let Some(available) = available else {
+            return Ok(());
+        };
+        let (mut need, mut at_f32_halvable) = (0u64, 0u64);
+        for &(part, name, shape, want) in todo {
+            let numel = shape.iter().product::<usize>() as u64;
+            let dtype = ckpt.tensor(part, name).map(|v| v.dtype.clone());
+            let derived = hbridge_graph::derived::recipe(name).is_some();
+            let bf16 = matches!(want, Want::Bf16 | Want::PackedBf16)
+                && !derived
+                && dtype.is_some_and(|d| self.storage.for_dtype(&d) == WeightStorage::Bf16);
+            need += numel * if bf16 { 2 } else { 4 };
+            // What bf16 storage would hold as bf16: the matrices (a few read by other ops stay
+            // f32, so this is about).
+            if shape.len() == 2 && !derived && !bf16 {
+                at_f32_halvable += numel;
+            }
+        }
+        if need <= available {
+            return Ok(());
+        }
+        let hint = if self.storage != WeightStorage::Bf16 && at_f32_halvable > 0 {
+            format!(
+                " (bf16 storage, `--weight-dtype bf16`, would need about {:.2} GB)",
+                (need - 2 * at_f32_halvable) as f64 / 1e9
+            )
+        } else {
+            String::new()
+        };
+        Err(EngineError::HostMemory {
+            tensors: todo.len(),
+            need,
+            available,
+            storage: match self.storage {
+                WeightStorage::F32 => "f32".into(),
+                WeightStorage::Bf16 => "bf16 (the large matrices)".into(),
+                WeightStorage::Exact => {
+                    "f32, the large matrices bf16 where the checkpoint has them so".into()
+                }
+            },
+            hint,
+        })
+    }
+
     pub fn check_graph(&self, graph: &Graph) -> Result<()> {
         self.parts.check_graph(graph)
     }
@@ -387,5 +440,63 @@ fn derived_data(values: Vec<f32>, shape: &[usize], want: Want) -> WeightData {
             WeightData::PackedF32(Arc::new(PackedWeight::from_rows(&values, out, inp)))
         }
         _ => WeightData::F32(values.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The estimate counts each tensor at the size it will be held in, refuses only past the
+    /// available bytes, and says what bf16 storage would need.
+    #[test]
+    fn host_memory_check_counts_held_bytes() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/model");
+        let ck = Checkpoint::open(&dir).unwrap();
+        let name = "layers.0.attn.to_k.weight";
+        let shape = [24usize, 72];
+        let view = ck.tensor(Part::Gen, name).unwrap();
+        assert_eq!(view.dtype.to_string().to_lowercase(), "bf16");
+        let todo = |want| vec![(Part::Gen, name, &shape[..], want)];
+        let f32s = CpuWeights::with_storage(WeightStorage::F32);
+        let at_f32 = (24 * 72 * 4) as u64;
+        f32s.check_host_memory(&ck, &todo(Want::Packed), Some(at_f32))
+            .unwrap();
+        f32s.check_host_memory(&ck, &todo(Want::Packed), None)
+            .unwrap();
+        let err = f32s
+            .check_host_memory(&ck, &todo(Want::Packed), Some(at_f32 - 1))
+            .unwrap_err();
+        match &err {
+            EngineError::HostMemory {
+                tensors,
+                need,
+                available,
+                hint,
+                ..
+            } => {
+                assert_eq!((*tensors, *need, *available), (1, at_f32, at_f32 - 1));
+                assert!(hint.contains("--weight-dtype bf16"), "{hint}");
+            }
+            other => panic!("expected HostMemory, got {other:?}"),
+        }
+        assert!(
+            err.to_string()
+                .contains(super::super::host_memory::IGNORE_ENV),
+            "{err}"
+        );
+        // Held as bf16 (the checkpoint's own dtype): half the bytes, and no hint.
+        let exact = CpuWeights::with_storage(WeightStorage::Exact);
+        exact
+            .check_host_memory(&ck, &todo(Want::PackedBf16), Some(at_f32 / 2))
+            .unwrap();
+        match exact.check_host_memory(&ck, &todo(Want::PackedBf16), Some(at_f32 / 2 - 1)) {
+            Err(EngineError::HostMemory { need, hint, .. }) => {
+                assert_eq!(need, at_f32 / 2);
+                assert!(hint.is_empty(), "{hint}");
+            }
+            other => panic!("expected HostMemory, got {other:?}"),
+        }
     }
 }

@@ -211,7 +211,11 @@ pub fn gemm(gpu: &Gpu, args: &GemmArgs) -> CudaResult<()> {
             a: args.b,
             b: args.a,
             d: args.c,
-            bias: if bias_apart.is_some() { None } else { args.bias },
+            bias: if bias_apart.is_some() {
+                None
+            } else {
+                args.bias
+            },
             alpha: 1.0,
             beta: if args.accumulate { 1.0 } else { 0.0 },
             d_f32: false,
