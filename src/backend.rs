@@ -102,7 +102,23 @@ impl Backend {
                 };
                 if missing {
                     let mut w = weights.write().unwrap_or_else(|e| e.into_inner());
-                    w.load_graph(checkpoint, graph)?;
+                    // Converting gigabytes takes seconds: say so before and after.
+                    let report = w.load_graph_with(checkpoint, graph, |tensors, bytes| {
+                        if bytes >= 1 << 30 {
+                            eprintln!(
+                                "converting weights: {tensors} tensors, {:.1} GB",
+                                bytes as f64 / 1e9
+                            );
+                        }
+                    })?;
+                    if report.bytes >= 1 << 30 {
+                        eprintln!(
+                            "converted {} weights ({:.1} GB) in {:.1} s",
+                            report.tensors,
+                            report.bytes as f64 / 1e9,
+                            report.seconds
+                        );
+                    }
                 }
             }
             Backend::Cuda {

@@ -13,6 +13,6 @@ pub mod weight_table;
 
 pub use cpu::{
     execute, CpuCompute, CpuComputeFixed, CpuWeights, EngineError, Executor, HostData, HostTensor,
-    MatmulMode, WeightData, WeightStorage, WeightTensor,
+    LoadReport, MatmulMode, WeightData, WeightStorage, WeightTensor,
 };
 pub use cuda::{CudaError, CudaExecutor, CudaWeights, Gpu};

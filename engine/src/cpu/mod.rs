@@ -22,4 +22,4 @@ pub use matmul_mode::{CpuCompute, CpuComputeFixed, MatmulMode};
 pub use ops::fast_exp::exp_shifted_sum;
 pub use tensor::{state_rows, HostData, HostTensor};
 pub use weight_data::{WeightData, WeightStorage};
-pub use weights::{CpuWeights, WeightTensor};
+pub use weights::{CpuWeights, LoadReport, WeightTensor};

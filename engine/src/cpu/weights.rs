@@ -24,6 +24,14 @@ use hbridge_loader::{Checkpoint, Part};
 use rayon::prelude::*;
 use std::sync::Arc;
 
+/// What one `load_*` call converted: tensors, the bytes they are held in, and the wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadReport {
+    pub tensors: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
 /// The form a graph wants a weight in. Row-major f32 sorts first and row-major bf16 before packed
 /// bf16, so a weight wanted two ways is loaded row-major.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -106,7 +114,19 @@ impl CpuWeights {
     /// the graph's declared shape; one held as bf16 that `graph` reads other than as a linear weight or
     /// an embedding table is loaded again as f32, and one held packed that `graph` reads other than as
     /// a linear weight is unpacked.
-    pub fn load_graph(&mut self, ckpt: &Checkpoint, graph: &Graph) -> Result<()> {
+    pub fn load_graph(&mut self, ckpt: &Checkpoint, graph: &Graph) -> Result<LoadReport> {
+        self.load_graph_with(ckpt, graph, |_, _| {})
+    }
+
+    /// [`load_graph`](Self::load_graph), calling `starting(tensors, bytes)` before converting
+    /// anything (not at all when everything is loaded): converting gigabytes takes seconds, which a
+    /// caller may want to say.
+    pub fn load_graph_with(
+        &mut self,
+        ckpt: &Checkpoint,
+        graph: &Graph,
+        starting: impl FnOnce(usize, u64),
+    ) -> Result<LoadReport> {
         let mut widens = vec![true; graph.tensors.len()];
         for node in &graph.nodes {
             for id in node.op.inputs() {
@@ -141,7 +161,7 @@ impl CpuWeights {
                 _ => None,
             })
             .collect();
-        self.load_wanted(ckpt, list)
+        self.load_wanted(ckpt, list, starting)
     }
 
     /// Adds the listed weights `(part, stored name, expected shape)`, converting in parallel. They are
@@ -150,12 +170,12 @@ impl CpuWeights {
         &mut self,
         ckpt: &Checkpoint,
         list: impl IntoIterator<Item = (Part, &'a str, &'a [usize])>,
-    ) -> Result<()> {
+    ) -> Result<LoadReport> {
         let list = list
             .into_iter()
             .map(|(p, n, s)| (p, n, s, Want::F32))
             .collect();
-        self.load_wanted(ckpt, list)
+        self.load_wanted(ckpt, list, |_, _| {})
     }
 
     /// Packs the row-major matrices held that `graph` reads only as linear weights, in their own
@@ -194,7 +214,9 @@ impl CpuWeights {
         &mut self,
         ckpt: &Checkpoint,
         list: Vec<(Part, &str, &[usize], Want)>,
-    ) -> Result<()> {
+        starting: impl FnOnce(usize, u64),
+    ) -> Result<LoadReport> {
+        let start = std::time::Instant::now();
         let mut todo = Vec::new();
         let mut unpack = Vec::new();
         for (part, name, shape, want) in list {
@@ -228,7 +250,11 @@ impl CpuWeights {
         // Row-major sorts first, so a weight wanted two ways is loaded row-major.
         todo.sort_unstable_by_key(|(p, n, _, w)| (slot(*p), *n, *w));
         todo.dedup_by_key(|(p, n, _, _)| (slot(*p), *n));
-        self.check_host_memory(ckpt, &todo, super::host_memory::available())?;
+        let bytes = self.check_host_memory(ckpt, &todo, super::host_memory::available())?;
+        let tensors = todo.len();
+        if tensors > 0 {
+            starting(tensors, bytes);
+        }
         let loaded: Vec<(Part, String, WeightTensor)> = todo
             .into_par_iter()
             .map(|(part, name, shape, want)| {
@@ -242,7 +268,11 @@ impl CpuWeights {
         for (part, name, w) in loaded {
             self.parts.insert(part, name, w);
         }
-        Ok(())
+        Ok(LoadReport {
+            tensors,
+            bytes,
+            seconds: start.elapsed().as_secs_f64(),
+        })
     }
 
     /// Adds one weight given as f32 values (tests, synthetic weights).
@@ -308,17 +338,15 @@ impl CpuWeights {
     }
 
     /// Checks that every weight `graph` references is loaded with the declared shape.
-    /// Refuses to convert `todo` when its bytes (each tensor at the element size it will be held
-    /// in) exceed `available` (the host's, [`super::host_memory::available`]; `None`: no check).
+    /// The bytes `todo` will be held in (each tensor at its element size), refusing to convert it
+    /// when they exceed `available` (the host's, [`super::host_memory::available`]; `None`: no
+    /// check).
     fn check_host_memory(
         &self,
         ckpt: &Checkpoint,
         todo: &[(Part, &str, &[usize], Want)],
         available: Option<u64>,
-    ) -> Result<()> {
-        let Some(available) = available else {
-            return Ok(());
-        };
+    ) -> Result<u64> {
         let (mut need, mut at_f32_halvable) = (0u64, 0u64);
         for &(part, name, shape, want) in todo {
             let numel = shape.iter().product::<usize>() as u64;
@@ -334,9 +362,9 @@ impl CpuWeights {
                 at_f32_halvable += numel;
             }
         }
-        if need <= available {
-            return Ok(());
-        }
+        let Some(available) = available.filter(|&a| need > a) else {
+            return Ok(need);
+        };
         let hint = if self.storage != WeightStorage::Bf16 && at_f32_halvable > 0 {
             format!(
                 " (bf16 storage, `--weight-dtype bf16`, would need about {:.2} GB)",

@@ -37,8 +37,12 @@ fn loads_converts_and_checks_shapes() {
 
     // A second graph adds its weights to the same store; the first stays loaded.
     let g2 = graph_with(Part::Gen, "layers.0.attn.to_q.weight", &[72, 72]);
-    w.load_graph(&ck, &g2).unwrap();
-    w.load_graph(&ck, &g1).unwrap();
+    // Its report counts what it converted (f32 storage: 4 bytes a value); a graph whose weights
+    // are all loaded converts nothing.
+    let added = w.load_graph(&ck, &g2).unwrap();
+    assert_eq!((added.tensors, added.bytes), (1, 72 * 72 * 4));
+    let again = w.load_graph(&ck, &g1).unwrap();
+    assert_eq!((again.tensors, again.bytes), (0, 0));
     assert_eq!(w.len(), 2);
     w.check_graph(&g2).unwrap();
 
