@@ -103,6 +103,15 @@ pub enum EngineError {
         /// What would need less (empty when nothing would).
         hint: String,
     },
+    /// A request's activations (its graph's memory plan) need more memory than the host has.
+    #[error(
+        "this request's activations need {:.2} GB of memory, but the host has {:.2} GB available \
+         (a smaller image or a shorter context needs less); set {env}=1 to run anyway (with swap)",
+        *need as f64 / 1e9,
+        *available as f64 / 1e9,
+        env = crate::cpu::host_memory::IGNORE_ENV
+    )]
+    ActivationMemory { need: u64, available: u64 },
     #[error("malformed graph at `{label}`: {problem}")]
     Graph { label: String, problem: String },
     #[error("memory plan does not fit the graph: {0}")]

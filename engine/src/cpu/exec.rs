@@ -105,7 +105,7 @@ impl Executor {
         mut times: Option<&mut NodeTimes>,
     ) -> Result<HashMap<String, HostTensor>> {
         let locs = resolve(graph, plan, weights, inputs, states)?;
-        self.arena.grow(plan.arena_len);
+        self.arena.grow(plan.arena_len)?;
         // The clock is read only when profiling: a normal run does nothing extra per node.
         let now = |on: bool| on.then(Instant::now);
         let mut last = now(times.is_some());
