@@ -194,7 +194,7 @@ fn cli_generate_and_its_bad_arguments() {
         );
     }
     // An output that could not be written is refused before the model is even opened (no
-    // "loaded" line), and a good run leaves no temporary file beside its PNG.
+    // "opened" line), and a good run leaves no temporary file beside its PNG.
     let folder = dir.to_str().unwrap();
     let missing = dir.join("no-such-folder/out.png");
     for (out_path, needle) in [
@@ -204,7 +204,7 @@ fn cli_generate_and_its_bad_arguments() {
         let out = hbridge(&["generate", m, "-p", "a cat", "-o", out_path]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            !out.status.success() && err.contains(needle) && !err.contains(&format!("loaded {m}")),
+            !out.status.success() && err.contains(needle) && !err.contains(&format!("opened {m}")),
             "-o {out_path}: {err}"
         );
     }

@@ -68,7 +68,11 @@ pub fn run(args: ChatArgs, backend: super::Backend) -> Result<(), String> {
     let start = Instant::now();
     let chat = ChatPipeline::open_with(&args.model, backend.device, backend.storage)
         .map_err(|e| e.to_string())?;
-    eprintln!("loaded {} in {:.2?}", args.model.display(), start.elapsed());
+    eprintln!(
+        "opened {} in {:.2?}; weights are made resident at first use",
+        args.model.display(),
+        start.elapsed()
+    );
     let mut images = Vec::with_capacity(decoded.len());
     if !decoded.is_empty() {
         let setup = chat.image_setup().map_err(|e| e.to_string())?;

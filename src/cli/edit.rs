@@ -55,7 +55,7 @@ pub fn run(a: EditArgs, backend: super::Backend) -> Result<(), String> {
     let tokenizer = hbridge::prompt::load_tokenizer(&a.model, &cfg.layout.und_dir)
         .map_err(|e| e.to_string())?;
     eprintln!(
-        "loaded {} ({} topology) and {} reference image(s) in {:.2?}",
+        "opened {} ({} topology) and {} reference image(s) in {:.2?}; weights are made resident at first use",
         a.model.display(),
         cfg.layout.topology,
         images.len(),

@@ -72,7 +72,7 @@ pub fn run(a: GenerateArgs, backend: super::Backend) -> Result<(), String> {
     let tokenizer = hbridge::prompt::load_tokenizer(&a.model, &cfg.layout.und_dir)
         .map_err(|e| e.to_string())?;
     eprintln!(
-        "loaded {} ({} topology) in {:.2?}",
+        "opened {} ({} topology) in {:.2?}; weights are made resident at first use",
         a.model.display(),
         cfg.layout.topology,
         start.elapsed()
