@@ -50,8 +50,18 @@ pub(super) fn step(s: &mut Session) -> Result<(), RunError> {
     for i in 0..=runs {
         let t = Instant::now();
         model.gen_step_branches(&x, 0.5, &mut resident)?;
+        let took = t.elapsed();
         if i > 0 {
-            times.push(t.elapsed());
+            times.push(took);
+        }
+        // Seconds per step (the CPU at full size): a line per run.
+        if took.as_secs_f64() >= 2.0 {
+            let which = if i == 0 {
+                "warm-up".to_string()
+            } else {
+                format!("run {i}/{runs}")
+            };
+            (s.progress)(&format!("gen step {which}: {:.1} s", took.as_secs_f64()));
         }
     }
     let step = median(times).as_secs_f64();
@@ -133,7 +143,23 @@ pub(super) fn image(s: &mut Session) -> Result<(), RunError> {
         .size(opts.width, opts.height)
         .seed(1);
     let t = Instant::now();
-    let (value, note) = match generate(model, &tokenizer, &req, |_, _| ControlFlow::Continue(())) {
+    // A long request (the CPU at full size) says where it is every few seconds.
+    let mut said = Instant::now();
+    let progress = &mut s.progress;
+    let report = |step: usize, steps: usize| {
+        let done = t.elapsed().as_secs_f64();
+        if step == steps && done >= 5.0 {
+            progress(&format!("denoised in {done:.1} s; decoding the image"));
+        } else if said.elapsed().as_secs_f64() >= 5.0 {
+            progress(&format!(
+                "denoising step {step}/{steps}, {done:.1} s so far, about {:.0} s to go",
+                done / step.max(1) as f64 * steps.saturating_sub(step) as f64
+            ));
+            said = Instant::now();
+        }
+        ControlFlow::Continue(())
+    };
+    let (value, note) = match generate(model, &tokenizer, &req, report) {
         Ok(out) => (
             t.elapsed().as_secs_f64() * 1e3,
             format!(
