@@ -7,8 +7,8 @@ use std::path::Path;
 
 /// The summary, and whether the checkpoint validated.
 pub struct Inspection {
-    /// The multi-line report: topology, dimensions, bridge pairs, parameters and bytes per part, and the
-    /// validation line (with the error when it failed).
+    /// The multi-line report: topology, dimensions, bridge pairs, parameters and bytes per part, the
+    /// weights' resident size per backend, and the validation line (with the error when it failed).
     pub text: String,
     /// Whether every tensor the topology needs is present with the expected dtype and shape (the CLI's
     /// `inspect` exits non-zero when not).
@@ -140,6 +140,33 @@ fn part_line(name: &str, store: &PartStore, out: &mut String) {
     );
 }
 
+/// `(values in every tensor, values in the matrices)` of `store`.
+fn part_values(store: &PartStore) -> (usize, usize) {
+    store
+        .names()
+        .filter_map(|n| store.get(n))
+        .fold((0, 0), |(all, matrices), t| {
+            let n = t.numel();
+            (all + n, matrices + if t.shape.len() == 2 { n } else { 0 })
+        })
+}
+
+/// The weights' resident size on each backend: the CPU holds them as f32, or with `--weight-dtype
+/// bf16` its matrices (all but a few) as bf16; CUDA holds bf16.
+fn memory_line(parts: &[&PartStore], out: &mut String) {
+    let (all, matrices) = parts
+        .iter()
+        .map(|p| part_values(p))
+        .fold((0, 0), |(a, m), (pa, pm)| (a + pa, m + pm));
+    let _ = writeln!(
+        out,
+        "memory     weights resident: CPU {} as f32, about {} with --weight-dtype bf16; CUDA {} (bf16)",
+        human_bytes(all * 4),
+        human_bytes(all * 4 - matrices * 2),
+        human_bytes(all * 2)
+    );
+}
+
 /// Inspects `dir`. Errors only when the configs themselves cannot be read; a tensor problem is reported in
 /// the text with `valid = false`.
 pub fn inspect(dir: &Path) -> Result<Inspection, LoadError> {
@@ -156,6 +183,9 @@ pub fn inspect(dir: &Path) -> Result<Inspection, LoadError> {
             if let Some(b) = &ck.bridge {
                 part_line("bridge", b, &mut text);
             }
+            let mut parts = vec![&ck.und, &ck.gen, &ck.vae];
+            parts.extend(ck.bridge.as_ref());
+            memory_line(&parts, &mut text);
             let _ = writeln!(
                 text,
                 "optional   vision encoder {}, VAE encoder {}",
