@@ -36,7 +36,7 @@ fn a_valid_checkpoint_is_summarized_with_its_resident_sizes() {
     for needle in ["und ", "gen ", "vae ", "bridge ", "validation OK"] {
         assert!(text.contains(needle), "no {needle:?} in:\n{text}");
     }
-    let ck = Checkpoint::open(&tiny()).unwrap();
+    let ck = Checkpoint::open(tiny()).unwrap();
     let parts = [&ck.und, &ck.gen, &ck.vae, ck.bridge.as_ref().unwrap()];
     let (all, matrices) = parts
         .iter()
