@@ -87,7 +87,8 @@ typedef enum HbridgeStatus {
    */
   HBRIDGE_STATUS_CANCELLED = 5,
   /**
-   * The request's state does not fit the engine's memory limit.
+   * The request's state does not fit the engine's memory limit, or the weights or activations do
+   * not fit the host's available memory (CPU backend).
    */
   HBRIDGE_STATUS_MEMORY = 6,
   /**

@@ -3,6 +3,7 @@
 use crate::chat::ChatError;
 use crate::engine::LoadError;
 use crate::model::RunError;
+use hbridge_engine::EngineError;
 use std::cell::RefCell;
 use std::ffi::{c_char, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -23,7 +24,8 @@ pub enum HbridgeStatus {
     Run = 4,
     /// The callback asked to stop an image request.
     Cancelled = 5,
-    /// The request's state does not fit the engine's memory limit.
+    /// The request's state does not fit the engine's memory limit, or the weights or activations do
+    /// not fit the host's available memory (CPU backend).
     Memory = 6,
     /// The caller's output buffer is too small.
     BufferTooSmall = 7,
@@ -80,7 +82,10 @@ pub(crate) fn run_status(e: &RunError) -> HbridgeStatus {
     match e {
         RunError::Invalid(_) | RunError::Request(_) => HbridgeStatus::InvalidArgument,
         RunError::Cancelled { .. } => HbridgeStatus::Cancelled,
-        RunError::Memory(_) => HbridgeStatus::Memory,
+        RunError::Memory(_)
+        | RunError::Engine(EngineError::HostMemory { .. } | EngineError::ActivationMemory { .. }) => {
+            HbridgeStatus::Memory
+        }
         RunError::Load(_) => HbridgeStatus::Load,
         RunError::Graph(_) | RunError::Engine(_) => HbridgeStatus::Run,
     }
@@ -103,5 +108,30 @@ pub(crate) fn load_status(e: &LoadError) -> HbridgeStatus {
         }
         LoadError::Model(ChatError::Model(RunError::Engine(_))) => HbridgeStatus::Device,
         LoadError::Model(_) => HbridgeStatus::Load,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The memory refusals, the engine's budget and the host's, share one status.
+    #[test]
+    fn memory_refusals_map_to_the_memory_status() {
+        let host = RunError::Engine(EngineError::ActivationMemory {
+            need: 2,
+            available: 1,
+        });
+        assert_eq!(run_status(&host), HbridgeStatus::Memory);
+        let weights = RunError::Engine(EngineError::HostMemory {
+            tensors: 1,
+            need: 2,
+            available: 1,
+            storage: "f32".into(),
+            hint: String::new(),
+        });
+        assert_eq!(run_status(&weights), HbridgeStatus::Memory);
+        let other = RunError::Engine(EngineError::Plan("x".into()));
+        assert_eq!(run_status(&other), HbridgeStatus::Run);
     }
 }
