@@ -90,7 +90,8 @@ impl Backend {
         }
     }
 
-    /// Makes every weight `graph` reads resident (converted or uploaded once, then reused).
+    /// Makes every weight `graph` reads resident (converted or uploaded once, then reused); a
+    /// gigabyte or more gets a line on stderr.
     pub fn load_weights(&self, checkpoint: &Checkpoint, graph: &Graph) -> Result<(), RunError> {
         match self {
             Backend::Cpu { weights, .. } => {
@@ -111,14 +112,7 @@ impl Backend {
                             );
                         }
                     })?;
-                    if report.bytes >= 1 << 30 {
-                        eprintln!(
-                            "converted {} weights ({:.1} GB) in {:.1} s",
-                            report.tensors,
-                            report.bytes as f64 / 1e9,
-                            report.seconds
-                        );
-                    }
+                    say_done("converted", report.tensors, report.bytes, report.seconds);
                 }
             }
             Backend::Cuda {
@@ -145,14 +139,12 @@ impl Backend {
                             );
                         }
                     })?;
-                    if report.bytes >= 1 << 30 {
-                        eprintln!(
-                            "uploaded {} weights ({:.1} GB) in {:.1} s",
-                            report.tensors,
-                            report.bytes as f64 / 1e9,
-                            report.seconds
-                        );
-                    }
+                    say_done(
+                        "uploaded",
+                        report.tensors,
+                        report.bytes as u64,
+                        report.seconds,
+                    );
                     Self::sample_memory(gpu, peak);
                 }
             }
@@ -478,4 +470,14 @@ fn with_cuda_executor<T>(
 
 fn mismatch() -> RunError {
     RunError::Request("request states were made for another backend".into())
+}
+
+/// The line after making a gigabyte or more of weights resident (`done`: what was done to them).
+fn say_done(done: &str, tensors: usize, bytes: u64, seconds: f64) {
+    if bytes >= 1 << 30 {
+        eprintln!(
+            "{done} {tensors} weights ({:.1} GB) in {seconds:.1} s",
+            bytes as f64 / 1e9
+        );
+    }
 }
