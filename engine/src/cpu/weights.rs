@@ -337,7 +337,6 @@ impl CpuWeights {
         self.parts.require(part, name, shape)
     }
 
-    /// Checks that every weight `graph` references is loaded with the declared shape.
     /// The bytes `todo` will be held in (each tensor at its element size), refusing to convert it
     /// when they exceed `available` (the host's, [`super::host_memory::available`]; `None`: no
     /// check).
@@ -388,6 +387,7 @@ impl CpuWeights {
         })
     }
 
+    /// Checks that every weight `graph` references is loaded with the declared shape.
     pub fn check_graph(&self, graph: &Graph) -> Result<()> {
         self.parts.check_graph(graph)
     }
