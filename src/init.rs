@@ -82,6 +82,20 @@ pub enum InitError {
         /// The target folder.
         path: PathBuf,
     },
+    /// The target's filesystem has less free space than the checkpoint needs.
+    #[error(
+        "{path}: writing this checkpoint needs {:.2} GB, but its filesystem has {:.2} GB free",
+        *need as f64 / 1e9,
+        *free as f64 / 1e9
+    )]
+    Space {
+        /// The target folder.
+        path: PathBuf,
+        /// Bytes of weights to write.
+        need: u64,
+        /// Bytes free there (with those of the weight files being replaced).
+        free: u64,
+    },
     /// The configs just written do not load back (a bug in the preset, not in the caller's input).
     #[error("the preset's own configs do not load: {0}")]
     Preset(#[from] hbridge_loader::LoadError),
@@ -299,39 +313,133 @@ pub fn write_checkpoint(
         });
     }
     let manifest = write_configs(dir, preset)?;
-    write_tensors(
-        &dir.join("und").join(format!("{UND_WEIGHTS}.safetensors")),
-        &manifest.und,
-        seed,
-        dtype,
-    )?;
-    write_tensors(
-        &dir.join("gen").join(format!("{GEN_WEIGHTS}.safetensors")),
-        &manifest.gen,
-        seed,
-        dtype,
-    )?;
-    write_tensors(
-        &dir.join("vae").join(format!("{VAE_WEIGHTS}.safetensors")),
-        &manifest.vae,
-        seed,
-        dtype,
-    )?;
-    if !manifest.bridge.is_empty() {
-        write_tensors(
-            &dir.join("bridge")
+    // Until every weight is written the layout file is kept aside, so that an init that fails or is
+    // interrupted leaves no folder that looks like a checkpoint (`bench PRESET` writes the preset
+    // again where it finds no layout file).
+    let layout = dir.join(LAYOUT_FILE);
+    let aside = dir.join(format!("{LAYOUT_FILE}.incomplete"));
+    std::fs::rename(&layout, &aside).map_err(|source| InitError::Io {
+        path: layout.clone(),
+        source,
+    })?;
+    write_weights(dir, &manifest, seed, dtype)?;
+    std::fs::rename(&aside, &layout).map_err(|source| InitError::Io {
+        path: layout,
+        source,
+    })
+}
+
+/// The weight files `manifest` calls for, after checking that their filesystem has room for them.
+fn write_weights(
+    dir: &Path,
+    manifest: &Manifest,
+    seed: u64,
+    dtype: WeightDType,
+) -> Result<(), InitError> {
+    let files = [
+        (
+            dir.join("und").join(format!("{UND_WEIGHTS}.safetensors")),
+            &manifest.und,
+        ),
+        (
+            dir.join("gen").join(format!("{GEN_WEIGHTS}.safetensors")),
+            &manifest.gen,
+        ),
+        (
+            dir.join("vae").join(format!("{VAE_WEIGHTS}.safetensors")),
+            &manifest.vae,
+        ),
+        (
+            dir.join("bridge")
                 .join(format!("{BRIDGE_WEIGHTS}.safetensors")),
             &manifest.bridge,
-            seed,
-            dtype,
-        )?;
+        ),
+    ];
+    let need: u64 = files
+        .iter()
+        .flat_map(|(_, expected)| expected.iter())
+        .map(|e| (e.shape().iter().product::<usize>() * dtype.bytes()) as u64)
+        .sum();
+    // Files overwritten (`--force`) give their space back as they are truncated.
+    let replaced: u64 = files
+        .iter()
+        .filter_map(|(path, _)| std::fs::metadata(path).ok())
+        .map(|m| m.len())
+        .sum();
+    if let Some(free) = free_bytes(dir) {
+        if need > free + replaced {
+            return Err(InitError::Space {
+                path: dir.to_path_buf(),
+                need,
+                free: free + replaced,
+            });
+        }
+    }
+    for (path, expected) in &files {
+        if !expected.is_empty() {
+            write_tensors(path, expected, seed, dtype)?;
+        }
     }
     Ok(())
+}
+
+/// Bytes an unprivileged user may still write on the filesystem holding `dir` (statvfs), or `None`
+/// where that cannot be asked.
+#[cfg(unix)]
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain old data; an all-zero value is valid and the call fills it.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stat` is writable for the call.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    #[allow(clippy::useless_conversion)] // the field types differ between platforms
+    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_dir: &Path) -> Option<u64> {
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An init whose weights fail to write leaves no layout file (so nothing takes the folder for a
+    /// checkpoint), and a later init into the same folder completes it without `--force`.
+    #[test]
+    fn a_failed_init_leaves_no_checkpoint_behind() {
+        let dir = std::env::temp_dir().join(format!("hbridge-init-fail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let preset = crate::presets::preset("tiny").expect("the tiny preset");
+        // A folder where the gen weights' file goes: creating the file fails.
+        let blocker = dir.join("gen").join(format!("{GEN_WEIGHTS}.safetensors"));
+        std::fs::create_dir_all(&blocker).unwrap();
+        let err = write_checkpoint(&dir, &preset, 0, WeightDType::BF16, false).unwrap_err();
+        assert!(
+            matches!(&err, InitError::Io { path, .. } if *path == blocker),
+            "{err}"
+        );
+        assert!(!dir.join(LAYOUT_FILE).exists());
+        assert!(dir.join(format!("{LAYOUT_FILE}.incomplete")).exists());
+        std::fs::remove_dir(&blocker).unwrap();
+        write_checkpoint(&dir, &preset, 0, WeightDType::BF16, false).unwrap();
+        assert!(dir.join(LAYOUT_FILE).exists());
+        assert!(!dir.join(format!("{LAYOUT_FILE}.incomplete")).exists());
+        hbridge_loader::Checkpoint::open(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn free_space_is_known_on_unix() {
+        let free = free_bytes(&std::env::temp_dir()).expect("statvfs of the temp folder");
+        assert!(free > 0);
+        assert!(free_bytes(Path::new("/no/such/folder/anywhere")).is_none());
+    }
 
     /// Pieces made from any offset equal the one sequential stream, in every dtype: the checkpoint's
     /// bytes do not depend on how the work was split.
