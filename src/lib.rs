@@ -3,6 +3,7 @@
 //! Qwen2.5-VL understanding expert and an OmniGen2-style diffusion transformer, joined by bridged
 //! attention in their middle layers. See DESIGN.md for the model and README.md for use.
 
+mod atomic_file;
 mod backend;
 pub mod bench;
 pub mod budget;

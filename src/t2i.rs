@@ -288,9 +288,6 @@ pub fn write_png(
     rgb: &[u8],
 ) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
-    let tmp = std::path::PathBuf::from(tmp);
     // Encoded in memory first (a few MB), so that every write error is seen, the last flush's too.
     let mut bytes = Vec::new();
     let mut enc = png::Encoder::new(&mut bytes, width as u32, height as u32);
@@ -299,11 +296,5 @@ pub fn write_png(
     let mut w = enc.write_header().map_err(|e| err(&e))?;
     w.write_image_data(rgb).map_err(|e| err(&e))?;
     w.finish().map_err(|e| err(&e))?;
-    let written = std::fs::write(&tmp, &bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| err(&e));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    crate::atomic_file::write(path, &bytes).map_err(|e| err(&e))
 }

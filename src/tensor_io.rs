@@ -112,5 +112,6 @@ pub fn write_tensors(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| write_err(e.to_string()))?;
     let bytes = safetensors::serialize(views, None).map_err(|e| write_err(e.to_string()))?;
-    std::fs::write(path, bytes).map_err(|e| write_err(e.to_string()))
+    // Whole or not at all (a trace is hundreds of MB at full size).
+    crate::atomic_file::write(path, &bytes).map_err(|e| write_err(e.to_string()))
 }
