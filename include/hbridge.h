@@ -311,6 +311,19 @@ enum HbridgeStatus hbridge_engine_create(const char *model_dir,
 void hbridge_engine_destroy(struct HbridgeEngine *engine);
 
 /**
+ * Runs the smallest chat request (`chat` non-zero) and text-to-image request (`images` non-zero), so
+ * that the first real request does not pay for making weights resident or (CUDA) compiling kernels;
+ * see `Engine::warm_up`. Stores the milliseconds it took in `*out_ms` when it is not null.
+ *
+ * # Safety
+ * `engine` comes from `hbridge_engine_create`; `out_ms` is null or valid.
+ */
+enum HbridgeStatus hbridge_engine_warm_up(const struct HbridgeEngine *engine,
+                                          int chat,
+                                          int images,
+                                          double *out_ms);
+
+/**
  * Answers `prompt` with the chat template, calling `on_token` (may be null) per answer token; stores
  * the number of answer tokens in `*out_tokens` when it is not null.
  *

@@ -157,6 +157,23 @@ pub enum LoadError {
     CpuCompute(#[from] CpuComputeFixed),
 }
 
+/// What [`Engine::warm_up`] prepares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarmUp {
+    /// The und prefill and decode step (chat).
+    pub chat: bool,
+    /// The gen step, the bridge and the VAE decode (text to image; editing shares them).
+    pub images: bool,
+}
+
+impl WarmUp {
+    /// Chat and images.
+    pub const ALL: WarmUp = WarmUp {
+        chat: true,
+        images: true,
+    };
+}
+
 /// A loaded model on its backend, serving requests from any number of threads (`Engine` is `Sync`).
 pub struct Engine {
     pipeline: ChatPipeline,
@@ -288,6 +305,29 @@ impl Engine {
         let tokenizer = self.text_tokenizer()?;
         let _held = self.reserve(|| crate::edit::state_bytes(self.model(), tokenizer, request))?;
         crate::edit::edit(self.model(), tokenizer, request, progress)
+    }
+
+    /// Runs the smallest request of each kind `what` names, so that the first real one does not pay
+    /// for what a first request does once per engine: its weights converted (CPU) or uploaded
+    /// (CUDA), and on CUDA its kernels compiled and its cuBLASLt plans made. Chat: a one-token
+    /// answer (the und prefill and decode step). Images: one denoising step with text guidance at the
+    /// smallest size (the gen step with the bridge, the VAE decode). Not the vision tower or the VAE
+    /// encoder (a first request with images pays for those). Returns the time it took; the requests'
+    /// outputs are dropped.
+    pub fn warm_up(&self, what: WarmUp) -> Result<std::time::Duration, ChatError> {
+        let start = std::time::Instant::now();
+        if what.chat {
+            self.chat("hi", &ChatRequest::new().max_tokens(1), |_, _| {
+                ControlFlow::Continue(())
+            })?;
+        }
+        if what.images {
+            let c = &self.model().checkpoint.config;
+            let side = c.vae.downscale() * c.gen.patch_size;
+            let request = ImageRequest::new("hi").steps(1).size(side, side);
+            self.generate_image(&request, |_, _| ControlFlow::Continue(()))?;
+        }
+        Ok(start.elapsed())
     }
 
     /// One traced und prefill and gen step on explicit inputs (named as in docs/FIXTURES.md), returning

@@ -66,6 +66,7 @@ fn committed_header_is_current() {
     for name in [
         "hbridge_engine_create",
         "hbridge_engine_destroy",
+        "hbridge_engine_warm_up",
         "hbridge_chat",
         "hbridge_generate_image",
         "hbridge_edit_image",
@@ -139,6 +140,7 @@ fn c_example_compiles_runs_and_matches_the_rust_api() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+    assert!(stdout.contains("warm-up done"), "{stdout}");
 
     // The same requests through the Rust API give the same tokens and the same pixels.
     let engine = Engine::load(dir, &EngineOptions::cpu()).unwrap();

@@ -405,3 +405,45 @@ fn edit_requests_respect_the_memory_limit() {
     let out = fits.edit_image(&req, go).unwrap();
     assert_eq!(out.rgb, probe.edit_image(&req, go).unwrap().rgb);
 }
+
+/// A warm-up makes resident every weight a chat and a text-to-image request need: the real requests
+/// after it add none, and they give what they give without it.
+#[test]
+fn warm_up_makes_the_requests_weights_resident() {
+    use hbridge::engine::WarmUp;
+    let engine = Engine::load(tiny(), &EngineOptions::cpu()).unwrap();
+    assert_eq!(engine.model().resident_weight_bytes(), 0);
+    engine.warm_up(WarmUp::ALL).unwrap();
+    let warmed = engine.model().resident_weight_bytes();
+    assert!(warmed > 0);
+    let req = ChatRequest::new().max_tokens(4).no_stop();
+    let answer = engine
+        .chat("What is a bridge?", &req, |_, _| ControlFlow::Continue(()))
+        .unwrap();
+    let image_req = ImageRequest::new("a red fox").steps(2).size(64, 48);
+    let image = engine
+        .generate_image(&image_req, |_, _| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(engine.model().resident_weight_bytes(), warmed);
+
+    let cold = Engine::load(tiny(), &EngineOptions::cpu()).unwrap();
+    let cold_answer = cold
+        .chat("What is a bridge?", &req, |_, _| ControlFlow::Continue(()))
+        .unwrap();
+    let cold_image = cold
+        .generate_image(&image_req, |_, _| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(answer.tokens, cold_answer.tokens);
+    assert!(image.rgb == cold_image.rgb, "the warm-up changed the image");
+
+    // Only what is asked: chat alone leaves the gen expert out.
+    let chat_only = Engine::load(tiny(), &EngineOptions::cpu()).unwrap();
+    chat_only
+        .warm_up(WarmUp {
+            chat: true,
+            images: false,
+        })
+        .unwrap();
+    let und = chat_only.model().resident_weight_bytes();
+    assert!(und > 0 && und < warmed, "{und} of {warmed}");
+}

@@ -13,7 +13,7 @@ use error::{chat_status, guard, load_status, HbridgeStatus};
 use options::{HbridgeChatOptions, HbridgeEngineOptions, HbridgeImageOptions};
 
 pub use image::{hbridge_edit_image, hbridge_edit_options_default, hbridge_generate_image};
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ops::ControlFlow;
 
 /// A loaded model (opaque to C). Safe to use from several threads at once.
@@ -153,6 +153,35 @@ pub unsafe extern "C" fn hbridge_engine_destroy(engine: *mut HbridgeEngine) {
             drop(Box::from_raw(engine));
         }));
     }
+}
+
+/// Runs the smallest chat request (`chat` non-zero) and text-to-image request (`images` non-zero), so
+/// that the first real request does not pay for making weights resident or (CUDA) compiling kernels;
+/// see `Engine::warm_up`. Stores the milliseconds it took in `*out_ms` when it is not null.
+///
+/// # Safety
+/// `engine` comes from `hbridge_engine_create`; `out_ms` is null or valid.
+#[no_mangle]
+pub unsafe extern "C" fn hbridge_engine_warm_up(
+    engine: *const HbridgeEngine,
+    chat: c_int,
+    images: c_int,
+    out_ms: *mut f64,
+) -> HbridgeStatus {
+    guard(|| {
+        let engine = engine_ref(engine)?;
+        let what = crate::engine::WarmUp {
+            chat: chat != 0,
+            images: images != 0,
+        };
+        let took = engine
+            .warm_up(what)
+            .map_err(|e| (chat_status(&e), e.to_string()))?;
+        if let Some(ms) = out_ms.as_mut() {
+            *ms = took.as_secs_f64() * 1e3;
+        }
+        Ok(())
+    })
 }
 
 /// Answers `prompt` with the chat template, calling `on_token` (may be null) per answer token; stores
