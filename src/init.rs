@@ -312,7 +312,10 @@ pub fn write_checkpoint(
             path: dir.to_path_buf(),
         });
     }
-    let manifest = write_configs(dir, preset)?;
+    // A config that fails to write (or to load back) leaves no layout file either.
+    let manifest = write_configs(dir, preset).inspect_err(|_| {
+        let _ = std::fs::remove_file(dir.join(LAYOUT_FILE));
+    })?;
     // Until every weight is written the layout file is kept aside, so that an init that fails or is
     // interrupted leaves no folder that looks like a checkpoint (`bench PRESET` writes the preset
     // again where it finds no layout file).
