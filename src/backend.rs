@@ -91,8 +91,9 @@ impl Backend {
     }
 
     /// Makes every weight `graph` reads resident (converted or uploaded once, then reused); a
-    /// gigabyte or more gets a line on stderr.
-    pub fn load_weights(&self, checkpoint: &Checkpoint, graph: &Graph) -> Result<(), RunError> {
+    /// gigabyte or more gets a line on stderr. Returns whether anything was made resident.
+    pub fn load_weights(&self, checkpoint: &Checkpoint, graph: &Graph) -> Result<bool, RunError> {
+        let mut loaded = false;
         match self {
             Backend::Cpu { weights, .. } => {
                 let missing = {
@@ -102,6 +103,7 @@ impl Backend {
                         .any(|(_, part, name)| w.get(part, name).is_none())
                 };
                 if missing {
+                    loaded = true;
                     let mut w = weights.write().unwrap_or_else(|e| e.into_inner());
                     // Converting gigabytes takes seconds: say so before and after.
                     let report = w.load_graph_with(checkpoint, graph, |tensors, bytes| {
@@ -125,6 +127,7 @@ impl Backend {
                         .any(|(_, part, name)| w.get(part, name).is_none())
                 };
                 if missing {
+                    loaded = true;
                     let mut w = weights.write().unwrap_or_else(|e| e.into_inner());
                     // Large uploads take seconds: a line per GB so a user sees progress.
                     let mut last_gb = 0;
@@ -149,7 +152,7 @@ impl Backend {
                 }
             }
         }
-        Ok(())
+        Ok(loaded)
     }
 
     /// The GEMM and copy ceilings measured now (`hbridge_engine::cuda::ceilings`,

@@ -10,7 +10,7 @@ use hbridge_graph::{Graph, GraphError};
 use hbridge_loader::{Checkpoint, LoadError};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 mod branches;
@@ -69,6 +69,30 @@ pub struct Model {
     prepared: Mutex<HashMap<String, Arc<(Graph, MemoryPlan)>>>,
     /// Whether gen steps are captured as CUDA graphs and replayed (CUDA only; on by default).
     cuda_graphs: AtomicBool,
+    /// Nanoseconds spent making weights resident so far ([`Model::weights_time`]).
+    weights_nanos: AtomicU64,
+}
+
+/// A stage of a request (a prefill, the denoising loop, a VAE pass), timed apart from the weights it
+/// made resident on the way: those are a first request's one-time cost, not the stage's.
+pub(crate) struct Phase {
+    start: std::time::Instant,
+    weights: std::time::Duration,
+}
+
+impl Phase {
+    pub(crate) fn start(model: &Model) -> Phase {
+        Phase {
+            start: std::time::Instant::now(),
+            weights: model.weights_time(),
+        }
+    }
+
+    /// `(the stage's own time, the time it spent making weights resident)` since [`Phase::start`].
+    pub(crate) fn end(&self, model: &Model) -> (std::time::Duration, std::time::Duration) {
+        let weights = model.weights_time().saturating_sub(self.weights);
+        (self.start.elapsed().saturating_sub(weights), weights)
+    }
 }
 
 /// One branch's und cache for the gen expert: for the bridge (hbridge topology), K/V `[L, K_u*D_u]` per
@@ -110,6 +134,7 @@ impl Model {
             backend: Backend::new(device, storage)?,
             prepared: Mutex::new(HashMap::new()),
             cuda_graphs: AtomicBool::new(true),
+            weights_nanos: AtomicU64::new(0),
         })
     }
 
@@ -142,12 +167,24 @@ impl Model {
 
     /// Makes every weight `graph` reads resident on the backend (uploaded or converted once).
     pub fn make_resident(&self, graph: &Graph) -> Result<(), RunError> {
-        self.backend.load_weights(&self.checkpoint, graph)
+        let start = std::time::Instant::now();
+        if self.backend.load_weights(&self.checkpoint, graph)? {
+            let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.weights_nanos.fetch_add(nanos, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The time spent so far making weights resident (converting them on the CPU, uploading them to
+    /// the GPU), which a request pays the first time it needs them: requests report it apart from
+    /// their compute ([`crate::chat::ChatTimings::weights`]).
+    pub fn weights_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.weights_nanos.load(Ordering::Relaxed))
     }
 
     /// Runs `graph` on `inputs`, making resident any weight it needs that is not yet.
     pub fn run(&self, graph: &Graph, inputs: &Outputs) -> Result<Outputs, RunError> {
-        self.backend.load_weights(&self.checkpoint, graph)?;
+        self.make_resident(graph)?;
         self.backend
             .execute(graph, &plan_memory(graph), inputs, false)
     }
@@ -232,7 +269,7 @@ impl Model {
             return Ok(p.clone());
         }
         let graph = build()?;
-        self.backend.load_weights(&self.checkpoint, &graph)?;
+        self.make_resident(&graph)?;
         let plan = plan_memory(&graph);
         let p = Arc::new((graph, plan));
         self.prepared
@@ -319,7 +356,7 @@ impl Model {
             return self.run(graph, &inputs);
         };
         insert_cache_len(&mut inputs, row)?;
-        self.backend.load_weights(&self.checkpoint, graph)?;
+        self.make_resident(graph)?;
         self.backend
             .execute_with_states(graph, &plan_memory(graph), &inputs, states, false)
     }

@@ -2,12 +2,12 @@
 //! schedule, Euler with text guidance, then the VAE decoder (DESIGN.md 4).
 
 use crate::forward::to_image;
-use crate::model::{Model, RunError, UndContext};
+use crate::model::{Model, Phase, RunError, UndContext};
 use crate::{noise, prompt, sampler};
 use hbridge_engine::cpu::HostTensor;
 use hbridge_graph::build::positions;
 use std::ops::ControlFlow;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A text-to-image request; defaults are DESIGN.md 4's.
 ///
@@ -150,6 +150,9 @@ pub struct ImageTimings {
     pub denoise: Duration,
     /// The VAE decode of the final latent to pixels.
     pub vae: Duration,
+    /// Making weights resident during the request (a first request's one-time cost), not counted in
+    /// the stages above.
+    pub weights: Duration,
 }
 
 /// The und context of a text-only branch: the image-generation template around `text`, prefilled.
@@ -200,7 +203,7 @@ pub fn generate(
     let (lh, lw) = (req.height / f, req.width / f);
     let shape = vec![c.vae.latent_channels, lh, lw];
 
-    let start = Instant::now();
+    let phase = Phase::start(model);
     let cond = text_context(model, tokenizer, &req.prompt)?;
     let guided = req.guidance > 1.0;
     let uncond = if guided {
@@ -208,9 +211,9 @@ pub fn generate(
     } else {
         None
     };
-    let prefill = start.elapsed();
+    let (prefill, mut weights) = phase.end(model);
 
-    let start = Instant::now();
+    let phase = Phase::start(model);
     let mut x = match &req.noise {
         Some(n) => n.as_f32().unwrap_or_default().to_vec(),
         None => noise::normal_noise(req.seed, shape.iter().product()),
@@ -251,9 +254,10 @@ pub fn generate(
             });
         }
     }
-    let denoise = start.elapsed();
+    let (denoise, w) = phase.end(model);
+    weights += w;
 
-    let start = Instant::now();
+    let phase = Phase::start(model);
     let latent = HostTensor::f32(shape, x);
     let pixels = model.vae_decode(&latent)?;
     let image = to_image(&pixels);
@@ -263,7 +267,8 @@ pub fn generate(
         .iter()
         .map(|&v| v as u8)
         .collect();
-    let vae = start.elapsed();
+    let (vae, w) = phase.end(model);
+    weights += w;
     Ok(ImageOutput {
         width: req.width,
         height: req.height,
@@ -275,6 +280,7 @@ pub fn generate(
             prefill,
             denoise,
             vae,
+            weights,
         },
     })
 }

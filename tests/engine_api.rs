@@ -435,6 +435,9 @@ fn warm_up_makes_the_requests_weights_resident() {
         .unwrap();
     assert_eq!(answer.tokens, cold_answer.tokens);
     assert!(image.rgb == cold_image.rgb, "the warm-up changed the image");
+    // Weights made resident are reported apart: none after the warm-up, some on a cold engine.
+    assert!(answer.timings.weights.is_zero() && image.timings.weights.is_zero());
+    assert!(!cold_answer.timings.weights.is_zero() && !cold_image.timings.weights.is_zero());
 
     // Only what is asked: chat alone leaves the gen expert out.
     let chat_only = Engine::load(tiny(), &EngineOptions::cpu()).unwrap();

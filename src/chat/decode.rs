@@ -4,12 +4,11 @@ use super::*;
 use crate::backend::States;
 use crate::image::context::prefill_with_images_into;
 use crate::image::{ImageSetup, PreparedImage};
-use crate::model::{Model, Outputs, RunError};
+use crate::model::{Model, Outputs, Phase, RunError};
 use hbridge_engine::cpu::HostTensor;
 use hbridge_graph::build::{names, positions, UndPrefillSpec};
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::time::Instant;
 use tokenizers::Tokenizer;
 
 mod step_timing;
@@ -204,7 +203,7 @@ pub fn generate_with_images(
 
     // Prefill: the prompt but its last token fills the cache (no logits: no [L, V] head), then the last
     // token's decode step gives the first answer token's logits.
-    let start = Instant::now();
+    let phase = Phase::start(model);
     // Room for the whole answer up front when the context bounds it; else a first 1024 tokens.
     let room = match c.max_position_embeddings {
         Some(_) => request.max_tokens,
@@ -250,9 +249,11 @@ pub fn generate_with_images(
     let mut rng = Rng::new(request.seed);
     let logits = decode_step(model, &mut cache, last[0] as u32)?;
     let mut next = sample(&logits, request.temperature, request.top_p, &mut rng);
-    out.timings.prefill = start.elapsed();
+    let (prefill, weights) = phase.end(model);
+    out.timings.prefill = prefill;
+    out.timings.weights = weights;
 
-    let start = Instant::now();
+    let phase = Phase::start(model);
     let mut stream = tokenizer.map(TextStream::new);
     loop {
         if stops.contains(&next) {
@@ -273,7 +274,9 @@ pub fn generate_with_images(
         out.timings.decode_steps += 1;
         next = sample(&logits, request.temperature, request.top_p, &mut rng);
     }
-    out.timings.decode = start.elapsed();
+    let (decode, weights) = phase.end(model);
+    out.timings.decode = decode;
+    out.timings.weights += weights;
     if let Some(t) = tokenizer {
         out.text = t.decode(&out.tokens, true).unwrap_or_default();
     }

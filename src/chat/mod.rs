@@ -279,6 +279,9 @@ pub struct ChatTimings {
     pub decode: Duration,
     /// Number of decode steps (each yields one token).
     pub decode_steps: usize,
+    /// Making weights resident during the request (a first request's one-time cost: converting them
+    /// on the CPU, uploading them to the GPU), not counted in `prefill` or `decode`.
+    pub weights: Duration,
 }
 
 impl ChatTimings {

@@ -122,13 +122,14 @@ pub fn run(args: ChatArgs, backend: super::Backend) -> Result<(), String> {
 
     let t = &output.timings;
     eprintln!(
-        "prompt: {} tokens, prefill {:.1} ms; answer: {} tokens, decode {:.1} ms ({:.1} tokens/s); stopped: {}",
+        "prompt: {} tokens, prefill {:.1} ms; answer: {} tokens, decode {:.1} ms ({:.1} tokens/s); stopped: {}{}",
         output.prompt_tokens,
         t.prefill.as_secs_f64() * 1e3,
         output.tokens.len(),
         t.decode.as_secs_f64() * 1e3,
         t.decode_tokens_per_s(),
-        output.stop_reason
+        output.stop_reason,
+        super::weights_note(t.weights)
     );
     Ok(())
 }

@@ -78,12 +78,13 @@ pub fn run(a: DemoArgs, backend: super::Backend) -> Result<(), String> {
     );
     println!("{}", answer.text);
     eprintln!(
-        "answer     {} tokens: prefill {:.2?}, decode {:.2?} ({:.1} tokens/s), stop: {:?}",
+        "answer     {} tokens: prefill {:.2?}, decode {:.2?} ({:.1} tokens/s), stop: {:?}{}",
         answer.tokens.len(),
         answer.timings.prefill,
         answer.timings.decode,
         answer.timings.decode_tokens_per_s(),
-        answer.stop_reason
+        answer.stop_reason,
+        super::weights_note(answer.timings.weights)
     );
     let (model, tokenizer) = (
         pipeline.model(),
@@ -102,11 +103,12 @@ pub fn run(a: DemoArgs, backend: super::Backend) -> Result<(), String> {
         generate(model, tokenizer, &req, progress_bar("denoising")).map_err(|e| e.to_string())?;
     write_png(&a.out, out.width, out.height, &out.rgb)?;
     eprintln!(
-        "image      {}: und prefill (2 branches) {:.2?}, denoising {:.2?}, VAE decode {:.2?}",
+        "image      {}: und prefill (2 branches) {:.2?}, denoising {:.2?}, VAE decode {:.2?}{}",
         a.out.display(),
         out.timings.prefill,
         out.timings.denoise,
-        out.timings.vae
+        out.timings.vae,
+        super::weights_note(out.timings.weights)
     );
     super::report_peak_memory(model);
     eprintln!("total      {:.2?}", total.elapsed());

@@ -80,7 +80,7 @@ pub fn run(a: EditArgs, backend: super::Backend) -> Result<(), String> {
         .map(|r| format!("{}x{}", r.width, r.height))
         .collect();
     eprintln!(
-        "wrote {} ({}x{}): references {} encoded {:.2?}, und prefill {:.2?}, {} steps {:.2?}, VAE decode {:.2?}",
+        "wrote {} ({}x{}): references {} encoded {:.2?}, und prefill {:.2?}, {} steps {:.2?}, VAE decode {:.2?}{}",
         a.out.display(),
         out.width,
         out.height,
@@ -89,7 +89,8 @@ pub fn run(a: EditArgs, backend: super::Backend) -> Result<(), String> {
         out.timings.prefill,
         req.steps,
         out.timings.denoise,
-        out.timings.vae
+        out.timings.vae,
+        super::weights_note(out.timings.weights)
     );
     Ok(())
 }

@@ -89,7 +89,7 @@ pub fn run(a: GenerateArgs, backend: super::Backend) -> Result<(), String> {
         generate(&model, &tokenizer, &req, progress_bar("denoising")).map_err(|e| e.to_string())?;
     write_png(&a.out, out.width, out.height, &out.rgb)?;
     eprintln!(
-        "wrote {} ({}x{}): und prefill {:.2?}, {} steps {:.2?} ({:.2?} per branch step), VAE decode {:.2?}",
+        "wrote {} ({}x{}): und prefill {:.2?}, {} steps {:.2?} ({:.2?} per branch step), VAE decode {:.2?}{}",
         a.out.display(),
         out.width,
         out.height,
@@ -97,7 +97,8 @@ pub fn run(a: GenerateArgs, backend: super::Backend) -> Result<(), String> {
         req.steps,
         out.timings.denoise,
         out.timings.denoise / (req.steps.max(1) * branches) as u32,
-        out.timings.vae
+        out.timings.vae,
+        super::weights_note(out.timings.weights)
     );
     super::report_peak_memory(&model);
     Ok(())

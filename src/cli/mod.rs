@@ -103,3 +103,13 @@ pub fn report_peak_memory(model: &Model) {
         );
     }
 }
+
+/// What a request spent making weights resident (its first use of them), for its timing line: empty
+/// when nothing was.
+pub(crate) fn weights_note(weights: std::time::Duration) -> String {
+    if weights.is_zero() {
+        String::new()
+    } else {
+        format!("; weights made resident on first use {weights:.2?} (not in the times above)")
+    }
+}

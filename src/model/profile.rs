@@ -34,7 +34,7 @@ impl Model {
         inputs: &Outputs,
         states: &mut States,
     ) -> Result<GraphProfile, RunError> {
-        self.backend.load_weights(&self.checkpoint, graph)?;
+        self.make_resident(graph)?;
         let times = self
             .backend
             .profile_with_states(graph, plan, inputs, states)?;
