@@ -73,8 +73,9 @@ pub struct Model {
     weights_nanos: AtomicU64,
 }
 
-/// A stage of a request (a prefill, the denoising loop, a VAE pass), timed apart from the weights it
-/// made resident on the way: those are a first request's one-time cost, not the stage's.
+/// A stage of a request (a prefill, the denoising loop, a VAE pass), timed apart from the weights
+/// made resident on the way: those are a first request's one-time cost, not the stage's. The count
+/// is the model's, so with requests running at once a stage may be charged another's loading too.
 pub(crate) struct Phase {
     start: std::time::Instant,
     weights: std::time::Duration,
