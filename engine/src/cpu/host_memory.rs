@@ -7,7 +7,8 @@ pub const IGNORE_ENV: &str = "HBRIDGE_IGNORE_MEMORY_CHECK";
 /// The memory available to new allocations without swapping, in bytes: Linux's `MemAvailable`
 /// (free memory plus the page cache and buffers it can reclaim, which includes a memory-mapped
 /// checkpoint's clean pages). `None` where it cannot be read (other systems), or with
-/// [`IGNORE_ENV`] set to `1`: no check then.
+/// [`IGNORE_ENV`] set to `1`: no check then. A container's cgroup limit is not read: its usage
+/// counts page cache the kernel would reclaim, so subtracting it would refuse loads that fit.
 pub fn available() -> Option<u64> {
     if std::env::var(IGNORE_ENV).as_deref() == Ok("1") {
         return None;
