@@ -21,6 +21,20 @@ const TO_K: &str = "layers.0.attn.to_k.weight";
 const OUT: usize = 24;
 const K: usize = 72;
 
+/// The tiny fixture's checkpoint once bf16 compute on AMX is on; `None` (the test skips, saying so)
+/// on a CPU where it falls back to f32.
+fn tiny_under_bf16_compute(test: &str) -> Option<Checkpoint> {
+    match CpuCompute::Bf16.request() {
+        Ok(MatmulMode::Bf16Amx) => {}
+        other => {
+            eprintln!("SKIPPED {test}: bf16 compute is {other:?} on this CPU");
+            return None;
+        }
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/model");
+    Some(Checkpoint::open(&dir).unwrap_or_else(|e| panic!("opening {}: {e}", dir.display())))
+}
+
 /// `y = x @ to_k^T` over `rows` rows.
 fn to_k_graph(rows: usize) -> Graph {
     let mut g = Graph::default();
@@ -33,15 +47,9 @@ fn to_k_graph(rows: usize) -> Graph {
 
 #[test]
 fn bf16_compute_holds_linear_weights_once_as_tiles() {
-    match CpuCompute::Bf16.request() {
-        Ok(MatmulMode::Bf16Amx) => {}
-        other => {
-            eprintln!("SKIPPED bf16_compute_weights: bf16 compute is {other:?} on this CPU");
-            return;
-        }
-    }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/model");
-    let ck = Checkpoint::open(&dir).unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()));
+    let Some(ck) = tiny_under_bf16_compute("bf16_compute_weights") else {
+        return;
+    };
     let want = ck.tensor(Part::Gen, TO_K).unwrap().to_f32().unwrap();
 
     let mut w = CpuWeights::with_storage(WeightStorage::Bf16);
@@ -125,15 +133,9 @@ fn feed_forward_graph(rows: usize, gate_out: bool) -> Graph {
 /// work as none but keeps the up projection's.
 #[test]
 fn bf16_compute_fuses_gate_up_swiglu_bit_for_bit() {
-    match CpuCompute::Bf16.request() {
-        Ok(MatmulMode::Bf16Amx) => {}
-        other => {
-            eprintln!("SKIPPED gate/up fusion test: bf16 compute is {other:?} on this CPU");
-            return;
-        }
-    }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/model");
-    let ck = Checkpoint::open(&dir).unwrap_or_else(|e| panic!("opening {}: {e}", dir.display()));
+    let Some(ck) = tiny_under_bf16_compute("gate/up fusion test") else {
+        return;
+    };
     let mut w = CpuWeights::with_storage(WeightStorage::Bf16);
     w.load_graph(&ck, &feed_forward_graph(1, false)).unwrap();
     let mut rng = Rng::new(0x5eed);
