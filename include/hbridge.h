@@ -88,7 +88,7 @@ typedef enum HbridgeStatus {
   HBRIDGE_STATUS_CANCELLED = 5,
   /**
    * The request's state does not fit the engine's memory limit, or the weights or activations do
-   * not fit the host's available memory (CPU backend).
+   * not fit the host's available memory (CPU backend) or the GPU's free memory (CUDA backend).
    */
   HBRIDGE_STATUS_MEMORY = 6,
   /**

@@ -3,7 +3,7 @@
 use crate::chat::ChatError;
 use crate::engine::LoadError;
 use crate::model::RunError;
-use hbridge_engine::EngineError;
+use hbridge_engine::{CudaError, EngineError};
 use std::cell::RefCell;
 use std::ffi::{c_char, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -25,7 +25,7 @@ pub enum HbridgeStatus {
     /// The callback asked to stop an image request.
     Cancelled = 5,
     /// The request's state does not fit the engine's memory limit, or the weights or activations do
-    /// not fit the host's available memory (CPU backend).
+    /// not fit the host's available memory (CPU backend) or the GPU's free memory (CUDA backend).
     Memory = 6,
     /// The caller's output buffer is too small.
     BufferTooSmall = 7,
@@ -83,9 +83,11 @@ pub(crate) fn run_status(e: &RunError) -> HbridgeStatus {
         RunError::Invalid(_) | RunError::Request(_) => HbridgeStatus::InvalidArgument,
         RunError::Cancelled { .. } => HbridgeStatus::Cancelled,
         RunError::Memory(_)
-        | RunError::Engine(EngineError::HostMemory { .. } | EngineError::ActivationMemory { .. }) => {
-            HbridgeStatus::Memory
-        }
+        | RunError::Engine(
+            EngineError::HostMemory { .. }
+            | EngineError::ActivationMemory { .. }
+            | EngineError::Cuda(CudaError::DeviceMemory { .. }),
+        ) => HbridgeStatus::Memory,
         RunError::Load(_) => HbridgeStatus::Load,
         RunError::Graph(_) | RunError::Engine(_) => HbridgeStatus::Run,
     }
@@ -131,6 +133,14 @@ mod tests {
             hint: String::new(),
         });
         assert_eq!(run_status(&weights), HbridgeStatus::Memory);
+        let device = RunError::Engine(EngineError::Cuda(CudaError::DeviceMemory {
+            during: "allocating 1 elements".into(),
+            need: 2,
+            free: 1,
+            total: 8,
+            hint: String::new(),
+        }));
+        assert_eq!(run_status(&device), HbridgeStatus::Memory);
         let other = RunError::Engine(EngineError::Plan("x".into()));
         assert_eq!(run_status(&other), HbridgeStatus::Run);
     }

@@ -189,9 +189,35 @@ impl Gpu {
                 ))
             }
         }
-        self.stream
-            .alloc_zeros::<T>(n.max(1))
-            .map_err(|e| CudaError::driver(format!("allocating {n} elements"), e))
+        self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| {
+            let during = format!("allocating {n} elements");
+            let bytes = (n.max(1) * std::mem::size_of::<T>()) as u64;
+            self.alloc_error(during, bytes, e)
+        })
+    }
+
+    /// An allocation's failure: out of memory says how much was free (a typed error the caller can
+    /// act on, [`CudaError::DeviceMemory`]), anything else stays a driver error.
+    pub(crate) fn alloc_error(
+        &self,
+        during: String,
+        need: u64,
+        e: cudarc::driver::DriverError,
+    ) -> CudaError {
+        use cudarc::driver::sys::CUresult;
+        if e.0 != CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            return CudaError::driver(during, e);
+        }
+        match self.memory_info() {
+            Ok((free, total)) => CudaError::DeviceMemory {
+                during,
+                need,
+                free,
+                total,
+                hint: " (a smaller image or a shorter context needs less)".into(),
+            },
+            Err(_) => CudaError::driver(during, e),
+        }
     }
 
     /// cuBLASLt for this GPU, loaded and given its workspace on first use (an error if libcublasLt is
@@ -216,12 +242,18 @@ impl Gpu {
 
     /// Device memory in use by every process on this GPU (total minus free, cuMemGetInfo), in bytes.
     pub fn memory_in_use(&self) -> CudaResult<u64> {
+        let (free, total) = self.memory_info()?;
+        Ok(total - free)
+    }
+
+    /// Free and total device memory (cuMemGetInfo), in bytes.
+    pub fn memory_info(&self) -> CudaResult<(u64, u64)> {
         self.ctx
             .bind_to_thread()
             .map_err(|e| CudaError::driver("binding the context", e))?;
         let (free, total) = cudarc::driver::result::mem_get_info()
             .map_err(|e| CudaError::driver("querying device memory", e))?;
-        Ok((total - free) as u64)
+        Ok((free as u64, total as u64))
     }
 
     pub fn synchronize(&self) -> CudaResult<()> {

@@ -11,6 +11,21 @@ pub enum CudaError {
     Compile(String),
     #[error("cuBLASLt failed while {during}: {message}")]
     Blas { during: String, message: String },
+    /// Device memory ran out, or would: `need` bytes asked for while `free` of `total` were free.
+    #[error(
+        "{during} needs {:.2} GB of GPU memory, but the GPU has {:.2} GB free of {:.2} GB{hint}",
+        *need as f64 / 1e9,
+        *free as f64 / 1e9,
+        *total as f64 / 1e9
+    )]
+    DeviceMemory {
+        during: String,
+        need: u64,
+        free: u64,
+        total: u64,
+        /// What would need less, or how to skip a check (empty when nothing applies).
+        hint: String,
+    },
     #[error("{op} at `{label}` is not supported by the CUDA backend: {problem}")]
     Unsupported {
         op: &'static str,

@@ -7,7 +7,7 @@
 
 use super::buffer::{f32_to_bf16_bits, upload_bits, DeviceBf16};
 use super::context::{dev_ptr, DevPtr, Gpu};
-use super::error::CudaError;
+use super::error::{CudaError, CudaResult};
 use super::staging::{upload_pageable, Staging};
 use crate::cpu::EngineError;
 use crate::weight_table::{check_len, check_shape, slot, Shaped, WeightTable};
@@ -217,15 +217,22 @@ impl CudaWeights {
         };
         let gpu = self.gpu.clone();
         let _exclusive = gpu.exclusive();
+        if !views.is_empty() {
+            // Synchronized first: the stream-ordered pool gives freed memory back to the device at
+            // a synchronization, and cuMemGetInfo counts only what it gave back.
+            gpu.synchronize()?;
+            let derived_bytes = derived.iter().map(|d| d.3.len() as u64 * 2).sum::<u64>();
+            let need = p.bytes_total as u64 + derived_bytes;
+            check_upload_fits(views.len() + derived.len(), need, gpu.memory_info()?)?;
+        }
         let mut staging = Staging::new(&gpu).ok();
         let pinned = staging.is_some();
         let mut uploaded = Vec::with_capacity(views.len());
         for (&(part, name, _), view) in todo.iter().zip(&views) {
             let n = view.numel();
-            let data = gpu
-                .stream()
-                .alloc_zeros::<u16>(n.max(1))
-                .map_err(|e| CudaError::driver(format!("allocating weight `{name}`"), e))?;
+            let data = gpu.stream().alloc_zeros::<u16>(n.max(1)).map_err(|e| {
+                gpu.alloc_error(format!("allocating weight `{name}`"), n as u64 * 2, e)
+            })?;
             let dst = dev_ptr(&data, gpu.stream());
             let fill =
                 |first: usize, out: &mut [u8]| to_bf16_bytes(view.dtype, view.bytes, first, out);
@@ -329,6 +336,25 @@ impl CudaWeights {
 
 /// The stored tensor behind `(part, name)`, checked like the CPU backend checks it: the part exists, the
 /// tensor exists with the expected shape, its dtype is a float weight, its bytes match its shape.
+/// Refuses an upload of `tensors` weights (`need` bytes) that the device's free memory cannot hold,
+/// before anything is converted or allocated: the allocation would fail partway, after minutes of
+/// conversion. [`IGNORE_ENV`](crate::cpu::host_memory::IGNORE_ENV) skips it.
+fn check_upload_fits(tensors: usize, need: u64, (free, total): (u64, u64)) -> CudaResult<()> {
+    let ignore = crate::cpu::host_memory::IGNORE_ENV;
+    if need <= free || std::env::var(ignore).as_deref() == Ok("1") {
+        return Ok(());
+    }
+    Err(CudaError::DeviceMemory {
+        during: format!("uploading {tensors} weight tensor(s) as bf16"),
+        need,
+        free,
+        total,
+        hint: format!(
+            " (another process may hold the rest; `nvidia-smi` lists them); set {ignore}=1 to try anyway"
+        ),
+    })
+}
+
 fn validate<'c>(
     ckpt: &'c Checkpoint,
     part: Part,
@@ -405,6 +431,28 @@ mod tests {
             .map(|&v| bf16::from_f32(f16::from_f32(v).to_f32()).to_bits())
             .collect();
         assert_eq!(converted(DType::F16, &stored16, vals.len()), want16);
+    }
+
+    #[test]
+    fn uploads_beyond_free_device_memory_are_refused_with_both_sizes() {
+        let gib = 1u64 << 30;
+        assert_eq!(check_upload_fits(3, 10 * gib, (10 * gib, 80 * gib)), Ok(()));
+        if std::env::var(crate::cpu::host_memory::IGNORE_ENV).as_deref() == Ok("1") {
+            return; // the check is off in this environment
+        }
+        let e = check_upload_fits(330, 25 * gib, (20 * gib, 80 * gib)).unwrap_err();
+        let CudaError::DeviceMemory {
+            need, free, total, ..
+        } = &e
+        else {
+            panic!("expected DeviceMemory, got {e:?}");
+        };
+        assert_eq!((*need, *free, *total), (25 * gib, 20 * gib, 80 * gib));
+        let text = e.to_string();
+        for part in ["330 weight tensor(s)", "26.84 GB", "21.47 GB", "85.90 GB"] {
+            assert!(text.contains(part), "`{part}` missing from: {text}");
+        }
+        assert!(text.contains(crate::cpu::host_memory::IGNORE_ENV), "{text}");
     }
 
     #[test]

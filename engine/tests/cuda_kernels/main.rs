@@ -8,6 +8,7 @@ mod common;
 mod attention;
 mod attention_sm90;
 mod bridge;
+mod device_memory;
 mod elementwise;
 mod gemv;
 mod layout;
