@@ -199,6 +199,25 @@ typedef int32_t (*HbridgeTokenCallback)(void *user_data,
                                         size_t piece_len);
 
 /**
+ * An image the caller owns (a reference to edit, or an image to chat about): `width * height * 3`
+ * bytes of row-major RGB at `rgb`.
+ */
+typedef struct HbridgeImageView {
+  /**
+   * Width in pixels.
+   */
+  uint32_t width;
+  /**
+   * Height in pixels.
+   */
+  uint32_t height;
+  /**
+   * Row-major RGB bytes.
+   */
+  const uint8_t *rgb;
+} HbridgeImageView;
+
+/**
  * Called after every denoising step. Return 0 to go on, nonzero to cancel (`HBRIDGE_STATUS_CANCELLED`).
  */
 typedef int32_t (*HbridgeProgressCallback)(void *user_data, uint32_t step, uint32_t steps);
@@ -232,24 +251,6 @@ typedef struct HbridgeEditOptions {
    */
   uint64_t seed;
 } HbridgeEditOptions;
-
-/**
- * A reference image the caller owns: `width * height * 3` bytes of row-major RGB at `rgb`.
- */
-typedef struct HbridgeImageView {
-  /**
-   * Width in pixels.
-   */
-  uint32_t width;
-  /**
-   * Height in pixels.
-   */
-  uint32_t height;
-  /**
-   * Row-major RGB bytes.
-   */
-  const uint8_t *rgb;
-} HbridgeImageView;
 
 #ifdef __cplusplus
 extern "C" {
@@ -337,6 +338,23 @@ enum HbridgeStatus hbridge_chat(const struct HbridgeEngine *engine,
                                 HbridgeTokenCallback on_token,
                                 void *user_data,
                                 uint32_t *out_tokens);
+
+/**
+ * `hbridge_chat` about `images` (`n_images` RGB views, copied before anything runs; their tokens come
+ * first in the user turn). Needs a checkpoint with a vision tower; `images` may be null when
+ * `n_images` is 0, which is `hbridge_chat`.
+ *
+ * # Safety
+ * As `hbridge_chat`; `images` points to `n_images` views whose `rgb` hold `width * height * 3` bytes.
+ */
+enum HbridgeStatus hbridge_chat_with_images(const struct HbridgeEngine *engine,
+                                            const char *prompt,
+                                            const struct HbridgeImageView *images,
+                                            size_t n_images,
+                                            const struct HbridgeChatOptions *options,
+                                            HbridgeTokenCallback on_token,
+                                            void *user_data,
+                                            uint32_t *out_tokens);
 
 /**
  * Generates an image for `prompt` (`negative_prompt` may be null: empty) into `rgb_out`, row-major RGB

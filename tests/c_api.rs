@@ -68,6 +68,7 @@ fn committed_header_is_current() {
         "hbridge_engine_destroy",
         "hbridge_engine_warm_up",
         "hbridge_chat",
+        "hbridge_chat_with_images",
         "hbridge_generate_image",
         "hbridge_edit_image",
         "hbridge_last_error",
@@ -426,5 +427,106 @@ fn edit_from_c_matches_the_rust_api_and_reports_the_size_to_allocate() {
     };
     assert_eq!(status, HbridgeStatus::InvalidArgument);
     assert!(last_error().contains("images: 0 given"), "{}", last_error());
+    unsafe { hbridge_engine_destroy(engine) };
+}
+
+unsafe extern "C" fn collect_tokens(
+    user: *mut c_void,
+    token: u32,
+    _piece: *const std::ffi::c_char,
+    _len: usize,
+) -> i32 {
+    (*(user as *mut Vec<u32>)).push(token);
+    0
+}
+
+/// Chat about images from C gives the Rust API's tokens; bad image views are refused by name.
+#[test]
+fn chat_with_images_from_c_matches_the_rust_api() {
+    let model = Path::new(ROOT).join("tests/fixtures/tiny/model");
+    let image = hbridge::image::load_rgb(
+        &Path::new(ROOT).join("tests/fixtures/vision/a.png"),
+        &hbridge::image::ImageLimits::default(),
+    )
+    .unwrap();
+    let (status, engine) = create(model.to_str().unwrap(), Some(cpu_options()));
+    assert_eq!(status, HbridgeStatus::Ok, "{}", last_error());
+    let prompt = CString::new("What is in this image?").unwrap();
+    let opts = HbridgeChatOptions {
+        max_tokens: 4,
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+        stop_at_eos: 0,
+    };
+    let view = HbridgeImageView {
+        width: image.width as u32,
+        height: image.height as u32,
+        rgb: image.data.as_ptr(),
+    };
+    let mut tokens: Vec<u32> = Vec::new();
+    let mut answered = 0u32;
+    let status = unsafe {
+        hbridge_chat_with_images(
+            engine,
+            prompt.as_ptr(),
+            &view,
+            1,
+            &opts,
+            Some(collect_tokens),
+            (&mut tokens as *mut Vec<u32>).cast(),
+            &mut answered,
+        )
+    };
+    assert_eq!(status, HbridgeStatus::Ok, "{}", last_error());
+    assert_eq!(answered as usize, tokens.len());
+
+    let rust = Engine::load(&model, &EngineOptions::cpu()).unwrap();
+    let request = ChatRequest::new().max_tokens(4).no_stop();
+    let go = |_: u32, _: &str| ControlFlow::Continue(());
+    let want = rust
+        .chat_with_images(
+            "What is in this image?",
+            std::slice::from_ref(&image),
+            &request,
+            go,
+        )
+        .unwrap();
+    assert_eq!(tokens, want.tokens);
+    let text_only = rust.chat("What is in this image?", &request, go).unwrap();
+    assert!(
+        want.prompt_tokens > text_only.prompt_tokens,
+        "the image's tokens are in the prompt"
+    );
+
+    let call = |images: *const HbridgeImageView, n: usize| unsafe {
+        hbridge_chat_with_images(
+            engine,
+            prompt.as_ptr(),
+            images,
+            n,
+            &opts,
+            None,
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    };
+    assert_eq!(call(ptr::null(), 2), HbridgeStatus::InvalidArgument);
+    assert!(
+        last_error().contains("images: null pointer"),
+        "{}",
+        last_error()
+    );
+    let no_pixels = HbridgeImageView {
+        rgb: ptr::null(),
+        ..view
+    };
+    assert_eq!(call(&no_pixels, 1), HbridgeStatus::InvalidArgument);
+    assert!(last_error().contains("images[0].rgb"), "{}", last_error());
+    let empty = HbridgeImageView { width: 0, ..view };
+    assert_eq!(call(&empty, 1), HbridgeStatus::InvalidArgument);
+    assert!(last_error().contains("images[0]: 0x"), "{}", last_error());
+    // No images is plain chat.
+    assert_eq!(call(ptr::null(), 0), HbridgeStatus::Ok, "{}", last_error());
     unsafe { hbridge_engine_destroy(engine) };
 }

@@ -40,6 +40,36 @@ fn check_buffer(
     Ok(())
 }
 
+/// Copies `n_images` caller-owned views into images (`images` may be null when `n_images` is 0).
+///
+/// # Safety
+/// `images` points to `n_images` views whose `rgb` hold `width * height * 3` bytes.
+pub(super) unsafe fn rgb_images(
+    images: *const HbridgeImageView,
+    n_images: usize,
+) -> Result<Vec<RgbImage>, Failure> {
+    if n_images == 0 {
+        return Ok(Vec::new());
+    }
+    if images.is_null() {
+        return Err(invalid("images: null pointer"));
+    }
+    std::slice::from_raw_parts(images, n_images)
+        .iter()
+        .enumerate()
+        .map(|(j, v)| {
+            let (w, h) = (v.width as usize, v.height as usize);
+            if v.rgb.is_null() {
+                return Err(invalid(format!("images[{j}].rgb: null pointer")));
+            }
+            let bytes = std::slice::from_raw_parts(v.rgb, w.saturating_mul(h).saturating_mul(3));
+            RgbImage::new(w, h, bytes.to_vec()).ok_or_else(|| {
+                invalid(format!("images[{j}]: {w}x{h} is not a non-empty RGB image"))
+            })
+        })
+        .collect()
+}
+
 /// The Rust progress callback over the C one: nonzero from C cancels.
 fn progress(
     on_progress: HbridgeProgressCallback,
@@ -145,29 +175,7 @@ pub unsafe extern "C" fn hbridge_edit_image(
         let engine = engine_ref(engine)?;
         let prompt = text(prompt, "prompt")?;
         let negative = optional_text(negative_prompt, "negative_prompt")?;
-        if images.is_null() && n_images > 0 {
-            return Err(invalid("images: null pointer"));
-        }
-        let views: &[HbridgeImageView] = if n_images == 0 {
-            &[]
-        } else {
-            std::slice::from_raw_parts(images, n_images)
-        };
-        let refs = views
-            .iter()
-            .enumerate()
-            .map(|(j, v)| {
-                let (w, h) = (v.width as usize, v.height as usize);
-                if v.rgb.is_null() {
-                    return Err(invalid(format!("images[{j}].rgb: null pointer")));
-                }
-                let bytes =
-                    std::slice::from_raw_parts(v.rgb, w.saturating_mul(h).saturating_mul(3));
-                RgbImage::new(w, h, bytes.to_vec()).ok_or_else(|| {
-                    invalid(format!("images[{j}]: {w}x{h} is not a non-empty RGB image"))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let refs = rgb_images(images, n_images)?;
         let o = options
             .as_ref()
             .copied()

@@ -4,6 +4,7 @@
 //! text for UTF-8. The header `include/hbridge.h` is generated from this module by cbindgen
 //! (tests/c_api.rs keeps it current) and `examples/c/` shows the use.
 
+pub mod chat;
 pub mod error;
 pub mod image;
 pub mod options;
@@ -12,9 +13,9 @@ use crate::engine::Engine;
 use error::{chat_status, guard, load_status, HbridgeStatus};
 use options::{HbridgeChatOptions, HbridgeEngineOptions, HbridgeImageOptions};
 
+pub use chat::{hbridge_chat, hbridge_chat_with_images};
 pub use image::{hbridge_edit_image, hbridge_edit_options_default, hbridge_generate_image};
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::ops::ControlFlow;
+use std::ffi::{c_char, c_int, c_void, CStr};
 
 /// A loaded model (opaque to C). Safe to use from several threads at once.
 pub struct HbridgeEngine {
@@ -179,50 +180,6 @@ pub unsafe extern "C" fn hbridge_engine_warm_up(
             .map_err(|e| (chat_status(&e), e.to_string()))?;
         if let Some(ms) = out_ms.as_mut() {
             *ms = took.as_secs_f64() * 1e3;
-        }
-        Ok(())
-    })
-}
-
-/// Answers `prompt` with the chat template, calling `on_token` (may be null) per answer token; stores
-/// the number of answer tokens in `*out_tokens` when it is not null.
-///
-/// # Safety
-/// `engine` comes from `hbridge_engine_create`; `prompt` is a NUL-terminated string; `options` and
-/// `out_tokens` are null or valid; `on_token` is safe to call with `user_data`.
-#[no_mangle]
-pub unsafe extern "C" fn hbridge_chat(
-    engine: *const HbridgeEngine,
-    prompt: *const c_char,
-    options: *const HbridgeChatOptions,
-    on_token: HbridgeTokenCallback,
-    user_data: *mut c_void,
-    out_tokens: *mut u32,
-) -> HbridgeStatus {
-    guard(|| {
-        let engine = engine_ref(engine)?;
-        let prompt = text(prompt, "prompt")?;
-        let request = options
-            .as_ref()
-            .copied()
-            .unwrap_or_else(HbridgeChatOptions::defaults)
-            .to_rust();
-        let answer = engine
-            .chat(prompt, &request, |id, piece| {
-                let Some(cb) = on_token else {
-                    return ControlFlow::Continue(());
-                };
-                let c = CString::new(piece.replace('\0', "\u{FFFD}")).unwrap_or_default();
-                let len = c.as_bytes().len();
-                if cb(user_data, id, c.as_ptr(), len) != 0 {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            })
-            .map_err(|e| (chat_status(&e), e.to_string()))?;
-        if let Some(n) = out_tokens.as_mut() {
-            *n = u32::try_from(answer.tokens.len()).unwrap_or(u32::MAX);
         }
         Ok(())
     })

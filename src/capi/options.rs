@@ -102,7 +102,8 @@ pub struct HbridgeEditOptions {
     pub seed: u64,
 }
 
-/// A reference image the caller owns: `width * height * 3` bytes of row-major RGB at `rgb`.
+/// An image the caller owns (a reference to edit, or an image to chat about): `width * height * 3`
+/// bytes of row-major RGB at `rgb`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct HbridgeImageView {
