@@ -59,6 +59,21 @@
 #define HBRIDGE_CPU_COMPUTE_BF16 2
 
 /**
+ * `HbridgeTurn::role`: instructions to the assistant (the first turn only).
+ */
+#define HBRIDGE_ROLE_SYSTEM 0
+
+/**
+ * `HbridgeTurn::role`: the person asking.
+ */
+#define HBRIDGE_ROLE_USER 1
+
+/**
+ * `HbridgeTurn::role`: an earlier answer.
+ */
+#define HBRIDGE_ROLE_ASSISTANT 2
+
+/**
  * The status every `hbridge_*` function that can fail returns; `HBRIDGE_STATUS_OK` is 0.
  */
 typedef enum HbridgeStatus {
@@ -218,6 +233,28 @@ typedef struct HbridgeImageView {
 } HbridgeImageView;
 
 /**
+ * One turn of a conversation for `hbridge_chat_turns`.
+ */
+typedef struct HbridgeTurn {
+  /**
+   * One of `HBRIDGE_ROLE_*`.
+   */
+  int32_t role;
+  /**
+   * The turn's text (NUL-terminated UTF-8).
+   */
+  const char *text;
+  /**
+   * Images before the text (user turns only); null when `n_images` is 0.
+   */
+  const struct HbridgeImageView *images;
+  /**
+   * How many `images`.
+   */
+  size_t n_images;
+} HbridgeTurn;
+
+/**
  * Called after every denoising step. Return 0 to go on, nonzero to cancel (`HBRIDGE_STATUS_CANCELLED`).
  */
 typedef int32_t (*HbridgeProgressCallback)(void *user_data, uint32_t step, uint32_t steps);
@@ -355,6 +392,23 @@ enum HbridgeStatus hbridge_chat_with_images(const struct HbridgeEngine *engine,
                                             HbridgeTokenCallback on_token,
                                             void *user_data,
                                             uint32_t *out_tokens);
+
+/**
+ * Answers the last user turn of a conversation (`n_turns` turns: an optional `HBRIDGE_ROLE_SYSTEM`
+ * turn first, then user and assistant turns, a user turn last; a user turn's images come before its
+ * text), calling `on_token` per answer token. The whole conversation is prefilled on every call.
+ *
+ * # Safety
+ * As `hbridge_chat`; `turns` points to `n_turns` turns whose `text` are NUL-terminated strings and
+ * whose `images` point to `n_images` views each.
+ */
+enum HbridgeStatus hbridge_chat_turns(const struct HbridgeEngine *engine,
+                                      const struct HbridgeTurn *turns,
+                                      size_t n_turns,
+                                      const struct HbridgeChatOptions *options,
+                                      HbridgeTokenCallback on_token,
+                                      void *user_data,
+                                      uint32_t *out_tokens);
 
 /**
  * Generates an image for `prompt` (`negative_prompt` may be null: empty) into `rgb_out`, row-major RGB

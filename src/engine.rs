@@ -28,10 +28,11 @@
 
 use crate::budget::{MemoryBudget, OverLimit, Reservation};
 use crate::chat::{
-    generate_with_images, ChatError, ChatImages, ChatOutput, ChatPipeline, ChatRequest,
+    all_images, check_turns, generate_with_images, ChatError, ChatImages, ChatOutput, ChatPipeline,
+    ChatRequest, Turn,
 };
 use crate::edit::{EditOutput, EditRequest};
-use crate::image::RgbImage;
+use crate::image::{PreparedImage, RgbImage};
 use crate::model::{Model, Outputs, RunError};
 use crate::t2i::{ImageOutput, ImageRequest};
 use crate::validate;
@@ -250,29 +251,64 @@ impl Engine {
         request: &ChatRequest,
         on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
     ) -> Result<ChatOutput, ChatError> {
+        self.chat_turns(&[Turn::user(prompt).with_images(images)], request, on_token)
+    }
+
+    /// Answers the last user turn of a conversation: an optional system turn first, then user and
+    /// assistant turns, a user turn last; a user turn's images come before its text (see [`Turn`]).
+    /// The whole conversation is prefilled on every call.
+    pub fn chat_turns(
+        &self,
+        turns: &[Turn<'_, RgbImage>],
+        request: &ChatRequest,
+        on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+    ) -> Result<ChatOutput, ChatError> {
         validate::chat_params(request)?;
-        let setup = match images {
-            [] => None,
-            _ => Some(self.pipeline.image_setup()?),
+        check_turns(turns)?;
+        let setup = match turns.iter().any(|t| !t.images.is_empty()) {
+            true => Some(self.pipeline.image_setup()?),
+            false => None,
         };
-        let prepared = match &setup {
-            None => Vec::new(),
-            Some(s) => images
-                .iter()
-                .enumerate()
-                .map(|(i, img)| s.prepare(Path::new(&format!("image {i}")), img))
-                .collect::<Result<Vec<_>, _>>()?,
-        };
-        let ids = self.pipeline.encode_prompt_with_images(prompt, &prepared)?;
+        // Each turn's images prepared (resized, patched) in conversation order, named by place.
+        let prepared: Vec<Vec<PreparedImage>> = turns
+            .iter()
+            .enumerate()
+            .map(|(t, turn)| match &setup {
+                None => Ok(Vec::new()),
+                Some(s) => turn
+                    .images
+                    .iter()
+                    .enumerate()
+                    .map(|(i, img)| {
+                        let name = match turns.len() {
+                            1 => format!("image {i}"),
+                            _ => format!("turn {t} image {i}"),
+                        };
+                        s.prepare(Path::new(&name), img)
+                    })
+                    .collect(),
+            })
+            .collect::<Result<_, _>>()?;
+        let turns: Vec<Turn<'_, PreparedImage>> = turns
+            .iter()
+            .zip(&prepared)
+            .map(|(t, p)| Turn {
+                role: t.role,
+                text: t.text,
+                images: p,
+            })
+            .collect();
+        let ids = self.pipeline.encode_turns(&turns)?;
         validate::chat_prompt(self.model(), &ids, request)?;
         let _held =
             self.reserve(|| self.model().chat_state_bytes(ids.len(), request.max_tokens))?;
+        let images = all_images(&turns);
         generate_with_images(
             self.model(),
             &ids,
             setup.as_ref().map(|setup| ChatImages {
                 setup,
-                images: &prepared,
+                images: &images,
             }),
             request,
             self.pipeline.default_stop_ids(),

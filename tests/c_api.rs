@@ -69,6 +69,8 @@ fn committed_header_is_current() {
         "hbridge_engine_warm_up",
         "hbridge_chat",
         "hbridge_chat_with_images",
+        "hbridge_chat_turns",
+        "HBRIDGE_ROLE_USER",
         "hbridge_generate_image",
         "hbridge_edit_image",
         "hbridge_last_error",
@@ -440,25 +442,31 @@ unsafe extern "C" fn collect_tokens(
     0
 }
 
-/// Chat about images from C gives the Rust API's tokens; bad image views are refused by name.
-#[test]
-fn chat_with_images_from_c_matches_the_rust_api() {
-    let model = Path::new(ROOT).join("tests/fixtures/tiny/model");
-    let image = hbridge::image::load_rgb(
-        &Path::new(ROOT).join("tests/fixtures/vision/a.png"),
-        &hbridge::image::ImageLimits::default(),
-    )
-    .unwrap();
-    let (status, engine) = create(model.to_str().unwrap(), Some(cpu_options()));
-    assert_eq!(status, HbridgeStatus::Ok, "{}", last_error());
-    let prompt = CString::new("What is in this image?").unwrap();
-    let opts = HbridgeChatOptions {
-        max_tokens: 4,
+fn vision_image(name: &str) -> hbridge::image::RgbImage {
+    let path = Path::new(ROOT).join("tests/fixtures/vision").join(name);
+    hbridge::image::load_rgb(&path, &hbridge::image::ImageLimits::default()).unwrap()
+}
+
+/// Greedy decoding of exactly `max_tokens` tokens.
+fn greedy(max_tokens: u32) -> HbridgeChatOptions {
+    HbridgeChatOptions {
+        max_tokens,
         temperature: 0.0,
         top_p: 1.0,
         seed: 0,
         stop_at_eos: 0,
-    };
+    }
+}
+
+/// Chat about images from C gives the Rust API's tokens; bad image views are refused by name.
+#[test]
+fn chat_with_images_from_c_matches_the_rust_api() {
+    let model = Path::new(ROOT).join("tests/fixtures/tiny/model");
+    let image = vision_image("a.png");
+    let (status, engine) = create(model.to_str().unwrap(), Some(cpu_options()));
+    assert_eq!(status, HbridgeStatus::Ok, "{}", last_error());
+    let prompt = CString::new("What is in this image?").unwrap();
+    let opts = greedy(4);
     let view = HbridgeImageView {
         width: image.width as u32,
         height: image.height as u32,
@@ -528,5 +536,100 @@ fn chat_with_images_from_c_matches_the_rust_api() {
     assert!(last_error().contains("images[0]: 0x"), "{}", last_error());
     // No images is plain chat.
     assert_eq!(call(ptr::null(), 0), HbridgeStatus::Ok, "{}", last_error());
+    unsafe { hbridge_engine_destroy(engine) };
+}
+
+/// A conversation from C (system, user with an image, assistant, user) gives the Rust API's tokens; a
+/// bad turn is refused with its index and field.
+#[test]
+fn chat_turns_from_c_match_the_rust_api() {
+    use hbridge::chat::Turn;
+    let model = Path::new(ROOT).join("tests/fixtures/tiny/model");
+    let image = vision_image("b.png");
+    let (status, engine) = create(model.to_str().unwrap(), Some(cpu_options()));
+    assert_eq!(status, HbridgeStatus::Ok, "{}", last_error());
+    let texts =
+        ["Be brief.", "What is this?", "A picture.", "Say more."].map(|t| CString::new(t).unwrap());
+    let view = HbridgeImageView {
+        width: image.width as u32,
+        height: image.height as u32,
+        rgb: image.data.as_ptr(),
+    };
+    let turn = |role, i: usize, images: *const HbridgeImageView, n_images| HbridgeTurn {
+        role,
+        text: texts[i].as_ptr(),
+        images,
+        n_images,
+    };
+    let mut turns = [
+        turn(HBRIDGE_ROLE_SYSTEM, 0, ptr::null(), 0),
+        turn(HBRIDGE_ROLE_USER, 1, &view, 1),
+        turn(HBRIDGE_ROLE_ASSISTANT, 2, ptr::null(), 0),
+        turn(HBRIDGE_ROLE_USER, 3, ptr::null(), 0),
+    ];
+    let opts = greedy(4);
+    let mut tokens: Vec<u32> = Vec::new();
+    let call = |turns: &[HbridgeTurn], tokens: &mut Vec<u32>| unsafe {
+        hbridge_chat_turns(
+            engine,
+            turns.as_ptr(),
+            turns.len(),
+            &opts,
+            Some(collect_tokens),
+            (tokens as *mut Vec<u32>).cast(),
+            ptr::null_mut(),
+        )
+    };
+    assert_eq!(
+        call(&turns, &mut tokens),
+        HbridgeStatus::Ok,
+        "{}",
+        last_error()
+    );
+
+    let rust = Engine::load(&model, &EngineOptions::cpu()).unwrap();
+    let images = [image.clone()];
+    let want = rust
+        .chat_turns(
+            &[
+                Turn::system("Be brief."),
+                Turn::user("What is this?").with_images(&images),
+                Turn::assistant("A picture."),
+                Turn::user("Say more."),
+            ],
+            &ChatRequest::new().max_tokens(4).no_stop(),
+            |_, _| ControlFlow::Continue(()),
+        )
+        .unwrap();
+    assert_eq!(tokens, want.tokens);
+
+    turns[2].role = 7;
+    assert_eq!(
+        call(&turns, &mut Vec::new()),
+        HbridgeStatus::InvalidArgument
+    );
+    assert!(
+        last_error().contains("turns[2].role: 7"),
+        "{}",
+        last_error()
+    );
+    turns[2].role = HBRIDGE_ROLE_ASSISTANT;
+    turns[1].images = ptr::null();
+    assert_eq!(
+        call(&turns, &mut Vec::new()),
+        HbridgeStatus::InvalidArgument
+    );
+    assert!(
+        last_error().contains("turns[1].images: null pointer"),
+        "{}",
+        last_error()
+    );
+    turns[1].images = &view;
+    assert_eq!(
+        call(&turns[..3], &mut Vec::new()),
+        HbridgeStatus::InvalidArgument
+    );
+    assert!(last_error().contains("turn 2"), "{}", last_error());
+    assert_eq!(call(&[], &mut Vec::new()), HbridgeStatus::InvalidArgument);
     unsafe { hbridge_engine_destroy(engine) };
 }

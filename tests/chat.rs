@@ -462,3 +462,86 @@ fn cli_chat() {
     );
     assert_eq!(bf16.stdout, f32.stdout);
 }
+
+/// `hbridge chat --interactive`: each stdin line is a user turn answered after the conversation so far
+/// (its prompt grows by the last answer and the new turn), `/reset` forgets it, `/exit` quits;
+/// `--system` replaces the system turn.
+#[test]
+fn cli_chat_interactive_keeps_the_conversation() {
+    use std::io::Write;
+    let dir = TempDir::new("cli-interactive");
+    let model = dir.0.join("m");
+    init_tiny(&model);
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = target_runner::hbridge()
+            .arg("chat")
+            .arg(&model)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running hbridge chat");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        // (prompt tokens, answer tokens) of every answer.
+        let counts: Vec<(usize, usize)> = stderr
+            .lines()
+            .filter_map(|l| {
+                let prompt = l
+                    .strip_prefix("prompt: ")?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                let answer = l
+                    .split("answer: ")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((prompt, answer))
+            })
+            .collect();
+        (counts, stderr)
+    };
+    let flags = ["--max-tokens", "3", "--no-stop", "--interactive"];
+    let mut args = vec!["-p", "hi"];
+    args.extend(flags);
+    let (counts, stderr) = run(&args, "tell me more\n\n/reset\nhi\n/exit\nnever read\n");
+    assert_eq!(counts.len(), 3, "{stderr}");
+    let (first, second, after_reset) = (counts[0], counts[1], counts[2]);
+    // The second prompt holds the first (its closing `<|im_start|>assistant\n` now opens the answer),
+    // the answer, the end of that turn and the new user turn.
+    assert!(
+        second.0 > first.0 + first.1 + 4,
+        "{first:?} -> {second:?}: {stderr}"
+    );
+    assert_eq!(after_reset, first, "{stderr}");
+
+    let mut args = vec!["-p", "hi", "--system", "Answer in one word."];
+    args.extend(flags);
+    let (with_system, stderr) = run(&args, "");
+    assert_eq!(with_system.len(), 1, "{stderr}");
+    assert_ne!(with_system[0].0, first.0, "{stderr}");
+
+    // Interactive without -p starts from stdin; images need a prompt to go with.
+    let (counts, stderr) = run(&flags, "hi\n");
+    assert_eq!(counts, [first], "{stderr}");
+    let out = target_runner::hbridge()
+        .arg("chat")
+        .arg(&model)
+        .args(["--interactive", "-i", "x.png"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-i:"));
+}

@@ -450,3 +450,72 @@ fn warm_up_makes_the_requests_weights_resident() {
     let und = chat_only.model().resident_weight_bytes();
     assert!(und > 0 && und < warmed, "{und} of {warmed}");
 }
+
+/// A conversation with images in two user turns and an assistant turn between them: its prompt is the
+/// Qwen template of every turn (each user turn's image tokens before its text), prefilled whole; a
+/// malformed conversation is refused before any compute.
+#[test]
+fn chat_turns_prefill_the_whole_conversation() {
+    use hbridge::chat::{conversation_template, ChatImages, Role, Turn};
+    let engine = Engine::load(tiny(), &EngineOptions::cpu()).unwrap();
+    let pipeline = ChatPipeline::open(&tiny()).unwrap();
+    let (a, e) = ([vision_image("a.png")], [vision_image("e.jpg")]);
+    let turns = [
+        Turn::system("Be brief."),
+        Turn::user("What is this?").with_images(&a),
+        Turn::assistant("A picture."),
+        Turn::user("And this one?").with_images(&e),
+    ];
+    let req = ChatRequest::new().max_tokens(4).no_stop();
+    let go = |_: u32, _: &str| ControlFlow::Continue(());
+    let got = engine.chat_turns(&turns, &req, go).unwrap();
+
+    // The same prompt built by hand and run through the pipeline's token-id entry point.
+    let setup = pipeline.image_setup().unwrap();
+    let prepare = |img| setup.prepare(std::path::Path::new("image"), img).unwrap();
+    let (pa, pe) = (prepare(&a[0]), prepare(&e[0]));
+    let text = conversation_template([
+        (Role::System, "Be brief."),
+        (
+            Role::User,
+            &(setup.prompt_text(std::slice::from_ref(&pa)) + "What is this?"),
+        ),
+        (Role::Assistant, "A picture."),
+        (
+            Role::User,
+            &(setup.prompt_text(std::slice::from_ref(&pe)) + "And this one?"),
+        ),
+    ]);
+    let ids = pipeline
+        .tokenizer()
+        .unwrap()
+        .encode(text, false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let images = [pa, pe];
+    let want = hbridge::chat::generate_with_images(
+        pipeline.model(),
+        &ids,
+        Some(ChatImages {
+            setup: &setup,
+            images: &images,
+        }),
+        &req,
+        pipeline.default_stop_ids(),
+        pipeline.tokenizer().ok(),
+        go,
+    )
+    .unwrap();
+    assert_eq!(got.prompt_tokens, ids.len());
+    assert_eq!(got.tokens, want.tokens);
+    let one_turn = engine
+        .chat_with_images("And this one?", &e, &req, go)
+        .unwrap();
+    assert!(got.prompt_tokens > one_turn.prompt_tokens + 16);
+
+    let Err(err) = engine.chat_turns(&turns[..3], &req, go) else {
+        panic!("a conversation ending with the assistant's turn was answered")
+    };
+    assert!(err.to_string().contains("turn 2"), "{err}");
+}

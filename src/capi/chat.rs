@@ -1,10 +1,16 @@
-//! Chat through the C ABI: a text prompt, optionally about images, answered token by token through a
-//! callback that can stop the answer.
+//! Chat through the C ABI: a text prompt, optionally about images, or a whole conversation, answered
+//! token by token through a callback that can stop the answer.
 
 use super::error::{chat_status, guard, HbridgeStatus};
 use super::image::rgb_images;
-use super::options::{HbridgeChatOptions, HbridgeImageView};
-use super::{engine_ref, text, HbridgeEngine, HbridgeTokenCallback};
+use super::options::{
+    HbridgeChatOptions, HbridgeImageView, HbridgeTurn, HBRIDGE_ROLE_ASSISTANT, HBRIDGE_ROLE_SYSTEM,
+    HBRIDGE_ROLE_USER,
+};
+use super::{engine_ref, invalid, text, Failure, HbridgeEngine, HbridgeTokenCallback};
+use crate::chat::{Role, Turn};
+use crate::engine::Engine;
+use crate::image::RgbImage;
 use std::ffi::{c_char, c_void, CString};
 use std::ops::ControlFlow;
 
@@ -57,28 +63,112 @@ pub unsafe extern "C" fn hbridge_chat_with_images(
         let engine = engine_ref(engine)?;
         let prompt = text(prompt, "prompt")?;
         let images = rgb_images(images, n_images)?;
-        let request = options
-            .as_ref()
-            .copied()
-            .unwrap_or_else(HbridgeChatOptions::defaults)
-            .to_rust();
-        let answer = engine
-            .chat_with_images(prompt, &images, &request, |id, piece| {
-                let Some(cb) = on_token else {
-                    return ControlFlow::Continue(());
-                };
-                let c = CString::new(piece.replace('\0', "\u{FFFD}")).unwrap_or_default();
-                let len = c.as_bytes().len();
-                if cb(user_data, id, c.as_ptr(), len) != 0 {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            })
-            .map_err(|e| (chat_status(&e), e.to_string()))?;
-        if let Some(n) = out_tokens.as_mut() {
-            *n = u32::try_from(answer.tokens.len()).unwrap_or(u32::MAX);
-        }
-        Ok(())
+        let turn = Turn::user(prompt).with_images(&images);
+        answer(engine, &[turn], options, on_token, user_data, out_tokens)
     })
+}
+
+/// Answers the last user turn of a conversation (`n_turns` turns: an optional `HBRIDGE_ROLE_SYSTEM`
+/// turn first, then user and assistant turns, a user turn last; a user turn's images come before its
+/// text), calling `on_token` per answer token. The whole conversation is prefilled on every call.
+///
+/// # Safety
+/// As `hbridge_chat`; `turns` points to `n_turns` turns whose `text` are NUL-terminated strings and
+/// whose `images` point to `n_images` views each.
+#[no_mangle]
+pub unsafe extern "C" fn hbridge_chat_turns(
+    engine: *const HbridgeEngine,
+    turns: *const HbridgeTurn,
+    n_turns: usize,
+    options: *const HbridgeChatOptions,
+    on_token: HbridgeTokenCallback,
+    user_data: *mut c_void,
+    out_tokens: *mut u32,
+) -> HbridgeStatus {
+    guard(|| {
+        let engine = engine_ref(engine)?;
+        if turns.is_null() && n_turns > 0 {
+            return Err(invalid("turns: null pointer"));
+        }
+        let raw: &[HbridgeTurn] = match n_turns {
+            0 => &[],
+            n => std::slice::from_raw_parts(turns, n),
+        };
+        // Texts and images copied out first, then borrowed by the turns.
+        let owned = raw
+            .iter()
+            .enumerate()
+            .map(|(i, t)| turn_parts(i, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let turns: Vec<Turn<'_, RgbImage>> = owned
+            .iter()
+            .map(|(role, text, images)| Turn {
+                role: *role,
+                text,
+                images,
+            })
+            .collect();
+        answer(engine, &turns, options, on_token, user_data, out_tokens)
+    })
+}
+
+/// Runs the chat request of the entry points above, streaming through `on_token`.
+///
+/// # Safety
+/// `options` and `out_tokens` are null or valid; `on_token` is safe to call with `user_data`.
+unsafe fn answer(
+    engine: &Engine,
+    turns: &[Turn<'_, RgbImage>],
+    options: *const HbridgeChatOptions,
+    on_token: HbridgeTokenCallback,
+    user_data: *mut c_void,
+    out_tokens: *mut u32,
+) -> Result<(), Failure> {
+    let request = options
+        .as_ref()
+        .copied()
+        .unwrap_or_else(HbridgeChatOptions::defaults)
+        .to_rust();
+    let answer = engine
+        .chat_turns(turns, &request, |id, piece| {
+            let Some(cb) = on_token else {
+                return ControlFlow::Continue(());
+            };
+            let c = CString::new(piece.replace('\0', "\u{FFFD}")).unwrap_or_default();
+            let len = c.as_bytes().len();
+            if cb(user_data, id, c.as_ptr(), len) != 0 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .map_err(|e| (chat_status(&e), e.to_string()))?;
+    if let Some(n) = out_tokens.as_mut() {
+        *n = u32::try_from(answer.tokens.len()).unwrap_or(u32::MAX);
+    }
+    Ok(())
+}
+
+/// Turn `i`'s role, text and images, each checked (the error names `turns[i]` and the field).
+///
+/// # Safety
+/// As [`hbridge_chat_turns`] for one turn.
+unsafe fn turn_parts<'a>(
+    i: usize,
+    t: &HbridgeTurn,
+) -> Result<(Role, &'a str, Vec<RgbImage>), Failure> {
+    let role = match t.role {
+        HBRIDGE_ROLE_SYSTEM => Role::System,
+        HBRIDGE_ROLE_USER => Role::User,
+        HBRIDGE_ROLE_ASSISTANT => Role::Assistant,
+        r => {
+            return Err(invalid(format!(
+            "turns[{i}].role: {r} is not one of HBRIDGE_ROLE_SYSTEM (0), _USER (1), _ASSISTANT (2)"
+        )))
+        }
+    };
+    let text = text(t.text, &format!("turns[{i}].text"))?;
+    let images = rgb_images(t.images, t.n_images)
+        .map_err(|(status, message)| (status, format!("turns[{i}].{message}")))?;
+    Ok((role, text, images))
 }

@@ -13,7 +13,7 @@ use crate::engine::Engine;
 use error::{chat_status, guard, load_status, HbridgeStatus};
 use options::{HbridgeChatOptions, HbridgeEngineOptions, HbridgeImageOptions};
 
-pub use chat::{hbridge_chat, hbridge_chat_with_images};
+pub use chat::{hbridge_chat, hbridge_chat_turns, hbridge_chat_with_images};
 pub use image::{hbridge_edit_image, hbridge_edit_options_default, hbridge_generate_image};
 use std::ffi::{c_char, c_int, c_void, CStr};
 

@@ -9,6 +9,7 @@ use crate::engine::{CpuCompute, DType, EngineOptions};
 use crate::image::RgbImage;
 use crate::t2i::ImageRequest;
 use hbridge_engine::device::DeviceRequest;
+use std::ffi::c_char;
 
 /// `HbridgeEngineOptions::device`: a GPU when one is usable, else the CPU.
 pub const HBRIDGE_DEVICE_AUTO: i32 = 0;
@@ -32,6 +33,13 @@ pub const HBRIDGE_CPU_COMPUTE_F32: i32 = 1;
 /// (the CUDA backend's numerics), else f32. Fixed once per process: an engine asking for the other
 /// arithmetic later fails with `HBRIDGE_STATUS_DEVICE`.
 pub const HBRIDGE_CPU_COMPUTE_BF16: i32 = 2;
+
+/// `HbridgeTurn::role`: instructions to the assistant (the first turn only).
+pub const HBRIDGE_ROLE_SYSTEM: i32 = 0;
+/// `HbridgeTurn::role`: the person asking.
+pub const HBRIDGE_ROLE_USER: i32 = 1;
+/// `HbridgeTurn::role`: an earlier answer.
+pub const HBRIDGE_ROLE_ASSISTANT: i32 = 2;
 
 /// How `hbridge_engine_create` loads a model.
 #[repr(C)]
@@ -113,6 +121,20 @@ pub struct HbridgeImageView {
     pub height: u32,
     /// Row-major RGB bytes.
     pub rgb: *const u8,
+}
+
+/// One turn of a conversation for `hbridge_chat_turns`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct HbridgeTurn {
+    /// One of `HBRIDGE_ROLE_*`.
+    pub role: i32,
+    /// The turn's text (NUL-terminated UTF-8).
+    pub text: *const c_char,
+    /// Images before the text (user turns only); null when `n_images` is 0.
+    pub images: *const HbridgeImageView,
+    /// How many `images`.
+    pub n_images: usize,
 }
 
 impl HbridgeEditOptions {

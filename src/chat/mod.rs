@@ -21,16 +21,19 @@
 use crate::model::RunError;
 use std::fmt;
 
+mod conversation;
 mod decode;
 mod pipeline;
 mod sampling;
 mod stream;
 
+pub use conversation::{check_turns, conversation_template, Role, Turn};
 pub(crate) use decode::CACHE_ROWS;
 pub use decode::{
     default_stop_ids, generate, generate_with_images, profile_decode_step, time_decode_step,
     ChatImages,
 };
+pub(crate) use pipeline::all_images;
 pub use pipeline::ChatPipeline;
 pub use sampling::{argmax, sample, Rng};
 use std::path::PathBuf;
@@ -121,6 +124,14 @@ pub enum ChatError {
     /// Loading or running the model failed (checkpoint, backend, memory limit, a cancelled run, ...).
     #[error(transparent)]
     Model(#[from] RunError),
+    /// A multi-turn conversation the assistant cannot answer (turn `turn`, counted from 0).
+    #[error("conversation turn {turn}: {problem}")]
+    Conversation {
+        /// The offending turn's index.
+        turn: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// An input image could not be used (file, preprocessing, or a checkpoint without a vision tower).
     #[error(transparent)]
     Image(#[from] crate::image::ImageInputError),

@@ -102,12 +102,33 @@ impl ChatPipeline {
 
     /// The chat-templated prompt of `user_text` as token ids (`add_special_tokens = false`).
     pub fn encode_prompt(&self, user_text: &str) -> Result<Vec<u32>, ChatError> {
-        if user_text.trim().is_empty() {
-            return Err(ChatError::EmptyPrompt);
-        }
-        let tokenizer = self.tokenizer()?;
-        let encoding = tokenizer
-            .encode(chat_template(user_text), false)
+        self.encode_turns(&[Turn::user(user_text)])
+    }
+
+    /// The chat-templated conversation as token ids (`add_special_tokens = false`); a user turn's
+    /// images become their tokens before its text. Checked by [`check_turns`] first.
+    pub fn encode_turns(&self, turns: &[Turn<'_, PreparedImage>]) -> Result<Vec<u32>, ChatError> {
+        check_turns(turns)?;
+        let setup = match turns.iter().any(|t| !t.images.is_empty()) {
+            true => Some(self.image_setup()?),
+            false => None,
+        };
+        let contents: Vec<String> = turns
+            .iter()
+            .map(|t| match &setup {
+                Some(s) => s.prompt_text(t.images) + t.text,
+                None => t.text.to_string(),
+            })
+            .collect();
+        let prompt = conversation_template(
+            turns
+                .iter()
+                .zip(&contents)
+                .map(|(t, c)| (t.role, c.as_str())),
+        );
+        let encoding = self
+            .tokenizer()?
+            .encode(prompt, false)
             .map_err(|e| ChatError::Tokenize(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
     }
@@ -133,18 +154,7 @@ impl ChatPipeline {
         user_text: &str,
         images: &[PreparedImage],
     ) -> Result<Vec<u32>, ChatError> {
-        if images.is_empty() {
-            return self.encode_prompt(user_text);
-        }
-        if user_text.trim().is_empty() {
-            return Err(ChatError::EmptyPrompt);
-        }
-        let content = self.image_setup()?.prompt_text(images) + user_text;
-        let encoding = self
-            .tokenizer()?
-            .encode(chat_template(&content), false)
-            .map_err(|e| ChatError::Tokenize(e.to_string()))?;
-        Ok(encoding.get_ids().to_vec())
+        self.encode_turns(&[Turn::user(user_text).with_images(images)])
     }
 
     /// Answers `user_text` about `images` (prepared by [`ChatPipeline::load_images`]), streaming as
@@ -156,18 +166,34 @@ impl ChatPipeline {
         request: &ChatRequest,
         on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
     ) -> Result<ChatOutput, ChatError> {
+        self.chat_stream_turns(
+            &[Turn::user(user_text).with_images(images)],
+            request,
+            on_token,
+        )
+    }
+
+    /// Answers the last user turn of a conversation (see [`Turn`]), streaming as
+    /// [`ChatPipeline::chat_stream`] does. The whole conversation is prefilled.
+    pub fn chat_stream_turns(
+        &self,
+        turns: &[Turn<'_, PreparedImage>],
+        request: &ChatRequest,
+        on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+    ) -> Result<ChatOutput, ChatError> {
         request.validate()?;
+        let ids = self.encode_turns(turns)?;
+        let images = all_images(turns);
         if images.is_empty() {
-            return self.chat_stream(user_text, request, on_token);
+            return self.generate_from_ids(&ids, request, on_token);
         }
         let setup = self.image_setup()?;
-        let ids = self.encode_prompt_with_images(user_text, images)?;
         generate_with_images(
             &self.model,
             &ids,
             Some(ChatImages {
                 setup: &setup,
-                images,
+                images: &images,
             }),
             request,
             &self.default_stops,
@@ -188,9 +214,7 @@ impl ChatPipeline {
         request: &ChatRequest,
         on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
     ) -> Result<ChatOutput, ChatError> {
-        request.validate()?;
-        let ids = self.encode_prompt(user_text)?;
-        self.generate_from_ids(&ids, request, on_token)
+        self.chat_stream_turns(&[Turn::user(user_text)], request, on_token)
     }
 
     /// Generates after `prompt_ids` taken as they are (no template is added): the entry point without
@@ -210,5 +234,19 @@ impl ChatPipeline {
             tokenizer,
             on_token,
         )
+    }
+}
+
+/// Every turn's images in conversation order (the order of their tokens in the prompt); borrowed when
+/// one turn holds them all.
+pub(crate) fn all_images<'a, I: Clone>(turns: &[Turn<'a, I>]) -> std::borrow::Cow<'a, [I]> {
+    let mut with = turns.iter().filter(|t| !t.images.is_empty());
+    match (with.next(), with.next()) {
+        (None, _) => std::borrow::Cow::Borrowed(&[]),
+        (Some(t), None) => std::borrow::Cow::Borrowed(t.images),
+        _ => turns
+            .iter()
+            .flat_map(|t| t.images.iter().cloned())
+            .collect(),
     }
 }

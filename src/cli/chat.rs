@@ -1,9 +1,10 @@
 //! `hbridge chat`: the answer alone on stdout, streamed as tokens arrive; prompt size, timings and the
-//! stop reason on stderr.
+//! stop reason on stderr. `--interactive` goes on reading user turns from stdin, a line each, and
+//! answers each with the whole conversation so far.
 
-use hbridge::chat::{ChatError, ChatPipeline, ChatRequest};
-use hbridge::image::{load_rgb, ImageLimits};
-use std::io::Write;
+use hbridge::chat::{ChatError, ChatOutput, ChatPipeline, ChatRequest, Turn};
+use hbridge::image::{load_rgb, ImageLimits, PreparedImage};
+use std::io::{BufRead, IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -12,9 +13,17 @@ use std::time::Instant;
 pub struct ChatArgs {
     /// Model directory (holding hbridge.json).
     pub model: PathBuf,
-    /// The user's message (wrapped in the chat template).
-    #[arg(short = 'p', long = "prompt")]
-    pub prompt: String,
+    /// The user's message (wrapped in the chat template). Required unless --interactive, where it is
+    /// the first turn.
+    #[arg(short = 'p', long = "prompt", required_unless_present = "interactive")]
+    pub prompt: Option<String>,
+    /// The system turn (default: "You are a helpful assistant.").
+    #[arg(long)]
+    pub system: Option<String>,
+    /// After the first answer, read further user turns from stdin, one per line, each answered with
+    /// the conversation so far (`/reset` forgets it, `/exit` or end of input quits).
+    #[arg(long)]
+    pub interactive: bool,
     /// An image (PNG or JPEG) to ask about; repeat for several. They enter the user turn before the text.
     #[arg(short = 'i', long = "image")]
     pub images: Vec<PathBuf>,
@@ -49,8 +58,14 @@ pub fn run(args: ChatArgs, backend: super::Backend) -> Result<(), String> {
     }
     // Bad input fails before the model is opened.
     request.validate().map_err(|e| e.to_string())?;
-    if args.prompt.trim().is_empty() {
+    if args.prompt.as_deref().is_some_and(|p| p.trim().is_empty()) {
         return Err(format!("-p: {}", ChatError::EmptyPrompt));
+    }
+    if args.system.as_deref().is_some_and(|p| p.trim().is_empty()) {
+        return Err("--system: the system turn is empty".into());
+    }
+    if args.prompt.is_none() && !args.images.is_empty() {
+        return Err("-i: images go with a prompt (-p), the first user turn".into());
     }
 
     // Unreadable or oversized images fail before the model is opened too.
@@ -91,11 +106,73 @@ pub fn run(args: ChatArgs, backend: super::Backend) -> Result<(), String> {
         }
     }
 
+    let mut history: Vec<(String, Vec<PreparedImage>, String)> = Vec::new();
+    if let Some(prompt) = &args.prompt {
+        let output = answer(&chat, &args.system, &history, prompt, &images, &request)?;
+        history.push((prompt.clone(), images, output.text));
+    }
+    if !args.interactive {
+        return Ok(());
+    }
+    eprintln!("interactive: one user turn per line; /reset forgets the conversation, /exit quits");
+    let stdin = std::io::stdin();
+    // A prompt mark only for a person at a terminal, on stderr: stdout stays the answers alone.
+    let at_terminal = stdin.is_terminal();
+    let mut line = String::new();
+    loop {
+        if at_terminal {
+            eprint!("> ");
+        }
+        line.clear();
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading stdin: {e}"))?
+            == 0
+        {
+            break;
+        }
+        let text = line.trim_end_matches(['\r', '\n']);
+        match text.trim() {
+            "" => continue,
+            "/exit" => break,
+            "/reset" => {
+                history.clear();
+                eprintln!("conversation forgotten");
+                continue;
+            }
+            _ => {}
+        }
+        // A turn the model cannot take (too long, ...) is reported; the conversation goes on.
+        match answer(&chat, &args.system, &history, text, &[], &request) {
+            Ok(output) => history.push((text.to_string(), Vec::new(), output.text)),
+            Err(e) => eprintln!("error: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Answers `prompt` (with `images`) after `history` (earlier user turns and answers), streaming the
+/// answer to stdout and its figures to stderr.
+fn answer(
+    chat: &ChatPipeline,
+    system: &Option<String>,
+    history: &[(String, Vec<PreparedImage>, String)],
+    prompt: &str,
+    images: &[PreparedImage],
+    request: &ChatRequest,
+) -> Result<ChatOutput, String> {
+    let mut turns: Vec<Turn<'_, PreparedImage>> = system.iter().map(|s| Turn::system(s)).collect();
+    for (user, imgs, assistant) in history {
+        turns.push(Turn::user(user).with_images(imgs));
+        turns.push(Turn::assistant(assistant));
+    }
+    turns.push(Turn::user(prompt).with_images(images));
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut streamed = String::new();
     let mut write_error = None;
-    let result = chat.chat_stream_with_images(&args.prompt, &images, &request, |_, piece| {
+    let result = chat.chat_stream_turns(&turns, request, |_, piece| {
         if piece.is_empty() {
             return ControlFlow::Continue(());
         }
@@ -131,5 +208,5 @@ pub fn run(args: ChatArgs, backend: super::Backend) -> Result<(), String> {
         output.stop_reason,
         super::weights_note(t.weights)
     );
-    Ok(())
+    Ok(output)
 }
