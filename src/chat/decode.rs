@@ -32,7 +32,7 @@ pub(crate) const CACHE_ROWS: usize = 64;
 /// The und expert's K/V cache: post-RoPE K and V `[capacity, K*D]` per layer, held by the model's
 /// backend for the whole request (device memory on CUDA), of which the first `len` rows are filled.
 /// Decode steps write their own rows in place, so no step moves the cache.
-struct KvCache {
+pub(super) struct KvCache {
     states: States,
     capacity: usize,
     len: usize,
@@ -44,6 +44,21 @@ struct KvCache {
 }
 
 impl KvCache {
+    /// A cache for `prompt` tokens and the answer's room: the whole answer when the context bounds
+    /// it, else a first 1024 tokens (it grows).
+    pub(super) fn for_prompt(
+        model: &Model,
+        prompt: usize,
+        max_tokens: usize,
+    ) -> Result<Self, RunError> {
+        let c = &model.checkpoint.config.und;
+        let room = match c.max_position_embeddings {
+            Some(_) => max_tokens,
+            None => max_tokens.min(1024),
+        };
+        KvCache::new(model, c.num_layers, c.kv_dim(), prompt.saturating_add(room))
+    }
+
     fn new(model: &Model, layers: usize, kv_dim: usize, rows: usize) -> Result<Self, RunError> {
         let mut cache = KvCache {
             states: model.new_states(),
@@ -82,7 +97,7 @@ impl KvCache {
 
     /// Room for `n` more rows: grows (doubling) when full, which only happens for answers longer than
     /// the room reserved up front.
-    fn reserve(&mut self, model: &Model, n: usize) -> Result<(), RunError> {
+    pub(super) fn reserve(&mut self, model: &Model, n: usize) -> Result<(), RunError> {
         if self.len + n > self.capacity {
             let want = (self.len + n).max(2 * self.capacity);
             self.alloc(model, want.next_multiple_of(CACHE_ROWS))?;
@@ -182,72 +197,97 @@ pub fn generate_with_images(
     request: &ChatRequest,
     default_stops: &[u32],
     tokenizer: Option<&Tokenizer>,
-    mut on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+    on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
 ) -> Result<ChatOutput, ChatError> {
     crate::validate::chat_prompt(model, prompt, request)?;
+    if request.max_tokens == 0 {
+        return Ok(ChatOutput::empty(prompt.len()));
+    }
+    let phase = Phase::start(model);
+    let mut cache = KvCache::for_prompt(model, prompt.len(), request.max_tokens)?;
+    prefill_context(model, &mut cache, prompt, images)?;
+    let last = prompt[prompt.len() - 1];
+    answer(
+        model,
+        &mut cache,
+        last,
+        prompt.len(),
+        request,
+        default_stops,
+        tokenizer,
+        on_token,
+        phase,
+    )
+}
+
+/// Prefills every token of `prompt` but its last into an empty `cache` (with the images' tokens and
+/// M-RoPE positions when there are images); the last token's decode step then gives the first answer
+/// token's logits, so no `[L, V]` head is computed.
+pub(super) fn prefill_context(
+    model: &Model,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    images: Option<ChatImages<'_>>,
+) -> Result<(), ChatError> {
     let c = &model.checkpoint.config.und;
+    let ids: Vec<i32> = prompt.iter().map(|&id| id as i32).collect();
+    let head = &ids[..ids.len().saturating_sub(1)];
+    let images = images.filter(|i| !i.images.is_empty());
+    if head.is_empty() {
+        if images.is_some() {
+            return Err(ChatError::Model(RunError::Request(
+                "the prompt's last token cannot be an image".into(),
+            )));
+        }
+        return Ok(());
+    }
+    let spec = UndPrefillSpec {
+        len: head.len(),
+        kv_layers: (0..c.num_layers).collect(),
+        logits: false,
+        hidden_states: false,
+        final_hidden: false,
+        // The prefill writes every layer's K/V straight into the cache on the backend.
+        kv_cache: Some(cache.capacity),
+    };
+    let into = Some((&mut cache.states, 0));
+    match images {
+        Some(im) => {
+            let (_, pos) = prefill_with_images_into(model, im.setup, head, im.images, &spec, into)?;
+            let next = pos.iter().copied().max().map_or(0, |m| i64::from(m) + 1);
+            cache.pos_delta = next - head.len() as i64;
+        }
+        None => {
+            let pos = positions::text_positions(head.len());
+            model.und_prefill_into(head, pos, &spec, into)?;
+        }
+    }
+    cache.len = head.len();
+    Ok(())
+}
+
+/// Decodes the answer after `last`, the one prompt token not yet in `cache` (`prompt_tokens` long in
+/// all), until a stop: see [`generate`]. `phase` started with the prompt's prefill, which this ends
+/// after the first decode step.
+#[allow(clippy::too_many_arguments)] // the request's parts, as `generate_with_images` takes them
+pub(super) fn answer(
+    model: &Model,
+    cache: &mut KvCache,
+    last: u32,
+    prompt_tokens: usize,
+    request: &ChatRequest,
+    default_stops: &[u32],
+    tokenizer: Option<&Tokenizer>,
+    mut on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+    phase: Phase,
+) -> Result<ChatOutput, ChatError> {
     let mut stops: Vec<u32> = request.stop_ids.clone();
     if request.stop_at_eos {
         stops.extend_from_slice(default_stops);
     }
-    let mut out = ChatOutput {
-        tokens: Vec::new(),
-        text: String::new(),
-        prompt_tokens: prompt.len(),
-        timings: ChatTimings::default(),
-        stop_reason: StopReason::MaxTokens,
-    };
-    if request.max_tokens == 0 {
-        return Ok(out);
-    }
-
-    // Prefill: the prompt but its last token fills the cache (no logits: no [L, V] head), then the last
-    // token's decode step gives the first answer token's logits.
-    let phase = Phase::start(model);
-    // Room for the whole answer up front when the context bounds it; else a first 1024 tokens.
-    let room = match c.max_position_embeddings {
-        Some(_) => request.max_tokens,
-        None => request.max_tokens.min(1024),
-    };
-    let mut cache = KvCache::new(
-        model,
-        c.num_layers,
-        c.kv_dim(),
-        prompt.len().saturating_add(room),
-    )?;
-    let ids: Vec<i32> = prompt.iter().map(|&id| id as i32).collect();
-    let (head, last) = ids.split_at(ids.len() - 1);
-    if !head.is_empty() {
-        let spec = UndPrefillSpec {
-            len: head.len(),
-            kv_layers: (0..c.num_layers).collect(),
-            logits: false,
-            hidden_states: false,
-            final_hidden: false,
-            // The prefill writes every layer's K/V straight into the cache on the backend.
-            kv_cache: Some(cache.capacity),
-        };
-        let into = Some((&mut cache.states, 0));
-        match images.filter(|i| !i.images.is_empty()) {
-            Some(im) => {
-                let (_, pos) =
-                    prefill_with_images_into(model, im.setup, head, im.images, &spec, into)?;
-                let next = pos.iter().copied().max().map_or(0, |m| i64::from(m) + 1);
-                cache.pos_delta = next - head.len() as i64;
-            }
-            None => {
-                let pos = positions::text_positions(head.len());
-                model.und_prefill_into(head, pos, &spec, into)?;
-            }
-        }
-        cache.len = head.len();
-    } else if images.is_some_and(|i| !i.images.is_empty()) {
-        return Err(ChatError::Model(RunError::Request(
-            "the prompt's last token cannot be an image".into(),
-        )));
-    }
+    let mut out = ChatOutput::empty(prompt_tokens);
     let mut rng = Rng::new(request.seed);
-    let logits = decode_step(model, &mut cache, last[0] as u32)?;
+    let logits = decode_step(model, cache, last)?;
     let mut next = sample(&logits, request.temperature, request.top_p, &mut rng);
     let (prefill, weights) = phase.end(model);
     out.timings.prefill = prefill;
@@ -270,7 +310,7 @@ pub fn generate_with_images(
             out.stop_reason = StopReason::MaxTokens;
             break;
         }
-        let logits = decode_step(model, &mut cache, next)?;
+        let logits = decode_step(model, cache, next)?;
         out.timings.decode_steps += 1;
         next = sample(&logits, request.temperature, request.top_p, &mut rng);
     }

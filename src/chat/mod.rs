@@ -321,3 +321,16 @@ pub struct ChatOutput {
     /// Why decoding ended (token limit, stop token, or cancelled by the callback).
     pub stop_reason: StopReason,
 }
+
+impl ChatOutput {
+    /// No answer yet to a prompt of `prompt_tokens` tokens.
+    pub(crate) fn empty(prompt_tokens: usize) -> Self {
+        ChatOutput {
+            tokens: Vec::new(),
+            text: String::new(),
+            prompt_tokens,
+            timings: ChatTimings::default(),
+            stop_reason: StopReason::MaxTokens,
+        }
+    }
+}

@@ -16,7 +16,7 @@ pub use gen::{gen_step, gen_step_part, gen_step_with_refs, prefix_layers, GenPar
 pub use gen_omnigen2::{
     gen_step_omnigen2, gen_step_omnigen2_with_refs, GEN_CAPTION, GEN_POSITIONS_CAPTION,
 };
-pub use und::{und_decode_step, und_prefill, UndPrefillSpec};
+pub use und::{und_decode_chunk, und_decode_step, und_prefill, UndPrefillSpec};
 pub use vae::vae_decode;
 pub use vae_encoder::vae_encode;
 

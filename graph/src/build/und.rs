@@ -317,18 +317,32 @@ pub fn und_decode_step(
     names: &UndNames,
     capacity: usize,
 ) -> Result<Graph, GraphError> {
-    if capacity == 0 {
-        return Err(GraphError::Request(
-            "a decode step needs a K/V cache of at least one row".into(),
-        ));
+    und_decode_chunk(c, names, capacity, 1)
+}
+
+/// [`und_decode_step`] for `n` tokens at once (a prefill that continues a filled cache: a chat
+/// session's next turn). Inputs `und.input_ids` `[n]` and `und.position_ids` `[3, n]`; token `i`
+/// attends to the cache's first `und.cache_len` rows and to tokens `0..=i` (causal over the cache's
+/// full rows then the chunk's); the chunk's K/V are written from row `und.cache_len`. Output:
+/// `und.logits` `[1, V]` of the last token only.
+pub fn und_decode_chunk(
+    c: &UndConfig,
+    names: &UndNames,
+    capacity: usize,
+    n: usize,
+) -> Result<Graph, GraphError> {
+    if capacity == 0 || n == 0 {
+        return Err(GraphError::Request(format!(
+            "a decode step needs a K/V cache of at least one row and a token; got {capacity} rows and {n} tokens"
+        )));
     }
     let mut cx = Ctx {
         g: Graph::default(),
         c,
         names,
     };
-    let ids = cx.g.input(names::UND_IDS, &[1], DataType::I32);
-    let positions = cx.g.input(names::UND_POSITIONS, &[3, 1], DataType::I32);
+    let ids = cx.g.input(names::UND_IDS, &[n], DataType::I32);
+    let positions = cx.g.input(names::UND_POSITIONS, &[3, n], DataType::I32);
     let cache_len = cx.g.input(names::UND_CACHE_LEN, &[1], DataType::I32);
     let table = cx.w("embed_tokens.weight", &[c.vocab_size, c.hidden_size]);
     let mut x = cx.push(Op::Embed { table, ids }, "und.hs.0")?;
@@ -340,6 +354,17 @@ pub fn und_decode_step(
         x = nx;
         cx.g.write_state(ck, k, cache_len)?;
         cx.g.write_state(cv, v, cache_len)?;
+    }
+    if n > 1 {
+        // Only the last token's logits are sampled: the head runs on one row.
+        x = cx.push(
+            Op::SliceRows {
+                x,
+                start: n - 1,
+                len: 1,
+            },
+            "und.last_token",
+        )?;
     }
     cx.head(x, true, false)?;
     Ok(crate::prune::prune(cx.g))
