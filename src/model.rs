@@ -235,6 +235,24 @@ impl Model {
             .execute_with_states(&p.0, &p.1, inputs, states, replay)
     }
 
+    /// `n` tokens against a K/V cache of `capacity` rows in `states` (graph [`build::und_decode_chunk`],
+    /// built once per capacity and length): a chat session's next turn. Run eagerly: a turn's length
+    /// rarely repeats, so a CUDA graph capture would not be replayed.
+    pub(crate) fn und_decode_chunk(
+        &self,
+        capacity: usize,
+        n: usize,
+        inputs: &Outputs,
+        states: &mut States,
+    ) -> Result<Outputs, RunError> {
+        let c = &self.checkpoint.config.und;
+        let p = self.prepared(format!("und_decode/{capacity}/{n}"), || {
+            build::und_decode_chunk(c, &self.checkpoint.und_names, capacity, n)
+        })?;
+        self.backend
+            .execute_with_states(&p.0, &p.1, inputs, states, false)
+    }
+
     /// CUDA only: eager launches vs CUDA graph replays of the und decode step over `states` (see
     /// [`Model::time_gen_step`]); `None` on the CPU.
     pub(crate) fn time_und_decode_step(

@@ -106,6 +106,47 @@ impl KvCache {
     }
 }
 
+impl KvCache {
+    /// Rows filled.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Runs `chunk` (tokens following the filled rows, text only) through the model as one graph
+    /// ([`Model::und_decode_chunk`]), its K/V appended to the cache.
+    pub(super) fn prefill_chunk(&mut self, model: &Model, chunk: &[u32]) -> Result<(), RunError> {
+        let n = chunk.len();
+        if n == 0 {
+            return Ok(());
+        }
+        self.reserve(model, n + 1)?;
+        let start = self.len as i64 + self.pos_delta;
+        let pos: Vec<i32> = (0..n as i64)
+            .map(|i| i32::try_from(start + i))
+            .collect::<Result<_, _>>()
+            .map_err(|_| RunError::Request(format!("positions from {start} are out of range")))?;
+        let row = i32::try_from(self.len)
+            .map_err(|_| RunError::Request(format!("cache row {} is out of range", self.len)))?;
+        let inputs: Outputs = HashMap::from([
+            (
+                names::UND_IDS.to_string(),
+                HostTensor::i32(vec![n], chunk.iter().map(|&t| t as i32).collect()),
+            ),
+            (
+                names::UND_POSITIONS.to_string(),
+                HostTensor::i32(vec![3, n], pos.repeat(3)),
+            ),
+            (
+                names::UND_CACHE_LEN.to_string(),
+                HostTensor::i32(vec![1], vec![row]),
+            ),
+        ]);
+        model.und_decode_chunk(self.capacity, n, &inputs, &mut self.states)?;
+        self.len += n;
+        Ok(())
+    }
+}
+
 /// One decode step of `token` at position `cache.len`: returns its logits `[V]`; the step's K/V land in
 /// the cache on the backend.
 fn decode_step(model: &Model, cache: &mut KvCache, token: u32) -> Result<Vec<f32>, RunError> {

@@ -25,6 +25,7 @@ mod conversation;
 mod decode;
 mod pipeline;
 mod sampling;
+mod session;
 mod stream;
 
 pub use conversation::{check_turns, conversation_template, Role, Turn};
@@ -36,6 +37,7 @@ pub use decode::{
 pub(crate) use pipeline::all_images;
 pub use pipeline::ChatPipeline;
 pub use sampling::{argmax, sample, Rng};
+pub use session::ChatSession;
 use std::path::PathBuf;
 use std::time::Duration;
 pub use stream::TextStream;

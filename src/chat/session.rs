@@ -1,0 +1,165 @@
+//! A chat session: a conversation whose und K/V cache stays on the backend between turns, so each turn
+//! prefills only its own tokens (the previous answer's end, the new user turn, the assistant's
+//! opening) against the cache instead of the whole conversation. The conversation is the one
+//! [`super::conversation_template`] renders, except that earlier answers are the tokens the model
+//! generated rather than their text encoded again.
+//!
+//! A turn with images, the first turn, and a turn after a failed one prefill the whole conversation
+//! (images need the vision tower's tokens and their M-RoPE positions, which only the full prefill
+//! places).
+
+use super::decode::{answer, prefill_context, KvCache};
+use super::*;
+use crate::image::PreparedImage;
+use crate::model::{Model, Phase};
+use std::ops::ControlFlow;
+
+/// A conversation in progress and its K/V cache (on the backend of the model it last ran on). Create
+/// one per conversation; [`ChatPipeline::send`] or [`crate::engine::Engine::send`] answer each user turn.
+#[derive(Default)]
+pub struct ChatSession {
+    system: Option<String>,
+    /// Every token of the conversation so far; the cache holds the first `cache.len` of them (the rest,
+    /// at most the last answer's last token, is prefilled with the next turn).
+    ids: Vec<u32>,
+    /// The conversation's images, in the order of their tokens.
+    images: Vec<PreparedImage>,
+    /// `None` before the first turn and after a failed one.
+    cache: Option<KvCache>,
+    /// The model the cache was made on (its address): another model prefills the conversation again.
+    model: usize,
+    turns: usize,
+}
+
+impl ChatSession {
+    /// A new conversation with the default system turn.
+    pub fn new() -> Self {
+        ChatSession::default()
+    }
+
+    /// A new conversation with `system` as its system turn.
+    pub fn with_system(system: impl Into<String>) -> Self {
+        ChatSession {
+            system: Some(system.into()),
+            ..ChatSession::default()
+        }
+    }
+
+    /// Forgets the conversation (and frees its cache); the system turn stays.
+    pub fn reset(&mut self) {
+        *self = ChatSession {
+            system: self.system.take(),
+            ..ChatSession::default()
+        };
+    }
+
+    /// Tokens in the conversation so far (prompts and answers).
+    pub fn context_tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// User turns answered so far.
+    pub fn turns(&self) -> usize {
+        self.turns
+    }
+
+    /// Tokens already in the K/V cache (what the next turn does not prefill again).
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.as_ref().map_or(0, KvCache::len)
+    }
+}
+
+impl ChatPipeline {
+    /// Answers `user_text` (with `images` before it) as the next turn of `session`, streaming as
+    /// [`ChatPipeline::chat_stream`] does. On success the turn and its answer (also a cancelled one)
+    /// join the conversation; on an error the conversation is as before and its next turn prefills it
+    /// whole.
+    pub fn send(
+        &self,
+        session: &mut ChatSession,
+        user_text: &str,
+        images: &[PreparedImage],
+        request: &ChatRequest,
+        on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+    ) -> Result<ChatOutput, ChatError> {
+        request.validate()?;
+        if user_text.trim().is_empty() {
+            return Err(ChatError::EmptyPrompt);
+        }
+        let model = self.model();
+        let any_images = !images.is_empty() || !session.images.is_empty();
+        let setup = match any_images {
+            true => Some(self.image_setup()?),
+            false => None,
+        };
+        let content = match &setup {
+            Some(s) => s.prompt_text(images) + user_text,
+            None => user_text.to_string(),
+        };
+        let turn_text = match session.ids.is_empty() {
+            true => {
+                let system = session.system.iter().map(|s| (Role::System, s.as_str()));
+                conversation_template(system.chain([(Role::User, content.as_str())]))
+            }
+            // The previous answer's end, this turn, the assistant's opening.
+            false => {
+                format!("{IM_END}\n<|im_start|>user\n{content}{IM_END}\n<|im_start|>assistant\n")
+            }
+        };
+        let turn_ids = self
+            .tokenizer()?
+            .encode(turn_text, false)
+            .map_err(|e| ChatError::Tokenize(e.to_string()))?;
+        let mut ids = session.ids.clone();
+        ids.extend_from_slice(turn_ids.get_ids());
+        crate::validate::chat_prompt(model, &ids, request)?;
+        let mut all_images = session.images.clone();
+        all_images.extend_from_slice(images);
+
+        let key = model as *const Model as usize;
+        let reuse = images.is_empty() && session.model == key;
+        let cache = session.cache.take().filter(|_| reuse);
+        let phase = Phase::start(model);
+        let prefilled = match cache {
+            // The tokens since the cache was last written (the last answer's last token, this
+            // turn), but the last, which the answer's first decode step takes.
+            Some(mut cache) => {
+                let chunk = &ids[cache.len().min(ids.len())..ids.len() - 1];
+                cache
+                    .prefill_chunk(model, chunk)
+                    .map(|()| cache)
+                    .map_err(ChatError::from)
+            }
+            None => KvCache::for_prompt(model, ids.len(), request.max_tokens)
+                .map_err(ChatError::from)
+                .and_then(|mut cache| {
+                    let images = setup.as_ref().map(|setup| ChatImages {
+                        setup,
+                        images: &all_images,
+                    });
+                    prefill_context(model, &mut cache, &ids, images)?;
+                    Ok(cache)
+                }),
+        };
+        let mut cache = prefilled?;
+        let last = ids[ids.len() - 1];
+        let out = answer(
+            model,
+            &mut cache,
+            last,
+            ids.len(),
+            request,
+            self.default_stop_ids(),
+            self.tokenizer().ok(),
+            on_token,
+            phase,
+        )?;
+        ids.extend_from_slice(&out.tokens);
+        session.ids = ids;
+        session.images = all_images;
+        session.cache = Some(cache);
+        session.model = key;
+        session.turns += 1;
+        Ok(out)
+    }
+}
