@@ -29,7 +29,7 @@
 use crate::budget::{MemoryBudget, OverLimit, Reservation};
 use crate::chat::{
     all_images, check_turns, generate_with_images, ChatError, ChatImages, ChatOutput, ChatPipeline,
-    ChatRequest, Turn,
+    ChatRequest, ChatSession, Turn,
 };
 use crate::edit::{EditOutput, EditRequest};
 use crate::image::{PreparedImage, RgbImage};
@@ -315,6 +315,40 @@ impl Engine {
             self.pipeline.tokenizer().ok(),
             on_token,
         )
+    }
+
+    /// Answers `prompt` (with `images` before it) as the next turn of `session`: the session keeps the
+    /// conversation's K/V cache on this engine's backend, so a text turn prefills only its own tokens
+    /// (see [`ChatSession`]). A turn's memory is reserved like a request's while it runs; between
+    /// turns the session holds its cache outside the engine's memory limit.
+    pub fn send(
+        &self,
+        session: &mut ChatSession,
+        prompt: &str,
+        images: &[RgbImage],
+        request: &ChatRequest,
+        on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+    ) -> Result<ChatOutput, ChatError> {
+        validate::chat_params(request)?;
+        // An upper bound on the turn's tokens before it is encoded: a token holds at least one byte
+        // of text, plus the template's few and the images' own.
+        let (prepared, image_tokens) = match images {
+            [] => (Vec::new(), 0),
+            _ => {
+                let setup = self.pipeline.image_setup()?;
+                let prepared: Vec<PreparedImage> = images
+                    .iter()
+                    .enumerate()
+                    .map(|(i, img)| setup.prepare(Path::new(&format!("image {i}")), img))
+                    .collect::<Result<_, _>>()?;
+                let tokens = prepared.iter().map(|p| p.tokens(setup.merge) + 2).sum();
+                (prepared, tokens)
+            }
+        };
+        let bound = session.context_tokens() + prompt.len() + image_tokens + 32;
+        let _held = self.reserve(|| self.model().chat_state_bytes(bound, request.max_tokens))?;
+        self.pipeline
+            .send(session, prompt, &prepared, request, on_token)
     }
 
     /// Text to image; `progress(step, steps)` after every denoising step, and its `ControlFlow::Break`

@@ -526,6 +526,13 @@ fn cli_chat_interactive_keeps_the_conversation() {
         "{first:?} -> {second:?}: {stderr}"
     );
     assert_eq!(after_reset, first, "{stderr}");
+    // The second turn ran against the first's cache; the turn after /reset did not.
+    let cached: Vec<bool> = stderr
+        .lines()
+        .filter(|l| l.starts_with("prompt: "))
+        .map(|l| l.contains("already cached"))
+        .collect();
+    assert_eq!(cached, [false, true, false], "{stderr}");
 
     let mut args = vec!["-p", "hi", "--system", "Answer in one word."];
     args.extend(flags);

@@ -519,3 +519,42 @@ fn chat_turns_prefill_the_whole_conversation() {
     };
     assert!(err.to_string().contains("turn 2"), "{err}");
 }
+
+/// A chat session through the engine answers as the pipeline's does, and its turns count against the
+/// memory limit like requests.
+#[test]
+fn engine_sessions_match_the_pipeline_and_respect_the_memory_limit() {
+    use hbridge::chat::ChatSession;
+    let engine = Engine::load(tiny(), &EngineOptions::cpu()).unwrap();
+    let pipeline = ChatPipeline::open(&tiny()).unwrap();
+    let req = ChatRequest::new().max_tokens(4).no_stop();
+    let go = |_: u32, _: &str| ControlFlow::Continue(());
+    let image = [vision_image("a.png")];
+    let prepared = pipeline
+        .image_setup()
+        .unwrap()
+        .prepare(std::path::Path::new("image 0"), &image[0])
+        .unwrap();
+    let (mut a, mut b) = (ChatSession::new(), ChatSession::new());
+    for (text, with_image) in [("hi", false), ("What is this?", true), ("Why?", false)] {
+        let imgs: &[_] = if with_image { &image } else { &[] };
+        let prep = if with_image {
+            std::slice::from_ref(&prepared)
+        } else {
+            &[]
+        };
+        let got = engine.send(&mut a, text, imgs, &req, go).unwrap();
+        let want = pipeline.send(&mut b, text, prep, &req, go).unwrap();
+        assert_eq!(got.tokens, want.tokens, "turn {text:?}");
+        assert_eq!(got.prompt_tokens, want.prompt_tokens);
+    }
+    assert_eq!(a.turns(), 3);
+
+    let limited = Engine::load(tiny(), &EngineOptions::cpu().memory_limit(1024)).unwrap();
+    let mut s = ChatSession::new();
+    let Err(e) = limited.send(&mut s, "hi", &[], &req, go) else {
+        panic!("a turn over the memory limit ran")
+    };
+    assert!(e.to_string().contains("memory"), "{e}");
+    assert_eq!(s.context_tokens(), 0);
+}

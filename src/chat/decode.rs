@@ -149,7 +149,11 @@ impl KvCache {
 
 /// One decode step of `token` at position `cache.len`: returns its logits `[V]`; the step's K/V land in
 /// the cache on the backend.
-fn decode_step(model: &Model, cache: &mut KvCache, token: u32) -> Result<Vec<f32>, RunError> {
+pub(super) fn decode_step(
+    model: &Model,
+    cache: &mut KvCache,
+    token: u32,
+) -> Result<Vec<f32>, RunError> {
     let pos = cache.len;
     let rope_pos = i32::try_from(pos as i64 + cache.pos_delta)
         .map_err(|_| RunError::Request(format!("position of token {pos} is out of range")))?;

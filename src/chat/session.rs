@@ -163,3 +163,62 @@ impl ChatPipeline {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::decode::decode_step;
+    use super::*;
+    use crate::image::ImageLimits;
+    use std::path::PathBuf;
+
+    /// The logits after a prompt prefilled whole, and after its head prefilled whole and its tail
+    /// (text after an image, at M-RoPE positions the image moved) as a chunk against the cache, agree
+    /// to f32 rounding.
+    #[test]
+    fn a_chunk_after_an_image_gives_the_full_prefills_logits() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let chat = ChatPipeline::open(&root.join("tests/fixtures/tiny/model")).unwrap();
+        let model = chat.model();
+        let setup = chat.image_setup().unwrap();
+        let image = chat
+            .load_images(
+                &[root.join("tests/fixtures/vision/a.png")],
+                &ImageLimits::default(),
+            )
+            .unwrap();
+        let ids = chat
+            .encode_prompt_with_images("What is in this picture, and why?", &image)
+            .unwrap();
+        let images = Some(ChatImages {
+            setup: &setup,
+            images: &image,
+        });
+        let logits = |split: Option<usize>| {
+            let mut cache = KvCache::for_prompt(model, ids.len(), 1).unwrap();
+            let head = split.unwrap_or(ids.len());
+            prefill_context(model, &mut cache, &ids[..head], images).unwrap();
+            if split.is_some() {
+                // The head's last token was not run: it leads the chunk.
+                cache
+                    .prefill_chunk(model, &ids[head - 1..ids.len() - 1])
+                    .unwrap();
+            }
+            decode_step(model, &mut cache, ids[ids.len() - 1]).unwrap()
+        };
+        let whole = logits(None);
+        let image_end = ids
+            .iter()
+            .rposition(|&t| t as i32 == setup.image_token_id)
+            .unwrap();
+        let chunked = logits(Some(image_end + 3));
+        let scale = whole.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = whole
+            .iter()
+            .zip(&chunked)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff <= 1e-4 * scale,
+            "max |diff| {diff} of max |logit| {scale}"
+        );
+    }
+}

@@ -1,8 +1,8 @@
 //! `hbridge chat`: the answer alone on stdout, streamed as tokens arrive; prompt size, timings and the
 //! stop reason on stderr. `--interactive` goes on reading user turns from stdin, a line each, and
-//! answers each with the whole conversation so far.
+//! answers each after the conversation so far, whose K/V cache a chat session keeps.
 
-use hbridge::chat::{ChatError, ChatOutput, ChatPipeline, ChatRequest, Turn};
+use hbridge::chat::{ChatError, ChatPipeline, ChatRequest, ChatSession};
 use hbridge::image::{load_rgb, ImageLimits, PreparedImage};
 use std::io::{BufRead, IsTerminal, Write};
 use std::ops::ControlFlow;
@@ -20,8 +20,9 @@ pub struct ChatArgs {
     /// The system turn (default: "You are a helpful assistant.").
     #[arg(long)]
     pub system: Option<String>,
-    /// After the first answer, read further user turns from stdin, one per line, each answered with
-    /// the conversation so far (`/reset` forgets it, `/exit` or end of input quits).
+    /// After the first answer, read further user turns from stdin, one per line, each answered after
+    /// the conversation so far, whose K/V cache is kept: a turn prefills only its own tokens
+    /// (`/reset` forgets it, `/exit` or end of input quits).
     #[arg(long)]
     pub interactive: bool,
     /// An image (PNG or JPEG) to ask about; repeat for several. They enter the user turn before the text.
@@ -106,10 +107,12 @@ pub fn run(args: ChatArgs, backend: super::Backend) -> Result<(), String> {
         }
     }
 
-    let mut history: Vec<(String, Vec<PreparedImage>, String)> = Vec::new();
+    let mut session = match &args.system {
+        Some(system) => ChatSession::with_system(system),
+        None => ChatSession::new(),
+    };
     if let Some(prompt) = &args.prompt {
-        let output = answer(&chat, &args.system, &history, prompt, &images, &request)?;
-        history.push((prompt.clone(), images, output.text));
+        answer(&chat, &mut session, prompt, &images, &request)?;
     }
     if !args.interactive {
         return Ok(());
@@ -137,42 +140,35 @@ pub fn run(args: ChatArgs, backend: super::Backend) -> Result<(), String> {
             "" => continue,
             "/exit" => break,
             "/reset" => {
-                history.clear();
+                session.reset();
                 eprintln!("conversation forgotten");
                 continue;
             }
             _ => {}
         }
         // A turn the model cannot take (too long, ...) is reported; the conversation goes on.
-        match answer(&chat, &args.system, &history, text, &[], &request) {
-            Ok(output) => history.push((text.to_string(), Vec::new(), output.text)),
-            Err(e) => eprintln!("error: {e}"),
+        if let Err(e) = answer(&chat, &mut session, text, &[], &request) {
+            eprintln!("error: {e}");
         }
     }
     Ok(())
 }
 
-/// Answers `prompt` (with `images`) after `history` (earlier user turns and answers), streaming the
-/// answer to stdout and its figures to stderr.
+/// Answers `prompt` (with `images`) as the next turn of `session`, streaming the answer to stdout and
+/// its figures to stderr.
 fn answer(
     chat: &ChatPipeline,
-    system: &Option<String>,
-    history: &[(String, Vec<PreparedImage>, String)],
+    session: &mut ChatSession,
     prompt: &str,
     images: &[PreparedImage],
     request: &ChatRequest,
-) -> Result<ChatOutput, String> {
-    let mut turns: Vec<Turn<'_, PreparedImage>> = system.iter().map(|s| Turn::system(s)).collect();
-    for (user, imgs, assistant) in history {
-        turns.push(Turn::user(user).with_images(imgs));
-        turns.push(Turn::assistant(assistant));
-    }
-    turns.push(Turn::user(prompt).with_images(images));
+) -> Result<(), String> {
+    let cached = session.cached_tokens();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut streamed = String::new();
     let mut write_error = None;
-    let result = chat.chat_stream_turns(&turns, request, |_, piece| {
+    let result = chat.send(session, prompt, images, request, |_, piece| {
         if piece.is_empty() {
             return ControlFlow::Continue(());
         }
@@ -198,8 +194,13 @@ fn answer(
         .map_err(|e| format!("writing the answer to stdout: {e}"))?;
 
     let t = &output.timings;
+    // A later turn prefills only what its session's cache does not hold yet.
+    let reused = match cached {
+        0 => String::new(),
+        n => format!(" ({n} already cached)"),
+    };
     eprintln!(
-        "prompt: {} tokens, prefill {:.1} ms; answer: {} tokens, decode {:.1} ms ({:.1} tokens/s); stopped: {}{}",
+        "prompt: {} tokens{reused}, prefill {:.1} ms; answer: {} tokens, decode {:.1} ms ({:.1} tokens/s); stopped: {}{}",
         output.prompt_tokens,
         t.prefill.as_secs_f64() * 1e3,
         output.tokens.len(),
@@ -208,5 +209,5 @@ fn answer(
         output.stop_reason,
         super::weights_note(t.weights)
     );
-    Ok(output)
+    Ok(())
 }
