@@ -117,6 +117,12 @@ typedef enum HbridgeStatus {
 } HbridgeStatus;
 
 /**
+ * A conversation whose K/V cache stays on the engine's backend between turns (opaque to C). Use it
+ * from one thread at a time, with one engine.
+ */
+typedef struct HbridgeChatSession HbridgeChatSession;
+
+/**
  * A loaded model (opaque to C). Safe to use from several threads at once.
  */
 typedef struct HbridgeEngine HbridgeEngine;
@@ -409,6 +415,50 @@ enum HbridgeStatus hbridge_chat_turns(const struct HbridgeEngine *engine,
                                       HbridgeTokenCallback on_token,
                                       void *user_data,
                                       uint32_t *out_tokens);
+
+/**
+ * Starts a conversation (`system` null: the default system turn) and stores it in `*out`.
+ *
+ * # Safety
+ * `system` is null or a NUL-terminated string; `out` points to writable storage for a pointer.
+ */
+enum HbridgeStatus hbridge_chat_session_create(const char *system, struct HbridgeChatSession **out);
+
+/**
+ * Frees a conversation and its cache (null is allowed). No turn may be running on it.
+ *
+ * # Safety
+ * `session` is null or was returned by `hbridge_chat_session_create` and not yet destroyed.
+ */
+void hbridge_chat_session_destroy(struct HbridgeChatSession *session);
+
+/**
+ * Answers `prompt` (with `n_images` images before it) as the next turn of `session`, calling
+ * `on_token` per answer token: a text turn prefills only its own tokens against the kept cache. On
+ * failure the conversation is as it was. Stores the answer's token count in `*out_tokens` when it is
+ * not null.
+ *
+ * # Safety
+ * As `hbridge_chat_with_images`; `session` comes from `hbridge_chat_session_create` and is not in use
+ * by another thread.
+ */
+enum HbridgeStatus hbridge_chat_session_send(const struct HbridgeEngine *engine,
+                                             struct HbridgeChatSession *session,
+                                             const char *prompt,
+                                             const struct HbridgeImageView *images,
+                                             size_t n_images,
+                                             const struct HbridgeChatOptions *options,
+                                             HbridgeTokenCallback on_token,
+                                             void *user_data,
+                                             uint32_t *out_tokens);
+
+/**
+ * Forgets a conversation (its system turn stays).
+ *
+ * # Safety
+ * `session` is null or comes from `hbridge_chat_session_create` and is not in use by another thread.
+ */
+void hbridge_chat_session_reset(struct HbridgeChatSession *session);
 
 /**
  * Generates an image for `prompt` (`negative_prompt` may be null: empty) into `rgb_out`, row-major RGB

@@ -32,7 +32,7 @@ echo "building GPU test executables" >&2
 cargo test --release --no-run --message-format=json \
   -p hbridge-kernels --test nvrtc_compile \
   -p hbridge-engine --test cuda_kernels --test cuda_model \
-  -p hbridge --test vision --test edit --test engine_api --test t2i 2>/dev/null | collect > "$bundle/tests.txt"
+  -p hbridge --test vision --test edit --test engine_api --test t2i --test chat_session 2>/dev/null | collect > "$bundle/tests.txt"
 if [ "$with_bench" = 1 ] && ls benches/*.rs >/dev/null 2>&1; then
   echo "building bench executables" >&2
   cargo bench --no-run --message-format=json 2>/dev/null | collect > "$bundle/benches.txt" || true

@@ -80,7 +80,7 @@ stage nvrtc_compile 60 "$bin/test-nvrtc_compile" --test-threads=1 --nocapture
 stage cuda_kernels 120 "$bin/test-cuda_kernels" --test-threads=1 --nocapture --skip attention_sm90
 kernels_rc=$rc
 stage cuda_model 90 "$bin/test-cuda_model" --test-threads=1 --nocapture
-stage t2i_edit_on_cuda 60 bash -c "'$bin/test-t2i' --test-threads=1 --nocapture on_cuda && '$bin/test-edit' --test-threads=1 --nocapture on_cuda"
+stage app_tests_on_cuda 90 bash -c "for t in t2i edit vision engine_api chat_session; do '$bin/test-'\$t --test-threads=1 --nocapture on_cuda || exit 1; done"
 
 # 2. Issue 4 item 5 on the tiny model (decode and gen step replay vs eager), then hbridge-7b4b end to
 # end (waits for the checkpoint).

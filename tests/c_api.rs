@@ -70,6 +70,8 @@ fn committed_header_is_current() {
         "hbridge_chat",
         "hbridge_chat_with_images",
         "hbridge_chat_turns",
+        "hbridge_chat_session_send",
+        "typedef struct HbridgeChatSession HbridgeChatSession",
         "HBRIDGE_ROLE_USER",
         "hbridge_generate_image",
         "hbridge_edit_image",
@@ -144,6 +146,7 @@ fn c_example_compiles_runs_and_matches_the_rust_api() {
     );
     assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
     assert!(stdout.contains("warm-up done"), "{stdout}");
+    assert!(stdout.contains("session answers "), "{stdout}");
 
     // The same requests through the Rust API give the same tokens and the same pixels.
     let engine = Engine::load(dir, &EngineOptions::cpu()).unwrap();
@@ -632,4 +635,73 @@ fn chat_turns_from_c_match_the_rust_api() {
     assert!(last_error().contains("turn 2"), "{}", last_error());
     assert_eq!(call(&[], &mut Vec::new()), HbridgeStatus::InvalidArgument);
     unsafe { hbridge_engine_destroy(engine) };
+}
+
+/// A chat session from C: two turns give the Rust API's session tokens, a reset starts over, bad
+/// arguments are refused by name.
+#[test]
+fn chat_sessions_from_c_match_the_rust_api() {
+    use hbridge::chat::ChatSession;
+    let model = Path::new(ROOT).join("tests/fixtures/tiny/model");
+    let (status, engine) = create(model.to_str().unwrap(), Some(cpu_options()));
+    assert_eq!(status, HbridgeStatus::Ok, "{}", last_error());
+    let system = CString::new("Be brief.").unwrap();
+    let mut session = ptr::null_mut();
+    let status = unsafe { hbridge_chat_session_create(system.as_ptr(), &mut session) };
+    assert_eq!(status, HbridgeStatus::Ok, "{}", last_error());
+    let opts = greedy(4);
+    let send = |session: *mut HbridgeChatSession, prompt: &str| {
+        let prompt = CString::new(prompt).unwrap();
+        let mut tokens: Vec<u32> = Vec::new();
+        let status = unsafe {
+            hbridge_chat_session_send(
+                engine,
+                session,
+                prompt.as_ptr(),
+                ptr::null(),
+                0,
+                &opts,
+                Some(collect_tokens),
+                (&mut tokens as *mut Vec<u32>).cast(),
+                ptr::null_mut(),
+            )
+        };
+        (status, tokens)
+    };
+    let (s1, first) = send(session, "hi");
+    assert_eq!(s1, HbridgeStatus::Ok, "{}", last_error());
+    let (s2, second) = send(session, "tell me more");
+    assert_eq!(s2, HbridgeStatus::Ok, "{}", last_error());
+
+    let rust = Engine::load(&model, &EngineOptions::cpu()).unwrap();
+    let mut want = ChatSession::with_system("Be brief.");
+    let req = ChatRequest::new().max_tokens(4).no_stop();
+    let go = |_: u32, _: &str| ControlFlow::Continue(());
+    assert_eq!(
+        first,
+        rust.send(&mut want, "hi", &[], &req, go).unwrap().tokens
+    );
+    assert_eq!(
+        second,
+        rust.send(&mut want, "tell me more", &[], &req, go)
+            .unwrap()
+            .tokens
+    );
+
+    unsafe { hbridge_chat_session_reset(session) };
+    assert_eq!(send(session, "hi").1, first);
+    let (status, _) = send(ptr::null_mut(), "hi");
+    assert_eq!(status, HbridgeStatus::InvalidArgument);
+    assert!(
+        last_error().contains("session: null pointer"),
+        "{}",
+        last_error()
+    );
+    let status = unsafe { hbridge_chat_session_create(ptr::null(), ptr::null_mut()) };
+    assert_eq!(status, HbridgeStatus::InvalidArgument);
+    unsafe {
+        hbridge_chat_session_destroy(session);
+        hbridge_chat_session_destroy(ptr::null_mut());
+        hbridge_engine_destroy(engine);
+    }
 }

@@ -170,3 +170,31 @@ fn a_refused_turn_leaves_the_conversation_as_it_was() {
     assert!(chat.send(&mut session, "more", &[], &req, go()).is_ok());
     assert_eq!(session.turns(), 2);
 }
+
+/// On CUDA, where the chunk runs the flash attention over the cache segment and its own (not the
+/// split-KV decode path): a text turn against the cache answers as the conversation prefilled whole
+/// on the same backend. Skipped without a GPU, a failure instead with HBRIDGE_REQUIRE_GPU=1.
+#[test]
+fn session_turns_equal_full_prefills_on_cuda() {
+    use hbridge_engine::device::{cuda_probe, Device};
+    if let Err(why) = cuda_probe() {
+        assert!(
+            std::env::var("HBRIDGE_REQUIRE_GPU").as_deref() != Ok("1"),
+            "HBRIDGE_REQUIRE_GPU=1 but {why}"
+        );
+        println!("SKIPPED (no GPU: {why}); runs on the GPU machine via scripts/gpu-check.sh");
+        return;
+    }
+    let chat =
+        ChatPipeline::open_on(&root().join("tests/fixtures/tiny/model"), Device::Cuda).unwrap();
+    let req = ChatRequest::new().max_tokens(4).no_stop();
+    let mut session = ChatSession::new();
+    let first = chat.send(&mut session, "hi", &[], &req, go()).unwrap();
+    let second = chat
+        .send(&mut session, "tell me more", &[], &req, go())
+        .unwrap();
+    let mut ids = encode(&chat, &chat_template("hi"));
+    ids.extend(&first.tokens);
+    ids.extend(encode(&chat, &next_turn("tell me more")));
+    assert_eq!(second.tokens, from_scratch(&chat, &ids, &[], &req));
+}

@@ -68,6 +68,19 @@ int main(int argc, char **argv) {
         return 1;
     }
 
+    /* A conversation: the session keeps its K/V cache, so the second turn prefills only itself. */
+    HbridgeChatSession *session = NULL;
+    CHECK(hbridge_chat_session_create(NULL, &session), HBRIDGE_STATUS_OK);
+    uint32_t turn_tokens[2] = {0, 0};
+    CHECK(hbridge_chat_session_send(engine, session, "What is a bridge?", NULL, 0, &chat_options, NULL,
+                                    NULL, &turn_tokens[0]),
+          HBRIDGE_STATUS_OK);
+    CHECK(hbridge_chat_session_send(engine, session, "And a tunnel?", NULL, 0, &chat_options, NULL,
+                                    NULL, &turn_tokens[1]),
+          HBRIDGE_STATUS_OK);
+    printf("session answers %u %u\n", turn_tokens[0], turn_tokens[1]);
+    hbridge_chat_session_destroy(session);
+
     /* An image into our own buffer. */
     HbridgeImageOptions image_options;
     hbridge_image_options_default(&image_options);

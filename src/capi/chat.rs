@@ -8,7 +8,7 @@ use super::options::{
     HBRIDGE_ROLE_USER,
 };
 use super::{engine_ref, invalid, text, Failure, HbridgeEngine, HbridgeTokenCallback};
-use crate::chat::{Role, Turn};
+use crate::chat::{ChatSession, Role, Turn};
 use crate::engine::Engine;
 use crate::image::RgbImage;
 use std::ffi::{c_char, c_void, CString};
@@ -124,29 +124,58 @@ unsafe fn answer(
     user_data: *mut c_void,
     out_tokens: *mut u32,
 ) -> Result<(), Failure> {
-    let request = options
+    let answer = engine
+        .chat_turns(
+            turns,
+            &request(options),
+            token_callback(on_token, user_data),
+        )
+        .map_err(|e| (chat_status(&e), e.to_string()))?;
+    store_tokens(out_tokens, answer.tokens.len());
+    Ok(())
+}
+
+/// The request `options` (null: the defaults) describe.
+///
+/// # Safety
+/// `options` is null or valid.
+unsafe fn request(options: *const HbridgeChatOptions) -> crate::chat::ChatRequest {
+    options
         .as_ref()
         .copied()
         .unwrap_or_else(HbridgeChatOptions::defaults)
-        .to_rust();
-    let answer = engine
-        .chat_turns(turns, &request, |id, piece| {
-            let Some(cb) = on_token else {
-                return ControlFlow::Continue(());
-            };
-            let c = CString::new(piece.replace('\0', "\u{FFFD}")).unwrap_or_default();
-            let len = c.as_bytes().len();
-            if cb(user_data, id, c.as_ptr(), len) != 0 {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        })
-        .map_err(|e| (chat_status(&e), e.to_string()))?;
-    if let Some(n) = out_tokens.as_mut() {
-        *n = u32::try_from(answer.tokens.len()).unwrap_or(u32::MAX);
+        .to_rust()
+}
+
+/// The Rust token callback over the C one: the piece as a NUL-terminated string (a NUL inside it
+/// replaced), nonzero from C stops the answer.
+fn token_callback(
+    on_token: HbridgeTokenCallback,
+    user_data: *mut c_void,
+) -> impl FnMut(u32, &str) -> ControlFlow<()> {
+    move |id, piece| {
+        let Some(cb) = on_token else {
+            return ControlFlow::Continue(());
+        };
+        let c = CString::new(piece.replace('\0', "\u{FFFD}")).unwrap_or_default();
+        let len = c.as_bytes().len();
+        // SAFETY: the caller of the entry point vouches that `on_token` is safe to call with
+        // `user_data`.
+        match unsafe { cb(user_data, id, c.as_ptr(), len) } {
+            0 => ControlFlow::Continue(()),
+            _ => ControlFlow::Break(()),
+        }
     }
-    Ok(())
+}
+
+/// `*out_tokens = n` when `out_tokens` is not null.
+///
+/// # Safety
+/// `out_tokens` is null or valid.
+unsafe fn store_tokens(out_tokens: *mut u32, n: usize) {
+    if let Some(out) = out_tokens.as_mut() {
+        *out = u32::try_from(n).unwrap_or(u32::MAX);
+    }
 }
 
 /// Turn `i`'s role, text and images, each checked (the error names `turns[i]` and the field).
@@ -171,4 +200,101 @@ unsafe fn turn_parts<'a>(
     let images = rgb_images(t.images, t.n_images)
         .map_err(|(status, message)| (status, format!("turns[{i}].{message}")))?;
     Ok((role, text, images))
+}
+
+/// A conversation whose K/V cache stays on the engine's backend between turns (opaque to C). Use it
+/// from one thread at a time, with one engine.
+pub struct HbridgeChatSession {
+    session: ChatSession,
+}
+
+/// Starts a conversation (`system` null: the default system turn) and stores it in `*out`.
+///
+/// # Safety
+/// `system` is null or a NUL-terminated string; `out` points to writable storage for a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn hbridge_chat_session_create(
+    system: *const c_char,
+    out: *mut *mut HbridgeChatSession,
+) -> HbridgeStatus {
+    guard(|| {
+        if out.is_null() {
+            return Err(invalid("out: null pointer"));
+        }
+        out.write(std::ptr::null_mut());
+        let session = match system.is_null() {
+            true => ChatSession::new(),
+            false => ChatSession::with_system(text(system, "system")?),
+        };
+        out.write(Box::into_raw(Box::new(HbridgeChatSession { session })));
+        Ok(())
+    })
+}
+
+/// Frees a conversation and its cache (null is allowed). No turn may be running on it.
+///
+/// # Safety
+/// `session` is null or was returned by `hbridge_chat_session_create` and not yet destroyed.
+#[no_mangle]
+pub unsafe extern "C" fn hbridge_chat_session_destroy(session: *mut HbridgeChatSession) {
+    if !session.is_null() {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            drop(Box::from_raw(session));
+        }));
+    }
+}
+
+/// Answers `prompt` (with `n_images` images before it) as the next turn of `session`, calling
+/// `on_token` per answer token: a text turn prefills only its own tokens against the kept cache. On
+/// failure the conversation is as it was. Stores the answer's token count in `*out_tokens` when it is
+/// not null.
+///
+/// # Safety
+/// As `hbridge_chat_with_images`; `session` comes from `hbridge_chat_session_create` and is not in use
+/// by another thread.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)] // a C entry point: its arguments are its interface
+pub unsafe extern "C" fn hbridge_chat_session_send(
+    engine: *const HbridgeEngine,
+    session: *mut HbridgeChatSession,
+    prompt: *const c_char,
+    images: *const HbridgeImageView,
+    n_images: usize,
+    options: *const HbridgeChatOptions,
+    on_token: HbridgeTokenCallback,
+    user_data: *mut c_void,
+    out_tokens: *mut u32,
+) -> HbridgeStatus {
+    guard(|| {
+        let engine = engine_ref(engine)?;
+        let session = session
+            .as_mut()
+            .map(|s| &mut s.session)
+            .ok_or_else(|| invalid("session: null pointer"))?;
+        let prompt = text(prompt, "prompt")?;
+        let images = rgb_images(images, n_images)?;
+        let request = request(options);
+        let answer = engine
+            .send(
+                session,
+                prompt,
+                &images,
+                &request,
+                token_callback(on_token, user_data),
+            )
+            .map_err(|e| (chat_status(&e), e.to_string()))?;
+        store_tokens(out_tokens, answer.tokens.len());
+        Ok(())
+    })
+}
+
+/// Forgets a conversation (its system turn stays).
+///
+/// # Safety
+/// `session` is null or comes from `hbridge_chat_session_create` and is not in use by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn hbridge_chat_session_reset(session: *mut HbridgeChatSession) {
+    if let Some(s) = session.as_mut() {
+        s.session.reset();
+    }
 }

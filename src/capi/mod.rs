@@ -13,7 +13,11 @@ use crate::engine::Engine;
 use error::{chat_status, guard, load_status, HbridgeStatus};
 use options::{HbridgeChatOptions, HbridgeEngineOptions, HbridgeImageOptions};
 
-pub use chat::{hbridge_chat, hbridge_chat_turns, hbridge_chat_with_images};
+pub use chat::{
+    hbridge_chat, hbridge_chat_session_create, hbridge_chat_session_destroy,
+    hbridge_chat_session_reset, hbridge_chat_session_send, hbridge_chat_turns,
+    hbridge_chat_with_images, HbridgeChatSession,
+};
 pub use image::{hbridge_edit_image, hbridge_edit_options_default, hbridge_generate_image};
 use std::ffi::{c_char, c_int, c_void, CStr};
 
