@@ -31,6 +31,12 @@ pub struct ChatSession {
     turns: usize,
 }
 
+// A session moves between threads with its conversation (a server's handlers, the C ABI's callers).
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<ChatSession>();
+};
+
 impl ChatSession {
     /// A new conversation with the default system turn.
     pub fn new() -> Self {
