@@ -265,30 +265,20 @@ impl Engine {
     ) -> Result<ChatOutput, ChatError> {
         validate::chat_params(request)?;
         check_turns(turns)?;
-        let setup = match turns.iter().any(|t| !t.images.is_empty()) {
-            true => Some(self.pipeline.image_setup()?),
-            false => None,
-        };
-        // Each turn's images prepared (resized, patched) in conversation order, named by place.
         let prepared: Vec<Vec<PreparedImage>> = turns
             .iter()
             .enumerate()
-            .map(|(t, turn)| match &setup {
-                None => Ok(Vec::new()),
-                Some(s) => turn
-                    .images
-                    .iter()
-                    .enumerate()
-                    .map(|(i, img)| {
-                        let name = match turns.len() {
-                            1 => format!("image {i}"),
-                            _ => format!("turn {t} image {i}"),
-                        };
-                        s.prepare(Path::new(&name), img)
-                    })
-                    .collect(),
+            .map(|(t, turn)| {
+                self.prepare_images(turn.images, |i| match turns.len() {
+                    1 => format!("image {i}"),
+                    _ => format!("turn {t} image {i}"),
+                })
             })
             .collect::<Result<_, _>>()?;
+        let setup = match prepared.iter().any(|p| !p.is_empty()) {
+            true => Some(self.pipeline.image_setup()?),
+            false => None,
+        };
         let turns: Vec<Turn<'_, PreparedImage>> = turns
             .iter()
             .zip(&prepared)
@@ -330,25 +320,32 @@ impl Engine {
         on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
     ) -> Result<ChatOutput, ChatError> {
         validate::chat_params(request)?;
+        let prepared = self.prepare_images(images, |i| format!("image {i}"))?;
         // An upper bound on the turn's tokens before it is encoded: a token holds at least one byte
-        // of text, plus the template's few and the images' own.
-        let (prepared, image_tokens) = match images {
-            [] => (Vec::new(), 0),
-            _ => {
-                let setup = self.pipeline.image_setup()?;
-                let prepared: Vec<PreparedImage> = images
-                    .iter()
-                    .enumerate()
-                    .map(|(i, img)| setup.prepare(Path::new(&format!("image {i}")), img))
-                    .collect::<Result<_, _>>()?;
-                let tokens = prepared.iter().map(|p| p.tokens(setup.merge) + 2).sum();
-                (prepared, tokens)
-            }
-        };
+        // of text, an image fewer tokens than patches; plus the template's few.
+        let image_tokens: usize = prepared.iter().map(|p| p.grid.patches() + 2).sum();
         let bound = session.context_tokens() + prompt.len() + image_tokens + 32;
         let _held = self.reserve(|| self.model().chat_state_bytes(bound, request.max_tokens))?;
         self.pipeline
             .send(session, prompt, &prepared, request, on_token)
+    }
+
+    /// `images` resized and patched for the vision tower (none: no vision tower needed); `name(i)`
+    /// names image `i` in errors.
+    fn prepare_images(
+        &self,
+        images: &[RgbImage],
+        name: impl Fn(usize) -> String,
+    ) -> Result<Vec<PreparedImage>, ChatError> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let setup = self.pipeline.image_setup()?;
+        images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| Ok(setup.prepare(Path::new(&name(i)), img)?))
+            .collect()
     }
 
     /// Text to image; `progress(step, steps)` after every denoising step, and its `ControlFlow::Break`
