@@ -1,7 +1,7 @@
 //! Chat sessions on the tiny fixture: a turn that prefills only its own tokens against the kept K/V
 //! cache answers as the whole conversation prefilled from scratch does (text turns, a turn ended by a
 //! stop token, a turn with an image, a text turn after it at M-RoPE positions past the image), and a
-//! refused turn leaves the conversation as it was.
+//! refused turn (or one asking for no tokens) leaves the conversation as it was.
 
 use hbridge::chat::{
     chat_template, generate_with_images, ChatImages, ChatPipeline, ChatRequest, ChatSession,
@@ -159,6 +159,11 @@ fn a_refused_turn_leaves_the_conversation_as_it_was() {
         .send(&mut session, "more", &[], &too_long, go())
         .is_err());
     assert!(chat.send(&mut session, "  ", &[], &req, go()).is_err());
+    let nothing = ChatRequest::new().max_tokens(0);
+    let empty = chat
+        .send(&mut session, "more", &[], &nothing, go())
+        .unwrap();
+    assert!(empty.tokens.is_empty() && empty.prompt_tokens > tokens);
     assert_eq!(
         (
             session.context_tokens(),

@@ -119,6 +119,10 @@ impl ChatPipeline {
         let mut ids = session.ids.clone();
         ids.extend_from_slice(turn_ids.get_ids());
         crate::validate::chat_prompt(model, &ids, request)?;
+        if request.max_tokens == 0 {
+            // As for a single prompt: checked, not run; nor does the turn join the conversation.
+            return Ok(ChatOutput::empty(ids.len()));
+        }
         let mut all_images = session.images.clone();
         all_images.extend_from_slice(images);
 
