@@ -540,6 +540,21 @@ fn cli_chat_interactive_keeps_the_conversation() {
     assert_eq!(with_system.len(), 1, "{stderr}");
     assert_ne!(with_system[0].0, first.0, "{stderr}");
 
+    // `/image PATH` adds an image to the next turn, which prefills the conversation again.
+    let image = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vision/a.png");
+    let mut args = vec!["-p", "hi"];
+    args.extend(flags);
+    let stdin = format!("/image {}\nwhat is this?\nwhy?\n", image.display());
+    let (counts, stderr) = run(&args, &stdin);
+    assert_eq!(counts.len(), 3, "{stderr}");
+    assert!(stderr.contains("a.png: 70x45 -> 56x56"), "{stderr}");
+    let cached: Vec<bool> = stderr
+        .lines()
+        .filter(|l| l.starts_with("prompt: "))
+        .map(|l| l.contains("already cached"))
+        .collect();
+    assert_eq!(cached, [false, false, true], "{stderr}");
+
     // Interactive without -p starts from stdin; images need a prompt to go with.
     let (counts, stderr) = run(&flags, "hi\n");
     assert_eq!(counts, [first], "{stderr}");

@@ -3,10 +3,10 @@
 //! answers each after the conversation so far, whose K/V cache a chat session keeps.
 
 use hbridge::chat::{ChatError, ChatPipeline, ChatRequest, ChatSession};
-use hbridge::image::{load_rgb, ImageLimits, PreparedImage};
+use hbridge::image::{load_rgb, ImageLimits, PreparedImage, RgbImage};
 use std::io::{BufRead, IsTerminal, Write};
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -21,8 +21,9 @@ pub struct ChatArgs {
     #[arg(long)]
     pub system: Option<String>,
     /// After the first answer, read further user turns from stdin, one per line, each answered after
-    /// the conversation so far, whose K/V cache is kept: a turn prefills only its own tokens
-    /// (`/reset` forgets it, `/exit` or end of input quits).
+    /// the conversation so far, whose K/V cache is kept: a text turn prefills only its own tokens
+    /// (`/image PATH` adds an image to the next turn, `/reset` forgets the conversation, `/exit` or
+    /// end of input quits).
     #[arg(long)]
     pub interactive: bool,
     /// An image (PNG or JPEG) to ask about; repeat for several. They enter the user turn before the text.
@@ -89,23 +90,12 @@ pub fn run(args: ChatArgs, backend: super::Backend) -> Result<(), String> {
         args.model.display(),
         start.elapsed()
     );
-    let mut images = Vec::with_capacity(decoded.len());
-    if !decoded.is_empty() {
-        let setup = chat.image_setup().map_err(|e| e.to_string())?;
-        for (path, img) in args.images.iter().zip(&decoded) {
-            let prepared = setup.prepare(path, img).map_err(|e| e.to_string())?;
-            eprintln!(
-                "image {}: {}x{} -> {}x{}, {} tokens",
-                path.display(),
-                img.width,
-                img.height,
-                prepared.width,
-                prepared.height,
-                prepared.tokens(setup.merge)
-            );
-            images.push(prepared);
-        }
-    }
+    let images = args
+        .images
+        .iter()
+        .zip(&decoded)
+        .map(|(path, img)| prepare(&chat, path, img))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let mut session = match &args.system {
         Some(system) => ChatSession::with_system(system),
@@ -117,7 +107,11 @@ pub fn run(args: ChatArgs, backend: super::Backend) -> Result<(), String> {
     if !args.interactive {
         return Ok(());
     }
-    eprintln!("interactive: one user turn per line; /reset forgets the conversation, /exit quits");
+    eprintln!(
+        "interactive: one user turn per line; /image PATH adds an image to the next turn, /reset \
+         forgets the conversation, /exit quits"
+    );
+    let mut queued: Vec<PreparedImage> = Vec::new();
     let stdin = std::io::stdin();
     // A prompt mark only for a person at a terminal, on stderr: stdout stays the answers alone.
     let at_terminal = stdin.is_terminal();
@@ -141,17 +135,46 @@ pub fn run(args: ChatArgs, backend: super::Backend) -> Result<(), String> {
             "/exit" => break,
             "/reset" => {
                 session.reset();
+                queued.clear();
                 eprintln!("conversation forgotten");
                 continue;
             }
             _ => {}
         }
+        if let Some(path) = text.trim().strip_prefix("/image ") {
+            let path = PathBuf::from(path.trim());
+            let image = load_rgb(&path, &limits)
+                .map_err(|e| e.to_string())
+                .and_then(|img| prepare(&chat, &path, &img));
+            match image {
+                Ok(image) => queued.push(image),
+                Err(e) => eprintln!("error: {e}"),
+            }
+            continue;
+        }
         // A turn the model cannot take (too long, ...) is reported; the conversation goes on.
-        if let Err(e) = answer(&chat, &mut session, text, &[], &request) {
-            eprintln!("error: {e}");
+        match answer(&chat, &mut session, text, &queued, &request) {
+            Ok(()) => queued.clear(),
+            Err(e) => eprintln!("error: {e}"),
         }
     }
     Ok(())
+}
+
+/// `img` (from `path`) resized and patched for the vision tower, with a line on stderr.
+fn prepare(chat: &ChatPipeline, path: &Path, img: &RgbImage) -> Result<PreparedImage, String> {
+    let setup = chat.image_setup().map_err(|e| e.to_string())?;
+    let prepared = setup.prepare(path, img).map_err(|e| e.to_string())?;
+    eprintln!(
+        "image {}: {}x{} -> {}x{}, {} tokens",
+        path.display(),
+        img.width,
+        img.height,
+        prepared.width,
+        prepared.height,
+        prepared.tokens(setup.merge)
+    );
+    Ok(prepared)
 }
 
 /// Answers `prompt` (with `images`) as the next turn of `session`, streaming the answer to stdout and
@@ -163,7 +186,11 @@ fn answer(
     images: &[PreparedImage],
     request: &ChatRequest,
 ) -> Result<(), String> {
-    let cached = session.cached_tokens();
+    // A turn with images prefills the conversation again.
+    let cached = match images {
+        [] => session.cached_tokens(),
+        _ => 0,
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut streamed = String::new();
