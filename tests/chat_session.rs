@@ -3,6 +3,8 @@
 //! stop token, a turn with an image, a text turn after it at M-RoPE positions past the image), and a
 //! refused turn (or one asking for no tokens) leaves the conversation as it was.
 
+mod gpu;
+
 use hbridge::chat::{
     chat_template, generate_with_images, ChatImages, ChatPipeline, ChatRequest, ChatSession,
     StopReason,
@@ -181,13 +183,8 @@ fn a_refused_turn_leaves_the_conversation_as_it_was() {
 /// on the same backend. Skipped without a GPU, a failure instead with HBRIDGE_REQUIRE_GPU=1.
 #[test]
 fn session_turns_equal_full_prefills_on_cuda() {
-    use hbridge_engine::device::{cuda_probe, Device};
-    if let Err(why) = cuda_probe() {
-        assert!(
-            std::env::var("HBRIDGE_REQUIRE_GPU").as_deref() != Ok("1"),
-            "HBRIDGE_REQUIRE_GPU=1 but {why}"
-        );
-        println!("SKIPPED (no GPU: {why}); runs on the GPU machine via scripts/gpu-check.sh");
+    use hbridge_engine::device::Device;
+    if !gpu::gpu_or_skip() {
         return;
     }
     let chat =

@@ -3,6 +3,7 @@
 //! the whole sampling run through the public pipeline, the CLI, and bad requests.
 
 mod common;
+mod gpu;
 mod target_runner;
 
 use hbridge::edit::{self, resize, EditBranches, EditGuidance, EditRequest};
@@ -50,22 +51,6 @@ fn fx() -> &'static Fixture {
             meta,
         }
     })
-}
-
-/// Whether a GPU is here; without one says so and returns false (and fails with
-/// HBRIDGE_REQUIRE_GPU=1, as on the GPU machine).
-fn gpu_or_skip() -> bool {
-    match hbridge_engine::device::cuda_probe() {
-        Ok(_) => true,
-        Err(why) => {
-            assert!(
-                std::env::var("HBRIDGE_REQUIRE_GPU").as_deref() != Ok("1"),
-                "HBRIDGE_REQUIRE_GPU=1 but {why}"
-            );
-            println!("SKIPPED (no GPU: {why})");
-            false
-        }
-    }
 }
 
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
@@ -156,7 +141,7 @@ fn vae_encoder_matches_diffusers() {
 /// HBRIDGE_REQUIRE_GPU=1 (scripts/gpu-check.sh runs it on the GPU machine).
 #[test]
 fn vae_encoder_matches_diffusers_on_cuda() {
-    if !gpu_or_skip() {
+    if !gpu::gpu_or_skip() {
         return;
     }
     let f = fx();
@@ -292,7 +277,7 @@ fn three_branches_at_one_step() {
 /// says so) without a GPU; fails then with HBRIDGE_REQUIRE_GPU=1.
 #[test]
 fn three_branches_at_one_step_on_cuda() {
-    if !gpu_or_skip() {
+    if !gpu::gpu_or_skip() {
         return;
     }
     let f = fx();

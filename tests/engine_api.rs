@@ -1,6 +1,8 @@
 //! The embedding entry point (`hbridge::engine::Engine`): loads on the requested backend or says why not,
 //! serves the same answers as the pipelines it wraps, and a token callback can cancel an answer.
 
+mod gpu;
+
 use hbridge::budget::{BudgetError, OverLimit};
 use hbridge::chat::{ChatError, ChatPipeline, ChatRequest};
 use hbridge::engine::{Engine, EngineOptions, LoadError};
@@ -70,12 +72,7 @@ fn concurrent_requests_equal_serial_ones_bit_for_bit() {
 /// GPU, a failure instead with HBRIDGE_REQUIRE_GPU=1 (scripts/gpu-check.sh runs it on the GPU machine).
 #[test]
 fn concurrent_requests_equal_serial_ones_on_cuda() {
-    if let Err(why) = cuda_probe() {
-        assert!(
-            std::env::var("HBRIDGE_REQUIRE_GPU").as_deref() != Ok("1"),
-            "HBRIDGE_REQUIRE_GPU=1 but {why}"
-        );
-        println!("SKIPPED (no GPU: {why}); runs on the GPU machine via scripts/gpu-check.sh");
+    if !gpu::gpu_or_skip() {
         return;
     }
     concurrent_matches_serial(EngineOptions::default().device(DeviceRequest::Cuda));

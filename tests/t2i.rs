@@ -1,6 +1,7 @@
 //! Text-to-image pipeline: determinism, explicit noise, the fixture's sampling run through the public
 //! pipeline (template, tokenizer, schedule, guidance, VAE), and bad requests.
 
+mod gpu;
 mod target_runner;
 
 use hbridge::model::Model;
@@ -315,12 +316,7 @@ fn cli_device_selection_falls_back_without_panicking() {
 #[test]
 fn resident_gen_steps_on_cuda_equal_input_ones() {
     use hbridge_engine::device::Device;
-    if let Err(why) = hbridge_engine::device::cuda_probe() {
-        assert!(
-            std::env::var("HBRIDGE_REQUIRE_GPU").as_deref() != Ok("1"),
-            "HBRIDGE_REQUIRE_GPU=1 but {why}"
-        );
-        println!("SKIPPED (no GPU: {why}); runs on the GPU machine via scripts/gpu-check.sh");
+    if !gpu::gpu_or_skip() {
         return;
     }
     let dir = fixture("tiny").join("model");

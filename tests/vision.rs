@@ -4,12 +4,14 @@
 //! the images and the greedy answer; on the CPU backend (DESIGN.md 8: 1e-5) and, where a GPU is present,
 //! on CUDA (bf16: 2e-2 and the same greedy tokens). Also the resize and JPEG decode cases.
 
+mod gpu;
+
 use hbridge::chat::{ChatPipeline, ChatRequest};
 use hbridge::image::context::{context_positions, encode_images, prefill_with_images};
 use hbridge::image::{load_rgb, ImageLimits, PreparedImage};
 use hbridge::tensor_io::read_tensors;
 use hbridge_engine::cpu::HostTensor;
-use hbridge_engine::device::{cuda_probe, Device};
+use hbridge_engine::device::Device;
 use hbridge_graph::build::UndPrefillSpec;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -66,17 +68,7 @@ fn open(device: Device) -> (ChatPipeline, Vec<PreparedImage>) {
 
 /// None (and a note) when there is no usable GPU; a failure instead with HBRIDGE_REQUIRE_GPU=1.
 fn cuda() -> Option<Device> {
-    match cuda_probe() {
-        Ok(_) => Some(Device::Cuda),
-        Err(why) => {
-            assert!(
-                std::env::var("HBRIDGE_REQUIRE_GPU").as_deref() != Ok("1"),
-                "HBRIDGE_REQUIRE_GPU=1 but {why}"
-            );
-            println!("SKIPPED (no GPU: {why}); runs on the GPU machine via scripts/gpu-check.sh");
-            None
-        }
-    }
+    gpu::gpu_or_skip().then_some(Device::Cuda)
 }
 
 /// Both images match the processor exactly: a (70x45 -> 56x56) resizes horizontally first, b (50x90 ->
