@@ -16,6 +16,34 @@ use std::ops::ControlFlow;
 
 /// A conversation in progress and its K/V cache (on the backend of the model it last ran on). Create
 /// one per conversation; [`ChatPipeline::send`] or [`crate::engine::Engine::send`] answer each user turn.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use hbridge::chat::{ChatRequest, ChatSession};
+/// use hbridge::engine::{Engine, EngineOptions};
+/// use std::ops::ControlFlow;
+/// # let dir = std::env::temp_dir().join(format!("hbridge-doc-session-{}", std::process::id()));
+/// # let tiny = hbridge::presets::preset("tiny").unwrap();
+/// # hbridge::init::write_checkpoint(&dir, &tiny, 0, hbridge::init::WeightDType::BF16, true)?;
+/// let engine = Engine::load(&dir, &EngineOptions::cpu())?;
+/// let request = ChatRequest::new().max_tokens(4).no_stop();
+/// let print = |_id: u32, text: &str| {
+///     print!("{text}");
+///     ControlFlow::Continue(())
+/// };
+/// let mut session = ChatSession::with_system("Answer briefly.");
+/// let first = engine.send(&mut session, "What is a bridge?", &[], &request, print)?;
+/// // The second turn runs only its own tokens against the cache of the first.
+/// let second = engine.send(&mut session, "And a tunnel?", &[], &request, print)?;
+/// assert!(second.prompt_tokens > first.prompt_tokens + first.tokens.len());
+/// assert_eq!(session.turns(), 2);
+/// assert_eq!(session.context_tokens(), second.prompt_tokens + second.tokens.len());
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Default)]
 pub struct ChatSession {
     system: Option<String>,
