@@ -12,6 +12,7 @@ use super::decode::{answer, prefill_context, KvCache};
 use super::*;
 use crate::image::PreparedImage;
 use crate::model::{Model, Phase};
+use std::borrow::Cow;
 use std::ops::ControlFlow;
 
 /// A conversation in progress and its K/V cache (on the backend of the model it last ran on). Create
@@ -151,8 +152,11 @@ impl ChatPipeline {
             // As for a single prompt: checked, not run; nor does the turn join the conversation.
             return Ok(ChatOutput::empty(ids.len()));
         }
-        let mut all_images = session.images.clone();
-        all_images.extend_from_slice(images);
+        // The conversation's images after this turn's (copied only when this turn adds some).
+        let all_images: Cow<'_, [PreparedImage]> = match images {
+            [] => Cow::Borrowed(&session.images),
+            _ => session.images.iter().chain(images).cloned().collect(),
+        };
 
         let key = model as *const Model as usize;
         let reuse = images.is_empty() && session.model == key;
@@ -193,8 +197,10 @@ impl ChatPipeline {
             phase,
         )?;
         ids.extend_from_slice(&out.tokens);
+        if let Cow::Owned(all) = all_images {
+            session.images = all;
+        }
         session.ids = ids;
-        session.images = all_images;
         session.cache = Some(cache);
         session.model = key;
         session.turns += 1;
