@@ -28,8 +28,7 @@
 
 use crate::budget::{MemoryBudget, OverLimit, Reservation};
 use crate::chat::{
-    all_images, check_turns, generate_with_images, ChatError, ChatImages, ChatOutput, ChatPipeline,
-    ChatRequest, ChatSession, Turn,
+    check_turns, ChatError, ChatOutput, ChatPipeline, ChatRequest, ChatSession, Turn,
 };
 use crate::edit::{EditOutput, EditRequest};
 use crate::image::{PreparedImage, RgbImage};
@@ -275,10 +274,6 @@ impl Engine {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let setup = match prepared.iter().any(|p| !p.is_empty()) {
-            true => Some(self.pipeline.image_setup()?),
-            false => None,
-        };
         let turns: Vec<Turn<'_, PreparedImage>> = turns
             .iter()
             .zip(&prepared)
@@ -292,19 +287,8 @@ impl Engine {
         validate::chat_prompt(self.model(), &ids, request)?;
         let _held =
             self.reserve(|| self.model().chat_state_bytes(ids.len(), request.max_tokens))?;
-        let images = all_images(&turns);
-        generate_with_images(
-            self.model(),
-            &ids,
-            setup.as_ref().map(|setup| ChatImages {
-                setup,
-                images: &images,
-            }),
-            request,
-            self.pipeline.default_stop_ids(),
-            self.pipeline.tokenizer().ok(),
-            on_token,
-        )
+        self.pipeline
+            .answer_encoded(&ids, &turns, request, on_token)
     }
 
     /// Answers `prompt` (with `images` before it) as the next turn of `session`: the session keeps the

@@ -34,7 +34,6 @@ pub use decode::{
     default_stop_ids, generate, generate_with_images, profile_decode_step, time_decode_step,
     ChatImages,
 };
-pub(crate) use pipeline::all_images;
 pub use pipeline::ChatPipeline;
 pub use sampling::{argmax, sample, Rng};
 pub use session::ChatSession;

@@ -183,16 +183,28 @@ impl ChatPipeline {
     ) -> Result<ChatOutput, ChatError> {
         request.validate()?;
         let ids = self.encode_turns(turns)?;
+        self.answer_encoded(&ids, turns, request, on_token)
+    }
+
+    /// Answers `ids`, the conversation `turns` encoded by [`ChatPipeline::encode_turns`] (the engine
+    /// encodes first to size its memory reservation).
+    pub(crate) fn answer_encoded(
+        &self,
+        ids: &[u32],
+        turns: &[Turn<'_, PreparedImage>],
+        request: &ChatRequest,
+        on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
+    ) -> Result<ChatOutput, ChatError> {
         let images = all_images(turns);
-        if images.is_empty() {
-            return self.generate_from_ids(&ids, request, on_token);
-        }
-        let setup = self.image_setup()?;
+        let setup = match images.is_empty() {
+            true => None,
+            false => Some(self.image_setup()?),
+        };
         generate_with_images(
             &self.model,
-            &ids,
-            Some(ChatImages {
-                setup: &setup,
+            ids,
+            setup.as_ref().map(|setup| ChatImages {
+                setup,
                 images: &images,
             }),
             request,
@@ -239,7 +251,7 @@ impl ChatPipeline {
 
 /// Every turn's images in conversation order (the order of their tokens in the prompt); borrowed when
 /// one turn holds them all.
-pub(crate) fn all_images<'a, I: Clone>(turns: &[Turn<'a, I>]) -> std::borrow::Cow<'a, [I]> {
+fn all_images<'a, I: Clone>(turns: &[Turn<'a, I>]) -> std::borrow::Cow<'a, [I]> {
     let mut with = turns.iter().filter(|t| !t.images.is_empty());
     match (with.next(), with.next()) {
         (None, _) => std::borrow::Cow::Borrowed(&[]),
