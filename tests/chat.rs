@@ -463,6 +463,15 @@ fn cli_chat() {
     assert_eq!(bf16.stdout, f32.stdout);
 }
 
+/// For each answer `hbridge chat` reported on `stderr`, whether its turn ran against a session's cache.
+fn cached_turns(stderr: &str) -> Vec<bool> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("prompt: "))
+        .map(|l| l.contains("already cached"))
+        .collect()
+}
+
 /// `hbridge chat --interactive`: each stdin line is a user turn answered after the conversation so far
 /// (its prompt grows by the last answer and the new turn), `/reset` forgets it, `/exit` quits;
 /// `--system` replaces the system turn.
@@ -527,12 +536,7 @@ fn cli_chat_interactive_keeps_the_conversation() {
     );
     assert_eq!(after_reset, first, "{stderr}");
     // The second turn ran against the first's cache; the turn after /reset did not.
-    let cached: Vec<bool> = stderr
-        .lines()
-        .filter(|l| l.starts_with("prompt: "))
-        .map(|l| l.contains("already cached"))
-        .collect();
-    assert_eq!(cached, [false, true, false], "{stderr}");
+    assert_eq!(cached_turns(&stderr), [false, true, false], "{stderr}");
 
     let mut args = vec!["-p", "hi", "--system", "Answer in one word."];
     args.extend(flags);
@@ -548,12 +552,7 @@ fn cli_chat_interactive_keeps_the_conversation() {
     let (counts, stderr) = run(&args, &stdin);
     assert_eq!(counts.len(), 3, "{stderr}");
     assert!(stderr.contains("a.png: 70x45 -> 56x56"), "{stderr}");
-    let cached: Vec<bool> = stderr
-        .lines()
-        .filter(|l| l.starts_with("prompt: "))
-        .map(|l| l.contains("already cached"))
-        .collect();
-    assert_eq!(cached, [false, false, true], "{stderr}");
+    assert_eq!(cached_turns(&stderr), [false, false, true], "{stderr}");
 
     // Interactive without -p starts from stdin; images need a prompt to go with.
     let (counts, stderr) = run(&flags, "hi\n");
