@@ -263,6 +263,7 @@ impl Engine {
         on_token: impl FnMut(u32, &str) -> ControlFlow<()>,
     ) -> Result<ChatOutput, ChatError> {
         validate::chat_params(request)?;
+        // Before the images are prepared (encode_turns checks again, for the pipeline's callers).
         check_turns(turns)?;
         let prepared: Vec<Vec<PreparedImage>> = turns
             .iter()

@@ -237,11 +237,7 @@ pub unsafe extern "C" fn hbridge_chat_session_create(
 /// `session` is null or was returned by `hbridge_chat_session_create` and not yet destroyed.
 #[no_mangle]
 pub unsafe extern "C" fn hbridge_chat_session_destroy(session: *mut HbridgeChatSession) {
-    if !session.is_null() {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            drop(Box::from_raw(session));
-        }));
-    }
+    super::free_handle(session);
 }
 
 /// Answers `prompt` (with `n_images` images before it) as the next turn of `session`, calling

@@ -152,10 +152,18 @@ pub unsafe extern "C" fn hbridge_engine_create(
 /// `engine` is null or was returned by `hbridge_engine_create` and not yet destroyed.
 #[no_mangle]
 pub unsafe extern "C" fn hbridge_engine_destroy(engine: *mut HbridgeEngine) {
-    if !engine.is_null() {
-        // A panic in a destructor must not unwind into C either.
+    free_handle(engine);
+}
+
+/// Frees a handle made by `Box::into_raw` (null is allowed); a panic in its destructor must not unwind
+/// into C either.
+///
+/// # Safety
+/// `handle` is null or came from `Box::into_raw` and is not yet freed.
+pub(crate) unsafe fn free_handle<T>(handle: *mut T) {
+    if !handle.is_null() {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            drop(Box::from_raw(engine));
+            drop(Box::from_raw(handle));
         }));
     }
 }
