@@ -104,12 +104,38 @@ impl KvCache {
         }
         Ok(())
     }
-}
 
-impl KvCache {
     /// Rows filled.
     pub(super) fn len(&self) -> usize {
         self.len
+    }
+
+    /// The inputs of a decode graph running `tokens` after the filled rows: their ids, their M-RoPE
+    /// positions (text: the same on all three axes, continuing after `pos_delta`) and the row their K/V
+    /// are written from.
+    pub(super) fn step_inputs(&self, tokens: &[u32]) -> Result<Outputs, RunError> {
+        let n = tokens.len();
+        let start = self.len as i64 + self.pos_delta;
+        let pos: Vec<i32> = (0..n as i64)
+            .map(|i| i32::try_from(start + i))
+            .collect::<Result<_, _>>()
+            .map_err(|_| RunError::Request(format!("positions from {start} are out of range")))?;
+        let row = i32::try_from(self.len)
+            .map_err(|_| RunError::Request(format!("cache row {} is out of range", self.len)))?;
+        Ok(HashMap::from([
+            (
+                names::UND_IDS.to_string(),
+                HostTensor::i32(vec![n], tokens.iter().map(|&t| t as i32).collect()),
+            ),
+            (
+                names::UND_POSITIONS.to_string(),
+                HostTensor::i32(vec![3, n], pos.repeat(3)),
+            ),
+            (
+                names::UND_CACHE_LEN.to_string(),
+                HostTensor::i32(vec![1], vec![row]),
+            ),
+        ]))
     }
 
     /// Runs `chunk` (tokens following the filled rows, text only) through the model as one graph
@@ -120,27 +146,7 @@ impl KvCache {
             return Ok(());
         }
         self.reserve(model, n + 1)?;
-        let start = self.len as i64 + self.pos_delta;
-        let pos: Vec<i32> = (0..n as i64)
-            .map(|i| i32::try_from(start + i))
-            .collect::<Result<_, _>>()
-            .map_err(|_| RunError::Request(format!("positions from {start} are out of range")))?;
-        let row = i32::try_from(self.len)
-            .map_err(|_| RunError::Request(format!("cache row {} is out of range", self.len)))?;
-        let inputs: Outputs = HashMap::from([
-            (
-                names::UND_IDS.to_string(),
-                HostTensor::i32(vec![n], chunk.iter().map(|&t| t as i32).collect()),
-            ),
-            (
-                names::UND_POSITIONS.to_string(),
-                HostTensor::i32(vec![3, n], pos.repeat(3)),
-            ),
-            (
-                names::UND_CACHE_LEN.to_string(),
-                HostTensor::i32(vec![1], vec![row]),
-            ),
-        ]);
+        let inputs = self.step_inputs(chunk)?;
         model.und_decode_chunk(self.capacity, n, &inputs, &mut self.states)?;
         self.len += n;
         Ok(())
@@ -154,26 +160,8 @@ pub(super) fn decode_step(
     cache: &mut KvCache,
     token: u32,
 ) -> Result<Vec<f32>, RunError> {
-    let pos = cache.len;
-    let rope_pos = i32::try_from(pos as i64 + cache.pos_delta)
-        .map_err(|_| RunError::Request(format!("position of token {pos} is out of range")))?;
-    let cache_len = i32::try_from(pos)
-        .map_err(|_| RunError::Request(format!("cache length {pos} is out of range")))?;
     cache.reserve(model, 1)?;
-    let inputs: Outputs = HashMap::from([
-        (
-            names::UND_IDS.to_string(),
-            HostTensor::i32(vec![1], vec![token as i32]),
-        ),
-        (
-            names::UND_POSITIONS.to_string(),
-            HostTensor::i32(vec![3, 1], vec![rope_pos; 3]),
-        ),
-        (
-            names::UND_CACHE_LEN.to_string(),
-            HostTensor::i32(vec![1], vec![cache_len]),
-        ),
-    ]);
+    let inputs = cache.step_inputs(&[token])?;
     let mut out = model.und_decode_step(cache.capacity, &inputs, &mut cache.states)?;
     cache.len += 1;
     take_f32(&mut out, "und.logits")

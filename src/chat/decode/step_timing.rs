@@ -3,9 +3,7 @@
 
 use super::KvCache;
 use crate::model::{GraphProfile, Model, Outputs, RunError};
-use hbridge_engine::cpu::HostTensor;
 use hbridge_graph::build::names;
-use std::collections::HashMap;
 
 /// A cache holding `context` random rows per layer, and the inputs of the decode step after them.
 fn filled_cache(model: &Model, context: usize) -> Result<(KvCache, Outputs), RunError> {
@@ -26,22 +24,7 @@ fn filled_cache(model: &Model, context: usize) -> Result<(KvCache, Outputs), Run
         }
     }
     cache.len = context;
-    let at = i32::try_from(context)
-        .map_err(|_| RunError::Request(format!("context {context} is out of range")))?;
-    let inputs: Outputs = HashMap::from([
-        (
-            names::UND_IDS.to_string(),
-            HostTensor::i32(vec![1], vec![(c.vocab_size / 2) as i32]),
-        ),
-        (
-            names::UND_POSITIONS.to_string(),
-            HostTensor::i32(vec![3, 1], vec![at; 3]),
-        ),
-        (
-            names::UND_CACHE_LEN.to_string(),
-            HostTensor::i32(vec![1], vec![at]),
-        ),
-    ]);
+    let inputs = cache.step_inputs(&[(c.vocab_size / 2) as u32])?;
     Ok((cache, inputs))
 }
 
